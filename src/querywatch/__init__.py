@@ -1,0 +1,25 @@
+"""querywatch: keep one slow SQL query from taking a Flask application down."""
+
+from __future__ import annotations
+
+from .capture import CallSite
+from .capture import QueryInfo
+from .capture import Record
+from .detectors import Finding
+from .exceptions import ConfigError
+from .exceptions import QueryWatchError
+from .extension import QueryWatch
+from .fingerprint import Fingerprint
+from .fingerprint import fingerprint
+
+__all__ = [
+    "CallSite",
+    "ConfigError",
+    "Finding",
+    "Fingerprint",
+    "QueryInfo",
+    "QueryWatch",
+    "QueryWatchError",
+    "Record",
+    "fingerprint",
+]

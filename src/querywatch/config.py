@@ -1,0 +1,128 @@
+"""The ``QUERYWATCH_*`` settings: read once at ``init_app``, validated, defaults written
+back to ``app.config``. See ``docs/configuration.md``."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing as t
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from .exceptions import ConfigError
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+__all__ = ["Settings", "load_settings"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """The validated ``QUERYWATCH_*`` settings of one app."""
+
+    enabled: bool
+    slow_query_seconds: float
+    n_plus_one_threshold: int
+    repeated_query_threshold: int
+    max_queries_per_request: int
+    max_shapes: int
+    app_packages: tuple[str, ...]
+    store_url: str
+    flush_interval: float
+    retention_days: float
+
+
+def _bool(app: Flask, key: str, default: bool) -> bool:
+    value = app.config.setdefault(key, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(key, "true or false", value)
+
+
+def _number(
+    app: Flask,
+    key: str,
+    default: float,
+    *,
+    minimum: float,
+    integer: bool = False,
+    exclusive: bool = False,
+) -> float:
+    value = app.config.setdefault(key, default)
+    what = "a whole number" if integer else "a number"
+    if exclusive:
+        expected = f"{what} greater than {minimum:g}"
+    else:
+        expected = f"{what} of at least {minimum:g}"
+    if isinstance(value, str):
+        try:
+            value = int(value) if integer else float(value)
+        except ValueError:
+            raise ConfigError(key, expected, app.config[key]) from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(key, expected, value)
+    if integer and not float(value).is_integer():
+        raise ConfigError(key, expected, value)
+    if value != value or value < minimum or (exclusive and value == minimum):
+        raise ConfigError(key, expected, value)
+    return float(value)
+
+
+def _packages(app: Flask) -> tuple[str, ...]:
+    key = "QUERYWATCH_APP_PACKAGES"
+    default = app.import_name.split(".")[0]
+    value = app.config.setdefault(key, [default])
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(v, str) and v and " " not in v for v in value
+    ):
+        raise ConfigError(key, "a list of module names such as ['myapp']", value)
+    return tuple(v.rstrip(".") + "." for v in value)
+
+
+def _store_url(app: Flask) -> str:
+    key = "QUERYWATCH_STORE_URL"
+    default = "sqlite:///" + os.path.join(app.instance_path, "querywatch.db")
+    value = app.config.setdefault(key, default)
+    if value is None:
+        value = app.config[key] = default
+    if not isinstance(value, str):
+        raise ConfigError(key, "a database URL such as 'postgresql+psycopg://host/db'", value)
+    try:
+        make_url(value)
+    except ArgumentError:
+        raise ConfigError(
+            key, "a database URL such as 'postgresql+psycopg://host/db'", value
+        ) from None
+    return value
+
+
+def load_settings(app: Flask) -> Settings:
+    """Read and validate the ``QUERYWATCH_*`` keys, writing defaults back to
+    ``app.config`` so it shows the effective values."""
+    return Settings(
+        enabled=_bool(app, "QUERYWATCH_ENABLED", True),
+        slow_query_seconds=_number(app, "QUERYWATCH_SLOW_QUERY_MS", 100, minimum=0, exclusive=True)
+        / 1000.0,
+        n_plus_one_threshold=int(
+            _number(app, "QUERYWATCH_N_PLUS_ONE_THRESHOLD", 5, minimum=2, integer=True)
+        ),
+        repeated_query_threshold=int(
+            _number(app, "QUERYWATCH_REPEATED_QUERY_THRESHOLD", 2, minimum=2, integer=True)
+        ),
+        max_queries_per_request=int(
+            _number(app, "QUERYWATCH_MAX_QUERIES_PER_REQUEST", 1000, minimum=0, integer=True)
+        ),
+        max_shapes=int(_number(app, "QUERYWATCH_MAX_SHAPES", 2000, minimum=10, integer=True)),
+        app_packages=_packages(app),
+        store_url=_store_url(app),
+        flush_interval=_number(app, "QUERYWATCH_FLUSH_INTERVAL", 5.0, minimum=0, exclusive=True),
+        retention_days=_number(app, "QUERYWATCH_RETENTION_DAYS", 7, minimum=0, exclusive=True),
+    )

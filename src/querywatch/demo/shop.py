@@ -1,0 +1,354 @@
+"""The reference shop: a small but realistic Flask + Flask-SQLAlchemy API.
+
+Healthy endpoints, a write endpoint, one N+1 endpoint, and the seed outage's failure: an
+endpoint whose query filters the large ``orders`` table on an unindexed column
+(``orders.customer_email``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import typing as t
+
+from flask import Flask
+from flask import abort
+from flask import jsonify
+from flask import request
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import ForeignKey
+from sqlalchemy import Index
+from sqlalchemy import String
+from sqlalchemy import func
+from sqlalchemy import insert
+from sqlalchemy import select
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+from sqlalchemy.orm import relationship
+
+if t.TYPE_CHECKING:
+    from flask.typing import ResponseReturnValue
+    from sqlalchemy.engine import Engine
+
+__all__ = ["Customer", "Order", "OrderItem", "Product", "create_app", "db", "seed"]
+
+#: Bumped when the seeded data changes, so an old demo database is re-seeded.
+SEED_VERSION = 1
+CATEGORIES = ("books", "garden", "kitchen", "toys", "tools", "sports", "music", "games")
+STATUSES = ("paid", "shipped", "delivered", "refunded")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+db = SQLAlchemy(model_class=Base)
+
+
+class Customer(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "customers"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(120), unique=True)
+    name: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[dt.datetime]
+    orders: Mapped[list[Order]] = relationship(back_populates="customer")
+
+
+class Product(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "products"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(120))
+    category: Mapped[str] = mapped_column(String(40), index=True)
+    price_cents: Mapped[int]
+    stock: Mapped[int]
+
+
+class Order(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "orders"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    # Denormalized for the support team's lookup, and never indexed: the seed outage.
+    customer_email: Mapped[str] = mapped_column(String(120))
+    status: Mapped[str] = mapped_column(String(20))
+    total_cents: Mapped[int]
+    created_at: Mapped[dt.datetime] = mapped_column(index=True)
+    customer: Mapped[Customer] = relationship(back_populates="orders")
+    items: Mapped[list[OrderItem]] = relationship(back_populates="order")
+
+
+class OrderItem(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "order_items"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"))
+    quantity: Mapped[int]
+    price_cents: Mapped[int]
+    order: Mapped[Order] = relationship(back_populates="items")
+    product: Mapped[Product] = relationship()
+
+    __table_args__ = (Index("ix_order_items_order_id", "order_id"),)
+
+
+class DemoMeta(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "demo_meta"
+    key: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+
+
+def _order_json(o: Order) -> dict[str, t.Any]:
+    return {
+        "id": o.id,
+        "customer_id": o.customer_id,
+        "status": o.status,
+        "total_cents": o.total_cents,
+        "created_at": o.created_at.isoformat(),
+    }
+
+
+def register_routes(app: Flask) -> None:
+    """The shop's API."""
+
+    @app.get("/api/products")
+    def list_products() -> ResponseReturnValue:
+        category = request.args.get("category", "books")
+        rows = db.session.scalars(
+            select(Product).where(Product.category == category).order_by(Product.id).limit(20)
+        ).all()
+        return jsonify([{"id": p.id, "name": p.name, "price_cents": p.price_cents} for p in rows])
+
+    @app.get("/api/products/<int:product_id>")
+    def get_product(product_id: int) -> ResponseReturnValue:
+        p = db.session.get(Product, product_id)
+        if p is None:
+            abort(404)
+        return jsonify({"id": p.id, "name": p.name, "stock": p.stock})
+
+    @app.get("/api/customers/<int:customer_id>/orders")
+    def customer_orders(customer_id: int) -> ResponseReturnValue:
+        rows = db.session.scalars(
+            select(Order)
+            .where(Order.customer_id == customer_id)
+            .order_by(Order.created_at.desc())
+            .limit(20)
+        ).all()
+        return jsonify([_order_json(o) for o in rows])
+
+    @app.get("/api/orders/recent")
+    def recent_orders() -> ResponseReturnValue:
+        # N+1: each order's items are lazy-loaded one order at a time.
+        limit = min(int(request.args.get("limit", 50)), 200)
+        orders = db.session.scalars(select(Order).order_by(Order.id.desc()).limit(limit)).all()
+        return jsonify(
+            [{**_order_json(o), "items": [i.product_id for i in o.items]} for o in orders]
+        )
+
+    @app.get("/api/orders/lookup")
+    def lookup_orders() -> ResponseReturnValue:
+        # The seed outage: a filter on an unindexed column of the largest table.
+        email = request.args.get("email", "")
+        rows = db.session.scalars(
+            select(Order).where(Order.customer_email == email).order_by(Order.id)
+        ).all()
+        return jsonify([_order_json(o) for o in rows])
+
+    @app.get("/api/admin/overview")
+    def overview() -> ResponseReturnValue:
+        s = db.session
+        since = dt.datetime(2026, 8, 1)
+        data = {
+            "customers": s.scalar(select(func.count(Customer.id))),
+            "products": s.scalar(select(func.count(Product.id))),
+            "low_stock": s.scalar(select(func.count(Product.id)).where(Product.stock < 5)),
+            "books": s.scalar(select(func.count(Product.id)).where(Product.category == "books")),
+            "max_price": s.scalar(select(func.max(Product.price_cents))),
+            "min_price": s.scalar(select(func.min(Product.price_cents))),
+            "newest_customer": s.scalar(select(func.max(Customer.created_at))),
+            "latest_order": s.scalar(select(func.max(Order.id))),
+            "recent_orders": s.scalar(
+                select(func.count(Order.id)).where(Order.created_at >= since)
+            ),
+            "top_product": s.scalar(
+                select(Product.name).order_by(Product.price_cents.desc()).limit(1)
+            ),
+        }
+        return jsonify(
+            {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in data.items()}
+        )
+
+    @app.post("/api/orders")
+    def create_order() -> ResponseReturnValue:
+        body = request.get_json(silent=True) or {}
+        try:
+            customer_id = int(body["customer_id"])
+            lines = [(int(x["product_id"]), int(x.get("quantity", 1))) for x in body["items"]]
+        except (KeyError, TypeError, ValueError):
+            return jsonify(
+                {"error": "Send {'customer_id': int, 'items': [{'product_id': int}]}."}
+            ), 400
+        customer = db.session.get(Customer, customer_id)
+        if customer is None:
+            return jsonify({"error": f"No customer {customer_id}."}), 404
+        products = {
+            p.id: p
+            for p in db.session.scalars(
+                select(Product).where(Product.id.in_([pid for pid, _ in lines]))
+            )
+        }
+        if len(products) != len({pid for pid, _ in lines}):
+            return jsonify({"error": "Unknown product in items."}), 400
+        order = Order(
+            customer_id=customer.id,
+            customer_email=customer.email,
+            status="paid",
+            total_cents=sum(products[pid].price_cents * q for pid, q in lines),
+            created_at=dt.datetime(2026, 8, 10, 14, 0),
+        )
+        order.items = [
+            OrderItem(product_id=pid, quantity=q, price_cents=products[pid].price_cents)
+            for pid, q in lines
+        ]
+        db.session.add(order)
+        db.session.commit()
+        return jsonify(_order_json(order)), 201
+
+    @app.get("/healthz")
+    def healthz() -> ResponseReturnValue:
+        return jsonify({"ok": True})
+
+
+def create_app(
+    database_url: str = "sqlite://",
+    *,
+    instance_path: str | None = None,
+    querywatch: bool = True,
+    config: t.Mapping[str, t.Any] | None = None,
+) -> Flask:
+    """The shop app, with querywatch on unless ``querywatch=False``."""
+    app = Flask("querywatch.demo.shop", instance_path=instance_path)
+    app.config["SQLALCHEMY_DATABASE_URI"] = database_url
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = (
+        {"pool_size": 10} if not database_url.startswith("sqlite") else {}
+    )
+    app.config["QUERYWATCH_APP_PACKAGES"] = ["querywatch.demo"]
+    app.config.update(config or {})
+    db.init_app(app)
+    register_routes(app)
+    if querywatch:
+        from ..extension import QueryWatch
+
+        QueryWatch(app)
+    return app
+
+
+def seeded_version(engine: Engine) -> tuple[int, float] | None:
+    """(seed version, scale) of an already seeded database, if any."""
+    from sqlalchemy import inspect
+
+    if not inspect(engine).has_table("demo_meta"):
+        return None
+    with engine.connect() as conn:
+        rows = dict(conn.execute(select(DemoMeta.key, DemoMeta.value)).all())
+    if "seed_version" not in rows or "scale" not in rows:
+        return None
+    return int(rows["seed_version"]), float(rows["scale"])
+
+
+def sizes(scale: float) -> dict[str, int]:
+    return {
+        "customers": max(10, int(20_000 * scale)),
+        "products": max(10, int(500 * scale)),
+        "orders": max(20, int(200_000 * scale)),
+    }
+
+
+def seed(
+    engine: Engine,
+    scale: float = 1.0,
+    *,
+    progress: t.Callable[[str], None] | None = None,
+) -> dict[str, int]:
+    """Create the tables and fill them deterministically. Returns the row counts."""
+    n = sizes(scale)
+    rng = random.Random(42)
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    epoch = dt.datetime(2025, 1, 1)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Customer),
+            [
+                {
+                    "id": i,
+                    "email": f"customer{i}@example.com",
+                    "name": f"Customer {i}",
+                    "created_at": epoch + dt.timedelta(minutes=37 * i),
+                }
+                for i in range(1, n["customers"] + 1)
+            ],
+        )
+        conn.execute(
+            insert(Product),
+            [
+                {
+                    "id": i,
+                    "name": f"Product {i}",
+                    "category": CATEGORIES[i % len(CATEGORIES)],
+                    "price_cents": rng.randint(199, 19999),
+                    "stock": rng.randint(0, 200),
+                }
+                for i in range(1, n["products"] + 1)
+            ],
+        )
+        if progress:
+            progress("customers and products")
+        chunk = 20_000
+        item_id = 1
+        for start in range(1, n["orders"] + 1, chunk):
+            orders, items = [], []
+            for oid in range(start, min(start + chunk, n["orders"] + 1)):
+                cid = rng.randint(1, n["customers"])
+                count = rng.randint(1, 3)
+                total = 0
+                for _ in range(count):
+                    price = rng.randint(199, 19999)
+                    qty = rng.randint(1, 3)
+                    total += price * qty
+                    items.append(
+                        {
+                            "id": item_id,
+                            "order_id": oid,
+                            "product_id": rng.randint(1, n["products"]),
+                            "quantity": qty,
+                            "price_cents": price,
+                        }
+                    )
+                    item_id += 1
+                orders.append(
+                    {
+                        "id": oid,
+                        "customer_id": cid,
+                        "customer_email": f"customer{cid}@example.com",
+                        "status": STATUSES[oid % len(STATUSES)],
+                        "total_cents": total,
+                        "created_at": epoch + dt.timedelta(minutes=3 * oid),
+                    }
+                )
+            conn.execute(insert(Order), orders)
+            conn.execute(insert(OrderItem), items)
+            if progress:
+                progress(f"orders {min(start + chunk - 1, n['orders']):,}/{n['orders']:,}")
+        conn.execute(
+            insert(DemoMeta),
+            [
+                {"key": "seed_version", "value": str(SEED_VERSION)},
+                {"key": "scale", "value": repr(scale)},
+            ],
+        )
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("ANALYZE")
+    elif engine.dialect.name == "sqlite":
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE")
+    return {**n, "order_items": item_id - 1}

@@ -1,0 +1,111 @@
+"""Findings drawn from one finished unit of work: N+1 loops, slow queries, repeated
+identical queries.
+
+* **N+1**: one shape issued from one call site at least ``n_plus_one_threshold`` times
+  with different parameters. ORM lazy loads name their relationship; any other loop (a
+  count query per item in a serializer) counts too. One shape reached from several call
+  sites is several places, not one loop.
+* **Slow query**: a statement that took at least ``QUERYWATCH_SLOW_QUERY_MS``.
+* **Repeated identical query**: the same read with the same parameters at least
+  ``QUERYWATCH_REPEATED_QUERY_THRESHOLD`` times in one unit of work.
+
+Parameters are compared by hash: their values are never kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+
+if t.TYPE_CHECKING:
+    from .capture import CallSite
+    from .capture import Record
+    from .config import Settings
+    from .fingerprint import Fingerprint
+
+__all__ = ["N_PLUS_ONE", "REPEATED_QUERY", "SLOW_QUERY", "Finding", "detect"]
+
+N_PLUS_ONE = "n_plus_one"
+SLOW_QUERY = "slow_query"
+REPEATED_QUERY = "repeated_query"
+
+
+@dataclasses.dataclass(slots=True)
+class Finding:
+    """One problem seen in one unit of work."""
+
+    kind: str
+    fingerprint: Fingerprint
+    #: Queries involved (loop length, repeat count, or slow executions).
+    count: int
+    #: Seconds those queries took together.
+    total: float
+    site: CallSite | None
+    relationship: str | None
+    #: What to change, in one sentence.
+    fix: str
+
+
+def _n_plus_one_fix(relationship: str | None, operation: str) -> str:
+    if relationship:
+        return (
+            f"Load {relationship} eagerly in the query that loads its parents: "
+            f".options(selectinload({relationship}))."
+        )
+    if operation == "SELECT":
+        return "Batch these lookups into one query with IN (...), outside the loop."
+    return "Send these statements as one executemany or bulk statement, outside the loop."
+
+
+def detect(record: Record, settings: Settings) -> list[Finding]:
+    """The findings of a finished record."""
+    findings: list[Finding] = []
+    threshold = settings.n_plus_one_threshold
+    for loop in record.loops.values():
+        if loop.count >= threshold and len(loop.param_hashes) >= min(threshold, 64):
+            findings.append(
+                Finding(
+                    kind=N_PLUS_ONE,
+                    fingerprint=loop.fingerprint,
+                    count=loop.count,
+                    total=loop.total,
+                    site=loop.site,
+                    relationship=loop.relationship,
+                    fix=_n_plus_one_fix(loop.relationship, loop.fingerprint.operation),
+                )
+            )
+    slow: dict[str, Finding] = {}
+    for q in record.slow:
+        f = slow.get(q.fingerprint.id)
+        if f is None:
+            slow[q.fingerprint.id] = Finding(
+                kind=SLOW_QUERY,
+                fingerprint=q.fingerprint,
+                count=1,
+                total=q.duration,
+                site=q.site,
+                relationship=q.relationship,
+                fix=(
+                    "Look at this query's plan: `querywatch report` lists it; an index on "
+                    "the filtered columns or a narrower query is the usual remedy."
+                ),
+            )
+        else:
+            f.count += 1
+            f.total += q.duration
+    findings.extend(slow.values())
+    repeat_threshold = settings.repeated_query_threshold
+    for (_fp_id, _params), rep in record.repeats.items():
+        if rep.count >= repeat_threshold:
+            findings.append(
+                Finding(
+                    kind=REPEATED_QUERY,
+                    fingerprint=rep.fingerprint,
+                    count=rep.count,
+                    total=rep.total,
+                    site=rep.site,
+                    relationship=None,
+                    fix="Run it once and reuse the result (it returns the same rows each time).",
+                )
+            )
+    return findings

@@ -1,0 +1,52 @@
+"""Public errors raised by querywatch.
+
+The hierarchy::
+
+    QueryWatchError
+    ├── ConfigError (also a ValueError)   a ``QUERYWATCH_*`` value is malformed
+    ├── StoreError                        the store could not be opened or migrated
+    │   └── SchemaVersionError            the store was written by a newer querywatch
+    └── NotInitializedError (also a RuntimeError)
+                                          no QueryWatch is registered on the current app
+
+Errors inside querywatch's own machinery during a request are never raised to the
+application: they are counted and logged (see ``querywatch._failopen``).
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+__all__ = [
+    "ConfigError",
+    "NotInitializedError",
+    "QueryWatchError",
+    "SchemaVersionError",
+    "StoreError",
+]
+
+
+class QueryWatchError(Exception):
+    """Base class of every error querywatch raises on purpose."""
+
+
+class ConfigError(QueryWatchError, ValueError):
+    """A ``QUERYWATCH_*`` setting is malformed. The message names the key and what it
+    expects."""
+
+    def __init__(self, key: str, expected: str, value: t.Any) -> None:
+        self.key = key
+        self.value = value
+        super().__init__(f"'{key}' must be {expected}, got {value!r}.")
+
+
+class StoreError(QueryWatchError):
+    """The store could not be opened or prepared."""
+
+
+class SchemaVersionError(StoreError):
+    """The store's schema is newer than this querywatch knows how to use."""
+
+
+class NotInitializedError(QueryWatchError, RuntimeError):
+    """No QueryWatch extension is registered on the current Flask app."""

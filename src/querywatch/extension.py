@@ -1,0 +1,315 @@
+"""The Flask extension: ``QueryWatch(app)`` or ``qw.init_app(app)``."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import threading
+import time
+import typing as t
+import weakref
+
+from flask import current_app
+from flask import g
+from flask import has_app_context
+from flask import request
+
+from . import capture
+from ._failopen import fail_open
+from ._failopen import log_limited
+from .config import Settings
+from .config import load_settings
+from .detectors import Finding
+from .detectors import detect
+from .exceptions import NotInitializedError
+from .stats import Stats
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable
+    from collections.abc import Iterable
+    from collections.abc import Iterator
+
+    from flask import Flask
+    from flask import Response
+    from sqlalchemy.engine import Engine
+
+    from .store import Store
+
+__all__ = ["QueryWatch"]
+
+logger = logging.getLogger("querywatch")
+
+_EXTENSION_KEY = "querywatch"
+
+
+class AppState:
+    """What querywatch keeps for one app, at ``app.extensions["querywatch"]``."""
+
+    def __init__(self, app: Flask, settings: Settings, engines: frozenset[Engine] | None) -> None:
+        self.settings = settings
+        self.engines = engines
+        self.stats = Stats(max_shapes=settings.max_shapes)
+        self.instance_path = app.instance_path
+        self.flusher = Flusher(self)
+        #: Called with each finished record and its findings (used by test helpers).
+        self.listeners: list[Callable[[capture.Record, list[Finding]], None]] = []
+        self._store: Store | None = None
+        self._store_lock = threading.Lock()
+
+    @property
+    def store(self) -> Store:
+        """The store, opened on first use."""
+        if self._store is None:
+            with self._store_lock:
+                if self._store is None:
+                    from .store import Store
+
+                    if self.settings.store_url.startswith("sqlite:///") and (
+                        self.settings.store_url.startswith("sqlite:///" + self.instance_path)
+                    ):
+                        os.makedirs(self.instance_path, exist_ok=True)
+                    self._store = Store(self.settings.store_url)
+        return self._store
+
+    def new_record(self, name: str, kind: str) -> capture.Record:
+        return capture.Record(name=name, kind=kind, settings=self.settings, engines=self.engines)
+
+    def finish(self, record: capture.Record, status: int) -> list[Finding]:
+        """End a unit of work: findings, aggregates, and the flusher woken if needed."""
+        record.finish(status)
+        findings = detect(record, self.settings)
+        self.stats.add(record, findings)
+        self.flusher.ensure_started()
+        for listener in list(self.listeners):
+            listener(record, findings)
+        return findings
+
+
+_states: weakref.WeakSet[AppState] = weakref.WeakSet()
+
+
+class Flusher:
+    """Writes an app's pending aggregates to the store every few seconds, and at exit."""
+
+    def __init__(self, state: AppState) -> None:
+        self._state = weakref.ref(state)
+        self.interval = state.settings.flush_interval
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._last_prune = 0.0
+        #: Flushes that failed because the store was unreachable, read-only or full.
+        self.failures = 0
+        self.flushes = 0
+        self._atexit = False
+
+    def ensure_started(self) -> None:
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid() and thread.is_alive():
+            return
+        with self._lock:
+            thread = self._thread
+            if thread is not None and self._pid == os.getpid() and thread.is_alive():
+                return
+            self._pid = os.getpid()
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._run, name="querywatch-flusher", daemon=True
+            )
+            self._thread.start()
+            if not self._atexit:
+                atexit.register(self.stop)
+                self._atexit = True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.flush()
+
+    def flush(self) -> bool:
+        """Write what is pending now. Returns False when the store could not be written
+        (the data is kept, bounded, and retried)."""
+        state = self._state()
+        if state is None:
+            return True
+        snap = state.stats.drain()
+        if snap.is_empty():
+            return True
+        try:
+            store = state.store
+            store.write(snap)
+            self.flushes += 1
+            now = time.time()
+            if now - self._last_prune > 3600:
+                self._last_prune = now
+                store.prune(now - state.settings.retention_days * 86400)
+            return True
+        except Exception as e:
+            state.stats.restore(snap)
+            self.failures += 1
+            log_limited(
+                "store.flush",
+                "querywatch could not write to its store (%s: %s); %d flushes failed so far."
+                " Aggregates stay in memory (bounded) and are retried; the application is"
+                " not affected.",
+                type(e).__name__,
+                str(e).splitlines()[0][:200] if str(e) else "",
+                self.failures,
+            )
+            return False
+
+    def stop(self) -> None:
+        """Stop the thread and flush one last time."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread() and thread.is_alive():
+            thread.join(timeout=2 * self.interval + 1)
+        with fail_open("flusher.stop"):
+            self.flush()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's thread does not exist in the child, and what the parent had pending is
+    # the parent's to write: start clean.
+    for state in list(_states):
+        state.stats = Stats(max_shapes=state.settings.max_shapes)
+        state.flusher._thread = None
+        state.flusher._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class QueryWatch:
+    """Watch every SQL statement of a Flask app.
+
+    .. code-block:: python
+
+        qw = QueryWatch(app)  # or qw = QueryWatch(); qw.init_app(app)
+
+    :param app: the app to watch now; else call :meth:`init_app` later.
+    :param engines: capture only these engines. By default every SQLAlchemy engine the
+        app uses is captured (Flask-SQLAlchemy's, its binds, and plain engines).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self, app: Flask | None = None, *, engines: Iterable[Engine] | None = None
+    ) -> None:
+        self._engines = frozenset(engines) if engines is not None else None
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Register on ``app``: validate the config, hook requests and SQLAlchemy."""
+        if _EXTENSION_KEY in app.extensions:
+            msg = (
+                "A 'QueryWatch' instance has already been registered on this Flask app."
+                " Import and use that instance instead."
+            )
+            raise RuntimeError(msg)
+        settings = load_settings(app)
+        state = AppState(app, settings, self._engines)
+        app.extensions[_EXTENSION_KEY] = state
+        self._apps.add(app)
+        _states.add(state)
+        if not settings.enabled:
+            return
+        capture.install()
+        app.before_request_funcs.setdefault(None, []).insert(0, _before_request)
+        app.after_request_funcs.setdefault(None, []).append(_after_request)
+        app.teardown_request_funcs.setdefault(None, []).append(_teardown_request)
+
+        from . import cli
+
+        if "querywatch" not in app.cli.commands:
+            app.cli.add_command(cli.cli, "querywatch")
+
+    def _state(self, app: Flask | None = None) -> AppState:
+        if app is None:
+            if has_app_context():
+                app = current_app._get_current_object()  # type: ignore[attr-defined]
+            else:
+                apps = list(self._apps)
+                if len(apps) == 1:
+                    app = apps[0]
+        if app is None or _EXTENSION_KEY not in app.extensions:
+            msg = (
+                "No QueryWatch is registered on the current app. Did you forget to call"
+                " 'init_app', or to push an app context ('with app.app_context():')?"
+            )
+            raise NotInitializedError(msg)
+        return t.cast("AppState", app.extensions[_EXTENSION_KEY])
+
+    @contextlib.contextmanager
+    def capture(self, name: str, *, app: Flask | None = None) -> Iterator[capture.Record]:
+        """Capture the statements of work outside a request (CLI command, task)::
+
+            with qw.capture("nightly-sync"):
+                sync()
+
+        The work is reported as the endpoint ``job:<name>``. Yields the record.
+        """
+        state = self._state(app)
+        record = state.new_record(f"job:{name}", "job")
+        token = capture.start_record(record)
+        status = 0
+        try:
+            yield record
+        except BaseException:
+            status = 500
+            raise
+        finally:
+            capture.end_record(token)
+            with fail_open("extension.capture"):
+                state.finish(record, status)
+
+    def flush(self, app: Flask | None = None) -> bool:
+        """Write pending aggregates to the store now (normally a background thread does).
+        Returns False when the store could not be written."""
+        return self._state(app).flusher.flush()
+
+    def store(self, app: Flask | None = None) -> Store:
+        """The app's store."""
+        return self._state(app).store
+
+
+def _state() -> AppState:
+    return t.cast("AppState", current_app.extensions[_EXTENSION_KEY])
+
+
+def _before_request() -> None:
+    with fail_open("extension.before_request"):
+        state = _state()
+        rule = request.url_rule
+        name = f"{request.method} {rule.rule if rule is not None else '<unmatched>'}"
+        record = state.new_record(name, "request")
+        g._querywatch = record
+        g._querywatch_token = capture.start_record(record)
+
+
+def _after_request(response: Response) -> Response:
+    with fail_open("extension.after_request"):
+        record = g.get("_querywatch")
+        if record is not None:
+            record.status = response.status_code
+    return response
+
+
+def _teardown_request(exc: BaseException | None) -> None:
+    with fail_open("extension.teardown_request"):
+        record: capture.Record | None = g.pop("_querywatch", None)
+        token = g.pop("_querywatch_token", None)
+        if token is not None:
+            capture.end_record(token)
+        if record is None:
+            return
+        status = record.status or 200
+        if exc is not None:
+            status = 500
+        _state().finish(record, status)

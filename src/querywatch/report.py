@@ -1,0 +1,314 @@
+"""``querywatch report``: which query in which endpoint costs the database its time.
+
+:func:`build_report` reads a window from the store into a plain dict (the ``--json``
+schema, version ``querywatch.report/1``, documented in ``docs/report.md``);
+:func:`render_report` prints it with rich, culprit first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import re
+import time
+import typing as t
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .stats import OTHER
+from .stats import OTHER_SHAPE
+from .stats import Aggregate
+from .stats import EndpointAggregate
+from .stats import percentile
+
+if t.TYPE_CHECKING:
+    from .capture import CallSite
+    from .store import Store
+
+__all__ = ["REPORT_SCHEMA", "build_report", "parse_since", "render_report"]
+
+REPORT_SCHEMA = "querywatch.report/1"
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(value: str, now: float | None = None) -> float:
+    """``"1h"``, ``"30m"``, ``"2d"`` (before now) or an ISO 8601 time, as Unix time."""
+    now = time.time() if now is None else now
+    m = _DURATION_RE.match(value)
+    if m:
+        return now - float(m.group(1)) * _UNITS[m.group(2)]
+    try:
+        parsed = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        msg = (
+            f"'--since' must be a duration such as 30m, 1h or 2d, or an ISO time such as"
+            f" 2026-11-26T14:00, got {value!r}."
+        )
+        raise ValueError(msg) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed.timestamp()
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+def _site(site: CallSite | None) -> dict[str, t.Any] | None:
+    if site is None:
+        return None
+    return {"file": site.filename, "line": site.lineno, "function": site.function}
+
+
+def _query_entry(
+    fp: str,
+    agg: Aggregate,
+    total_db: float,
+    shape: t.Any,
+    endpoints: list[tuple[str, Aggregate]],
+) -> dict[str, t.Any]:
+    return {
+        "fingerprint": fp,
+        "shape": OTHER_SHAPE if fp == OTHER else (shape.shape if shape else None),
+        "operation": shape.operation if shape else None,
+        "calls": agg.calls,
+        "errors": agg.errors,
+        "total_ms": _ms(agg.total),
+        "mean_ms": _ms(agg.total / agg.calls) if agg.calls else 0.0,
+        "min_ms": _ms(agg.min) if agg.calls else 0.0,
+        "max_ms": _ms(agg.max),
+        "p50_ms": _ms(agg.quantile(0.50)),
+        "p95_ms": _ms(agg.quantile(0.95)),
+        "p99_ms": _ms(agg.quantile(0.99)),
+        "rows": agg.rows,
+        "share": round(agg.total / total_db, 4) if total_db > 0 else 0.0,
+        "endpoints": [
+            {"endpoint": ep, "calls": a.calls, "total_ms": _ms(a.total)}
+            for ep, a in sorted(endpoints, key=lambda x: -x[1].total)[:5]
+        ],
+        "call_site": _site(shape.site) if shape else None,
+    }
+
+
+def _endpoint_entry(name: str, ep: EndpointAggregate) -> dict[str, t.Any]:
+    n = ep.requests or 1
+    errors = ep.statuses.get("5xx", 0) + ep.statuses.get("error", 0)
+    return {
+        "endpoint": name,
+        "requests": ep.requests,
+        "statuses": dict(sorted(ep.statuses.items())),
+        "error_rate": round(errors / n, 4),
+        "total_ms": _ms(ep.total),
+        "mean_ms": _ms(ep.total / n),
+        "p95_ms": _ms(percentile(ep.hist, 0.95, 0.0, ep.max)),
+        "max_ms": _ms(ep.max),
+        "db_ms": _ms(ep.db_time),
+        "db_share": round(ep.db_time / ep.total, 4) if ep.total > 0 else 0.0,
+        "queries_per_request": round(ep.queries / n, 2),
+        "max_queries": ep.max_queries,
+        "dropped_queries": ep.dropped_queries,
+    }
+
+
+def build_report(
+    store: Store,
+    *,
+    since: float,
+    until: float | None = None,
+    endpoint: str | None = None,
+    limit: int = 10,
+) -> dict[str, t.Any]:
+    """The report of ``[since, until)`` as a JSON-ready dict."""
+    until = time.time() if until is None else until
+    span = max(until - since, 60.0)
+    win = store.window(since, until, endpoint)
+    prev = store.window(since - span, since, endpoint)
+    total_db = sum(a.total for a in win.shapes.values())
+    ranked = sorted(win.shapes.items(), key=lambda kv: (-kv[1].total, kv[0]))[:limit]
+    stored_findings = store.findings(since=since, endpoint=endpoint, limit=limit)
+    shapes = store.shapes({fp for fp, _ in ranked} | {f.fingerprint for f in stored_findings})
+    by_fp: dict[str, list[tuple[str, Aggregate]]] = {}
+    for (ep, fp), agg in win.endpoint_shapes.items():
+        by_fp.setdefault(fp, []).append((ep, agg))
+    queries = [
+        _query_entry(fp, agg, total_db, shapes.get(fp), by_fp.get(fp, [])) for fp, agg in ranked
+    ]
+    endpoints = [
+        _endpoint_entry(name, ep)
+        for name, ep in sorted(win.endpoints.items(), key=lambda kv: (-kv[1].total, kv[0]))[:limit]
+    ]
+    requests = sum(e.requests for e in win.endpoints.values())
+    prev_requests = sum(e.requests for e in prev.endpoints.values())
+    findings = []
+    for f in stored_findings:
+        shape = shapes.get(f.fingerprint)
+        findings.append(
+            {
+                "kind": f.kind,
+                "endpoint": f.endpoint,
+                "fingerprint": f.fingerprint,
+                "shape": shape.shape if shape else None,
+                "occurrences": f.occurrences,
+                "queries": f.queries,
+                "total_ms": _ms(f.total),
+                "relationship": f.relationship,
+                "call_site": _site(f.site),
+                "fix": f.fix,
+                "first_seen": _iso(f.first_seen),
+                "last_seen": _iso(f.last_seen),
+            }
+        )
+    return {
+        "schema": REPORT_SCHEMA,
+        "generated_at": _iso(time.time()),
+        "since": _iso(since),
+        "until": _iso(until),
+        "endpoint": endpoint,
+        "traffic": {
+            "requests": requests,
+            "rate_per_s": round(requests / span, 3),
+            "previous_requests": prev_requests,
+            "previous_rate_per_s": round(prev_requests / span, 3),
+            "change": round(requests / prev_requests - 1.0, 4) if prev_requests else None,
+        },
+        "db_time_ms": _ms(total_db),
+        "queries": queries,
+        "endpoints": endpoints,
+        "findings": findings,
+    }
+
+
+def _short(text: str | None, n: int) -> str:
+    if not text:
+        return "?"
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _site_text(site: dict[str, t.Any] | None) -> str:
+    if not site:
+        return ""
+    path = site["file"]
+    with contextlib.suppress(ValueError):
+        rel = os.path.relpath(path)
+        if not rel.startswith(".."):
+            path = rel
+    return f"{path}:{site['line']} in {site['function']}"
+
+
+_SELECT_LIST_RE = re.compile(r"^SELECT (?:DISTINCT )?(.{60,}?) FROM ")
+
+
+def compact_shape(shape: str | None, n: int = 200) -> str:
+    """A shape for people: a long select list becomes ``…``, the rest is cut at ``n``."""
+    if not shape:
+        return "?"
+    m = _SELECT_LIST_RE.match(shape)
+    if m and "(" not in m.group(1):
+        shape = shape[: m.start(1)] + "…" + shape[m.end(1) :]
+    return _short(shape, n)
+
+
+def headline(report: dict[str, t.Any]) -> str:
+    """One sentence naming the costliest query shape and where it runs."""
+    if not report["queries"]:
+        return "No queries were recorded in this window."
+    top = report["queries"][0]
+    where = top["endpoints"][0]["endpoint"] if top["endpoints"] else "?"
+    return (
+        f"The costliest query shape takes {top['share']:.0%} of database time: "
+        f"{compact_shape(top['shape'], 160)} — from {where}"
+        + (f" at {_site_text(top['call_site'])}" if top["call_site"] else "")
+        + f" ({top['calls']} calls, mean {top['mean_ms']:.1f} ms, p95 {top['p95_ms']:.1f} ms)."
+    )
+
+
+def traffic_sentence(report: dict[str, t.Any]) -> str:
+    tr = report["traffic"]
+    if tr["change"] is None:
+        return f"Traffic: {tr['requests']} requests ({tr['rate_per_s']:.2f}/s); no earlier window."
+    return (
+        f"Traffic: {tr['requests']} requests ({tr['rate_per_s']:.2f}/s), "
+        f"{tr['change']:+.0%} against the window before ({tr['previous_rate_per_s']:.2f}/s)."
+    )
+
+
+def render_report(report: dict[str, t.Any], console: Console | None = None) -> None:
+    """Print the report for a person: the culprit in the first lines."""
+    console = console or Console()
+    scope = f" for {report['endpoint']}" if report["endpoint"] else ""
+    console.print(
+        f"[bold]querywatch report[/bold]{scope}: {report['since']} to {report['until']}",
+        highlight=False,
+    )
+    console.print(Text(headline(report), style="bold red" if report["queries"] else ""))
+    console.print(Text(traffic_sentence(report)))
+
+    console.print()
+    console.print("[bold]Top query shapes by total time[/bold]")
+    for i, q in enumerate(report["queries"], 1):
+        line = Text(f"{i:>2}. ", style="bold")
+        line.append(f"{q['share']:>4.0%} of DB time", style="bold red" if i == 1 else "bold")
+        line.append(
+            f"  {q['total_ms']:,.0f} ms total, {q['calls']:,} calls, mean {q['mean_ms']:.2f} ms,"
+            f" p95 {q['p95_ms']:.2f} ms, {q['rows']:,} rows"
+            + (f", {q['errors']:,} errors" if q["errors"] else "")
+        )
+        console.print(line)
+        console.print(Text("    " + compact_shape(q["shape"], 300)), highlight=False)
+        eps = ", ".join(f"{e['endpoint']} ({e['calls']:,})" for e in q["endpoints"][:3])
+        console.print(Text(f"    {eps}", style="cyan"))
+        if q["call_site"]:
+            console.print(Text(f"    {_site_text(q['call_site'])}", style="dim"))
+    console.print()
+
+    et = Table(
+        title="Top endpoints by total time",
+        title_justify="left",
+        box=None,
+        title_style="bold",
+        pad_edge=False,
+    )
+    et.add_column("endpoint", no_wrap=True, overflow="ellipsis", max_width=30)
+    for col in ("reqs", "total ms", "mean ms", "p95 ms", "DB%", "q/req", "5xx"):
+        et.add_column(col, justify="right", no_wrap=True, min_width=len(col))
+    for e in report["endpoints"]:
+        et.add_row(
+            e["endpoint"],
+            f"{e['requests']:,}",
+            f"{e['total_ms']:,.0f}",
+            f"{e['mean_ms']:.1f}",
+            f"{e['p95_ms']:.1f}",
+            f"{e['db_share']:.0%}",
+            f"{e['queries_per_request']:.1f}",
+            f"{e['error_rate']:.0%}",
+        )
+    console.print(et)
+    console.print()
+
+    if not report["findings"]:
+        console.print("No findings in this window.")
+        return
+    console.print("[bold]Findings[/bold]")
+    for f in report["findings"]:
+        line = Text(f"  {f['kind'].replace('_', ' ')}", style="bold yellow")
+        line.append(f"  {f['endpoint']}", style="cyan")
+        line.append(
+            f"  seen in {f['occurrences']:,} units of work, {f['queries']:,} queries,"
+            f" {f['total_ms']:,.0f} ms"
+        )
+        console.print(line)
+        where = Text("    ")
+        if f["relationship"]:
+            where.append(f"{f['relationship']}  ", style="bold")
+        where.append(_site_text(f["call_site"]) or compact_shape(f["shape"], 100), style="dim")
+        console.print(where)
+        console.print(Text(f"    {f['fix']}"))

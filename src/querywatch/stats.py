@@ -1,0 +1,331 @@
+"""pg_stat_statements-like aggregates, per process, in minute buckets, with bounded memory.
+
+Units of work are folded in when they end (one lock acquisition a request). The flusher
+drains the pending buckets to the store every few seconds; a failed flush puts them back.
+
+Memory is bounded: at most ``max_shapes`` distinct fingerprints are pending at once
+(the long tail folds into the :data:`OTHER` row until the next flush), at most
+``max_endpoints`` endpoints per bucket, :data:`MAX_PENDING_MINUTES` minutes of buckets
+while the store is unreachable, and :data:`MAX_PENDING_FINDINGS` findings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import typing as t
+
+if t.TYPE_CHECKING:
+    from .capture import CallSite
+    from .capture import Record
+    from .capture import ShapeStats
+    from .detectors import Finding
+
+__all__ = ["OTHER", "Aggregate", "EndpointAggregate", "Stats", "bucket_index", "percentile"]
+
+#: The fingerprint id that stands for every shape past the cap.
+OTHER = "other"
+OTHER_SHAPE = "(other query shapes, past QUERYWATCH_MAX_SHAPES)"
+MAX_PENDING_MINUTES = 180
+MAX_PENDING_FINDINGS = 2000
+
+# Log-linear histogram: 4 buckets per power of two from 1 microsecond; bucket i holds
+# values in (BASE * 2**((i-1)/4), BASE * 2**(i/4)]. Relative error of a percentile is
+# under 10%, and 120 buckets reach past 17 minutes.
+_BASE = 1e-6
+_PER_OCTAVE = 4
+MAX_BUCKET = 120
+
+
+def bucket_index(seconds: float) -> int:
+    """The histogram bucket of a duration in seconds."""
+    if seconds <= _BASE:
+        return 0
+    idx = math.ceil(math.log2(seconds / _BASE) * _PER_OCTAVE)
+    return idx if idx < MAX_BUCKET else MAX_BUCKET
+
+
+def bucket_upper(idx: int) -> float:
+    """The upper bound, in seconds, of bucket ``idx``."""
+    return float(_BASE * 2.0 ** (idx / _PER_OCTAVE))
+
+
+def percentile(hist: t.Mapping[int, int], q: float, lo: float, hi: float) -> float:
+    """The ``q`` quantile (0..1) of a histogram, in seconds, clamped to ``[lo, hi]``."""
+    total = sum(hist.values())
+    if total == 0:
+        return 0.0
+    rank = q * total
+    seen = 0
+    for idx in sorted(hist):
+        seen += hist[idx]
+        if seen >= rank:
+            # geometric middle of the bucket
+            value = bucket_upper(idx) / 2.0 ** (0.5 / _PER_OCTAVE) if idx > 0 else _BASE
+            return min(max(value, lo), hi)
+    return hi
+
+
+def merge_hist(into: dict[int, int], other: t.Mapping[int, int]) -> None:
+    for k, v in other.items():
+        into[k] = into.get(k, 0) + v
+
+
+@dataclasses.dataclass(slots=True)
+class Aggregate:
+    """Calls and latency of one query shape (optionally within one endpoint)."""
+
+    calls: int = 0
+    errors: int = 0
+    total: float = 0.0
+    min: float = math.inf
+    max: float = 0.0
+    rows: int = 0
+    hist: dict[int, int] = dataclasses.field(default_factory=dict)
+
+    def add_shape(self, s: ShapeStats) -> None:
+        self.calls += s.calls
+        self.errors += s.errors
+        self.total += s.total
+        self.rows += s.rows
+        self.min = min(self.min, s.min)
+        self.max = max(self.max, s.max)
+        merge_hist(self.hist, s.hist)
+
+    def merge(self, o: Aggregate) -> None:
+        self.calls += o.calls
+        self.errors += o.errors
+        self.total += o.total
+        self.rows += o.rows
+        self.min = min(self.min, o.min)
+        self.max = max(self.max, o.max)
+        merge_hist(self.hist, o.hist)
+
+    def quantile(self, q: float) -> float:
+        return percentile(self.hist, q, self.min if self.calls else 0.0, self.max)
+
+
+@dataclasses.dataclass(slots=True)
+class EndpointAggregate:
+    """Requests (or job runs) of one endpoint."""
+
+    requests: int = 0
+    #: Count by status class: "2xx", "3xx", "4xx", "5xx" (jobs: "ok" or "error").
+    statuses: dict[str, int] = dataclasses.field(default_factory=dict)
+    total: float = 0.0
+    max: float = 0.0
+    hist: dict[int, int] = dataclasses.field(default_factory=dict)
+    queries: int = 0
+    max_queries: int = 0
+    db_time: float = 0.0
+    db_errors: int = 0
+    dropped_queries: int = 0
+
+    def merge(self, o: EndpointAggregate) -> None:
+        self.requests += o.requests
+        for k, v in o.statuses.items():
+            self.statuses[k] = self.statuses.get(k, 0) + v
+        self.total += o.total
+        self.max = max(self.max, o.max)
+        merge_hist(self.hist, o.hist)
+        self.queries += o.queries
+        self.max_queries = max(self.max_queries, o.max_queries)
+        self.db_time += o.db_time
+        self.db_errors += o.db_errors
+        self.dropped_queries += o.dropped_queries
+
+
+@dataclasses.dataclass(slots=True)
+class ShapeInfo:
+    """What is shown for a fingerprint: its normalized text and first call site."""
+
+    shape: str
+    operation: str
+    site: CallSite | None
+
+
+@dataclasses.dataclass(slots=True)
+class FindingAggregate:
+    """One finding, deduplicated by (kind, endpoint, fingerprint), since the last flush."""
+
+    kind: str
+    endpoint: str
+    fingerprint: str
+    first_seen: float
+    last_seen: float
+    occurrences: int = 0
+    queries: int = 0
+    total: float = 0.0
+    site: CallSite | None = None
+    relationship: str | None = None
+    fix: str = ""
+
+
+@dataclasses.dataclass(slots=True)
+class MinuteBucket:
+    queries: dict[tuple[str, str], Aggregate] = dataclasses.field(default_factory=dict)
+    endpoints: dict[str, EndpointAggregate] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(slots=True)
+class Snapshot:
+    """What a flush writes: pending buckets, shapes and findings."""
+
+    buckets: dict[int, MinuteBucket]
+    shapes: dict[str, ShapeInfo]
+    findings: dict[tuple[str, str, str], FindingAggregate]
+
+    def is_empty(self) -> bool:
+        return not (self.buckets or self.shapes or self.findings)
+
+
+def status_class(status: int, kind: str) -> str:
+    if kind != "request":
+        return "error" if status >= 500 else "ok"
+    if 100 <= status < 600:
+        return f"{status // 100}xx"
+    return "5xx"
+
+
+class Stats:
+    """The aggregates of one process, waiting for the next flush."""
+
+    def __init__(self, *, max_shapes: int = 2000, max_endpoints: int = 500) -> None:
+        self.max_shapes = max_shapes
+        self.max_endpoints = max_endpoints
+        self._lock = threading.Lock()
+        self._buckets: dict[int, MinuteBucket] = {}
+        self._shapes: dict[str, ShapeInfo] = {}
+        self._findings: dict[tuple[str, str, str], FindingAggregate] = {}
+        #: Fingerprints pending in any bucket: the set the cap counts.
+        self._pending_fps: set[str] = set()
+        #: Counters of what the caps folded or dropped.
+        self.folded_shapes = 0
+        self.dropped_minutes = 0
+        self.dropped_findings = 0
+
+    def add(self, record: Record, findings: t.Sequence[Finding]) -> None:
+        """Fold a finished unit of work in."""
+        minute = int(record.started_wall // 60) * 60
+        with self._lock:
+            bucket = self._buckets.get(minute)
+            if bucket is None:
+                bucket = self._buckets[minute] = MinuteBucket()
+                if len(self._buckets) > MAX_PENDING_MINUTES:
+                    oldest = min(self._buckets)
+                    del self._buckets[oldest]
+                    self.dropped_minutes += 1
+            endpoint = record.name
+            ep = bucket.endpoints.get(endpoint)
+            if ep is None:
+                if len(bucket.endpoints) >= self.max_endpoints:
+                    endpoint = OTHER
+                    ep = bucket.endpoints.get(endpoint)
+                if ep is None:
+                    ep = bucket.endpoints[endpoint] = EndpointAggregate()
+            ep.requests += 1
+            cls = status_class(record.status, record.kind)
+            ep.statuses[cls] = ep.statuses.get(cls, 0) + 1
+            ep.total += record.duration
+            ep.max = max(ep.max, record.duration)
+            idx = bucket_index(record.duration)
+            ep.hist[idx] = ep.hist.get(idx, 0) + 1
+            ep.queries += record.query_count
+            ep.max_queries = max(ep.max_queries, record.query_count)
+            ep.db_time += record.db_time
+            ep.db_errors += record.errors
+            ep.dropped_queries += record.dropped
+            for fp_id, shape in record.shapes.items():
+                key_fp = self._admit(fp_id, shape)
+                agg = bucket.queries.get((endpoint, key_fp))
+                if agg is None:
+                    agg = bucket.queries[(endpoint, key_fp)] = Aggregate()
+                agg.add_shape(shape)
+            for f in findings:
+                self._add_finding(f, endpoint, record.started_wall)
+
+    def _admit(self, fp_id: str, shape: ShapeStats) -> str:
+        if fp_id in self._pending_fps:
+            return fp_id
+        if len(self._pending_fps) >= self.max_shapes:
+            self.folded_shapes += 1
+            return OTHER
+        self._pending_fps.add(fp_id)
+        if fp_id not in self._shapes:
+            fp = shape.fingerprint
+            self._shapes[fp_id] = ShapeInfo(fp.shape, fp.operation, shape.site)
+        return fp_id
+
+    def _add_finding(self, f: Finding, endpoint: str, when: float) -> None:
+        key = (f.kind, endpoint, f.fingerprint.id)
+        agg = self._findings.get(key)
+        if agg is None:
+            if len(self._findings) >= MAX_PENDING_FINDINGS:
+                self.dropped_findings += 1
+                return
+            agg = self._findings[key] = FindingAggregate(
+                f.kind,
+                endpoint,
+                f.fingerprint.id,
+                when,
+                when,
+                site=f.site,
+                relationship=f.relationship,
+                fix=f.fix,
+            )
+            if f.fingerprint.id not in self._shapes:
+                fp = f.fingerprint
+                self._shapes[fp.id] = ShapeInfo(fp.shape, fp.operation, f.site)
+        agg.last_seen = max(agg.last_seen, when)
+        agg.occurrences += 1
+        agg.queries += f.count
+        agg.total += f.total
+
+    def drain(self) -> Snapshot:
+        """Take everything pending; the caller writes it or gives it back with
+        :meth:`restore`."""
+        with self._lock:
+            snap = Snapshot(self._buckets, self._shapes, self._findings)
+            self._buckets = {}
+            self._shapes = {}
+            self._findings = {}
+            self._pending_fps = set()
+            return snap
+
+    def restore(self, snap: Snapshot) -> None:
+        """Put back a snapshot whose flush failed, merging with what came since."""
+        with self._lock:
+            for minute, old in snap.buckets.items():
+                bucket = self._buckets.setdefault(minute, MinuteBucket())
+                for qkey, agg in old.queries.items():
+                    cur = bucket.queries.get(qkey)
+                    if cur is None:
+                        bucket.queries[qkey] = agg
+                    else:
+                        cur.merge(agg)
+                    self._pending_fps.add(qkey[1])
+                for ep_name, ep in old.endpoints.items():
+                    cur_ep = bucket.endpoints.get(ep_name)
+                    if cur_ep is None:
+                        bucket.endpoints[ep_name] = ep
+                    else:
+                        cur_ep.merge(ep)
+            while len(self._buckets) > MAX_PENDING_MINUTES:
+                del self._buckets[min(self._buckets)]
+                self.dropped_minutes += 1
+            for fp_id, info in snap.shapes.items():
+                self._shapes.setdefault(fp_id, info)
+            for fkey, f in snap.findings.items():
+                cur_f = self._findings.get(fkey)
+                if cur_f is None:
+                    if len(self._findings) >= MAX_PENDING_FINDINGS:
+                        self.dropped_findings += 1
+                        continue
+                    self._findings[fkey] = f
+                else:
+                    cur_f.first_seen = min(cur_f.first_seen, f.first_seen)
+                    cur_f.last_seen = max(cur_f.last_seen, f.last_seen)
+                    cur_f.occurrences += f.occurrences
+                    cur_f.queries += f.queries
+                    cur_f.total += f.total

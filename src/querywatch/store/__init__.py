@@ -1,0 +1,557 @@
+"""The store: minute buckets, shapes and findings in SQL, shared by every process.
+
+A SQLite file (WAL) in the app's instance folder by default; PostgreSQL or MariaDB via
+``QUERYWATCH_STORE_URL`` when several hosts write. Writes merge: each process adds its
+own minute buckets to what is there, inside one transaction, so gunicorn workers and
+hosts sum up correctly. The store's engine carries the ``querywatch_ignore`` execution
+option, so querywatch never captures its own statements.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+import typing as t
+
+from sqlalchemy import bindparam
+from sqlalchemy import create_engine
+from sqlalchemy import event
+from sqlalchemy import func
+from sqlalchemy import inspect
+from sqlalchemy import select
+from sqlalchemy import update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import OperationalError
+
+from ..capture import IGNORE_OPTION
+from ..capture import CallSite
+from ..exceptions import SchemaVersionError
+from ..exceptions import StoreError
+from ..stats import Aggregate
+from ..stats import EndpointAggregate
+from ..stats import FindingAggregate
+from ..stats import ShapeInfo
+from ..stats import Snapshot
+from . import schema
+
+if t.TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.engine import Engine
+
+__all__ = ["Store", "StoredFinding", "StoredShape", "Window"]
+
+_KNOWN_SHAPES_CAP = 20000
+
+
+def _hist_dump(hist: t.Mapping[int, int]) -> str:
+    return json.dumps({str(k): v for k, v in sorted(hist.items())}, separators=(",", ":"))
+
+
+def _hist_load(text: str | None) -> dict[int, int]:
+    if not text:
+        return {}
+    return {int(k): int(v) for k, v in json.loads(text).items()}
+
+
+def _site(row: t.Any) -> CallSite | None:
+    if row.site_file is None:
+        return None
+    return CallSite(row.site_file, int(row.site_line or 0), row.site_function or "")
+
+
+class StoredShape(t.NamedTuple):
+    fingerprint: str
+    shape: str
+    operation: str
+    site: CallSite | None
+
+
+class StoredFinding(t.NamedTuple):
+    kind: str
+    endpoint: str
+    fingerprint: str
+    first_seen: float
+    last_seen: float
+    occurrences: int
+    queries: int
+    total: float
+    site: CallSite | None
+    relationship: str | None
+    fix: str
+
+
+class Window(t.NamedTuple):
+    """Aggregates of a time window read back from the store."""
+
+    since: float
+    until: float
+    #: Per fingerprint, over every endpoint.
+    shapes: dict[str, Aggregate]
+    #: Per (endpoint, fingerprint).
+    endpoint_shapes: dict[tuple[str, str], Aggregate]
+    endpoints: dict[str, EndpointAggregate]
+
+
+def _sqlite_pragmas(dbapi_conn: t.Any, _record: t.Any) -> None:
+    # Autocommit at the driver level; SQLAlchemy's "begin" below issues BEGIN IMMEDIATE, so
+    # two writers queue on the lock instead of failing to upgrade a read lock.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Store:
+    """Read and write querywatch's tables on one database."""
+
+    def __init__(self, url: str, *, engine_options: dict[str, t.Any] | None = None) -> None:
+        self.url = url
+        options: dict[str, t.Any] = {"pool_pre_ping": True}
+        if url.startswith("sqlite"):
+            options["connect_args"] = {"timeout": 5}
+        options.update(engine_options or {})
+        try:
+            engine = create_engine(url, **options)
+        except Exception as e:
+            msg = f"Could not open the querywatch store at {url!r}: {e}"
+            raise StoreError(msg) from None
+        self.engine: Engine = engine.execution_options(**{IGNORE_OPTION: True})
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        if self.is_sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "begin", _sqlite_begin)
+        self._known_shapes: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._migrated = False
+
+    # --- schema ------------------------------------------------------------------------
+
+    def migrate(self) -> int:
+        """Create or upgrade the tables; returns the schema version now in force."""
+        if self._migrated:
+            return schema.SCHEMA_VERSION
+        for attempt in range(3):
+            try:
+                version = self._migrate_once()
+                self._migrated = True
+                return version
+            except (IntegrityError, OperationalError):
+                # Another process migrated at the same moment; look again.
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _migrate_once(self) -> int:
+        with self.engine.begin() as conn:
+            if not inspect(conn).has_table(schema.meta.name):
+                schema.metadata.create_all(conn, tables=[schema.meta])
+            row = conn.execute(
+                select(schema.meta.c.value).where(schema.meta.c.key == "schema_version")
+            ).first()
+            current = int(row[0]) if row else 0
+            if current > schema.SCHEMA_VERSION:
+                msg = (
+                    f"The querywatch store at {self.engine.url!r} has schema version {current},"
+                    f" newer than this querywatch knows ({schema.SCHEMA_VERSION}). Upgrade"
+                    " querywatch, or point 'QUERYWATCH_STORE_URL' at another database."
+                )
+                raise SchemaVersionError(msg)
+            for version in range(current + 1, schema.SCHEMA_VERSION + 1):
+                schema.MIGRATIONS[version](conn)
+            if current == 0:
+                conn.execute(
+                    schema.meta.insert().values(
+                        key="schema_version", value=str(schema.SCHEMA_VERSION)
+                    )
+                )
+            elif current < schema.SCHEMA_VERSION:
+                conn.execute(
+                    update(schema.meta)
+                    .where(schema.meta.c.key == "schema_version")
+                    .values(value=str(schema.SCHEMA_VERSION))
+                )
+            return schema.SCHEMA_VERSION
+
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(schema.meta.c.value).where(schema.meta.c.key == "schema_version")
+            ).first()
+            return int(row[0]) if row else 0
+
+    # --- writing -----------------------------------------------------------------------
+
+    def write(self, snap: Snapshot) -> None:
+        """Merge a snapshot into the store, atomically. Raises on failure (the caller
+        keeps the snapshot and retries)."""
+        if snap.is_empty():
+            return
+        try:
+            self._write(snap)
+        except Exception:
+            # The database may have been replaced (a deleted SQLite file, a restored
+            # server): check the schema again next time.
+            self._migrated = False
+            raise
+
+    def _write(self, snap: Snapshot) -> None:
+        self.migrate()
+        for attempt in range(3):
+            try:
+                with self.engine.begin() as conn:
+                    self._write_shapes(conn, snap.shapes)
+                    for minute, bucket in sorted(snap.buckets.items()):
+                        self._merge_queries(conn, minute, bucket.queries)
+                        self._merge_endpoints(conn, minute, bucket.endpoints)
+                    self._merge_findings(conn, snap.findings)
+                break
+            except IntegrityError:
+                # A concurrent writer inserted the same key first: merge again.
+                if attempt == 2:
+                    raise
+        for fp in snap.shapes:
+            self._known_shapes[fp] = None
+            self._known_shapes.move_to_end(fp)
+        while len(self._known_shapes) > _KNOWN_SHAPES_CAP:
+            self._known_shapes.popitem(last=False)
+
+    def _lock_rows(self, stmt: t.Any) -> t.Any:
+        return stmt if self.is_sqlite else stmt.with_for_update()
+
+    def _write_shapes(self, conn: Connection, shapes: dict[str, ShapeInfo]) -> None:
+        new = [fp for fp in shapes if fp not in self._known_shapes]
+        if not new:
+            return
+        tbl = schema.shapes
+        existing: set[str] = set()
+        for i in range(0, len(new), 500):
+            chunk = new[i : i + 500]
+            existing.update(
+                conn.execute(
+                    select(tbl.c.fingerprint).where(tbl.c.fingerprint.in_(chunk))
+                ).scalars()
+            )
+        now = time.time()
+        rows = []
+        for fp in new:
+            if fp in existing:
+                continue
+            info = shapes[fp]
+            site = info.site
+            rows.append(
+                {
+                    "fingerprint": fp,
+                    "shape": info.shape,
+                    "operation": info.operation[:16],
+                    "site_file": site.filename[-512:] if site else None,
+                    "site_line": site.lineno if site else None,
+                    "site_function": site.function[:255] if site else None,
+                    "first_seen": now,
+                }
+            )
+        if rows:
+            conn.execute(tbl.insert(), rows)
+
+    def _merge_queries(
+        self, conn: Connection, minute: int, queries: dict[tuple[str, str], Aggregate]
+    ) -> None:
+        if not queries:
+            return
+        tbl = schema.query_stats
+        endpoints = sorted({ep for ep, _ in queries})
+        existing: dict[tuple[str, str], t.Any] = {}
+        for row in conn.execute(
+            self._lock_rows(
+                select(tbl).where(tbl.c.minute == minute, tbl.c.endpoint.in_(endpoints))
+            )
+        ):
+            existing[(row.endpoint, row.fingerprint)] = row
+        inserts, updates = [], []
+        for (ep, fp), agg in queries.items():
+            old = existing.get((ep[:255], fp))
+            if old is None:
+                inserts.append(
+                    {
+                        "minute": minute,
+                        "endpoint": ep[:255],
+                        "fingerprint": fp,
+                        "calls": agg.calls,
+                        "errors": agg.errors,
+                        "total_s": agg.total,
+                        "min_s": agg.min if agg.calls else 0.0,
+                        "max_s": agg.max,
+                        "rows": agg.rows,
+                        "hist": _hist_dump(agg.hist),
+                    }
+                )
+            else:
+                hist = _hist_load(old.hist)
+                for k, v in agg.hist.items():
+                    hist[k] = hist.get(k, 0) + v
+                updates.append(
+                    {
+                        "b_minute": minute,
+                        "b_endpoint": old.endpoint,
+                        "b_fingerprint": fp,
+                        "calls": old.calls + agg.calls,
+                        "errors": old.errors + agg.errors,
+                        "total_s": old.total_s + agg.total,
+                        "min_s": min(old.min_s, agg.min),
+                        "max_s": max(old.max_s, agg.max),
+                        "rows": old.rows + agg.rows,
+                        "hist": _hist_dump(hist),
+                    }
+                )
+        if inserts:
+            conn.execute(tbl.insert(), inserts)
+        if updates:
+            conn.execute(
+                tbl.update().where(
+                    tbl.c.minute == bindparam("b_minute"),
+                    tbl.c.endpoint == bindparam("b_endpoint"),
+                    tbl.c.fingerprint == bindparam("b_fingerprint"),
+                ),
+                updates,
+            )
+
+    def _merge_endpoints(
+        self, conn: Connection, minute: int, endpoints: dict[str, EndpointAggregate]
+    ) -> None:
+        if not endpoints:
+            return
+        tbl = schema.endpoint_stats
+        existing = {
+            row.endpoint: row
+            for row in conn.execute(
+                self._lock_rows(
+                    select(tbl).where(
+                        tbl.c.minute == minute, tbl.c.endpoint.in_([e[:255] for e in endpoints])
+                    )
+                )
+            )
+        }
+        inserts, updates = [], []
+        for name, ep in endpoints.items():
+            key = name[:255]
+            old = existing.get(key)
+            if old is None:
+                inserts.append(
+                    {
+                        "minute": minute,
+                        "endpoint": key,
+                        "requests": ep.requests,
+                        "statuses": json.dumps(ep.statuses, sort_keys=True),
+                        "total_s": ep.total,
+                        "max_s": ep.max,
+                        "hist": _hist_dump(ep.hist),
+                        "queries": ep.queries,
+                        "max_queries": ep.max_queries,
+                        "db_s": ep.db_time,
+                        "db_errors": ep.db_errors,
+                        "dropped_queries": ep.dropped_queries,
+                    }
+                )
+            else:
+                merged = EndpointAggregate()
+                merged.merge(_endpoint_from_row(old))
+                merged.merge(ep)
+                updates.append(
+                    {
+                        "b_minute": minute,
+                        "b_endpoint": key,
+                        "requests": merged.requests,
+                        "statuses": json.dumps(merged.statuses, sort_keys=True),
+                        "total_s": merged.total,
+                        "max_s": merged.max,
+                        "hist": _hist_dump(merged.hist),
+                        "queries": merged.queries,
+                        "max_queries": merged.max_queries,
+                        "db_s": merged.db_time,
+                        "db_errors": merged.db_errors,
+                        "dropped_queries": merged.dropped_queries,
+                    }
+                )
+        if inserts:
+            conn.execute(tbl.insert(), inserts)
+        if updates:
+            conn.execute(
+                tbl.update().where(
+                    tbl.c.minute == bindparam("b_minute"),
+                    tbl.c.endpoint == bindparam("b_endpoint"),
+                ),
+                updates,
+            )
+
+    def _merge_findings(
+        self, conn: Connection, found: dict[tuple[str, str, str], FindingAggregate]
+    ) -> None:
+        tbl = schema.findings
+        for (kind, endpoint, fp), f in sorted(found.items()):
+            ep = endpoint[:255]
+            old = conn.execute(
+                self._lock_rows(
+                    select(tbl).where(
+                        tbl.c.kind == kind, tbl.c.endpoint == ep, tbl.c.fingerprint == fp
+                    )
+                )
+            ).first()
+            site = f.site
+            if old is None:
+                conn.execute(
+                    tbl.insert().values(
+                        kind=kind,
+                        endpoint=ep,
+                        fingerprint=fp,
+                        first_seen=f.first_seen,
+                        last_seen=f.last_seen,
+                        occurrences=f.occurrences,
+                        queries=f.queries,
+                        total_s=f.total,
+                        site_file=site.filename[-512:] if site else None,
+                        site_line=site.lineno if site else None,
+                        site_function=site.function[:255] if site else None,
+                        relationship=f.relationship,
+                        fix=f.fix,
+                    )
+                )
+            else:
+                conn.execute(
+                    tbl.update()
+                    .where(tbl.c.id == old.id)
+                    .values(
+                        first_seen=min(old.first_seen, f.first_seen),
+                        last_seen=max(old.last_seen, f.last_seen),
+                        occurrences=old.occurrences + f.occurrences,
+                        queries=old.queries + f.queries,
+                        total_s=old.total_s + f.total,
+                        relationship=old.relationship or f.relationship,
+                    )
+                )
+
+    def prune(self, older_than: float) -> int:
+        """Delete minute buckets that started before ``older_than`` (Unix time)."""
+        self.migrate()
+        cutoff = int(older_than // 60) * 60
+        with self.engine.begin() as conn:
+            n = conn.execute(
+                schema.query_stats.delete().where(schema.query_stats.c.minute < cutoff)
+            ).rowcount
+            n += conn.execute(
+                schema.endpoint_stats.delete().where(schema.endpoint_stats.c.minute < cutoff)
+            ).rowcount
+        return int(n)
+
+    # --- reading -----------------------------------------------------------------------
+
+    def window(self, since: float, until: float, endpoint: str | None = None) -> Window:
+        """Aggregates of the minutes in ``[since, until)``."""
+        self.migrate()
+        lo = int(since // 60) * 60
+        qs, es = schema.query_stats, schema.endpoint_stats
+        shapes: dict[str, Aggregate] = {}
+        endpoint_shapes: dict[tuple[str, str], Aggregate] = {}
+        endpoints: dict[str, EndpointAggregate] = {}
+        with self.engine.connect() as conn:
+            stmt = select(qs).where(qs.c.minute >= lo, qs.c.minute < until)
+            if endpoint is not None:
+                stmt = stmt.where(qs.c.endpoint == endpoint)
+            for row in conn.execute(stmt):
+                agg = Aggregate(
+                    calls=row.calls,
+                    errors=row.errors,
+                    total=row.total_s,
+                    min=row.min_s,
+                    max=row.max_s,
+                    rows=row.rows,
+                    hist=_hist_load(row.hist),
+                )
+                shapes.setdefault(row.fingerprint, Aggregate()).merge(agg)
+                endpoint_shapes.setdefault((row.endpoint, row.fingerprint), Aggregate()).merge(agg)
+            stmt = select(es).where(es.c.minute >= lo, es.c.minute < until)
+            if endpoint is not None:
+                stmt = stmt.where(es.c.endpoint == endpoint)
+            for row in conn.execute(stmt):
+                endpoints.setdefault(row.endpoint, EndpointAggregate()).merge(
+                    _endpoint_from_row(row)
+                )
+        return Window(since, until, shapes, endpoint_shapes, endpoints)
+
+    def shapes(self, fingerprints: t.Iterable[str]) -> dict[str, StoredShape]:
+        self.migrate()
+        fps = list(fingerprints)
+        out: dict[str, StoredShape] = {}
+        tbl = schema.shapes
+        with self.engine.connect() as conn:
+            for i in range(0, len(fps), 500):
+                for row in conn.execute(select(tbl).where(tbl.c.fingerprint.in_(fps[i : i + 500]))):
+                    out[row.fingerprint] = StoredShape(
+                        row.fingerprint, row.shape, row.operation, _site(row)
+                    )
+        return out
+
+    def findings(
+        self, since: float = 0.0, endpoint: str | None = None, limit: int = 100
+    ) -> list[StoredFinding]:
+        """Findings last seen at or after ``since``, costliest first."""
+        self.migrate()
+        tbl = schema.findings
+        stmt = select(tbl).where(tbl.c.last_seen >= since)
+        if endpoint is not None:
+            stmt = stmt.where(tbl.c.endpoint == endpoint)
+        stmt = stmt.order_by(tbl.c.total_s.desc(), tbl.c.id).limit(limit)
+        with self.engine.connect() as conn:
+            return [
+                StoredFinding(
+                    row.kind,
+                    row.endpoint,
+                    row.fingerprint,
+                    row.first_seen,
+                    row.last_seen,
+                    row.occurrences,
+                    row.queries,
+                    row.total_s,
+                    _site(row),
+                    row.relationship,
+                    row.fix,
+                )
+                for row in conn.execute(stmt)
+            ]
+
+    def latest_minute(self) -> float | None:
+        """The start of the newest minute with data, if any."""
+        self.migrate()
+        with self.engine.connect() as conn:
+            value = conn.execute(select(func.max(schema.endpoint_stats.c.minute))).scalar()
+        return float(value) if value is not None else None
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _endpoint_from_row(row: t.Any) -> EndpointAggregate:
+    return EndpointAggregate(
+        requests=row.requests,
+        statuses={k: int(v) for k, v in json.loads(row.statuses or "{}").items()},
+        total=row.total_s,
+        max=row.max_s,
+        hist=_hist_load(row.hist),
+        queries=row.queries,
+        max_queries=row.max_queries,
+        db_time=row.db_s,
+        db_errors=row.db_errors,
+        dropped_queries=row.dropped_queries,
+    )
+
+
+def is_store_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` is the store being unreachable, full or read-only (as opposed to a
+    bug in querywatch)."""
+    return isinstance(exc, (DBAPIError, StoreError, OSError))

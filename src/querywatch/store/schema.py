@@ -1,0 +1,109 @@
+"""The store's tables (SQLAlchemy Core), with a schema version and forward migrations.
+
+Every table is prefixed ``qw_`` so the store may share a database with the application.
+Durations are stored in seconds; ``minute`` is the Unix time of the minute's start.
+Histograms are JSON objects of bucket index to count (see :mod:`querywatch.stats`).
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from sqlalchemy import BigInteger
+from sqlalchemy import Column
+from sqlalchemy import Float
+from sqlalchemy import Integer
+from sqlalchemy import MetaData
+from sqlalchemy import String
+from sqlalchemy import Table
+from sqlalchemy import Text
+from sqlalchemy import UniqueConstraint
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from sqlalchemy.engine import Connection
+
+#: The version this code writes. A store with a higher version is refused.
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+meta = Table(
+    "qw_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(255), nullable=False),
+)
+
+shapes = Table(
+    "qw_shapes",
+    metadata,
+    Column("fingerprint", String(32), primary_key=True),
+    Column("shape", Text, nullable=False),
+    Column("operation", String(16), nullable=False),
+    Column("site_file", String(512)),
+    Column("site_line", Integer),
+    Column("site_function", String(255)),
+    Column("first_seen", Float, nullable=False),
+)
+
+query_stats = Table(
+    "qw_query_stats",
+    metadata,
+    Column("minute", BigInteger, primary_key=True, autoincrement=False),
+    Column("endpoint", String(255), primary_key=True),
+    Column("fingerprint", String(32), primary_key=True),
+    Column("calls", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),
+    Column("total_s", Float, nullable=False),
+    Column("min_s", Float, nullable=False),
+    Column("max_s", Float, nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    Column("hist", Text, nullable=False),
+)
+
+endpoint_stats = Table(
+    "qw_endpoint_stats",
+    metadata,
+    Column("minute", BigInteger, primary_key=True, autoincrement=False),
+    Column("endpoint", String(255), primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("statuses", Text, nullable=False),
+    Column("total_s", Float, nullable=False),
+    Column("max_s", Float, nullable=False),
+    Column("hist", Text, nullable=False),
+    Column("queries", BigInteger, nullable=False),
+    Column("max_queries", BigInteger, nullable=False),
+    Column("db_s", Float, nullable=False),
+    Column("db_errors", BigInteger, nullable=False),
+    Column("dropped_queries", BigInteger, nullable=False),
+)
+
+findings = Table(
+    "qw_findings",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False),
+    Column("endpoint", String(255), nullable=False),
+    Column("fingerprint", String(32), nullable=False),
+    Column("first_seen", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("occurrences", BigInteger, nullable=False),
+    Column("queries", BigInteger, nullable=False),
+    Column("total_s", Float, nullable=False),
+    Column("site_file", String(512)),
+    Column("site_line", Integer),
+    Column("site_function", String(255)),
+    Column("relationship", String(255)),
+    Column("fix", Text, nullable=False),
+    UniqueConstraint("kind", "endpoint", "fingerprint", name="uq_qw_findings_key"),
+)
+
+
+def _migrate_to_1(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[shapes, query_stats, endpoint_stats, findings])
+
+
+#: ``MIGRATIONS[n]`` takes a store from version ``n - 1`` to ``n``.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_to_1}

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import os
+import typing as t
+import uuid
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy import text
+
+from querywatch import _failopen
+from querywatch.demo import shop
+
+REQUIRE_SERVICES = os.environ.get("QUERYWATCH_REQUIRE_SERVICES") == "1"
+POSTGRES_URL = os.environ.get(
+    "QUERYWATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+MARIADB_URL = os.environ.get(
+    "QUERYWATCH_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"
+)
+
+
+def _unavailable(service: str, reason: str) -> t.NoReturn:
+    msg = f"{service} is not reachable ({reason})."
+    if REQUIRE_SERVICES:
+        pytest.fail(msg + " QUERYWATCH_REQUIRE_SERVICES=1 makes this a failure.")
+    pytest.skip(msg + " Start it, or set QUERYWATCH_REQUIRE_SERVICES=1 to fail instead.")
+
+
+@pytest.fixture(autouse=True)
+def internal_errors(request: pytest.FixtureRequest) -> t.Iterator[None]:
+    """querywatch swallows its own errors in production; in tests they fail loudly."""
+    allow = request.node.get_closest_marker("allow_internal_errors") is not None
+    _failopen.RAISE_INTERNAL_ERRORS = not allow
+    yield
+    _failopen.RAISE_INTERNAL_ERRORS = False
+
+
+def _fresh_database(server_url: str, kind: str) -> t.Iterator[str]:
+    """A database of its own on a real server, dropped afterwards."""
+    name = f"qw_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+    except Exception as e:
+        _unavailable(kind, f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
+    url = server_url.rsplit("/", 1)[0] + "/" + name
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            if kind == "PostgreSQL":
+                conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            else:
+                conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> t.Iterator[str]:
+    yield from _fresh_database(POSTGRES_URL, "PostgreSQL")
+
+
+@pytest.fixture(scope="session")
+def mariadb_url() -> t.Iterator[str]:
+    yield from _fresh_database(MARIADB_URL, "MariaDB")
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
+def shop_url(request: pytest.FixtureRequest, tmp_path: t.Any) -> str:
+    """The shop database on each dialect, seeded small."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/shop.db"
+    elif request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    else:
+        url = request.getfixturevalue("mariadb_url")
+    engine = create_engine(url)
+    try:
+        shop.seed(engine, scale=0.002)
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture
+def sqlite_shop_url(tmp_path: t.Any) -> str:
+    url = f"sqlite:///{tmp_path}/shop.db"
+    engine = create_engine(url)
+    shop.seed(engine, scale=0.002)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def app(sqlite_shop_url: str, tmp_path: t.Any) -> t.Any:
+    """The shop app on SQLite with querywatch on and a store in its instance folder."""
+    a = shop.create_app(
+        sqlite_shop_url,
+        instance_path=str(tmp_path / "instance"),
+        config={"TESTING": True, "QUERYWATCH_FLUSH_INTERVAL": 3600},
+    )
+    yield a
+    state = a.extensions["querywatch"]
+    state.flusher._stop.set()
+    with a.app_context():
+        shop.db.engine.dispose()
+
+
+@pytest.fixture
+def client(app: t.Any) -> t.Any:
+    return app.test_client()
+
+
+@pytest.fixture
+def records(app: t.Any) -> list[t.Any]:
+    """Every (record, findings) the app finishes during the test."""
+    seen: list[t.Any] = []
+    app.extensions["querywatch"].listeners.append(lambda r, f: seen.append((r, f)))
+    return seen

@@ -1,0 +1,234 @@
+from __future__ import annotations
+
+import typing as t
+from time import perf_counter
+
+import pytest
+from flask import Flask
+from sqlalchemy import create_engine
+from sqlalchemy import text
+
+from querywatch import QueryWatch
+from querywatch.capture import _TimedCursor
+from querywatch.demo import shop
+
+
+def test_request_records_every_statement(client: t.Any, records: list[t.Any]) -> None:
+    """Each request's statements are recorded with shape, rows, endpoint rule and call site."""
+    resp = client.get("/api/customers/3/orders")
+    assert resp.status_code == 200
+    (record, findings) = records[-1]
+    assert record.name == "GET /api/customers/<int:customer_id>/orders"
+    assert record.kind == "request"
+    assert record.status == 200
+    assert record.query_count == 1
+    q = record.queries[0]
+    assert q.fingerprint.shape.startswith("SELECT")
+    assert "orders.customer_id = ?" in q.fingerprint.shape
+    assert q.rows == len(resp.json)
+    assert q.error is None
+    assert q.duration > 0
+    assert q.site is not None
+    assert q.site.filename.endswith("querywatch/demo/shop.py")
+    assert q.site.function == "customer_orders"
+    assert findings == []
+
+
+def test_duration_includes_fetching_rows(tmp_path: t.Any) -> None:
+    """A query's time runs until its result is exhausted, not only until execute returns:
+    with a scan whose matches come late, most of SQLite's work happens during the fetch."""
+    engine = create_engine(f"sqlite:///{tmp_path}/scan.db")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE big (id INTEGER PRIMARY KEY, v TEXT)")
+        conn.exec_driver_sql(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000)"
+            " INSERT INTO big SELECT i, printf('v%d', i) FROM n"
+        )
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    qw = QueryWatch(app)
+    with engine.connect() as conn, qw.capture("scan") as record:
+        # id = 1 matches at once; the rest of the matches are at the end of the table.
+        result = conn.execute(text("SELECT id FROM big WHERE id = 1 OR v LIKE '%99999%'"))
+        after_execute = perf_counter()
+        rows = result.all()
+        after_fetch = perf_counter()
+    q = record.queries[0]
+    assert [r.id for r in rows] == [1, 99999, 199999]
+    assert q.rows == 3
+    end = q.start + q.duration
+    # The recorded end lies after execute() returned, inside the fetch.
+    assert after_execute < end <= after_fetch
+    engine.dispose()
+
+
+def test_result_left_open_is_finished_with_the_request(tmp_path: t.Any) -> None:
+    """A result never exhausted nor closed is still counted, up to its last fetch."""
+    engine = create_engine(f"sqlite:///{tmp_path}/open.db")
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    qw = QueryWatch(app)
+    conn = engine.connect()
+    with qw.capture("open") as record:
+        result = conn.execute(text("SELECT 1 UNION ALL SELECT 2"))
+        result.fetchone()
+    assert record.query_count == 1
+    assert record.queries[0].done
+    assert record.queries[0].rows == 1
+    assert record.shapes[record.queries[0].fingerprint.id].calls == 1
+    result.close()
+    conn.close()
+    engine.dispose()
+
+
+def test_cursor_wrapper_is_transparent(tmp_path: t.Any) -> None:
+    """The wrapped cursor behaves like the DBAPI cursor: attributes, lastrowid, rowcount."""
+    engine = create_engine(f"sqlite:///{tmp_path}/w.db")
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    qw = QueryWatch(app)
+    with engine.begin() as conn, qw.capture("w") as record:
+        conn.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v INT)")
+        r = conn.exec_driver_sql("INSERT INTO t (v) VALUES (5)")
+        assert r.lastrowid == 1
+        r = conn.exec_driver_sql("UPDATE t SET v = 6")
+        assert r.rowcount == 1
+        r = conn.exec_driver_sql("SELECT v FROM t")
+        assert isinstance(r.cursor, _TimedCursor)
+        assert r.cursor.description[0][0] == "v"
+        assert r.scalar() == 6
+    assert [q.rows for q in record.queries] == [0, 1, 1, 1]
+    engine.dispose()
+
+
+def test_executemany_counts_once_with_its_size(tmp_path: t.Any) -> None:
+    """An executemany is one statement carrying its batch size."""
+    engine = create_engine(f"sqlite:///{tmp_path}/m.db")
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    qw = QueryWatch(app)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (v INT)")
+        with qw.capture("bulk") as record:
+            conn.execute(text("INSERT INTO t (v) VALUES (:v)"), [{"v": i} for i in range(250)])
+    assert record.query_count == 1
+    assert record.queries[0].batch_size == 250
+    assert record.queries[0].rows == 250
+    engine.dispose()
+
+
+def test_errors_are_recorded_and_the_app_error_is_untouched(tmp_path: t.Any) -> None:
+    """A failing statement is recorded with its error class; the app sees its own error."""
+    engine = create_engine(f"sqlite:///{tmp_path}/e.db")
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    qw = QueryWatch(app)
+    from sqlalchemy.exc import OperationalError
+
+    with engine.connect() as conn, qw.capture("err") as record:
+        with pytest.raises(OperationalError, match="no such table"):
+            conn.execute(text("SELECT * FROM missing_table"))
+    assert record.query_count == 1
+    assert record.errors == 1
+    assert record.queries[0].error == "OperationalError"
+    assert record.shapes[record.queries[0].fingerprint.id].errors == 1
+    engine.dispose()
+
+
+def test_job_capture_outside_a_request(app: Flask, records: list[t.Any]) -> None:
+    """``qw.capture(name)`` records work outside requests as the endpoint ``job:<name>``."""
+    state = app.extensions["querywatch"]
+    qw = QueryWatch()  # any instance serves the app of the current app context
+    with app.app_context(), qw.capture("nightly") as record:
+        shop.db.session.execute(text("SELECT count(*) FROM orders")).scalar()
+    assert record.name == "job:nightly"
+    assert record.kind == "job"
+    assert record.query_count == 1
+    assert records[-1][0] is record
+    assert state.stats.drain().buckets  # folded into the aggregates
+
+
+def test_big_request_keeps_bounded_memory_and_exact_aggregates(tmp_path: t.Any) -> None:
+    """15,000 queries in one unit of work: the kept list is capped and counts what it
+    dropped, while per-shape aggregates stay exact."""
+    engine = create_engine(f"sqlite:///{tmp_path}/big.db")
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config["QUERYWATCH_MAX_QUERIES_PER_REQUEST"] = 500
+    qw = QueryWatch(app)
+    with engine.connect() as conn, qw.capture("big") as record:
+        for i in range(15_000):
+            conn.execute(text("SELECT :i"), {"i": i}).scalar()
+    assert record.query_count == 15_000
+    assert len(record.queries) == 500
+    assert record.dropped == 14_500
+    (shape,) = record.shapes.values()
+    assert shape.calls == 15_000
+    assert sum(shape.hist.values()) == 15_000
+    assert len(record.loops) == 1
+    (loop,) = record.loops.values()
+    assert loop.count == 15_000
+    assert len(loop.param_hashes) <= 64
+    assert len(record.repeats) <= 5000
+    engine.dispose()
+
+
+def test_odd_statements_and_parameters_do_not_break_capture(tmp_path: t.Any) -> None:
+    """A 1 MB statement, binary parameters and non-UTF-8 text are captured without error."""
+    engine = create_engine(f"sqlite:///{tmp_path}/odd.db")
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    qw = QueryWatch(app)
+    big = "SELECT 1 AS a" + " " * 1_000_000 + "-- " + "x" * 1000
+    with engine.begin() as conn, qw.capture("odd") as record:
+        conn.exec_driver_sql("CREATE TABLE b (data BLOB, t TEXT)")
+        not_utf8 = "caf\udce9".encode("utf-8", "surrogateescape")  # b"caf\xe9"
+        conn.execute(
+            text("INSERT INTO b VALUES (:d, :t)"), {"d": b"\xff\x00\xfe" * 1000, "t": not_utf8}
+        )
+        conn.execute(text("SELECT * FROM b WHERE data = :d"), {"d": bytearray(b"\x00\xff")}).all()
+        conn.execute(text("SELECT * FROM b WHERE t = :t"), {"t": not_utf8}).all()
+        assert conn.exec_driver_sql(big).scalar() == 1
+        conn.execute(text("SELECT '\u00e9\u4e2d' AS x")).all()
+    assert record.query_count == 6
+    assert all(q.done for q in record.queries)
+    assert record.errors == 0
+    # A lone surrogate the driver refuses to encode is the driver's error, recorded as such.
+    with engine.connect() as conn, qw.capture("surrogate") as record:
+        with pytest.raises(UnicodeEncodeError):
+            conn.execute(text("SELECT * FROM b WHERE t = :t"), {"t": "caf\udce9"})
+    assert record.query_count == 1
+    assert record.queries[0].error == "UnicodeEncodeError"
+    engine.dispose()
+
+
+def test_unhashable_parameters_are_hashed_by_repr() -> None:
+    """Lists and dicts as parameters (PostgreSQL arrays, JSON) still get a stable hash."""
+    from querywatch.capture import _params_hash
+
+    assert _params_hash({"a": [1, 2]}) == _params_hash({"a": [1, 2]})
+    assert _params_hash({"a": [1, 2]}) != _params_hash({"a": [1, 3]})
+    assert _params_hash((1, "x")) == _params_hash((1, "x"))
+
+
+def test_engines_argument_restricts_capture(tmp_path: t.Any) -> None:
+    """With ``engines=``, statements on other engines are not recorded."""
+    watched = create_engine(f"sqlite:///{tmp_path}/a.db")
+    other = create_engine(f"sqlite:///{tmp_path}/b.db")
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    qw = QueryWatch(app, engines=[watched])
+    with qw.capture("two") as record:
+        with watched.connect() as c:
+            c.exec_driver_sql("SELECT 1").all()
+        with other.connect() as c:
+            c.exec_driver_sql("SELECT 2").all()
+    assert record.query_count == 1
+    assert record.queries[0].fingerprint.shape == "SELECT ?"
+    watched.dispose()
+    other.dispose()
+
+
+def test_no_unit_of_work_records_nothing(tmp_path: t.Any) -> None:
+    """Outside requests and jobs nothing is recorded."""
+    engine = create_engine(f"sqlite:///{tmp_path}/idle.db")
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    QueryWatch(app)
+    with engine.connect() as c:
+        r = c.exec_driver_sql("SELECT 1")
+        assert not isinstance(r.cursor, _TimedCursor)
+        assert r.scalar() == 1
+    assert app.extensions["querywatch"].stats.drain().is_empty()
+    engine.dispose()

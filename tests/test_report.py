@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import json
+import time
+import typing as t
+
+import pytest
+from click.testing import CliRunner
+
+from querywatch.cli import cli
+from querywatch.report import REPORT_SCHEMA
+from querywatch.report import build_report
+from querywatch.report import parse_since
+
+QUERY_KEYS = {
+    "fingerprint",
+    "shape",
+    "operation",
+    "calls",
+    "errors",
+    "total_ms",
+    "mean_ms",
+    "min_ms",
+    "max_ms",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "rows",
+    "share",
+    "endpoints",
+    "call_site",
+}
+ENDPOINT_KEYS = {
+    "endpoint",
+    "requests",
+    "statuses",
+    "error_rate",
+    "total_ms",
+    "mean_ms",
+    "p95_ms",
+    "max_ms",
+    "db_ms",
+    "db_share",
+    "queries_per_request",
+    "max_queries",
+    "dropped_queries",
+}
+FINDING_KEYS = {
+    "kind",
+    "endpoint",
+    "fingerprint",
+    "shape",
+    "occurrences",
+    "queries",
+    "total_ms",
+    "relationship",
+    "call_site",
+    "fix",
+    "first_seen",
+    "last_seen",
+}
+
+
+@pytest.fixture
+def flushed(app: t.Any, client: t.Any) -> t.Any:
+    """The shop after some traffic, flushed to its store: the lookup is the costliest."""
+    for i in range(4):
+        assert client.get(f"/api/orders/lookup?email=customer{i}@example.com").status_code == 200
+        assert client.get("/api/products").status_code == 200
+    assert client.get("/api/orders/recent").status_code == 200
+    assert app.extensions["querywatch"].flusher.flush() is True
+    return app
+
+
+def test_json_schema_is_pinned(flushed: t.Any) -> None:
+    """The --json report has a stable, documented set of keys."""
+    store = flushed.extensions["querywatch"].store
+    rep = build_report(store, since=time.time() - 3600)
+    assert set(rep) == {
+        "schema",
+        "generated_at",
+        "since",
+        "until",
+        "endpoint",
+        "traffic",
+        "db_time_ms",
+        "queries",
+        "endpoints",
+        "findings",
+    }
+    assert rep["schema"] == REPORT_SCHEMA == "querywatch.report/1"
+    assert set(rep["traffic"]) == {
+        "requests",
+        "rate_per_s",
+        "previous_requests",
+        "previous_rate_per_s",
+        "change",
+    }
+    assert rep["traffic"]["requests"] == 9
+    assert all(set(q) == QUERY_KEYS for q in rep["queries"])
+    assert all(set(e) == ENDPOINT_KEYS for e in rep["endpoints"])
+    assert rep["findings"]
+    assert all(set(f) == FINDING_KEYS for f in rep["findings"])
+    assert set(rep["queries"][0]["call_site"]) == {"file", "line", "function"}
+    assert sum(q["share"] for q in rep["queries"]) == pytest.approx(1.0, abs=0.01)
+
+
+def test_costliest_shape_comes_first(flushed: t.Any) -> None:
+    """Shapes are ranked by total time with their endpoints and call site."""
+    rep = build_report(flushed.extensions["querywatch"].store, since=time.time() - 3600)
+    totals = [q["total_ms"] for q in rep["queries"]]
+    assert totals == sorted(totals, reverse=True)
+    n1 = [f for f in rep["findings"] if f["kind"] == "n_plus_one"]
+    assert n1[0]["relationship"] == "Order.items"
+    assert n1[0]["endpoint"] == "GET /api/orders/recent"
+    lookup = [q for q in rep["queries"] if "customer_email" in (q["shape"] or "")]
+    assert lookup[0]["calls"] == 4
+    assert lookup[0]["endpoints"][0]["endpoint"] == "GET /api/orders/lookup"
+    assert lookup[0]["call_site"]["function"] == "lookup_orders"
+
+
+def test_endpoint_filter(flushed: t.Any) -> None:
+    """--endpoint limits every section to that endpoint."""
+    rep = build_report(
+        flushed.extensions["querywatch"].store,
+        since=time.time() - 3600,
+        endpoint="GET /api/products",
+    )
+    assert [e["endpoint"] for e in rep["endpoints"]] == ["GET /api/products"]
+    assert len(rep["queries"]) == 1
+    assert rep["findings"] == []
+
+
+def test_cli_report_json_and_text(flushed: t.Any) -> None:
+    """`querywatch report --store URL` prints the culprit; --json prints the schema."""
+    url = flushed.config["QUERYWATCH_STORE_URL"]
+    runner = CliRunner()
+    result = runner.invoke(cli, ["report", "--store", url, "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["schema"] == "querywatch.report/1"
+    result = runner.invoke(cli, ["report", "--store", url, "--since", "2h"])
+    assert result.exit_code == 0, result.output
+    assert "The costliest query shape takes" in result.output
+    assert "Top query shapes by total time" in result.output
+    assert "Order.items" in result.output
+
+
+def test_flask_querywatch_report(flushed: t.Any) -> None:
+    """The same command runs as `flask querywatch report`, using the app's store."""
+    runner = flushed.test_cli_runner()
+    result = runner.invoke(args=["querywatch", "report", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["traffic"]["requests"] == 9
+
+
+def test_cli_errors_are_clear(tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad --since or a missing store is a usage error that says how to fix it."""
+    monkeypatch.delenv("QUERYWATCH_STORE_URL", raising=False)
+    runner = CliRunner()
+    result = runner.invoke(
+        cli, ["report", "--store", f"sqlite:///{tmp_path}/s.db", "--since", "yesterday"]
+    )
+    assert result.exit_code == 2
+    assert (
+        "'--since' must be a duration such as 30m, 1h or 2d, or an ISO time such as"
+        " 2026-11-26T14:00, got 'yesterday'."
+    ) in result.output
+    result = runner.invoke(cli, ["report"])
+    assert result.exit_code == 2
+    assert "No store to read. Pass '--store URL'" in result.output
+    result = runner.invoke(cli, ["report", "--store", f"sqlite:///{tmp_path}/no/such/dir.db"])
+    assert result.exit_code == 1
+    assert "Could not read the store at" in result.output
+
+
+def test_parse_since() -> None:
+    """Durations count back from now; ISO times without a zone are UTC."""
+    assert parse_since("90s", now=1000.0) == 910.0
+    assert parse_since("2h", now=10_000.0) == 2800.0
+    assert parse_since("2026-11-26T00:00:00") == 1795651200.0

@@ -1,0 +1,287 @@
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import time
+import typing as t
+
+import pytest
+from flask import Flask
+from sqlalchemy import create_engine
+from sqlalchemy import text
+
+from querywatch import QueryWatch
+from querywatch.capture import Record
+from querywatch.capture import ShapeStats
+from querywatch.exceptions import SchemaVersionError
+from querywatch.fingerprint import fingerprint
+from querywatch.stats import OTHER
+from querywatch.stats import Stats
+from querywatch.stats import bucket_index
+from querywatch.store import Store
+from querywatch.store import schema
+
+
+class _S:
+    slow_query_seconds = 10.0
+    max_queries_per_request = 100
+    app_packages = ("nothing.",)
+    n_plus_one_threshold = 5
+    repeated_query_threshold = 2
+
+
+def _record(endpoint: str, sql: str, calls: int, seconds: float, when: float) -> Record:
+    r = Record(name=endpoint, kind="request", settings=_S(), started_wall=when)  # type: ignore[arg-type]
+    fp = fingerprint(sql)
+    s = ShapeStats(fp)
+    for _ in range(calls):
+        s.calls += 1
+        s.total += seconds
+        s.min = min(s.min, seconds)
+        s.max = max(s.max, seconds)
+        s.rows += 1
+        i = bucket_index(seconds)
+        s.hist[i] = s.hist.get(i, 0) + 1
+    r.shapes[fp.id] = s
+    r.query_count = calls
+    r.db_time = calls * seconds
+    r.duration = calls * seconds + 0.001
+    r.status = 200
+    return r
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
+def store_url(request: pytest.FixtureRequest, tmp_path: t.Any) -> t.Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/store.db"
+        return
+    url = request.getfixturevalue(
+        "postgres_url" if request.param == "postgresql" else "mariadb_url"
+    )
+    yield url
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for tbl in reversed(schema.metadata.sorted_tables):
+            conn.execute(text(f"DROP TABLE IF EXISTS {tbl.name}"))
+    engine.dispose()
+
+
+def test_write_merges_and_reads_back(store_url: str) -> None:
+    """Two processes' snapshots of the same minute add up: calls, time, min/max,
+    histograms, endpoints and findings."""
+    store = Store(store_url)
+    assert store.migrate() == schema.SCHEMA_VERSION
+    now = time.time()
+    for _ in range(2):
+        stats = Stats()
+        stats.add(_record("GET /a", "SELECT * FROM t WHERE id = 1", 10, 0.002, now), [])
+        stats.add(_record("GET /b", "SELECT * FROM t WHERE id = 2", 5, 0.010, now), [])
+        store.write(stats.drain())
+    win = store.window(now - 120, now + 60)
+    fp = fingerprint("SELECT * FROM t WHERE id = ?").id
+    agg = win.shapes[fp]
+    assert agg.calls == 30
+    assert agg.total == pytest.approx(0.02 * 2 + 0.05 * 2)
+    assert agg.min == pytest.approx(0.002)
+    assert agg.max == pytest.approx(0.010)
+    assert sum(agg.hist.values()) == 30
+    assert win.endpoint_shapes[("GET /a", fp)].calls == 20
+    assert win.endpoints["GET /a"].requests == 2
+    assert win.endpoints["GET /b"].statuses == {"2xx": 2}
+    shapes = store.shapes([fp])
+    assert shapes[fp].shape == "SELECT * FROM t WHERE id = ?"
+    store.dispose()
+
+
+def test_schema_version_and_forward_migration(tmp_path: t.Any) -> None:
+    """A new store is created at the current version; a newer one is refused clearly."""
+    url = f"sqlite:///{tmp_path}/v.db"
+    store = Store(url)
+    store.migrate()
+    assert store.schema_version() == schema.SCHEMA_VERSION
+    with store.engine.begin() as conn:
+        conn.execute(schema.meta.update().values(value="99"))
+    store.dispose()
+    with pytest.raises(SchemaVersionError) as info:
+        Store(url).migrate()
+    assert str(info.value) == (
+        f"The querywatch store at sqlite:///{tmp_path}/v.db has schema version 99, newer than"
+        " this querywatch knows (1). Upgrade querywatch, or point 'QUERYWATCH_STORE_URL' at"
+        " another database."
+    )
+
+
+def _worker(url: str, endpoint: str, n: int, when: float) -> None:
+    store = Store(url)
+    for _ in range(n):
+        stats = Stats()
+        stats.add(_record(endpoint, "SELECT 1 FROM shared_shape", 3, 0.001, when), [])
+        stats.add(_record("GET /shared", "SELECT 1 FROM shared_shape", 1, 0.001, when), [])
+        store.write(stats.drain())
+    store.dispose()
+
+
+def test_several_processes_merge_correctly(tmp_path: t.Any) -> None:
+    """Four OS processes flushing the same minute into one SQLite store lose nothing."""
+    url = f"sqlite:///{tmp_path}/multi.db"
+    Store(url).migrate()
+    when = time.time()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(url, f"GET /w{i}", 25, when)) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    win = Store(url).window(when - 120, when + 60)
+    fp = fingerprint("SELECT 1 FROM shared_shape").id
+    assert win.shapes[fp].calls == 4 * 25 * 4
+    assert win.endpoints["GET /shared"].requests == 100
+    assert all(win.endpoints[f"GET /w{i}"].requests == 25 for i in range(4))
+
+
+def test_shape_cap_folds_the_long_tail_into_other() -> None:
+    """Past max_shapes distinct fingerprints, new shapes count as 'other' until the next
+    flush; totals stay exact."""
+    stats = Stats(max_shapes=10)
+    now = time.time()
+    for i in range(25):
+        stats.add(_record("GET /x", f"SELECT * FROM t{i}", 2, 0.001, now), [])
+    snap = stats.drain()
+    (bucket,) = snap.buckets.values()
+    fps = {fp for (_, fp) in bucket.queries}
+    assert len(fps) == 11
+    assert bucket.queries[("GET /x", OTHER)].calls == 30
+    assert sum(a.calls for a in bucket.queries.values()) == 50
+    assert stats.folded_shapes == 15
+
+
+def test_failed_flush_keeps_the_data(tmp_path: t.Any) -> None:
+    """A flush that fails puts its snapshot back; the next flush writes everything."""
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config["QUERYWATCH_STORE_URL"] = f"sqlite:///{tmp_path}/gone/store.db"
+    app.config["QUERYWATCH_FLUSH_INTERVAL"] = 3600
+    qw = QueryWatch(app)
+    engine = create_engine("sqlite://")
+    with engine.connect() as c:
+        for _ in range(3):
+            with qw.capture("j"):
+                c.exec_driver_sql("SELECT 1").all()
+    state = app.extensions["querywatch"]
+    assert qw.flush() is False  # the folder does not exist
+    assert state.flusher.failures == 1
+    os.makedirs(tmp_path / "gone")
+    assert qw.flush() is True
+    win = state.store.window(time.time() - 600, time.time() + 60)
+    assert win.endpoints["job:j"].requests == 3
+    state.flusher._stop.set()
+
+
+def _traffic(client: t.Any) -> list[int]:
+    return [
+        client.get("/api/products").status_code,
+        client.get("/api/products/999999").status_code,
+        client.get("/api/orders/recent").status_code,
+        client.post("/api/orders", json={"bad": 1}).status_code,
+        client.get("/nope").status_code,
+    ]
+
+
+def test_store_removed_mid_run_costs_the_app_nothing(
+    app: Flask, client: t.Any, tmp_path: t.Any
+) -> None:
+    """With the store's database deleted mid-run, every request keeps its status code;
+    the failure is counted, and the data is written once the store is back."""
+    state = app.extensions["querywatch"]
+    expected = _traffic(client)
+    assert expected == [200, 404, 200, 400, 404]
+    assert state.flusher.flush() is True
+    store_dir = tmp_path / "instance"
+    state.store.dispose()
+    shutil.rmtree(store_dir)
+    for _ in range(5):
+        assert _traffic(client) == expected
+        assert state.flusher.flush() is False
+    assert state.flusher.failures == 5
+    os.makedirs(store_dir)
+    assert state.flusher.flush() is True
+    win = state.store.window(time.time() - 600, time.time() + 60)
+    # Everything since the store came back, including what was kept during the outage.
+    assert win.endpoints["GET /api/products"].requests == 5
+
+
+@pytest.mark.postgres
+def test_store_made_read_only_mid_run(
+    sqlite_shop_url: str, postgres_url: str, tmp_path: t.Any
+) -> None:
+    """A PostgreSQL store switched to read-only mid-run: same status codes, counted
+    failures, nothing lost once it is writable again."""
+    from querywatch.demo import shop
+
+    admin = create_engine(
+        postgres_url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT"
+    )
+    db_name = postgres_url.rsplit("/", 1)[1]
+    app = shop.create_app(
+        sqlite_shop_url,
+        instance_path=str(tmp_path / "instance"),
+        config={"QUERYWATCH_STORE_URL": postgres_url, "QUERYWATCH_FLUSH_INTERVAL": 3600},
+    )
+    client = app.test_client()
+    state = app.extensions["querywatch"]
+    before = state.store.window(time.time() - 600, time.time() + 60).endpoints
+    base = before["GET /api/products"].requests if "GET /api/products" in before else 0
+    expected = _traffic(client)
+    assert state.flusher.flush() is True
+
+    def set_read_only(on: bool) -> None:
+        with admin.connect() as conn:
+            conn.execute(
+                text(
+                    f"ALTER DATABASE {db_name} SET default_transaction_read_only"
+                    f" = {'on' if on else 'off'}"
+                )
+            )
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = :d AND pid <> pg_backend_pid()"
+                ),
+                {"d": db_name},
+            )
+
+    set_read_only(True)
+    try:
+        for _ in range(3):
+            assert _traffic(client) == expected
+            assert state.flusher.flush() is False
+        assert state.flusher.failures == 3
+    finally:
+        set_read_only(False)
+    assert state.flusher.flush() is True
+    after = state.store.window(time.time() - 600, time.time() + 60).endpoints
+    assert after["GET /api/products"].requests == base + 4
+    state.store.dispose()
+    admin.dispose()
+    with app.app_context():
+        shop.db.engine.dispose()
+
+
+def test_store_statements_are_never_captured(
+    app: Flask, client: t.Any, records: list[t.Any]
+) -> None:
+    """querywatch's own store queries, even inside a unit of work, are not recorded."""
+    client.get("/api/products")
+    state = app.extensions["querywatch"]
+    qw = QueryWatch()
+    with app.app_context(), qw.capture("flush-inside") as record:
+        assert state.flusher.flush() is True
+        state.store.window(0, time.time())
+    assert record.query_count == 0
