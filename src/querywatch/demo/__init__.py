@@ -1,0 +1,1 @@
+"""The reference shop app and the outage replay behind ``querywatch demo``."""
