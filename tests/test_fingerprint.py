@@ -48,6 +48,12 @@ HEX16 = re.compile(r"^[0-9a-f]{16}$")
         ("SELECT * FROM a INNER JOIN b ON a.id = b.a", "SELECT * FROM a JOIN b ON a.id = b.a"),
         ("SELECT * FROM a LEFT OUTER JOIN b ON 1 = 1", "SELECT * FROM a LEFT JOIN b ON 2 = 2"),
         ("SELECT * FROM t LIMIT 20, 10", "SELECT * FROM t LIMIT 10 OFFSET 20"),
+        ("SELECT * FROM t LIMIT 10", "SELECT * FROM t LIMIT 10 OFFSET 20"),
+        (
+            "SELECT * FROM t WHERE d >= %(d_1)s::TIMESTAMP WITHOUT TIME ZONE AND x = 1",
+            "SELECT * FROM t WHERE d >= ? AND x = 1",
+        ),
+        ("SELECT %(a)s::DOUBLE PRECISION", "SELECT ?"),
     ],
 )
 def test_same_shape(a: str, b: str) -> None:

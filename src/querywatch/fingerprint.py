@@ -3,8 +3,10 @@
 Two statements have the same shape when they differ only in values: literals and bound
 parameters of every placeholder style (``?``, ``%s``, ``%(name)s``, ``:name``, ``$1``), the
 length of ``IN (...)`` lists and of multi-row ``VALUES`` lists, comments, white space,
-keyword and unquoted-identifier case, identifier quoting (``"order"``, ```order```), and
-the ``::TYPE`` casts that SQLAlchemy's psycopg dialect adds to bound parameters. That
+keyword and unquoted-identifier case, identifier quoting (``"order"``, ```order```),
+the ``::TYPE`` casts that SQLAlchemy's psycopg dialect adds to bound parameters, the page
+of a query (``LIMIT ? OFFSET ?``, ``LIMIT ?, ?`` and ``LIMIT ?`` are one shape), and
+``INNER JOIN``/``OUTER JOIN`` spelled long or short. That
 makes the same ORM query one shape on SQLite, PostgreSQL and MariaDB. Digits inside
 identifiers are kept: ``table2`` is not ``table3``.
 
@@ -67,6 +69,8 @@ KEYWORDS = frozenset(
 _MAIN_OPERATIONS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "REPLACE"})
 #: What may stand inside a list group that collapses to ``(...)``.
 _LIST_ATOMS = frozenset({"?", ",", "(", ")", "-", "+", "NULL", "TRUE", "FALSE", "DEFAULT"})
+#: Words that continue a type name: ``TIMESTAMP WITHOUT TIME ZONE``, ``DOUBLE PRECISION``.
+_TYPE_WORDS = frozenset({"WITH", "WITHOUT", "TIME", "ZONE", "PRECISION", "VARYING"})
 _NO_SPACE_BEFORE = frozenset({",", ")", ".", "::"})
 _NO_SPACE_AFTER = frozenset({"(", ".", "::"})
 
@@ -123,6 +127,8 @@ def _drop_param_casts(tokens: list[str]) -> list[str]:
         if tok == "?":
             while i + 1 < n and tokens[i] == "::" and tokens[i + 1] not in ("(", "?"):
                 i += 2
+                while i < n and tokens[i].upper() in _TYPE_WORDS:
+                    i += 1
                 if i < n and tokens[i] == "(":
                     depth = 0
                     while i < n:
@@ -156,7 +162,7 @@ def _simple_group_end(tokens: list[str], start: int) -> int:
 
 def _collapse_lists(tokens: list[str]) -> list[str]:
     """``IN (?, ?, ?)`` -> ``IN (...)``; ``VALUES (?, ?), (?, ?)`` -> ``VALUES (...)``;
-    ``LIMIT ?, ?`` -> ``LIMIT ? OFFSET ?``; ``INNER JOIN`` -> ``JOIN``."""
+    ``LIMIT ?, ?`` and ``LIMIT ? OFFSET ?`` -> ``LIMIT ?``; ``INNER JOIN`` -> ``JOIN``."""
     out: list[str] = []
     i = 0
     n = len(tokens)
@@ -179,9 +185,14 @@ def _collapse_lists(tokens: list[str]) -> list[str]:
             # compiler writes the long forms).
             i += 1
             continue
-        if tok == "LIMIT" and tokens[i + 1 : i + 4] == ["?", ",", "?"]:
-            # MySQL's ``LIMIT offset, count`` is ``LIMIT count OFFSET offset``.
-            out.extend(("LIMIT", "?", "OFFSET", "?"))
+        if tok == "LIMIT" and (
+            tokens[i + 1 : i + 4] == ["?", ",", "?"]
+            or tokens[i + 1 : i + 4] == ["?", "OFFSET", "?"]
+        ):
+            # A page of a query is that query: ``LIMIT ? OFFSET ?`` (SQLite always renders
+            # the offset) and MySQL's ``LIMIT offset, count`` are ``LIMIT ?``, like the
+            # first page PostgreSQL renders without an offset.
+            out.extend(("LIMIT", "?"))
             i += 4
             continue
         out.append(tok)
