@@ -232,3 +232,47 @@ def test_no_unit_of_work_records_nothing(tmp_path: t.Any) -> None:
         assert r.scalar() == 1
     assert app.extensions["querywatch"].stats.drain().is_empty()
     engine.dispose()
+
+
+def test_histogram_buckets_hold_their_values() -> None:
+    """Every duration falls inside its bucket's bounds, so percentiles are within 12.5%."""
+    import random
+
+    from querywatch.stats import MAX_BUCKET
+    from querywatch.stats import bucket_bounds
+    from querywatch.stats import bucket_index
+
+    rng = random.Random(3)
+    for _ in range(20_000):
+        d = 10 ** rng.uniform(-6, 3)
+        i = bucket_index(d)
+        lo, hi = bucket_bounds(i)
+        assert lo <= d < hi or i == MAX_BUCKET
+        if i > 0:  # bucket 0 holds everything under a microsecond
+            assert (hi - lo) / hi <= 0.25
+
+
+def test_call_site_memo_tells_sites_apart(tmp_path: t.Any) -> None:
+    """The per-shape call-site memo never merges two lines issuing the same shape."""
+    engine = create_engine(f"sqlite:///{tmp_path}/memo.db")
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config["QUERYWATCH_APP_PACKAGES"] = [__name__.split(".")[0]]
+    qw = QueryWatch(app)
+
+    def run(conn: t.Any, i: int) -> None:
+        conn.execute(text("SELECT :i"), {"i": i}).all()
+
+    with engine.connect() as conn, qw.capture("memo") as record:
+        for i in range(3):
+            run(conn, i)
+        conn.execute(text("SELECT :i"), {"i": 9}).all()
+        for i in range(2):
+            run(conn, i)
+    lines = [q.site.lineno for q in record.queries]
+    assert len(set(lines)) == 2
+    assert lines[0] == lines[1] == lines[2] == lines[4] == lines[5] != lines[3]
+    assert {q.site.function for q in record.queries} == {
+        "run",
+        "test_call_site_memo_tells_sites_apart",
+    }
+    engine.dispose()

@@ -9,7 +9,7 @@ A statement's duration runs from ``before_cursor_execute`` until its result is e
 or closed, not only until ``execute()`` returns: SQLite does most of a scan while rows are
 fetched, so execute-only timing would hide exactly the full scans we hunt. To see the
 fetch, the DBAPI cursor that SQLAlchemy builds its ``CursorResult`` on is wrapped in
-:class:`_TimedCursor` once the statement has run.
+:class:`_TimedCursor` before the statement runs.
 """
 
 from __future__ import annotations
@@ -19,17 +19,18 @@ import dataclasses
 import sys
 import threading
 import typing as t
+from math import frexp
 from time import perf_counter
 from time import time as wall_time
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 
-from ._failopen import fail_open
 from .fingerprint import Fingerprint
 from .fingerprint import fingerprint
-from .stats import bucket_index
+from .stats import _EXP_OFFSET
+from .stats import _HIST_BASE
+from .stats import MAX_BUCKET as _MAX_BUCKET
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
@@ -37,20 +38,16 @@ if t.TYPE_CHECKING:
     from sqlalchemy.engine import Connection
     from sqlalchemy.engine import ExceptionContext
     from sqlalchemy.engine.interfaces import ExecutionContext
-    from sqlalchemy.orm import ORMExecuteState
 
     from .config import Settings
 
 __all__ = ["CallSite", "QueryInfo", "Record", "current_record"]
 
-#: The execution option that carries the ORM relationship of a lazy load to the cursor.
-_RELATIONSHIP_OPTION = "_querywatch_relationship"
 #: An execution option that hides a connection's statements from capture.
 IGNORE_OPTION = "querywatch_ignore"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class CallSite:
+class CallSite(t.NamedTuple):
     """Where application code issued a statement."""
 
     filename: str
@@ -102,16 +99,6 @@ class LoopStats:
 
 
 @dataclasses.dataclass(slots=True)
-class RepeatStats:
-    """The same read with the same parameters, run more than once in one unit of work."""
-
-    fingerprint: Fingerprint
-    site: CallSite | None
-    count: int = 0
-    total: float = 0.0
-
-
-@dataclasses.dataclass(slots=True)
 class ShapeStats:
     """Per-shape aggregates of one unit of work; exact whatever the query count."""
 
@@ -150,7 +137,8 @@ class Record:
     errors: int = 0
     shapes: dict[str, ShapeStats] = dataclasses.field(default_factory=dict)
     loops: dict[tuple[str, CallSite | None], LoopStats] = dataclasses.field(default_factory=dict)
-    repeats: dict[tuple[str, int], RepeatStats] = dataclasses.field(default_factory=dict)
+    #: (fingerprint id, parameters hash) -> [count, seconds, first query]: repeated reads.
+    repeats: dict[tuple[str, int], list[t.Any]] = dataclasses.field(default_factory=dict)
     slow: list[QueryInfo] = dataclasses.field(default_factory=list)
     #: Queries whose result is still open; finished when the unit of work ends.
     open_queries: list[QueryInfo] = dataclasses.field(default_factory=list)
@@ -197,34 +185,68 @@ def end_record(token: contextvars.Token[Record | None]) -> None:
 
 # --- call sites --------------------------------------------------------------------------
 
-_app_code: dict[tuple[t.Any, tuple[str, ...]], bool] = {}
-_APP_CODE_CACHE_SIZE = 20000
+#: Per package prefixes: code object -> whether it is application code.
+_app_code: dict[tuple[str, ...], dict[t.Any, bool]] = {}
+#: Interned call sites, so the hot path builds none and hashes a cached tuple.
+_sites: dict[tuple[t.Any, int], CallSite] = {}
+#: Per package prefixes: fingerprint id -> (depth, code, line, site) where it was last found.
+_site_memo: dict[tuple[str, ...], dict[str, tuple[int, t.Any, int, CallSite]]] = {}
+_CACHE_SIZE = 20000
 
 
-def _is_app_frame(frame: t.Any, packages: tuple[str, ...]) -> bool:
-    key = (frame.f_code, packages)
-    known = _app_code.get(key)
-    if known is not None:
-        return known
-    name = frame.f_globals.get("__name__") or ""
-    dotted = name + "."
-    result = dotted.startswith(packages)
-    if len(_app_code) >= _APP_CODE_CACHE_SIZE:
-        _app_code.clear()
-    _app_code[key] = result
-    return result
+def find_call_site(
+    packages: tuple[str, ...], memo_key: str | None = None, depth: int = 2
+) -> CallSite | None:
+    """The innermost frame of application code (modules under ``packages``).
 
-
-def find_call_site(packages: tuple[str, ...], depth: int = 2) -> CallSite | None:
-    """The innermost frame of application code (modules under ``packages``)."""
+    Walking the stack costs about as much as all the rest of capture, and one shape is
+    nearly always issued from one place. So where ``memo_key`` (the fingerprint id) was
+    found before, the frame at the same depth is checked first: same code object and same
+    line means the same call site, for the price of one ``sys._getframe``. Otherwise, or
+    when the stack differs, the stack is walked and the memo updated.
+    """
     if not packages:
         return None
+    memos = _site_memo.get(packages)
+    if memos is None:
+        memos = _site_memo[packages] = {}
+    if memo_key is not None:
+        memo = memos.get(memo_key)
+        if memo is not None:
+            try:
+                f = sys._getframe(memo[0])
+            except ValueError:
+                f = None
+            if f is not None and f.f_code is memo[1] and f.f_lineno == memo[2]:
+                return memo[3]
+    known = _app_code.get(packages)
+    if known is None:
+        known = _app_code[packages] = {}
     frame: t.Any = sys._getframe(depth)
+    d = depth
     while frame is not None:
-        if _is_app_frame(frame, packages):
-            code = frame.f_code
-            return CallSite(code.co_filename, frame.f_lineno, code.co_name)
+        code = frame.f_code
+        is_app = known.get(code)
+        if is_app is None:
+            if len(known) >= _CACHE_SIZE:
+                known.clear()
+            name = frame.f_globals.get("__name__") or ""
+            is_app = known[code] = (name + ".").startswith(packages)
+        if is_app:
+            lineno = frame.f_lineno
+            key = (code, lineno)
+            site = _sites.get(key)
+            if site is None:
+                if len(_sites) >= _CACHE_SIZE:
+                    _sites.clear()
+                site = _sites[key] = CallSite(code.co_filename, lineno, code.co_name)
+            if memo_key is not None:
+                if len(memos) >= _CACHE_SIZE:
+                    memos.clear()
+                memos[memo_key] = (d, code, lineno, site)
+            return site
         frame = frame.f_back
+        d += 1
     return None
 
 
@@ -247,11 +269,47 @@ def _params_hash(parameters: t.Any) -> int:
             return 0
 
 
+#: Loader path -> "Model.attr"; kept with the path so an id is never reused while cached.
+_relationship_names: dict[int, tuple[t.Any, str | None]] = {}
+
+
+def _relationship(context: t.Any) -> str | None:
+    """``Model.attr`` when the statement is an ORM lazy load, else None.
+
+    The lazy loader executes with load options naming the instance it loads from, and its
+    statement carries the loader path whose last element is the relationship."""
+    options = context.execution_options.get("_sa_orm_load_options")
+    if options is None or getattr(options, "_lazy_loaded_from", None) is None:
+        return None
+    compile_options = getattr(context.invoked_statement, "_compile_options", None)
+    path = getattr(compile_options, "_current_path", None)
+    if path is None:
+        return None
+    cached = _relationship_names.get(id(path))
+    if cached is not None and cached[0] is path:
+        return cached[1]
+    name = None
+    if path:
+        prop = path[-1]
+        parent = getattr(getattr(prop, "parent", None), "class_", None)
+        key = getattr(prop, "key", None)
+        if parent is not None and key is not None:
+            name = f"{parent.__name__}.{key}"
+    if len(_relationship_names) >= _CACHE_SIZE:
+        _relationship_names.clear()
+    _relationship_names[id(path)] = (path, name)
+    return name
+
+
 # --- the cursor wrapper ------------------------------------------------------------------
 
 
 class _TimedCursor:
-    """A DBAPI cursor that tells capture when its result is exhausted or closed."""
+    """A DBAPI cursor that tells capture when its result is exhausted or closed.
+
+    It is put on ``context.cursor`` before the statement runs; SQLAlchemy executes on the
+    raw cursor it already holds, then builds the result on this one, and closes it when
+    the rows are exhausted (at once for statements that return none)."""
 
     __slots__ = ("_qw_cursor", "_qw_query", "_qw_record")
 
@@ -268,10 +326,6 @@ class _TimedCursor:
 
     def __iter__(self) -> Iterator[t.Any]:
         return iter(self._qw_cursor)
-
-    def _qw_rebind(self, query: QueryInfo, record: Record) -> None:
-        object.__setattr__(self, "_qw_query", query)
-        object.__setattr__(self, "_qw_record", record)
 
     def fetchone(self) -> t.Any:
         row = self._qw_cursor.fetchone()
@@ -302,13 +356,23 @@ class _TimedCursor:
         q = self._qw_query
         if not q.done:
             end = perf_counter()
-            with fail_open("capture.cursor_close"):
+            try:
                 if not q.fetched:
                     rowcount = getattr(self._qw_cursor, "rowcount", -1)
                     if isinstance(rowcount, int) and rowcount > 0:
                         q.rows = rowcount
                 _finish_query(self._qw_record, q, end, None)
+            except Exception as e:
+                _internal_error("capture.cursor_close", e)
         self._qw_cursor.close()
+
+
+def _internal_error(where: str, exc: Exception) -> None:
+    from . import _failopen
+
+    _failopen.record_internal_error(where, exc)
+    if _failopen.RAISE_INTERNAL_ERRORS:
+        raise exc
 
 
 def _finish_query(record: Record, q: QueryInfo, end: float, error: str | None) -> None:
@@ -338,8 +402,13 @@ def _finish_query(record: Record, q: QueryInfo, end: float, error: str | None) -
         shape.max = d
     if error is not None:
         shape.errors += 1
-    idx = bucket_index(d)
-    shape.hist[idx] = shape.hist.get(idx, 0) + 1
+    # bucket_index(d), inlined: this runs for every statement.
+    m, e = frexp(d)
+    idx = (e + _EXP_OFFSET) * 4 + int((m - 0.5) * 8.0) if d > _HIST_BASE else 0
+    if idx > _MAX_BUCKET:
+        idx = _MAX_BUCKET
+    hist = shape.hist
+    hist[idx] = hist.get(idx, 0) + 1
     key = (fp.id, q.site)
     loop = record.loops.get(key)
     if loop is None and len(record.loops) < _MAX_LOOP_KEYS:
@@ -354,11 +423,11 @@ def _finish_query(record: Record, q: QueryInfo, end: float, error: str | None) -
     if fp.operation == "SELECT":
         rkey = (fp.id, q.params_hash)
         rep = record.repeats.get(rkey)
-        if rep is None and len(record.repeats) < _MAX_REPEAT_KEYS:
-            rep = record.repeats[rkey] = RepeatStats(fp, q.site)
         if rep is not None:
-            rep.count += 1
-            rep.total += d
+            rep[0] += 1
+            rep[1] += d
+        elif len(record.repeats) < _MAX_REPEAT_KEYS:
+            record.repeats[rkey] = [1, d, q]
     if d >= record.settings.slow_query_seconds and len(record.slow) < _MAX_SLOW_PER_RECORD:
         record.slow.append(q)
 
@@ -373,49 +442,31 @@ def _before_cursor_execute(
     parameters: t.Any,
     context: ExecutionContext | None,
     executemany: bool,
-) -> None:
-    record = _current_record.get()
-    if record is None or context is None:
-        return
-    context._querywatch_start = perf_counter()  # type: ignore[attr-defined]
-
-
-def _after_cursor_execute(
-    conn: Connection,
-    cursor: t.Any,
-    statement: str,
-    parameters: t.Any,
-    context: ExecutionContext | None,
-    executemany: bool,
-) -> None:
+) -> tuple[str, t.Any]:
     record = _current_record.get()
     if record is None or context is None or record.closed:
-        return
-    with fail_open("capture.after_cursor_execute"):
-        start = getattr(context, "_querywatch_start", None)
-        if start is None:
-            return
-        context._querywatch_start = None  # type: ignore[attr-defined]
-        options = context.execution_options
-        if options.get(IGNORE_OPTION) or (
-            record.engines is not None and conn.engine not in record.engines
-        ):
-            return
-        query = _new_query(record, statement, parameters, context, executemany, start)
-        description = getattr(cursor, "description", None)
-        if description is None:
-            rowcount = getattr(cursor, "rowcount", -1)
-            if isinstance(rowcount, int) and rowcount > 0:
-                query.rows = rowcount
-            _finish_query(record, query, perf_counter(), None)
-            return
+        return statement, parameters
+    try:
         current = context.cursor
         if isinstance(current, _TimedCursor):
-            # insertmanyvalues runs several batches on one context and cursor.
-            current._qw_rebind(query, record)
+            # insertmanyvalues: the next batch on the same context; the last one is done.
+            _finish_query(current._qw_record, current._qw_query, perf_counter(), None)
+            if current._qw_record is not record:
+                return statement, parameters
+        elif context.execution_options.get(IGNORE_OPTION) or (
+            record.engines is not None and conn.engine not in record.engines
+        ):
+            return statement, parameters
+        query = _new_query(record, statement, parameters, context, executemany)
+        if isinstance(current, _TimedCursor):
+            object.__setattr__(current, "_qw_query", query)
         else:
             context.cursor = _TimedCursor(current, query, record)
         record.open_queries.append(query)
+        query.start = perf_counter()
+    except Exception as e:
+        _internal_error("capture.before_cursor_execute", e)
+    return statement, parameters
 
 
 def _new_query(
@@ -424,20 +475,19 @@ def _new_query(
     parameters: t.Any,
     context: ExecutionContext,
     executemany: bool,
-    start: float,
 ) -> QueryInfo:
     settings = record.settings
-    fp = fingerprint(statement)
     batch = 1
     if executemany and isinstance(parameters, (list, tuple)) and parameters:
         first = parameters[0]
         if isinstance(first, (list, tuple, dict)):
             batch = len(parameters)
+    fp = fingerprint(statement)
     query = QueryInfo(
-        fingerprint=fp,
-        start=start,
-        site=find_call_site(settings.app_packages, depth=3),
-        relationship=context.execution_options.get(_RELATIONSHIP_OPTION),
+        fp,
+        0.0,
+        site=find_call_site(settings.app_packages, fp.id, depth=3),
+        relationship=_relationship(context),
         batch_size=batch,
         params_hash=_params_hash(parameters),
     )
@@ -454,46 +504,27 @@ def _handle_error(exception_context: ExceptionContext) -> None:
     record = _current_record.get()
     if record is None or record.closed:
         return
-    with fail_open("capture.handle_error"):
+    try:
         context = exception_context.execution_context
         if context is None:
             return
-        error = type(exception_context.original_exception).__name__
         query: QueryInfo | None = getattr(context, "_querywatch_query", None)
-        if query is None or query.done:
-            start = getattr(context, "_querywatch_start", None)
-            statement = exception_context.statement
-            if start is None or statement is None:
-                return
-            context._querywatch_start = None  # type: ignore[attr-defined]
-            if context.execution_options.get(IGNORE_OPTION):
-                return
-            query = _new_query(
-                record,
-                statement,
-                exception_context.parameters,
-                context,
-                bool(getattr(context, "executemany", False)),
-                start,
-            )
-        _finish_query(record, query, perf_counter(), error)
-
-
-def _do_orm_execute(orm_execute_state: ORMExecuteState) -> None:
-    if _current_record.get() is None or not orm_execute_state.is_relationship_load:
-        return
-    with fail_open("capture.do_orm_execute"):
-        path = orm_execute_state.loader_strategy_path
-        if path is None or not path.path:
+        if query is None:
             return
-        prop = path.path[-1]
-        parent = getattr(getattr(prop, "parent", None), "class_", None)
-        key = getattr(prop, "key", None)
-        if parent is None or key is None:
+        if query.done:
+            # The statement ran; its fetch failed. It counts once, as an error.
+            if query.error is None:
+                query.error = type(exception_context.original_exception).__name__
+                record.errors += 1
+                shape = record.shapes.get(query.fingerprint.id)
+                if shape is not None:
+                    shape.errors += 1
             return
-        orm_execute_state.update_execution_options(
-            **{_RELATIONSHIP_OPTION: f"{parent.__name__}.{key}"}
+        _finish_query(
+            record, query, perf_counter(), type(exception_context.original_exception).__name__
         )
+    except Exception as e:
+        _internal_error("capture.handle_error", e)
 
 
 _installed = False
@@ -501,19 +532,20 @@ _install_lock = threading.Lock()
 
 
 def install() -> None:
-    """Listen on every :class:`~sqlalchemy.engine.Engine` and ORM session, once per process.
+    """Listen on every :class:`~sqlalchemy.engine.Engine`, once per process.
 
     Class-level listeners reach engines made before and after this call, Flask-SQLAlchemy's
-    binds and plain engines alike; a unit of work decides what is recorded.
+    binds and plain engines alike; a unit of work decides what is recorded. Only two
+    events are used, ``before_cursor_execute`` (with ``retval=True``, which spares
+    SQLAlchemy a wrapper call) and ``handle_error``, because every listener costs every
+    statement of the process a dispatch.
     """
     global _installed
     with _install_lock:
         if _installed:
             return
-        event.listen(Engine, "before_cursor_execute", _before_cursor_execute)
-        event.listen(Engine, "after_cursor_execute", _after_cursor_execute)
+        event.listen(Engine, "before_cursor_execute", _before_cursor_execute, retval=True)
         event.listen(Engine, "handle_error", _handle_error)
-        event.listen(Session, "do_orm_execute", _do_orm_execute)
         _installed = True
 
 
@@ -524,7 +556,5 @@ def uninstall() -> None:
         if not _installed:
             return
         event.remove(Engine, "before_cursor_execute", _before_cursor_execute)
-        event.remove(Engine, "after_cursor_execute", _after_cursor_execute)
         event.remove(Engine, "handle_error", _handle_error)
-        event.remove(Session, "do_orm_execute", _do_orm_execute)
         _installed = False

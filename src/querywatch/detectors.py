@@ -95,15 +95,15 @@ def detect(record: Record, settings: Settings) -> list[Finding]:
             f.total += q.duration
     findings.extend(slow.values())
     repeat_threshold = settings.repeated_query_threshold
-    for (_fp_id, _params), rep in record.repeats.items():
-        if rep.count >= repeat_threshold:
+    for count, total, first in record.repeats.values():
+        if count >= repeat_threshold:
             findings.append(
                 Finding(
                     kind=REPEATED_QUERY,
-                    fingerprint=rep.fingerprint,
-                    count=rep.count,
-                    total=rep.total,
-                    site=rep.site,
+                    fingerprint=first.fingerprint,
+                    count=count,
+                    total=total,
+                    site=first.site,
                     relationship=None,
                     fix="Run it once and reuse the result (it returns the same rows each time).",
                 )
