@@ -1,12 +1,13 @@
 """Per-request and per-query overhead of querywatch, side by side with OpenTelemetry and
 sentry-sdk, in one run.
 
-Each configuration runs the shop app in its own worker process (sentry-sdk and
-OpenTelemetry patch process-wide), with the same seeded SQLite database. The coordinator
-interleaves rounds: in every round each worker serves a batch of requests to each
-endpoint, in a shuffled order, so drift on a shared, noisy machine hits every
-configuration alike. Figures are medians over all requests, with the spread of the round
-medians (25th-75th percentile).
+Each configuration runs the shop app in worker processes of its own (sentry-sdk and
+OpenTelemetry patch process-wide), several per configuration (``--procs``) because a
+process's memory layout alone moves its timings by a few percent, all on the same seeded
+SQLite database. The coordinator interleaves rounds: in every round each worker serves a
+batch of requests to each endpoint, in a shuffled order, so drift on a shared, noisy
+machine hits every configuration alike. Figures are medians over all requests, with the
+spread of the batch medians (25th-75th percentile).
 
     pip install -e '.[bench]'
     python bench/overhead.py [--rounds 15] [--batch 200] [--json bench/results/overhead.json]
@@ -45,7 +46,10 @@ def _make_app(config: str, db_url: str, workdir: str) -> t.Any:
         return shop.create_app(
             db_url,
             instance_path=os.path.join(workdir, "instance-qw"),
-            config={"QUERYWATCH_STORE_URL": f"sqlite:///{workdir}/qw-store.db"},
+            config={
+                "QUERYWATCH_STORE_URL": f"sqlite:///{workdir}/qw-store.db",
+                "QUERYWATCH_FLUSH_INTERVAL": float(os.environ.get("QW_BENCH_FLUSH", "5")),
+            },
         )
     if config == "opentelemetry":
         from opentelemetry.instrumentation.flask import FlaskInstrumentor
@@ -126,6 +130,13 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--scale", type=float, default=0.05)
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument(
+        "--procs",
+        type=int,
+        default=3,
+        help="worker processes per configuration: a process's memory layout alone moves"
+        " its timings by several percent, so each figure pools several",
+    )
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args()
     configs = [c for c in args.configs.split(",") if c]
@@ -141,25 +152,26 @@ def main() -> int:
     engine.dispose()
 
     ctx = mp.get_context("spawn")
-    workers: dict[str, t.Any] = {}
+    workers: dict[tuple[str, int], t.Any] = {}
     for config in configs:
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_worker, args=(config, db_url, workdir, child), daemon=True)
-        proc.start()
-        workers[config] = (proc, parent)
-    for config, (_, conn) in workers.items():
+        for k in range(args.procs):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(config, db_url, workdir, child), daemon=True)
+            proc.start()
+            workers[(config, k)] = (proc, parent)
+    for key, (_, conn) in workers.items():
         if conn.recv() != "ready":
-            raise RuntimeError(f"{config} worker failed to start")
+            raise RuntimeError(f"{key} worker failed to start")
 
     samples: dict[tuple[str, str], list[int]] = {(c, e): [] for c in configs for e in ENDPOINTS}
     round_medians: dict[tuple[str, str], list[float]] = {k: [] for k in samples}
     rng = random.Random(1)
     started = time.perf_counter()
     for r in range(args.rounds):
-        order = [(c, e) for c in configs for e in ENDPOINTS]
+        order = [(c, k, e) for c in configs for k in range(args.procs) for e in ENDPOINTS]
         rng.shuffle(order)
-        for config, ep in order:
-            _, conn = workers[config]
+        for config, k, ep in order:
+            _, conn = workers[(config, k)]
             conn.send((ENDPOINTS[ep][0], args.batch))
             got = conn.recv()
             samples[(config, ep)].extend(got)
@@ -179,6 +191,7 @@ def main() -> int:
 
     result: dict[str, t.Any] = {
         "rounds": args.rounds,
+        "procs_per_config": args.procs,
         "batch": args.batch,
         "seconds": round(time.perf_counter() - started, 1),
         "python": sys.version.split()[0],

@@ -5,7 +5,7 @@ When no unit of work is open the listeners cost one ``ContextVar.get``. No I/O h
 here: records are handed to :mod:`querywatch.stats` when the unit of work ends, and the
 store is written later by a background thread.
 
-A statement's duration runs from ``before_cursor_execute`` until its result is exhausted
+A statement's duration runs from just before the DBAPI ``execute`` until its result is exhausted
 or closed, not only until ``execute()`` returns: SQLite does most of a scan while rows are
 fetched, so execute-only timing would hide exactly the full scans we hunt. To see the
 fetch, the DBAPI cursor that SQLAlchemy builds its ``CursorResult`` on is wrapped in
@@ -24,6 +24,7 @@ from time import perf_counter
 from time import time as wall_time
 
 from sqlalchemy import event
+from sqlalchemy.engine import Dialect
 from sqlalchemy.engine import Engine
 
 from .fingerprint import Fingerprint
@@ -35,9 +36,7 @@ from .stats import MAX_BUCKET as _MAX_BUCKET
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from sqlalchemy.engine import Connection
     from sqlalchemy.engine import ExceptionContext
-    from sqlalchemy.engine.interfaces import ExecutionContext
 
     from .config import Settings
 
@@ -114,35 +113,74 @@ class ShapeStats:
     site: CallSite | None = None
 
 
-@dataclasses.dataclass(slots=True, eq=False)
 class Record:
-    """Everything captured during one request or job."""
+    """Everything captured during one request or job.
 
-    #: ``"GET /orders/<int:id>"`` for a request, ``"job:nightly-sync"`` for a job.
-    name: str
-    kind: str
-    settings: Settings
-    #: Restricts capture to these engines when not ``None``.
-    engines: frozenset[Engine] | None = None
-    started: float = dataclasses.field(default_factory=perf_counter)
-    started_wall: float = dataclasses.field(default_factory=wall_time)
-    duration: float = 0.0
-    status: int = 0
-    #: The statements, capped at ``settings.max_queries_per_request``.
-    queries: list[QueryInfo] = dataclasses.field(default_factory=list)
-    #: Statements not kept in :attr:`queries` because of the cap (still aggregated).
-    dropped: int = 0
-    query_count: int = 0
-    db_time: float = 0.0
-    errors: int = 0
-    shapes: dict[str, ShapeStats] = dataclasses.field(default_factory=dict)
-    loops: dict[tuple[str, CallSite | None], LoopStats] = dataclasses.field(default_factory=dict)
-    #: (fingerprint id, parameters hash) -> [count, seconds, first query]: repeated reads.
-    repeats: dict[tuple[str, int], list[t.Any]] = dataclasses.field(default_factory=dict)
-    slow: list[QueryInfo] = dataclasses.field(default_factory=list)
-    #: Queries whose result is still open; finished when the unit of work ends.
-    open_queries: list[QueryInfo] = dataclasses.field(default_factory=list)
-    closed: bool = False
+    A plain class with ``__slots__`` rather than a dataclass: one is made per request, and
+    a dataclass's ``default_factory`` fields cost a call each.
+    """
+
+    __slots__ = (
+        "name",
+        "kind",
+        "settings",
+        "engines",
+        "started",
+        "started_wall",
+        "duration",
+        "status",
+        "queries",
+        "dropped",
+        "query_count",
+        "db_time",
+        "errors",
+        "shapes",
+        "loops",
+        "repeats",
+        "slow",
+        "open_queries",
+        "closed",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        settings: Settings,
+        engines: frozenset[Engine] | None = None,
+        started_wall: float | None = None,
+    ) -> None:
+        #: ``"GET /orders/<int:id>"`` for a request, ``"job:nightly-sync"`` for a job.
+        self.name = name
+        self.kind = kind
+        self.settings = settings
+        #: Restricts capture to these engines when not ``None``.
+        self.engines = engines
+        self.started = perf_counter()
+        self.started_wall = wall_time() if started_wall is None else started_wall
+        self.duration = 0.0
+        self.status = 0
+        #: The statements, capped at ``settings.max_queries_per_request``.
+        self.queries: list[QueryInfo] = []
+        #: Statements not kept in :attr:`queries` because of the cap (still aggregated).
+        self.dropped = 0
+        self.query_count = 0
+        self.db_time = 0.0
+        self.errors = 0
+        self.shapes: dict[str, ShapeStats] = {}
+        self.loops: dict[tuple[str, CallSite | None], LoopStats] = {}
+        #: (fingerprint id, parameters hash) -> [count, seconds, first query]: repeated reads.
+        self.repeats: dict[tuple[str, int], list[t.Any]] = {}
+        self.slow: list[QueryInfo] = []
+        #: Queries whose result is still open; finished when the unit of work ends.
+        self.open_queries: list[QueryInfo] = []
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<Record {self.name!r} {self.query_count} queries"
+            f" {self.db_time * 1000:.1f} ms in the database>"
+        )
 
     def finish(self, status: int = 0) -> None:
         """Close the unit of work: finish open results, fix the duration."""
@@ -435,28 +473,22 @@ def _finish_query(record: Record, q: QueryInfo, end: float, error: str | None) -
 # --- SQLAlchemy listeners ----------------------------------------------------------------
 
 
-def _before_cursor_execute(
-    conn: Connection,
-    cursor: t.Any,
-    statement: str,
-    parameters: t.Any,
-    context: ExecutionContext | None,
-    executemany: bool,
-) -> tuple[str, t.Any]:
+def _begin(statement: str, parameters: t.Any, context: t.Any, executemany: bool) -> None:
+    """Record a statement about to be sent to the DBAPI cursor."""
     record = _current_record.get()
     if record is None or context is None or record.closed:
-        return statement, parameters
+        return
     try:
         current = context.cursor
         if isinstance(current, _TimedCursor):
             # insertmanyvalues: the next batch on the same context; the last one is done.
             _finish_query(current._qw_record, current._qw_query, perf_counter(), None)
             if current._qw_record is not record:
-                return statement, parameters
+                return
         elif context.execution_options.get(IGNORE_OPTION) or (
-            record.engines is not None and conn.engine not in record.engines
+            record.engines is not None and context.root_connection.engine not in record.engines
         ):
-            return statement, parameters
+            return
         query = _new_query(record, statement, parameters, context, executemany)
         if isinstance(current, _TimedCursor):
             object.__setattr__(current, "_qw_query", query)
@@ -465,15 +497,26 @@ def _before_cursor_execute(
         record.open_queries.append(query)
         query.start = perf_counter()
     except Exception as e:
-        _internal_error("capture.before_cursor_execute", e)
-    return statement, parameters
+        _internal_error("capture.do_execute", e)
+
+
+def _do_execute(cursor: t.Any, statement: str, parameters: t.Any, context: t.Any) -> None:
+    _begin(statement, parameters, context, False)
+
+
+def _do_executemany(cursor: t.Any, statement: str, parameters: t.Any, context: t.Any) -> None:
+    _begin(statement, parameters, context, True)
+
+
+def _do_execute_no_params(cursor: t.Any, statement: str, context: t.Any) -> None:
+    _begin(statement, (), context, False)
 
 
 def _new_query(
     record: Record,
     statement: str,
     parameters: t.Any,
-    context: ExecutionContext,
+    context: t.Any,
     executemany: bool,
 ) -> QueryInfo:
     settings = record.settings
@@ -491,7 +534,7 @@ def _new_query(
         batch_size=batch,
         params_hash=_params_hash(parameters),
     )
-    context._querywatch_query = query  # type: ignore[attr-defined]
+    context._querywatch_query = query
     record.query_count += 1
     if len(record.queries) < settings.max_queries_per_request:
         record.queries.append(query)
@@ -529,32 +572,42 @@ def _handle_error(exception_context: ExceptionContext) -> None:
 
 _installed = False
 _install_lock = threading.Lock()
+_LISTENERS: tuple[tuple[str, t.Callable[..., t.Any]], ...] = (
+    ("do_execute", _do_execute),
+    ("do_executemany", _do_executemany),
+    ("do_execute_no_params", _do_execute_no_params),
+    ("handle_error", _handle_error),
+)
 
 
 def install() -> None:
-    """Listen on every :class:`~sqlalchemy.engine.Engine`, once per process.
+    """Listen on every SQLAlchemy dialect, once per process.
 
     Class-level listeners reach engines made before and after this call, Flask-SQLAlchemy's
-    binds and plain engines alike; a unit of work decides what is recorded. Only two
-    events are used, ``before_cursor_execute`` (with ``retval=True``, which spares
-    SQLAlchemy a wrapper call) and ``handle_error``, because every listener costs every
-    statement of the process a dispatch.
+    binds and plain engines alike; a unit of work decides what is recorded.
+
+    These are :class:`~sqlalchemy.events.DialectEvents`, not ``before_cursor_execute``:
+    any connection-level listener switches every statement of the process onto
+    SQLAlchemy's event-dispatch path (``Connection._has_events``), which by itself costs
+    more per statement than all of capture, and stays on even after the listener is
+    removed. Dialect events are dispatched only where the DBAPI is called. SQLAlchemy
+    calls them semi-public; the tests run them on SQLite, PostgreSQL and MariaDB.
     """
     global _installed
     with _install_lock:
         if _installed:
             return
-        event.listen(Engine, "before_cursor_execute", _before_cursor_execute, retval=True)
-        event.listen(Engine, "handle_error", _handle_error)
+        for name, fn in _LISTENERS:
+            event.listen(Dialect, name, fn)
         _installed = True
 
 
 def uninstall() -> None:
-    """Remove the listeners (used by benchmarks to compare with and without)."""
+    """Remove the listeners."""
     global _installed
     with _install_lock:
         if not _installed:
             return
-        event.remove(Engine, "before_cursor_execute", _before_cursor_execute)
-        event.remove(Engine, "handle_error", _handle_error)
+        for name, fn in _LISTENERS:
+            event.remove(Dialect, name, fn)
         _installed = False

@@ -19,6 +19,7 @@ from flask import request
 from . import capture
 from ._failopen import fail_open
 from ._failopen import log_limited
+from ._failopen import record_internal_error
 from .config import Settings
 from .config import load_settings
 from .detectors import Finding
@@ -107,14 +108,16 @@ class Flusher:
         self._atexit = False
 
     def ensure_started(self) -> None:
-        thread = self._thread
-        if thread is not None and self._pid == os.getpid() and thread.is_alive():
+        if self._thread is not None and self._pid == _pid:
             return
+        self._start()
+
+    def _start(self) -> None:
         with self._lock:
             thread = self._thread
-            if thread is not None and self._pid == os.getpid() and thread.is_alive():
+            if thread is not None and self._pid == _pid and thread.is_alive():
                 return
-            self._pid = os.getpid()
+            self._pid = _pid
             self._stop.clear()
             self._thread = threading.Thread(
                 target=self._run, name="querywatch-flusher", daemon=True
@@ -126,7 +129,10 @@ class Flusher:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.flush()
+            try:
+                self.flush()
+            except Exception as e:  # keep the thread alive whatever happens
+                record_internal_error("flusher.run", e)
 
     def flush(self) -> bool:
         """Write what is pending now. Returns False when the store could not be written
@@ -170,9 +176,15 @@ class Flusher:
             self.flush()
 
 
+#: This process's id, refreshed in a forked child, so requests need not ask the OS.
+_pid = os.getpid()
+
+
 def _after_fork_in_child() -> None:
     # The parent's thread does not exist in the child, and what the parent had pending is
     # the parent's to write: start clean.
+    global _pid
+    _pid = os.getpid()
     for state in list(_states):
         state.stats = Stats(max_shapes=state.settings.max_shapes)
         state.flusher._thread = None
@@ -221,9 +233,10 @@ class QueryWatch:
         if not settings.enabled:
             return
         capture.install()
-        app.before_request_funcs.setdefault(None, []).insert(0, _before_request)
-        app.after_request_funcs.setdefault(None, []).append(_after_request)
-        app.teardown_request_funcs.setdefault(None, []).append(_teardown_request)
+        before, after, teardown = _request_hooks(state)
+        app.before_request_funcs.setdefault(None, []).insert(0, before)
+        app.after_request_funcs.setdefault(None, []).append(after)
+        app.teardown_request_funcs.setdefault(None, []).append(teardown)
 
         from . import cli
 
@@ -279,37 +292,43 @@ class QueryWatch:
         return self._state(app).store
 
 
-def _state() -> AppState:
-    return t.cast("AppState", current_app.extensions[_EXTENSION_KEY])
+def _request_hooks(
+    state: AppState,
+) -> tuple[
+    Callable[[], None],
+    Callable[[Response], Response],
+    Callable[[BaseException | None], None],
+]:
+    """The three request hooks of one app; they close over its state, which spares a
+    ``current_app`` lookup per hook."""
 
+    def _before_request() -> None:
+        try:
+            rule = request.url_rule
+            name = f"{request.method} {rule.rule if rule is not None else '<unmatched>'}"
+            record = capture.Record(name, "request", state.settings, state.engines)
+            g._querywatch = (record, capture.start_record(record))
+        except Exception as e:
+            capture._internal_error("extension.before_request", e)
 
-def _before_request() -> None:
-    with fail_open("extension.before_request"):
-        state = _state()
-        rule = request.url_rule
-        name = f"{request.method} {rule.rule if rule is not None else '<unmatched>'}"
-        record = state.new_record(name, "request")
-        g._querywatch = record
-        g._querywatch_token = capture.start_record(record)
+    def _after_request(response: Response) -> Response:
+        try:
+            pair = g.get("_querywatch")
+            if pair is not None:
+                pair[0].status = response.status_code
+        except Exception as e:
+            capture._internal_error("extension.after_request", e)
+        return response
 
-
-def _after_request(response: Response) -> Response:
-    with fail_open("extension.after_request"):
-        record = g.get("_querywatch")
-        if record is not None:
-            record.status = response.status_code
-    return response
-
-
-def _teardown_request(exc: BaseException | None) -> None:
-    with fail_open("extension.teardown_request"):
-        record: capture.Record | None = g.pop("_querywatch", None)
-        token = g.pop("_querywatch_token", None)
-        if token is not None:
+    def _teardown_request(exc: BaseException | None) -> None:
+        try:
+            pair = g.pop("_querywatch", None)
+            if pair is None:
+                return
+            record, token = pair
             capture.end_record(token)
-        if record is None:
-            return
-        status = record.status or 200
-        if exc is not None:
-            status = 500
-        _state().finish(record, status)
+            state.finish(record, 500 if exc is not None else (record.status or 200))
+        except Exception as e:
+            capture._internal_error("extension.teardown_request", e)
+
+    return _before_request, _after_request, _teardown_request

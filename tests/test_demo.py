@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import io
+import json
+import typing as t
+
+from click.testing import CliRunner
+from rich.console import Console
+
+from querywatch.cli import cli
+from querywatch.demo.runner import run_demo
+
+
+def test_demo_report_names_the_unoptimized_query_first(tmp_path: t.Any) -> None:
+    """A short demo on a small shop: real server, real HTTP traffic at a flat rate; the
+    report puts the order lookup's full scan first and says traffic did not rise."""
+    out = io.StringIO()
+    console = Console(file=out, width=120)
+    code = run_demo(scale=0.3, duration=8, rate=30, workdir=str(tmp_path / "demo"), console=console)
+    text = out.getvalue()
+    assert code == 0, text
+    assert "The unoptimized endpoint's query stands first." in text
+    assert "Traffic did not rise" in text
+    assert "orders.customer_email = ?" in text
+    assert "Order.items" in text  # the N+1 finding of the recent-orders endpoint
+
+
+def test_demo_json_and_reuse_of_the_seeded_database(tmp_path: t.Any) -> None:
+    """`querywatch demo --json` prints the measured summary and the report; a second run
+    reuses the seeded database."""
+    runner = CliRunner()
+    args = [
+        "demo",
+        "--scale",
+        "0.3",
+        "--duration",
+        "6",
+        "--rate",
+        "30",
+        "--workdir",
+        str(tmp_path / "demo"),
+        "--json",
+    ]
+    first = runner.invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    data = json.loads(first.stdout)
+    demo = data["demo"]
+    assert demo["culprit_first"] is True
+    assert demo["culprit_endpoint"] == "GET /api/orders/lookup"
+    assert abs(demo["traffic_change"]) < 0.2
+    assert demo["calm"]["lookup_share"] == 0
+    assert 0.15 < demo["incident"]["lookup_share"] < 0.45
+    assert data["report"]["schema"] == "querywatch.report/1"
+    second = runner.invoke(cli, args)
+    assert second.exit_code == 0, second.output
+    assert "Reusing the seeded shop database" in second.output
