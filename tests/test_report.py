@@ -179,3 +179,34 @@ def test_parse_since() -> None:
     assert parse_since("90s", now=1000.0) == 910.0
     assert parse_since("2h", now=10_000.0) == 2800.0
     assert parse_since("2026-11-26T00:00:00") == 1795651200.0
+
+
+def test_traffic_compares_with_the_window_before(tmp_path: t.Any) -> None:
+    """Request rates come from disjoint windows: a flat rate reads as no change, and a
+    minute is never counted in both windows."""
+    from querywatch.capture import Record
+    from querywatch.stats import Stats
+    from querywatch.store import Store
+
+    class _S:
+        slow_query_seconds = 1.0
+
+    store = Store(f"sqlite:///{tmp_path}/t.db")
+    now = time.time()
+    this_minute = now // 60 * 60
+    stats = Stats()
+    for minutes_ago in range(6):
+        for _ in range(30):
+            r = Record("GET /x", "request", _S(), started_wall=this_minute - 60 * minutes_ago + 1)  # type: ignore[arg-type]
+            r.status = 200
+            stats.add(r, [])
+    store.write(stats.drain())
+    rep = build_report(store, since=this_minute - 120 + 5, until=this_minute)
+    assert rep["since"].endswith(":00+00:00")  # the start of the minute holding --since
+    assert rep["traffic"] == {
+        "requests": 60,
+        "rate_per_s": 0.5,
+        "previous_requests": 60,
+        "previous_rate_per_s": 0.5,
+        "change": 0.0,
+    }

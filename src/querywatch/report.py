@@ -128,10 +128,16 @@ def build_report(
     limit: int = 10,
 ) -> dict[str, t.Any]:
     """The report of ``[since, until)`` as a JSON-ready dict."""
-    until = time.time() if until is None else until
-    span = max(until - since, 60.0)
-    win = store.window(since, until, endpoint)
-    prev = store.window(since - span, since, endpoint)
+    now = time.time()
+    until = now if until is None else until
+    # The store keeps minute buckets: the window starts at the minute holding ``since``,
+    # and the window before it has the same length and ends where this one starts, so no
+    # minute counts in both.
+    start = since // 60 * 60
+    span = max(min(until, now) - start, 1.0)
+    prev_span = max(60.0, -(-span // 60) * 60)
+    win = store.window(start, until, endpoint)
+    prev = store.window(start - prev_span, start, endpoint)
     total_db = sum(a.total for a in win.shapes.values())
     ranked = sorted(win.shapes.items(), key=lambda kv: (-kv[1].total, kv[0]))[:limit]
     stored_findings = store.findings(since=since, endpoint=endpoint, limit=limit)
@@ -170,15 +176,19 @@ def build_report(
     return {
         "schema": REPORT_SCHEMA,
         "generated_at": _iso(time.time()),
-        "since": _iso(since),
+        "since": _iso(start),
         "until": _iso(until),
         "endpoint": endpoint,
         "traffic": {
             "requests": requests,
             "rate_per_s": round(requests / span, 3),
             "previous_requests": prev_requests,
-            "previous_rate_per_s": round(prev_requests / span, 3),
-            "change": round(requests / prev_requests - 1.0, 4) if prev_requests else None,
+            "previous_rate_per_s": round(prev_requests / prev_span, 3),
+            "change": (
+                round((requests / span) / (prev_requests / prev_span) - 1.0, 4)
+                if prev_requests
+                else None
+            ),
         },
         "db_time_ms": _ms(total_db),
         "queries": queries,

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from sqlalchemy import create_engine
+from werkzeug.serving import WSGIRequestHandler
 from werkzeug.serving import make_server
 
 from ..report import build_report
@@ -194,8 +195,15 @@ def _phase_stats(samples: t.Sequence[_Sample], seconds: float) -> dict[str, t.An
     }
 
 
+class _QuietHandler(WSGIRequestHandler):
+    """The demo prints its own progress; a log line per request would bury it."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        return None
+
+
 def _serve(app: t.Any) -> tuple[BaseWSGIServer, threading.Thread]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name="demo-server", daemon=True)
     thread.start()
     return server, thread
@@ -280,6 +288,7 @@ def run_demo(
         stop.set()
         driver.join()
     ended_wall = time.time()
+    console.print()
 
     # 4. Evidence: measured by the load generator, and the report from querywatch's store.
     qw_state = app.extensions["querywatch"]
