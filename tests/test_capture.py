@@ -80,7 +80,8 @@ def test_result_left_open_is_finished_with_the_request(tmp_path: t.Any) -> None:
 
 
 def test_cursor_wrapper_is_transparent(tmp_path: t.Any) -> None:
-    """The wrapped cursor behaves like the DBAPI cursor: attributes, lastrowid, rowcount."""
+    """Timed results behave as without querywatch: attributes, lastrowid, rowcount, and
+    every way of fetching."""
     engine = create_engine(f"sqlite:///{tmp_path}/w.db")
     app = Flask(__name__, instance_path=str(tmp_path / "instance"))
     qw = QueryWatch(app)
@@ -91,10 +92,19 @@ def test_cursor_wrapper_is_transparent(tmp_path: t.Any) -> None:
         r = conn.exec_driver_sql("UPDATE t SET v = 6")
         assert r.rowcount == 1
         r = conn.exec_driver_sql("SELECT v FROM t")
-        assert isinstance(r.cursor, _TimedCursor)
+        # Reads are timed through SQLAlchemy's fetch strategy, the cursor left as it is.
+        assert type(r.cursor_strategy).__name__ == "_TimedFetch"
         assert r.cursor.description[0][0] == "v"
         assert r.scalar() == 6
-    assert [q.rows for q in record.queries] == [0, 1, 1, 1]
+        r = conn.exec_driver_sql("SELECT v FROM t")
+        assert r.fetchone() == (6,)
+        assert r.fetchone() is None
+        r = conn.exec_driver_sql("SELECT v FROM t UNION ALL SELECT 7")
+        assert r.fetchmany(1) == [(6,)]
+        assert r.fetchmany(5) == [(7,)]
+        assert r.fetchmany(5) == []
+    assert [q.rows for q in record.queries] == [0, 1, 1, 1, 1, 2]
+    assert all(q.done for q in record.queries)
     engine.dispose()
 
 
@@ -275,4 +285,32 @@ def test_call_site_memo_tells_sites_apart(tmp_path: t.Any) -> None:
         "run",
         "test_call_site_memo_tells_sites_apart",
     }
+    engine.dispose()
+
+
+def test_streamed_reads_and_statements_past_the_cap(tmp_path: t.Any) -> None:
+    """Streamed reads (stream_results, yield_per) are timed through the cursor; statements
+    past the per-request cap are aggregated when they end, or when the work ends if their
+    result is left open."""
+    engine = create_engine(f"sqlite:///{tmp_path}/s.db")
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config["QUERYWATCH_MAX_QUERIES_PER_REQUEST"] = 1
+    qw = QueryWatch(app)
+    with engine.connect() as conn, qw.capture("stream") as record:
+        streamed = conn.execution_options(stream_results=True, yield_per=2)
+        rows = streamed.exec_driver_sql(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5)"
+            " SELECT i FROM n"
+        ).all()
+        assert len(rows) == 5
+        conn.exec_driver_sql("SELECT 1").all()  # past the cap: aggregated at its end
+        left_open = conn.exec_driver_sql("SELECT 2 UNION ALL SELECT 3")
+        left_open.fetchone()
+    assert record.query_count == 3
+    assert len(record.queries) == 1
+    assert record.dropped == 2
+    assert record.queries[0].rows == 5
+    assert sum(s.calls for s in record.shapes.values()) == 3
+    assert sum(s.rows for s in record.shapes.values()) == 5 + 1 + 1
+    left_open.close()
     engine.dispose()

@@ -26,6 +26,9 @@ from time import time as wall_time
 from sqlalchemy import event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.engine import Engine
+from sqlalchemy.engine.cursor import _DEFAULT_FETCH
+from sqlalchemy.engine.cursor import _NO_CURSOR_DQL
+from sqlalchemy.engine.cursor import CursorFetchStrategy
 
 from .fingerprint import Fingerprint
 from .fingerprint import fingerprint
@@ -82,6 +85,9 @@ class QueryInfo:
     #: ``perf_counter()`` of the last fetch, used if the result is never closed.
     last_activity: float = 0.0
     fetched: bool = False
+    #: Kept in :attr:`Record.queries`, and so aggregated when the unit of work ends;
+    #: statements past the cap are aggregated as soon as they end.
+    kept: bool = True
 
 
 @dataclasses.dataclass(slots=True)
@@ -138,7 +144,7 @@ class Record:
         "loops",
         "repeats",
         "slow",
-        "open_queries",
+        "open_dropped",
         "closed",
     )
 
@@ -172,8 +178,8 @@ class Record:
         #: (fingerprint id, parameters hash) -> [count, seconds, first query]: repeated reads.
         self.repeats: dict[tuple[str, int], list[t.Any]] = {}
         self.slow: list[QueryInfo] = []
-        #: Queries whose result is still open; finished when the unit of work ends.
-        self.open_queries: list[QueryInfo] = []
+        #: Statements past the cap whose result is still open.
+        self.open_dropped: list[QueryInfo] = []
         self.closed = False
 
     def __repr__(self) -> str:
@@ -183,13 +189,27 @@ class Record:
         )
 
     def finish(self, status: int = 0) -> None:
-        """Close the unit of work: finish open results, fix the duration."""
-        for q in self.open_queries:
+        """Close the unit of work: end results left open, aggregate, fix the duration.
+
+        Kept statements are aggregated here, in one pass, rather than one at a time while
+        the request runs: the pass touches the aggregates while they are hot in the CPU's
+        caches, which measured several microseconds a statement cheaper."""
+        now = perf_counter()
+        for q in self.queries:
             if not q.done:
-                _finish_query(self, q, q.last_activity or perf_counter(), None)
-        self.open_queries.clear()
+                q.done = True
+                end = q.last_activity or now
+                q.duration = end - q.start if end > q.start else 0.0
+            _aggregate(self, q)
+        for q in self.open_dropped:
+            if not q.done:
+                q.done = True
+                end = q.last_activity or now
+                q.duration = end - q.start if end > q.start else 0.0
+                _aggregate(self, q)
+        self.open_dropped.clear()
         self.status = status
-        self.duration = perf_counter() - self.started
+        self.duration = now - self.started
         self.closed = True
 
 
@@ -399,7 +419,7 @@ class _TimedCursor:
                     rowcount = getattr(self._qw_cursor, "rowcount", -1)
                     if isinstance(rowcount, int) and rowcount > 0:
                         q.rows = rowcount
-                _finish_query(self._qw_record, q, end, None)
+                _end_query(self._qw_record, q, end, None)
             except Exception as e:
                 _internal_error("capture.cursor_close", e)
         self._qw_cursor.close()
@@ -413,19 +433,81 @@ def _internal_error(where: str, exc: Exception) -> None:
         raise exc
 
 
-def _finish_query(record: Record, q: QueryInfo, end: float, error: str | None) -> None:
-    """Give ``q`` its final duration and fold it into the record's aggregates."""
-    if q.done or record.closed:
-        q.done = True
+def _end_query(record: Record, q: QueryInfo, end: float, error: str | None) -> None:
+    """Fix ``q``'s duration; statements past the cap are aggregated at once."""
+    if q.done:
         return
     q.done = True
+    q.duration = end - q.start if end > q.start else 0.0
     if error is not None:
         q.error = error
+    if not q.kept and not record.closed:
+        _aggregate(record, q)
+
+
+class _TimedFetch(CursorFetchStrategy):
+    """SQLAlchemy's own fetch strategy for reads, telling capture the rows and the end.
+
+    SQLAlchemy calls its strategy for every fetch and for the close of a result anyway,
+    so timing a read this way adds no call, where a cursor wrapper adds several. One
+    stateless instance serves every statement; the statement is found on the
+    execution context."""
+
+    __slots__ = ()
+
+    def soft_close(self, result: t.Any, dbapi_cursor: t.Any) -> None:
+        result.cursor_strategy = _NO_CURSOR_DQL
+        context = result.context
+        q = context._querywatch_query
+        if not q.done:
+            _end_query(context._querywatch_record, q, perf_counter(), None)
+
+    hard_close = soft_close
+
+    def fetchone(self, result: t.Any, dbapi_cursor: t.Any, hard_close: bool = False) -> t.Any:
+        try:
+            row = dbapi_cursor.fetchone()
+            q = result.context._querywatch_query
+            q.last_activity = perf_counter()
+            if row is None:
+                result._soft_close(hard=hard_close)
+            else:
+                q.rows += 1
+            return row
+        except BaseException as e:
+            self.handle_exception(result, dbapi_cursor, e)
+
+    def fetchmany(self, result: t.Any, dbapi_cursor: t.Any, size: int | None = None) -> t.Any:
+        try:
+            rows = dbapi_cursor.fetchmany() if size is None else dbapi_cursor.fetchmany(size)
+            q = result.context._querywatch_query
+            q.last_activity = perf_counter()
+            q.rows += len(rows)
+            if not rows:
+                result._soft_close()
+            return rows
+        except BaseException as e:
+            self.handle_exception(result, dbapi_cursor, e)
+
+    def fetchall(self, result: t.Any, dbapi_cursor: t.Any) -> t.Any:
+        try:
+            rows = dbapi_cursor.fetchall()
+            result.context._querywatch_query.rows += len(rows)
+            result._soft_close()
+            return rows
+        except BaseException as e:
+            self.handle_exception(result, dbapi_cursor, e)
+
+
+_TIMED_FETCH = _TimedFetch()
+
+
+def _aggregate(record: Record, q: QueryInfo) -> None:
+    """Fold one ended statement into the record's aggregates."""
+    d = q.duration
+    error = q.error
+    if error is not None:
         record.errors += 1
-    d = end - q.start
-    if d < 0.0:
-        d = 0.0
-    q.duration = d
     record.db_time += d
     fp = q.fingerprint
     shape = record.shapes.get(fp.id)
@@ -482,19 +564,35 @@ def _begin(statement: str, parameters: t.Any, context: t.Any, executemany: bool)
         current = context.cursor
         if isinstance(current, _TimedCursor):
             # insertmanyvalues: the next batch on the same context; the last one is done.
-            _finish_query(current._qw_record, current._qw_query, perf_counter(), None)
+            _end_query(current._qw_record, current._qw_query, perf_counter(), None)
             if current._qw_record is not record:
                 return
-        elif context.execution_options.get(IGNORE_OPTION) or (
+            query = _new_query(record, statement, parameters, context, executemany)
+            object.__setattr__(current, "_qw_query", query)
+            if not query.kept:
+                record.open_dropped.append(query)
+            query.start = perf_counter()
+            return
+        options = context.execution_options
+        if options.get(IGNORE_OPTION) or (
             record.engines is not None and context.root_connection.engine not in record.engines
         ):
             return
         query = _new_query(record, statement, parameters, context, executemany)
-        if isinstance(current, _TimedCursor):
-            object.__setattr__(current, "_qw_query", query)
+        if (
+            query.fingerprint.operation == "SELECT"
+            and context.cursor_fetch_strategy is _DEFAULT_FETCH
+            and not context._is_server_side
+            and not options.get("stream_results")
+        ):
+            context.cursor_fetch_strategy = _TIMED_FETCH
+            context._querywatch_record = record
         else:
+            # Writes (whose results SQLAlchemy closes through other strategies) and
+            # streamed reads: wrap the cursor.
             context.cursor = _TimedCursor(current, query, record)
-        record.open_queries.append(query)
+        if not query.kept:
+            record.open_dropped.append(query)
         query.start = perf_counter()
     except Exception as e:
         _internal_error("capture.do_execute", e)
@@ -539,6 +637,7 @@ def _new_query(
     if len(record.queries) < settings.max_queries_per_request:
         record.queries.append(query)
     else:
+        query.kept = False
         record.dropped += 1
     return query
 
@@ -554,18 +653,18 @@ def _handle_error(exception_context: ExceptionContext) -> None:
         query: QueryInfo | None = getattr(context, "_querywatch_query", None)
         if query is None:
             return
+        error = type(exception_context.original_exception).__name__
         if query.done:
             # The statement ran; its fetch failed. It counts once, as an error.
             if query.error is None:
-                query.error = type(exception_context.original_exception).__name__
-                record.errors += 1
-                shape = record.shapes.get(query.fingerprint.id)
-                if shape is not None:
-                    shape.errors += 1
+                query.error = error
+                if not query.kept:  # already aggregated
+                    record.errors += 1
+                    shape = record.shapes.get(query.fingerprint.id)
+                    if shape is not None:
+                        shape.errors += 1
             return
-        _finish_query(
-            record, query, perf_counter(), type(exception_context.original_exception).__name__
-        )
+        _end_query(record, query, perf_counter(), error)
     except Exception as e:
         _internal_error("capture.handle_error", e)
 
