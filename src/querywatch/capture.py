@@ -196,16 +196,11 @@ class Record:
         caches, which measured several microseconds a statement cheaper."""
         now = perf_counter()
         for q in self.queries:
-            if not q.done:
-                q.done = True
-                end = q.last_activity or now
-                q.duration = end - q.start if end > q.start else 0.0
+            _end_left_open(q, now)
             _aggregate(self, q)
         for q in self.open_dropped:
-            if not q.done:
-                q.done = True
-                end = q.last_activity or now
-                q.duration = end - q.start if end > q.start else 0.0
+            if not q.done:  # the others were aggregated when they ended
+                _end_left_open(q, now)
                 _aggregate(self, q)
         self.open_dropped.clear()
         self.status = status
@@ -431,6 +426,14 @@ def _internal_error(where: str, exc: Exception) -> None:
     _failopen.record_internal_error(where, exc)
     if _failopen.RAISE_INTERNAL_ERRORS:
         raise exc
+
+
+def _end_left_open(q: QueryInfo, now: float) -> None:
+    """A result never exhausted nor closed ends at its last fetch (or now)."""
+    if not q.done:
+        q.done = True
+        end = q.last_activity or now
+        q.duration = end - q.start if end > q.start else 0.0
 
 
 def _end_query(record: Record, q: QueryInfo, end: float, error: str | None) -> None:

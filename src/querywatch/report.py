@@ -251,8 +251,14 @@ def traffic_sentence(report: dict[str, t.Any]) -> str:
     )
 
 
-def render_report(report: dict[str, t.Any], console: Console | None = None) -> None:
-    """Print the report for a person: the culprit in the first lines."""
+def render_report(
+    report: dict[str, t.Any], console: Console | None = None, *, traffic: bool = True
+) -> None:
+    """Print the report for a person: the culprit in the first lines.
+
+    :param traffic: print the request-rate comparison. Its windows are whole minutes, so
+        a caller with finer measurements of its own (the demo) leaves it out.
+    """
     console = console or Console()
     scope = f" for {report['endpoint']}" if report["endpoint"] else ""
     console.print(
@@ -260,7 +266,8 @@ def render_report(report: dict[str, t.Any], console: Console | None = None) -> N
         highlight=False,
     )
     console.print(Text(headline(report), style="bold red" if report["queries"] else ""))
-    console.print(Text(traffic_sentence(report)))
+    if traffic:
+        console.print(Text(traffic_sentence(report)))
 
     console.print()
     console.print("[bold]Top query shapes by total time[/bold]")

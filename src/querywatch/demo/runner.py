@@ -320,7 +320,7 @@ def run_demo(
         print(json.dumps({"demo": summary, "report": report}, indent=2))
     else:
         console.rule("querywatch report for the run")
-        render_report(report, console)
+        render_report(report, console, traffic=False)
         console.rule("What happened at 14:00")
         console.print(
             f"Traffic did not rise: {calm_stats['rate_per_s']:.1f} req/s before 14:00,"
