@@ -51,6 +51,13 @@ def loop_app(sqlite_shop_url: str, tmp_path: t.Any) -> t.Any:
         counts = [s.scalar(select(func.count(shop.Product.id))) for _ in range(3)]
         return jsonify(counts)
 
+    @app.get("/repeat-two-places")
+    def repeat_two_places() -> t.Any:
+        s = shop.db.session
+        first = s.scalar(select(func.count(shop.Product.id)))
+        second = s.scalar(select(func.count(shop.Product.id)))
+        return jsonify([first, second])
+
     yield app
     with app.app_context():
         shop.db.engine.dispose()
@@ -106,6 +113,13 @@ def test_repeated_identical_query(loop_app: t.Any) -> None:
     assert f.fingerprint.shape == "SELECT count(products.id) AS count_1 FROM products"
     # Same parameters: not an N+1.
     assert [f for f in findings if f.kind == N_PLUS_ONE] == []
+
+
+def test_repeated_identical_query_from_two_places(loop_app: t.Any) -> None:
+    """The same read with the same parameters from two lines is a repeat too."""
+    findings = _findings(loop_app, "/repeat-two-places")
+    (f,) = [f for f in findings if f.kind == REPEATED_QUERY]
+    assert f.count == 2
 
 
 def test_slow_query_threshold(sqlite_shop_url: str, tmp_path: t.Any) -> None:

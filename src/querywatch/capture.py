@@ -60,34 +60,66 @@ class CallSite(t.NamedTuple):
         return f"{self.filename}:{self.lineno} in {self.function}"
 
 
-@dataclasses.dataclass(slots=True)
 class QueryInfo:
-    """One captured statement."""
+    """One captured statement.
 
-    fingerprint: Fingerprint
-    #: ``time.perf_counter()`` when the cursor was asked to execute.
-    start: float
-    #: Seconds from execute until the result was exhausted or closed.
-    duration: float = 0.0
-    #: Rows fetched (reads) or affected (writes), as far as the driver tells.
-    rows: int = 0
-    #: The exception's class name when the statement failed.
-    error: str | None = None
-    site: CallSite | None = None
-    #: ``Model.attr`` when an ORM lazy load issued the statement.
-    relationship: str | None = None
-    #: Parameter sets of an ``executemany``; 1 otherwise.
-    batch_size: int = 1
-    #: Hash of the bound parameters (never the values themselves).
-    params_hash: int = 0
-    #: Set once the duration is final.
-    done: bool = False
-    #: ``perf_counter()`` of the last fetch, used if the result is never closed.
-    last_activity: float = 0.0
-    fetched: bool = False
-    #: Kept in :attr:`Record.queries`, and so aggregated when the unit of work ends;
-    #: statements past the cap are aggregated as soon as they end.
-    kept: bool = True
+    A slotted class with a positional constructor rather than a dataclass: one is made
+    per statement, and most fields start at the same value."""
+
+    __slots__ = (
+        "fingerprint",
+        "start",
+        "duration",
+        "rows",
+        "error",
+        "site",
+        "relationship",
+        "batch_size",
+        "params_hash",
+        "done",
+        "last_activity",
+        "fetched",
+        "kept",
+    )
+
+    def __init__(
+        self,
+        fingerprint: Fingerprint,
+        site: CallSite | None,
+        relationship: str | None,
+        params_hash: int,
+        batch_size: int = 1,
+    ) -> None:
+        self.fingerprint = fingerprint
+        #: ``time.perf_counter()`` when the cursor was asked to execute.
+        self.start = 0.0
+        #: Seconds from execute until the result was exhausted or closed.
+        self.duration = 0.0
+        #: Rows fetched (reads) or affected (writes), as far as the driver tells.
+        self.rows = 0
+        #: The exception's class name when the statement failed.
+        self.error: str | None = None
+        self.site = site
+        #: ``Model.attr`` when an ORM lazy load issued the statement.
+        self.relationship = relationship
+        #: Parameter sets of an ``executemany``; 1 otherwise.
+        self.batch_size = batch_size
+        #: Hash of the bound parameters (never the values themselves).
+        self.params_hash = params_hash
+        #: Set once the duration is final.
+        self.done = False
+        #: ``perf_counter()`` of the last fetch, used if the result is never closed.
+        self.last_activity = 0.0
+        self.fetched = False
+        #: Kept in :attr:`Record.queries`, and so aggregated when the unit of work ends;
+        #: statements past the cap are aggregated as soon as they end.
+        self.kept = True
+
+    def __repr__(self) -> str:
+        return (
+            f"<QueryInfo {self.fingerprint.id} {self.duration * 1000:.3f} ms"
+            f" {self.rows} rows{' ' + self.error if self.error else ''}>"
+        )
 
 
 @dataclasses.dataclass(slots=True)
@@ -99,8 +131,10 @@ class LoopStats:
     relationship: str | None = None
     count: int = 0
     total: float = 0.0
-    #: Hashes of distinct parameter sets, kept up to a small cap.
-    param_hashes: set[int] = dataclasses.field(default_factory=set)
+    #: Hash of each distinct parameter set -> executions with it, up to
+    #: :data:`_MAX_PARAM_HASHES` sets: the input of the N+1 detector (how many distinct)
+    #: and of the repeated-query detector (how often the same).
+    params: dict[int, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(slots=True)
@@ -142,7 +176,6 @@ class Record:
         "errors",
         "shapes",
         "loops",
-        "repeats",
         "slow",
         "open_dropped",
         "closed",
@@ -175,8 +208,6 @@ class Record:
         self.errors = 0
         self.shapes: dict[str, ShapeStats] = {}
         self.loops: dict[tuple[str, CallSite | None], LoopStats] = {}
-        #: (fingerprint id, parameters hash) -> [count, seconds, first query]: repeated reads.
-        self.repeats: dict[tuple[str, int], list[t.Any]] = {}
         self.slow: list[QueryInfo] = []
         #: Statements past the cap whose result is still open.
         self.open_dropped: list[QueryInfo] = []
@@ -214,7 +245,6 @@ _current_record: contextvars.ContextVar[Record | None] = contextvars.ContextVar(
 
 #: Caps on per-request bookkeeping so a request with 15,000 queries stays bounded.
 _MAX_LOOP_KEYS = 1000
-_MAX_REPEAT_KEYS = 5000
 _MAX_PARAM_HASHES = 64
 _MAX_SLOW_PER_RECORD = 100
 
@@ -539,18 +569,14 @@ def _aggregate(record: Record, q: QueryInfo) -> None:
     if loop is not None:
         loop.count += 1
         loop.total += d
-        if len(loop.param_hashes) < _MAX_PARAM_HASHES:
-            loop.param_hashes.add(q.params_hash)
+        params = loop.params
+        n = params.get(q.params_hash)
+        if n is not None:
+            params[q.params_hash] = n + 1
+        elif len(params) < _MAX_PARAM_HASHES:
+            params[q.params_hash] = 1
         if loop.relationship is None:
             loop.relationship = q.relationship
-    if fp.operation == "SELECT":
-        rkey = (fp.id, q.params_hash)
-        rep = record.repeats.get(rkey)
-        if rep is not None:
-            rep[0] += 1
-            rep[1] += d
-        elif len(record.repeats) < _MAX_REPEAT_KEYS:
-            record.repeats[rkey] = [1, d, q]
     if d >= record.settings.slow_query_seconds and len(record.slow) < _MAX_SLOW_PER_RECORD:
         record.slow.append(q)
 
@@ -629,11 +655,10 @@ def _new_query(
     fp = fingerprint(statement)
     query = QueryInfo(
         fp,
-        0.0,
-        site=find_call_site(settings.app_packages, fp.id, depth=3),
-        relationship=_relationship(context),
-        batch_size=batch,
-        params_hash=_params_hash(parameters),
+        find_call_site(settings.app_packages, fp.id, depth=3),
+        _relationship(context),
+        _params_hash(parameters),
+        batch,
     )
     context._querywatch_query = query
     record.query_count += 1

@@ -62,7 +62,7 @@ def detect(record: Record, settings: Settings) -> list[Finding]:
     findings: list[Finding] = []
     threshold = settings.n_plus_one_threshold
     for loop in record.loops.values():
-        if loop.count >= threshold and len(loop.param_hashes) >= min(threshold, 64):
+        if loop.count >= threshold and len(loop.params) >= min(threshold, 64):
             findings.append(
                 Finding(
                     kind=N_PLUS_ONE,
@@ -94,16 +94,31 @@ def detect(record: Record, settings: Settings) -> list[Finding]:
             f.count += 1
             f.total += q.duration
     findings.extend(slow.values())
+    # Repeated reads: the same parameters of one shape, over every place that issued it.
     repeat_threshold = settings.repeated_query_threshold
-    for count, total, first in record.repeats.values():
+    by_params: dict[tuple[str, int], list[t.Any]] = {}
+    for loop in record.loops.values():
+        if loop.fingerprint.operation != "SELECT":
+            continue
+        mean = loop.total / loop.count
+        for params_hash, n in loop.params.items():
+            entry = by_params.get((loop.fingerprint.id, params_hash))
+            if entry is None:
+                by_params[(loop.fingerprint.id, params_hash)] = [n, n * mean, loop, n]
+            else:
+                entry[0] += n
+                entry[1] += n * mean
+                if n > entry[3]:
+                    entry[2], entry[3] = loop, n
+    for count, total, loop, _ in by_params.values():
         if count >= repeat_threshold:
             findings.append(
                 Finding(
                     kind=REPEATED_QUERY,
-                    fingerprint=first.fingerprint,
+                    fingerprint=loop.fingerprint,
                     count=count,
                     total=total,
-                    site=first.site,
+                    site=loop.site,
                     relationship=None,
                     fix="Run it once and reuse the result (it returns the same rows each time).",
                 )
