@@ -103,3 +103,27 @@ def test_duration_includes_fetch_on_every_dialect(shop_url: str, tmp_path: t.Any
     engine.dispose()
     with app.app_context():
         shop.db.engine.dispose()
+
+
+def test_the_shop_takes_orders_after_seeding(shop_url: str, tmp_path: t.Any) -> None:
+    """On each dialect the write endpoint works on a freshly seeded shop (ids continue
+    after the seeded rows), and the writes are captured."""
+    app = shop.create_app(shop_url, instance_path=str(tmp_path / "i"))
+    seen: list[t.Any] = []
+    app.extensions["querywatch"].listeners.append(lambda r, f: seen.append(r))
+    client = app.test_client()
+    ids = []
+    for customer in (1, 2):
+        resp = client.post(
+            "/api/orders", json={"customer_id": customer, "items": [{"product_id": 3}]}
+        )
+        assert resp.status_code == 201, resp.json
+        ids.append(resp.json["id"])
+    assert ids[0] > 400
+    assert ids[1] == ids[0] + 1
+    record = seen[-1]
+    assert record.name == "POST /api/orders"
+    assert any(q.fingerprint.operation == "INSERT" for q in record.queries)
+    assert record.errors == 0
+    with app.app_context():
+        shop.db.engine.dispose()

@@ -346,6 +346,14 @@ def seed(
             ],
         )
     if engine.dialect.name == "postgresql":
+        # The rows were given their ids, so move each id sequence past them, or the
+        # shop's first order would collide with a seeded one.
+        with engine.begin() as conn:
+            for table in ("customers", "products", "orders", "order_items"):
+                conn.exec_driver_sql(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
+                    f" (SELECT max(id) FROM {table}))"
+                )
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("ANALYZE")
     elif engine.dialect.name == "sqlite":
