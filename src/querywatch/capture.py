@@ -1,15 +1,17 @@
-"""The hot path: SQLAlchemy engine events record every statement of the current unit of
-work (a request or a job) into a :class:`_Record` held in a :class:`contextvars.ContextVar`.
+"""The hot path: SQLAlchemy's dialect events record every statement of the current unit
+of work (a request or a job) into a :class:`Record` held in a
+:class:`contextvars.ContextVar`.
 
 When no unit of work is open the listeners cost one ``ContextVar.get``. No I/O happens
 here: records are handed to :mod:`querywatch.stats` when the unit of work ends, and the
 store is written later by a background thread.
 
-A statement's duration runs from just before the DBAPI ``execute`` until its result is exhausted
-or closed, not only until ``execute()`` returns: SQLite does most of a scan while rows are
-fetched, so execute-only timing would hide exactly the full scans we hunt. To see the
-fetch, the DBAPI cursor that SQLAlchemy builds its ``CursorResult`` on is wrapped in
-:class:`_TimedCursor` before the statement runs.
+A statement's duration runs from just before the DBAPI ``execute`` until its result is
+exhausted or closed, not only until ``execute()`` returns: SQLite does most of a scan
+while rows are fetched, so execute-only timing would hide exactly the full scans we hunt.
+Reads are timed by :class:`_TimedFetch`, the fetch strategy SQLAlchemy calls for every
+fetch and for the close of the result; writes and streamed reads by :class:`_TimedCursor`,
+a wrapper of the DBAPI cursor the result is built on.
 """
 
 from __future__ import annotations
