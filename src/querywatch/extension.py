@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import logging
 import os
 import threading
 import time
@@ -39,8 +38,6 @@ if t.TYPE_CHECKING:
     from .store import Store
 
 __all__ = ["QueryWatch"]
-
-logger = logging.getLogger("querywatch")
 
 _EXTENSION_KEY = "querywatch"
 
@@ -306,7 +303,7 @@ def _request_hooks(
         try:
             rule = request.url_rule
             name = f"{request.method} {rule.rule if rule is not None else '<unmatched>'}"
-            record = capture.Record(name, "request", state.settings, state.engines)
+            record = state.new_record(name, "request")
             g._querywatch = (record, capture.start_record(record))
         except Exception as e:
             capture._internal_error("extension.before_request", e)
