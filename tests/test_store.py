@@ -285,3 +285,33 @@ def test_store_statements_are_never_captured(
         assert state.flusher.flush() is True
         state.store.window(0, time.time())
     assert record.query_count == 0
+
+
+def test_pending_aggregates_are_flushed_at_exit(tmp_path: t.Any) -> None:
+    """A process that exits normally writes what it had not flushed yet."""
+    import subprocess
+    import sys
+    import textwrap
+
+    store_url = f"sqlite:///{tmp_path}/exit.db"
+    script = textwrap.dedent(
+        f"""
+        from flask import Flask
+        from sqlalchemy import create_engine
+        from querywatch import QueryWatch
+
+        app = Flask("exiting", instance_path={str(tmp_path)!r})
+        app.config["QUERYWATCH_STORE_URL"] = {store_url!r}
+        app.config["QUERYWATCH_FLUSH_INTERVAL"] = 3600
+        qw = QueryWatch(app)
+        engine = create_engine("sqlite://")
+        with engine.connect() as conn:
+            for _ in range(3):
+                with qw.capture("before-exit"):
+                    conn.exec_driver_sql("SELECT 1").all()
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
+    win = Store(store_url).window(time.time() - 600, time.time() + 60)
+    assert win.endpoints["job:before-exit"].requests == 3
