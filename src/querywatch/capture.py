@@ -37,6 +37,7 @@ from .fingerprint import fingerprint
 from .stats import _EXP_OFFSET
 from .stats import _HIST_BASE
 from .stats import MAX_BUCKET as _MAX_BUCKET
+from .stats import bucket_index
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
@@ -126,13 +127,20 @@ class QueryInfo:
 
 @dataclasses.dataclass(slots=True)
 class LoopStats:
-    """What one request did with one (shape, call site): the input of the N+1 detector."""
+    """What one unit of work did with one (shape, call site): the input of the N+1 and
+    repeated-query detectors, and of the per-shape aggregates built when it ends."""
 
     fingerprint: Fingerprint
     site: CallSite | None
     relationship: str | None = None
     count: int = 0
     total: float = 0.0
+    errors: int = 0
+    rows: int = 0
+    min: float = float("inf")
+    max: float = 0.0
+    #: Latency histogram, bucket index (:func:`querywatch.stats.bucket_index`) to count.
+    hist: dict[int, int] = dataclasses.field(default_factory=dict)
     #: Hash of each distinct parameter set -> executions with it, up to
     #: :data:`_MAX_PARAM_HASHES` sets: the input of the N+1 detector (how many distinct)
     #: and of the repeated-query detector (how often the same).
@@ -236,6 +244,7 @@ class Record:
                 _end_left_open(q, now)
                 _aggregate(self, q)
         self.open_dropped.clear()
+        _shapes_from_loops(self)
         self.status = status
         self.duration = now - self.started
         self.closed = True
@@ -538,49 +547,85 @@ _TIMED_FETCH = _TimedFetch()
 
 
 def _aggregate(record: Record, q: QueryInfo) -> None:
-    """Fold one ended statement into the record's aggregates."""
+    """Fold one ended statement into the record's per-(shape, call site) aggregates."""
     d = q.duration
-    error = q.error
-    if error is not None:
-        record.errors += 1
     record.db_time += d
-    fp = q.fingerprint
-    shape = record.shapes.get(fp.id)
-    if shape is None:
-        shape = record.shapes[fp.id] = ShapeStats(fp, site=q.site)
-    shape.calls += 1
-    shape.total += d
-    shape.rows += q.rows
-    if d < shape.min:
-        shape.min = d
-    if d > shape.max:
-        shape.max = d
-    if error is not None:
-        shape.errors += 1
+    if q.error is not None:
+        record.errors += 1
+    key = (q.fingerprint.id, q.site)
+    loop = record.loops.get(key)
+    if loop is None:
+        if len(record.loops) >= _MAX_LOOP_KEYS:
+            _add_to_shape(record, q)  # exact per shape, without loop detail
+            return
+        loop = record.loops[key] = LoopStats(q.fingerprint, q.site, q.relationship)
+    loop.count += 1
+    loop.total += d
+    loop.rows += q.rows
+    if d < loop.min:
+        loop.min = d
+    if d > loop.max:
+        loop.max = d
+    if q.error is not None:
+        loop.errors += 1
     # bucket_index(d), inlined: this runs for every statement.
     m, e = frexp(d)
     idx = (e + _EXP_OFFSET) * 4 + int((m - 0.5) * 8.0) if d > _HIST_BASE else 0
     if idx > _MAX_BUCKET:
         idx = _MAX_BUCKET
-    hist = shape.hist
+    hist = loop.hist
     hist[idx] = hist.get(idx, 0) + 1
-    key = (fp.id, q.site)
-    loop = record.loops.get(key)
-    if loop is None and len(record.loops) < _MAX_LOOP_KEYS:
-        loop = record.loops[key] = LoopStats(fp, q.site, q.relationship)
-    if loop is not None:
-        loop.count += 1
-        loop.total += d
-        params = loop.params
-        n = params.get(q.params_hash)
-        if n is not None:
-            params[q.params_hash] = n + 1
-        elif len(params) < _MAX_PARAM_HASHES:
-            params[q.params_hash] = 1
-        if loop.relationship is None:
-            loop.relationship = q.relationship
+    params = loop.params
+    n = params.get(q.params_hash)
+    if n is not None:
+        params[q.params_hash] = n + 1
+    elif len(params) < _MAX_PARAM_HASHES:
+        params[q.params_hash] = 1
+    if loop.relationship is None:
+        loop.relationship = q.relationship
     if d >= record.settings.slow_query_seconds and len(record.slow) < _MAX_SLOW_PER_RECORD:
         record.slow.append(q)
+
+
+def _add_to_shape(record: Record, q: QueryInfo) -> None:
+    """The overflow path of :func:`_aggregate`, past the cap on loop entries."""
+    fp = q.fingerprint
+    shape = record.shapes.get(fp.id)
+    if shape is None:
+        shape = record.shapes[fp.id] = ShapeStats(fp, site=q.site)
+    d = q.duration
+    shape.calls += 1
+    shape.total += d
+    shape.rows += q.rows
+    shape.min = min(shape.min, d)
+    shape.max = max(shape.max, d)
+    if q.error is not None:
+        shape.errors += 1
+    idx = bucket_index(d)
+    shape.hist[idx] = shape.hist.get(idx, 0) + 1
+    if d >= record.settings.slow_query_seconds and len(record.slow) < _MAX_SLOW_PER_RECORD:
+        record.slow.append(q)
+
+
+def _shapes_from_loops(record: Record) -> None:
+    """Per-shape aggregates: the loop entries of each shape added together."""
+    shapes = record.shapes
+    for loop in record.loops.values():
+        fp = loop.fingerprint
+        shape = shapes.get(fp.id)
+        if shape is None:
+            shape = shapes[fp.id] = ShapeStats(fp, site=loop.site)
+        shape.calls += loop.count
+        shape.total += loop.total
+        shape.rows += loop.rows
+        shape.errors += loop.errors
+        if loop.min < shape.min:
+            shape.min = loop.min
+        if loop.max > shape.max:
+            shape.max = loop.max
+        hist = shape.hist
+        for k, v in loop.hist.items():
+            hist[k] = hist.get(k, 0) + v
 
 
 # --- SQLAlchemy listeners ----------------------------------------------------------------
@@ -654,7 +699,16 @@ def _new_query(
         first = parameters[0]
         if isinstance(first, (list, tuple, dict)):
             batch = len(parameters)
-    fp = fingerprint(statement)
+    # SQLAlchemy reuses one compiled object per statement from its compiled cache; the
+    # shape is kept on it, which spares hashing the SQL text for every execution. (An
+    # expanded IN list or a rendered literal changes the text, never the shape.)
+    compiled = context.compiled
+    if compiled is not None:
+        fp = compiled.__dict__.get("_querywatch_fingerprint")
+        if fp is None:
+            fp = compiled._querywatch_fingerprint = fingerprint(statement)
+    else:
+        fp = fingerprint(statement)
     query = QueryInfo(
         fp,
         find_call_site(settings.app_packages, fp.id, depth=3),
@@ -690,9 +744,9 @@ def _handle_error(exception_context: ExceptionContext) -> None:
                 query.error = error
                 if not query.kept:  # already aggregated
                     record.errors += 1
-                    shape = record.shapes.get(query.fingerprint.id)
-                    if shape is not None:
-                        shape.errors += 1
+                    loop = record.loops.get((query.fingerprint.id, query.site))
+                    if loop is not None:
+                        loop.errors += 1
             return
         _end_query(record, query, perf_counter(), error)
     except Exception as e:
