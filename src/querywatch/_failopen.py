@@ -52,6 +52,16 @@ def record_internal_error(where: str, exc: BaseException) -> None:
     )
 
 
+def swallow(where: str, exc: Exception) -> None:
+    """Count and log ``exc`` (a bug of ours) and carry on; re-raise under the test-suite.
+
+    The hot path calls this from a plain ``try``/``except``, which costs nothing until
+    something raises; elsewhere :func:`fail_open` wraps a block."""
+    record_internal_error(where, exc)
+    if RAISE_INTERNAL_ERRORS:
+        raise exc
+
+
 class _FailOpen:
     __slots__ = ("where",)
 

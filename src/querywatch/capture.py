@@ -32,6 +32,7 @@ from sqlalchemy.engine.cursor import _DEFAULT_FETCH
 from sqlalchemy.engine.cursor import _NO_CURSOR_DQL
 from sqlalchemy.engine.cursor import CursorFetchStrategy
 
+from ._failopen import swallow
 from .fingerprint import Fingerprint
 from .fingerprint import fingerprint
 from .stats import _EXP_OFFSET
@@ -142,7 +143,7 @@ class LoopStats:
     #: Latency histogram, bucket index (:func:`querywatch.stats.bucket_index`) to count.
     hist: dict[int, int] = dataclasses.field(default_factory=dict)
     #: Hash of each distinct parameter set -> executions with it, up to
-    #: :data:`_MAX_PARAM_HASHES` sets: the input of the N+1 detector (how many distinct)
+    #: :data:`MAX_PARAM_HASHES` sets: the input of the N+1 detector (how many distinct)
     #: and of the repeated-query detector (how often the same).
     params: dict[int, int] = dataclasses.field(default_factory=dict)
 
@@ -256,7 +257,7 @@ _current_record: contextvars.ContextVar[Record | None] = contextvars.ContextVar(
 
 #: Caps on per-request bookkeeping so a request with 15,000 queries stays bounded.
 _MAX_LOOP_KEYS = 1000
-_MAX_PARAM_HASHES = 64
+MAX_PARAM_HASHES = 64
 _MAX_SLOW_PER_RECORD = 100
 
 
@@ -457,16 +458,8 @@ class _TimedCursor:
                         q.rows = rowcount
                 _end_query(self._qw_record, q, end, None)
             except Exception as e:
-                _internal_error("capture.cursor_close", e)
+                swallow("capture.cursor_close", e)
         self._qw_cursor.close()
-
-
-def _internal_error(where: str, exc: Exception) -> None:
-    from . import _failopen
-
-    _failopen.record_internal_error(where, exc)
-    if _failopen.RAISE_INTERNAL_ERRORS:
-        raise exc
 
 
 def _end_left_open(q: QueryInfo, now: float) -> None:
@@ -579,7 +572,7 @@ def _aggregate(record: Record, q: QueryInfo) -> None:
     n = params.get(q.params_hash)
     if n is not None:
         params[q.params_hash] = n + 1
-    elif len(params) < _MAX_PARAM_HASHES:
+    elif len(params) < MAX_PARAM_HASHES:
         params[q.params_hash] = 1
     if loop.relationship is None:
         loop.relationship = q.relationship
@@ -671,7 +664,7 @@ def _begin(statement: str, parameters: t.Any, context: t.Any, executemany: bool)
             record.open_dropped.append(query)
         query.start = perf_counter()
     except Exception as e:
-        _internal_error("capture.do_execute", e)
+        swallow("capture.do_execute", e)
 
 
 def _do_execute(cursor: t.Any, statement: str, parameters: t.Any, context: t.Any) -> None:
@@ -750,7 +743,7 @@ def _handle_error(exception_context: ExceptionContext) -> None:
             return
         _end_query(record, query, perf_counter(), error)
     except Exception as e:
-        _internal_error("capture.handle_error", e)
+        swallow("capture.handle_error", e)
 
 
 _installed = False

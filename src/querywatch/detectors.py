@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
+from .capture import MAX_PARAM_HASHES
+
 if t.TYPE_CHECKING:
     from .capture import CallSite
     from .capture import Record
@@ -62,7 +64,7 @@ def detect(record: Record, settings: Settings) -> list[Finding]:
     findings: list[Finding] = []
     threshold = settings.n_plus_one_threshold
     for loop in record.loops.values():
-        if loop.count >= threshold and len(loop.params) >= min(threshold, 64):
+        if loop.count >= threshold and len(loop.params) >= min(threshold, MAX_PARAM_HASHES):
             findings.append(
                 Finding(
                     kind=N_PLUS_ONE,

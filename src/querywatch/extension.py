@@ -19,6 +19,7 @@ from . import capture
 from ._failopen import fail_open
 from ._failopen import log_limited
 from ._failopen import record_internal_error
+from ._failopen import swallow
 from .config import Settings
 from .config import load_settings
 from .detectors import Finding
@@ -64,9 +65,7 @@ class AppState:
                 if self._store is None:
                     from .store import Store
 
-                    if self.settings.store_url.startswith("sqlite:///") and (
-                        self.settings.store_url.startswith("sqlite:///" + self.instance_path)
-                    ):
+                    if self.settings.store_url.startswith("sqlite:///" + self.instance_path):
                         os.makedirs(self.instance_path, exist_ok=True)
                     self._store = Store(self.settings.store_url)
         return self._store
@@ -306,7 +305,7 @@ def _request_hooks(
             record = state.new_record(name, "request")
             g._querywatch = (record, capture.start_record(record))
         except Exception as e:
-            capture._internal_error("extension.before_request", e)
+            swallow("extension.before_request", e)
 
     def _after_request(response: Response) -> Response:
         try:
@@ -314,7 +313,7 @@ def _request_hooks(
             if pair is not None:
                 pair[0].status = response.status_code
         except Exception as e:
-            capture._internal_error("extension.after_request", e)
+            swallow("extension.after_request", e)
         return response
 
     def _teardown_request(exc: BaseException | None) -> None:
@@ -326,6 +325,6 @@ def _request_hooks(
             capture.end_record(token)
             state.finish(record, 500 if exc is not None else (record.status or 200))
         except Exception as e:
-            capture._internal_error("extension.teardown_request", e)
+            swallow("extension.teardown_request", e)
 
     return _before_request, _after_request, _teardown_request

@@ -17,11 +17,9 @@ import typing as t
 from sqlalchemy import bindparam
 from sqlalchemy import create_engine
 from sqlalchemy import event
-from sqlalchemy import func
 from sqlalchemy import inspect
 from sqlalchemy import select
 from sqlalchemy import update
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import OperationalError
 
@@ -525,13 +523,6 @@ class Store:
                 for row in conn.execute(stmt)
             ]
 
-    def latest_minute(self) -> float | None:
-        """The start of the newest minute with data, if any."""
-        self.migrate()
-        with self.engine.connect() as conn:
-            value = conn.execute(select(func.max(schema.endpoint_stats.c.minute))).scalar()
-        return float(value) if value is not None else None
-
     def dispose(self) -> None:
         self.engine.dispose()
 
@@ -549,9 +540,3 @@ def _endpoint_from_row(row: t.Any) -> EndpointAggregate:
         db_errors=row.db_errors,
         dropped_queries=row.dropped_queries,
     )
-
-
-def is_store_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` is the store being unreachable, full or read-only (as opposed to a
-    bug in querywatch)."""
-    return isinstance(exc, (DBAPIError, StoreError, OSError))
