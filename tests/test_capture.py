@@ -313,3 +313,19 @@ def test_streamed_reads_and_statements_past_the_cap(tmp_path: t.Any) -> None:
     assert sum(s.rows for s in record.shapes.values()) == 5 + 1 + 1
     left_open.close()
     engine.dispose()
+
+
+def test_many_distinct_shapes_in_one_request_stay_bounded(tmp_path: t.Any) -> None:
+    """3,000 distinct shapes in one unit of work: loop entries and per-shape aggregates are
+    capped, the rest counted exactly under "other"."""
+    engine = create_engine(f"sqlite:///{tmp_path}/shapes.db")
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    qw = QueryWatch(app)
+    with engine.connect() as conn, qw.capture("shapes") as record:
+        for i in range(3000):
+            conn.exec_driver_sql(f"SELECT {i} AS c{i}").all()
+    assert len(record.loops) == 1000
+    assert len(record.shapes) == 2001
+    assert record.shapes["other"].calls == 1000
+    assert sum(s.calls for s in record.shapes.values()) == 3000
+    engine.dispose()

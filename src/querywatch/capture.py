@@ -257,6 +257,10 @@ _current_record: contextvars.ContextVar[Record | None] = contextvars.ContextVar(
 
 #: Caps on per-request bookkeeping so a request with 15,000 queries stays bounded.
 _MAX_LOOP_KEYS = 1000
+#: Distinct shapes per unit of work; past it, statements count under "other" (exactly).
+_MAX_SHAPES_PER_RECORD = 2000
+#: Stands for the shapes past the per-record cap; the stats fold it into their own "other".
+_OTHER_FINGERPRINT = Fingerprint(id="other", shape="(other query shapes)", operation="")
 MAX_PARAM_HASHES = 64
 _MAX_SLOW_PER_RECORD = 100
 
@@ -582,10 +586,7 @@ def _aggregate(record: Record, q: QueryInfo) -> None:
 
 def _add_to_shape(record: Record, q: QueryInfo) -> None:
     """The overflow path of :func:`_aggregate`, past the cap on loop entries."""
-    fp = q.fingerprint
-    shape = record.shapes.get(fp.id)
-    if shape is None:
-        shape = record.shapes[fp.id] = ShapeStats(fp, site=q.site)
+    shape = _shape_for(record, q.fingerprint, q.site)
     d = q.duration
     shape.calls += 1
     shape.total += d
@@ -600,14 +601,22 @@ def _add_to_shape(record: Record, q: QueryInfo) -> None:
         record.slow.append(q)
 
 
+def _shape_for(record: Record, fp: Fingerprint, site: CallSite | None) -> ShapeStats:
+    """The record's aggregate for ``fp``; past the cap, the shared "other" one."""
+    shape = record.shapes.get(fp.id)
+    if shape is None:
+        if len(record.shapes) >= _MAX_SHAPES_PER_RECORD:
+            fp, site = _OTHER_FINGERPRINT, None
+            shape = record.shapes.get(fp.id)
+        if shape is None:
+            shape = record.shapes[fp.id] = ShapeStats(fp, site=site)
+    return shape
+
+
 def _shapes_from_loops(record: Record) -> None:
     """Per-shape aggregates: the loop entries of each shape added together."""
-    shapes = record.shapes
     for loop in record.loops.values():
-        fp = loop.fingerprint
-        shape = shapes.get(fp.id)
-        if shape is None:
-            shape = shapes[fp.id] = ShapeStats(fp, site=loop.site)
+        shape = _shape_for(record, loop.fingerprint, loop.site)
         shape.calls += loop.count
         shape.total += loop.total
         shape.rows += loop.rows
