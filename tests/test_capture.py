@@ -171,7 +171,7 @@ def test_big_request_keeps_bounded_memory_and_exact_aggregates(tmp_path: t.Any) 
     assert sum(shape.hist.values()) == 15_000
     assert len(record.loops) == 1
     (loop,) = record.loops.values()
-    assert loop.count == 15_000
+    assert loop.calls == 15_000
     assert len(loop.params) <= 64
     engine.dispose()
 

@@ -6,8 +6,10 @@ import typing as t
 
 import pytest
 from click.testing import CliRunner
+from flask import Flask
 
 from querywatch.cli import cli
+from querywatch.config import load_settings
 from querywatch.report import REPORT_SCHEMA
 from querywatch.report import build_report
 from querywatch.report import parse_since
@@ -188,16 +190,16 @@ def test_traffic_compares_with_the_window_before(tmp_path: t.Any) -> None:
     from querywatch.stats import Stats
     from querywatch.store import Store
 
-    class _S:
-        slow_query_seconds = 1.0
-
+    settings = load_settings(Flask(__name__))
     store = Store(f"sqlite:///{tmp_path}/t.db")
     now = time.time()
     this_minute = now // 60 * 60
     stats = Stats()
     for minutes_ago in range(6):
         for _ in range(30):
-            r = Record("GET /x", "request", _S(), started_wall=this_minute - 60 * minutes_ago + 1)  # type: ignore[arg-type]
+            r = Record(
+                "GET /x", "request", settings, started_wall=this_minute - 60 * minutes_ago + 1
+            )
             r.status = 200
             stats.add(r, [])
     store.write(stats.drain())

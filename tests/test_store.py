@@ -12,8 +12,9 @@ from sqlalchemy import create_engine
 from sqlalchemy import text
 
 from querywatch import QueryWatch
+from querywatch.capture import LoopStats
 from querywatch.capture import Record
-from querywatch.capture import ShapeStats
+from querywatch.config import load_settings
 from querywatch.exceptions import SchemaVersionError
 from querywatch.fingerprint import fingerprint
 from querywatch.stats import OTHER
@@ -22,19 +23,13 @@ from querywatch.stats import bucket_index
 from querywatch.store import Store
 from querywatch.store import schema
 
-
-class _S:
-    slow_query_seconds = 10.0
-    max_queries_per_request = 100
-    app_packages = ("nothing.",)
-    n_plus_one_threshold = 5
-    repeated_query_threshold = 2
+_SETTINGS = load_settings(Flask(__name__))
 
 
 def _record(endpoint: str, sql: str, calls: int, seconds: float, when: float) -> Record:
-    r = Record(name=endpoint, kind="request", settings=_S(), started_wall=when)  # type: ignore[arg-type]
+    r = Record(name=endpoint, kind="request", settings=_SETTINGS, started_wall=when)
     fp = fingerprint(sql)
-    s = ShapeStats(fp)
+    s = LoopStats(fp, None)
     for _ in range(calls):
         s.calls += 1
         s.total += seconds
@@ -43,7 +38,7 @@ def _record(endpoint: str, sql: str, calls: int, seconds: float, when: float) ->
         s.rows += 1
         i = bucket_index(seconds)
         s.hist[i] = s.hist.get(i, 0) + 1
-    r.shapes[fp.id] = s
+    r.loops[(fp.id, None)] = s
     r.query_count = calls
     r.db_time = calls * seconds
     r.duration = calls * seconds + 0.001

@@ -126,26 +126,48 @@ class QueryInfo:
         )
 
 
-@dataclasses.dataclass(slots=True)
 class LoopStats:
     """What one unit of work did with one (shape, call site): the input of the N+1 and
-    repeated-query detectors, and of the per-shape aggregates built when it ends."""
+    repeated-query detectors and of the per-shape aggregates.
 
-    fingerprint: Fingerprint
-    site: CallSite | None
-    relationship: str | None = None
-    count: int = 0
-    total: float = 0.0
-    errors: int = 0
-    rows: int = 0
-    min: float = float("inf")
-    max: float = 0.0
-    #: Latency histogram, bucket index (:func:`querywatch.stats.bucket_index`) to count.
-    hist: dict[int, int] = dataclasses.field(default_factory=dict)
-    #: Hash of each distinct parameter set -> executions with it, up to
-    #: :data:`MAX_PARAM_HASHES` sets: the input of the N+1 detector (how many distinct)
-    #: and of the repeated-query detector (how often the same).
-    params: dict[int, int] = dataclasses.field(default_factory=dict)
+    A slotted class with a positional constructor: one is made per (shape, call site) of
+    every request."""
+
+    __slots__ = (
+        "fingerprint",
+        "site",
+        "relationship",
+        "calls",
+        "total",
+        "errors",
+        "rows",
+        "min",
+        "max",
+        "hist",
+        "params",
+    )
+
+    def __init__(
+        self, fingerprint: Fingerprint, site: CallSite | None, relationship: str | None = None
+    ) -> None:
+        self.fingerprint = fingerprint
+        self.site = site
+        self.relationship = relationship
+        self.calls = 0
+        self.total = 0.0
+        self.errors = 0
+        self.rows = 0
+        self.min = float("inf")
+        self.max = 0.0
+        #: Latency histogram, bucket index (:func:`querywatch.stats.bucket_index`) to count.
+        self.hist: dict[int, int] = {}
+        #: Hash of each distinct parameter set -> executions with it, up to
+        #: :data:`MAX_PARAM_HASHES` sets: the input of the N+1 detector (how many distinct)
+        #: and of the repeated-query detector (how often the same).
+        self.params: dict[int, int] = {}
+
+    def __repr__(self) -> str:
+        return f"<LoopStats {self.fingerprint.id} at {self.site} x{self.calls}>"
 
 
 @dataclasses.dataclass(slots=True)
@@ -185,11 +207,13 @@ class Record:
         "query_count",
         "db_time",
         "errors",
-        "shapes",
+        "overflow",
         "loops",
+        "token",
         "slow",
         "open_dropped",
         "closed",
+        "max_queries",
     )
 
     def __init__(
@@ -217,18 +241,48 @@ class Record:
         self.query_count = 0
         self.db_time = 0.0
         self.errors = 0
-        self.shapes: dict[str, ShapeStats] = {}
+        #: Per (shape, call site): exact counts, for the first 1,000 of them.
         self.loops: dict[tuple[str, CallSite | None], LoopStats] = {}
+        #: Per shape, the statements past the cap on :attr:`loops` (exact, without the
+        #: per-site detail), up to 2,000 shapes and then under "other".
+        self.overflow: dict[str, ShapeStats] = {}
+        #: The context variable's token while the record is the current one.
+        self.token: contextvars.Token[Record | None] | None = None
         self.slow: list[QueryInfo] = []
         #: Statements past the cap whose result is still open.
         self.open_dropped: list[QueryInfo] = []
         self.closed = False
+        self.max_queries = settings.max_queries_per_request
 
     def __repr__(self) -> str:
         return (
             f"<Record {self.name!r} {self.query_count} queries"
             f" {self.db_time * 1000:.1f} ms in the database>"
         )
+
+    @property
+    def shapes(self) -> dict[str, ShapeStats]:
+        """Per-shape aggregates of the unit of work (built on each access): the loop
+        entries of each shape added together, with the statements past the cap."""
+        shapes = {fp: dataclasses.replace(s, hist=dict(s.hist)) for fp, s in self.overflow.items()}
+        for loop in self.loops.values():
+            fp = loop.fingerprint
+            shape = shapes.get(fp.id)
+            if shape is None:
+                if len(shapes) >= _MAX_SHAPES_PER_RECORD:
+                    fp = _OTHER_FINGERPRINT
+                    shape = shapes.get(fp.id)
+                if shape is None:
+                    shape = shapes[fp.id] = ShapeStats(fp, site=loop.site)
+            shape.calls += loop.calls
+            shape.total += loop.total
+            shape.rows += loop.rows
+            shape.errors += loop.errors
+            shape.min = min(shape.min, loop.min)
+            shape.max = max(shape.max, loop.max)
+            for k, v in loop.hist.items():
+                shape.hist[k] = shape.hist.get(k, 0) + v
+        return shapes
 
     def finish(self, status: int = 0) -> None:
         """Close the unit of work: end results left open, aggregate, fix the duration.
@@ -238,14 +292,14 @@ class Record:
         caches, which measured several microseconds a statement cheaper."""
         now = perf_counter()
         for q in self.queries:
-            _end_left_open(q, now)
+            if not q.done:
+                _end_left_open(q, now)
             _aggregate(self, q)
         for q in self.open_dropped:
             if not q.done:  # the others were aggregated when they ended
                 _end_left_open(q, now)
                 _aggregate(self, q)
         self.open_dropped.clear()
-        _shapes_from_loops(self)
         self.status = status
         self.duration = now - self.started
         self.closed = True
@@ -282,46 +336,71 @@ def end_record(token: contextvars.Token[Record | None]) -> None:
         _current_record.set(None)
 
 
-# --- call sites --------------------------------------------------------------------------
+# --- statements and call sites ----------------------------------------------------------
 
 #: Per package prefixes: code object -> whether it is application code.
 _app_code: dict[tuple[str, ...], dict[t.Any, bool]] = {}
 #: Interned call sites, so the hot path builds none and hashes a cached tuple.
 _sites: dict[tuple[t.Any, int], CallSite] = {}
-#: Per package prefixes: fingerprint id -> (depth, code, line, site) where it was last found.
-_site_memo: dict[tuple[str, ...], dict[str, tuple[int, t.Any, int, CallSite]]] = {}
 _CACHE_SIZE = 20000
 
 
-def find_call_site(
-    packages: tuple[str, ...], memo_key: str | None = None, depth: int = 2
-) -> CallSite | None:
-    """The innermost frame of application code (modules under ``packages``).
+class _Statement:
+    """What capture keeps about one statement between executions.
 
-    Walking the stack costs about as much as all the rest of capture, and one shape is
-    nearly always issued from one place. So where ``memo_key`` (the fingerprint id) was
-    found before, the frame at the same depth is checked first: same code object and same
-    line means the same call site, for the price of one ``sys._getframe``. Otherwise, or
-    when the stack differs, the stack is walked and the memo updated.
-    """
-    if not packages:
-        return None
-    memos = _site_memo.get(packages)
-    if memos is None:
-        memos = _site_memo[packages] = {}
-    if memo_key is not None:
-        memo = memos.get(memo_key)
-        if memo is not None:
-            try:
-                f = sys._getframe(memo[0])
-            except ValueError:
-                f = None
-            if f is not None and f.f_code is memo[1] and f.f_lineno == memo[2]:
-                return memo[3]
+    SQLAlchemy reuses one compiled object per statement from its compiled cache; this sits
+    on it, so an execution reads the shape, the relationship and the last call site from
+    one object instead of hashing the SQL text and walking the stack. (An expanded ``IN``
+    list or a rendered literal changes the text, never the shape; the ORM's loader path is
+    part of SQLAlchemy's cache key, so a compiled object has one path.)"""
+
+    __slots__ = ("fingerprint", "select", "relationship", "site_memo")
+
+    def __init__(self, fp: Fingerprint, relationship: str | None) -> None:
+        self.fingerprint = fp
+        #: A read whose rows SQLAlchemy fetches through its default strategy.
+        self.select = fp.operation == "SELECT"
+        #: ``Model.attr`` when an ORM loader path issued it; used for lazy loads only.
+        self.relationship = relationship
+        #: ``(packages, depth, code, f_lasti, site)`` where application code last issued
+        #: it, ``depth`` counted from :func:`_begin`'s frame.
+        self.site_memo: tuple[tuple[str, ...], int, t.Any, int, CallSite | None] | None = None
+
+
+#: Statements without a compiled object (``exec_driver_sql``), by SQL text.
+_uncompiled: dict[str, _Statement] = {}
+
+
+def _statement(context: t.Any, statement: str) -> _Statement:
+    compiled = context.compiled
+    if compiled is None:
+        info = _uncompiled.get(statement)
+        if info is None:
+            if len(_uncompiled) >= 2048:
+                _uncompiled.clear()
+            info = _Statement(fingerprint(statement), None)
+            if len(statement) <= 4096:
+                _uncompiled[statement] = info
+        return info
+    info = compiled.__dict__.get("_querywatch")
+    if info is None:
+        info = compiled._querywatch = _Statement(
+            fingerprint(statement), _loader_relationship(context)
+        )
+    return info
+
+
+def find_call_site(packages: tuple[str, ...], depth: int = 1) -> tuple[CallSite | None, t.Any, int]:
+    """The innermost frame of application code (modules under ``packages``): its call
+    site, the frame, and its depth counted from the caller's frame (0), starting the walk
+    at ``depth``. ``(None, None, -1)`` when no frame is application code.
+
+    Walking the stack costs about as much as all the rest of capture, so :func:`_begin`
+    remembers the result per statement and checks it with one ``sys._getframe``."""
     known = _app_code.get(packages)
     if known is None:
         known = _app_code[packages] = {}
-    frame: t.Any = sys._getframe(depth)
+    frame: t.Any = sys._getframe(depth + 1)
     d = depth
     while frame is not None:
         code = frame.f_code
@@ -339,14 +418,21 @@ def find_call_site(
                 if len(_sites) >= _CACHE_SIZE:
                     _sites.clear()
                 site = _sites[key] = CallSite(code.co_filename, lineno, code.co_name)
-            if memo_key is not None:
-                if len(memos) >= _CACHE_SIZE:
-                    memos.clear()
-                memos[memo_key] = (d, code, lineno, site)
-            return site
+            return site, frame, d
         frame = frame.f_back
         d += 1
-    return None
+    return None, None, -1
+
+
+def _walk_for_site(info: _Statement, packages: tuple[str, ...]) -> CallSite | None:
+    """The slow path of :func:`_begin`: walk the stack, and remember where the site was
+    (as a depth from ``_begin``'s frame, one above this one) and at which instruction."""
+    site, frame, depth = find_call_site(packages, 2)
+    if frame is None:
+        info.site_memo = None
+        return None
+    info.site_memo = (packages, depth - 1, frame.f_code, frame.f_lasti, site)
+    return site
 
 
 # --- parameters --------------------------------------------------------------------------
@@ -368,36 +454,19 @@ def _params_hash(parameters: t.Any) -> int:
             return 0
 
 
-#: Loader path -> "Model.attr"; kept with the path so an id is never reused while cached.
-_relationship_names: dict[int, tuple[t.Any, str | None]] = {}
-
-
-def _relationship(context: t.Any) -> str | None:
-    """``Model.attr`` when the statement is an ORM lazy load, else None.
-
-    The lazy loader executes with load options naming the instance it loads from, and its
-    statement carries the loader path whose last element is the relationship."""
-    options = context.execution_options.get("_sa_orm_load_options")
-    if options is None or getattr(options, "_lazy_loaded_from", None) is None:
-        return None
+def _loader_relationship(context: t.Any) -> str | None:
+    """``Model.attr`` when an ORM loader path issued the statement, else None: the loader
+    path's last element is the relationship."""
     compile_options = getattr(context.invoked_statement, "_compile_options", None)
     path = getattr(compile_options, "_current_path", None)
-    if path is None:
+    if not path:
         return None
-    cached = _relationship_names.get(id(path))
-    if cached is not None and cached[0] is path:
-        return cached[1]
-    name = None
-    if path:
-        prop = path[-1]
-        parent = getattr(getattr(prop, "parent", None), "class_", None)
-        key = getattr(prop, "key", None)
-        if parent is not None and key is not None:
-            name = f"{parent.__name__}.{key}"
-    if len(_relationship_names) >= _CACHE_SIZE:
-        _relationship_names.clear()
-    _relationship_names[id(path)] = (path, name)
-    return name
+    prop = path[-1]
+    parent = getattr(getattr(prop, "parent", None), "class_", None)
+    key = getattr(prop, "key", None)
+    if parent is not None and key is not None:
+        return f"{parent.__name__}.{key}"
+    return None
 
 
 # --- the cursor wrapper ------------------------------------------------------------------
@@ -501,7 +570,16 @@ class _TimedFetch(CursorFetchStrategy):
         context = result.context
         q = context._querywatch_query
         if not q.done:
-            _end_query(context._querywatch_record, q, perf_counter(), None)
+            end = perf_counter()
+            q.done = True
+            q.duration = end - q.start
+            if not q.kept:  # past the cap: aggregated now
+                try:
+                    record = context._querywatch_record
+                    if not record.closed:
+                        _aggregate(record, q)
+                except Exception as e:
+                    swallow("capture.soft_close", e)
 
     hard_close = soft_close
 
@@ -556,7 +634,7 @@ def _aggregate(record: Record, q: QueryInfo) -> None:
             _add_to_shape(record, q)  # exact per shape, without loop detail
             return
         loop = record.loops[key] = LoopStats(q.fingerprint, q.site, q.relationship)
-    loop.count += 1
+    loop.calls += 1
     loop.total += d
     loop.rows += q.rows
     if d < loop.min:
@@ -602,130 +680,149 @@ def _add_to_shape(record: Record, q: QueryInfo) -> None:
 
 
 def _shape_for(record: Record, fp: Fingerprint, site: CallSite | None) -> ShapeStats:
-    """The record's aggregate for ``fp``; past the cap, the shared "other" one."""
-    shape = record.shapes.get(fp.id)
+    """The record's overflow aggregate for ``fp``; past the cap, the shared "other" one."""
+    shape = record.overflow.get(fp.id)
     if shape is None:
-        if len(record.shapes) >= _MAX_SHAPES_PER_RECORD:
+        if len(record.overflow) >= _MAX_SHAPES_PER_RECORD:
             fp, site = _OTHER_FINGERPRINT, None
-            shape = record.shapes.get(fp.id)
+            shape = record.overflow.get(fp.id)
         if shape is None:
-            shape = record.shapes[fp.id] = ShapeStats(fp, site=site)
+            shape = record.overflow[fp.id] = ShapeStats(fp, site=site)
     return shape
-
-
-def _shapes_from_loops(record: Record) -> None:
-    """Per-shape aggregates: the loop entries of each shape added together."""
-    for loop in record.loops.values():
-        shape = _shape_for(record, loop.fingerprint, loop.site)
-        shape.calls += loop.count
-        shape.total += loop.total
-        shape.rows += loop.rows
-        shape.errors += loop.errors
-        if loop.min < shape.min:
-            shape.min = loop.min
-        if loop.max > shape.max:
-            shape.max = loop.max
-        hist = shape.hist
-        for k, v in loop.hist.items():
-            hist[k] = hist.get(k, 0) + v
 
 
 # --- SQLAlchemy listeners ----------------------------------------------------------------
 
 
-def _begin(statement: str, parameters: t.Any, context: t.Any, executemany: bool) -> None:
-    """Record a statement about to be sent to the DBAPI cursor."""
+def _begin(
+    cursor: t.Any, statement: str, parameters: t.Any, context: t.Any, executemany: bool = False
+) -> None:
+    """Record a statement about to be sent to the DBAPI cursor (the ``do_execute``
+    listener; the other two call it).
+
+    This runs for every statement, so it is one function: the shape, relationship and
+    call site come from the statement's :class:`_Statement`, checked, not recomputed."""
     record = _current_record.get()
     if record is None or context is None or record.closed:
         return
     try:
-        current = context.cursor
-        if isinstance(current, _TimedCursor):
-            # insertmanyvalues: the next batch on the same context; the last one is done.
-            _end_query(current._qw_record, current._qw_query, perf_counter(), None)
-            if current._qw_record is not record:
-                return
-            query = _new_query(record, statement, parameters, context, executemany)
-            object.__setattr__(current, "_qw_query", query)
-            if not query.kept:
-                record.open_dropped.append(query)
-            query.start = perf_counter()
+        if type(context.cursor) is _TimedCursor:
+            _next_batch(record, statement, parameters, context, executemany)
             return
         options = context.execution_options
         if options.get(IGNORE_OPTION) or (
             record.engines is not None and context.root_connection.engine not in record.engines
         ):
             return
-        query = _new_query(record, statement, parameters, context, executemany)
+        compiled = context.compiled
+        info = compiled.__dict__.get("_querywatch") if compiled is not None else None
+        if info is None:
+            info = _statement(context, statement)
+
+        packages = record.settings.app_packages
+        memo = info.site_memo
+        if memo is not None and (memo[0] is packages or memo[0] == packages):
+            try:
+                frame = sys._getframe(memo[1])
+            except ValueError:
+                frame = None
+            if frame is not None and frame.f_code is memo[2] and frame.f_lasti == memo[3]:
+                site = memo[4]
+            else:
+                site = _walk_for_site(info, packages)
+        elif packages:
+            site = _walk_for_site(info, packages)
+        else:
+            site = None
+
+        relationship = info.relationship
+        if relationship is not None:  # a loader's statement: named when it loads lazily
+            load = options.get("_sa_orm_load_options")
+            if load is None or getattr(load, "_lazy_loaded_from", None) is None:
+                relationship = None
+
+        if type(parameters) is tuple:
+            try:
+                params_hash = hash(parameters)
+            except TypeError:
+                params_hash = _params_hash(parameters)
+        else:
+            params_hash = _params_hash(parameters)
+
+        query = QueryInfo(
+            info.fingerprint,
+            site,
+            relationship,
+            params_hash,
+            _batch_size(parameters) if executemany else 1,
+        )
+        context._querywatch_query = query
+        record.query_count += 1
+        if len(record.queries) < record.max_queries:
+            record.queries.append(query)
+        else:
+            query.kept = False
+            record.dropped += 1
+            record.open_dropped.append(query)
+            context._querywatch_record = record
         if (
-            query.fingerprint.operation == "SELECT"
+            info.select
             and context.cursor_fetch_strategy is _DEFAULT_FETCH
             and not context._is_server_side
             and not options.get("stream_results")
         ):
             context.cursor_fetch_strategy = _TIMED_FETCH
-            context._querywatch_record = record
         else:
             # Writes (whose results SQLAlchemy closes through other strategies) and
             # streamed reads: wrap the cursor.
-            context.cursor = _TimedCursor(current, query, record)
-        if not query.kept:
-            record.open_dropped.append(query)
+            context.cursor = _TimedCursor(context.cursor, query, record)
         query.start = perf_counter()
     except Exception as e:
         swallow("capture.do_execute", e)
 
 
-def _do_execute(cursor: t.Any, statement: str, parameters: t.Any, context: t.Any) -> None:
-    _begin(statement, parameters, context, False)
-
-
-def _do_executemany(cursor: t.Any, statement: str, parameters: t.Any, context: t.Any) -> None:
-    _begin(statement, parameters, context, True)
-
-
-def _do_execute_no_params(cursor: t.Any, statement: str, context: t.Any) -> None:
-    _begin(statement, (), context, False)
-
-
-def _new_query(
-    record: Record,
-    statement: str,
-    parameters: t.Any,
-    context: t.Any,
-    executemany: bool,
-) -> QueryInfo:
-    settings = record.settings
-    batch = 1
-    if executemany and isinstance(parameters, (list, tuple)) and parameters:
-        first = parameters[0]
-        if isinstance(first, (list, tuple, dict)):
-            batch = len(parameters)
-    # SQLAlchemy reuses one compiled object per statement from its compiled cache; the
-    # shape is kept on it, which spares hashing the SQL text for every execution. (An
-    # expanded IN list or a rendered literal changes the text, never the shape.)
-    compiled = context.compiled
-    if compiled is not None:
-        fp = compiled.__dict__.get("_querywatch_fingerprint")
-        if fp is None:
-            fp = compiled._querywatch_fingerprint = fingerprint(statement)
-    else:
-        fp = fingerprint(statement)
+def _next_batch(
+    record: Record, statement: str, parameters: t.Any, context: t.Any, executemany: bool
+) -> None:
+    """insertmanyvalues: the next batch on the same context; the last one is done."""
+    current = context.cursor
+    _end_query(current._qw_record, current._qw_query, perf_counter(), None)
+    if current._qw_record is not record:
+        return
+    info = _statement(context, statement)
     query = QueryInfo(
-        fp,
-        find_call_site(settings.app_packages, fp.id, depth=3),
-        _relationship(context),
+        info.fingerprint,
+        current._qw_query.site,  # the same call issues every batch
+        None,
         _params_hash(parameters),
-        batch,
+        _batch_size(parameters) if executemany else 1,
     )
-    context._querywatch_query = query
     record.query_count += 1
-    if len(record.queries) < settings.max_queries_per_request:
+    if len(record.queries) < record.max_queries:
         record.queries.append(query)
     else:
         query.kept = False
         record.dropped += 1
-    return query
+        record.open_dropped.append(query)
+    object.__setattr__(current, "_qw_query", query)
+    context._querywatch_query = query
+    query.start = perf_counter()
+
+
+def _batch_size(parameters: t.Any) -> int:
+    """Parameter sets of an ``executemany``."""
+    if isinstance(parameters, (list, tuple)) and parameters:
+        if isinstance(parameters[0], (list, tuple, dict)):
+            return len(parameters)
+    return 1
+
+
+def _do_executemany(cursor: t.Any, statement: str, parameters: t.Any, context: t.Any) -> None:
+    _begin(cursor, statement, parameters, context, True)
+
+
+def _do_execute_no_params(cursor: t.Any, statement: str, context: t.Any) -> None:
+    _begin(cursor, statement, (), context)
 
 
 def _handle_error(exception_context: ExceptionContext) -> None:
@@ -758,7 +855,7 @@ def _handle_error(exception_context: ExceptionContext) -> None:
 _installed = False
 _install_lock = threading.Lock()
 _LISTENERS: tuple[tuple[str, t.Callable[..., t.Any]], ...] = (
-    ("do_execute", _do_execute),
+    ("do_execute", _begin),
     ("do_executemany", _do_executemany),
     ("do_execute_no_params", _do_execute_no_params),
     ("handle_error", _handle_error),

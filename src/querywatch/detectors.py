@@ -21,6 +21,7 @@ from .capture import MAX_PARAM_HASHES
 
 if t.TYPE_CHECKING:
     from .capture import CallSite
+    from .capture import LoopStats
     from .capture import Record
     from .config import Settings
     from .fingerprint import Fingerprint
@@ -64,12 +65,12 @@ def detect(record: Record, settings: Settings) -> list[Finding]:
     findings: list[Finding] = []
     threshold = settings.n_plus_one_threshold
     for loop in record.loops.values():
-        if loop.count >= threshold and len(loop.params) >= min(threshold, MAX_PARAM_HASHES):
+        if loop.calls >= threshold and len(loop.params) >= min(threshold, MAX_PARAM_HASHES):
             findings.append(
                 Finding(
                     kind=N_PLUS_ONE,
                     fingerprint=loop.fingerprint,
-                    count=loop.count,
+                    count=loop.calls,
                     total=loop.total,
                     site=loop.site,
                     relationship=loop.relationship,
@@ -97,32 +98,55 @@ def detect(record: Record, settings: Settings) -> list[Finding]:
             f.total += q.duration
     findings.extend(slow.values())
     # Repeated reads: the same parameters of one shape, over every place that issued it.
+    # Most shapes come from one place, and most parameter sets run once: the counts of
+    # one loop entry are checked as they are, and only a shape issued from several
+    # places has its counts added up first.
     repeat_threshold = settings.repeated_query_threshold
-    by_params: dict[tuple[str, int], list[t.Any]] = {}
+    sites_of: dict[str, list[LoopStats]] = {}
     for loop in record.loops.values():
         if loop.fingerprint.operation != "SELECT":
             continue
-        mean = loop.total / loop.count
-        for params_hash, n in loop.params.items():
-            entry = by_params.get((loop.fingerprint.id, params_hash))
-            if entry is None:
-                by_params[(loop.fingerprint.id, params_hash)] = [n, n * mean, loop, n]
-            else:
-                entry[0] += n
-                entry[1] += n * mean
-                if n > entry[3]:
-                    entry[2], entry[3] = loop, n
-    for count, total, loop, _ in by_params.values():
-        if count >= repeat_threshold:
-            findings.append(
-                Finding(
-                    kind=REPEATED_QUERY,
-                    fingerprint=loop.fingerprint,
-                    count=count,
-                    total=total,
-                    site=loop.site,
-                    relationship=None,
-                    fix="Run it once and reuse the result (it returns the same rows each time).",
-                )
-            )
+        same = sites_of.get(loop.fingerprint.id)
+        if same is None:
+            sites_of[loop.fingerprint.id] = [loop]
+        else:
+            same.append(loop)
+    for loops in sites_of.values():
+        if len(loops) == 1:
+            loop = loops[0]
+            if loop.calls - len(loop.params) + 1 < repeat_threshold:
+                continue  # no parameter set ran often enough
+            mean = loop.total / loop.calls
+            for n in loop.params.values():
+                if n >= repeat_threshold:
+                    findings.append(_repeated(loop, n, n * mean))
+            continue
+        merged: dict[int, list[t.Any]] = {}
+        for loop in loops:
+            mean = loop.total / loop.calls
+            for params_hash, n in loop.params.items():
+                entry = merged.get(params_hash)
+                if entry is None:
+                    merged[params_hash] = [n, n * mean, loop, n]
+                else:
+                    entry[0] += n
+                    entry[1] += n * mean
+                    if n > entry[3]:
+                        entry[2], entry[3] = loop, n
+        for count, total, loop, _ in merged.values():
+            if count >= repeat_threshold:
+                findings.append(_repeated(loop, count, total))
     return findings
+
+
+def _repeated(loop: LoopStats, count: int, total: float) -> Finding:
+    """A repeated-read finding, pointing at the place that ran the parameters most."""
+    return Finding(
+        kind=REPEATED_QUERY,
+        fingerprint=loop.fingerprint,
+        count=count,
+        total=total,
+        site=loop.site,
+        relationship=None,
+        fix="Run it once and reuse the result (it returns the same rows each time).",
+    )

@@ -11,7 +11,6 @@ import typing as t
 import weakref
 
 from flask import current_app
-from flask import g
 from flask import has_app_context
 from flask import request
 
@@ -298,30 +297,37 @@ def _request_hooks(
     """The three request hooks of one app; they close over its state, which spares a
     ``current_app`` lookup per hook."""
 
+    settings = state.settings
+    current = capture.current_record
+
     def _before_request() -> None:
         try:
-            rule = request.url_rule
-            name = f"{request.method} {rule.rule if rule is not None else '<unmatched>'}"
+            req = request._get_current_object()  # type: ignore[attr-defined]
+            rule = req.url_rule
+            name = f"{req.method} {rule.rule if rule is not None else '<unmatched>'}"
             record = state.new_record(name, "request")
-            g._querywatch = (record, capture.start_record(record))
+            record.token = capture.start_record(record)
         except Exception as e:
             swallow("extension.before_request", e)
 
+    # The record travels in capture's context variable, not in ``g``: a proxy lookup
+    # costs more than all the rest of a hook. A record is this app's when it was made
+    # with this app's settings.
     def _after_request(response: Response) -> Response:
         try:
-            pair = g.get("_querywatch")
-            if pair is not None:
-                pair[0].status = response.status_code
+            record = current()
+            if record is not None and record.settings is settings and record.token is not None:
+                record.status = response.status_code
         except Exception as e:
             swallow("extension.after_request", e)
         return response
 
     def _teardown_request(exc: BaseException | None) -> None:
         try:
-            pair = g.pop("_querywatch", None)
-            if pair is None:
+            record = current()
+            if record is None or record.settings is not settings or record.token is None:
                 return
-            record, token = pair
+            token, record.token = record.token, None
             capture.end_record(token)
             state.finish(record, 500 if exc is not None else (record.status or 200))
         except Exception as e:

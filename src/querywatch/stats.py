@@ -18,6 +18,7 @@ import typing as t
 
 if t.TYPE_CHECKING:
     from .capture import CallSite
+    from .capture import LoopStats
     from .capture import Record
     from .capture import ShapeStats
     from .detectors import Finding
@@ -97,7 +98,7 @@ class Aggregate:
     rows: int = 0
     hist: dict[int, int] = dataclasses.field(default_factory=dict)
 
-    def add_shape(self, s: ShapeStats) -> None:
+    def add_shape(self, s: ShapeStats | LoopStats) -> None:
         self.calls += s.calls
         self.errors += s.errors
         self.total += s.total
@@ -249,16 +250,19 @@ class Stats:
             ep.db_time += record.db_time
             ep.db_errors += record.errors
             ep.dropped_queries += record.dropped
-            for fp_id, shape in record.shapes.items():
-                key_fp = self._admit(fp_id, shape)
-                agg = bucket.queries.get((endpoint, key_fp))
-                if agg is None:
-                    agg = bucket.queries[(endpoint, key_fp)] = Aggregate()
-                agg.add_shape(shape)
+            queries = bucket.queries
+            for part in (record.loops.values(), record.overflow.values()):
+                for shape in part:
+                    key = (endpoint, self._admit(shape))
+                    agg = queries.get(key)
+                    if agg is None:
+                        agg = queries[key] = Aggregate()
+                    agg.add_shape(shape)
             for f in findings:
                 self._add_finding(f, endpoint, record.started_wall)
 
-    def _admit(self, fp_id: str, shape: ShapeStats) -> str:
+    def _admit(self, shape: ShapeStats | LoopStats) -> str:
+        fp_id = shape.fingerprint.id
         if fp_id in self._pending_fps:
             return fp_id
         if len(self._pending_fps) >= self.max_shapes:
