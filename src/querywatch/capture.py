@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import math
 import sys
 import threading
 import typing as t
@@ -148,23 +149,34 @@ class LoopStats:
     )
 
     def __init__(
-        self, fingerprint: Fingerprint, site: CallSite | None, relationship: str | None = None
+        self,
+        fingerprint: Fingerprint,
+        site: CallSite | None,
+        relationship: str | None = None,
+        calls: int = 0,
+        total: float = 0.0,
+        errors: int = 0,
+        rows: int = 0,
+        min: float = math.inf,
+        max: float = 0.0,
+        hist: dict[int, int] | None = None,
+        params: dict[int, int] | None = None,
     ) -> None:
         self.fingerprint = fingerprint
         self.site = site
         self.relationship = relationship
-        self.calls = 0
-        self.total = 0.0
-        self.errors = 0
-        self.rows = 0
-        self.min = float("inf")
-        self.max = 0.0
+        self.calls = calls
+        self.total = total
+        self.errors = errors
+        self.rows = rows
+        self.min = min
+        self.max = max
         #: Latency histogram, bucket index (:func:`querywatch.stats.bucket_index`) to count.
-        self.hist: dict[int, int] = {}
+        self.hist: dict[int, int] = {} if hist is None else hist
         #: Hash of each distinct parameter set -> executions with it, up to
         #: :data:`MAX_PARAM_HASHES` sets: the input of the N+1 detector (how many distinct)
         #: and of the repeated-query detector (how often the same).
-        self.params: dict[int, int] = {}
+        self.params: dict[int, int] = {} if params is None else params
 
     def __repr__(self) -> str:
         return f"<LoopStats {self.fingerprint.id} at {self.site} x{self.calls}>"
@@ -214,6 +226,8 @@ class Record:
         "open_dropped",
         "closed",
         "max_queries",
+        "slow_seconds",
+        "packages",
     )
 
     def __init__(
@@ -253,6 +267,8 @@ class Record:
         self.open_dropped: list[QueryInfo] = []
         self.closed = False
         self.max_queries = settings.max_queries_per_request
+        self.slow_seconds = settings.slow_query_seconds
+        self.packages = settings.app_packages
 
     def __repr__(self) -> str:
         return (
@@ -625,40 +641,46 @@ def _aggregate(record: Record, q: QueryInfo) -> None:
     """Fold one ended statement into the record's per-(shape, call site) aggregates."""
     d = q.duration
     record.db_time += d
-    if q.error is not None:
+    error = q.error is not None
+    if error:
         record.errors += 1
+    # bucket_index(d), inlined: this runs for every statement.
+    m, e = frexp(d)
+    idx = (e + _EXP_OFFSET) * 4 + int((m - 0.5) * 8.0) if d > _HIST_BASE else 0
+    if idx > _MAX_BUCKET:
+        idx = _MAX_BUCKET
     key = (q.fingerprint.id, q.site)
     loop = record.loops.get(key)
     if loop is None:
         if len(record.loops) >= _MAX_LOOP_KEYS:
             _add_to_shape(record, q)  # exact per shape, without loop detail
             return
-        loop = record.loops[key] = LoopStats(q.fingerprint, q.site, q.relationship)
-    loop.calls += 1
-    loop.total += d
-    loop.rows += q.rows
-    if d < loop.min:
-        loop.min = d
-    if d > loop.max:
-        loop.max = d
-    if q.error is not None:
-        loop.errors += 1
-    # bucket_index(d), inlined: this runs for every statement.
-    m, e = frexp(d)
-    idx = (e + _EXP_OFFSET) * 4 + int((m - 0.5) * 8.0) if d > _HIST_BASE else 0
-    if idx > _MAX_BUCKET:
-        idx = _MAX_BUCKET
-    hist = loop.hist
-    hist[idx] = hist.get(idx, 0) + 1
-    params = loop.params
-    n = params.get(q.params_hash)
-    if n is not None:
-        params[q.params_hash] = n + 1
-    elif len(params) < MAX_PARAM_HASHES:
-        params[q.params_hash] = 1
-    if loop.relationship is None:
-        loop.relationship = q.relationship
-    if d >= record.settings.slow_query_seconds and len(record.slow) < _MAX_SLOW_PER_RECORD:
+        # Most (shape, site) pairs run once a request: built whole, in one call.
+        record.loops[key] = LoopStats(
+            q.fingerprint, q.site, q.relationship, 1, d, int(error), q.rows, d, d,
+            {idx: 1}, {q.params_hash: 1},
+        )  # fmt: skip
+    else:
+        loop.calls += 1
+        loop.total += d
+        loop.rows += q.rows
+        if d < loop.min:
+            loop.min = d
+        if d > loop.max:
+            loop.max = d
+        if error:
+            loop.errors += 1
+        hist = loop.hist
+        hist[idx] = hist.get(idx, 0) + 1
+        params = loop.params
+        n = params.get(q.params_hash)
+        if n is not None:
+            params[q.params_hash] = n + 1
+        elif len(params) < MAX_PARAM_HASHES:
+            params[q.params_hash] = 1
+        if loop.relationship is None:
+            loop.relationship = q.relationship
+    if d >= record.slow_seconds and len(record.slow) < _MAX_SLOW_PER_RECORD:
         record.slow.append(q)
 
 
@@ -675,7 +697,7 @@ def _add_to_shape(record: Record, q: QueryInfo) -> None:
         shape.errors += 1
     idx = bucket_index(d)
     shape.hist[idx] = shape.hist.get(idx, 0) + 1
-    if d >= record.settings.slow_query_seconds and len(record.slow) < _MAX_SLOW_PER_RECORD:
+    if d >= record.slow_seconds and len(record.slow) < _MAX_SLOW_PER_RECORD:
         record.slow.append(q)
 
 
@@ -719,7 +741,7 @@ def _begin(
         if info is None:
             info = _statement(context, statement)
 
-        packages = record.settings.app_packages
+        packages = record.packages
         memo = info.site_memo
         if memo is not None and (memo[0] is packages or memo[0] == packages):
             try:

@@ -102,18 +102,22 @@ def detect(record: Record, settings: Settings) -> list[Finding]:
     # one loop entry are checked as they are, and only a shape issued from several
     # places has its counts added up first.
     repeat_threshold = settings.repeated_query_threshold
-    sites_of: dict[str, list[LoopStats]] = {}
+    first: dict[str, LoopStats] = {}
+    several: dict[str, list[LoopStats]] = {}
     for loop in record.loops.values():
         if loop.fingerprint.operation != "SELECT":
             continue
-        same = sites_of.get(loop.fingerprint.id)
-        if same is None:
-            sites_of[loop.fingerprint.id] = [loop]
+        fp_id = loop.fingerprint.id
+        other = first.get(fp_id)
+        if other is None:
+            first[fp_id] = loop
+        elif fp_id in several:
+            several[fp_id].append(loop)
         else:
-            same.append(loop)
-    for loops in sites_of.values():
-        if len(loops) == 1:
-            loop = loops[0]
+            several[fp_id] = [other, loop]
+    for fp_id, loop in first.items():
+        loops = several.get(fp_id) if several else None
+        if loops is None:
             if loop.calls - len(loop.params) + 1 < repeat_threshold:
                 continue  # no parameter set ran often enough
             mean = loop.total / loop.calls

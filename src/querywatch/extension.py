@@ -78,8 +78,9 @@ class AppState:
         findings = detect(record, self.settings)
         self.stats.add(record, findings)
         self.flusher.ensure_started()
-        for listener in list(self.listeners):
-            listener(record, findings)
+        if self.listeners:
+            for listener in list(self.listeners):
+                listener(record, findings)
         return findings
 
 

@@ -251,13 +251,29 @@ class Stats:
             ep.db_errors += record.errors
             ep.dropped_queries += record.dropped
             queries = bucket.queries
+            pending = self._pending_fps
             for part in (record.loops.values(), record.overflow.values()):
                 for shape in part:
-                    key = (endpoint, self._admit(shape))
+                    fp_id = shape.fingerprint.id
+                    if fp_id not in pending:
+                        fp_id = self._admit(shape)
+                    key = (endpoint, fp_id)
                     agg = queries.get(key)
                     if agg is None:
                         agg = queries[key] = Aggregate()
-                    agg.add_shape(shape)
+                    # Aggregate.add_shape, inlined: this runs for every shape of every
+                    # request.
+                    agg.calls += shape.calls
+                    agg.errors += shape.errors
+                    agg.total += shape.total
+                    agg.rows += shape.rows
+                    if shape.min < agg.min:
+                        agg.min = shape.min
+                    if shape.max > agg.max:
+                        agg.max = shape.max
+                    hist = agg.hist
+                    for k, v in shape.hist.items():
+                        hist[k] = hist.get(k, 0) + v
             for f in findings:
                 self._add_finding(f, endpoint, record.started_wall)
 
