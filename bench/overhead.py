@@ -1,16 +1,25 @@
 """Per-request and per-query overhead of querywatch, side by side with OpenTelemetry and
 sentry-sdk, in one run.
 
-Each configuration runs the shop app in worker processes of its own (sentry-sdk and
-OpenTelemetry patch process-wide), several per configuration (``--procs``) because a
-process's memory layout alone moves its timings by a few percent, all on the same seeded
-SQLite database. The coordinator interleaves rounds: in every round each worker serves a
-batch of requests to each endpoint, in a shuffled order, so drift on a shared, noisy
-machine hits every configuration alike. Figures are medians over all requests, with the
-spread of the batch medians (25th-75th percentile).
+Each configuration runs in worker processes of its own (``--procs`` of them), all on the
+same seeded SQLite database, and the coordinator interleaves rounds: in every round each
+worker serves a batch of requests to each endpoint, in a shuffled order.
+
+Paired twins. On a shared machine the time of a request drifts by more than the overhead
+being measured, and a process's memory layout alone moves it by a few percent, so
+comparing one process's median with another's mostly measures noise. A querywatch or
+OpenTelemetry worker therefore serves the same shop app twice: a bare twin and an
+instrumented one, alternating request by request (ABBA order), and the added time is the
+median of the paired differences. OpenTelemetry instruments one app and one engine, and
+the worker checks that the twin's engine carries no listener. querywatch listens on
+SQLAlchemy's dialect class, so the twin's statements pass through its listeners too
+(which return at once outside a request): that cost is measured on its own in each
+querywatch worker and added to querywatch's figures, per statement. sentry-sdk patches
+Flask for the whole process, so it cannot have a bare twin: it is compared with the
+'none' workers, process against process, and its figures carry that noise.
 
     pip install -e '.[bench]'
-    python bench/overhead.py [--rounds 15] [--batch 200] [--json bench/results/overhead.json]
+    python bench/overhead.py [--rounds 10] [--batch 100] [--json bench/results/overhead.json]
 
 Overhead per query and per request come from a least-squares line through the three
 endpoints (1, 10 and 51 queries): added time = per_request + per_query * queries.
@@ -35,83 +44,159 @@ ENDPOINTS = {
     "51-query (N+1)": ("/api/orders/recent", 51),
 }
 CONFIGS = ("none", "querywatch", "opentelemetry", "sentry-sdk")
+#: Configurations measured against a bare twin in the same process.
+PAIRED = ("querywatch", "opentelemetry")
 
 
-def _make_app(config: str, db_url: str, workdir: str) -> t.Any:
-    from querywatch.demo import shop
+class Worker:
+    """The apps of one worker process: the bare twin and, for paired configurations, the
+    instrumented app, with what switches between them."""
 
-    if config == "none":
-        return shop.create_app(db_url, querywatch=False)
-    if config == "querywatch":
-        return shop.create_app(
-            db_url,
-            instance_path=os.path.join(workdir, "instance-qw"),
-            config={
-                "QUERYWATCH_STORE_URL": f"sqlite:///{workdir}/qw-store.db",
-                "QUERYWATCH_FLUSH_INTERVAL": float(os.environ.get("QW_BENCH_FLUSH", "5")),
-            },
-        )
-    if config == "opentelemetry":
-        from opentelemetry.instrumentation.flask import FlaskInstrumentor
-        from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    def __init__(self, config: str, db_url: str, workdir: str) -> None:
+        from querywatch.demo import shop
 
-        app = shop.create_app(db_url, querywatch=False)
-        provider = TracerProvider()
-        exporter = InMemorySpanExporter()
-        provider.add_span_processor(BatchSpanProcessor(exporter))
-        FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
-        with app.app_context():
-            # skip_dep_check: the instrumentor's declared range stops below SQLAlchemy
-            # 2.1, which it instruments through the same engine events.
-            SQLAlchemyInstrumentor().instrument(
-                engine=shop.db.engine, tracer_provider=provider, skip_dep_check=True
+        self.config = config
+        self.exporter: t.Any = None
+        self.bare: t.Any = None
+        self.app: t.Any = None
+        if config == "sentry-sdk":
+            import sentry_sdk
+            from sentry_sdk.transport import Transport
+
+            class DropTransport(Transport):
+                def capture_envelope(self, envelope: t.Any) -> None:
+                    return None
+
+            sentry_sdk.init(
+                dsn="https://public@sentry.invalid/1",
+                traces_sample_rate=1.0,
+                transport=DropTransport,
             )
-        app.config["_bench_exporter"] = exporter
-        return app
-    if config == "sentry-sdk":
-        import sentry_sdk
-        from sentry_sdk.transport import Transport
+            self.app = shop.create_app(db_url, querywatch=False)
+            return
+        self.bare = shop.create_app(db_url, querywatch=False)
+        if config == "none":
+            return
+        if config == "querywatch":
+            self.app = shop.create_app(
+                db_url,
+                instance_path=os.path.join(workdir, f"instance-qw-{os.getpid()}"),
+                config={
+                    "QUERYWATCH_STORE_URL": f"sqlite:///{workdir}/qw-store.db",
+                    "QUERYWATCH_FLUSH_INTERVAL": float(os.environ.get("QW_BENCH_FLUSH", "5")),
+                },
+            )
+            return
+        if config == "opentelemetry":
+            from opentelemetry.instrumentation.flask import FlaskInstrumentor
+            from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+            from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-        class DropTransport(Transport):
-            def capture_envelope(self, envelope: t.Any) -> None:
-                return None
+            self.app = shop.create_app(db_url, querywatch=False)
+            # Both engines exist before instrumenting: the instrumentor also wraps
+            # create_engine, which must not reach the twin's.
+            with self.bare.app_context():
+                self.bare_engine = shop.db.engine
+            provider = TracerProvider()
+            self.exporter = InMemorySpanExporter()
+            provider.add_span_processor(BatchSpanProcessor(self.exporter))
+            FlaskInstrumentor().instrument_app(self.app, tracer_provider=provider)
+            with self.app.app_context():
+                # skip_dep_check: the instrumentor's declared range stops below
+                # SQLAlchemy 2.1, which it instruments through the same engine events.
+                SQLAlchemyInstrumentor().instrument(
+                    engine=shop.db.engine, tracer_provider=provider, skip_dep_check=True
+                )
+            if self.bare_engine._has_events:
+                raise RuntimeError("the bare twin's engine was instrumented")
+            return
+        raise ValueError(config)
 
-        sentry_sdk.init(
-            dsn="https://public@sentry.invalid/1",
-            traces_sample_rate=1.0,
-            transport=DropTransport,
-        )
-        return shop.create_app(db_url, querywatch=False)
-    raise ValueError(config)
+    def idle_listener_cost(self, blocks: int = 12, n: int = 2000) -> float:
+        """µs a statement that querywatch's listeners cost outside any request or job.
+
+        The bare twin shares the process, so its statements pass through querywatch's
+        dialect listeners (which return at once, with no unit of work open); the paired
+        difference leaves that out, and this measures it: one statement of the shop
+        executed in blocks with the listeners installed and removed, alternating, each
+        block warmed first (installing and removing a listener invalidates the
+        interpreter's caches for SQLAlchemy's classes)."""
+        from sqlalchemy import text
+        from sqlalchemy.engine import Dialect
+
+        from querywatch import capture
+        from querywatch.demo import shop
+
+        with self.bare.app_context():
+            engine = shop.db.engine
+        stmt = text("SELECT id, name, price_cents FROM products WHERE id = :id")
+        perf = time.perf_counter_ns
+        on: list[float] = []
+        off: list[float] = []
+        with engine.connect() as conn:
+            for i in range(blocks):
+                listening = i % 2 == 0
+                if listening:
+                    capture.install()
+                else:
+                    capture.uninstall()
+                    Dialect._has_events = False  # as if never installed
+                for _ in range(n // 4):
+                    conn.execute(stmt, {"id": 3}).all()
+                t0 = perf()
+                for _ in range(n):
+                    conn.execute(stmt, {"id": 3}).all()
+                (on if listening else off).append((perf() - t0) / n / 1000.0)
+        capture.install()
+        return statistics.median(on) - statistics.median(off)
 
 
 def _worker(config: str, db_url: str, workdir: str, conn: t.Any) -> None:
-    app = _make_app(config, db_url, workdir)
-    client = app.test_client()
-    exporter = app.config.get("_bench_exporter")
+    w = Worker(config, db_url, workdir)
+    bare = w.bare.test_client() if w.bare is not None else None
+    inst = w.app.test_client() if w.app is not None else None
     perf = time.perf_counter_ns
+
+    def timed(client: t.Any, path: str) -> int:
+        t0 = perf()
+        resp = client.get(path)
+        elapsed = perf() - t0
+        if resp.status_code != 200:
+            raise RuntimeError(f"{config}: {path} answered {resp.status_code}")
+        return elapsed
+
     for path, _ in ENDPOINTS.values():  # warm up
         for _ in range(100):
-            assert client.get(path).status_code == 200
-    conn.send("ready")
+            if bare is not None:
+                timed(bare, path)
+            if inst is not None:
+                timed(inst, path)
+    idle = w.idle_listener_cost() if config == "querywatch" else 0.0
+    conn.send(("ready", idle))
     while True:
         msg = conn.recv()
         if msg is None:
             break
         path, n = msg
-        samples = []
-        for _ in range(n):
-            t0 = perf()
-            resp = client.get(path)
-            samples.append(perf() - t0)
-            if resp.status_code != 200:
-                raise RuntimeError(f"{config}: {path} answered {resp.status_code}")
-        if exporter is not None:
-            exporter.clear()
-        conn.send(samples)
+        out: list[tuple[int, int]] = []  # (bare, instrumented); 0 where absent
+        for i in range(n):
+            if bare is None or inst is None:
+                client = bare if bare is not None else inst
+                out.append((timed(client, path), 0) if inst is None else (0, timed(client, path)))
+                continue
+            # ABBA: which of the pair goes first alternates every two pairs.
+            if i % 4 in (0, 3):
+                b = timed(bare, path)
+                a = timed(inst, path)
+            else:
+                a = timed(inst, path)
+                b = timed(bare, path)
+            out.append((b, a))
+        if w.exporter is not None:
+            w.exporter.clear()
+        conn.send(out)
     conn.close()
 
 
@@ -126,8 +211,8 @@ def _fit(points: list[tuple[int, float]]) -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--batch", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--scale", type=float, default=0.05)
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument(
@@ -140,6 +225,8 @@ def main() -> int:
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args()
     configs = [c for c in args.configs.split(",") if c]
+    if "sentry-sdk" in configs and "none" not in configs:
+        parser.error("sentry-sdk is compared with the 'none' workers: add none to --configs")
 
     from sqlalchemy import create_engine
 
@@ -159,12 +246,19 @@ def main() -> int:
             proc = ctx.Process(target=_worker, args=(config, db_url, workdir, child), daemon=True)
             proc.start()
             workers[(config, k)] = (proc, parent)
+    idle_costs: list[float] = []
     for key, (_, conn) in workers.items():
-        if conn.recv() != "ready":
+        status, idle = conn.recv()
+        if status != "ready":
             raise RuntimeError(f"{key} worker failed to start")
+        if key[0] == "querywatch":
+            idle_costs.append(idle)
 
-    samples: dict[tuple[str, str], list[int]] = {(c, e): [] for c in configs for e in ENDPOINTS}
-    round_medians: dict[tuple[str, str], list[float]] = {k: [] for k in samples}
+    keys = [(c, e) for c in configs for e in ENDPOINTS]
+    bare: dict[tuple[str, str], list[int]] = {k: [] for k in keys}
+    inst: dict[tuple[str, str], list[int]] = {k: [] for k in keys}
+    diffs: dict[tuple[str, str], list[int]] = {k: [] for k in keys}
+    round_diffs: dict[tuple[str, str], list[float]] = {k: [] for k in keys}
     rng = random.Random(1)
     started = time.perf_counter()
     for r in range(args.rounds):
@@ -173,21 +267,22 @@ def main() -> int:
         for config, k, ep in order:
             _, conn = workers[(config, k)]
             conn.send((ENDPOINTS[ep][0], args.batch))
-            got = conn.recv()
-            samples[(config, ep)].extend(got)
-            round_medians[(config, ep)].append(statistics.median(got) / 1000.0)
+            pairs = conn.recv()
+            key = (config, ep)
+            bare[key].extend(b for b, _ in pairs if b)
+            inst[key].extend(a for _, a in pairs if a)
+            if config in PAIRED:
+                d = [a - b for b, a in pairs]
+                diffs[key].extend(d)
+                round_diffs[key].append(statistics.median(d) / 1000.0)
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     for _, conn in workers.values():
         conn.send(None)
     for proc, _ in workers.values():
         proc.join(10)
 
-    def med_us(config: str, ep: str) -> float:
-        return statistics.median(samples[(config, ep)]) / 1000.0
-
-    def spread(config: str, ep: str) -> tuple[float, float]:
-        q = statistics.quantiles(round_medians[(config, ep)], n=4)
-        return q[0], q[2]
+    def med(xs: list[int]) -> float:
+        return statistics.median(xs) / 1000.0
 
     result: dict[str, t.Any] = {
         "rounds": args.rounds,
@@ -195,54 +290,77 @@ def main() -> int:
         "batch": args.batch,
         "seconds": round(time.perf_counter() - started, 1),
         "python": sys.version.split()[0],
+        "method": "paired twins in one process (querywatch, opentelemetry);"
+        " sentry-sdk against the 'none' processes",
         "medians_us": {},
         "overhead": {},
     }
     print()
-    header = f"{'endpoint':<16}" + "".join(f"{c:>22}" for c in configs)
-    print("Median request time, µs (25th-75th percentile of round medians)")
-    print(header)
+    print("Median request time, µs (bare twin -> instrumented, in the same processes)")
+    print(f"{'endpoint':<16}" + "".join(f"{c:>26}" for c in configs))
     for ep in ENDPOINTS:
         row = f"{ep:<16}"
         for c in configs:
-            lo, hi = spread(c, ep)
-            row += f"{med_us(c, ep):>10.1f} ({lo:>5.0f}-{hi:<5.0f})"
+            b = bare[(c, ep)]
+            a = inst[(c, ep)]
+            cell = f"{med(b):.0f} -> {med(a):.0f}" if b and a else f"{med(b or a):.0f}"
+            row += f"{cell:>26}"
             result["medians_us"].setdefault(c, {})[ep] = {
-                "median": round(med_us(c, ep), 2),
-                "p25_round": round(lo, 2),
-                "p75_round": round(hi, 2),
+                "bare": round(med(b), 2) if b else None,
+                "instrumented": round(med(a), 2) if a else None,
             }
         print(row)
 
-    if "none" not in configs:
-        print(json.dumps(result, indent=2))
-        return 0
-    print()
-    print("Added by each instrumentation (against 'none'):")
-    print(f"{'':<16}{'per request µs':>16}{'per query µs':>14}{'10-query median':>17}")
+    added: dict[str, dict[str, float]] = {}
+    spread: dict[str, dict[str, tuple[float, float]]] = {}
+    base_of: dict[str, dict[str, float]] = {}
+    idle = statistics.median(idle_costs) if idle_costs else 0.0
+    result["querywatch_idle_listener_us_per_statement"] = round(idle, 3)
     for c in configs:
-        if c == "none":
-            continue
-        points = [(q, med_us(c, ep) - med_us("none", ep)) for ep, (_, q) in ENDPOINTS.items()]
+        if c in PAIRED:
+            # querywatch: plus what its listeners cost the twin's statements as well.
+            extra = idle if c == "querywatch" else 0.0
+            added[c] = {ep: med(diffs[(c, ep)]) + extra * q for ep, (_, q) in ENDPOINTS.items()}
+            base_of[c] = {ep: med(bare[(c, ep)]) for ep in ENDPOINTS}
+            spread[c] = {}
+            for ep in ENDPOINTS:
+                q = statistics.quantiles(round_diffs[(c, ep)], n=4)
+                spread[c][ep] = (q[0], q[2])
+        elif c != "none" and "none" in configs:
+            added[c] = {ep: med(inst[(c, ep)]) - med(bare[("none", ep)]) for ep in ENDPOINTS}
+            base_of[c] = {ep: med(bare[("none", ep)]) for ep in ENDPOINTS}
+    if idle_costs:
+        print()
+        print(
+            f"querywatch's listeners outside a request: {idle:.2f} µs a statement"
+            f" (per worker: {', '.join(f'{x:.2f}' for x in idle_costs)}), added below"
+        )
+    print()
+    print("Added by each instrumentation, µs a request (25th-75th percentile of batch medians)")
+    print(f"{'':<16}" + "".join(f"{ep:>22}" for ep in ENDPOINTS))
+    for c, by_ep in added.items():
+        row = f"{c:<16}"
+        for ep, v in by_ep.items():
+            lo, hi = spread.get(c, {}).get(ep, (float("nan"), float("nan")))
+            row += f"{v:>8.1f} ({lo:>5.0f}-{hi:<5.0f})" if c in spread else f"{v:>22.1f}"
+        print(row)
+    print()
+    print(f"{'':<16}{'per request µs':>16}{'per query µs':>14}{'10-query median':>17}")
+    for c, by_ep in added.items():
+        points = [(q, by_ep[ep]) for ep, (_, q) in ENDPOINTS.items()]
         intercept, slope = _fit(points)
-        ten = (med_us(c, "10-query") / med_us("none", "10-query") - 1.0) * 100
+        ten = by_ep["10-query"] / base_of[c]["10-query"] * 100
         result["overhead"][c] = {
             "per_request_us": round(intercept, 2),
             "per_query_us": round(slope, 2),
             "ten_query_median_pct": round(ten, 2),
-            "added_us_by_endpoint": {
-                ep: round(v, 2) for ep, v in zip(ENDPOINTS, [p[1] for p in points], strict=True)
-            },
+            "added_us_by_endpoint": {ep: round(v, 2) for ep, v in by_ep.items()},
+            "paired": c in PAIRED,
         }
         print(f"{c:<16}{intercept:>16.1f}{slope:>14.2f}{ten:>16.1f}%")
-    if "querywatch" in result["overhead"] and "opentelemetry" in result["overhead"]:
-        qw = result["overhead"]["querywatch"]
-        ot = result["overhead"]["opentelemetry"]
-        ratio = {
-            ep: round(qw["added_us_by_endpoint"][ep] / ot["added_us_by_endpoint"][ep], 3)
-            for ep in ENDPOINTS
-            if ot["added_us_by_endpoint"][ep] > 0
-        }
+    if "querywatch" in added and "opentelemetry" in added:
+        qw, ot = added["querywatch"], added["opentelemetry"]
+        ratio = {ep: round(qw[ep] / ot[ep], 3) for ep in ENDPOINTS if ot[ep] > 0}
         result["querywatch_over_opentelemetry"] = ratio
         print()
         print(

@@ -92,8 +92,10 @@ def test_cursor_wrapper_is_transparent(tmp_path: t.Any) -> None:
         r = conn.exec_driver_sql("UPDATE t SET v = 6")
         assert r.rowcount == 1
         r = conn.exec_driver_sql("SELECT v FROM t")
-        # Reads are timed through SQLAlchemy's fetch strategy, the cursor left as it is.
-        assert type(r.cursor_strategy).__name__ == "_TimedFetch"
+        # Reads are timed through SQLAlchemy's fetch strategy, the cursor left as it is:
+        # the recorded statement is the strategy.
+        assert r.cursor_strategy is record.queries[-1]
+        assert type(r.cursor).__module__ == "sqlite3"
         assert r.cursor.description[0][0] == "v"
         assert r.scalar() == 6
         r = conn.exec_driver_sql("SELECT v FROM t")

@@ -9,7 +9,7 @@ store is written later by a background thread.
 A statement's duration runs from just before the DBAPI ``execute`` until its result is
 exhausted or closed, not only until ``execute()`` returns: SQLite does most of a scan
 while rows are fetched, so execute-only timing would hide exactly the full scans we hunt.
-Reads are timed by :class:`_TimedFetch`, the fetch strategy SQLAlchemy calls for every
+Reads are timed by :class:`_TimedRead`, the fetch strategy SQLAlchemy calls for every
 fetch and for the close of the result; writes and streamed reads by :class:`_TimedCursor`,
 a wrapper of the DBAPI cursor the result is built on.
 """
@@ -571,29 +571,27 @@ def _end_query(record: Record, q: QueryInfo, end: float, error: str | None) -> N
         _aggregate(record, q)
 
 
-class _TimedFetch(CursorFetchStrategy):
-    """SQLAlchemy's own fetch strategy for reads, telling capture the rows and the end.
+class _TimedRead(QueryInfo, CursorFetchStrategy):
+    """A read, and SQLAlchemy's fetch strategy for its result: it tells capture the
+    rows and the end.
 
     SQLAlchemy calls its strategy for every fetch and for the close of a result anyway,
-    so timing a read this way adds no call, where a cursor wrapper adds several. One
-    stateless instance serves every statement; the statement is found on the
-    execution context."""
+    so timing a read this way adds no call, where a cursor wrapper adds several; and
+    being the statement itself, it needs nothing stored on SQLAlchemy's objects."""
 
     __slots__ = ()
 
     def soft_close(self, result: t.Any, dbapi_cursor: t.Any) -> None:
         result.cursor_strategy = _NO_CURSOR_DQL
-        context = result.context
-        q = context._querywatch_query
-        if not q.done:
+        if not self.done:
             end = perf_counter()
-            q.done = True
-            q.duration = end - q.start
-            if not q.kept:  # past the cap: aggregated now
+            self.done = True
+            self.duration = end - self.start
+            if not self.kept:  # past the cap: aggregated now
                 try:
-                    record = context._querywatch_record
+                    record = result.context._querywatch_record
                     if not record.closed:
-                        _aggregate(record, q)
+                        _aggregate(record, self)
                 except Exception as e:
                     swallow("capture.soft_close", e)
 
@@ -602,12 +600,11 @@ class _TimedFetch(CursorFetchStrategy):
     def fetchone(self, result: t.Any, dbapi_cursor: t.Any, hard_close: bool = False) -> t.Any:
         try:
             row = dbapi_cursor.fetchone()
-            q = result.context._querywatch_query
-            q.last_activity = perf_counter()
+            self.last_activity = perf_counter()
             if row is None:
                 result._soft_close(hard=hard_close)
             else:
-                q.rows += 1
+                self.rows += 1
             return row
         except BaseException as e:
             self.handle_exception(result, dbapi_cursor, e)
@@ -615,9 +612,8 @@ class _TimedFetch(CursorFetchStrategy):
     def fetchmany(self, result: t.Any, dbapi_cursor: t.Any, size: int | None = None) -> t.Any:
         try:
             rows = dbapi_cursor.fetchmany() if size is None else dbapi_cursor.fetchmany(size)
-            q = result.context._querywatch_query
-            q.last_activity = perf_counter()
-            q.rows += len(rows)
+            self.last_activity = perf_counter()
+            self.rows += len(rows)
             if not rows:
                 result._soft_close()
             return rows
@@ -627,14 +623,11 @@ class _TimedFetch(CursorFetchStrategy):
     def fetchall(self, result: t.Any, dbapi_cursor: t.Any) -> t.Any:
         try:
             rows = dbapi_cursor.fetchall()
-            result.context._querywatch_query.rows += len(rows)
+            self.rows += len(rows)
             result._soft_close()
             return rows
         except BaseException as e:
             self.handle_exception(result, dbapi_cursor, e)
-
-
-_TIMED_FETCH = _TimedFetch()
 
 
 def _aggregate(record: Record, q: QueryInfo) -> None:
@@ -771,14 +764,22 @@ def _begin(
         else:
             params_hash = _params_hash(parameters)
 
-        query = QueryInfo(
+        # A read SQLAlchemy fetches through its default strategy is timed by being that
+        # strategy; writes (whose results SQLAlchemy closes through other strategies)
+        # and streamed reads through a wrapper of the cursor.
+        timed_read = (
+            info.select
+            and context.cursor_fetch_strategy is _DEFAULT_FETCH
+            and not context._is_server_side
+            and not options.get("stream_results")
+        )
+        query = (_TimedRead if timed_read else QueryInfo)(
             info.fingerprint,
             site,
             relationship,
             params_hash,
             _batch_size(parameters) if executemany else 1,
         )
-        context._querywatch_query = query
         record.query_count += 1
         if len(record.queries) < record.max_queries:
             record.queries.append(query)
@@ -787,16 +788,9 @@ def _begin(
             record.dropped += 1
             record.open_dropped.append(query)
             context._querywatch_record = record
-        if (
-            info.select
-            and context.cursor_fetch_strategy is _DEFAULT_FETCH
-            and not context._is_server_side
-            and not options.get("stream_results")
-        ):
-            context.cursor_fetch_strategy = _TIMED_FETCH
+        if timed_read:
+            context.cursor_fetch_strategy = query
         else:
-            # Writes (whose results SQLAlchemy closes through other strategies) and
-            # streamed reads: wrap the cursor.
             context.cursor = _TimedCursor(context.cursor, query, record)
         query.start = perf_counter()
     except Exception as e:
@@ -827,7 +821,6 @@ def _next_batch(
         record.dropped += 1
         record.open_dropped.append(query)
     object.__setattr__(current, "_qw_query", query)
-    context._querywatch_query = query
     query.start = perf_counter()
 
 
@@ -855,7 +848,7 @@ def _handle_error(exception_context: ExceptionContext) -> None:
         context = exception_context.execution_context
         if context is None:
             return
-        query: QueryInfo | None = getattr(context, "_querywatch_query", None)
+        query = _query_of(context)
         if query is None:
             return
         error = type(exception_context.original_exception).__name__
@@ -872,6 +865,18 @@ def _handle_error(exception_context: ExceptionContext) -> None:
         _end_query(record, query, perf_counter(), error)
     except Exception as e:
         swallow("capture.handle_error", e)
+
+
+def _query_of(context: t.Any) -> QueryInfo | None:
+    """The statement capture recorded on an execution context, if any."""
+    strategy = context.cursor_fetch_strategy
+    if isinstance(strategy, QueryInfo):
+        return strategy
+    cursor = context.cursor
+    if isinstance(cursor, _TimedCursor):
+        query: QueryInfo = cursor._qw_query
+        return query
+    return None
 
 
 _installed = False
