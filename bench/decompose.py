@@ -1,11 +1,13 @@
 """Where capture's time per statement goes, in one process.
 
 An A/B in one process, on the shop's N+1 endpoint (51 statements): querywatch's listeners
-removed ("off"; dialect events leave no event path behind, unlike connection events),
-the full capture, and capture with one part replaced by a no-op. Modes run in a shuffled
-order each round, with the garbage collector paused during the timed requests, so drift
-and collections hit every mode alike. Medians of per-batch medians; differences per
-statement include the request hooks' share.
+removed ("off"), the full capture, and capture with one part of the end of a request
+replaced by a no-op. Installing and removing listeners invalidates the interpreter's
+caches for SQLAlchemy's classes, so each mode is warmed before it is timed; for the
+statement path itself, count instructions instead (bench/README.md, "callgrind").
+Modes run in a shuffled order each round, with the garbage collector paused during the
+timed requests, so drift and collections hit every mode alike. Medians of per-batch
+medians; differences per statement include the request hooks' share.
 
     python bench/decompose.py [--path /api/orders/recent] [--rounds 30]
 
@@ -46,28 +48,33 @@ def main() -> int:
     )
     client = app.test_client()
 
-    originals = {
-        name: getattr(capture, name)
-        for name in ("find_call_site", "_relationship", "_params_hash", "_aggregate")
+    from querywatch import extension
+    from querywatch import stats
+
+    parts: dict[str, tuple[t.Any, str]] = {
+        "aggregation": (capture, "_aggregate"),
+        "detectors": (extension, "detect"),
+        "stats": (stats.Stats, "add"),
     }
+    originals = {name: getattr(owner, attr) for name, (owner, attr) in parts.items()}
     variants: dict[str, dict[str, t.Any] | None] = {
         "off": None,
         "full": {},
-        "without call site": {"find_call_site": lambda *a, **k: None},
-        "without relationship": {"_relationship": lambda context: None},
-        "without parameter hash": {"_params_hash": lambda parameters: 0},
-        "without aggregation": {"_aggregate": lambda record, q: None},
+        "without aggregation": {"aggregation": lambda record, q: None},
+        "without detectors": {"detectors": lambda record, settings: []},
+        "without stats": {"stats": lambda self, record, findings: None},
     }
 
     def set_mode(patches: dict[str, t.Any] | None) -> None:
-        for name, fn in originals.items():
-            setattr(capture, name, fn)
-        capture.uninstall()
+        for name, (owner, attr) in parts.items():
+            setattr(owner, attr, originals[name])
         if patches is None:
+            capture.uninstall()
             return
-        for name, fn in patches.items():
-            setattr(capture, name, fn)
         capture.install()
+        for name, fn in patches.items():
+            owner, attr = parts[name]
+            setattr(owner, attr, fn)
 
     results: dict[str, list[float]] = {name: [] for name in variants}
     rng = random.Random(3)
@@ -76,7 +83,7 @@ def main() -> int:
         rng.shuffle(order)
         for name, patches in order:
             set_mode(patches)
-            for _ in range(3):
+            for _ in range(20):  # warm: re-specialize after the mode switch
                 client.get(args.path)
             gc.disable()
             times = []

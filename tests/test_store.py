@@ -17,6 +17,7 @@ from querywatch.capture import Record
 from querywatch.config import load_settings
 from querywatch.exceptions import SchemaVersionError
 from querywatch.fingerprint import fingerprint
+from querywatch.stats import MAX_QUEUED
 from querywatch.stats import OTHER
 from querywatch.stats import Stats
 from querywatch.stats import bucket_index
@@ -156,6 +157,29 @@ def test_shape_cap_folds_the_long_tail_into_other() -> None:
     assert bucket.queries[("GET /x", OTHER)].calls == 30
     assert sum(a.calls for a in bucket.queries.values()) == 50
     assert stats.folded_shapes == 15
+
+
+def test_finished_requests_queue_boundedly_and_fold_exactly() -> None:
+    """Finished units of work wait in a bounded queue, off the request path: a full queue
+    is folded at once by whoever fills it, a drain folds what is left, and the totals are
+    exact."""
+    stats = Stats()
+    now = time.time()
+    for _ in range(MAX_QUEUED - 1):
+        stats.add(_record("GET /x", "SELECT 1", 2, 0.001, now), [])
+    assert len(stats._queue) == MAX_QUEUED - 1
+    stats.add(_record("GET /x", "SELECT 1", 2, 0.001, now), [])
+    assert len(stats._queue) == 0  # folded when full
+    stats.add(_record("GET /y", "SELECT 2", 3, 0.001, now), [])
+    assert len(stats._queue) == 1
+    snap = stats.drain()
+    assert len(stats._queue) == 0
+    (bucket,) = snap.buckets.values()
+    assert bucket.endpoints["GET /x"].requests == MAX_QUEUED
+    assert sum(a.calls for (ep, _), a in bucket.queries.items() if ep == "GET /x") == (
+        2 * MAX_QUEUED
+    )
+    assert bucket.endpoints["GET /y"].requests == 1
 
 
 def test_failed_flush_keeps_the_data(tmp_path: t.Any) -> None:

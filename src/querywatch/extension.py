@@ -24,6 +24,7 @@ from .config import load_settings
 from .detectors import Finding
 from .detectors import detect
 from .exceptions import NotInitializedError
+from .stats import FOLD_INTERVAL
 from .stats import Stats
 
 if t.TYPE_CHECKING:
@@ -124,9 +125,17 @@ class Flusher:
                 self._atexit = True
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        # Fold finished requests into the aggregates a few times a second, off the
+        # request path; write them to the store every ``interval`` seconds.
+        next_flush = time.monotonic() + self.interval
+        while not self._stop.wait(min(FOLD_INTERVAL, self.interval)):
             try:
-                self.flush()
+                state = self._state()
+                if state is not None:
+                    state.stats.fold()
+                if time.monotonic() >= next_flush:
+                    next_flush = time.monotonic() + self.interval
+                    self.flush()
             except Exception as e:  # keep the thread alive whatever happens
                 record_internal_error("flusher.run", e)
 

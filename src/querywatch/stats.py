@@ -11,6 +11,7 @@ while the store is unreachable, and :data:`MAX_PENDING_FINDINGS` findings.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import threading
@@ -38,6 +39,10 @@ OTHER = "other"
 OTHER_SHAPE = "(other query shapes, past QUERYWATCH_MAX_SHAPES)"
 MAX_PENDING_MINUTES = 180
 MAX_PENDING_FINDINGS = 2000
+#: Finished units of work waiting to be folded in; a full queue is folded at once.
+MAX_QUEUED = 1000
+#: Seconds between the flusher thread's folds of the queue.
+FOLD_INTERVAL = 0.25
 
 # Histogram: 4 linear buckets per power of two. A duration d = m * 2**e (0.5 <= m < 1,
 # math.frexp) falls in bucket (e + _EXP_OFFSET) * 4 + floor((m - 0.5) * 8), so a bucket is
@@ -209,6 +214,8 @@ class Stats:
         self.max_shapes = max_shapes
         self.max_endpoints = max_endpoints
         self._lock = threading.Lock()
+        #: Finished units of work not folded in yet (see :meth:`add`).
+        self._queue: collections.deque[tuple[t.Any, ...]] = collections.deque()
         self._buckets: dict[int, MinuteBucket] = {}
         self._shapes: dict[str, ShapeInfo] = {}
         self._findings: dict[tuple[str, str, str], FindingAggregate] = {}
@@ -220,62 +227,114 @@ class Stats:
         self.dropped_findings = 0
 
     def add(self, record: Record, findings: t.Sequence[Finding]) -> None:
-        """Fold a finished unit of work in."""
-        minute = int(record.started_wall // 60) * 60
+        """Queue a finished unit of work to be folded in.
+
+        The request does not wait for the folding: the flusher thread folds the queue a
+        few times a second (as a batch span processor exports spans), and a full queue
+        is folded at once by whoever fills it. The queue holds what the aggregates need
+        (the loop entries, not the statements) and at most :data:`MAX_QUEUED` entries."""
+        self._queue.append(
+            (
+                record.started_wall,
+                record.name,
+                record.kind,
+                record.status,
+                record.duration,
+                record.query_count,
+                record.db_time,
+                record.errors,
+                record.dropped,
+                record.loops,
+                record.overflow,
+                findings,
+            )
+        )
+        if len(self._queue) >= MAX_QUEUED:
+            self.fold()
+
+    def fold(self) -> None:
+        """Fold the queued units of work into the minute aggregates."""
         with self._lock:
-            bucket = self._buckets.get(minute)
-            if bucket is None:
-                bucket = self._buckets[minute] = MinuteBucket()
-                if len(self._buckets) > MAX_PENDING_MINUTES:
-                    oldest = min(self._buckets)
-                    del self._buckets[oldest]
-                    self.dropped_minutes += 1
-            endpoint = record.name
-            ep = bucket.endpoints.get(endpoint)
+            self._fold_queue()
+
+    def _fold_queue(self) -> None:
+        queue = self._queue
+        while True:
+            try:
+                item = queue.popleft()  # thread-safe against appends
+            except IndexError:
+                return
+            self._fold(*item)
+
+    def _fold(
+        self,
+        started_wall: float,
+        name: str,
+        kind: str,
+        status: int,
+        duration: float,
+        query_count: int,
+        db_time: float,
+        errors: int,
+        dropped: int,
+        loops: dict[t.Any, LoopStats],
+        overflow: dict[str, ShapeStats],
+        findings: t.Sequence[Finding],
+    ) -> None:
+        minute = int(started_wall // 60) * 60
+        bucket = self._buckets.get(minute)
+        if bucket is None:
+            bucket = self._buckets[minute] = MinuteBucket()
+            if len(self._buckets) > MAX_PENDING_MINUTES:
+                oldest = min(self._buckets)
+                del self._buckets[oldest]
+                self.dropped_minutes += 1
+        endpoint = name
+        ep = bucket.endpoints.get(endpoint)
+        if ep is None:
+            if len(bucket.endpoints) >= self.max_endpoints:
+                endpoint = OTHER
+                ep = bucket.endpoints.get(endpoint)
             if ep is None:
-                if len(bucket.endpoints) >= self.max_endpoints:
-                    endpoint = OTHER
-                    ep = bucket.endpoints.get(endpoint)
-                if ep is None:
-                    ep = bucket.endpoints[endpoint] = EndpointAggregate()
-            ep.requests += 1
-            cls = status_class(record.status, record.kind)
-            ep.statuses[cls] = ep.statuses.get(cls, 0) + 1
-            ep.total += record.duration
-            ep.max = max(ep.max, record.duration)
-            idx = bucket_index(record.duration)
-            ep.hist[idx] = ep.hist.get(idx, 0) + 1
-            ep.queries += record.query_count
-            ep.max_queries = max(ep.max_queries, record.query_count)
-            ep.db_time += record.db_time
-            ep.db_errors += record.errors
-            ep.dropped_queries += record.dropped
-            queries = bucket.queries
-            pending = self._pending_fps
-            for part in (record.loops.values(), record.overflow.values()):
-                for shape in part:
-                    fp_id = shape.fingerprint.id
-                    if fp_id not in pending:
-                        fp_id = self._admit(shape)
-                    key = (endpoint, fp_id)
-                    agg = queries.get(key)
-                    if agg is None:
-                        agg = queries[key] = Aggregate()
-                    # Aggregate.add_shape, inlined: this runs for every shape of every
-                    # request.
-                    agg.calls += shape.calls
-                    agg.errors += shape.errors
-                    agg.total += shape.total
-                    agg.rows += shape.rows
-                    if shape.min < agg.min:
-                        agg.min = shape.min
-                    if shape.max > agg.max:
-                        agg.max = shape.max
-                    hist = agg.hist
-                    for k, v in shape.hist.items():
-                        hist[k] = hist.get(k, 0) + v
-            for f in findings:
-                self._add_finding(f, endpoint, record.started_wall)
+                ep = bucket.endpoints[endpoint] = EndpointAggregate()
+        ep.requests += 1
+        cls = status_class(status, kind)
+        ep.statuses[cls] = ep.statuses.get(cls, 0) + 1
+        ep.total += duration
+        ep.max = max(ep.max, duration)
+        idx = bucket_index(duration)
+        ep.hist[idx] = ep.hist.get(idx, 0) + 1
+        ep.queries += query_count
+        ep.max_queries = max(ep.max_queries, query_count)
+        ep.db_time += db_time
+        ep.db_errors += errors
+        ep.dropped_queries += dropped
+        queries = bucket.queries
+        pending = self._pending_fps
+        for part in (loops.values(), overflow.values()):
+            for shape in part:
+                fp_id = shape.fingerprint.id
+                if fp_id not in pending:
+                    fp_id = self._admit(shape)
+                key = (endpoint, fp_id)
+                agg = queries.get(key)
+                if agg is None:
+                    agg = queries[key] = Aggregate()
+                # Aggregate.add_shape, inlined: this runs for every shape of every
+                # request.
+                agg.calls += shape.calls
+                agg.errors += shape.errors
+                agg.total += shape.total
+                agg.rows += shape.rows
+                if shape.min < agg.min:
+                    agg.min = shape.min
+                if shape.max > agg.max:
+                    agg.max = shape.max
+                hist = agg.hist
+                for k, v in shape.hist.items():
+                    hist[k] = hist.get(k, 0) + v
+        for f in findings:
+            self._add_finding(f, endpoint, started_wall)
 
     def _admit(self, shape: ShapeStats | LoopStats) -> str:
         fp_id = shape.fingerprint.id
@@ -319,6 +378,7 @@ class Stats:
         """Take everything pending; the caller writes it or gives it back with
         :meth:`restore`."""
         with self._lock:
+            self._fold_queue()
             snap = Snapshot(self._buckets, self._shapes, self._findings)
             self._buckets = {}
             self._shapes = {}

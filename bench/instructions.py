@@ -1,0 +1,128 @@
+"""Instructions querywatch adds to a request, counted by valgrind (callgrind).
+
+Timings on a shared machine drift by more than the differences worth chasing; an
+instruction count does not (the same binary, inputs and environment give the same count,
+whatever else runs). Each configuration serves one endpoint ``n`` and ``n + extra`` times
+in a process of its own under ``valgrind --tool=callgrind``; the difference divided by
+``extra`` is the count a request, start-up and warm-up excluded. The flusher is set far
+apart so its writes do not land in one run and not the other. Instructions are not time
+(cache misses are not counted), so report time from overhead.py; use this to see whether
+a change to capture made it do less.
+
+    python bench/instructions.py [--extra 200] [--endpoints 10-query,51-query]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+
+ENDPOINTS = {
+    "1-query": ("/api/products/3", 1),
+    "10-query": ("/api/admin/overview", 10),
+    "51-query": ("/api/orders/recent", 51),
+}
+
+SERVE = """
+import sys
+from querywatch.demo import shop
+config, db_url, workdir, path, n = sys.argv[1:6]
+if config == "none":
+    app = shop.create_app(db_url, querywatch=False)
+else:
+    app = shop.create_app(db_url, instance_path=workdir + "/instance", config={
+        "QUERYWATCH_STORE_URL": f"sqlite:///{workdir}/qw.db",
+        "QUERYWATCH_FLUSH_INTERVAL": 3600,
+    })
+client = app.test_client()
+for _ in range(30):
+    client.get(path)
+for _ in range(int(n)):
+    assert client.get(path).status_code == 200
+"""
+
+
+def count(config: str, db_url: str, workdir: str, path: str, n: int) -> int:
+    out = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            "-c",
+            SERVE,
+            config,
+            db_url,
+            workdir,
+            path,
+            str(n),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+        check=True,
+    )
+    m = re.search(r"Collected : (\d+)", out.stderr)
+    if m is None:
+        raise RuntimeError(out.stderr[-2000:])
+    return int(m.group(1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", type=int, default=20)
+    parser.add_argument("--extra", type=int, default=200)
+    parser.add_argument("--endpoints", default=",".join(ENDPOINTS))
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
+        return 2
+
+    from sqlalchemy import create_engine
+
+    from querywatch.demo import shop
+
+    workdir = tempfile.mkdtemp(prefix="qw-instr-")
+    db_url = f"sqlite:///{workdir}/shop.db"
+    engine = create_engine(db_url)
+    shop.seed(engine, 0.05)
+    engine.dispose()
+
+    endpoints = [e for e in args.endpoints.split(",") if e]
+    jobs = [
+        (config, ep, n)
+        for ep in endpoints
+        for config in ("none", "querywatch")
+        for n in (args.base, args.base + args.extra)
+    ]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        counts = dict(
+            zip(
+                jobs,
+                pool.map(lambda j: count(j[0], db_url, workdir, ENDPOINTS[j[1]][0], j[2]), jobs),
+                strict=True,
+            )
+        )
+    print(f"{'endpoint':<12}{'none':>14}{'querywatch':>14}{'added':>12}{'':>8}")
+    for ep in endpoints:
+        per = {
+            c: (counts[(c, ep, args.base + args.extra)] - counts[(c, ep, args.base)]) / args.extra
+            for c in ("none", "querywatch")
+        }
+        added = per["querywatch"] - per["none"]
+        print(
+            f"{ep:<12}{per['none']:>14,.0f}{per['querywatch']:>14,.0f}{added:>12,.0f}"
+            f"{added / per['none']:>8.1%}"
+        )
+    print("instructions a request")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
