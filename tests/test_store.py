@@ -18,6 +18,7 @@ from querywatch.config import load_settings
 from querywatch.exceptions import SchemaVersionError
 from querywatch.fingerprint import fingerprint
 from querywatch.stats import MAX_QUEUED
+from querywatch.stats import MAX_QUEUED_ENTRIES
 from querywatch.stats import OTHER
 from querywatch.stats import Stats
 from querywatch.stats import bucket_index
@@ -180,6 +181,26 @@ def test_finished_requests_queue_boundedly_and_fold_exactly() -> None:
         2 * MAX_QUEUED
     )
     assert bucket.endpoints["GET /y"].requests == 1
+
+
+def test_queue_of_many_shape_jobs_is_bounded_by_entries() -> None:
+    """Jobs of many shapes each: the queue folds by the loop entries it holds, so memory
+    stays bounded whatever a unit of work captured."""
+    stats = Stats(max_shapes=100_000)
+    now = time.time()
+    per_job = 1000
+    for j in range(MAX_QUEUED_ENTRIES // per_job + 1):
+        r = _record("job:x", "SELECT 0", 1, 0.001, now)
+        for i in range(1, per_job):
+            fp = fingerprint(f"SELECT {j} AS c{i}")
+            r.loops[(fp.id, None)] = LoopStats(fp, None, None, 1, 0.001, 0, 0, 0.001, 0.001)
+        stats.add(r, [])
+        assert stats._queued_entries <= MAX_QUEUED_ENTRIES
+        assert len(stats._queue) <= MAX_QUEUED_ENTRIES // per_job
+    snap = stats.drain()
+    assert sum(a.calls for b in snap.buckets.values() for a in b.queries.values()) == (
+        (MAX_QUEUED_ENTRIES // per_job + 1) * per_job
+    )
 
 
 def test_failed_flush_keeps_the_data(tmp_path: t.Any) -> None:

@@ -39,8 +39,10 @@ OTHER = "other"
 OTHER_SHAPE = "(other query shapes, past QUERYWATCH_MAX_SHAPES)"
 MAX_PENDING_MINUTES = 180
 MAX_PENDING_FINDINGS = 2000
-#: Finished units of work waiting to be folded in; a full queue is folded at once.
+#: Finished units of work waiting to be folded in, and the (shape, call site) entries
+#: they hold; past either, the queue is folded at once.
 MAX_QUEUED = 1000
+MAX_QUEUED_ENTRIES = 10_000
 #: Seconds between the flusher thread's folds of the queue.
 FOLD_INTERVAL = 0.25
 
@@ -216,6 +218,7 @@ class Stats:
         self._lock = threading.Lock()
         #: Finished units of work not folded in yet (see :meth:`add`).
         self._queue: collections.deque[tuple[t.Any, ...]] = collections.deque()
+        self._queued_entries = 0
         self._buckets: dict[int, MinuteBucket] = {}
         self._shapes: dict[str, ShapeInfo] = {}
         self._findings: dict[tuple[str, str, str], FindingAggregate] = {}
@@ -232,7 +235,8 @@ class Stats:
         The request does not wait for the folding: the flusher thread folds the queue a
         few times a second (as a batch span processor exports spans), and a full queue
         is folded at once by whoever fills it. The queue holds what the aggregates need
-        (the loop entries, not the statements) and at most :data:`MAX_QUEUED` entries."""
+        (the loop entries, not the statements), bounded by :data:`MAX_QUEUED` units of work
+        and :data:`MAX_QUEUED_ENTRIES` loop entries."""
         self._queue.append(
             (
                 record.started_wall,
@@ -249,7 +253,9 @@ class Stats:
                 findings,
             )
         )
-        if len(self._queue) >= MAX_QUEUED:
+        # Counted without the lock: a close count is enough to bound the queue.
+        self._queued_entries += len(record.loops) + len(record.overflow)
+        if len(self._queue) >= MAX_QUEUED or self._queued_entries >= MAX_QUEUED_ENTRIES:
             self.fold()
 
     def fold(self) -> None:
@@ -259,6 +265,7 @@ class Stats:
 
     def _fold_queue(self) -> None:
         queue = self._queue
+        self._queued_entries = 0
         while True:
             try:
                 item = queue.popleft()  # thread-safe against appends
