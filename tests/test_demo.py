@@ -16,7 +16,7 @@ def test_demo_report_names_the_unoptimized_query_first(tmp_path: t.Any) -> None:
     report puts the order lookup's full scan first and says traffic did not rise."""
     out = io.StringIO()
     console = Console(file=out, width=120)
-    code = run_demo(scale=0.5, duration=8, rate=30, workdir=str(tmp_path / "demo"), console=console)
+    code = run_demo(scale=0.3, duration=8, rate=30, workdir=str(tmp_path / "demo"), console=console)
     text = out.getvalue()
     assert code == 0, text
     assert "The unoptimized endpoint's query stands first." in text
@@ -32,7 +32,7 @@ def test_demo_json_and_reuse_of_the_seeded_database(tmp_path: t.Any) -> None:
     args = [
         "demo",
         "--scale",
-        "0.5",
+        "0.3",
         "--duration",
         "6",
         "--rate",
