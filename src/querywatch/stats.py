@@ -105,15 +105,6 @@ class Aggregate:
     rows: int = 0
     hist: dict[int, int] = dataclasses.field(default_factory=dict)
 
-    def add_shape(self, s: ShapeStats | LoopStats) -> None:
-        self.calls += s.calls
-        self.errors += s.errors
-        self.total += s.total
-        self.rows += s.rows
-        self.min = min(self.min, s.min)
-        self.max = max(self.max, s.max)
-        merge_hist(self.hist, s.hist)
-
     def merge(self, o: Aggregate) -> None:
         self.calls += o.calls
         self.errors += o.errors
@@ -327,8 +318,8 @@ class Stats:
                 agg = queries.get(key)
                 if agg is None:
                     agg = queries[key] = Aggregate()
-                # Aggregate.add_shape, inlined: this runs for every shape of every
-                # request.
+                # Aggregate.merge, inlined for a loop entry: this runs for every shape
+                # of every request.
                 agg.calls += shape.calls
                 agg.errors += shape.errors
                 agg.total += shape.total
