@@ -6,6 +6,8 @@ The hierarchy::
     ├── ConfigError (also a ValueError)   a ``QUERYWATCH_*`` value is malformed
     ├── StoreError                        the store could not be opened or migrated
     │   └── SchemaVersionError            the store was written by a newer querywatch
+    ├── ExplainError                      a statement could not be explained
+    │   └── UnsafeStatementError          it is not a read-only SELECT: never explained
     └── NotInitializedError (also a RuntimeError)
                                           no QueryWatch is registered on the current app
 
@@ -19,10 +21,12 @@ import typing as t
 
 __all__ = [
     "ConfigError",
+    "ExplainError",
     "NotInitializedError",
     "QueryWatchError",
     "SchemaVersionError",
     "StoreError",
+    "UnsafeStatementError",
 ]
 
 
@@ -50,3 +54,13 @@ class SchemaVersionError(StoreError):
 
 class NotInitializedError(QueryWatchError, RuntimeError):
     """No QueryWatch extension is registered on the current Flask app."""
+
+
+class ExplainError(QueryWatchError):
+    """A statement could not be explained (it does not parse, a table is missing, the
+    database refused or timed out). The message says which and what to do."""
+
+
+class UnsafeStatementError(ExplainError):
+    """The statement is not one read-only ``SELECT``; querywatch never explains or runs
+    it."""

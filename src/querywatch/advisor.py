@@ -1,0 +1,1437 @@
+"""Index advice, verified against the real planner, and rewrite hints.
+
+For each query (a captured shape, or SQL given by hand) the advisor
+
+1. explains it (:mod:`querywatch.explain`) and turns the plan into findings: a full scan
+   of a table over ``scan_min_rows``, a sort or temporary table without an index, an
+   index left unused because of a function on its column, a leading-wildcard ``LIKE``;
+2. builds candidate indexes from the parsed query (sqlglot): equality, range, ``ORDER BY``
+   and ``GROUP BY`` columns, join keys on both sides, expressions such as
+   ``lower(email)``, single and composite (equality columns first, then one range or sort
+   column), and partial indexes where a column is compared to a constant; candidates an
+   existing index already covers are dropped;
+3. verifies each candidate with the index present: HypoPG on PostgreSQL when the
+   extension is installed; else, when DDL is allowed, a real index built inside a
+   transaction that is rolled back (SQLite, PostgreSQL) or built and dropped again
+   (MariaDB/MySQL, whose DDL commits). A candidate survives only when the estimated cost
+   falls by at least half (SQLite, which has no cost: a full scan or a sort becomes an
+   index search) and the planner actually uses it;
+4. where DDL is allowed, times the query (run and fetched, best of a few) with each
+   survivor built, and ranks by measured time: an estimate can fall a hundredfold while
+   the real time does not;
+5. picks the smallest set of indexes that serves every improved query.
+
+DDL is allowed by default on SQLite only (a rolled-back transaction leaves the file as it
+was; writers wait for the build); on PostgreSQL and MariaDB it takes ``allow_ddl=True``
+(``--allow-ddl``), meant for dev, CI or a copy of production.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import re
+import time
+import typing as t
+
+from .exceptions import ExplainError
+from .exceptions import QueryWatchError
+from .explain import Explainer
+from .explain import Plan
+from .explain import Session
+from .explain import check_read_only
+from .explain import number_placeholders
+from .explain import render_placeholders
+from .explain import sqlglot_dialect
+from .explain.names import translate_error
+
+if t.TYPE_CHECKING:
+    from collections.abc import Iterable
+    from collections.abc import Sequence
+
+    from sqlalchemy.engine import Engine
+
+__all__ = [
+    "Advice",
+    "Advisor",
+    "Candidate",
+    "Hint",
+    "PlanFinding",
+    "QueryAdvice",
+    "QueryInput",
+    "Suggestion",
+]
+
+#: An index must cut the estimated cost at least this much to be suggested.
+MIN_COST_FALL = 0.5
+#: Runs per timing (the best one counts).
+TIMING_RUNS = 3
+
+
+@dataclasses.dataclass
+class QueryInput:
+    """One query to analyse: a stored shape (placeholders ``?``) or literal SQL."""
+
+    sql: str
+    fingerprint: str | None = None
+    endpoints: tuple[str, ...] = ()
+    calls: int = 0
+    total_s: float = 0.0
+    #: The statement's real parameters in the driver's paramstyle (held in memory only).
+    params: t.Any = None
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.label or self.fingerprint or _short_hash(self.sql)
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A possible index: key parts (columns or expressions), optionally partial."""
+
+    table: str
+    keys: tuple[str, ...]
+    where: str | None = None
+    reason: str = ""
+
+    @property
+    def norm(self) -> tuple[str, tuple[str, ...], str | None]:
+        return (self.table.lower(), tuple(_norm_key(k) for k in self.keys), self.where)
+
+    @property
+    def is_expression(self) -> bool:
+        return any(not _IDENT_RE.fullmatch(k) for k in self.keys)
+
+    def name(self, prefix: str = "ix") -> str:
+        parts = [re.sub(r"\W+", "_", k.lower()).strip("_") for k in self.keys]
+        base = f"{prefix}_{self.table}_{'_'.join(parts)}"
+        if self.where:
+            base += "_partial"
+        if len(base) > 60:
+            base = base[:51] + "_" + _short_hash(base)[:8]
+        return base
+
+    def key_sql(self) -> str:
+        return ", ".join(k if _IDENT_RE.fullmatch(k) else f"({k})" for k in self.keys)
+
+    def ddl(self, dialect: str, *, name: str | None = None, migration: bool = False) -> str:
+        """``CREATE INDEX`` for ``dialect``; ``migration`` gives the form to ship
+        (``CONCURRENTLY IF NOT EXISTS`` on PostgreSQL)."""
+        name = name or self.name()
+        where = f" WHERE {self.where}" if self.where else ""
+        if dialect == "postgresql":
+            how = "CONCURRENTLY IF NOT EXISTS " if migration else ""
+            return f"CREATE INDEX {how}{name} ON {self.table} ({self.key_sql()}){where}"
+        if dialect == "sqlite":
+            how = "IF NOT EXISTS " if migration else ""
+            return f"CREATE INDEX {how}{name} ON {self.table} ({self.key_sql()}){where}"
+        return f"CREATE INDEX {name} ON {self.table} ({self.key_sql()})"
+
+    def alembic(self, dialect: str) -> str:
+        cols = ", ".join(
+            repr(k) if _IDENT_RE.fullmatch(k) else f"sa.text({k!r})" for k in self.keys
+        )
+        extra = ""
+        if dialect == "postgresql":
+            extra = ", postgresql_concurrently=True, if_not_exists=True"
+            if self.where:
+                extra += f", postgresql_where=sa.text({self.where!r})"
+        elif dialect == "sqlite" and self.where:
+            extra = f", sqlite_where=sa.text({self.where!r})"
+        return f"op.create_index({self.name()!r}, {self.table!r}, [{cols}]{extra})"
+
+
+_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+
+
+def _norm_key(key: str) -> str:
+    k = key.lower().replace('"', "").replace("`", "")
+    k = re.sub(r"::[a-z ]+(\([0-9, ]*\))?", "", k)
+    return re.sub(r"\s+", "", k)
+
+
+@dataclasses.dataclass
+class PlanFinding:
+    """What the plan shows is wrong, with the evidence."""
+
+    kind: str  # full_scan, sort_without_index, function_on_column, leading_wildcard_like
+    table: str | None
+    evidence: str
+    fix: str
+
+
+@dataclasses.dataclass
+class Hint:
+    """A rewrite where no index is the answer."""
+
+    kind: str
+    evidence: str
+    fix: str
+
+
+@dataclasses.dataclass
+class Trial:
+    """One candidate tried on one query."""
+
+    candidate: Candidate
+    cost_before: float | None
+    cost_after: float | None
+    plan_after: Plan | None
+    used: bool
+    improved: bool
+    verified_by: str
+    note: str = ""
+    measured_before_ms: float | None = None
+    measured_after_ms: float | None = None
+
+
+@dataclasses.dataclass
+class QueryAdvice:
+    query: QueryInput
+    plan: Plan | None = None
+    findings: list[PlanFinding] = dataclasses.field(default_factory=list)
+    hints: list[Hint] = dataclasses.field(default_factory=list)
+    trials: list[Trial] = dataclasses.field(default_factory=list)
+    errors: list[str] = dataclasses.field(default_factory=list)
+    measured_ms: float | None = None
+    seconds: float = 0.0
+    #: Values drawn for a shape's placeholders (in memory only).
+    values: list[t.Any] | None = None
+
+
+@dataclasses.dataclass
+class Suggestion:
+    """An index worth creating, with what it serves and the evidence."""
+
+    candidate: Candidate
+    dialect: str
+    trials: list[tuple[QueryAdvice, Trial]]
+    verified_by: str
+
+    @property
+    def estimated_only(self) -> bool:
+        return all(tr.measured_after_ms is None for _, tr in self.trials)
+
+    def to_dict(self) -> dict[str, t.Any]:
+        c = self.candidate
+        return {
+            "table": c.table,
+            "keys": list(c.keys),
+            "where": c.where,
+            "name": c.name(),
+            "reason": c.reason,
+            "ddl": c.ddl(self.dialect, migration=True) + ";",
+            "alembic": c.alembic(self.dialect),
+            "verified_by": self.verified_by,
+            "estimated_only": self.estimated_only,
+            "queries": [
+                {
+                    "query": qa.query.name,
+                    "fingerprint": qa.query.fingerprint,
+                    "sql": qa.query.sql,
+                    "endpoints": list(qa.query.endpoints),
+                    "cost_before": tr.cost_before,
+                    "cost_after": tr.cost_after,
+                    "measured_before_ms": tr.measured_before_ms,
+                    "measured_after_ms": tr.measured_after_ms,
+                    "speedup": _ratio(tr.measured_before_ms, tr.measured_after_ms),
+                    "plan_before": qa.plan.lines() if qa.plan else [],
+                    "plan_after": tr.plan_after.lines() if tr.plan_after else [],
+                }
+                for qa, tr in self.trials
+            ],
+        }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b <= 0:
+        return None
+    return round(a / b, 2)
+
+
+@dataclasses.dataclass
+class IndexNote:
+    """An existing index that is redundant (a prefix of another) or never used."""
+
+    kind: str  # redundant | unused
+    table: str
+    index: str
+    detail: str
+    ddl: str
+
+
+@dataclasses.dataclass
+class Advice:
+    """The advisor's answer for a set of queries."""
+
+    dialect: str
+    queries: list[QueryAdvice]
+    suggestions: list[Suggestion]
+    index_notes: list[IndexNote]
+    notes: list[str]
+
+    def to_dict(self) -> dict[str, t.Any]:
+        return {
+            "schema": "querywatch.advice/1",
+            "dialect": self.dialect,
+            "suggestions": [s.to_dict() for s in self.suggestions],
+            "queries": [
+                {
+                    "query": qa.query.name,
+                    "fingerprint": qa.query.fingerprint,
+                    "sql": qa.query.sql,
+                    "endpoints": list(qa.query.endpoints),
+                    "plan": qa.plan.to_dict() if qa.plan else None,
+                    "plan_lines": qa.plan.lines() if qa.plan else [],
+                    "cost": qa.plan.cost if qa.plan else None,
+                    "measured_ms": qa.measured_ms,
+                    "findings": [dataclasses.asdict(f) for f in qa.findings],
+                    "hints": [dataclasses.asdict(h) for h in qa.hints],
+                    "candidates": [
+                        {
+                            "index": tr.candidate.key_sql(),
+                            "table": tr.candidate.table,
+                            "where": tr.candidate.where,
+                            "cost_before": tr.cost_before,
+                            "cost_after": tr.cost_after,
+                            "used": tr.used,
+                            "improved": tr.improved,
+                            "verified_by": tr.verified_by,
+                            "measured_before_ms": tr.measured_before_ms,
+                            "measured_after_ms": tr.measured_after_ms,
+                            "note": tr.note,
+                        }
+                        for tr in qa.trials
+                    ],
+                    "errors": qa.errors,
+                    "seconds": round(qa.seconds, 4),
+                }
+                for qa in self.queries
+            ],
+            "index_notes": [dataclasses.asdict(n) for n in self.index_notes],
+            "notes": self.notes,
+        }
+
+
+# --- reading the query ------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _TableUse:
+    table: str
+    alias: str
+    eq: list[str] = dataclasses.field(default_factory=list)
+    rng: list[str] = dataclasses.field(default_factory=list)
+    join: list[str] = dataclasses.field(default_factory=list)
+    order: list[str] = dataclasses.field(default_factory=list)
+    group: list[str] = dataclasses.field(default_factory=list)
+    exprs: list[str] = dataclasses.field(default_factory=list)
+    consts: list[str] = dataclasses.field(default_factory=list)
+
+    def add(self, bucket: list[str], key: str) -> None:
+        if key not in bucket:
+            bucket.append(key)
+
+
+@dataclasses.dataclass
+class _Analysis:
+    tree: t.Any
+    tables: dict[str, _TableUse]  # by real table name (lower)
+    #: Per placeholder number: (table, column or expression sql, operator class).
+    placeholders: dict[int, tuple[str, str, str] | None]
+    hints: list[Hint]
+    like_leading: list[tuple[str, str]]  # (table, column) with LIKE '%...'
+    functions: list[tuple[str, str, str]]  # (table, column, expression)
+    has_limit: bool
+    offset: t.Any
+    is_count_star: bool
+    has_where: bool
+
+
+def _flatten_and(node: t.Any) -> list[t.Any]:
+    from sqlglot import exp
+
+    if node is None:
+        return []
+    if isinstance(node, exp.And):
+        return _flatten_and(node.this) + _flatten_and(node.expression)
+    if isinstance(node, exp.Paren):
+        return _flatten_and(node.this)
+    return [node]
+
+
+def _analyse(sql: str, dialect: str, columns_of: t.Callable[[str], set[str]]) -> _Analysis:
+    from sqlglot import exp
+    from sqlglot.optimizer.scope import traverse_scope
+
+    marked, _ = number_placeholders(sql)
+    tree = check_read_only(marked, dialect)
+    out = _Analysis(
+        tree=tree,
+        tables={},
+        placeholders={},
+        hints=[],
+        like_leading=[],
+        functions=[],
+        has_limit=False,
+        offset=None,
+        is_count_star=False,
+        has_where=False,
+    )
+    gen = sqlglot_dialect(dialect)
+
+    for scope in traverse_scope(tree):
+        select = scope.expression
+        if not isinstance(select, exp.Select):
+            continue
+        sources = {
+            alias.lower(): src for alias, src in scope.sources.items() if isinstance(src, exp.Table)
+        }
+        uses: dict[str, _TableUse] = {}
+        for alias, src in sources.items():
+            key = src.name.lower()
+            use = out.tables.setdefault(key, _TableUse(src.name, alias))
+            uses[alias] = use
+
+        def resolve(col: t.Any, _uses: dict[str, _TableUse] = uses) -> _TableUse | None:
+            if not isinstance(col, exp.Column):
+                return None
+            if col.table:
+                return _uses.get(col.table.lower())
+            if len(_uses) == 1:
+                return next(iter(_uses.values()))
+            owners = [u for u in _uses.values() if col.name.lower() in columns_of(u.table)]
+            return owners[0] if len(owners) == 1 else None
+
+        def expr_owner(e: t.Any, _uses: dict[str, _TableUse] = uses) -> _TableUse | None:
+            cols = list(e.find_all(exp.Column))
+            owners = {id(o): o for o in (resolve(c) for c in cols) if o is not None}
+            if (
+                len(cols) >= 1
+                and len(owners) == 1
+                and len(cols) == sum(1 for c in cols if resolve(c) is not None)
+            ):
+                return next(iter(owners.values()))
+            return None
+
+        def strip(e: t.Any) -> str:
+            e2 = e.copy()
+            for c in e2.find_all(exp.Column):
+                c.set("table", None)
+            return str(e2.sql(dialect=gen))
+
+        def note_placeholder(ph: t.Any, target: t.Any, op: str) -> None:
+            if not isinstance(ph, exp.Placeholder) or not ph.name.startswith("qwp"):
+                return
+            num = int(ph.name[3:])
+            owner = expr_owner(target)
+            out.placeholders[num] = (owner.table, strip(target), op) if owner else None
+
+        where = select.args.get("where")
+        conds = _flatten_and(where.this) if where is not None else []
+        if where is not None and scope.is_root:
+            out.has_where = True
+        for join in select.args.get("joins") or []:
+            conds.extend(_flatten_and(join.args.get("on")))
+        for cond in conds:
+            if isinstance(cond, exp.Not) and isinstance(cond.this, exp.In):
+                if cond.this.args.get("query") is not None:
+                    out.hints.append(
+                        Hint(
+                            "not_in_subquery",
+                            f"NOT IN (subquery): {cond.sql(dialect=gen)[:120]}",
+                            "Use NOT EXISTS (SELECT 1 FROM ... WHERE ...): NOT IN with a"
+                            " subquery cannot use an anti-join and returns nothing when the"
+                            " subquery yields a NULL.",
+                        )
+                    )
+                continue
+            if isinstance(cond, exp.Or):
+                cols = {strip(c) for c in cond.find_all(exp.Column)}
+                if len(cols) > 1:
+                    out.hints.append(
+                        Hint(
+                            "or_across_columns",
+                            f"OR across {', '.join(sorted(cols))}: {cond.sql(dialect=gen)[:120]}",
+                            "Split it into a UNION ALL of one query per column (each can"
+                            " use its own index), or make sure each column has an index so"
+                            " the planner can combine them (bitmap OR / index merge).",
+                        )
+                    )
+                continue
+            if isinstance(cond, (exp.Like, exp.ILike)):
+                owner = resolve(cond.this)
+                pattern = cond.expression
+                if owner is not None and isinstance(pattern, exp.Literal) and pattern.is_string:
+                    if pattern.this.startswith(("%", "_")):
+                        out.like_leading.append((owner.table, cond.this.name))
+                    else:
+                        owner.add(owner.rng, cond.this.name)
+                note_placeholder(pattern, cond.this, "like")
+                continue
+            if isinstance(cond, exp.In):
+                owner = resolve(cond.this)
+                if owner is not None and cond.args.get("query") is None:
+                    owner.add(owner.eq, cond.this.name)
+                for e in cond.expressions:
+                    note_placeholder(e, cond.this, "eq")
+                continue
+            if isinstance(cond, exp.Between):
+                owner = resolve(cond.this)
+                if owner is not None:
+                    owner.add(owner.rng, cond.this.name)
+                note_placeholder(cond.args.get("low"), cond.this, "ge")
+                note_placeholder(cond.args.get("high"), cond.this, "le")
+                continue
+            if isinstance(cond, exp.Is) and isinstance(cond.expression, exp.Null):
+                owner = resolve(cond.this)
+                if owner is not None:
+                    owner.add(owner.eq, cond.this.name)
+                continue
+            if not isinstance(cond, (exp.EQ, exp.GT, exp.GTE, exp.LT, exp.LTE)):
+                continue
+            left, right = cond.this, cond.expression
+            if isinstance(left, (exp.Placeholder, exp.Literal)) and not isinstance(
+                right, (exp.Placeholder, exp.Literal)
+            ):
+                left, right = right, left
+            lcol, rcol = resolve(left), resolve(right)
+            op = "eq" if isinstance(cond, exp.EQ) else "range"
+            if lcol is not None and rcol is not None and lcol is not rcol:
+                # A join key: both sides may want an index.
+                lcol.add(lcol.join, left.name)
+                rcol.add(rcol.join, right.name)
+                continue
+            if lcol is not None:
+                if isinstance(right, exp.Literal) and op == "eq":
+                    lit = right.sql(dialect=gen)
+                    lcol.add(lcol.consts, f"{left.name} = {lit}")
+                lcol.add(lcol.eq if op == "eq" else lcol.rng, left.name)
+                note_placeholder(right, left, "eq" if op == "eq" else _range_op(cond))
+                continue
+            owner = expr_owner(left) if not isinstance(left, exp.Column) else None
+            if owner is not None and isinstance(right, (exp.Placeholder, exp.Literal)):
+                text = strip(left)
+                owner.add(owner.exprs, text)
+                for c in left.find_all(exp.Column):
+                    out.functions.append((owner.table, c.name, text))
+                note_placeholder(right, left, "eq" if op == "eq" else _range_op(cond))
+        for o in (select.args.get("order") or exp.Order()).expressions:
+            owner = resolve(o.this)
+            if owner is not None:
+                key = o.this.name + (" DESC" if o.args.get("desc") else "")
+                owner.add(owner.order, key)
+        for g in (select.args.get("group") or exp.Group()).expressions:
+            owner = resolve(g)
+            if owner is not None:
+                owner.add(owner.group, g.name)
+        # Placeholders under OR, CASE or a function: the column they meet, if any.
+        for ph in select.find_all(exp.Placeholder):
+            if not ph.name.startswith("qwp") or int(ph.name[3:]) in out.placeholders:
+                continue
+            parent = ph.parent
+            if isinstance(parent, (exp.Tuple, exp.Paren)):
+                parent = parent.parent
+            if isinstance(parent, (exp.EQ, exp.NEQ, exp.Like, exp.ILike, exp.In)):
+                other = parent.this if parent.this is not ph else parent.expression
+                note_placeholder(ph, other, "eq")
+            elif isinstance(parent, (exp.GT, exp.GTE, exp.LT, exp.LTE)):
+                other = parent.this if parent.this is not ph else parent.expression
+                note_placeholder(ph, other, _range_op(parent))
+        if scope.is_root:
+            limit = select.args.get("limit")
+            offset = select.args.get("offset")
+            out.has_limit = limit is not None
+            if offset is not None:
+                out.offset = offset.expression
+            if limit is not None:
+                note_placeholder(limit.expression, limit, "limit")
+            if offset is not None:
+                note_placeholder(offset.expression, offset, "offset")
+            projections = select.expressions
+            out.is_count_star = (
+                len(projections) == 1
+                and isinstance(projections[0].unalias(), exp.Count)
+                and isinstance(projections[0].unalias().this, exp.Star)
+            )
+            for p in projections:
+                sub = p.find(exp.Subquery)
+                if sub is not None and any(
+                    c.table and c.table.lower() in sources for c in sub.find_all(exp.Column)
+                ):
+                    out.hints.append(
+                        Hint(
+                            "correlated_subquery",
+                            f"A subquery in the select list runs once per row:"
+                            f" {sub.sql(dialect=gen)[:120]}",
+                            "Join the table once (with GROUP BY, or a LATERAL join) instead"
+                            " of a subquery per row.",
+                        )
+                    )
+    return out
+
+
+def _range_op(cond: t.Any) -> str:
+    from sqlglot import exp
+
+    return "ge" if isinstance(cond, (exp.GT, exp.GTE)) else "le"
+
+
+def _candidates(an: _Analysis, dialect: str) -> list[Candidate]:
+    out: list[Candidate] = []
+    seen: set[t.Any] = set()
+
+    def add(c: Candidate) -> None:
+        if c.keys and c.norm not in seen:
+            seen.add(c.norm)
+            out.append(c)
+
+    for use in an.tables.values():
+        tbl = use.table
+        eq = list(use.eq)
+        for col in eq:
+            add(Candidate(tbl, (col,), reason=f"equality on {col}"))
+        for col in use.join:
+            add(Candidate(tbl, (col,), reason=f"join key {col}"))
+            if eq:
+                add(Candidate(tbl, (*eq, col), reason=f"equality on {', '.join(eq)}, join key"))
+        for col in use.rng:
+            add(Candidate(tbl, (col,), reason=f"range on {col}"))
+            if eq:
+                add(
+                    Candidate(
+                        tbl, (*eq, col), reason=f"equality on {', '.join(eq)}, then range {col}"
+                    )
+                )
+        if use.order:
+            plain = [k.split(" ")[0] for k in use.order]
+            dirs = {k.endswith(" DESC") for k in use.order}
+            keys = tuple(plain) if len(dirs) == 1 else tuple(use.order)
+            add(Candidate(tbl, keys, reason=f"ORDER BY {', '.join(use.order)}"))
+            if eq:
+                add(
+                    Candidate(
+                        tbl,
+                        (*eq, *[k for k in keys if k not in eq]),
+                        reason=f"equality on {', '.join(eq)}, then ORDER BY",
+                    )
+                )
+        if use.group:
+            add(Candidate(tbl, tuple(use.group), reason=f"GROUP BY {', '.join(use.group)}"))
+            if eq:
+                add(
+                    Candidate(
+                        tbl,
+                        (*eq, *[g for g in use.group if g not in eq]),
+                        reason=f"equality on {', '.join(eq)}, then GROUP BY",
+                    )
+                )
+        if dialect != "mysql":
+            for e in use.exprs:
+                add(Candidate(tbl, (e,), reason=f"expression {e}"))
+            # Partial: the rest of the equality/order columns, for the rows a constant
+            # selects (a low-cardinality column compared to a literal).
+            for const in use.consts:
+                col = const.split(" = ", 1)[0]
+                rest = [k for k in (*eq, *use.rng) if k != col] or [
+                    k.split(" ")[0] for k in use.order
+                ]
+                if rest:
+                    add(Candidate(tbl, (rest[0],), where=const, reason=f"rows where {const}"))
+    return out
+
+
+# --- the database's indexes --------------------------------------------------------------
+
+
+def _existing_indexes(session: Session, table: str) -> list[tuple[str, tuple[str, ...], bool]]:
+    """(name, normalized keys, partial) of every index on ``table``, primary key included."""
+    d = session.dialect
+    out: list[tuple[str, tuple[str, ...], bool]] = []
+    if d == "sqlite":
+        q = '"' + table.replace('"', '""') + '"'
+        pk = [(r[5], r[1]) for r in session.run(f"PRAGMA table_info({q})") if int(r[5] or 0) > 0]
+        if pk:
+            out.append(("PRIMARY KEY", tuple(_norm_key(c) for _, c in sorted(pk)), False))
+        for row in session.run(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?", (table,)
+        ):
+            name, sql = row[0], row[1]
+            if sql:
+                keys, partial = _parse_index_sql(sql, d)
+            else:
+                cols = session.run(f'PRAGMA index_info("{name}")').all()
+                keys, partial = tuple(_norm_key(str(c[2])) for c in cols), False
+            out.append((name, keys, partial))
+    elif d == "postgresql":
+        for row in session.run(
+            "SELECT i.indexrelid::regclass::text,"
+            " array(SELECT pg_get_indexdef(i.indexrelid, k, true)"
+            "       FROM generate_series(1, i.indnkeyatts) AS k ORDER BY k),"
+            " i.indpred IS NOT NULL"
+            " FROM pg_index i WHERE i.indrelid = to_regclass(%(t)s)",
+            {"t": table},
+        ):
+            out.append((row[0], tuple(_norm_key(k) for k in row[1]), bool(row[2])))
+    else:
+        rows = session.run(
+            "SELECT index_name, seq_in_index, column_name FROM information_schema.statistics"
+            " WHERE table_schema = DATABASE() AND table_name = %(t)s"
+            " ORDER BY index_name, seq_in_index",
+            {"t": table},
+        ).all()
+        by: dict[str, list[str]] = {}
+        for name, _seq, col in rows:
+            by.setdefault(name, []).append(_norm_key(str(col)))
+        out.extend((n, tuple(cols), False) for n, cols in by.items())
+    return out
+
+
+def _parse_index_sql(sql: str, dialect: str) -> tuple[tuple[str, ...], bool]:
+    m = re.search(r"\((.*)\)(\s+WHERE\s+(.*))?\s*$", sql, re.S | re.I)
+    if not m:
+        return (), False
+    inner = m.group(1)
+    parts, depth, cur = [], 0, ""
+    for ch in inner:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    keys = []
+    for p in parts:
+        p = re.sub(r"\s+(ASC|DESC)\s*$", "", p.strip(), flags=re.I)
+        p = re.sub(r"\s+COLLATE\s+\S+$", "", p, flags=re.I)
+        if p.startswith("(") and p.endswith(")"):
+            p = p[1:-1]
+        keys.append(_norm_key(p))
+    return tuple(keys), bool(m.group(2))
+
+
+def _covered(c: Candidate, existing: list[tuple[str, tuple[str, ...], bool]]) -> str | None:
+    keys = tuple(_norm_key(k.split(" ")[0]) if " DESC" in k else _norm_key(k) for k in c.keys)
+    for name, idx_keys, partial in existing:
+        if partial and not c.where:
+            continue
+        if idx_keys[: len(keys)] == keys:
+            return name
+    return None
+
+
+# --- the advisor -------------------------------------------------------------------------
+
+
+class Advisor:
+    """Analyse queries against one database and suggest verified indexes.
+
+    :param database: the application's database (URL or engine).
+    :param allow_ddl: build real candidate indexes (rolled back or dropped again) to
+        verify them where no hypothetical index exists, and to time the query with each.
+        Default: only on SQLite.
+    :param scan_min_rows: a full scan of a table with at least this many rows is a finding.
+    :param timeout: seconds any one statement may take.
+    :param measure: time the queries where DDL is allowed.
+    """
+
+    def __init__(
+        self,
+        database: str | Engine,
+        *,
+        allow_ddl: bool | None = None,
+        scan_min_rows: int = 10_000,
+        timeout: float = 5.0,
+        measure: bool = True,
+    ) -> None:
+        self.explainer = Explainer(database, timeout=timeout)
+        self.dialect = self.explainer.dialect
+        self.allow_ddl = (self.dialect == "sqlite") if allow_ddl is None else allow_ddl
+        self.scan_min_rows = scan_min_rows
+        self.measure = measure
+        self.notes: list[str] = []
+        self._columns: dict[str, set[str]] = {}
+        self._hypopg: bool | None = None
+
+    def close(self) -> None:
+        self.explainer.close()
+
+    def __enter__(self) -> Advisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- entry point ---
+
+    def advise(self, queries: Iterable[QueryInput], *, index_health: bool = True) -> Advice:
+        """Analyse every query; a failure on one is reported on it and the rest go on."""
+        results: list[QueryAdvice] = []
+        for q in queries:
+            qa = QueryAdvice(q)
+            start = time.perf_counter()
+            try:
+                self._advise_one(qa)
+            except QueryWatchError as e:
+                qa.errors.append(str(e))
+            except Exception as e:  # a database or parser surprise: say it, go on
+                first = str(e).splitlines()[0][:300] if str(e) else ""
+                qa.errors.append(f"{type(e).__name__}: {first}")
+            qa.seconds = time.perf_counter() - start
+            results.append(qa)
+        try:
+            self._cross_trials(results)
+        except Exception as e:
+            self.notes.append(f"Candidates were not tried across queries: {e}")
+        suggestions = self._choose(results)
+        notes_idx: list[IndexNote] = []
+        if index_health and any(qa.plan is not None for qa in results):
+            try:
+                notes_idx = self._index_health({u for qa in results for u in self._tables(qa)})
+            except Exception as e:
+                self.notes.append(f"Existing indexes could not be checked: {e}")
+        return Advice(self.dialect, results, suggestions, notes_idx, list(self.notes))
+
+    def _tables(self, qa: QueryAdvice) -> set[str]:
+        if qa.plan is None:
+            return set()
+        return {n.table for n in qa.plan.walk() if n.table}
+
+    # --- one query ---
+
+    def _advise_one(self, qa: QueryAdvice) -> None:
+        q = qa.query
+        check_read_only(number_placeholders(q.sql)[0], self.dialect)  # before connecting
+        with self.explainer.session() as s:
+            an = _analyse(q.sql, self.dialect, lambda tbl: self._columns_of(s, tbl))
+            values = self._values(s, q, an)
+            # Planned with the values drawn from the data, as the app's own calls
+            # would be: a generic plan cannot tell a selective range from a wide one.
+            qa.plan = s.explain(q.sql, q.params, values=self._plan_values(values))
+            qa.hints.extend(an.hints)
+            self._plan_findings(s, qa, an, values)
+            candidates = []
+            for c in _candidates(an, self.dialect):
+                covered = _covered(c, _existing_indexes(s, c.table))
+                if covered is None:
+                    candidates.append(c)
+            if self.dialect == "mysql":
+                for tbl, _col, expr in an.functions:
+                    qa.hints.append(
+                        Hint(
+                            "expression_needs_generated_column",
+                            f"{expr} on {tbl}: MariaDB/MySQL before 8.0.13 cannot index an"
+                            " expression",
+                            f"Add a generated column (ALTER TABLE {tbl} ADD COLUMN"
+                            f" <name> ... AS ({expr}) VIRTUAL, ADD INDEX (<name>)) and"
+                            " compare that column in the query.",
+                        )
+                    )
+            qa.values = values
+        if candidates:
+            self._run_trials(qa, candidates)
+
+    def _verifier(self) -> str | None:
+        """How candidates are verified here: ``hypopg``, ``ddl``, or None (cannot)."""
+        if self.dialect == "postgresql":
+            with self.explainer.session() as s:
+                if self._has_hypopg(s):
+                    return "hypopg"
+        return "ddl" if self.allow_ddl else None
+
+    def _run_trials(self, qa: QueryAdvice, candidates: list[Candidate]) -> None:
+        how = self._verifier()
+        values = qa.values
+        if how is None:
+            names = ", ".join(f"{c.table}({c.key_sql()})" for c in candidates[:5])
+            if self.dialect == "postgresql":
+                why = (
+                    "HypoPG is not installed in this database (CREATE EXTENSION hypopg;"
+                    " Debian/Ubuntu package postgresql-<version>-hypopg)"
+                )
+            else:
+                why = "MariaDB/MySQL cannot evaluate an index without building it"
+            qa.errors.append(
+                f"Candidates not verified: {names}. {why}; rerun with --allow-ddl on a dev"
+                " or CI database or a copy to build each one and roll it back."
+            )
+            return
+        if how == "ddl":
+            for c in candidates:
+                qa.trials.append(self._try_built(qa, c, values))
+            return
+        with self.explainer.session() as s:
+            new = [self._try_hypopg(s, qa, c, values) for c in candidates]
+        qa.trials.extend(new)
+        if self.allow_ddl and self.measure:
+            for tr in new:
+                if tr.improved:
+                    self._measure_built(qa, tr, values)
+
+    def _cross_trials(self, results: list[QueryAdvice]) -> None:
+        """Try each improving index on the other queries that a shorter index of its
+        prefix already helps: one composite index may serve several queries."""
+        improving = {
+            tr.candidate.norm: tr.candidate for qa in results for tr in qa.trials if tr.improved
+        }
+        for qa in results:
+            if qa.plan is None or not qa.trials:
+                continue
+            tried = {tr.candidate.norm for tr in qa.trials}
+            mine = [tr.candidate.norm for tr in qa.trials if tr.improved]
+            extra = [
+                c
+                for norm, c in improving.items()
+                if norm not in tried
+                and any(
+                    m[0] == norm[0] and m[2] == norm[2] and norm[1][: len(m[1])] == m[1]
+                    for m in mine
+                )
+            ]
+            if extra:
+                self._run_trials(qa, extra)
+
+    def _columns_of(self, s: Session, table: str) -> set[str]:
+        key = table.lower()
+        if key not in self._columns:
+            cols: set[str] = set()
+            with contextlib.suppress(Exception), s.savepoint():
+                if self.dialect == "sqlite":
+                    q = '"' + table.replace('"', '""') + '"'
+                    cols = {str(r[1]).lower() for r in s.run(f"PRAGMA table_info({q})")}
+                elif self.dialect == "postgresql":
+                    cols = {
+                        str(r[0]).lower()
+                        for r in s.run(
+                            "SELECT attname FROM pg_attribute WHERE attrelid ="
+                            " to_regclass(%(t)s) AND attnum > 0 AND NOT attisdropped",
+                            {"t": table},
+                        )
+                    }
+                else:
+                    cols = {
+                        str(r[0]).lower()
+                        for r in s.run(
+                            "SELECT column_name FROM information_schema.columns WHERE"
+                            " table_schema = DATABASE() AND table_name = %(t)s",
+                            {"t": table},
+                        )
+                    }
+            self._columns[key] = cols
+        return self._columns[key]
+
+    def _values(self, s: Session, q: QueryInput, an: _Analysis) -> list[t.Any] | None:
+        """Values for a shape's placeholders, drawn from the data: a value the column
+        holds (middle of the table), 20 for a LIMIT, 0 for an OFFSET."""
+        if q.params is not None:
+            return None
+        _, n = number_placeholders(q.sql)
+        if n == 0:
+            return None
+        out: list[t.Any] = []
+        for i in range(1, n + 1):
+            info = an.placeholders.get(i)
+            if info is None:
+                # Unknown type: a string the database converts as the context needs.
+                out.append("1")
+                continue
+            table, target, op = info
+            if op == "limit":
+                out.append(20)
+            elif op == "offset":
+                out.append(0)
+            else:
+                out.append(self._sample(s, table, target, op))
+        return out
+
+    def _plan_values(self, values: list[t.Any] | None) -> list[t.Any] | None:
+        return values
+
+    def _sample(self, s: Session, table: str, target: str, op: str) -> t.Any:
+        """A value ``target`` holds: from the middle of the table for an equality; for a
+        range, one that keeps the newest (or oldest) tenth, as ranges usually do."""
+        rows = s.table_rows(table) or 0
+        quoted = f'"{table}"' if self.dialect != "mysql" else f"`{table}`"
+        order = ""
+        offset = int(rows // 2)
+        if op in ("ge", "le"):
+            order = f" ORDER BY {target}" + (" DESC" if op == "ge" else "")
+            offset = int(rows // 10)
+        sql = (
+            f"SELECT {target} FROM {quoted} WHERE {target} IS NOT NULL{order}"
+            f" LIMIT 1 OFFSET {offset}"
+        )
+        try:
+            with s.savepoint():
+                row = s.run(sql).first()
+                if row is None and offset:
+                    row = s.run(sql.rsplit(" OFFSET", 1)[0]).first()
+        except Exception as e:
+            raise translate_error(e, s) from None
+        return row[0] if row is not None else 1
+
+    # --- findings ---
+
+    def _plan_findings(
+        self, s: Session, qa: QueryAdvice, an: _Analysis, values: list[t.Any] | None
+    ) -> None:
+        plan = qa.plan
+        assert plan is not None
+        big_scans = []
+        for node in plan.walk():
+            full = "full_scan" in node.flags or (
+                self.dialect == "mysql"
+                and "full_index_scan" in node.flags
+                and node.index == "PRIMARY"
+            )
+            if not full or not node.table:
+                continue
+            rows = node.table_rows if node.table_rows is not None else s.table_rows(node.table)
+            if rows is not None and rows >= self.scan_min_rows:
+                big_scans.append((node, rows))
+                qa.findings.append(
+                    PlanFinding(
+                        "full_scan",
+                        node.table,
+                        f"{node.detail}: reads all {rows:,.0f} rows of {node.table}",
+                        "An index on the filtered columns (see the suggestion), or a"
+                        " narrower query.",
+                    )
+                )
+        for node in plan.sorts():
+            rows_in = max([c.rows or 0 for c in node.walk() if c is not node] + [node.rows or 0])
+            if big_scans or rows_in >= self.scan_min_rows:
+                qa.findings.append(
+                    PlanFinding(
+                        "sort_without_index",
+                        None,
+                        f"{node.detail}: rows are sorted after being read",
+                        "An index whose columns follow the WHERE equality columns with the"
+                        " ORDER BY/GROUP BY columns gives the rows in order.",
+                    )
+                )
+        for node in plan.walk():
+            if "temp_table" in node.flags and big_scans:
+                qa.findings.append(
+                    PlanFinding(
+                        "temp_table",
+                        node.table,
+                        f"{node.detail}: an intermediate result is materialized",
+                        "Index the grouping/join columns, or narrow the rows first.",
+                    )
+                )
+        scanned = {n.table.lower() for n, _ in big_scans if n.table}
+        for table, col, expr in an.functions:
+            if table.lower() not in scanned:
+                continue
+            existing = _existing_indexes(s, table)
+            plain = [n for n, keys, _ in existing if keys and keys[0] == _norm_key(col)]
+            if plain and not any(keys and keys[0] == _norm_key(expr) for _, keys, _ in existing):
+                qa.findings.append(
+                    PlanFinding(
+                        "function_on_column",
+                        table,
+                        f"{expr}: the index {plain[0]} on {col} cannot be used through the"
+                        " function",
+                        f"Compare the bare column ({col} = ...), or index the expression ({expr}).",
+                    )
+                )
+        for table, col in an.like_leading:
+            remedy = {
+                "postgresql": (
+                    f"CREATE EXTENSION pg_trgm; CREATE INDEX ... ON {table} USING gin"
+                    f" ({col} gin_trgm_ops)"
+                ),
+                "sqlite": f"an FTS5 virtual table over {table}.{col}",
+                "mysql": f"a FULLTEXT index on {table}({col}) with MATCH ... AGAINST",
+            }[self.dialect]
+            qa.findings.append(
+                PlanFinding(
+                    "leading_wildcard_like",
+                    table,
+                    f"LIKE '%...' on {table}.{col}: no b-tree index can serve a pattern that"
+                    " starts with a wildcard",
+                    f"No b-tree index helps. Use a trigram or full-text index: {remedy}; or"
+                    " search by prefix (LIKE 'abc%').",
+                )
+            )
+        # Rewrite hints that need the plan's evidence.
+        offset = an.offset
+        off_value = None
+        if offset is not None:
+            from sqlglot import exp
+
+            if isinstance(offset, exp.Literal) and offset.is_int:
+                off_value = int(offset.this)
+        if off_value is not None and off_value >= 1000:
+            qa.hints.append(
+                Hint(
+                    "deep_offset",
+                    f"OFFSET {off_value:,}: the database reads and discards {off_value:,} rows",
+                    "Paginate by key (WHERE id > :last_seen_id ORDER BY id LIMIT n).",
+                )
+            )
+        root_scans = [(n, r) for n, r in big_scans]
+        if root_scans and not an.has_limit and not an.is_count_star and not an.has_where:
+            node, rows = root_scans[0]
+            qa.hints.append(
+                Hint(
+                    "unbounded_select",
+                    f"No WHERE and no LIMIT on {node.table} ({rows:,.0f} rows)",
+                    "Paginate (LIMIT with keyset pagination) or select only what the page shows.",
+                )
+            )
+        counted = [u.table for u in an.tables.values()]
+        count_rows = s.table_rows(counted[0]) if len(counted) == 1 else None
+        if an.is_count_star and not an.has_where and (count_rows or 0) >= self.scan_min_rows:
+            assert count_rows is not None
+            per = f", run {qa.query.calls:,} times" if qa.query.calls else ""
+            qa.hints.append(
+                Hint(
+                    "count_large_table",
+                    f"COUNT(*) of {counted[0]} ({count_rows:,.0f} rows){per}",
+                    "Cache the count (@qw.cached), keep a counter table, or use the"
+                    " planner's estimate (pg_class.reltuples) where exactness is not needed.",
+                )
+            )
+
+    # --- verification ---
+
+    def _has_hypopg(self, s: Session) -> bool:
+        if self._hypopg is None:
+            row = s.run("SELECT count(*) FROM pg_extension WHERE extname = 'hypopg'").first()
+            self._hypopg = bool(row and row[0])
+            if not self._hypopg:
+                self.notes.append(
+                    "HypoPG is not installed in this database, so PostgreSQL candidates are"
+                    " verified only with --allow-ddl (CREATE EXTENSION hypopg enables"
+                    " hypothetical indexes; Debian/Ubuntu: postgresql-<version>-hypopg)."
+                )
+        return self._hypopg
+
+    def _judge(
+        self, qa: QueryAdvice, c: Candidate, after: Plan, index_used: t.Callable[[str], bool]
+    ) -> tuple[bool, bool, str]:
+        before = qa.plan
+        assert before is not None
+        used = any(index_used(n.index) for n in after.walk() if n.index)
+        if not used:
+            return False, False, "the planner did not use it"
+        if self.dialect != "sqlite" and before.cost is not None and after.cost is not None:
+            improved = after.cost <= before.cost * (1 - MIN_COST_FALL)
+            note = f"estimated cost {before.cost:,.1f} -> {after.cost:,.1f}"
+            if not improved:
+                note += " (falls by less than half)"
+            return used, improved, note
+        # SQLite: no cost. A full scan of the table or a sort must give way to the index.
+        tbl = c.table.lower()
+        scan_before = any(
+            n.table and n.table.lower() == tbl and "full_scan" in n.flags for n in before.walk()
+        )
+        scan_after = any(
+            n.table and n.table.lower() == tbl and "full_scan" in n.flags for n in after.walk()
+        )
+        sorts_before, sorts_after = len(before.sorts()), len(after.sorts())
+        searched = any(
+            n.table
+            and n.table.lower() == tbl
+            and "index_search" in n.flags
+            and index_used(n.index or "")
+            for n in after.walk()
+        )
+        rows = ""
+        if before.cost is not None and after.cost is not None:
+            rows = f" (estimated rows read {before.cost:,.0f} -> {after.cost:,.0f})"
+        if scan_before and not scan_after and searched:
+            return used, True, "a full scan becomes an index search" + rows
+        if sorts_after < sorts_before and not (scan_after and not scan_before):
+            return used, True, "the sort is gone: the index gives the order" + rows
+        return used, False, "the plan is no better (the scan or the sort remains)" + rows
+
+    def _try_hypopg(
+        self, s: Session, qa: QueryAdvice, c: Candidate, values: list[t.Any] | None
+    ) -> Trial:
+        before = qa.plan
+        assert before is not None
+        try:
+            row = s.run(
+                "SELECT indexrelid FROM hypopg_create_index(%(d)s)", {"d": c.ddl("postgresql")}
+            ).first()
+            oid = int(row[0]) if row else -1
+            try:
+                after = s.explain(qa.query.sql, qa.query.params, values=self._plan_values(values))
+            finally:
+                s.run("SELECT hypopg_reset()")
+        except Exception as e:
+            return Trial(c, before.cost, None, None, False, False, "hypopg", f"failed: {e}")
+        used, improved, note = self._judge(qa, c, after, lambda name: name.startswith(f"<{oid}>"))
+        return Trial(c, before.cost, after.cost, after, used, improved, "hypopg", note)
+
+    @contextlib.contextmanager
+    def _built(self, s: Session, c: Candidate) -> t.Iterator[str]:
+        """The candidate as a real index, gone again when the block ends."""
+        name = c.name("qw_candidate")
+        if self.dialect == "mysql":
+            with contextlib.suppress(Exception):
+                s.run(f"DROP INDEX {name} ON {c.table}")
+            s.run(c.ddl("mysql", name=name))
+            try:
+                yield name
+            finally:
+                s.run(f"DROP INDEX {name} ON {c.table}")
+        else:
+            with s.savepoint():
+                s.run(c.ddl(self.dialect, name=name))
+                if self.dialect == "sqlite":
+                    s.run(f"ANALYZE {name}")
+                yield name
+
+    def _time(self, s: Session, qa: QueryAdvice, values: list[t.Any] | None) -> float | None:
+        q = qa.query
+        if q.params is not None:
+            sql, params = q.sql, q.params
+        else:
+            marked, n = number_placeholders(q.sql)
+            if n and values is None:
+                return None
+            if n:
+                assert values is not None
+                style = "named" if self.dialect == "sqlite" else "pyformat"
+                sql = render_placeholders(marked, style, escape_percent=style == "pyformat")
+                params = {f"qwp{i + 1}": values[i] for i in range(n)}
+            else:
+                sql, params = q.sql, None
+        check_read_only(q.sql, self.dialect)
+        best = None
+        for _ in range(TIMING_RUNS):
+            t0 = time.perf_counter()
+            s.run(sql, params).fetchall()
+            dt_ = time.perf_counter() - t0
+            best = dt_ if best is None else min(best, dt_)
+        return None if best is None else round(best * 1000.0, 3)
+
+    def _try_built(self, qa: QueryAdvice, c: Candidate, values: list[t.Any] | None) -> Trial:
+        before = qa.plan
+        assert before is not None
+        how = "built and dropped" if self.dialect == "mysql" else "built and rolled back"
+        try:
+            with self.explainer.session(writable=True) as s:
+                measured_before = None
+                if self.measure:
+                    measured_before = qa.measured_ms = qa.measured_ms or self._time(s, qa, values)
+                with self._built(s, c) as name:
+                    after = s.explain(
+                        qa.query.sql, qa.query.params, values=self._plan_values(values)
+                    )
+                    used, improved, note = self._judge(
+                        qa, c, after, lambda n: n.lower() == name.lower()
+                    )
+                    measured_after = (
+                        self._time(s, qa, values) if (improved and self.measure) else None
+                    )
+                    improved, note = _confirm(improved, note, measured_before, measured_after)
+        except ExplainError as e:
+            return Trial(c, before.cost, None, None, False, False, how, f"failed: {e}")
+        except Exception as e:
+            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            return Trial(c, before.cost, None, None, False, False, how, f"failed: {first}")
+        return Trial(
+            c,
+            before.cost,
+            after.cost,
+            after,
+            used,
+            improved,
+            how,
+            note,
+            measured_before,
+            measured_after,
+        )
+
+    def _measure_built(self, qa: QueryAdvice, tr: Trial, values: list[t.Any] | None) -> None:
+        try:
+            with self.explainer.session(writable=True) as s:
+                if qa.measured_ms is None:
+                    qa.measured_ms = self._time(s, qa, values)
+                tr.measured_before_ms = qa.measured_ms
+                with self._built(s, tr.candidate):
+                    tr.measured_after_ms = self._time(s, qa, values)
+                tr.improved, tr.note = _confirm(
+                    tr.improved, tr.note, tr.measured_before_ms, tr.measured_after_ms
+                )
+        except Exception as e:
+            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            tr.note += f"; not timed: {first}"
+
+    # --- choosing ---
+
+    def _choose(self, results: list[QueryAdvice]) -> list[Suggestion]:
+        """The smallest set of verified candidates that serves every improved query,
+        taken greedily: most queries served first; among those, the fewest columns,
+        unless a longer index clearly beats it (see :func:`_beats`)."""
+        serves: dict[t.Any, list[tuple[QueryAdvice, Trial]]] = {}
+        cands: dict[t.Any, Candidate] = {}
+        for qa in results:
+            for tr in qa.trials:
+                if tr.improved:
+                    key = tr.candidate.norm
+                    serves.setdefault(key, []).append((qa, tr))
+                    cands.setdefault(key, tr.candidate)
+        uncovered = {id(qa) for items in serves.values() for qa, _ in items}
+        chosen: list[Suggestion] = []
+        while uncovered:
+            live = {
+                k: {id(qa): tr for qa, tr in items if id(qa) in uncovered}
+                for k, items in serves.items()
+            }
+            most = max((len(v) for v in live.values()), default=0)
+            if most == 0:
+                break
+            top = sorted(
+                (k for k, v in live.items() if len(v) == most),
+                key=lambda k: (len(cands[k].keys), cands[k].key_sql()),
+            )
+            best = top[0]
+            for k in top[1:]:
+                if _beats(live[k], live[best]):
+                    best = k
+            items = [(qa, tr) for qa, tr in serves.pop(best) if id(qa) in uncovered]
+            chosen.append(Suggestion(cands[best], self.dialect, items, items[0][1].verified_by))
+            uncovered -= {id(qa) for qa, _ in items}
+        return chosen
+
+    # --- existing indexes ---
+
+    def _index_health(self, tables: set[str]) -> list[IndexNote]:
+        notes: list[IndexNote] = []
+        with self.explainer.session() as s:
+            for table in sorted(tables):
+                existing = _existing_indexes(s, table)
+                for name, keys, partial in existing:
+                    if partial or name in ("PRIMARY KEY", "PRIMARY") or not keys:
+                        continue
+                    for other, okeys, opartial in existing:
+                        if other == name or opartial or len(okeys) <= len(keys):
+                            continue
+                        if okeys[: len(keys)] == keys and not _is_unique(s, name):
+                            drop = (
+                                f"DROP INDEX {name} ON {table}"
+                                if self.dialect == "mysql"
+                                else f"DROP INDEX {name}"
+                            )
+                            notes.append(
+                                IndexNote(
+                                    "redundant",
+                                    table,
+                                    name,
+                                    f"{name} ({', '.join(keys)}) is a prefix of {other}"
+                                    f" ({', '.join(okeys)}), which serves the same lookups.",
+                                    drop,
+                                )
+                            )
+                            break
+            if self.dialect == "postgresql":
+                for row in s.run(
+                    "SELECT s.relname, s.indexrelname, s.idx_scan"
+                    " FROM pg_stat_user_indexes s JOIN pg_index i USING (indexrelid)"
+                    " WHERE s.idx_scan = 0 AND NOT i.indisunique AND NOT i.indisprimary"
+                    " ORDER BY s.relname, s.indexrelname"
+                ):
+                    if row[0] in tables:
+                        notes.append(
+                            IndexNote(
+                                "unused",
+                                row[0],
+                                row[1],
+                                f"{row[1]} has not been used since the statistics were last"
+                                " reset (pg_stat_user_indexes.idx_scan = 0): check replicas,"
+                                " then drop it to speed up writes.",
+                                f"DROP INDEX CONCURRENTLY IF EXISTS {row[1]}",
+                            )
+                        )
+        return notes
+
+
+def _beats(longer: dict[int, Trial], shorter: dict[int, Trial]) -> bool:
+    """Whether an index with more columns is worth them over one with fewer, serving the
+    same queries: no worse on any query and clearly better on one, by the clock where
+    both were timed past :data:`MIN_TIMED_MS` (10% faster), else by the estimate (half
+    the cost)."""
+    clearly = False
+    for q, a in longer.items():
+        b = shorter[q]
+        if (
+            a.measured_after_ms is not None
+            and b.measured_after_ms is not None
+            and max(a.measured_after_ms, b.measured_after_ms) >= MIN_TIMED_MS
+        ):
+            x, y, margin = a.measured_after_ms, b.measured_after_ms, 1.1
+        elif a.cost_after is not None and b.cost_after is not None:
+            x, y, margin = a.cost_after, b.cost_after, 2.0
+        else:
+            return False
+        if x > y * 1.05:
+            return False
+        if x * margin <= y:
+            clearly = True
+    return clearly
+
+
+#: Where the query could be timed, an index must make it at least this much faster.
+MIN_MEASURED_SPEEDUP = 1.25
+#: Queries faster than this are not judged by the clock.
+MIN_TIMED_MS = 2.0
+
+
+def _confirm(
+    improved: bool, note: str, before_ms: float | None, after_ms: float | None
+) -> tuple[bool, str]:
+    """An estimate that the clock contradicts does not stand."""
+    if not improved or before_ms is None or after_ms is None or before_ms < MIN_TIMED_MS:
+        # Below a couple of milliseconds the clock measures the machine, not the plan.
+        return improved, note
+    if after_ms * MIN_MEASURED_SPEEDUP > before_ms:
+        return False, (
+            f"{note}; but measured {before_ms:.2f} -> {after_ms:.2f} ms, not faster enough"
+        )
+    return True, f"{note}; measured {before_ms:.2f} -> {after_ms:.2f} ms"
+
+
+def _is_unique(s: Session, name: str) -> bool:
+    with contextlib.suppress(Exception):
+        if s.dialect == "sqlite":
+            row = s.run("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).first()
+            return bool(row and row[0] and "UNIQUE" in str(row[0]).upper())
+        if s.dialect == "postgresql":
+            row = s.run(
+                "SELECT indisunique FROM pg_index WHERE indexrelid = to_regclass(%(n)s)",
+                {"n": name},
+            ).first()
+            return bool(row and row[0])
+        row = s.run(
+            "SELECT min(non_unique) FROM information_schema.statistics"
+            " WHERE table_schema = DATABASE() AND index_name = %(n)s",
+            {"n": name},
+        ).first()
+        return bool(row and row[0] == 0)
+    return False
+
+
+def advise_sql(
+    database: str | Engine,
+    statements: Sequence[str],
+    **kw: t.Any,
+) -> Advice:
+    """Advise on literal SQL statements (``querywatch advise --sql``)."""
+    with Advisor(database, **kw) as adv:
+        return adv.advise(QueryInput(sql) for sql in statements)

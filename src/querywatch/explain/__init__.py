@@ -1,0 +1,463 @@
+"""EXPLAIN, safely, on SQLite, PostgreSQL and MariaDB/MySQL, into one plan model.
+
+Only a read-only ``SELECT`` (or ``WITH ... SELECT``) is ever explained: the statement is
+parsed with sqlglot first, and anything else (a write, a data-modifying CTE, ``SELECT ...
+FOR UPDATE``, ``SELECT ... INTO``, several statements) is refused with
+:class:`~querywatch.exceptions.UnsafeStatementError` before a connection is opened. The
+statement then runs on a connection of its own, inside a read-only transaction (SQLite:
+``PRAGMA query_only``) with a statement timeout, and the transaction is rolled back.
+``EXPLAIN ANALYZE`` (which runs the statement) is used only when asked for.
+
+A statement may come with its real parameters (the app's own paramstyle), or as a
+*shape* whose placeholders (``?``, ``%s``, ``:name``, ``$1``) have no values: then
+PostgreSQL plans it generically (``GENERIC_PLAN`` from version 16, else a prepared
+statement under ``plan_cache_mode = force_generic_plan``), SQLite plans it before any
+value is bound, and MariaDB/MySQL, which plan only with values, take the ``values`` the
+caller drew from the data (see :func:`querywatch.advisor.sample_values`).
+
+.. code-block:: python
+
+    with Explainer("postgresql+psycopg://localhost/shop") as ex:
+        plan = ex.explain("SELECT * FROM orders WHERE customer_email = ?")
+        plan.full_scans()  # [PlanNode(operation='Seq Scan', table='orders', ...)]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+import time
+import typing as t
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from ..capture import IGNORE_OPTION
+from ..exceptions import ExplainError
+from ..exceptions import UnsafeStatementError
+
+if t.TYPE_CHECKING:
+    from collections.abc import Iterator
+    from collections.abc import Sequence
+
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.engine import Engine
+
+__all__ = [
+    "FLAGS",
+    "Explainer",
+    "Plan",
+    "PlanNode",
+    "Session",
+    "check_read_only",
+    "number_placeholders",
+]
+
+#: The flags a plan node may carry.
+FLAGS = frozenset(
+    {
+        "full_scan",  # every row of a table is read
+        "full_index_scan",  # every entry of an index is read (in index order)
+        "index_search",  # an index narrows the rows read
+        "temp_sort",  # rows are sorted after being read (no index gives the order)
+        "filesort",  # MariaDB/MySQL's name for temp_sort
+        "temp_table",  # an intermediate result is materialized
+        "temp_index",  # the database builds a throwaway index per query (SQLite)
+    }
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanNode:
+    """One step of a plan, in the same terms on every database."""
+
+    #: The database's own name for the step: ``Seq Scan``, ``SCAN``, ``ALL``...
+    operation: str
+    #: The table read, when the step reads one (the real name, not an alias).
+    table: str | None = None
+    #: The index used, when one is.
+    index: str | None = None
+    #: Estimated rows the step returns (PostgreSQL, MariaDB), or reads (SQLite scans).
+    rows: float | None = None
+    #: Estimated cost (PostgreSQL: total cost; MariaDB: rows examined).
+    cost: float | None = None
+    flags: frozenset[str] = frozenset()
+    #: The database's own words for the step.
+    detail: str = ""
+    children: tuple[PlanNode, ...] = ()
+    #: Rows in the table read (from the database's statistics), for scans.
+    table_rows: float | None = None
+
+    def walk(self) -> Iterator[PlanNode]:
+        yield self
+        for c in self.children:
+            yield from c.walk()
+
+    def to_dict(self) -> dict[str, t.Any]:
+        return {
+            "operation": self.operation,
+            "table": self.table,
+            "index": self.index,
+            "rows": self.rows,
+            "cost": self.cost,
+            "flags": sorted(self.flags),
+            "detail": self.detail,
+            "table_rows": self.table_rows,
+            "children": [c.to_dict() for c in self.children],
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A statement's plan: its steps, total estimated cost and what it was made from."""
+
+    dialect: str
+    nodes: tuple[PlanNode, ...]
+    #: Estimated total cost; None on SQLite, whose planner does not expose one.
+    cost: float | None
+    #: Planned without real parameter values.
+    generic: bool
+    #: The database's own output (JSON document or rows), for those who want it all.
+    raw: t.Any = None
+    #: True when the statement was run (``EXPLAIN ANALYZE``).
+    analyzed: bool = False
+
+    def walk(self) -> Iterator[PlanNode]:
+        for n in self.nodes:
+            yield from n.walk()
+
+    @property
+    def flags(self) -> frozenset[str]:
+        return frozenset(f for n in self.walk() for f in n.flags)
+
+    def full_scans(self) -> list[PlanNode]:
+        return [n for n in self.walk() if "full_scan" in n.flags]
+
+    def indexes_used(self) -> set[str]:
+        return {n.index for n in self.walk() if n.index}
+
+    def searched_tables(self) -> set[str]:
+        """Tables read through an index that narrows the rows."""
+        return {n.table for n in self.walk() if n.table and "index_search" in n.flags}
+
+    def sorts(self) -> list[PlanNode]:
+        return [n for n in self.walk() if n.flags & {"temp_sort", "filesort"}]
+
+    def lines(self) -> list[str]:
+        """The plan as indented lines, for people."""
+        out: list[str] = []
+
+        def visit(node: PlanNode, depth: int) -> None:
+            text = node.detail or node.operation
+            extra = []
+            if node.rows is not None:
+                extra.append(f"rows={node.rows:,.0f}")
+            if node.cost is not None:
+                extra.append(f"cost={node.cost:,.2f}")
+            out.append("  " * depth + text + (f"  ({', '.join(extra)})" if extra else ""))
+            for c in node.children:
+                visit(c, depth + 1)
+
+        for n in self.nodes:
+            visit(n, 0)
+        return out
+
+    def to_dict(self) -> dict[str, t.Any]:
+        return {
+            "dialect": self.dialect,
+            "cost": self.cost,
+            "generic": self.generic,
+            "analyzed": self.analyzed,
+            "flags": sorted(self.flags),
+            "nodes": [n.to_dict() for n in self.nodes],
+        }
+
+
+# --- what may be explained --------------------------------------------------------------
+
+_SQLGLOT_DIALECTS = {"sqlite": "sqlite", "postgresql": "postgres", "mysql": "mysql"}
+
+
+def sqlglot_dialect(dialect: str) -> str:
+    return _SQLGLOT_DIALECTS.get(dialect, "")
+
+
+def check_read_only(sql: str, dialect: str = "") -> t.Any:
+    """Parse ``sql`` and return its sqlglot tree if it is one read-only ``SELECT``;
+    raise :class:`UnsafeStatementError` (or :class:`ExplainError` when it does not
+    parse) otherwise."""
+    import sqlglot
+    from sqlglot import exp
+    from sqlglot.errors import ParseError
+
+    marked, _ = number_placeholders(sql)
+    try:
+        trees = [tr for tr in sqlglot.parse(marked, read=sqlglot_dialect(dialect) or None) if tr]
+    except ParseError as e:
+        first = str(e).splitlines()[0][:200]
+        msg = f"The statement could not be parsed ({first}); it was not explained."
+        raise ExplainError(msg) from None
+    if len(trees) != 1:
+        msg = f"Expected one statement, got {len(trees)}; only a single SELECT is explained."
+        raise UnsafeStatementError(msg)
+    tree = trees[0]
+    statements = (exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Create, exp.Drop)
+    if not isinstance(tree, (exp.Query, *statements, exp.Alter, exp.Command, exp.Set)):
+        msg = "The statement could not be parsed as SQL; it was not explained."
+        raise ExplainError(msg)
+    if not isinstance(tree, exp.Query):
+        kind = type(tree).__name__.upper()
+        msg = (
+            f"Only SELECT and WITH ... SELECT are explained; this is {kind}."
+            " A write is never explained nor run."
+        )
+        raise UnsafeStatementError(msg)
+    for node in tree.walk():
+        if isinstance(node, (exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Create)):
+            msg = (
+                "The statement writes (a data-modifying WITH or subquery):"
+                " it is never explained nor run."
+            )
+            raise UnsafeStatementError(msg)
+        if isinstance(node, exp.Select):
+            if node.args.get("locks"):
+                msg = "SELECT ... FOR UPDATE/SHARE takes row locks: it is never explained."
+                raise UnsafeStatementError(msg)
+            if node.args.get("into"):
+                msg = "SELECT ... INTO creates a table: it is never explained."
+                raise UnsafeStatementError(msg)
+    return tree
+
+
+# --- placeholders -----------------------------------------------------------------------
+
+_TOKEN_RE = re.compile(
+    r"""
+    (?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))
+    |(?P<dollar>\$(?P<tag>(?:[^\W\d]\w*)?)\$.*?\$(?P=tag)\$)
+    |(?P<string>[eEbBxXnNuU]?'(?:[^'\\]|''|\\.)*')
+    |(?P<qident>"(?:[^"]|"")*"|`(?:[^`]|``)*`)
+    |(?P<param>\?|%s|%\([^)]*\)s|(?<![:\w]):[^\W\d]\w*|\$\d+)
+    |(?P<cast>::)
+    |(?P<other>[^'"`$?%:\-/]+|.)
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+
+MARKER = "qwp"
+
+
+def number_placeholders(sql: str) -> tuple[str, int]:
+    """Rewrite every placeholder (any paramstyle) as ``:qwp1``, ``:qwp2``... in text
+    order; returns the text and how many there were. A repeated ``:name`` or ``$1`` gets
+    a number each time it appears."""
+    out: list[str] = []
+    n = 0
+    for m in _TOKEN_RE.finditer(sql):
+        if m.lastgroup == "param":
+            n += 1
+            out.append(f":{MARKER}{n}")
+        else:
+            out.append(m.group(0))
+    return "".join(out), n
+
+
+_MARKER_RE = re.compile(r":qwp(\d+)\b")
+
+
+def render_placeholders(marked: str, style: str, *, escape_percent: bool) -> str:
+    """Turn ``:qwpN`` markers into ``style`` (``named`` ``:qwpN``, ``pyformat``
+    ``%(qwpN)s``, ``numeric_dollar`` ``$N``, ``literal`` left to the caller)."""
+    out: list[str] = []
+    for m in _TOKEN_RE.finditer(marked):
+        tok = m.group(0)
+        if m.lastgroup == "param" and _MARKER_RE.fullmatch(tok):
+            num = tok[len(MARKER) + 1 :]
+            if style == "named":
+                out.append(tok)
+            elif style == "pyformat":
+                out.append(f"%({MARKER}{num})s")
+            elif style == "numeric_dollar":
+                out.append(f"${num}")
+            else:  # pragma: no cover - programming error
+                raise ValueError(style)
+        elif escape_percent:
+            out.append(tok.replace("%", "%%"))
+        else:
+            out.append(tok)
+    return "".join(out)
+
+
+# --- sessions ---------------------------------------------------------------------------
+
+
+class Session:
+    """A connection of its own, in one transaction that is always rolled back.
+
+    ``writable`` sessions (for verifying an index by creating it) are not read-only;
+    the statements explained in them are still checked to be read-only SELECTs.
+    """
+
+    def __init__(self, explainer: Explainer, conn: Connection, *, writable: bool) -> None:
+        self.explainer = explainer
+        self.conn = conn
+        self.dialect = explainer.dialect
+        self.writable = writable
+        self.module = explainer.module
+        self._table_rows: dict[str, float | None] = {}
+
+    def explain(
+        self,
+        sql: str,
+        params: t.Any = None,
+        *,
+        values: Sequence[t.Any] | None = None,
+        analyze: bool = False,
+    ) -> Plan:
+        """Explain one read-only SELECT.
+
+        :param params: the statement's real parameters, in the driver's paramstyle.
+        :param values: values for the placeholders of a shape, in text order; without
+            them the statement is planned generically where the database can.
+        :param analyze: run the statement (``EXPLAIN ANALYZE``); read-only SELECTs only.
+        """
+        check_read_only(sql, self.dialect)
+        if analyze and not self.explainer.allow_analyze:
+            msg = "EXPLAIN ANALYZE runs the statement; pass allow_analyze=True to use it."
+            raise UnsafeStatementError(msg)
+        plan: Plan = self.module.explain(self, sql, params, values, analyze)
+        return plan
+
+    def table_rows(self, table: str) -> float | None:
+        """Rows in ``table`` by the database's statistics (cached per session)."""
+        if table not in self._table_rows:
+            try:
+                with self.savepoint():
+                    self._table_rows[table] = self.module.table_rows(self, table)
+            except Exception:
+                self._table_rows[table] = None
+        return self._table_rows[table]
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Undo whatever the block did (an index built, a failed statement) when it ends.
+        (MariaDB/MySQL: DDL commits there, so the block must undo its own DDL.)"""
+        if self.dialect == "mysql":
+            with self.module.savepoint(self):
+                yield
+            return
+        self.run("SAVEPOINT qw_sp")
+        try:
+            yield
+        finally:
+            self.run("ROLLBACK TO SAVEPOINT qw_sp")
+            self.run("RELEASE SAVEPOINT qw_sp")
+
+    def run(self, sql: str, params: t.Any = None) -> t.Any:
+        """Run ``sql`` on the session's connection; without ``params`` the text goes to
+        the driver as is (no ``%`` formatting)."""
+        if params:
+            return self.conn.exec_driver_sql(sql, params)
+        return self.conn.exec_driver_sql(sql, execution_options={"no_parameters": True})
+
+
+class Explainer:
+    """Explains statements on one database, each session on a connection of its own.
+
+    :param url: the database (a URL or an engine, whose URL is reused; the explainer
+        never borrows the app's pooled connections).
+    :param timeout: seconds any one statement may take before the database stops it.
+    :param allow_analyze: permit ``EXPLAIN ANALYZE`` of read-only SELECTs.
+    """
+
+    def __init__(
+        self,
+        url: str | Engine,
+        *,
+        timeout: float = 5.0,
+        allow_analyze: bool = False,
+    ) -> None:
+        if not isinstance(url, str):
+            sa_url = url.url
+        else:
+            try:
+                sa_url = make_url(url)
+            except Exception:
+                msg = f"{url!r} is not a database URL (e.g. 'postgresql+psycopg://host/db')."
+                raise ExplainError(msg) from None
+        self.url = sa_url
+        name = sa_url.get_backend_name()
+        if name == "mariadb":
+            name = "mysql"
+        if name == "sqlite" and sa_url.database in (None, "", ":memory:"):
+            msg = (
+                "An in-memory SQLite database cannot be explained from another connection;"
+                " use a database file."
+            )
+            raise ExplainError(msg)
+        from . import mysql
+        from . import postgresql
+        from . import sqlite
+
+        modules = {"sqlite": sqlite, "postgresql": postgresql, "mysql": mysql}
+        if name not in modules:
+            msg = f"EXPLAIN is supported on SQLite, PostgreSQL and MariaDB/MySQL, not {name!r}."
+            raise ExplainError(msg)
+        self.dialect = name
+        self.module: t.Any = modules[name]
+        self.timeout = timeout
+        self.allow_analyze = allow_analyze
+        options: dict[str, t.Any] = {"poolclass": NullPool}
+        if name == "sqlite":
+            options["connect_args"] = {"timeout": timeout}
+        self.engine = create_engine(sa_url, **options).execution_options(
+            isolation_level="AUTOCOMMIT", **{IGNORE_OPTION: True}
+        )
+        self._server: t.Any = None
+
+    def __enter__(self) -> Explainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def session(self, *, writable: bool = False) -> Iterator[Session]:
+        """A connection in one transaction (read-only unless ``writable``), rolled back
+        at the end whatever happens."""
+        try:
+            conn = self.engine.connect()
+        except Exception as e:
+            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            msg = f"Could not connect to {self.url.render_as_string()!r}: {first}"
+            raise ExplainError(msg) from None
+        try:
+            session = Session(self, conn, writable=writable)
+            self.module.begin(session, self.timeout)
+            try:
+                yield session
+            finally:
+                with contextlib.suppress(Exception):
+                    self.module.end(session)
+        finally:
+            conn.close()
+
+    def explain(self, sql: str, params: t.Any = None, **kw: t.Any) -> Plan:
+        """Explain one statement in a session of its own."""
+        with self.session() as s:
+            return s.explain(sql, params, **kw)
+
+
+def deadline_handler(timeout: float) -> t.Callable[[], int]:
+    """A SQLite progress handler that interrupts a statement after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+
+    def handler() -> int:
+        return 1 if time.monotonic() > end else 0
+
+    return handler

@@ -1,0 +1,226 @@
+"""MariaDB and MySQL: ``EXPLAIN FORMAT=JSON``.
+
+Both plan only with values, so a shape's placeholders take the values the caller gives
+(drawn from the data by the advisor); without them the shape is refused with a message.
+The estimated cost is the optimizer's ``Last_query_cost`` (MariaDB) or
+``cost_info.query_cost`` (MySQL). Sessions run in ``START TRANSACTION READ ONLY`` with
+``max_statement_time`` (MariaDB) or ``max_execution_time`` (MySQL). DDL is not
+transactional here: a writable session runs in autocommit, and whoever builds an index in
+it drops it again (see :mod:`querywatch.advisor`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import typing as t
+
+from ..exceptions import ExplainError
+from . import Plan
+from . import PlanNode
+from . import number_placeholders
+from . import render_placeholders
+from .names import alias_map
+from .names import translate_error
+
+if t.TYPE_CHECKING:
+    from . import Session
+
+_FULL = {"ALL", "hash_ALL"}
+_FULL_INDEX = {"index", "hash_index"}
+
+
+def is_mariadb(session: Session) -> bool:
+    v = getattr(session.explainer, "_mysql_is_mariadb", None)
+    if v is None:
+        row = session.run("SELECT VERSION()").first()
+        v = "mariadb" in str(row[0]).lower() if row else False
+        session.explainer._mysql_is_mariadb = v  # type: ignore[attr-defined]
+    return bool(v)
+
+
+def begin(session: Session, timeout: float) -> None:
+    if is_mariadb(session):
+        session.run(f"SET SESSION max_statement_time = {timeout:.3f}")
+    else:
+        session.run(f"SET SESSION max_execution_time = {max(1, int(timeout * 1000))}")
+    if not session.writable:
+        session.run("START TRANSACTION READ ONLY")
+
+
+def end(session: Session) -> None:
+    if not session.writable:
+        session.run("ROLLBACK")
+
+
+@contextlib.contextmanager
+def savepoint(session: Session) -> t.Iterator[None]:
+    # An error does not abort a MariaDB transaction, and a writable session has none.
+    yield
+
+
+def explain(
+    session: Session,
+    sql: str,
+    params: t.Any,
+    values: t.Sequence[t.Any] | None,
+    analyze: bool,
+) -> Plan:
+    head = "EXPLAIN FORMAT=JSON "
+    if analyze:
+        if not is_mariadb(session):
+            msg = "EXPLAIN ANALYZE on MySQL has no JSON form; use MariaDB or time the query."
+            raise ExplainError(msg)
+        head = "ANALYZE FORMAT=JSON "
+    try:
+        if params is not None:
+            doc = session.run(head + sql, params).scalar()
+            text = sql
+        else:
+            marked, n = number_placeholders(sql)
+            if n and values is None:
+                msg = (
+                    "MariaDB and MySQL plan a statement only with values for its"
+                    f" {n} placeholder(s); give values (querywatch advise draws them from"
+                    " the data)."
+                )
+                raise ExplainError(msg)
+            if n:
+                assert values is not None
+                text = render_placeholders(marked, "pyformat", escape_percent=True)
+                bound = {f"qwp{i + 1}": values[i] for i in range(n)}
+                doc = session.run(head + text, bound).scalar()
+            else:
+                text = sql
+                doc = session.run(head + sql).scalar()
+        cost_row = session.run("SHOW SESSION STATUS LIKE 'Last_query_cost'").first()
+    except ExplainError:
+        raise
+    except Exception as e:
+        raise translate_error(e, session) from None
+    data = json.loads(doc) if isinstance(doc, (str, bytes)) else doc
+    aliases = alias_map(text if params is not None else sql, "mysql")
+    nodes = tuple(_walk(session, data.get("query_block", data), aliases))
+    cost: float | None = None
+    qcost = data.get("query_block", {}).get("cost_info", {}).get("query_cost")
+    if qcost is not None:
+        cost = float(qcost)
+    elif cost_row is not None and float(cost_row[1]) > 0:
+        cost = float(cost_row[1])
+    return Plan(
+        dialect="mysql",
+        nodes=nodes,
+        cost=cost,
+        generic=False,
+        raw=data,
+        analyzed=analyze,
+    )
+
+
+def _walk(session: Session, obj: t.Any, aliases: dict[str, str]) -> list[PlanNode]:
+    """Plan nodes from a MariaDB/MySQL JSON plan fragment."""
+    out: list[PlanNode] = []
+    if isinstance(obj, list):
+        for item in obj:
+            out.extend(_walk(session, item, aliases))
+        return out
+    if not isinstance(obj, dict):
+        return out
+    for key, value in obj.items():
+        if key == "table" and isinstance(value, dict):
+            out.append(_table_node(session, value, aliases))
+        elif key == "filesort" and isinstance(value, dict):
+            out.append(
+                PlanNode(
+                    operation="filesort",
+                    flags=frozenset({"filesort", "temp_sort"}),
+                    detail=f"filesort ({value.get('sort_key', '')})",
+                    children=tuple(_walk(session, value, aliases)),
+                )
+            )
+        elif key == "temporary_table" and isinstance(value, dict):
+            out.append(
+                PlanNode(
+                    operation="temporary table",
+                    flags=frozenset({"temp_table"}),
+                    detail="temporary table",
+                    children=tuple(_walk(session, value, aliases)),
+                )
+            )
+        elif key in ("ordering_operation", "grouping_operation") and isinstance(value, dict):
+            flags = set()
+            if value.get("using_filesort"):
+                flags |= {"filesort", "temp_sort"}
+            if value.get("using_temporary_table"):
+                flags.add("temp_table")
+            children = tuple(_walk(session, value, aliases))
+            if flags:
+                out.append(
+                    PlanNode(
+                        operation=key,
+                        flags=frozenset(flags),
+                        detail=key.replace("_", " "),
+                        children=children,
+                    )
+                )
+            else:
+                out.extend(children)
+        elif isinstance(value, (dict, list)):
+            out.extend(_walk(session, value, aliases))
+    return out
+
+
+def _table_node(session: Session, t_: dict[str, t.Any], aliases: dict[str, str]) -> PlanNode:
+    name = str(t_.get("table_name", "?"))
+    table = aliases.get(name.lower(), name)
+    access = str(t_.get("access_type", "?"))
+    flags: set[str] = set()
+    if access in _FULL:
+        flags.add("full_scan")
+    elif access in _FULL_INDEX:
+        flags.add("full_index_scan")
+    elif access != "?":
+        flags.add("index_search")
+    rows = t_.get("rows", t_.get("rows_examined_per_scan"))
+    index = t_.get("key")
+    detail = f"{access} on {table}"
+    if name != table:
+        detail += f" {name}"
+    if index:
+        detail += f" using {index}"
+    if t_.get("attached_condition"):
+        detail += f" (condition: {t_['attached_condition']})"
+    children = tuple(
+        _walk(session, {k: v for k, v in t_.items() if k in ("materialized", "subqueries")}, {})
+    )
+    is_real = not name.startswith("<")
+    real_rows = session.table_rows(table) if is_real and "full_scan" in flags else None
+    return PlanNode(
+        operation=access,
+        table=table if is_real else None,
+        index=str(index) if index else None,
+        rows=float(rows) if rows is not None else None,
+        cost=None,
+        flags=frozenset(flags),
+        detail=detail,
+        children=children,
+        table_rows=real_rows,
+    )
+
+
+def table_rows(session: Session, table: str) -> float | None:
+    row = session.run(
+        "SELECT table_rows FROM information_schema.tables"
+        " WHERE table_schema = DATABASE() AND table_name = %(t)s",
+        {"t": table},
+    ).first()
+    return float(row[0]) if row and row[0] is not None else None
+
+
+def is_table(session: Session, name: str) -> bool:
+    row = session.run(
+        "SELECT count(*) FROM information_schema.tables"
+        " WHERE table_schema = DATABASE() AND table_name = %(t)s",
+        {"t": name},
+    ).first()
+    return bool(row and row[0])

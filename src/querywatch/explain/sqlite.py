@@ -1,0 +1,224 @@
+"""SQLite: ``EXPLAIN QUERY PLAN``.
+
+SQLite plans a statement when it is prepared, before values are bound, so a shape's
+placeholders are bound to NULL (or the given values) and the plan is the one the app
+gets. SQLite exposes no cost. A node reading a whole table carries the table's row count
+(from ``sqlite_stat1`` after ``ANALYZE``, else counted) as its ``rows``; an index search
+carries the rows ``sqlite_stat1`` says one key prefix holds, divided by 4 per range term
+(the planner's own rule). The plan's ``cost`` is the rows read, summed, plus n log2 n
+for each sort of n rows: an estimate for ranking, not SQLite's own figure.
+
+Read-only sessions set ``PRAGMA query_only``; the statement timeout is a progress handler
+that interrupts the statement past its deadline.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import typing as t
+
+from . import Plan
+from . import PlanNode
+from . import deadline_handler
+from . import number_placeholders
+from .names import alias_map
+from .names import translate_error
+
+if t.TYPE_CHECKING:
+    from . import Session
+
+_ACCESS_RE = re.compile(
+    r"^(?P<op>SCAN|SEARCH) (?:TABLE )?(?P<name>\S+)(?: AS (?P<alias>\S+))?"
+    r"(?: USING (?P<how>.*?))?(?: \((?P<cond>[^()]*)\))?$"
+)
+_INDEX_RE = re.compile(r"INDEX (?P<index>[^\s(]+)")
+
+
+def begin(session: Session, timeout: float) -> None:
+    dbapi = session.conn.connection.dbapi_connection
+    session.timeout = timeout  # type: ignore[attr-defined]
+    session.run("BEGIN")
+    if not session.writable:
+        session.run("PRAGMA query_only = ON")
+    assert dbapi is not None
+    dbapi.set_progress_handler(deadline_handler(timeout), 1000)
+
+
+def end(session: Session) -> None:
+    dbapi = session.conn.connection.dbapi_connection
+    try:
+        session.run("ROLLBACK")
+    finally:
+        if dbapi is not None:
+            dbapi.set_progress_handler(None, 0)
+        session.run("PRAGMA query_only = OFF")
+
+
+def _arm(session: Session) -> None:
+    dbapi = session.conn.connection.dbapi_connection
+    assert dbapi is not None
+    dbapi.set_progress_handler(deadline_handler(session.explainer.timeout), 1000)
+
+
+def explain(
+    session: Session,
+    sql: str,
+    params: t.Any,
+    values: t.Sequence[t.Any] | None,
+    analyze: bool,
+) -> Plan:
+    if analyze:
+        from ..exceptions import ExplainError
+
+        msg = "SQLite has no EXPLAIN ANALYZE; time the statement instead."
+        raise ExplainError(msg)
+    generic = False
+    if params is None:
+        sql, n = number_placeholders(sql)
+        if n:
+            generic = values is None
+            params = {f"qwp{i + 1}": (values[i] if values else None) for i in range(n)}
+    _arm(session)
+    try:
+        result = session.run("EXPLAIN QUERY PLAN " + sql, params or None)
+        rows = [tuple(r) for r in result]
+    except Exception as e:
+        raise translate_error(e, session) from None
+    aliases = alias_map(sql, "sqlite")
+    nodes: dict[int, list[t.Any]] = {}
+    roots: list[int] = []
+    built: dict[int, dict[str, t.Any]] = {}
+    for node_id, parent, _unused, detail in rows:
+        built[node_id] = _node_fields(session, str(detail), aliases)
+        nodes.setdefault(parent, []).append(node_id)
+        if parent == 0 or parent not in built:
+            roots.append(node_id)
+
+    def make(node_id: int) -> PlanNode:
+        children = tuple(make(c) for c in nodes.get(node_id, []))
+        return PlanNode(children=children, **built[node_id])
+
+    tree = tuple(make(r) for r in roots)
+    reads = [n.rows for r in tree for n in r.walk() if n.table is not None]
+    # A sort of n rows read costs about n log2 n more.
+    n_read = sum(x for x in reads if x is not None)
+    for root in tree:
+        for node in root.walk():
+            if "temp_sort" in node.flags and n_read > 1:
+                reads.append(n_read * math.log2(n_read))
+    return Plan(
+        dialect="sqlite",
+        nodes=tree,
+        cost=_sum(reads),
+        generic=generic,
+        raw=rows,
+    )
+
+
+def _node_fields(session: Session, detail: str, aliases: dict[str, str]) -> dict[str, t.Any]:
+    m = _ACCESS_RE.match(detail)
+    if m is None:
+        flags: set[str] = set()
+        if detail.startswith("USE TEMP B-TREE"):
+            flags.add("temp_sort")
+        elif detail.startswith("MATERIALIZE"):
+            flags.add("temp_table")
+        return {"operation": detail.split(" ", 1)[0], "detail": detail, "flags": frozenset(flags)}
+    name = m.group("alias") or m.group("name")
+    table = aliases.get(name.lower(), name)
+    how = m.group("how") or ""
+    im = _INDEX_RE.search(how)
+    index = im.group("index") if im else None
+    if "PRIMARY KEY" in how and index is None:
+        index = "PRIMARY KEY"
+    flags = set()
+    if "AUTOMATIC" in how:
+        flags.add("temp_index")
+        index = None
+    if m.group("op") == "SEARCH":
+        flags.add("index_search")
+    elif index is None and "temp_index" not in flags:
+        flags.add("full_scan")
+    else:
+        flags.add("full_index_scan")
+    real = session.table_rows(table) if session.module.is_table(session, table) else None
+    rows = real
+    if m.group("op") == "SEARCH":
+        rows = _search_rows(session, table, index, m.group("cond") or "", real)
+    return {
+        "operation": m.group("op"),
+        "table": table,
+        "index": index,
+        "rows": rows,
+        "table_rows": real,
+        "detail": detail,
+        "flags": frozenset(flags),
+    }
+
+
+_tables_cache_key = "_sqlite_tables"
+
+
+def is_table(session: Session, name: str) -> bool:
+    tables: set[str] | None = getattr(session, _tables_cache_key, None)
+    if tables is None:
+        tables = {
+            str(r[0]).lower()
+            for r in session.run("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        setattr(session, _tables_cache_key, tables)
+    return name.lower() in tables
+
+
+def table_rows(session: Session, table: str) -> float | None:
+    quoted = '"' + table.replace('"', '""') + '"'
+    try:
+        for (stat,) in session.run(
+            "SELECT stat FROM sqlite_stat1 WHERE tbl = ? ORDER BY idx IS NOT NULL",
+            (table,),
+        ):
+            return float(str(stat).split()[0])
+    except Exception:  # no sqlite_stat1: the database was never analyzed
+        pass
+    row = session.run(f"SELECT count(*) FROM {quoted}").first()
+    return float(row[0]) if row else None
+
+
+_EQ_TERM_RE = re.compile(r"^\S+\s*(=|IN\b)", re.I)
+
+
+def _search_rows(
+    session: Session, table: str, index: str | None, cond: str, table_rows: float | None
+) -> float | None:
+    terms = [x.strip() for x in cond.split(" AND ") if x.strip()]
+    eq = sum(1 for x in terms if _EQ_TERM_RE.match(x) and not re.match(r"^\S+\s*[<>]", x))
+    rng = len(terms) - eq
+    if index in ("PRIMARY KEY",) or (index is None and "rowid" in cond):
+        base = 1.0 if eq else (table_rows or 0.0)
+    else:
+        stat = _index_stat(session, table, index) if index else None
+        if stat is None or not stat:
+            return None
+        base = float(stat[min(eq, len(stat) - 1)]) if eq else float(stat[0])
+    return max(1.0, base / (4.0**rng))
+
+
+def _index_stat(session: Session, table: str, index: str) -> list[int] | None:
+    """``sqlite_stat1``'s figures for ``index``: rows, then rows per key prefix."""
+    try:
+        row = session.run(
+            "SELECT stat FROM sqlite_stat1 WHERE tbl = ? AND idx = ?", (table, index)
+        ).first()
+    except Exception:  # never analyzed
+        return None
+    if row is None:
+        return None
+    return [int(x) for x in str(row[0]).split() if x.isdigit()]
+
+
+def _sum(values: list[float | None]) -> float | None:
+    """The sum, or None when any part is unknown."""
+    if not values or any(v is None for v in values):
+        return None
+    return float(sum(v for v in values if v is not None))

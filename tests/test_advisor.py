@@ -1,0 +1,344 @@
+"""The index advisor on SQLite, PostgreSQL (HypoPG) and MariaDB (--allow-ddl), over real
+data: which indexes it suggests, which it refuses to, and what it never does."""
+
+from __future__ import annotations
+
+import re
+import typing as t
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy import event
+from sqlalchemy import text
+
+import advisor_data
+from conftest import _unavailable
+from querywatch.advisor import Advisor
+from querywatch.advisor import QueryInput
+
+DIALECTS = [
+    "sqlite",
+    pytest.param("postgresql", marks=pytest.mark.postgres),
+    pytest.param("mariadb", marks=pytest.mark.mariadb),
+]
+
+
+@pytest.fixture(scope="module", params=DIALECTS)
+def adv_url(request: pytest.FixtureRequest, tmp_path_factory: t.Any) -> str:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('adv')}/adv.db"
+    elif request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        engine = create_engine(url, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("CREATE EXTENSION IF NOT EXISTS hypopg"))
+        except Exception as e:
+            _unavailable(
+                "HypoPG",
+                f"{str(e).splitlines()[0][:100]}; install postgresql-<version>-hypopg",
+            )
+        finally:
+            engine.dispose()
+    else:
+        url = request.getfixturevalue("mariadb_url")
+    advisor_data.load(url)
+    return url
+
+
+def advise(url: str, *sqls: str, **kw: t.Any) -> t.Any:
+    kw.setdefault("measure", False)
+    # MariaDB has no hypothetical indexes: its tests build and drop real ones.
+    kw.setdefault("allow_ddl", True if url.startswith("mysql") else None)
+    with Advisor(url, **kw) as adv:
+        return adv.advise([QueryInput(s, label=f"q{i}") for i, s in enumerate(sqls)])
+
+
+def suggested(advice: t.Any) -> list[tuple[str, tuple[str, ...]]]:
+    return [
+        (s.candidate.table, tuple(k.lower() for k in s.candidate.keys)) for s in advice.suggestions
+    ]
+
+
+def test_single_column(adv_url: str) -> None:
+    advice = advise(adv_url, "SELECT events.id FROM events WHERE events.email = ?")
+    assert suggested(advice) == [("events", ("email",))]
+    qa = advice.queries[0]
+    assert [f.kind for f in qa.findings] == ["full_scan"]
+    # The table's size as the database's statistics give it (InnoDB's is an estimate).
+    m = re.search(r"reads all ([\d,]+) rows of events", qa.findings[0].evidence)
+    assert m is not None
+    assert 15_000 < int(m.group(1).replace(",", "")) <= 25_000
+    s = advice.suggestions[0].to_dict()
+    if adv_url.startswith("postgresql"):
+        assert s["ddl"] == (
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_events_email ON events (email);"
+        )
+        assert s["verified_by"] == "hypopg"
+        assert "postgresql_concurrently=True" in s["alembic"]
+    assert s["alembic"].startswith("op.create_index('ix_events_email', 'events', ['email']")
+    q = s["queries"][0]
+    assert q["plan_before"]
+    assert q["plan_after"]
+    assert q["cost_after"] <= q["cost_before"] / 2
+
+
+def test_composite_equality_then_range(adv_url: str) -> None:
+    advice = advise(
+        adv_url,
+        "SELECT events.id FROM events WHERE events.account_id = ? AND events.created_at >= ?",
+    )
+    assert suggested(advice) == [("events", ("account_id", "created_at"))]
+
+
+def test_composite_equality_then_order_is_verified(adv_url: str) -> None:
+    advice = advise(
+        adv_url,
+        "SELECT events.id, events.amount FROM events WHERE events.account_id = ?"
+        " ORDER BY events.created_at DESC LIMIT 10",
+    )
+    trials = {tuple(tr.candidate.keys): tr for tr in advice.queries[0].trials}
+    assert trials[("account_id", "created_at")].improved
+    assert trials[("account_id", "created_at")].used
+
+
+def test_join_key(adv_url: str) -> None:
+    advice = advise(
+        adv_url,
+        "SELECT events.id FROM events JOIN accounts ON accounts.id = events.account_id"
+        " WHERE accounts.email = ?",
+    )
+    assert suggested(advice) == [("events", ("account_id",))]
+
+
+def test_one_composite_serves_several_queries(adv_url: str) -> None:
+    advice = advise(
+        adv_url,
+        "SELECT events.id FROM events WHERE events.account_id = ? AND events.created_at >= ?",
+        "SELECT events.id FROM events JOIN accounts ON accounts.id = events.account_id"
+        " WHERE accounts.email = ?",
+    )
+    assert suggested(advice) == [("events", ("account_id", "created_at"))]
+    assert {q["query"] for q in advice.suggestions[0].to_dict()["queries"]} == {"q0", "q1"}
+
+
+def test_expression(adv_url: str) -> None:
+    advice = advise(adv_url, "SELECT events.id FROM events WHERE lower(events.note) = ?")
+    if adv_url.startswith("mysql"):
+        # MariaDB cannot index an expression: it says so and names the remedy.
+        assert suggested(advice) == []
+        hints = {h.kind: h for h in advice.queries[0].hints}
+        assert "generated column" in hints["expression_needs_generated_column"].fix
+    else:
+        assert suggested(advice) == [("events", ("lower(note)",))]
+        ddl = advice.suggestions[0].to_dict()["ddl"]
+        assert "(LOWER(note))" in ddl
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT events.note FROM events WHERE events.id = ?",
+        "SELECT events.id FROM events WHERE events.tagged_id = ?",
+        "SELECT accounts.id FROM accounts WHERE accounts.email = ?",
+    ],
+    ids=["primary-key", "indexed", "unique"],
+)
+def test_no_suggestion_when_an_index_exists(adv_url: str, sql: str) -> None:
+    advice = advise(adv_url, sql)
+    assert suggested(advice) == []
+    assert advice.queries[0].trials == []
+    assert advice.queries[0].errors == []
+    assert advice.queries[0].findings == []
+
+
+def test_leading_wildcard_like_gets_no_btree(adv_url: str) -> None:
+    advice = advise(adv_url, "SELECT events.id FROM events WHERE events.note LIKE '%12%'")
+    assert suggested(advice) == []
+    kinds = {f.kind: f for f in advice.queries[0].findings}
+    assert "No b-tree index helps" in kinds["leading_wildcard_like"].fix
+    remedy = {"sqlite": "FTS5", "postgresql": "pg_trgm", "mysql": "FULLTEXT"}
+    assert remedy[adv_url.split(":")[0].split("+")[0]] in kinds["leading_wildcard_like"].fix
+
+
+def test_bad_input_is_reported_per_query_and_the_rest_goes_on(adv_url: str) -> None:
+    advice = advise(
+        adv_url,
+        "SELEC id FRM",
+        "SELECT * FROM no_such_table WHERE x = ?",
+        "SELECT events.id FROM events WHERE events.email = ?",
+    )
+    bad_parse, missing, good = advice.queries
+    assert len(bad_parse.errors) == 1
+    assert bad_parse.errors[0].startswith("The statement could not be parsed")
+    assert bad_parse.errors[0].endswith("it was not explained.")
+    assert len(missing.errors) == 1
+    assert "does not exist" in missing.errors[0]
+    assert "no_such_table" in missing.errors[0]
+    assert good.errors == []
+    assert suggested(advice) == [("events", ("email",))]
+
+
+WRITES = [
+    "DELETE FROM events WHERE id < 100",
+    "UPDATE events SET amount = 0 WHERE id < 100",
+    "INSERT INTO events (id, account_id, kind, email, created_at, amount, note, tagged_id)"
+    " VALUES (999999, 1, 'x', 'x', 1, 1, 'x', 1)",
+    "SELECT * FROM events WHERE id < 100 FOR UPDATE",
+    "SELECT id; DELETE FROM events",
+]
+
+
+def test_a_write_is_never_explained_nor_run(adv_url: str) -> None:
+    before = advisor_data.count_events(adv_url)
+    ran: list[str] = []
+    with Advisor(adv_url, allow_ddl=True, measure=True) as adv:
+        event.listen(adv.explainer.engine, "before_cursor_execute", lambda *a: ran.append(a[2]))
+        advice = adv.advise([QueryInput(s) for s in WRITES])
+    assert advisor_data.count_events(adv_url) == before
+    for qa in advice.queries:
+        assert len(qa.errors) == 1, qa.errors
+        assert "never explained" in qa.errors[0] or "one statement" in qa.errors[0]
+    # Refused before a connection was made: not one statement ran.
+    assert ran == []
+
+
+def test_a_select_is_only_explained_without_ddl(adv_url: str) -> None:
+    """Without DDL allowed nothing runs the query itself: every statement that carries it
+    is an EXPLAIN (or, on PostgreSQL before 16, the PREPARE that the generic plan needs)."""
+    if adv_url.startswith("mysql"):
+        pytest.skip("MariaDB verifies only with DDL allowed; covered by the write test")
+    ran: list[str] = []
+    with Advisor(adv_url, allow_ddl=False) as adv:
+        event.listen(adv.explainer.engine, "before_cursor_execute", lambda *a: ran.append(a[2]))
+        advice = adv.advise([QueryInput("SELECT events.id FROM events WHERE events.email = ?")])
+    assert advice.queries[0].plan is not None
+    carrying = [s for s in ran if "events.email" in s]
+    assert carrying
+    assert all(s.startswith(("EXPLAIN", "PREPARE")) for s in carrying), carrying
+
+
+def test_measured_where_ddl_is_allowed(adv_url: str) -> None:
+    advice = advise(
+        adv_url, "SELECT events.id FROM events WHERE events.email = ?", allow_ddl=True, measure=True
+    )
+    (s,) = advice.suggestions
+    q = s.to_dict()["queries"][0]
+    assert q["measured_before_ms"] > 0
+    assert q["measured_after_ms"] > 0
+    assert not s.estimated_only
+
+
+def test_estimated_only_is_labelled(adv_url: str) -> None:
+    if not adv_url.startswith("postgresql"):
+        pytest.skip("only PostgreSQL verifies without DDL (HypoPG)")
+    advice = advise(adv_url, "SELECT events.id FROM events WHERE events.email = ?")
+    (s,) = advice.suggestions
+    assert s.estimated_only
+    assert s.to_dict()["estimated_only"] is True
+
+
+def test_redundant_index_is_reported(adv_url: str) -> None:
+    engine = create_engine(adv_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE INDEX ix_events_tagged_kind ON events (tagged_id, kind)"))
+        advice = advise(adv_url, "SELECT events.id FROM events WHERE events.tagged_id = ?")
+        notes = [(n.kind, n.index) for n in advice.index_notes if n.kind == "redundant"]
+        assert notes == [("redundant", "ix_events_tagged_id")]
+    finally:
+        with engine.begin() as conn:
+            if adv_url.startswith("mysql"):
+                conn.execute(text("DROP INDEX ix_events_tagged_kind ON events"))
+            else:
+                conn.execute(text("DROP INDEX ix_events_tagged_kind"))
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_without_hypopg_says_so(postgres_url: str) -> None:
+    from conftest import POSTGRES_URL
+    from conftest import _fresh_database
+
+    gen = _fresh_database(POSTGRES_URL, "PostgreSQL")
+    url = next(gen)
+    try:
+        advisor_data.load(url)
+        advice = advise(
+            url,
+            "SELECT events.id FROM events WHERE events.email = ?",
+            "SELECT events.id FROM events WHERE events.account_id = ?",
+        )
+        assert suggested(advice) == []
+        for qa in advice.queries:
+            assert qa.plan is not None
+            assert len(qa.errors) == 1
+            assert "HypoPG is not installed" in qa.errors[0]
+            assert "--allow-ddl" in qa.errors[0]
+        # With DDL allowed, the same database gets verified advice.
+        advice = advise(url, "SELECT events.id FROM events WHERE events.email = ?", allow_ddl=True)
+        assert suggested(advice) == [("events", ("email",))]
+        assert advice.suggestions[0].verified_by == "built and rolled back"
+    finally:
+        with pytest.raises(StopIteration):
+            next(gen)
+
+
+def test_without_privileges_says_so(adv_url: str) -> None:
+    if adv_url.startswith("sqlite"):
+        pytest.skip("SQLite has no privileges")
+    admin = create_engine(adv_url, isolation_level="AUTOCOMMIT")
+    pg = adv_url.startswith("postgresql")
+    try:
+        with admin.connect() as conn:
+            if pg:
+                conn.execute(text("DROP ROLE IF EXISTS qw_noperm"))
+                conn.execute(text("CREATE ROLE qw_noperm LOGIN"))
+                conn.execute(text("GRANT SELECT ON accounts TO qw_noperm"))
+            else:
+                conn.execute(text("DROP USER IF EXISTS 'qw_noperm'@'%'"))
+                conn.execute(text("CREATE USER 'qw_noperm'@'%'"))
+                db = adv_url.rsplit("/", 1)[1]
+                conn.execute(text(f"GRANT SELECT ON {db}.accounts TO 'qw_noperm'@'%'"))
+        scheme, rest = adv_url.split("://", 1)
+        url = f"{scheme}://qw_noperm@{rest.split('@', 1)[1]}"
+        advice = advise(
+            url,
+            "SELECT events.id FROM events WHERE events.email = ?",
+            "SELECT accounts.id FROM accounts WHERE accounts.name = ?",
+            allow_ddl=False,
+        )
+        denied, allowed = advice.queries
+        assert len(denied.errors) == 1
+        assert "lack of privileges" in denied.errors[0]
+        assert allowed.plan is not None
+    finally:
+        with admin.connect() as conn:
+            if pg:
+                conn.execute(text("DROP OWNED BY qw_noperm"))
+                conn.execute(text("DROP ROLE IF EXISTS qw_noperm"))
+            else:
+                conn.execute(text("DROP USER IF EXISTS 'qw_noperm'@'%'"))
+        admin.dispose()
+
+
+def test_rewrite_hints(adv_url: str) -> None:
+    advice = advise(
+        adv_url,
+        "SELECT events.id FROM events ORDER BY events.id LIMIT 20 OFFSET 5000",
+        "SELECT events.id FROM events WHERE events.email = ? OR events.note = ?",
+        "SELECT accounts.id FROM accounts WHERE accounts.id NOT IN"
+        " (SELECT events.account_id FROM events)",
+        "SELECT count(*) FROM events",
+        "SELECT events.id, events.note FROM events",
+        "SELECT accounts.id, (SELECT count(*) FROM events WHERE events.account_id ="
+        " accounts.id) FROM accounts",
+        scan_min_rows=1000,
+    )
+    kinds = [{h.kind for h in qa.hints} for qa in advice.queries]
+    assert "deep_offset" in kinds[0]
+    assert "or_across_columns" in kinds[1]
+    assert "not_in_subquery" in kinds[2]
+    assert "count_large_table" in kinds[3]
+    assert "unbounded_select" in kinds[4]
+    assert "correlated_subquery" in kinds[5]

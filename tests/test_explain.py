@@ -1,0 +1,182 @@
+"""EXPLAIN on the three databases: one plan model, and the safety rules."""
+
+from __future__ import annotations
+
+import typing as t
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+import advisor_data
+from querywatch.exceptions import ExplainError
+from querywatch.exceptions import UnsafeStatementError
+from querywatch.explain import Explainer
+from querywatch.explain import check_read_only
+from querywatch.explain import number_placeholders
+
+DIALECTS = [
+    "sqlite",
+    pytest.param("postgresql", marks=pytest.mark.postgres),
+    pytest.param("mariadb", marks=pytest.mark.mariadb),
+]
+
+
+@pytest.fixture(scope="module", params=DIALECTS)
+def db_url(request: pytest.FixtureRequest, tmp_path_factory: t.Any) -> str:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('explain')}/explain.db"
+    elif request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    else:
+        url = request.getfixturevalue("mariadb_url")
+    advisor_data.load(url)
+    return url
+
+
+def _values(url: str, n: int) -> list[t.Any] | None:
+    return ["user5@example.com", 20][:n] if url.startswith("mysql") else None
+
+
+def test_full_scan_with_the_tables_size(db_url: str) -> None:
+    with Explainer(db_url) as ex:
+        plan = ex.explain(
+            "SELECT events.id FROM events WHERE events.email = ?", values=_values(db_url, 1)
+        )
+    (scan,) = [n for n in plan.walk() if n.table == "events"]
+    assert "full_scan" in scan.flags
+    assert scan.index is None
+    assert scan.table_rows is not None
+    assert 15_000 < scan.table_rows <= 25_000
+    assert plan.full_scans() == [scan]
+    assert plan.cost is not None
+    assert plan.lines()
+
+
+def test_index_search_names_the_index(db_url: str) -> None:
+    with Explainer(db_url) as ex:
+        plan = ex.explain(
+            "SELECT events.id FROM events WHERE events.tagged_id = ?",
+            values=[17] if db_url.startswith("mysql") else None,
+        )
+    assert plan.full_scans() == []
+    assert "ix_events_tagged_id" in plan.indexes_used()
+    assert "events" in plan.searched_tables()
+
+
+def test_sort_without_index_is_flagged(db_url: str) -> None:
+    with Explainer(db_url) as ex:
+        plan = ex.explain(
+            "SELECT events.id FROM events WHERE events.email = ? ORDER BY events.amount",
+            values=_values(db_url, 1),
+        )
+    assert plan.sorts()
+    assert "temp_sort" in plan.flags
+
+
+def test_aliases_resolve_to_tables(db_url: str) -> None:
+    with Explainer(db_url) as ex:
+        plan = ex.explain(
+            "SELECT e.id FROM events AS e JOIN accounts AS a ON a.id = e.account_id"
+            " WHERE a.email = ?",
+            values=_values(db_url, 1),
+        )
+    assert {n.table for n in plan.walk() if n.table} == {"events", "accounts"}
+
+
+def test_session_is_read_only(db_url: str) -> None:
+    before = advisor_data.count_events(db_url)
+    # "read-only transaction" / "readonly database" / "in a READ ONLY transaction"
+    with (
+        Explainer(db_url) as ex,
+        ex.session() as s,
+        pytest.raises(DBAPIError, match=r"(?i)read.?only"),
+    ):
+        s.run("DELETE FROM events WHERE id < 100")
+    assert advisor_data.count_events(db_url) == before
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DELETE FROM events",
+        "UPDATE events SET amount = 1",
+        "INSERT INTO events (id) VALUES (1)",
+        "CREATE TABLE x (a INT)",
+        "DROP TABLE events",
+        "SELECT * FROM events FOR UPDATE",
+        "SELECT 1; DELETE FROM events",
+    ],
+)
+def test_only_selects_are_explained(db_url: str, sql: str) -> None:
+    before = advisor_data.count_events(db_url)
+    with Explainer(db_url) as ex, pytest.raises(UnsafeStatementError):
+        ex.explain(sql)
+    assert advisor_data.count_events(db_url) == before
+
+
+@pytest.mark.postgres
+def test_postgres_data_modifying_cte_is_refused(postgres_url: str) -> None:
+    with pytest.raises(UnsafeStatementError, match="writes"):
+        check_read_only(
+            "WITH gone AS (DELETE FROM events RETURNING id) SELECT * FROM gone", "postgresql"
+        )
+
+
+@pytest.mark.postgres
+def test_postgres_generic_plan_without_values(postgres_url: str) -> None:
+    with Explainer(postgres_url) as ex:
+        plan = ex.explain("SELECT events.id FROM events WHERE events.email = $1 LIMIT %s")
+    assert plan.generic
+    assert plan.full_scans()
+
+
+@pytest.mark.postgres
+def test_postgres_statement_timeout(postgres_url: str) -> None:
+    with (
+        Explainer(postgres_url, timeout=0.2, allow_analyze=True) as ex,
+        pytest.raises(ExplainError, match="timeout"),
+    ):
+        ex.explain("SELECT pg_sleep(3)", analyze=True)
+
+
+def test_analyze_needs_permission(db_url: str) -> None:
+    with Explainer(db_url) as ex, pytest.raises(UnsafeStatementError, match="allow_analyze"):
+        ex.explain("SELECT 1", analyze=True)
+
+
+@pytest.mark.mariadb
+def test_mariadb_needs_values(mariadb_url: str) -> None:
+    advisor_data.load(mariadb_url)
+    with Explainer(mariadb_url) as ex, pytest.raises(ExplainError, match="values"):
+        ex.explain("SELECT events.id FROM events WHERE events.email = ?")
+
+
+def test_placeholders_of_every_style_are_numbered() -> None:
+    sql = "SELECT ':x', a FROM t WHERE a = ? AND b = %s AND c = %(n)s AND d = :d AND e = $1"
+    marked, n = number_placeholders(sql)
+    assert n == 5
+    assert marked == (
+        "SELECT ':x', a FROM t WHERE a = :qwp1 AND b = :qwp2 AND c = :qwp3 AND d = :qwp4"
+        " AND e = :qwp5"
+    )
+    assert number_placeholders("SELECT a::text FROM t") == ("SELECT a::text FROM t", 0)
+
+
+def test_unparseable_and_missing_tables_say_what_is_wrong(tmp_path: t.Any) -> None:
+    url = f"sqlite:///{tmp_path}/x.db"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (a INT)"))
+    engine.dispose()
+    with Explainer(url) as ex:
+        with pytest.raises(ExplainError, match="could not be parsed"):
+            ex.explain("SELEC a FRM t")
+        with pytest.raises(ExplainError, match="does not exist"):
+            ex.explain("SELECT a FROM gone")
+
+
+def test_in_memory_sqlite_is_refused() -> None:
+    with pytest.raises(ExplainError, match="in-memory"):
+        Explainer("sqlite://")
