@@ -206,3 +206,12 @@ def test_cache_is_bounded_and_hits() -> None:
     for i in range(3000):
         fingerprint(f"SELECT {i} FROM t{i}")
     assert fingerprint_cache_info().currsize <= 2048
+
+
+def test_sample_keeps_placeholders_and_masks_string_literals() -> None:
+    fp = fingerprint("SELECT * FROM users WHERE email = 'ann@example.com' AND id = %(id_1)s")
+    assert fp.sample == "SELECT * FROM users WHERE email = ? AND id = %(id_1)s"
+    assert "ann@example.com" not in fp.sample
+    # Two texts of one shape are one fingerprint whatever their samples.
+    assert fp == fingerprint("SELECT * FROM users WHERE email = 'bob@x' AND id = %(id_1)s")
+    assert fingerprint("SELECT 1 /* " + "x" * 5000 + " */").sample == ""

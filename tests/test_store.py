@@ -110,9 +110,40 @@ def test_schema_version_and_forward_migration(tmp_path: t.Any) -> None:
         Store(url).migrate()
     assert str(info.value) == (
         f"The querywatch store at sqlite:///{tmp_path}/v.db has schema version 99, newer than"
-        " this querywatch knows (1). Upgrade querywatch, or point 'QUERYWATCH_STORE_URL' at"
+        " this querywatch knows (2). Upgrade querywatch, or point 'QUERYWATCH_STORE_URL' at"
         " another database."
     )
+
+
+def test_a_version_1_store_is_upgraded_in_place(tmp_path: t.Any) -> None:
+    """A store written before the advisor (version 1) gains ``sample_sql`` and
+    ``qw_advice`` and keeps its rows."""
+    url = f"sqlite:///{tmp_path}/v1.db"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        # Version 1's tables, as that release created them.
+        conn.exec_driver_sql(
+            "CREATE TABLE qw_meta (key VARCHAR(64) PRIMARY KEY, value VARCHAR(255) NOT NULL)"
+        )
+        conn.exec_driver_sql("INSERT INTO qw_meta VALUES ('schema_version', '1')")
+        conn.exec_driver_sql(
+            "CREATE TABLE qw_shapes (fingerprint VARCHAR(32) PRIMARY KEY, shape TEXT NOT NULL,"
+            " operation VARCHAR(16) NOT NULL, site_file VARCHAR(512), site_line INTEGER,"
+            " site_function VARCHAR(255), first_seen FLOAT NOT NULL)"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO qw_shapes VALUES ('abc', 'SELECT ?', 'SELECT', NULL, NULL, NULL, 1.0)"
+        )
+        for tbl in (schema.query_stats, schema.endpoint_stats, schema.findings):
+            tbl.create(conn)
+    engine.dispose()
+    store = Store(url)
+    assert store.migrate() == 2
+    assert store.schema_version() == 2
+    assert store.shapes(["abc"])["abc"].shape == "SELECT ?"
+    assert store.shapes(["abc"])["abc"].sample is None
+    assert store.advice() == []
+    store.dispose()
 
 
 def _worker(url: str, endpoint: str, n: int, when: float) -> None:

@@ -85,6 +85,10 @@ class Fingerprint:
     shape: str
     #: ``SELECT``, ``INSERT``, ``UPDATE``, ``DELETE``, or the statement's first keyword.
     operation: str
+    #: One statement of this shape as the driver received it, runnable by EXPLAIN: its
+    #: placeholders kept, string literals masked as ``?``; empty when longer than
+    #: :data:`SHAPE_DISPLAY_CHARS`. It holds no bound value.
+    sample: str = dataclasses.field(default="", compare=False)
 
     @property
     def is_read(self) -> bool:
@@ -230,11 +234,29 @@ def _operation(tokens: list[str]) -> str:
     return ""
 
 
+def _sample(sql: str) -> str:
+    """``sql`` with its string literals masked as ``?`` (they may hold values an app
+    formatted into its SQL); empty when too long to keep."""
+    if len(sql) > SHAPE_DISPLAY_CHARS:
+        return ""
+    if "'" not in sql and "$" not in sql:
+        return sql.strip()
+    parts = []
+    for m in _TOKEN_RE.finditer(sql):
+        parts.append("?" if m.lastgroup in ("string", "dollar") else m.group())
+    return "".join(parts).strip()
+
+
 def _fingerprint(sql: str) -> Fingerprint:
     tokens = _collapse_lists(_drop_param_casts(_tokens(sql)))
     shape = _render(tokens)
     digest = hashlib.blake2b(shape.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
-    return Fingerprint(id=digest, shape=shape[:SHAPE_DISPLAY_CHARS], operation=_operation(tokens))
+    return Fingerprint(
+        id=digest,
+        shape=shape[:SHAPE_DISPLAY_CHARS],
+        operation=_operation(tokens),
+        sample=_sample(sql),
+    )
 
 
 _cached_fingerprint = functools.lru_cache(maxsize=_CACHE_SIZE)(_fingerprint)

@@ -155,6 +155,8 @@ class ShapeInfo:
     shape: str
     operation: str
     site: CallSite | None
+    #: A runnable statement of the shape (see :attr:`Fingerprint.sample`).
+    sample: str = ""
 
 
 @dataclasses.dataclass(slots=True)
@@ -344,7 +346,7 @@ class Stats:
         self._pending_fps.add(fp_id)
         if fp_id not in self._shapes:
             fp = shape.fingerprint
-            self._shapes[fp_id] = ShapeInfo(fp.shape, fp.operation, shape.site)
+            self._shapes[fp_id] = ShapeInfo(fp.shape, fp.operation, shape.site, fp.sample)
         return fp_id
 
     def _add_finding(self, f: Finding, endpoint: str, when: float) -> None:
@@ -366,7 +368,7 @@ class Stats:
             )
             if f.fingerprint.id not in self._shapes:
                 fp = f.fingerprint
-                self._shapes[fp.id] = ShapeInfo(fp.shape, fp.operation, f.site)
+                self._shapes[fp.id] = ShapeInfo(fp.shape, fp.operation, f.site, fp.sample)
         agg.last_seen = max(agg.last_seen, when)
         agg.occurrences += 1
         agg.queries += f.count

@@ -38,7 +38,7 @@ if t.TYPE_CHECKING:
     from sqlalchemy.engine import Connection
     from sqlalchemy.engine import Engine
 
-__all__ = ["Store", "StoredFinding", "StoredShape", "Window"]
+__all__ = ["PlanFindingRow", "Store", "StoredAdvice", "StoredFinding", "StoredShape", "Window"]
 
 _KNOWN_SHAPES_CAP = 20000
 
@@ -64,6 +64,40 @@ class StoredShape(t.NamedTuple):
     shape: str
     operation: str
     site: CallSite | None
+    #: A runnable statement of the shape (placeholders kept), or None.
+    sample: str | None = None
+
+
+class StoredAdvice(t.NamedTuple):
+    """A verified index suggestion for one query shape."""
+
+    fingerprint: str
+    dialect: str
+    table: str
+    index_name: str
+    keys: tuple[str, ...]
+    ddl: str
+    alembic: str
+    reason: str
+    verified_by: str
+    cost_before: float | None
+    cost_after: float | None
+    measured_before_ms: float | None
+    measured_after_ms: float | None
+    first_seen: float
+    last_seen: float
+
+
+class PlanFindingRow(t.NamedTuple):
+    """A plan finding to record: set (not added) on each run of the advisor."""
+
+    kind: str
+    endpoint: str
+    fingerprint: str
+    queries: int
+    total: float
+    site: CallSite | None
+    fix: str
 
 
 class StoredFinding(t.NamedTuple):
@@ -253,6 +287,7 @@ class Store:
                     "site_line": site.lineno if site else None,
                     "site_function": site.function[:255] if site else None,
                     "first_seen": now,
+                    "sample_sql": info.sample or None,
                 }
             )
         if rows:
@@ -491,7 +526,7 @@ class Store:
             for i in range(0, len(fps), 500):
                 for row in conn.execute(select(tbl).where(tbl.c.fingerprint.in_(fps[i : i + 500]))):
                     out[row.fingerprint] = StoredShape(
-                        row.fingerprint, row.shape, row.operation, _site(row)
+                        row.fingerprint, row.shape, row.operation, _site(row), row.sample_sql
                     )
         return out
 
@@ -522,6 +557,132 @@ class Store:
                 )
                 for row in conn.execute(stmt)
             ]
+
+    # --- the advisor's results --------------------------------------------------------
+
+    def record_advice(self, rows: t.Iterable[StoredAdvice]) -> int:
+        """Upsert verified suggestions, one per (fingerprint, index name)."""
+        self.migrate()
+        tbl = schema.advice
+        n = 0
+        with self.engine.begin() as conn:
+            for a in rows:
+                values = {
+                    "dialect": a.dialect[:16],
+                    "table_name": a.table[:255],
+                    "keys": json.dumps(list(a.keys)),
+                    "ddl": a.ddl,
+                    "alembic": a.alembic,
+                    "reason": a.reason,
+                    "verified_by": a.verified_by[:32],
+                    "cost_before": a.cost_before,
+                    "cost_after": a.cost_after,
+                    "measured_before_ms": a.measured_before_ms,
+                    "measured_after_ms": a.measured_after_ms,
+                    "last_seen": a.last_seen,
+                }
+                old = conn.execute(
+                    self._lock_rows(
+                        select(tbl.c.id).where(
+                            tbl.c.fingerprint == a.fingerprint,
+                            tbl.c.index_name == a.index_name[:255],
+                        )
+                    )
+                ).first()
+                if old is None:
+                    conn.execute(
+                        tbl.insert().values(
+                            fingerprint=a.fingerprint,
+                            index_name=a.index_name[:255],
+                            first_seen=a.first_seen,
+                            **values,
+                        )
+                    )
+                else:
+                    conn.execute(tbl.update().where(tbl.c.id == old.id).values(**values))
+                n += 1
+        return n
+
+    def advice(self, fingerprints: t.Iterable[str] | None = None) -> list[StoredAdvice]:
+        """Stored suggestions, newest first (for ``fingerprints`` only, if given)."""
+        self.migrate()
+        tbl = schema.advice
+        stmt = select(tbl).order_by(tbl.c.last_seen.desc(), tbl.c.id)
+        if fingerprints is not None:
+            stmt = stmt.where(tbl.c.fingerprint.in_(list(fingerprints)))
+        with self.engine.connect() as conn:
+            return [
+                StoredAdvice(
+                    row.fingerprint,
+                    row.dialect,
+                    row.table_name,
+                    row.index_name,
+                    tuple(json.loads(row.keys)),
+                    row.ddl,
+                    row.alembic,
+                    row.reason,
+                    row.verified_by,
+                    row.cost_before,
+                    row.cost_after,
+                    row.measured_before_ms,
+                    row.measured_after_ms,
+                    row.first_seen,
+                    row.last_seen,
+                )
+                for row in conn.execute(stmt)
+            ]
+
+    def record_plan_findings(self, rows: t.Iterable[PlanFindingRow], when: float) -> int:
+        """Write plan findings: each run of the advisor sets the figures it saw (a plan
+        does not add up the way request findings do)."""
+        self.migrate()
+        tbl = schema.findings
+        n = 0
+        with self.engine.begin() as conn:
+            for f in rows:
+                ep = f.endpoint[:255]
+                old = conn.execute(
+                    self._lock_rows(
+                        select(tbl).where(
+                            tbl.c.kind == f.kind,
+                            tbl.c.endpoint == ep,
+                            tbl.c.fingerprint == f.fingerprint,
+                        )
+                    )
+                ).first()
+                site = f.site
+                if old is None:
+                    conn.execute(
+                        tbl.insert().values(
+                            kind=f.kind,
+                            endpoint=ep,
+                            fingerprint=f.fingerprint,
+                            first_seen=when,
+                            last_seen=when,
+                            occurrences=1,
+                            queries=f.queries,
+                            total_s=f.total,
+                            site_file=site.filename[-512:] if site else None,
+                            site_line=site.lineno if site else None,
+                            site_function=site.function[:255] if site else None,
+                            relationship=None,
+                            fix=f.fix,
+                        )
+                    )
+                else:
+                    conn.execute(
+                        tbl.update()
+                        .where(tbl.c.id == old.id)
+                        .values(
+                            last_seen=max(old.last_seen, when),
+                            occurrences=old.occurrences + 1,
+                            queries=f.queries,
+                            total_s=f.total,
+                            fix=f.fix,
+                        )
+                    )
+                n += 1
+        return n
 
     def dispose(self) -> None:
         self.engine.dispose()

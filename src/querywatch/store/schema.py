@@ -25,7 +25,8 @@ if t.TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
 #: The version this code writes. A store with a higher version is refused.
-SCHEMA_VERSION = 1
+#: 2: ``qw_shapes.sample_sql`` and ``qw_advice`` (the advisor's verified suggestions).
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -46,6 +47,8 @@ shapes = Table(
     Column("site_line", Integer),
     Column("site_function", String(255)),
     Column("first_seen", Float, nullable=False),
+    # A runnable statement of the shape: placeholders kept, string literals masked.
+    Column("sample_sql", Text),
 )
 
 query_stats = Table(
@@ -101,9 +104,48 @@ findings = Table(
 )
 
 
+advice = Table(
+    "qw_advice",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("fingerprint", String(32), nullable=False),
+    Column("dialect", String(16), nullable=False),
+    Column("table_name", String(255), nullable=False),
+    Column("index_name", String(255), nullable=False),
+    Column("keys", Text, nullable=False),
+    Column("ddl", Text, nullable=False),
+    Column("alembic", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("verified_by", String(32), nullable=False),
+    Column("cost_before", Float),
+    Column("cost_after", Float),
+    Column("measured_before_ms", Float),
+    Column("measured_after_ms", Float),
+    Column("first_seen", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    UniqueConstraint("fingerprint", "index_name", name="uq_qw_advice_key"),
+)
+
+
 def _migrate_to_1(conn: Connection) -> None:
-    metadata.create_all(conn, tables=[shapes, query_stats, endpoint_stats, findings])
+    from sqlalchemy import inspect
+
+    # Tables as version 1 made them; a column added since is added by its migration.
+    existing = inspect(conn).get_table_names()
+    for tbl in (shapes, query_stats, endpoint_stats, findings):
+        if tbl.name not in existing:
+            tbl.create(conn)
+
+
+def _migrate_to_2(conn: Connection) -> None:
+    from sqlalchemy import inspect
+
+    cols = {c["name"] for c in inspect(conn).get_columns(shapes.name)}
+    if "sample_sql" not in cols:
+        conn.exec_driver_sql(f"ALTER TABLE {shapes.name} ADD COLUMN sample_sql TEXT")
+    if not inspect(conn).has_table(advice.name):
+        advice.create(conn)
 
 
 #: ``MIGRATIONS[n]`` takes a store from version ``n - 1`` to ``n``.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_to_1}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_to_1, 2: _migrate_to_2}
