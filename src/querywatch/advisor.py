@@ -81,10 +81,17 @@ class QueryInput:
     #: The statement's real parameters in the driver's paramstyle (held in memory only).
     params: t.Any = None
     label: str | None = None
+    #: Where the app issues it (from the store), for people.
+    site: t.Any = None
 
     @property
     def name(self) -> str:
         return self.label or self.fingerprint or _short_hash(self.sql)
+
+    @property
+    def shape(self) -> str:
+        """The statement on one line, for people."""
+        return self.label if self.fingerprint and self.label else " ".join(self.sql.split())
 
 
 def _short_hash(text: str) -> str:
@@ -213,6 +220,8 @@ class Suggestion:
     dialect: str
     trials: list[tuple[QueryAdvice, Trial]]
     verified_by: str
+    #: Existing indexes whose columns begin this one's: redundant once it exists.
+    replaces: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def estimated_only(self) -> bool:
@@ -230,23 +239,43 @@ class Suggestion:
             "alembic": c.alembic(self.dialect),
             "verified_by": self.verified_by,
             "estimated_only": self.estimated_only,
+            "replaces": self.replaces,
             "queries": [
                 {
                     "query": qa.query.name,
                     "fingerprint": qa.query.fingerprint,
                     "sql": qa.query.sql,
+                    "shape": qa.query.shape,
                     "endpoints": list(qa.query.endpoints),
                     "cost_before": tr.cost_before,
                     "cost_after": tr.cost_after,
                     "measured_before_ms": tr.measured_before_ms,
                     "measured_after_ms": tr.measured_after_ms,
                     "speedup": _ratio(tr.measured_before_ms, tr.measured_after_ms),
-                    "plan_before": qa.plan.lines() if qa.plan else [],
-                    "plan_after": tr.plan_after.lines() if tr.plan_after else [],
+                    "plan_before": _scrubbed(qa.plan, qa.values),
+                    "plan_after": _scrubbed(tr.plan_after, qa.values),
                 }
                 for qa, tr in self.trials
             ],
         }
+
+
+def _scrubbed(plan: Plan | None, values: list[t.Any] | None) -> list[str]:
+    """The plan's lines with the values drawn from the data masked as ``?``: they are
+    held in memory only, never shown."""
+    if plan is None:
+        return []
+    return [_scrub(line, values) for line in plan.lines()]
+
+
+def _scrub(text: str, values: list[t.Any] | None) -> str:
+    """``text`` with every value of ``values`` (as the database prints it) as ``?``."""
+    if not values:
+        return text
+    for v in sorted({str(v) for v in values if v is not None and len(str(v)) > 1}, key=len)[::-1]:
+        text = text.replace(f"'{v}'", "?")
+        text = re.sub(rf"(?<![\w.]){re.escape(v)}(?![\w.])", "?", text)
+    return text
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -286,9 +315,21 @@ class Advice:
                     "query": qa.query.name,
                     "fingerprint": qa.query.fingerprint,
                     "sql": qa.query.sql,
+                    "shape": qa.query.shape,
                     "endpoints": list(qa.query.endpoints),
-                    "plan": qa.plan.to_dict() if qa.plan else None,
-                    "plan_lines": qa.plan.lines() if qa.plan else [],
+                    "plan": (
+                        {
+                            "dialect": qa.plan.dialect,
+                            "cost": qa.plan.cost,
+                            "flags": sorted(qa.plan.flags),
+                            "generic": qa.plan.generic,
+                            "tables": sorted({n.table for n in qa.plan.walk() if n.table}),
+                            "indexes": sorted(qa.plan.indexes_used()),
+                        }
+                        if qa.plan
+                        else None
+                    ),
+                    "plan_lines": _scrubbed(qa.plan, qa.values),
                     "cost": qa.plan.cost if qa.plan else None,
                     "measured_ms": qa.measured_ms,
                     "findings": [dataclasses.asdict(f) for f in qa.findings],
@@ -339,6 +380,9 @@ class _TableUse:
             bucket.append(key)
 
 
+_NO_USE = _TableUse("", "")
+
+
 @dataclasses.dataclass
 class _Analysis:
     tree: t.Any
@@ -352,6 +396,7 @@ class _Analysis:
     offset: t.Any
     is_count_star: bool
     has_where: bool
+    has_group: bool = False
 
 
 def _flatten_and(node: t.Any) -> list[t.Any]:
@@ -427,6 +472,8 @@ def _analyse(sql: str, dialect: str, columns_of: t.Callable[[str], set[str]]) ->
             return str(e2.sql(dialect=gen))
 
         def note_placeholder(ph: t.Any, target: t.Any, op: str) -> None:
+            if isinstance(ph, exp.Cast):  # psycopg's ``%(x)s::VARCHAR``
+                ph = ph.this
             if not isinstance(ph, exp.Placeholder) or not ph.name.startswith("qwp"):
                 return
             num = int(ph.name[3:])
@@ -496,7 +543,7 @@ def _analyse(sql: str, dialect: str, columns_of: t.Callable[[str], set[str]]) ->
                 continue
             if not isinstance(cond, (exp.EQ, exp.GT, exp.GTE, exp.LT, exp.LTE)):
                 continue
-            left, right = cond.this, cond.expression
+            left, right = _uncast(cond.this), _uncast(cond.expression)
             if isinstance(left, (exp.Placeholder, exp.Literal)) and not isinstance(
                 right, (exp.Placeholder, exp.Literal)
             ):
@@ -532,10 +579,13 @@ def _analyse(sql: str, dialect: str, columns_of: t.Callable[[str], set[str]]) ->
             if owner is not None:
                 owner.add(owner.group, g.name)
         # Placeholders under OR, CASE or a function: the column they meet, if any.
-        for ph in select.find_all(exp.Placeholder):
-            if not ph.name.startswith("qwp") or int(ph.name[3:]) in out.placeholders:
+        for found in select.find_all(exp.Placeholder):
+            if not found.name.startswith("qwp") or int(found.name[3:]) in out.placeholders:
                 continue
+            ph: t.Any = found
             parent = ph.parent
+            if isinstance(parent, exp.Cast):
+                ph, parent = parent, parent.parent
             if isinstance(parent, (exp.Tuple, exp.Paren)):
                 parent = parent.parent
             if isinstance(parent, (exp.EQ, exp.NEQ, exp.Like, exp.ILike, exp.In)):
@@ -548,6 +598,7 @@ def _analyse(sql: str, dialect: str, columns_of: t.Callable[[str], set[str]]) ->
             limit = select.args.get("limit")
             offset = select.args.get("offset")
             out.has_limit = limit is not None
+            out.has_group = select.args.get("group") is not None
             if offset is not None:
                 out.offset = offset.expression
             if limit is not None:
@@ -555,10 +606,11 @@ def _analyse(sql: str, dialect: str, columns_of: t.Callable[[str], set[str]]) ->
             if offset is not None:
                 note_placeholder(offset.expression, offset, "offset")
             projections = select.expressions
+            only = projections[0].unalias() if len(projections) == 1 else None
             out.is_count_star = (
-                len(projections) == 1
-                and isinstance(projections[0].unalias(), exp.Count)
-                and isinstance(projections[0].unalias().this, exp.Star)
+                isinstance(only, exp.Count)
+                and not isinstance(only.this, exp.Distinct)
+                and (isinstance(only.this, exp.Star) or isinstance(only.this, exp.Column))
             )
             for p in projections:
                 sub = p.find(exp.Subquery)
@@ -575,6 +627,16 @@ def _analyse(sql: str, dialect: str, columns_of: t.Callable[[str], set[str]]) ->
                         )
                     )
     return out
+
+
+def _uncast(node: t.Any) -> t.Any:
+    """A placeholder under the cast a driver adds (``%(x)s::VARCHAR``) is the
+    placeholder."""
+    from sqlglot import exp
+
+    if isinstance(node, exp.Cast) and isinstance(node.this, exp.Placeholder):
+        return node.this
+    return node
 
 
 def _range_op(cond: t.Any) -> str:
@@ -762,6 +824,7 @@ class Advisor:
         self.notes: list[str] = []
         self._columns: dict[str, set[str]] = {}
         self._hypopg: bool | None = None
+        self._existing: dict[str, list[tuple[str, tuple[str, ...], bool]]] = {}
 
     def close(self) -> None:
         self.explainer.close()
@@ -822,7 +885,9 @@ class Advisor:
             self._plan_findings(s, qa, an, values)
             candidates = []
             for c in _candidates(an, self.dialect):
-                covered = _covered(c, _existing_indexes(s, c.table))
+                existing = _existing_indexes(s, c.table)
+                self._existing[c.table.lower()] = existing
+                covered = _covered(c, existing)
                 if covered is None:
                     candidates.append(c)
             if self.dialect == "mysql":
@@ -996,16 +1061,26 @@ class Advisor:
             )
             if not full or not node.table:
                 continue
+            if an.has_limit and not an.has_where and not an.has_group and not plan.sorts():
+                # Read in index (or row id) order and stopped by the LIMIT: not a scan of
+                # the whole table, whatever the plan's words.
+                continue
             rows = node.table_rows if node.table_rows is not None else s.table_rows(node.table)
             if rows is not None and rows >= self.scan_min_rows:
                 big_scans.append((node, rows))
+                fix = (
+                    "An index on the filtered columns (see the suggestion), or a narrower query."
+                    if an.has_where or an.tables.get(node.table.lower(), _NO_USE).join
+                    else "The query reads the whole table by design: paginate it, narrow it,"
+                    " or cache its result."
+                )
                 qa.findings.append(
                     PlanFinding(
                         "full_scan",
                         node.table,
-                        f"{node.detail}: reads all {rows:,.0f} rows of {node.table}",
-                        "An index on the filtered columns (see the suggestion), or a"
-                        " narrower query.",
+                        f"{_scrub(node.detail, values)}: reads all {rows:,.0f} rows of"
+                        f" {node.table}",
+                        fix,
                     )
                 )
         for node in plan.sorts():
@@ -1015,7 +1090,7 @@ class Advisor:
                     PlanFinding(
                         "sort_without_index",
                         None,
-                        f"{node.detail}: rows are sorted after being read",
+                        f"{_scrub(node.detail, values)}: rows are sorted after being read",
                         "An index whose columns follow the WHERE equality columns with the"
                         " ORDER BY/GROUP BY columns gives the rows in order.",
                     )
@@ -1026,7 +1101,7 @@ class Advisor:
                     PlanFinding(
                         "temp_table",
                         node.table,
-                        f"{node.detail}: an intermediate result is materialized",
+                        f"{_scrub(node.detail, values)}: an intermediate result is materialized",
                         "Index the grouping/join columns, or narrow the rows first.",
                     )
                 )
@@ -1306,7 +1381,17 @@ class Advisor:
                 if _beats(live[k], live[best]):
                     best = k
             items = [(qa, tr) for qa, tr in serves.pop(best) if id(qa) in uncovered]
-            chosen.append(Suggestion(cands[best], self.dialect, items, items[0][1].verified_by))
+            c = cands[best]
+            keys = tuple(_norm_key(k.split(" ")[0]) for k in c.keys)
+            replaces = [
+                name
+                for name, idx_keys, partial in self._existing.get(c.table.lower(), [])
+                if not partial
+                and name not in ("PRIMARY KEY", "PRIMARY")
+                and 0 < len(idx_keys) < len(keys)
+                and keys[: len(idx_keys)] == idx_keys
+            ]
+            chosen.append(Suggestion(c, self.dialect, items, items[0][1].verified_by, replaces))
             uncovered -= {id(qa) for qa, _ in items}
         return chosen
 
@@ -1367,6 +1452,8 @@ def _beats(longer: dict[int, Trial], shorter: dict[int, Trial]) -> bool:
     same queries: no worse on any query and clearly better on one, by the clock where
     both were timed past :data:`MIN_TIMED_MS` (10% faster), else by the estimate (half
     the cost)."""
+    if longer.keys() != shorter.keys():
+        return False
     clearly = False
     for q, a in longer.items():
         b = shorter[q]
@@ -1435,3 +1522,94 @@ def advise_sql(
     """Advise on literal SQL statements (``querywatch advise --sql``)."""
     with Advisor(database, **kw) as adv:
         return adv.advise(QueryInput(sql) for sql in statements)
+
+
+# --- the store and the command line ------------------------------------------------------
+
+
+def queries_from_store(
+    store: t.Any, *, since: float, until: float | None = None, limit: int = 10
+) -> list[QueryInput]:
+    """The costliest read shapes of a window, as the advisor's input: each with its
+    runnable sample, endpoints (costliest first), calls and total time."""
+    until = time.time() if until is None else until
+    win = store.window(since, until)
+    ranked = sorted(win.shapes.items(), key=lambda kv: (-kv[1].total, kv[0]))
+    shapes = store.shapes([fp for fp, _ in ranked])
+    by_fp: dict[str, list[tuple[str, float]]] = {}
+    for (ep, fp), agg in win.endpoint_shapes.items():
+        by_fp.setdefault(fp, []).append((ep, agg.total))
+    out: list[QueryInput] = []
+    for fp, agg in ranked:
+        shape = shapes.get(fp)
+        if shape is None or shape.operation != "SELECT" or not shape.sample:
+            continue
+        eps = tuple(ep for ep, _ in sorted(by_fp.get(fp, []), key=lambda x: -x[1]))
+        out.append(
+            QueryInput(
+                sql=shape.sample,
+                fingerprint=fp,
+                endpoints=eps,
+                calls=agg.calls,
+                total_s=agg.total,
+                label=shape.shape,
+                site=shape.site,
+            )
+        )
+        if len(out) >= limit:
+            break
+    return out
+
+
+def record_advice(store: t.Any, advice: Advice, when: float | None = None) -> None:
+    """Write the suggestions and plan findings of queries that came from the store."""
+    from .store import PlanFindingRow
+    from .store import StoredAdvice
+
+    when = time.time() if when is None else when
+    rows = []
+    for sug in advice.suggestions:
+        c = sug.candidate
+        for qa, tr in sug.trials:
+            if not qa.query.fingerprint:
+                continue
+            rows.append(
+                StoredAdvice(
+                    qa.query.fingerprint,
+                    advice.dialect,
+                    c.table,
+                    c.name(),
+                    c.keys,
+                    c.ddl(advice.dialect, migration=True) + ";",
+                    c.alembic(advice.dialect),
+                    c.reason,
+                    sug.verified_by,
+                    tr.cost_before,
+                    tr.cost_after,
+                    tr.measured_before_ms,
+                    tr.measured_after_ms,
+                    when,
+                    when,
+                )
+            )
+    findings = []
+    for qa in advice.queries:
+        q = qa.query
+        if not q.fingerprint:
+            continue
+        suggestion = next(
+            (s for s in advice.suggestions if any(x is qa for x, _ in s.trials)), None
+        )
+        for f in qa.findings:
+            fix = f"{f.evidence}. {f.fix}"
+            if suggestion is not None and f.kind in ("full_scan", "sort_without_index"):
+                ddl = suggestion.candidate.ddl(advice.dialect, migration=True)
+                fix = f"{f.evidence}. Verified fix: {ddl}"
+            for ep in q.endpoints or ("",):
+                findings.append(
+                    PlanFindingRow(f.kind, ep, q.fingerprint, q.calls, q.total_s, q.site, fix)
+                )
+    if rows:
+        store.record_advice(rows)
+    if findings:
+        store.record_plan_findings(findings, when)

@@ -17,8 +17,8 @@ if t.TYPE_CHECKING:
 __all__ = ["cli", "main"]
 
 
-def _app_store_url() -> str | None:
-    """The store URL of the Flask app, when run as ``flask querywatch``."""
+def _flask_app() -> t.Any:
+    """The Flask app, when run as ``flask querywatch``; else None."""
     ctx = click.get_current_context(silent=True)
     if ctx is None:
         return None
@@ -30,11 +30,22 @@ def _app_store_url() -> str | None:
     if info is None:
         return None
     try:
-        app = info.load_app()
+        return info.load_app()
     except Exception:
         return None
-    state = app.extensions.get("querywatch")
+
+
+def _app_store_url() -> str | None:
+    """The store URL of the Flask app, when run as ``flask querywatch``."""
+    app = _flask_app()
+    state = app.extensions.get("querywatch") if app is not None else None
     return state.settings.store_url if state is not None else None
+
+
+def _app_config(key: str) -> t.Any:
+    """A config value of the Flask app, when run as ``flask querywatch``."""
+    app = _flask_app()
+    return app.config.get(key) if app is not None else None
 
 
 def _open_store(url: str | None) -> Store:
@@ -98,6 +109,132 @@ def report(
         click.echo(json.dumps(data, indent=2, sort_keys=False))
     else:
         render_report(data)
+
+
+@cli.command()
+@click.option("--store", "store_url", metavar="URL", help="Store to read query shapes from.")
+@click.option(
+    "--database-url",
+    metavar="URL",
+    envvar="QUERYWATCH_DATABASE_URL",
+    help="The application's database, where plans are asked for (default: the Flask app's"
+    " SQLALCHEMY_DATABASE_URI).",
+)
+@click.option(
+    "--sql",
+    "sql_file",
+    type=click.File("r"),
+    default=None,
+    help="Analyse the SELECTs in this file ('-' for stdin) instead of the store's shapes.",
+)
+@click.option(
+    "--since", default="24h", show_default=True, help="Store window: 30m, 1h, 2d or ISO time."
+)
+@click.option(
+    "--limit",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1, 200),
+    help="Costliest read shapes to analyse.",
+)
+@click.option(
+    "--allow-ddl",
+    is_flag=True,
+    help="Build each candidate index for real (rolled back, or dropped on MariaDB) to verify"
+    " and time it. For dev, CI or a copy of production.",
+)
+@click.option(
+    "--scan-min-rows",
+    default=None,
+    type=click.IntRange(1),
+    help="A full scan of a table this big is a finding (default: QUERYWATCH_SCAN_MIN_ROWS"
+    " or 10000).",
+)
+@click.option(
+    "--timeout",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0.01),
+    help="Seconds any one statement may take.",
+)
+@click.option(
+    "--record/--no-record",
+    default=True,
+    show_default=True,
+    help="Write the suggestions and plan findings back to the store (for the report).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def advise(
+    store_url: str | None,
+    database_url: str | None,
+    sql_file: t.TextIO | None,
+    since: str,
+    limit: int,
+    allow_ddl: bool,
+    scan_min_rows: int | None,
+    timeout: float,
+    record: bool,
+    as_json: bool,
+) -> None:
+    """Index suggestions verified by the planner, plan findings and rewrite hints."""
+    from .advisor import Advisor
+    from .advisor import QueryInput
+    from .advisor import queries_from_store
+    from .advisor import record_advice
+    from .explain import split_statements
+    from .report import parse_since
+    from .report import render_advice
+
+    database_url = database_url or _app_config("SQLALCHEMY_DATABASE_URI")
+    if not database_url:
+        msg = (
+            "No database to ask for plans. Pass '--database-url URL' (the application's"
+            " database), set QUERYWATCH_DATABASE_URL, or run 'flask querywatch advise'"
+            " inside your app."
+        )
+        raise click.UsageError(msg)
+    if scan_min_rows is None:
+        scan_min_rows = int(os.environ.get("QUERYWATCH_SCAN_MIN_ROWS") or 10_000)
+    store = None
+    if sql_file is not None:
+        statements = split_statements(sql_file.read())
+        if not statements:
+            raise click.UsageError("The --sql input holds no statement.")
+        queries = [QueryInput(sql, label=f"statement {i}") for i, sql in enumerate(statements, 1)]
+    else:
+        try:
+            start = parse_since(since)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="'--since'") from None
+        store = _open_store(store_url)
+        queries = queries_from_store(store, since=start, limit=limit)
+        if not queries:
+            store.dispose()
+            click.echo(
+                "No read query shapes with a runnable sample in the store for this window;"
+                " widen '--since', or pass '--sql FILE'."
+            )
+            return
+    try:
+        with Advisor(
+            database_url,
+            allow_ddl=True if allow_ddl else None,
+            scan_min_rows=scan_min_rows,
+            timeout=timeout,
+        ) as adv:
+            result = adv.advise(queries)
+        if store is not None and record:
+            record_advice(store, result)
+    except QueryWatchError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        if store is not None:
+            store.dispose()
+    data = result.to_dict()
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        render_advice(data)
 
 
 @cli.command()

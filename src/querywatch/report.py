@@ -32,6 +32,11 @@ __all__ = ["REPORT_SCHEMA", "build_report", "parse_since", "render_report"]
 
 REPORT_SCHEMA = "querywatch.report/1"
 
+#: Findings the advisor reads off a query plan (``querywatch advise``).
+PLAN_FINDINGS = frozenset(
+    {"full_scan", "sort_without_index", "temp_table", "function_on_column", "leading_wildcard_like"}
+)
+
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -318,10 +323,15 @@ def render_report(
     for f in report["findings"]:
         line = Text(f"  {f['kind'].replace('_', ' ')}", style="bold yellow")
         line.append(f"  {f['endpoint']}", style="cyan")
-        line.append(
-            f"  seen in {f['occurrences']:,} units of work, {f['queries']:,} queries,"
-            f" {f['total_ms']:,.0f} ms"
-        )
+        if f["kind"] in PLAN_FINDINGS:
+            line.append(
+                f"  in the plan of a shape run {f['queries']:,} times, {f['total_ms']:,.0f} ms"
+            )
+        else:
+            line.append(
+                f"  seen in {f['occurrences']:,} units of work, {f['queries']:,} queries,"
+                f" {f['total_ms']:,.0f} ms"
+            )
         console.print(line)
         where = Text("    ")
         if f["relationship"]:
@@ -329,3 +339,97 @@ def render_report(
         where.append(_site_text(f["call_site"]) or compact_shape(f["shape"], 100), style="dim")
         console.print(where)
         console.print(Text(f"    {f['fix']}"))
+
+
+def _gain(before: float | None, after: float | None) -> str:
+    if before is None or after is None or after <= 0:
+        return ""
+    return f" (x{before / after:,.1f})"
+
+
+def render_advice(data: dict[str, t.Any], console: Console | None = None) -> None:
+    """Print ``querywatch advise``'s result (:meth:`Advice.to_dict`) for a person."""
+    console = console or Console()
+    queries = data["queries"]
+    seconds = sum(q["seconds"] for q in queries)
+    console.print(
+        f"[bold]querywatch advise[/bold] on {data['dialect']}: {len(queries)} query"
+        f" shape{'s' if len(queries) != 1 else ''} analysed in {seconds:.2f} s",
+        highlight=False,
+    )
+    cost_word = "estimated rows read" if data["dialect"] == "sqlite" else "estimated cost"
+    console.print()
+    if data["suggestions"]:
+        console.print("[bold]Suggested indexes[/bold] (each verified against the planner)")
+    else:
+        console.print("No index to suggest: none that was tried improved a plan enough.")
+    for i, s in enumerate(data["suggestions"], 1):
+        console.print(Text(f"{i:>2}. {s['ddl']}", style="bold green"), highlight=False)
+        console.print(Text(f"    {s['alembic']}", style="dim"), highlight=False)
+        label = "estimated only (no DDL allowed to time it)" if s["estimated_only"] else ""
+        if s["replaces"]:
+            label += f" Makes {', '.join(s['replaces'])} redundant: drop it once this exists."
+        console.print(
+            Text(f"    {s['reason']}; verified by {s['verified_by']}. {label}".rstrip()),
+            highlight=False,
+        )
+        for q in s["queries"]:
+            where = ", ".join(q["endpoints"][:3]) or "(no endpoint)"
+            console.print(Text(f"    serves {where}", style="cyan"), highlight=False)
+            console.print(Text(f"      {compact_shape(q['shape'], 160)}"), highlight=False)
+            figures = []
+            if q["cost_before"] is not None and q["cost_after"] is not None:
+                figures.append(
+                    f"{cost_word} {q['cost_before']:,.1f} -> {q['cost_after']:,.1f}"
+                    + _gain(q["cost_before"], q["cost_after"])
+                )
+            if q["measured_before_ms"] is not None and q["measured_after_ms"] is not None:
+                figures.append(
+                    f"measured {q['measured_before_ms']:,.2f} ms -> {q['measured_after_ms']:,.2f}"
+                    " ms" + _gain(q["measured_before_ms"], q["measured_after_ms"])
+                )
+            if figures:
+                console.print(Text("      " + "; ".join(figures), style="bold"), highlight=False)
+            for label_, lines in (("before", q["plan_before"]), ("after", q["plan_after"])):
+                if lines:
+                    console.print(Text(f"      plan {label_}:", style="dim"))
+                    for line in lines[:6]:
+                        console.print(Text(f"        {line}", style="dim"), highlight=False)
+    found = [(q, f) for q in queries for f in q["findings"]]
+    if found:
+        console.print()
+        console.print("[bold]Plan findings[/bold]")
+        for q, f in found:
+            line = Text(f"  {f['kind'].replace('_', ' ')}", style="bold yellow")
+            line.append(f"  {', '.join(q['endpoints'][:2]) or compact_shape(q['shape'], 60)}")
+            console.print(line, highlight=False)
+            console.print(Text(f"    {f['evidence']}"), highlight=False)
+            console.print(Text(f"    {f['fix']}", style="dim"), highlight=False)
+    hints = [(q, h) for q in queries for h in q["hints"]]
+    if hints:
+        console.print()
+        console.print("[bold]Rewrite hints[/bold] (no index is the answer)")
+        for q, h in hints:
+            line = Text(f"  {h['kind'].replace('_', ' ')}", style="bold yellow")
+            line.append(f"  {', '.join(q['endpoints'][:2]) or compact_shape(q['shape'], 60)}")
+            console.print(line, highlight=False)
+            console.print(Text(f"    {h['evidence']}"), highlight=False)
+            console.print(Text(f"    {h['fix']}", style="dim"), highlight=False)
+    notes = data["index_notes"]
+    if notes:
+        console.print()
+        console.print("[bold]Existing indexes[/bold]")
+        for n in notes:
+            console.print(Text(f"  {n['kind']}  {n['table']}.{n['index']}", style="bold"))
+            console.print(Text(f"    {n['detail']}  ({n['ddl']})"), highlight=False)
+    errors = [(q, e) for q in queries for e in q["errors"]]
+    if errors or data["notes"]:
+        console.print()
+        console.print("[bold]Not analysed, or only in part[/bold]")
+        for q, e in errors:
+            console.print(
+                Text(f"  {compact_shape(q['shape'], 100)}", style="cyan"), highlight=False
+            )
+            console.print(Text(f"    {e}"), highlight=False)
+        for note in data["notes"]:
+            console.print(Text(f"  {note}"), highlight=False)

@@ -53,6 +53,7 @@ __all__ = [
     "Session",
     "check_read_only",
     "number_placeholders",
+    "split_statements",
 ]
 
 #: The flags a plan node may carry.
@@ -461,3 +462,25 @@ def deadline_handler(timeout: float) -> t.Callable[[], int]:
         return 1 if time.monotonic() > end else 0
 
     return handler
+
+
+def split_statements(text: str) -> list[str]:
+    """Split a SQL script on ``;`` outside strings, quoted names and comments."""
+    out: list[str] = []
+    cur: list[str] = []
+    for m in _TOKEN_RE.finditer(text):
+        tok = m.group(0)
+        if m.lastgroup == "other" and ";" in tok:
+            pieces = tok.split(";")
+            cur.append(pieces[0])
+            for p in pieces[1:]:
+                out.append("".join(cur))
+                cur = [p]
+        else:
+            cur.append(tok)
+    out.append("".join(cur))
+    return [s.strip() for s in out if s.strip() and not _only_comments(s)]
+
+
+def _only_comments(sql: str) -> bool:
+    return all(m.lastgroup == "comment" or not m.group(0).strip() for m in _TOKEN_RE.finditer(sql))

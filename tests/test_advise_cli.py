@@ -1,0 +1,131 @@
+"""``querywatch advise``: from the shapes the shop's traffic left in the store to a verified
+index, written back so ``querywatch report`` cites it."""
+
+from __future__ import annotations
+
+import json
+import typing as t
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import create_engine
+from sqlalchemy import text
+
+from querywatch.cli import cli
+from querywatch.demo import shop
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+)
+def served_shop(request: pytest.FixtureRequest, tmp_path: t.Any) -> tuple[str, str]:
+    """(shop database URL, store URL) after some traffic on every endpoint."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/shop.db"
+    else:
+        url = request.getfixturevalue("postgres_url")
+        engine = create_engine(url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text("CREATE EXTENSION IF NOT EXISTS hypopg"))
+        engine.dispose()
+    engine = create_engine(url)
+    shop.seed(engine, scale=0.05)  # 10,000 orders
+    engine.dispose()
+    store_url = f"sqlite:///{tmp_path}/store.db"
+    app = shop.create_app(
+        url,
+        instance_path=str(tmp_path / "instance"),
+        config={"QUERYWATCH_STORE_URL": store_url, "QUERYWATCH_FLUSH_INTERVAL": 3600},
+    )
+    client = app.test_client()
+    for i in range(1, 6):
+        assert client.get(f"/api/orders/lookup?email=customer{i}@example.com").status_code == 200
+        assert client.get(f"/api/customers/{i}/orders").status_code == 200
+        assert client.get("/api/orders/recent?limit=5").status_code == 200
+        assert client.get("/api/products?category=books").status_code == 200
+    state = app.extensions["querywatch"]
+    assert state.flusher.flush()
+    state.flusher._stop.set()
+    with app.app_context():
+        shop.db.engine.dispose()
+    return url, store_url
+
+
+def test_advise_finds_the_lookup_index_and_records_it(served_shop: tuple[str, str]) -> None:
+    url, store_url = served_shop
+    runner = CliRunner()
+    result = runner.invoke(
+        cli,
+        [
+            "advise",
+            "--store",
+            store_url,
+            "--database-url",
+            url,
+            "--json",
+            "--scan-min-rows",
+            "5000",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    first = data["suggestions"][0]
+    assert first["table"] == "orders"
+    assert first["keys"] == ["customer_email"]
+    (served,) = first["queries"]
+    assert served["endpoints"] == ["GET /api/orders/lookup"]
+    assert served["cost_after"] <= served["cost_before"] / 2
+    assert "customer1@example.com" not in result.output  # drawn values are never shown
+    lookup = next(q for q in data["queries"] if "customer_email" in q["shape"])
+    assert "full_scan" in [f["kind"] for f in lookup["findings"]]
+
+    # The report now cites the plan finding with its verified fix.
+    result = runner.invoke(cli, ["report", "--store", store_url, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    scans = [
+        f
+        for f in report["findings"]
+        if f["kind"] == "full_scan" and f["endpoint"] == "GET /api/orders/lookup"
+    ]
+    assert len(scans) == 1
+    assert "Verified fix: CREATE INDEX" in scans[0]["fix"]
+    assert "(customer_email)" in scans[0]["fix"]
+
+    # And the text form says it for people.
+    result = runner.invoke(
+        cli, ["advise", "--store", store_url, "--database-url", url, "--no-record"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Suggested indexes" in result.output
+    assert "ix_orders_customer_email" in result.output
+
+
+def test_advise_sql_file_reports_each_statement(tmp_path: t.Any) -> None:
+    url = f"sqlite:///{tmp_path}/shop.db"
+    engine = create_engine(url)
+    shop.seed(engine, scale=0.05)
+    sql = tmp_path / "queries.sql"
+    sql.write_text(
+        "-- the lookup\n"
+        "SELECT id FROM orders WHERE customer_email = 'customer3@example.com';\n"
+        "DELETE FROM orders;\n"
+        "SELECT nonsense FROM;\n"
+    )
+    result = CliRunner().invoke(cli, ["advise", "--database-url", url, "--sql", str(sql), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    lookup, delete, bad = data["queries"]
+    assert data["suggestions"][0]["keys"] == ["customer_email"]
+    assert lookup["errors"] == []
+    assert "never explained nor run" in delete["errors"][0]
+    assert bad["errors"][0].startswith("The statement could not be parsed")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM orders")).scalar_one() == 10_000
+    engine.dispose()
+
+
+def test_advise_without_a_database_says_how_to_give_one(tmp_path: t.Any) -> None:
+    result = CliRunner().invoke(cli, ["advise", "--store", f"sqlite:///{tmp_path}/s.db"])
+    assert result.exit_code == 2
+    assert "Pass '--database-url URL'" in result.output
