@@ -28,6 +28,17 @@ def _unavailable(service: str, reason: str) -> t.NoReturn:
 
 
 @pytest.fixture(autouse=True)
+def no_background_advisor_outlives_its_test() -> t.Iterator[None]:
+    """An app's advisor thread wakes every 30 s; one left from an earlier test would
+    analyse that test's database in the middle of a later one."""
+    yield
+    from querywatch.extension import _states
+
+    for state in list(_states):
+        state.advice_worker._stop.set()
+
+
+@pytest.fixture(autouse=True)
 def internal_errors(request: pytest.FixtureRequest) -> t.Iterator[None]:
     """querywatch swallows its own errors in production; in tests they fail loudly."""
     allow = request.node.get_closest_marker("allow_internal_errors") is not None
@@ -110,6 +121,7 @@ def app(sqlite_shop_url: str, tmp_path: t.Any) -> t.Any:
     yield a
     state = a.extensions["querywatch"]
     state.flusher._stop.set()
+    state.advice_worker.stop()
     with a.app_context():
         shop.db.engine.dispose()
 

@@ -46,6 +46,7 @@ def served_shop(request: pytest.FixtureRequest, tmp_path: t.Any) -> tuple[str, s
     state = app.extensions["querywatch"]
     assert state.flusher.flush()
     state.flusher._stop.set()
+    state.advice_worker.stop()
     with app.app_context():
         shop.db.engine.dispose()
     return url, store_url

@@ -23,6 +23,9 @@ def test_demo_report_names_the_unoptimized_query_first(tmp_path: t.Any) -> None:
     assert "Traffic did not rise" in text
     assert "orders.customer_email = ?" in text
     assert "Order.items" in text  # the N+1 finding of the recent-orders endpoint
+    # The advisor's round after the traffic: the index that fixes it, verified.
+    assert "Verified index (built and rolled back): CREATE INDEX IF NOT EXISTS" in text
+    assert "ix_orders_customer_email ON orders (customer_email)" in text
 
 
 def test_demo_json_and_reuse_of_the_seeded_database(tmp_path: t.Any) -> None:
@@ -51,6 +54,13 @@ def test_demo_json_and_reuse_of_the_seeded_database(tmp_path: t.Any) -> None:
     assert demo["calm"]["lookup_share"] == 0
     assert 0.15 < demo["incident"]["lookup_share"] < 0.45
     assert data["report"]["schema"] == "querywatch.report/1"
+    fix = demo["verified_index"]
+    assert fix["ddl"].endswith("ON orders (customer_email);")
+    assert fix["cost_after"] < fix["cost_before"] / 2
+    assert any(
+        f["kind"] == "full_scan" and f["endpoint"] == "GET /api/orders/lookup"
+        for f in data["report"]["findings"]
+    )
     second = runner.invoke(cli, args)
     assert second.exit_code == 0, second.output
     assert "Reusing the seeded shop database" in second.output

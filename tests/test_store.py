@@ -253,6 +253,7 @@ def test_failed_flush_keeps_the_data(tmp_path: t.Any) -> None:
     win = state.store.window(time.time() - 600, time.time() + 60)
     assert win.endpoints["job:j"].requests == 3
     state.flusher._stop.set()
+    state.advice_worker.stop()
 
 
 def _traffic(client: t.Any) -> list[int]:

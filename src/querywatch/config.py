@@ -32,6 +32,20 @@ class Settings:
     store_url: str
     flush_interval: float
     retention_days: float
+    #: The background advisor: explain slow or hot read shapes of this app.
+    advise: bool = True
+    #: The database the advisor asks for plans (default: SQLALCHEMY_DATABASE_URI).
+    advise_database_url: str | None = None
+    #: Seconds between two rounds of the background advisor.
+    advise_interval: float = 30.0
+    #: A shape is analysed again after this many seconds.
+    advise_ttl: float = 3600.0
+    #: Shapes analysed per round at most.
+    advise_per_round: int = 2
+    #: Build candidate indexes to verify them (rolled back / dropped). None: SQLite only.
+    advise_allow_ddl: bool | None = None
+    #: A full scan of a table with this many rows is a finding.
+    scan_min_rows: int = 10_000
 
 
 def _bool(app: Flask, key: str, default: bool) -> bool:
@@ -104,6 +118,27 @@ def _store_url(app: Flask) -> str:
     return value
 
 
+def _optional_url(app: Flask, key: str) -> str | None:
+    value = app.config.setdefault(key, None)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(key, "a database URL such as 'postgresql+psycopg://host/db'", value)
+    try:
+        make_url(value)
+    except ArgumentError:
+        raise ConfigError(
+            key, "a database URL such as 'postgresql+psycopg://host/db'", value
+        ) from None
+    return value
+
+
+def _optional_bool(app: Flask, key: str) -> bool | None:
+    if app.config.setdefault(key, None) is None:
+        return None
+    return _bool(app, key, False)
+
+
 def load_settings(app: Flask) -> Settings:
     """Read and validate the ``QUERYWATCH_*`` keys, writing defaults back to
     ``app.config`` so it shows the effective values."""
@@ -125,4 +160,15 @@ def load_settings(app: Flask) -> Settings:
         store_url=_store_url(app),
         flush_interval=_number(app, "QUERYWATCH_FLUSH_INTERVAL", 5.0, minimum=0, exclusive=True),
         retention_days=_number(app, "QUERYWATCH_RETENTION_DAYS", 7, minimum=0, exclusive=True),
+        advise=_bool(app, "QUERYWATCH_ADVISE", True),
+        advise_database_url=_optional_url(app, "QUERYWATCH_ADVISE_DATABASE_URL"),
+        advise_interval=_number(app, "QUERYWATCH_ADVISE_INTERVAL", 30.0, minimum=0, exclusive=True),
+        advise_ttl=_number(app, "QUERYWATCH_ADVISE_TTL", 3600.0, minimum=0),
+        advise_per_round=int(
+            _number(app, "QUERYWATCH_ADVISE_PER_ROUND", 2, minimum=1, integer=True)
+        ),
+        advise_allow_ddl=_optional_bool(app, "QUERYWATCH_ADVISE_ALLOW_DDL"),
+        scan_min_rows=int(
+            _number(app, "QUERYWATCH_SCAN_MIN_ROWS", 10_000, minimum=1, integer=True)
+        ),
     )

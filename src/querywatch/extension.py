@@ -19,6 +19,7 @@ from ._failopen import fail_open
 from ._failopen import log_limited
 from ._failopen import record_internal_error
 from ._failopen import swallow
+from .advice_worker import AdviceWorker
 from .config import Settings
 from .config import load_settings
 from .detectors import Finding
@@ -51,7 +52,9 @@ class AppState:
         self.engines = engines
         self.stats = Stats(max_shapes=settings.max_shapes)
         self.instance_path = app.instance_path
+        self._config = app.config
         self.flusher = Flusher(self)
+        self.advice_worker = AdviceWorker(self)
         #: Called with each finished record and its findings (used by test helpers).
         self.listeners: list[Callable[[capture.Record, list[Finding]], None]] = []
         self._store: Store | None = None
@@ -70,6 +73,11 @@ class AppState:
                     self._store = Store(self.settings.store_url)
         return self._store
 
+    def advise_database_url(self) -> str | None:
+        """The database the background advisor asks for plans."""
+        url = self.settings.advise_database_url or self._config.get("SQLALCHEMY_DATABASE_URI")
+        return url if isinstance(url, str) else None
+
     def new_record(self, name: str, kind: str) -> capture.Record:
         return capture.Record(name=name, kind=kind, settings=self.settings, engines=self.engines)
 
@@ -79,6 +87,8 @@ class AppState:
         findings = detect(record, self.settings)
         self.stats.add(record, findings)
         self.flusher.ensure_started()
+        if self.settings.advise:
+            self.advice_worker.ensure_started()
         if self.listeners:
             for listener in list(self.listeners):
                 listener(record, findings)
@@ -194,6 +204,7 @@ def _after_fork_in_child() -> None:
         state.stats = Stats(max_shapes=state.settings.max_shapes)
         state.flusher._thread = None
         state.flusher._lock = threading.Lock()
+        state.advice_worker.after_fork()
 
 
 if hasattr(os, "register_at_fork"):

@@ -560,6 +560,22 @@ class Store:
 
     # --- the advisor's results --------------------------------------------------------
 
+    def claim_for_advice(self, fingerprint: str, now: float, ttl: float) -> bool:
+        """Claim a shape for the background advisor: True for exactly one process per
+        ``ttl`` seconds, however many workers or hosts ask at once."""
+        self.migrate()
+        tbl = schema.shapes
+        with self.engine.begin() as conn:
+            n = conn.execute(
+                update(tbl)
+                .where(
+                    tbl.c.fingerprint == fingerprint,
+                    (tbl.c.advised_at.is_(None)) | (tbl.c.advised_at <= now - ttl),
+                )
+                .values(advised_at=now)
+            ).rowcount
+        return bool(n == 1)
+
     def record_advice(self, rows: t.Iterable[StoredAdvice]) -> int:
         """Upsert verified suggestions, one per (fingerprint, index name)."""
         self.migrate()

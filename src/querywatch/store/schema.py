@@ -25,7 +25,8 @@ if t.TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
 #: The version this code writes. A store with a higher version is refused.
-#: 2: ``qw_shapes.sample_sql`` and ``qw_advice`` (the advisor's verified suggestions).
+#: 2: ``qw_shapes.sample_sql`` and ``advised_at``, and ``qw_advice`` (the advisor's
+#: verified suggestions).
 SCHEMA_VERSION = 2
 
 metadata = MetaData()
@@ -49,6 +50,8 @@ shapes = Table(
     Column("first_seen", Float, nullable=False),
     # A runnable statement of the shape: placeholders kept, string literals masked.
     Column("sample_sql", Text),
+    # When a process last claimed the shape for the background advisor.
+    Column("advised_at", Float),
 )
 
 query_stats = Table(
@@ -143,6 +146,8 @@ def _migrate_to_2(conn: Connection) -> None:
     cols = {c["name"] for c in inspect(conn).get_columns(shapes.name)}
     if "sample_sql" not in cols:
         conn.exec_driver_sql(f"ALTER TABLE {shapes.name} ADD COLUMN sample_sql TEXT")
+    if "advised_at" not in cols:
+        conn.exec_driver_sql(f"ALTER TABLE {shapes.name} ADD COLUMN advised_at FLOAT")
     if not inspect(conn).has_table(advice.name):
         advice.create(conn)
 

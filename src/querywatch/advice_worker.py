@@ -1,0 +1,160 @@
+"""The advisor in the running app: a background thread explains the app's slow or hot
+read shapes and stores the plan findings and verified suggestions, so ``querywatch
+report`` (and later the dashboard and alerts) can cite them.
+
+Never on a request thread, and bounded every way: one round every
+``QUERYWATCH_ADVISE_INTERVAL`` seconds (30), at most ``QUERYWATCH_ADVISE_PER_ROUND`` shapes
+a round (2), each shape at most once per ``QUERYWATCH_ADVISE_TTL`` (an hour) across every
+process and host (a claim in the store), a 2 s statement timeout, and no timing runs of
+the app's queries. Candidate indexes are verified with HypoPG on PostgreSQL, in a
+rolled-back transaction on SQLite, and on MariaDB not at all unless
+``QUERYWATCH_ADVISE_ALLOW_DDL`` says so.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+import typing as t
+import weakref
+
+from ._failopen import log_limited
+from ._failopen import record_internal_error
+
+if t.TYPE_CHECKING:
+    from .extension import AppState
+
+__all__ = ["AdviceWorker"]
+
+#: Shapes among the costliest of the window that count as hot.
+HOT_RANK = 5
+#: The window the worker looks at, at least.
+WINDOW_SECONDS = 15 * 60
+#: Fingerprints remembered as recently analysed, at most.
+_RECENT_CAP = 10_000
+
+
+class AdviceWorker:
+    """Runs the advisor over an app's costliest read shapes, off the request path."""
+
+    def __init__(self, state: AppState) -> None:
+        self._state = weakref.ref(state)
+        self.interval = state.settings.advise_interval
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._recent: collections.OrderedDict[str, float] = collections.OrderedDict()
+        #: Rounds run, shapes analysed, and why the worker stopped (if it did).
+        self.rounds = 0
+        self.analysed = 0
+        self.disabled: str | None = None
+
+    def ensure_started(self) -> None:
+        if self._thread is not None and self._pid == os.getpid():
+            return
+        with self._lock:
+            thread = self._thread
+            if thread is not None and self._pid == os.getpid() and thread.is_alive():
+                return
+            self._pid = os.getpid()
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._run, name="querywatch-advisor", daemon=True
+            )
+            self._thread.start()
+
+    def after_fork(self) -> None:
+        self._thread = None
+        self._lock = threading.Lock()
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread() and thread.is_alive():
+            thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            if self.disabled:
+                return
+            try:
+                self.run_once()
+            except Exception as e:  # keep the thread alive whatever happens
+                record_internal_error("advisor.worker", e)
+
+    def run_once(self, now: float | None = None) -> int:
+        """One round: pick the slow or hot read shapes not analysed lately, claim them
+        in the store, analyse and record. Returns how many shapes were analysed."""
+        from .advisor import Advisor
+        from .advisor import queries_from_store
+        from .advisor import record_advice
+        from .exceptions import ExplainError
+
+        state = self._state()
+        if state is None or self.disabled:
+            return 0
+        settings = state.settings
+        url = state.advise_database_url()
+        if not url:
+            return 0
+        now = time.time() if now is None else now
+        self.rounds += 1
+        store = state.store
+        since = now - max(WINDOW_SECONDS, 2 * self.interval)
+        queries = queries_from_store(store, since=since, until=now + 60, limit=20)
+        picked = []
+        for rank, q in enumerate(queries):
+            fp = q.fingerprint
+            assert fp is not None
+            slow = q.calls > 0 and q.total_s / q.calls >= settings.slow_query_seconds
+            if rank >= HOT_RANK and not slow:
+                continue
+            seen = self._recent.get(fp)
+            if seen is not None and seen > now - settings.advise_ttl:
+                continue
+            self._remember(fp, now)
+            if store.claim_for_advice(fp, now, settings.advise_ttl):
+                picked.append(q)
+                if len(picked) >= settings.advise_per_round:
+                    break
+        if not picked:
+            return 0
+        try:
+            advisor = Advisor(
+                url,
+                allow_ddl=settings.advise_allow_ddl,
+                scan_min_rows=settings.scan_min_rows,
+                timeout=2.0,
+                measure=False,
+            )
+        except ExplainError as e:
+            # An in-memory SQLite database, an unsupported dialect: say it once, stop.
+            self.disabled = str(e)
+            log_limited(
+                "advisor.disabled",
+                "querywatch's background advisor is off for this app: %s",
+                self.disabled,
+            )
+            return 0
+        with advisor:
+            advice = advisor.advise(picked, index_health=False)
+        record_advice(store, advice, when=now)
+        self.analysed += len(picked)
+        for qa in advice.queries:
+            for err in qa.errors:
+                log_limited(
+                    f"advisor.query.{qa.query.fingerprint}",
+                    "querywatch's background advisor could not analyse %s: %s",
+                    qa.query.fingerprint,
+                    err,
+                )
+        return len(picked)
+
+    def _remember(self, fp: str, now: float) -> None:
+        self._recent[fp] = now
+        self._recent.move_to_end(fp)
+        while len(self._recent) > _RECENT_CAP:
+            self._recent.popitem(last=False)

@@ -1,0 +1,136 @@
+"""The advisor in the running app: slow or hot shapes get explained in the background,
+once per TTL across processes, and the report cites what it found."""
+
+from __future__ import annotations
+
+import threading
+import time
+import typing as t
+
+import pytest
+from sqlalchemy import create_engine
+
+from querywatch.advisor import queries_from_store
+from querywatch.demo import shop
+from querywatch.report import build_report
+
+
+@pytest.fixture
+def busy_shop(tmp_path: t.Any) -> t.Any:
+    url = f"sqlite:///{tmp_path}/shop.db"
+    engine = create_engine(url)
+    shop.seed(engine, scale=0.05)  # 10,000 orders
+    engine.dispose()
+    app = shop.create_app(
+        url,
+        instance_path=str(tmp_path / "instance"),
+        config={
+            "QUERYWATCH_FLUSH_INTERVAL": 3600,
+            "QUERYWATCH_ADVISE_INTERVAL": 3600,
+            "QUERYWATCH_SCAN_MIN_ROWS": 5000,
+        },
+    )
+    client = app.test_client()
+    for i in range(1, 4):
+        assert client.get(f"/api/orders/lookup?email=customer{i}@example.com").status_code == 200
+        assert client.get(f"/api/products/{i}").status_code == 200
+    state = app.extensions["querywatch"]
+    assert state.flusher.flush()
+    yield app
+    state.flusher._stop.set()
+    state.advice_worker.stop()
+    with app.app_context():
+        shop.db.engine.dispose()
+
+
+def test_a_round_explains_the_hot_shapes_and_records_advice(busy_shop: t.Any) -> None:
+    state = busy_shop.extensions["querywatch"]
+    analysed = state.advice_worker.run_once()
+    assert analysed == 2  # QUERYWATCH_ADVISE_PER_ROUND
+    advice = state.store.advice()
+    assert [(a.table, a.keys) for a in advice] == [("orders", ("customer_email",))]
+    assert advice[0].verified_by == "built and rolled back"
+    report = build_report(state.store, since=time.time() - 600)
+    scans = [f for f in report["findings"] if f["kind"] == "full_scan"]
+    assert [f["endpoint"] for f in scans] == ["GET /api/orders/lookup"]
+    assert "Verified fix: CREATE INDEX IF NOT EXISTS ix_orders_customer_email" in scans[0]["fix"]
+    # Analysed once per TTL: the next round finds nothing new to do.
+    assert state.advice_worker.run_once() == 0
+
+
+def test_one_claim_per_ttl_across_processes(busy_shop: t.Any) -> None:
+    """Two workers (as two gunicorn processes would) racing for the same shapes never
+    analyse one twice: the claim is an atomic update in the store."""
+    state = busy_shop.extensions["querywatch"]
+    fps = [q.fingerprint for q in queries_from_store(state.store, since=time.time() - 600)]
+    now = time.time()
+    wins: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def claim() -> None:
+        barrier.wait()
+        wins.append(state.store.claim_for_advice(fps[0], now, 3600))
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert wins.count(True) == 1
+    assert state.store.claim_for_advice(fps[0], now + 3601, 3600)
+
+
+def test_the_worker_runs_off_the_request_thread(tmp_path: t.Any) -> None:
+    url = f"sqlite:///{tmp_path}/shop.db"
+    engine = create_engine(url)
+    shop.seed(engine, scale=0.05)
+    engine.dispose()
+    app = shop.create_app(
+        url,
+        instance_path=str(tmp_path / "instance"),
+        config={
+            "QUERYWATCH_FLUSH_INTERVAL": 0.2,
+            "QUERYWATCH_ADVISE_INTERVAL": 0.3,
+            "QUERYWATCH_SCAN_MIN_ROWS": 5000,
+        },
+    )
+    state = app.extensions["querywatch"]
+    seen_threads: set[str] = set()
+    original = state.advice_worker.run_once
+
+    def spy(now: float | None = None) -> int:
+        seen_threads.add(threading.current_thread().name)
+        return original(now)
+
+    state.advice_worker.run_once = spy  # type: ignore[method-assign]
+    client = app.test_client()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not state.store.advice():
+            assert client.get("/api/orders/lookup?email=customer1@example.com").status_code == 200
+            time.sleep(0.2)
+        assert [a.keys for a in state.store.advice()] == [("customer_email",)]
+        assert seen_threads == {"querywatch-advisor"}
+    finally:
+        state.flusher._stop.set()
+        state.advice_worker.stop()
+        with app.app_context():
+            shop.db.engine.dispose()
+
+
+def test_in_memory_database_turns_the_worker_off(tmp_path: t.Any) -> None:
+    app = shop.create_app(
+        "sqlite://",
+        instance_path=str(tmp_path / "instance"),
+        config={"QUERYWATCH_FLUSH_INTERVAL": 3600, "QUERYWATCH_ADVISE_INTERVAL": 3600},
+    )
+    with app.app_context():
+        shop.seed(shop.db.engine, scale=0.01)
+    client = app.test_client()
+    assert client.get("/api/orders/lookup?email=customer1@example.com").status_code == 200
+    state = app.extensions["querywatch"]
+    assert state.flusher.flush()
+    assert state.advice_worker.run_once() == 0
+    assert "in-memory" in (state.advice_worker.disabled or "")
+    state.flusher._stop.set()
+    state.advice_worker.stop()
