@@ -312,6 +312,7 @@ def run_demo(
         if calm_stats["rate_per_s"]
         else 0.0
     )
+    fix = _verified_index(qw_state, top["fingerprint"] if top else None)
     summary = {
         "calm": calm_stats,
         "incident": incident_stats,
@@ -321,7 +322,7 @@ def run_demo(
         "culprit_share_of_db_time": top["share"] if top else None,
         "culprit_first": culprit_first,
         "server_p95_ms": _endpoint_p95(qw_state),
-        "verified_index": _verified_index(qw_state, top["fingerprint"] if top else None),
+        "verified_index": fix,
     }
     if as_json:
         print(json.dumps({"demo": summary, "report": report}, indent=2))
@@ -343,7 +344,6 @@ def run_demo(
                 f" mean {top['mean_ms']:.1f} ms).",
                 highlight=False,
             )
-        fix = summary["verified_index"]
         if fix is not None:
             console.print(
                 f"Verified index ({fix['verified_by']}): {fix['ddl']} The planner's estimate"
