@@ -135,6 +135,31 @@ def test_expression(adv_url: str) -> None:
         assert "(LOWER(note))" in ddl
 
 
+def test_partial_index_for_a_constant_on_a_low_cardinality_column(adv_url: str) -> None:
+    advice = advise(
+        adv_url,
+        "SELECT events.id FROM events WHERE events.kind = 'refund' AND events.amount > ?",
+    )
+    (s,) = advice.suggestions
+    if adv_url.startswith("mysql"):
+        # No partial indexes on MariaDB: the composite does the same work.
+        assert (s.candidate.keys, s.candidate.where) == (("kind", "amount"), None)
+    else:
+        assert (s.candidate.keys, s.candidate.where) == (("amount",), "kind = 'refund'")
+        assert s.to_dict()["ddl"].endswith("ON events (amount) WHERE kind = 'refund';")
+
+
+def test_no_partial_index_on_a_column_of_many_values(adv_url: str) -> None:
+    advice = advise(
+        adv_url,
+        "SELECT events.id FROM events WHERE events.email = 'user7@example.com'"
+        " AND events.amount > ?",
+    )
+    tried = [tr.candidate for tr in advice.queries[0].trials]
+    assert tried
+    assert all(c.where is None for c in tried)
+
+
 @pytest.mark.parametrize(
     "sql",
     [

@@ -67,6 +67,8 @@ __all__ = [
 MIN_COST_FALL = 0.5
 #: Runs per timing (the best one counts).
 TIMING_RUNS = 3
+#: A column with at most this many distinct values may get partial indexes.
+FEW_VALUES = 32
 
 
 @dataclasses.dataclass
@@ -645,7 +647,13 @@ def _range_op(cond: t.Any) -> str:
     return "ge" if isinstance(cond, (exp.GT, exp.GTE)) else "le"
 
 
-def _candidates(an: _Analysis, dialect: str) -> list[Candidate]:
+def _candidates(
+    an: _Analysis,
+    dialect: str,
+    few_values: t.Callable[[str, str], bool] | None = None,
+) -> list[Candidate]:
+    """Candidate indexes for the analysed query. ``few_values(table, column)`` says
+    whether a column has few distinct values (a partial index on it is worth trying)."""
     out: list[Candidate] = []
     seen: set[t.Any] = set()
 
@@ -704,7 +712,7 @@ def _candidates(an: _Analysis, dialect: str) -> list[Candidate]:
                 rest = [k for k in (*eq, *use.rng) if k != col] or [
                     k.split(" ")[0] for k in use.order
                 ]
-                if rest:
+                if rest and (few_values is None or few_values(tbl, col)):
                     add(Candidate(tbl, (rest[0],), where=const, reason=f"rows where {const}"))
     return out
 
@@ -884,7 +892,7 @@ class Advisor:
             qa.hints.extend(an.hints)
             self._plan_findings(s, qa, an, values)
             candidates = []
-            for c in _candidates(an, self.dialect):
+            for c in _candidates(an, self.dialect, lambda tbl, col: self._few_values(s, tbl, col)):
                 existing = _existing_indexes(s, c.table)
                 self._existing[c.table.lower()] = existing
                 covered = _covered(c, existing)
@@ -1018,6 +1026,21 @@ class Advisor:
             else:
                 out.append(self._sample(s, table, target, op))
         return out
+
+    def _few_values(self, s: Session, table: str, column: str) -> bool:
+        """At most :data:`FEW_VALUES` distinct values in ``table.column`` (reading stops
+        as soon as there are more)."""
+        q = '"' if self.dialect != "mysql" else "`"
+        sql = (
+            f"SELECT count(*) FROM (SELECT DISTINCT {q}{column}{q} FROM {q}{table}{q}"
+            f" LIMIT {FEW_VALUES + 1}) AS d"
+        )
+        try:
+            with s.savepoint():
+                row = s.run(sql).first()
+        except Exception:
+            return False
+        return bool(row is not None and int(row[0]) <= FEW_VALUES)
 
     def _plan_values(self, values: list[t.Any] | None) -> list[t.Any] | None:
         return values
