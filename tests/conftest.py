@@ -30,8 +30,13 @@ def _unavailable(service: str, reason: str) -> t.NoReturn:
 @pytest.fixture(autouse=True)
 def no_background_advisor_outlives_its_test() -> t.Iterator[None]:
     """An app's advisor thread wakes every 30 s; one left from an earlier test would
-    analyse that test's database in the middle of a later one."""
+    analyse that test's database in the middle of a later one. And the process-wide
+    threshold for keeping parameter samples goes back to what it was."""
+    from querywatch import capture
+
+    threshold = capture.sample_min_seconds
     yield
+    capture.sample_min_seconds = threshold
     from querywatch.extension import _states
 
     for state in list(_states):

@@ -134,3 +134,66 @@ def test_in_memory_database_turns_the_worker_off(tmp_path: t.Any) -> None:
     assert "in-memory" in (state.advice_worker.disabled or "")
     state.flusher._stop.set()
     state.advice_worker.stop()
+
+
+def test_slow_reads_lend_their_real_parameters(tmp_path: t.Any) -> None:
+    """A slow read keeps its statement and parameters (in memory only); the next round
+    explains the shape with them instead of drawing values, then drops them."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    url = f"sqlite:///{tmp_path}/shop.db"
+    engine = create_engine(url)
+    shop.seed(engine, scale=0.05)
+    engine.dispose()
+    app = shop.create_app(
+        url,
+        instance_path=str(tmp_path / "instance"),
+        config={
+            "QUERYWATCH_FLUSH_INTERVAL": 3600,
+            "QUERYWATCH_ADVISE_INTERVAL": 3600,
+            "QUERYWATCH_SLOW_QUERY_MS": 0.001,  # every read is "slow" here
+            "QUERYWATCH_SCAN_MIN_ROWS": 5000,
+        },
+    )
+    state = app.extensions["querywatch"]
+    records: list[t.Any] = []
+    state.listeners.append(lambda r, f: records.append(r))
+    client = app.test_client()
+    assert client.get("/api/orders/lookup?email=customer42@example.com").status_code == 200
+    (lookup,) = [q for q in records[-1].queries if "customer_email" in q.fingerprint.shape]
+    statement, params, engine_url = lookup.sample
+    assert "customer_email" in statement
+    assert list(params) == ["customer42@example.com"]
+    assert engine_url.database.endswith("shop.db")
+    assert state.flusher.flush()
+
+    explained: list[tuple[str, t.Any]] = []
+
+    def spy(conn: t.Any, cursor: t.Any, stmt: str, parameters: t.Any, *a: t.Any) -> None:
+        if stmt.startswith("EXPLAIN"):
+            explained.append((stmt, parameters))
+
+    event.listen(Engine, "before_cursor_execute", spy)
+    try:
+        assert state.advice_worker.run_once() >= 1
+    finally:
+        event.remove(Engine, "before_cursor_execute", spy)
+    lookups = [p for s, p in explained if "customer_email" in s and "qw_candidate" not in s]
+    assert lookups
+    assert all(list(p) == ["customer42@example.com"] for p in lookups)
+    assert state.advice_worker._samples == {} or all(
+        "customer_email" not in s for s, _, _ in state.advice_worker._samples.values()
+    )
+    assert [a.keys for a in state.store.advice()] == [("customer_email",)]
+    state.flusher._stop.set()
+    state.advice_worker.stop()
+    with app.app_context():
+        shop.db.engine.dispose()
+
+
+def test_fast_reads_keep_no_sample(app: t.Any, client: t.Any, records: list[t.Any]) -> None:
+    assert client.get("/api/products/3").status_code == 200
+    record, _ = records[-1]
+    assert record.queries
+    assert all(getattr(q, "sample", None) is None for q in record.queries)

@@ -2,6 +2,10 @@
 read shapes and stores the plan findings and verified suggestions, so ``querywatch
 report`` (and later the dashboard and alerts) can cite them.
 
+A shape is planned with the real parameters of one of its slow executions when one was
+kept (in memory only, dropped once used); otherwise generically on PostgreSQL 16 and
+later, or with values drawn from the data.
+
 Never on a request thread, and bounded every way: one round every
 ``QUERYWATCH_ADVISE_INTERVAL`` seconds (30), at most ``QUERYWATCH_ADVISE_PER_ROUND`` shapes
 a round (2), each shape at most once per ``QUERYWATCH_ADVISE_TTL`` (an hour) across every
@@ -14,11 +18,14 @@ rolled-back transaction on SQLite, and on MariaDB not at all unless
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import threading
 import time
 import typing as t
 import weakref
+
+from sqlalchemy.engine import make_url
 
 from ._failopen import log_limited
 from ._failopen import record_internal_error
@@ -34,6 +41,8 @@ HOT_RANK = 5
 WINDOW_SECONDS = 15 * 60
 #: Fingerprints remembered as recently analysed, at most.
 _RECENT_CAP = 10_000
+#: Slow reads whose real parameters are kept for the next round, at most.
+_SAMPLES_CAP = 256
 
 
 class AdviceWorker:
@@ -47,10 +56,49 @@ class AdviceWorker:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._recent: collections.OrderedDict[str, float] = collections.OrderedDict()
+        #: Real parameters of slow reads, by fingerprint: (statement, parameters, URL).
+        #: In memory only, bounded, and dropped once used.
+        self._samples: collections.OrderedDict[str, tuple[str, t.Any, t.Any]] = (
+            collections.OrderedDict()
+        )
         #: Rounds run, shapes analysed, and why the worker stopped (if it did).
         self.rounds = 0
         self.analysed = 0
         self.disabled: str | None = None
+
+    def offer(self, slow: t.Iterable[t.Any]) -> None:
+        """Keep the real parameters of these slow statements (reads only) for the next
+        round. Called when a unit of work ends; costs a dict store per slow read."""
+        for q in slow:
+            sample = getattr(q, "sample", None)
+            if sample is None or not q.fingerprint.is_read:
+                continue
+            fp = q.fingerprint.id
+            self._samples[fp] = sample
+            self._samples.move_to_end(fp)
+            if len(self._samples) > _SAMPLES_CAP:
+                self._samples.popitem(last=False)
+
+    def _with_sample(self, q: t.Any, url: str) -> t.Any:
+        """``q`` with the real statement and parameters of a slow execution, when one
+        was kept from the database the advisor asks."""
+        sample = self._samples.pop(q.fingerprint, None)
+        if sample is None:
+            return q
+        statement, params, engine_url = sample
+        try:
+            target = make_url(url)
+            same = (
+                engine_url.get_backend_name() == target.get_backend_name()
+                and engine_url.host == target.host
+                and engine_url.port == target.port
+                and engine_url.database == target.database
+            )
+        except Exception:
+            same = False
+        if not same or params is None:
+            return q
+        return dataclasses.replace(q, sql=statement, params=params)
 
     def ensure_started(self) -> None:
         if self._thread is not None and self._pid == os.getpid():
@@ -117,7 +165,7 @@ class AdviceWorker:
                 continue
             self._remember(fp, now)
             if store.claim_for_advice(fp, now, settings.advise_ttl):
-                picked.append(q)
+                picked.append(self._with_sample(q, url))
                 if len(picked) >= settings.advise_per_round:
                     break
         if not picked:

@@ -833,6 +833,7 @@ class Advisor:
         self._columns: dict[str, set[str]] = {}
         self._hypopg: bool | None = None
         self._existing: dict[str, list[tuple[str, tuple[str, ...], bool]]] = {}
+        self._generic_plans: bool | None = None
 
     def close(self) -> None:
         self.explainer.close()
@@ -886,8 +887,14 @@ class Advisor:
         with self.explainer.session() as s:
             an = _analyse(q.sql, self.dialect, lambda tbl: self._columns_of(s, tbl))
             values = self._values(s, q, an)
-            # Planned with the values drawn from the data, as the app's own calls
-            # would be: a generic plan cannot tell a selective range from a wide one.
+            if self._generic_plans is None:
+                from .explain import postgresql as pg
+
+                self._generic_plans = (
+                    self.dialect == "postgresql" and pg.server_version(s) >= 160000
+                )
+            # Planned with the real parameters when the app kept some, generically on
+            # PostgreSQL 16+, else with values drawn from the data (in memory only).
             qa.plan = s.explain(q.sql, q.params, values=self._plan_values(values))
             qa.hints.extend(an.hints)
             self._plan_findings(s, qa, an, values)
@@ -1043,7 +1050,9 @@ class Advisor:
         return bool(row is not None and int(row[0]) <= FEW_VALUES)
 
     def _plan_values(self, values: list[t.Any] | None) -> list[t.Any] | None:
-        return values
+        """The values a shape is planned with: none on PostgreSQL 16+ (GENERIC_PLAN),
+        else those drawn from the data. (Timing always uses them.)"""
+        return None if self._generic_plans else values
 
     def _sample(self, s: Session, table: str, target: str, op: str) -> t.Any:
         """A value ``target`` holds: from the middle of the table for an equality; for a

@@ -85,6 +85,7 @@ class QueryInfo:
         "last_activity",
         "fetched",
         "kept",
+        "sample",
     )
 
     def __init__(
@@ -119,6 +120,8 @@ class QueryInfo:
         #: Kept in :attr:`Record.queries`, and so aggregated when the unit of work ends;
         #: statements past the cap are aggregated as soon as they end.
         self.kept = True
+        # ``sample``: (statement, parameters, engine URL) of a slow read, set only then
+        # (read it with ``getattr(q, "sample", None)``): no cost for the others.
 
     def __repr__(self) -> str:
         return (
@@ -383,6 +386,10 @@ class _Statement:
         self.site_memo: tuple[tuple[str, ...], int, t.Any, int, CallSite | None] | None = None
 
 
+#: A read at least this slow keeps a sample of its parameters for the background advisor
+#: (the smallest slow-query threshold of the apps in the process).
+sample_min_seconds = float("inf")
+
 #: Statements without a compiled object (``exec_driver_sql``), by SQL text.
 _uncompiled: dict[str, _Statement] = {}
 
@@ -587,6 +594,8 @@ class _TimedRead(QueryInfo, CursorFetchStrategy):
             end = perf_counter()
             self.done = True
             self.duration = end - self.start
+            if self.duration >= sample_min_seconds:
+                self._keep_sample(result.context)
             if not self.kept:  # past the cap: aggregated now
                 try:
                     record = result.context._querywatch_record
@@ -596,6 +605,19 @@ class _TimedRead(QueryInfo, CursorFetchStrategy):
                     swallow("capture.soft_close", e)
 
     hard_close = soft_close
+
+    def _keep_sample(self, context: t.Any) -> None:
+        """A slow read keeps its statement, parameters and engine URL, so the background
+        advisor can explain it with real values (in memory only, dropped once used)."""
+        try:
+            params = context.parameters
+            self.sample = (
+                context.statement,
+                params[0] if params else None,
+                context.root_connection.engine.url,
+            )
+        except Exception as e:
+            swallow("capture.sample", e)
 
     def fetchone(self, result: t.Any, dbapi_cursor: t.Any, hard_close: bool = False) -> t.Any:
         try:

@@ -88,6 +88,8 @@ class AppState:
         self.stats.add(record, findings)
         self.flusher.ensure_started()
         if self.settings.advise:
+            if record.slow:
+                self.advice_worker.offer(record.slow)
             self.advice_worker.ensure_started()
         if self.listeners:
             for listener in list(self.listeners):
@@ -249,6 +251,10 @@ class QueryWatch:
         if not settings.enabled:
             return
         capture.install()
+        if settings.advise:
+            capture.sample_min_seconds = min(
+                capture.sample_min_seconds, settings.slow_query_seconds
+            )
         before, after, teardown = _request_hooks(state)
         app.before_request_funcs.setdefault(None, []).insert(0, before)
         app.after_request_funcs.setdefault(None, []).append(after)
