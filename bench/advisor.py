@@ -7,9 +7,10 @@ latency of the unoptimized endpoint before and after the index it suggests.
    holds the shapes the traffic ran.
 3. Runs the advisor over the store's costliest read shapes, as ``querywatch advise``
    does, timing each shape's analysis.
-4. Times ``GET /api/orders/lookup`` (``--requests`` requests, through Flask's full request
-   path) without the index, creates the first suggestion's index with its own DDL, times
-   the endpoint again, and drops the index, leaving the database as it was.
+4. Times ``GET /api/orders/lookup`` through Flask's full request path, without and with
+   the first suggestion's index (created with its own DDL, then dropped), alternating in
+   ``--rounds`` rounds so the machine's drift falls on both sides; the database is left
+   as it was.
 
     python bench/advisor.py [--scale 1] [--postgres postgresql+psycopg://.../qw_bench]
 """
@@ -41,7 +42,7 @@ def _seeded(url: str, scale: float) -> None:
         engine.dispose()
 
 
-def _lookup_latency(client: t.Any, n: int) -> dict[str, float]:
+def _lookup_times(client: t.Any, n: int) -> list[float]:
     times = []
     for i in range(n):
         email = f"customer{(i * 7919) % 20000 + 1}@example.com"
@@ -49,15 +50,20 @@ def _lookup_latency(client: t.Any, n: int) -> dict[str, float]:
         resp = client.get(f"/api/orders/lookup?email={email}")
         times.append((time.perf_counter() - t0) * 1000.0)
         assert resp.status_code == 200
-    times.sort()
+    return times
+
+
+def _summary(times: list[float]) -> dict[str, float]:
+    times = sorted(times)
     return {
+        "requests": len(times),
         "median_ms": round(statistics.median(times), 3),
         "p95_ms": round(times[int(0.95 * (len(times) - 1))], 3),
         "mean_ms": round(statistics.fmean(times), 3),
     }
 
 
-def run(url: str, scale: float, requests: int, workdir: str) -> dict[str, t.Any]:
+def run(url: str, scale: float, requests: int, workdir: str, rounds: int = 5) -> dict[str, t.Any]:
     from querywatch.advisor import Advisor
     from querywatch.advisor import queries_from_store
     from querywatch.demo import shop
@@ -70,7 +76,12 @@ def run(url: str, scale: float, requests: int, workdir: str) -> dict[str, t.Any]
     app = shop.create_app(
         url,
         instance_path=f"{workdir}/instance-{name}",
-        config={"QUERYWATCH_STORE_URL": store_url, "QUERYWATCH_FLUSH_INTERVAL": 3600},
+        config={
+            "QUERYWATCH_STORE_URL": store_url,
+            "QUERYWATCH_FLUSH_INTERVAL": 3600,
+            # This run calls the advisor itself; the app's own round stays out of it.
+            "QUERYWATCH_ADVISE": False,
+        },
     )
     client = app.test_client()
     for i in range(1, 4):
@@ -106,21 +117,28 @@ def run(url: str, scale: float, requests: int, workdir: str) -> dict[str, t.Any]
         f" measured {served['measured_before_ms']} -> {served['measured_after_ms']} ms"
     )
 
-    before = _lookup_latency(client, requests)
+    # Without and with the index, alternating in rounds, so the machine's drift over a
+    # minute falls on both sides alike.
+    before_times: list[float] = []
+    after_times: list[float] = []
+    per_round = max(1, requests // rounds)
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    drop = f"DROP INDEX {c.name()}" + (f" ON {c.table}" if advice.dialect == "mysql" else "")
     try:
-        with engine.connect() as conn:
-            conn.execute(text(c.ddl(advice.dialect, migration=True)))
-            if advice.dialect == "postgresql":
-                conn.execute(text(f"ANALYZE {c.table}"))
-        after = _lookup_latency(client, requests)
+        for _ in range(rounds):
+            before_times += _lookup_times(client, per_round)
+            with engine.connect() as conn:
+                conn.execute(text(c.ddl(advice.dialect, migration=True)))
+                if advice.dialect == "postgresql":
+                    conn.execute(text(f"ANALYZE {c.table}"))
+            try:
+                after_times += _lookup_times(client, per_round)
+            finally:
+                with engine.connect() as conn:
+                    conn.execute(text(drop))
     finally:
-        with engine.connect() as conn:
-            drop = f"DROP INDEX {c.name()}" + (
-                f" ON {c.table}" if advice.dialect == "mysql" else ""
-            )
-            conn.execute(text(drop))
         engine.dispose()
+    before, after = _summary(before_times), _summary(after_times)
     ratio = before["median_ms"] / after["median_ms"]
     print(
         f"  GET /api/orders/lookup, {requests} requests: median {before['median_ms']:.2f} ms"
@@ -153,7 +171,8 @@ def run(url: str, scale: float, requests: int, workdir: str) -> dict[str, t.Any]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--requests", type=int, default=200, help="each side, in all rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="without/with alternations")
     parser.add_argument("--sqlite", default=None, help="SQLite URL (default: a temp file)")
     parser.add_argument("--postgres", default=None, help="PostgreSQL URL with HypoPG")
     parser.add_argument("--json", default=None, help="write the figures here")

@@ -177,6 +177,34 @@ def test_no_suggestion_when_an_index_exists(adv_url: str, sql: str) -> None:
     assert advice.queries[0].findings == []
 
 
+def test_function_on_an_indexed_column(adv_url: str) -> None:
+    advice = advise(adv_url, "SELECT events.id FROM events WHERE abs(events.tagged_id) = ?")
+    kinds = {f.kind: f for f in advice.queries[0].findings}
+    assert "full_scan" in kinds
+    f = kinds["function_on_column"]
+    assert "ix_events_tagged_id" in f.evidence
+    assert "Compare the bare column (tagged_id = ...)" in f.fix
+
+
+def test_sort_without_index(adv_url: str) -> None:
+    advice = advise(
+        adv_url, "SELECT events.id FROM events WHERE events.email = ? ORDER BY events.amount"
+    )
+    kinds = [f.kind for f in advice.queries[0].findings]
+    assert kinds == ["full_scan", "sort_without_index"]
+
+
+def test_unused_index_on_postgres(adv_url: str) -> None:
+    if not adv_url.startswith("postgresql"):
+        pytest.skip("usage statistics per index: PostgreSQL's pg_stat_user_indexes")
+    advice = advise(adv_url, "SELECT events.id FROM events WHERE events.email = ?")
+    unused = {(n.table, n.index) for n in advice.index_notes if n.kind == "unused"}
+    # EXPLAIN never counts as a scan, and nothing in these tests ran a query using it.
+    assert ("events", "ix_events_tagged_id") in unused
+    # A unique index is a constraint, never reported as unused.
+    assert not any(n.index == "accounts_email_key" for n in advice.index_notes)
+
+
 def test_leading_wildcard_like_gets_no_btree(adv_url: str) -> None:
     advice = advise(adv_url, "SELECT events.id FROM events WHERE events.note LIKE '%12%'")
     assert suggested(advice) == []

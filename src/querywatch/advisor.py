@@ -212,6 +212,8 @@ class QueryAdvice:
     seconds: float = 0.0
     #: Values drawn for a shape's placeholders (in memory only).
     values: list[t.Any] | None = None
+    #: The statement has a LIMIT (a scan in index order may stop early).
+    has_limit: bool = False
 
 
 @dataclasses.dataclass
@@ -631,6 +633,13 @@ def _analyse(sql: str, dialect: str, columns_of: t.Callable[[str], set[str]]) ->
     return out
 
 
+def _reads_whole_table(node: t.Any, has_limit: bool) -> bool:
+    """A full scan, or a scan of a whole index with no LIMIT to stop it (SQLite's
+    ``SCAN t USING COVERING INDEX``, MariaDB's ``index`` access, a PostgreSQL index scan
+    without a condition): every row is read either way."""
+    return "full_scan" in node.flags or ("full_index_scan" in node.flags and not has_limit)
+
+
 def _uncast(node: t.Any) -> t.Any:
     """A placeholder under the cast a driver adds (``%(x)s::VARCHAR``) is the
     placeholder."""
@@ -897,6 +906,7 @@ class Advisor:
             # PostgreSQL 16+, else with values drawn from the data (in memory only).
             qa.plan = s.explain(q.sql, q.params, values=self._plan_values(values))
             qa.hints.extend(an.hints)
+            qa.has_limit = an.has_limit
             self._plan_findings(s, qa, an, values)
             candidates = []
             for c in _candidates(an, self.dialect, lambda tbl, col: self._few_values(s, tbl, col)):
@@ -1086,11 +1096,7 @@ class Advisor:
         assert plan is not None
         big_scans = []
         for node in plan.walk():
-            full = "full_scan" in node.flags or (
-                self.dialect == "mysql"
-                and "full_index_scan" in node.flags
-                and node.index == "PRIMARY"
-            )
+            full = _reads_whole_table(node, an.has_limit)
             if not full or not node.table:
                 continue
             if an.has_limit and not an.has_where and not an.has_group and not plan.sorts():
@@ -1242,11 +1248,14 @@ class Advisor:
             return used, improved, note
         # SQLite: no cost. A full scan of the table or a sort must give way to the index.
         tbl = c.table.lower()
+        limited = qa.has_limit
         scan_before = any(
-            n.table and n.table.lower() == tbl and "full_scan" in n.flags for n in before.walk()
+            n.table and n.table.lower() == tbl and _reads_whole_table(n, limited)
+            for n in before.walk()
         )
         scan_after = any(
-            n.table and n.table.lower() == tbl and "full_scan" in n.flags for n in after.walk()
+            n.table and n.table.lower() == tbl and _reads_whole_table(n, limited)
+            for n in after.walk()
         )
         sorts_before, sorts_after = len(before.sorts()), len(after.sorts())
         searched = any(
