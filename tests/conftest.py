@@ -106,6 +106,29 @@ def shop_url(request: pytest.FixtureRequest, tmp_path: t.Any) -> str:
     return url
 
 
+@pytest.fixture(
+    scope="module",
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ],
+)
+def advisor_db_url(request: pytest.FixtureRequest, tmp_path_factory: t.Any) -> str:
+    """The advisor's test schema (``advisor_data``) on each database, loaded once a
+    module."""
+    import advisor_data
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('advisor')}/advisor.db"
+    elif request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    else:
+        url = request.getfixturevalue("mariadb_url")
+    advisor_data.load(url)
+    return url
+
+
 @pytest.fixture
 def sqlite_shop_url(tmp_path: t.Any) -> str:
     url = f"sqlite:///{tmp_path}/shop.db"

@@ -16,20 +16,12 @@ from conftest import _unavailable
 from querywatch.advisor import Advisor
 from querywatch.advisor import QueryInput
 
-DIALECTS = [
-    "sqlite",
-    pytest.param("postgresql", marks=pytest.mark.postgres),
-    pytest.param("mariadb", marks=pytest.mark.mariadb),
-]
 
-
-@pytest.fixture(scope="module", params=DIALECTS)
-def adv_url(request: pytest.FixtureRequest, tmp_path_factory: t.Any) -> str:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('adv')}/adv.db"
-    elif request.param == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-        engine = create_engine(url, isolation_level="AUTOCOMMIT")
+@pytest.fixture(scope="module")
+def adv_url(advisor_db_url: str) -> str:
+    """The advisor's schema, with HypoPG installed where the database is PostgreSQL."""
+    if advisor_db_url.startswith("postgresql"):
+        engine = create_engine(advisor_db_url, isolation_level="AUTOCOMMIT")
         try:
             with engine.connect() as conn:
                 conn.execute(text("CREATE EXTENSION IF NOT EXISTS hypopg"))
@@ -40,10 +32,7 @@ def adv_url(request: pytest.FixtureRequest, tmp_path_factory: t.Any) -> str:
             )
         finally:
             engine.dispose()
-    else:
-        url = request.getfixturevalue("mariadb_url")
-    advisor_data.load(url)
-    return url
+    return advisor_db_url
 
 
 def advise(url: str, *sqls: str, **kw: t.Any) -> t.Any:

@@ -16,23 +16,10 @@ from querywatch.explain import Explainer
 from querywatch.explain import check_read_only
 from querywatch.explain import number_placeholders
 
-DIALECTS = [
-    "sqlite",
-    pytest.param("postgresql", marks=pytest.mark.postgres),
-    pytest.param("mariadb", marks=pytest.mark.mariadb),
-]
 
-
-@pytest.fixture(scope="module", params=DIALECTS)
-def db_url(request: pytest.FixtureRequest, tmp_path_factory: t.Any) -> str:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('explain')}/explain.db"
-    elif request.param == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-    else:
-        url = request.getfixturevalue("mariadb_url")
-    advisor_data.load(url)
-    return url
+@pytest.fixture(scope="module")
+def db_url(advisor_db_url: str) -> str:
+    return advisor_db_url
 
 
 def _values(url: str, n: int) -> list[t.Any] | None:

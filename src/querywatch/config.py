@@ -101,36 +101,33 @@ def _packages(app: Flask) -> tuple[str, ...]:
     return tuple(v.rstrip(".") + "." for v in value)
 
 
+_URL_EXPECTED = "a database URL such as 'postgresql+psycopg://host/db'"
+
+
+def _url(key: str, value: t.Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, _URL_EXPECTED, value)
+    try:
+        make_url(value)
+    except ArgumentError:
+        raise ConfigError(key, _URL_EXPECTED, value) from None
+    return value
+
+
 def _store_url(app: Flask) -> str:
     key = "QUERYWATCH_STORE_URL"
     default = "sqlite:///" + os.path.join(app.instance_path, "querywatch.db")
     value = app.config.setdefault(key, default)
     if value is None:
         value = app.config[key] = default
-    if not isinstance(value, str):
-        raise ConfigError(key, "a database URL such as 'postgresql+psycopg://host/db'", value)
-    try:
-        make_url(value)
-    except ArgumentError:
-        raise ConfigError(
-            key, "a database URL such as 'postgresql+psycopg://host/db'", value
-        ) from None
-    return value
+    return _url(key, value)
 
 
 def _optional_url(app: Flask, key: str) -> str | None:
     value = app.config.setdefault(key, None)
     if value is None or value == "":
         return None
-    if not isinstance(value, str):
-        raise ConfigError(key, "a database URL such as 'postgresql+psycopg://host/db'", value)
-    try:
-        make_url(value)
-    except ArgumentError:
-        raise ConfigError(
-            key, "a database URL such as 'postgresql+psycopg://host/db'", value
-        ) from None
-    return value
+    return _url(key, value)
 
 
 def _optional_bool(app: Flask, key: str) -> bool | None:

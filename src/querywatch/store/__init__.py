@@ -53,6 +53,15 @@ def _hist_load(text: str | None) -> dict[int, int]:
     return {int(k): int(v) for k, v in json.loads(text).items()}
 
 
+def _site_columns(site: CallSite | None) -> dict[str, t.Any]:
+    """A call site as the store's three columns."""
+    return {
+        "site_file": site.filename[-512:] if site else None,
+        "site_line": site.lineno if site else None,
+        "site_function": site.function[:255] if site else None,
+    }
+
+
 def _site(row: t.Any) -> CallSite | None:
     if row.site_file is None:
         return None
@@ -277,15 +286,12 @@ class Store:
             if fp in existing:
                 continue
             info = shapes[fp]
-            site = info.site
             rows.append(
                 {
                     "fingerprint": fp,
                     "shape": info.shape,
                     "operation": info.operation[:16],
-                    "site_file": site.filename[-512:] if site else None,
-                    "site_line": site.lineno if site else None,
-                    "site_function": site.function[:255] if site else None,
+                    **_site_columns(info.site),
                     "first_seen": now,
                     "sample_sql": info.sample or None,
                 }
@@ -436,7 +442,6 @@ class Store:
                     )
                 )
             ).first()
-            site = f.site
             if old is None:
                 conn.execute(
                     tbl.insert().values(
@@ -448,11 +453,9 @@ class Store:
                         occurrences=f.occurrences,
                         queries=f.queries,
                         total_s=f.total,
-                        site_file=site.filename[-512:] if site else None,
-                        site_line=site.lineno if site else None,
-                        site_function=site.function[:255] if site else None,
                         relationship=f.relationship,
                         fix=f.fix,
+                        **_site_columns(f.site),
                     )
                 )
             else:
@@ -666,7 +669,6 @@ class Store:
                         )
                     )
                 ).first()
-                site = f.site
                 if old is None:
                     conn.execute(
                         tbl.insert().values(
@@ -678,11 +680,9 @@ class Store:
                             occurrences=1,
                             queries=f.queries,
                             total_s=f.total,
-                            site_file=site.filename[-512:] if site else None,
-                            site_line=site.lineno if site else None,
-                            site_function=site.function[:255] if site else None,
                             relationship=None,
                             fix=f.fix,
+                            **_site_columns(f.site),
                         )
                     )
                 else:
