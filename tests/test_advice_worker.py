@@ -15,21 +15,22 @@ from querywatch.demo import shop
 from querywatch.report import build_report
 
 
-@pytest.fixture
-def busy_shop(tmp_path: t.Any) -> t.Any:
+def _shop_app(tmp_path: t.Any, **config: t.Any) -> t.Any:
+    """The shop on SQLite (10,000 orders) with querywatch configured by ``config``."""
     url = f"sqlite:///{tmp_path}/shop.db"
     engine = create_engine(url)
-    shop.seed(engine, scale=0.05)  # 10,000 orders
+    shop.seed(engine, scale=0.05)
     engine.dispose()
-    app = shop.create_app(
+    return shop.create_app(
         url,
         instance_path=str(tmp_path / "instance"),
-        config={
-            "QUERYWATCH_FLUSH_INTERVAL": 3600,
-            "QUERYWATCH_ADVISE_INTERVAL": 3600,
-            "QUERYWATCH_SCAN_MIN_ROWS": 5000,
-        },
+        config={"QUERYWATCH_SCAN_MIN_ROWS": 5000, **config},
     )
+
+
+@pytest.fixture
+def busy_shop(tmp_path: t.Any) -> t.Any:
+    app = _shop_app(tmp_path, QUERYWATCH_FLUSH_INTERVAL=3600, QUERYWATCH_ADVISE_INTERVAL=3600)
     client = app.test_client()
     for i in range(1, 4):
         assert client.get(f"/api/orders/lookup?email=customer{i}@example.com").status_code == 200
@@ -81,19 +82,7 @@ def test_one_claim_per_ttl_across_processes(busy_shop: t.Any) -> None:
 
 
 def test_the_worker_runs_off_the_request_thread(tmp_path: t.Any) -> None:
-    url = f"sqlite:///{tmp_path}/shop.db"
-    engine = create_engine(url)
-    shop.seed(engine, scale=0.05)
-    engine.dispose()
-    app = shop.create_app(
-        url,
-        instance_path=str(tmp_path / "instance"),
-        config={
-            "QUERYWATCH_FLUSH_INTERVAL": 0.2,
-            "QUERYWATCH_ADVISE_INTERVAL": 0.3,
-            "QUERYWATCH_SCAN_MIN_ROWS": 5000,
-        },
-    )
+    app = _shop_app(tmp_path, QUERYWATCH_FLUSH_INTERVAL=0.2, QUERYWATCH_ADVISE_INTERVAL=0.3)
     state = app.extensions["querywatch"]
     seen_threads: set[str] = set()
     original = state.advice_worker.run_once
@@ -142,19 +131,11 @@ def test_slow_reads_lend_their_real_parameters(tmp_path: t.Any) -> None:
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
-    url = f"sqlite:///{tmp_path}/shop.db"
-    engine = create_engine(url)
-    shop.seed(engine, scale=0.05)
-    engine.dispose()
-    app = shop.create_app(
-        url,
-        instance_path=str(tmp_path / "instance"),
-        config={
-            "QUERYWATCH_FLUSH_INTERVAL": 3600,
-            "QUERYWATCH_ADVISE_INTERVAL": 3600,
-            "QUERYWATCH_SLOW_QUERY_MS": 0.001,  # every read is "slow" here
-            "QUERYWATCH_SCAN_MIN_ROWS": 5000,
-        },
+    app = _shop_app(
+        tmp_path,
+        QUERYWATCH_FLUSH_INTERVAL=3600,
+        QUERYWATCH_ADVISE_INTERVAL=3600,
+        QUERYWATCH_SLOW_QUERY_MS=0.001,  # every read is "slow" here
     )
     state = app.extensions["querywatch"]
     records: list[t.Any] = []
