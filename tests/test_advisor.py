@@ -175,6 +175,25 @@ def test_function_on_an_indexed_column(adv_url: str) -> None:
     assert "Compare the bare column (tagged_id = ...)" in f.fix
 
 
+def test_implicit_cast_keeps_an_index_unused(adv_url: str) -> None:
+    """A value of another type than the column's: MariaDB converts every email to a
+    number, PostgreSQL every integer to numeric; SQLite converts the value instead and
+    keeps its index, so there is nothing to report there."""
+    sql = {
+        "mysql": "SELECT accounts.id FROM accounts WHERE accounts.email = 5",
+        "postgresql": "SELECT events.id FROM events WHERE events.tagged_id = 5.0",
+        "sqlite": "SELECT events.id FROM events WHERE events.tagged_id = '5'",
+    }[adv_url.split(":")[0].split("+")[0]]
+    advice = advise(adv_url, sql, scan_min_rows=1000)
+    kinds = {f.kind: f for f in advice.queries[0].findings}
+    if adv_url.startswith("sqlite"):
+        assert kinds == {}
+    else:
+        assert "full_scan" in kinds
+        assert "converts the column on every row" in kinds["implicit_cast"].fix
+    assert suggested(advice) == []
+
+
 def test_sort_without_index(adv_url: str) -> None:
     advice = advise(
         adv_url, "SELECT events.id FROM events WHERE events.email = ? ORDER BY events.amount"

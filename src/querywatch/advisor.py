@@ -1159,6 +1159,39 @@ class Advisor:
                         f"Compare the bare column ({col} = ...), or index the expression ({expr}).",
                     )
                 )
+        # An equality on a column that leads an index, and still a full scan: the value
+        # is of another type and the database converts the column, row by row.
+        for use in an.tables.values():
+            if use.table.lower() not in scanned:
+                continue
+            # Indexes that narrow the rows; one read from end to end does not count.
+            used = {
+                n.index
+                for n in plan.walk()
+                if n.table == use.table and n.index is not None and "index_search" in n.flags
+            }
+            existing = _existing_indexes(s, use.table)
+            for col in use.eq:
+                leading = [n for n, keys, partial in existing if keys and keys[0] == _norm_key(col)]
+                if (
+                    leading
+                    and not used & set(leading)
+                    and not any(
+                        f.kind == "function_on_column" and f.table == use.table for f in qa.findings
+                    )
+                ):
+                    qa.findings.append(
+                        PlanFinding(
+                            "implicit_cast",
+                            use.table,
+                            f"{use.table}.{col} = ...: the index {leading[0]} leads with"
+                            f" {col}, yet the plan reads the whole table",
+                            "The value's type differs from the column's, so the database"
+                            " converts the column on every row: compare a value of the"
+                            " column's own type (quote it for a text column), or cast the"
+                            " value, never the column.",
+                        )
+                    )
         for table, col in an.like_leading:
             remedy = {
                 "postgresql": (

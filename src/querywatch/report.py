@@ -34,7 +34,14 @@ REPORT_SCHEMA = "querywatch.report/1"
 
 #: Findings the advisor reads off a query plan (``querywatch advise``).
 PLAN_FINDINGS = frozenset(
-    {"full_scan", "sort_without_index", "temp_table", "function_on_column", "leading_wildcard_like"}
+    {
+        "full_scan",
+        "sort_without_index",
+        "temp_table",
+        "function_on_column",
+        "implicit_cast",
+        "leading_wildcard_like",
+    }
 )
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
