@@ -95,6 +95,15 @@ class QueryInput:
         """The statement on one line, for people."""
         return self.label if self.fingerprint and self.label else " ".join(self.sql.split())
 
+    def to_dict(self) -> dict[str, t.Any]:
+        return {
+            "query": self.name,
+            "fingerprint": self.fingerprint,
+            "sql": self.sql,
+            "shape": self.shape,
+            "endpoints": list(self.endpoints),
+        }
+
 
 def _short_hash(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
@@ -246,11 +255,7 @@ class Suggestion:
             "replaces": self.replaces,
             "queries": [
                 {
-                    "query": qa.query.name,
-                    "fingerprint": qa.query.fingerprint,
-                    "sql": qa.query.sql,
-                    "shape": qa.query.shape,
-                    "endpoints": list(qa.query.endpoints),
+                    **qa.query.to_dict(),
                     "cost_before": tr.cost_before,
                     "cost_after": tr.cost_after,
                     "measured_before_ms": tr.measured_before_ms,
@@ -316,11 +321,7 @@ class Advice:
             "suggestions": [s.to_dict() for s in self.suggestions],
             "queries": [
                 {
-                    "query": qa.query.name,
-                    "fingerprint": qa.query.fingerprint,
-                    "sql": qa.query.sql,
-                    "shape": qa.query.shape,
-                    "endpoints": list(qa.query.endpoints),
+                    **qa.query.to_dict(),
                     "plan": (
                         {
                             "dialect": qa.plan.dialect,

@@ -402,26 +402,21 @@ def render_advice(data: dict[str, t.Any], console: Console | None = None) -> Non
                     console.print(Text(f"      plan {label_}:", style="dim"))
                     for line in lines[:6]:
                         console.print(Text(f"        {line}", style="dim"), highlight=False)
-    found = [(q, f) for q in queries for f in q["findings"]]
-    if found:
+    for key, title in (
+        ("findings", "[bold]Plan findings[/bold]"),
+        ("hints", "[bold]Rewrite hints[/bold] (no index is the answer)"),
+    ):
+        items = [(q, item) for q in queries for item in q[key]]
+        if not items:
+            continue
         console.print()
-        console.print("[bold]Plan findings[/bold]")
-        for q, f in found:
-            line = Text(f"  {f['kind'].replace('_', ' ')}", style="bold yellow")
+        console.print(title)
+        for q, item in items:
+            line = Text(f"  {item['kind'].replace('_', ' ')}", style="bold yellow")
             line.append(f"  {', '.join(q['endpoints'][:2]) or compact_shape(q['shape'], 60)}")
             console.print(line, highlight=False)
-            console.print(Text(f"    {f['evidence']}"), highlight=False)
-            console.print(Text(f"    {f['fix']}", style="dim"), highlight=False)
-    hints = [(q, h) for q in queries for h in q["hints"]]
-    if hints:
-        console.print()
-        console.print("[bold]Rewrite hints[/bold] (no index is the answer)")
-        for q, h in hints:
-            line = Text(f"  {h['kind'].replace('_', ' ')}", style="bold yellow")
-            line.append(f"  {', '.join(q['endpoints'][:2]) or compact_shape(q['shape'], 60)}")
-            console.print(line, highlight=False)
-            console.print(Text(f"    {h['evidence']}"), highlight=False)
-            console.print(Text(f"    {h['fix']}", style="dim"), highlight=False)
+            console.print(Text(f"    {item['evidence']}"), highlight=False)
+            console.print(Text(f"    {item['fix']}", style="dim"), highlight=False)
     notes = data["index_notes"]
     if notes:
         console.print()
