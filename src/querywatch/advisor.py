@@ -48,7 +48,6 @@ from .explain.names import translate_error
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterable
-    from collections.abc import Sequence
 
     from sqlalchemy.engine import Engine
 
@@ -61,6 +60,8 @@ __all__ = [
     "QueryAdvice",
     "QueryInput",
     "Suggestion",
+    "queries_from_store",
+    "record_advice",
 ]
 
 #: An index must cut the estimated cost at least this much to be suggested.
@@ -121,10 +122,6 @@ class Candidate:
     @property
     def norm(self) -> tuple[str, tuple[str, ...], str | None]:
         return (self.table.lower(), tuple(_norm_key(k) for k in self.keys), self.where)
-
-    @property
-    def is_expression(self) -> bool:
-        return any(not _IDENT_RE.fullmatch(k) for k in self.keys)
 
     def name(self, prefix: str = "ix") -> str:
         parts = [re.sub(r"\W+", "_", k.lower()).strip("_") for k in self.keys]
@@ -1587,16 +1584,6 @@ def _is_unique(s: Session, name: str) -> bool:
         ).first()
         return bool(row and row[0] == 0)
     return False
-
-
-def advise_sql(
-    database: str | Engine,
-    statements: Sequence[str],
-    **kw: t.Any,
-) -> Advice:
-    """Advise on literal SQL statements (``querywatch advise --sql``)."""
-    with Advisor(database, **kw) as adv:
-        return adv.advise(QueryInput(sql) for sql in statements)
 
 
 # --- the store and the command line ------------------------------------------------------
