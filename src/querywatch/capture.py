@@ -86,7 +86,14 @@ class QueryInfo:
         "fetched",
         "kept",
         "sample",
+        "bump",
     )
+
+    #: (statement, parameters, engine URL) of a slow read; set only then.
+    sample: tuple[str, t.Any, t.Any]
+    #: The tables of an autocommit write, bumped in the cache once it has run; set only
+    #: then.
+    bump: frozenset[str]
 
     def __init__(
         self,
@@ -574,6 +581,10 @@ def _end_query(record: Record, q: QueryInfo, end: float, error: str | None) -> N
     q.duration = end - q.start if end > q.start else 0.0
     if error is not None:
         q.error = error
+    if _bump is not None:
+        tables = getattr(q, "bump", None)
+        if tables is not None:  # an autocommit write has landed
+            _bump(tables)
     if not q.kept and not record.closed:
         _aggregate(record, q)
 
@@ -741,20 +752,27 @@ def _begin(
     call site come from the statement's :class:`_Statement`, checked, not recomputed."""
     record = _current_record.get()
     if record is None or context is None or record.closed:
+        if _bump is not None and context is not None:
+            _write_outside_record(context, statement)
         return
     try:
         if type(context.cursor) is _TimedCursor:
             _next_batch(record, statement, parameters, context, executemany)
             return
         options = context.execution_options
-        if options.get(IGNORE_OPTION) or (
-            record.engines is not None and context.root_connection.engine not in record.engines
-        ):
+        if options.get(IGNORE_OPTION):
             return
         compiled = context.compiled
         info = compiled.__dict__.get("_querywatch") if compiled is not None else None
         if info is None:
             info = _statement(context, statement)
+        after_write = None
+        if _bump is not None and not info.select:
+            after_write = _note_write(context, statement, info)
+        if record.engines is not None and context.root_connection.engine not in record.engines:
+            if after_write is not None:
+                context.cursor = _BumpCursor(context.cursor, after_write)
+            return
 
         packages = record.packages
         memo = info.site_memo
@@ -814,6 +832,8 @@ def _begin(
             context.cursor_fetch_strategy = query
         else:
             context.cursor = _TimedCursor(context.cursor, query, record)
+            if after_write is not None:
+                query.bump = after_write
         query.start = perf_counter()
     except Exception as e:
         swallow("capture.do_execute", e)
@@ -899,6 +919,158 @@ def _query_of(context: t.Any) -> QueryInfo | None:
         query: QueryInfo = cursor._qw_query
         return query
     return None
+
+
+# --- writes, for the cache ------------------------------------------------------------
+#
+# A cache (:mod:`querywatch.cache`) must learn which tables each commit wrote, before the
+# commit returns. Writes are noted where capture already sees every statement; the
+# commit and rollback are seen by wrapping the dialect's ``do_commit``/``do_rollback`` on
+# each dialect instance that ran a write (SQLAlchemy has no event after a commit: its
+# ``commit`` event fires before it). Nothing of this runs until a cache exists.
+
+#: Called with the tables a committed write touched; None while no cache exists.
+_bump: t.Callable[[frozenset[str]], None] | None = None
+#: Tables written in the open transaction of each DBAPI connection, by ``id``; emptied by
+#: the connection's commit or rollback.
+_pending: dict[int, set[str]] = {}
+_pending_lock = threading.Lock()
+_DDL = frozenset({"CREATE", "ALTER", "DROP", "TRUNCATE", "RENAME"})
+
+
+def track_writes(bump: t.Callable[[frozenset[str]], None]) -> None:
+    """Call ``bump(tables)`` each time a transaction that wrote ``tables`` commits (for an
+    autocommit write: before it runs and once it has)."""
+    global _bump
+    _bump = bump
+    install()
+
+
+def _note_write(context: t.Any, statement: str, info: _Statement) -> frozenset[str] | None:
+    """Note the tables a write touches on its connection's transaction. Returns them when
+    the write commits on its own (autocommit, or DDL on MySQL), after bumping once: the
+    caller bumps again once it has run."""
+    from .cache import statement_tables
+
+    written = statement_tables(info.fingerprint.sample or statement)[1]
+    if not written or _bump is None:
+        return None
+    conn = context.root_connection
+    dialect = context.dialect
+    if conn._is_autocommit_isolation() or (
+        dialect.name in ("mysql", "mariadb") and info.fingerprint.operation in _DDL
+    ):
+        _bump(written)
+        return written
+    # Keyed as the dialect's do_commit/do_rollback will see it: the pool's proxy of the
+    # DBAPI connection.
+    proxy = conn.connection
+    with _pending_lock:
+        _pending.setdefault(id(proxy), set()).update(written)
+    if "_qw_commit" not in dialect.__dict__:
+        _wrap_commit(dialect)
+    return None
+
+
+def _write_outside_record(context: t.Any, statement: str) -> None:
+    try:
+        if context.execution_options.get(IGNORE_OPTION):
+            return
+        info = _statement(context, statement)
+        if info.select:
+            return
+        after = _note_write(context, statement, info)
+        if after is not None:
+            context.cursor = _BumpCursor(context.cursor, after)
+    except Exception as e:
+        swallow("capture.note_write", e)
+
+
+def _wrap_commit(dialect: t.Any) -> None:
+    with _pending_lock:
+        if "_qw_commit" in dialect.__dict__:
+            return
+        commit, rollback = dialect.do_commit, dialect.do_rollback
+
+        def do_commit(dbapi_connection: t.Any) -> None:
+            commit(dbapi_connection)
+            with _pending_lock:
+                tables = _pending.pop(id(dbapi_connection), None)
+            if tables and _bump is not None:
+                try:
+                    _bump(frozenset(tables))
+                except Exception as e:
+                    swallow("capture.commit", e)
+
+        def do_rollback(dbapi_connection: t.Any) -> None:
+            with _pending_lock:
+                _pending.pop(id(dbapi_connection), None)
+            rollback(dbapi_connection)
+
+        dialect.do_commit = do_commit
+        dialect.do_rollback = do_rollback
+        dialect._qw_commit = True
+
+
+class _BumpCursor:
+    """The cursor of an autocommit write outside a unit of work: bumps its tables once
+    the statement has run (SQLAlchemy closes a write's cursor right after it)."""
+
+    __slots__ = ("_qw_cursor", "_qw_tables")
+
+    def __init__(self, cursor: t.Any, tables: frozenset[str]) -> None:
+        object.__setattr__(self, "_qw_cursor", cursor)
+        object.__setattr__(self, "_qw_tables", tables)
+
+    def __getattr__(self, name: str) -> t.Any:
+        return getattr(self._qw_cursor, name)
+
+    def __setattr__(self, name: str, value: t.Any) -> None:
+        setattr(self._qw_cursor, name, value)
+
+    def __iter__(self) -> Iterator[t.Any]:
+        return iter(self._qw_cursor)
+
+    def close(self) -> None:
+        try:
+            self._qw_cursor.close()
+        finally:
+            tables = self._qw_tables
+            if tables is not None and _bump is not None:
+                object.__setattr__(self, "_qw_tables", None)
+                _bump(tables)
+
+
+def tables_read_by(
+    fn: t.Callable[[], t.Any], new_record: t.Callable[[], Record]
+) -> tuple[t.Any, frozenset[str]]:
+    """Run ``fn`` and return its value with the tables its statements read (``{"*"}``
+    when some statement was not kept or cannot be read). Outside a unit of work, ``fn``
+    runs in a record of its own, which is then dropped."""
+    from .cache import ALL_TABLES
+    from .cache import statement_tables
+
+    record = _current_record.get()
+    token = None
+    if record is None or record.closed:
+        record = new_record()
+        token = start_record(record)
+    start, dropped = len(record.queries), record.dropped
+    try:
+        value = fn()
+    finally:
+        if token is not None:
+            end_record(token)
+    if record.dropped != dropped:
+        return value, frozenset({ALL_TABLES})
+    tables: set[str] = set()
+    for q in record.queries[start:]:
+        sample = q.fingerprint.sample
+        if not sample:
+            return value, frozenset({ALL_TABLES})
+        read, written = statement_tables(sample)
+        tables |= read | written
+    return value, frozenset(tables)
 
 
 _installed = False

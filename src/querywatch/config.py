@@ -46,6 +46,10 @@ class Settings:
     advise_allow_ddl: bool | None = None
     #: A full scan of a table with this many rows is a finding.
     scan_min_rows: int = 10_000
+    #: The result cache: default time to live, and the memory backend's bounds.
+    cache_ttl: float = 60.0
+    cache_max_entries: int = 10_000
+    cache_max_bytes: int = 64 * 2**20
 
 
 def _bool(app: Flask, key: str, default: bool) -> bool:
@@ -167,5 +171,12 @@ def load_settings(app: Flask) -> Settings:
         advise_allow_ddl=_optional_bool(app, "QUERYWATCH_ADVISE_ALLOW_DDL"),
         scan_min_rows=int(
             _number(app, "QUERYWATCH_SCAN_MIN_ROWS", 10_000, minimum=1, integer=True)
+        ),
+        cache_ttl=_number(app, "QUERYWATCH_CACHE_TTL", 60.0, minimum=0, exclusive=True),
+        cache_max_entries=int(
+            _number(app, "QUERYWATCH_CACHE_MAX_ENTRIES", 10_000, minimum=1, integer=True)
+        ),
+        cache_max_bytes=int(
+            _number(app, "QUERYWATCH_CACHE_MAX_BYTES", 64 * 2**20, minimum=1024, integer=True)
         ),
     )

@@ -6,6 +6,7 @@ The hierarchy::
     ├── ConfigError (also a ValueError)   a ``QUERYWATCH_*`` value is malformed
     ├── StoreError                        the store could not be opened or migrated
     │   └── SchemaVersionError            the store was written by a newer querywatch
+    ├── CacheValueError (also a TypeError) a cached function's result has no JSON form
     ├── ExplainError                      a statement could not be explained
     │   └── UnsafeStatementError          it is not a read-only SELECT: never explained
     └── NotInitializedError (also a RuntimeError)
@@ -20,6 +21,7 @@ from __future__ import annotations
 import typing as t
 
 __all__ = [
+    "CacheValueError",
     "ConfigError",
     "ExplainError",
     "NotInitializedError",
@@ -64,3 +66,8 @@ class ExplainError(QueryWatchError):
 class UnsafeStatementError(ExplainError):
     """The statement is not one read-only ``SELECT``; querywatch never explains or runs
     it."""
+
+
+class CacheValueError(QueryWatchError, TypeError):
+    """A cached function returned a value the cache cannot store; the message names the
+    function and the type."""

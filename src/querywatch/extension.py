@@ -37,6 +37,7 @@ if t.TYPE_CHECKING:
     from flask import Response
     from sqlalchemy.engine import Engine
 
+    from .cache import Cache
     from .store import Store
 
 __all__ = ["QueryWatch"]
@@ -59,6 +60,9 @@ class AppState:
         self.listeners: list[Callable[[capture.Record, list[Finding]], None]] = []
         self._store: Store | None = None
         self._store_lock = threading.Lock()
+        self._cache: Cache | None = None
+        #: The QueryWatch instance registered on the app.
+        self.owner: QueryWatch | None = None
 
     @property
     def store(self) -> Store:
@@ -72,6 +76,25 @@ class AppState:
                         os.makedirs(self.instance_path, exist_ok=True)
                     self._store = Store(self.settings.store_url)
         return self._store
+
+    @property
+    def cache(self) -> Cache:
+        """The app's result cache, made on first use."""
+        if self._cache is None:
+            with self._store_lock:
+                if self._cache is None:
+                    from .cache import Cache
+                    from .cache import MemoryBackend
+
+                    s = self.settings
+                    self._cache = Cache(
+                        MemoryBackend(max_entries=s.cache_max_entries, max_bytes=s.cache_max_bytes),
+                        default_ttl=s.cache_ttl,
+                        track=lambda fn: capture.tables_read_by(
+                            fn, lambda: self.new_record("job:cache", "job")
+                        ),
+                    )
+        return self._cache
 
     def advise_database_url(self) -> str | None:
         """The database the background advisor asks for plans."""
@@ -245,6 +268,7 @@ class QueryWatch:
             raise RuntimeError(msg)
         settings = load_settings(app)
         state = AppState(app, settings, self._engines)
+        state.owner = self
         app.extensions[_EXTENSION_KEY] = state
         self._apps.add(app)
         _states.add(state)
@@ -312,6 +336,39 @@ class QueryWatch:
     def store(self, app: Flask | None = None) -> Store:
         """The app's store."""
         return self._state(app).store
+
+    @property
+    def cache(self) -> Cache:
+        """The current app's result cache (see :mod:`querywatch.cache`)::
+
+        qw.cache.get_or_compute("stats", compute_stats, ttl=30)
+        qw.cache.invalidate(table="orders")
+        """
+        return self._state().cache
+
+    def cached(
+        self,
+        ttl: float | None = None,
+        *,
+        key: Callable[..., str] | None = None,
+        tables: Iterable[str] = (),
+        name: str | None = None,
+    ) -> Callable[[Callable[..., t.Any]], Callable[..., t.Any]]:
+        """Cache a function's result until a table it read is written, or ``ttl``
+        seconds (``QUERYWATCH_CACHE_TTL`` by default)::
+
+            @qw.cached(ttl=60)
+            def best_sellers(category: str) -> list[dict]: ...
+
+            best_sellers("books", cache_bypass=True)  # computed, cache untouched
+
+        The key is the function's module and name and a digest of its arguments
+        (``key=`` replaces it); the tables come from the statements it ran (``tables=``
+        adds more). The app is the current one at call time.
+        """
+        from .cache import cached_with
+
+        return cached_with(lambda: self.cache, ttl, key=key, tables=tables, name=name)
 
 
 def _request_hooks(

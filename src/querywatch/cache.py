@@ -1,0 +1,568 @@
+"""Query result caching that is never stale after a write.
+
+.. code-block:: python
+
+    @qw.cached(ttl=60)
+    def top_products(category: str) -> list[dict]:
+        return [...]  # queries through SQLAlchemy
+
+    qw.cache.get_or_compute("stats", compute_stats, ttl=30)
+    qw.cache.invalidate(table="orders")
+
+How an entry stays correct:
+
+* **Dependencies** are the tables the computation read, taken from the statements capture
+  recorded while it ran (``tables=`` adds more). A statement that cannot be read makes the
+  entry depend on every table.
+* **Versions**: every commit that wrote a table bumps a process-wide *epoch* and records
+  it as that table's version. An entry keeps the versions of its tables; it is served only
+  while they are unchanged.
+* **The race**: the versions are read *after* the computation, and the entry is stored only
+  if none of its tables was bumped since the computation *began* (the epoch then). So a
+  value computed from rows that a concurrent commit changed is returned to its caller but
+  never stored, and one stored just before a commit is invalid as soon as the commit's bump
+  lands, which happens before ``commit()`` returns (capture wraps the dialect's
+  ``do_commit``). A rollback bumps nothing.
+* **Stampede**: one computation per key at a time in a process; the others wait for its
+  result.
+
+Values are stored as JSON (dicts, lists, rows, dataclasses, dates, times, decimals, UUIDs,
+tagged so they come back as the same types); a value JSON cannot hold raises
+:class:`~querywatch.exceptions.CacheValueError` naming the function and the type.
+
+The memory backend (the default) is bounded by entries and bytes (LRU) and invalidates
+only within its own process.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+import decimal
+import functools
+import hashlib
+import json
+import re
+import threading
+import time
+import typing as t
+import uuid
+
+from ._failopen import record_internal_error
+from .exceptions import CacheValueError
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable
+    from collections.abc import Iterable
+
+__all__ = [
+    "ALL_TABLES",
+    "Cache",
+    "FunctionStats",
+    "LocalVersions",
+    "MemoryBackend",
+    "dumps",
+    "loads",
+    "statement_tables",
+]
+
+#: The dependency of a computation whose statements could not all be read.
+ALL_TABLES = "*"
+#: How long a caller waits for another's computation of the same key.
+WAIT_SECONDS = 5.0
+
+
+# --- which tables a statement reads and writes ------------------------------------------
+
+_FALLBACK_READ_RE = re.compile(r"\b(?:FROM|JOIN)\s+([\w.\"`]+)", re.I)
+_FALLBACK_WRITE_RE = re.compile(
+    r"^\s*(?:INSERT\s+(?:OR\s+\w+\s+)?INTO|REPLACE\s+INTO|UPDATE|DELETE\s+FROM|MERGE\s+INTO|"
+    r"TRUNCATE(?:\s+TABLE)?|(?:CREATE|ALTER|DROP)\s+(?:\w+\s+)*?TABLE(?:\s+IF\s+(?:NOT\s+)?EXISTS)?)"
+    r"\s+([\w.\"`]+)",
+    re.I,
+)
+
+
+def _name(text: str) -> str:
+    return text.replace('"', "").replace("`", "").split(".")[-1].lower()
+
+
+@functools.lru_cache(maxsize=4096)
+def statement_tables(sql: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(tables read, tables written) by one statement, lower case; ``{"*"}`` when the
+    statement cannot be read (every table, to be safe)."""
+    import sqlglot
+    from sqlglot import exp
+
+    from .explain import number_placeholders
+
+    marked, _ = number_placeholders(sql)
+    try:
+        tree = sqlglot.parse_one(marked)
+    except Exception:
+        tree = None
+    if tree is None:
+        m = _FALLBACK_WRITE_RE.match(sql)
+        if m:
+            return frozenset(), frozenset({_name(m.group(1))})
+        found = {_name(x) for x in _FALLBACK_READ_RE.findall(sql)}
+        return (frozenset(found) if found else frozenset({ALL_TABLES})), frozenset()
+    ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
+    tables = {tb.name.lower() for tb in tree.find_all(exp.Table) if tb.name} - ctes
+    written: set[str] = set()
+    for node in tree.walk():
+        if isinstance(node, (exp.Insert, exp.Update, exp.Delete, exp.Merge)):
+            target = node.this
+            if isinstance(target, exp.Schema):
+                target = target.this
+            if isinstance(target, exp.Table) and target.name:
+                written.add(target.name.lower())
+        elif isinstance(node, (exp.Create, exp.Drop, exp.Alter, exp.TruncateTable)):
+            for tb in node.find_all(exp.Table):
+                if tb.name:
+                    written.add(tb.name.lower())
+    if isinstance(tree, exp.Command):
+        m = _FALLBACK_WRITE_RE.match(sql)
+        written.add(_name(m.group(1)) if m else ALL_TABLES)
+    return frozenset(tables - written), frozenset(written)
+
+
+# --- versions -----------------------------------------------------------------------------
+
+
+class LocalVersions:
+    """Table versions in this process: each bump takes the next epoch."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._epoch = 0
+        self._tables: dict[str, int] = {}
+        self._all = 0  # the epoch of the last bump of every table
+
+    def epoch(self) -> int:
+        return self._epoch
+
+    def get(self, tables: Iterable[str]) -> dict[str, int]:
+        all_ = self._all
+        got = self._tables.get
+        if ALL_TABLES in tables:
+            return {ALL_TABLES: self._epoch}
+        return {tb: max(got(tb, 0), all_) for tb in tables}
+
+    def valid(self, deps: dict[str, int]) -> bool:
+        if ALL_TABLES in deps:
+            return deps[ALL_TABLES] == self._epoch
+        all_ = self._all
+        got = self._tables.get
+        for tb, v in deps.items():
+            if max(got(tb, 0), all_) != v:
+                return False
+        return True
+
+    def bump(self, tables: Iterable[str]) -> int:
+        with self._lock:
+            self._epoch += 1
+            e = self._epoch
+            for tb in tables:
+                if tb == ALL_TABLES:
+                    self._all = e
+                else:
+                    self._tables[tb] = e
+            return e
+
+
+# --- values -------------------------------------------------------------------------------
+
+#: Dataclass types this process has stored, by ``module:qualname``: only these are rebuilt
+#: from a stored value (a foreign tag never names a class to instantiate).
+_dataclasses: dict[str, type] = {}
+
+
+def _default(o: t.Any) -> t.Any:
+    if isinstance(o, dt.datetime):
+        return {"__qw__": "datetime", "v": o.isoformat()}
+    if isinstance(o, dt.date):
+        return {"__qw__": "date", "v": o.isoformat()}
+    if isinstance(o, dt.time):
+        return {"__qw__": "time", "v": o.isoformat()}
+    if isinstance(o, decimal.Decimal):
+        return {"__qw__": "decimal", "v": str(o)}
+    if isinstance(o, uuid.UUID):
+        return {"__qw__": "uuid", "v": str(o)}
+    if isinstance(o, (set, frozenset)):
+        return {"__qw__": "set", "v": sorted(o, key=repr)}
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        cls = type(o)
+        name = f"{cls.__module__}:{cls.__qualname__}"
+        _dataclasses[name] = cls
+        return {
+            "__qw__": "dataclass",
+            "t": name,
+            "v": {f.name: getattr(o, f.name) for f in dataclasses.fields(o)},
+        }
+    mapping = getattr(o, "_mapping", None)  # a SQLAlchemy Row
+    if mapping is not None and hasattr(o, "_fields"):
+        return {"__qw__": "row", "v": dict(mapping)}
+    if hasattr(o, "keys") and hasattr(o, "__getitem__"):  # RowMapping and friends
+        return {k: o[k] for k in o.keys()}
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(type(o).__qualname__)
+
+
+def _hook(d: dict[str, t.Any]) -> t.Any:
+    tag = d.get("__qw__")
+    if tag is None:
+        return d
+    v = d["v"]
+    if tag == "datetime":
+        return dt.datetime.fromisoformat(v)
+    if tag == "date":
+        return dt.date.fromisoformat(v)
+    if tag == "time":
+        return dt.time.fromisoformat(v)
+    if tag == "decimal":
+        return decimal.Decimal(v)
+    if tag == "uuid":
+        return uuid.UUID(v)
+    if tag == "set":
+        return set(v)
+    if tag == "row":
+        return v
+    if tag == "dataclass":
+        cls = _dataclasses.get(d.get("t", ""))
+        if cls is None:
+            msg = f"stored dataclass {d.get('t')!r} is not one this process stores"
+            raise ValueError(msg)
+        return cls(**v)
+    msg = f"unknown tag {tag!r}"
+    raise ValueError(msg)
+
+
+def dumps(value: t.Any, *, name: str = "?") -> bytes:
+    """``value`` as JSON bytes; :class:`CacheValueError` names ``name`` and the type that
+    JSON cannot hold."""
+    try:
+        return json.dumps(value, default=_default, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as e:
+        kind = str(e) if isinstance(e, TypeError) and str(e) else type(value).__qualname__
+        msg = (
+            f"The result of {name} cannot be cached: a value of type {kind} has no JSON form."
+            " Return dicts, lists, rows, dataclasses, dates or decimals, or convert it first."
+        )
+        raise CacheValueError(msg) from None
+
+
+def loads(data: bytes) -> t.Any:
+    """A stored value back; raises ``ValueError`` on anything that is not one of ours."""
+    return json.loads(data, object_hook=_hook)
+
+
+# --- the memory backend -------------------------------------------------------------------
+
+
+class _Entry(t.NamedTuple):
+    data: bytes
+    deps: dict[str, int]
+    expires: float
+
+
+class MemoryBackend:
+    """Entries in this process, least recently used evicted past ``max_entries`` or
+    ``max_bytes``."""
+
+    def __init__(self, *, max_entries: int = 10_000, max_bytes: int = 64 * 2**20) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.versions = LocalVersions()
+        self._data: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.evictions = 0
+
+    def get(self, key: str) -> _Entry | None:
+        entry = self._data.get(key)
+        if entry is not None:
+            try:
+                self._data.move_to_end(key)
+            except KeyError:  # evicted by another thread meanwhile
+                pass
+        return entry
+
+    def set(self, key: str, data: bytes, deps: dict[str, int], ttl: float) -> None:
+        size = len(data) + len(key)
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._bytes -= len(old.data) + len(key)
+            self._data[key] = _Entry(data, deps, time.monotonic() + ttl)
+            self._bytes += size
+            while len(self._data) > self.max_entries or self._bytes > self.max_bytes:
+                k, e = self._data.popitem(last=False)
+                self._bytes -= len(e.data) + len(k)
+                self.evictions += 1
+
+    def delete(self, key: str) -> bool:
+        with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._bytes -= len(old.data) + len(key)
+            return old is not None
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+
+# --- the cache ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FunctionStats:
+    """What the cache did for one cached function (or ``get_or_compute`` name)."""
+
+    hits: int = 0
+    misses: int = 0
+    #: Entries found but no longer valid (a table they read was written, or they expired).
+    invalidations: int = 0
+    #: Computations whose result was not stored because a table they read was written
+    #: while they ran.
+    races: int = 0
+    #: Callers that waited for another's computation of the same key.
+    coalesced: int = 0
+    bypassed: int = 0
+    errors: int = 0
+
+
+class _Flight:
+    __slots__ = ("done", "value", "ok")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: t.Any = None
+        self.ok = False
+
+
+_MISSING = object()
+
+
+class Cache:
+    """Results of query-backed computations, valid until a table they read is written.
+
+    :param backend: where entries live (default: a :class:`MemoryBackend`).
+    :param default_ttl: seconds an entry lives at most when a call gives no ``ttl``.
+    :param track: ``track(fn)`` runs ``fn`` and returns ``(value, tables read)``; the
+        extension passes capture's (see :func:`querywatch.capture.tables_read_by`).
+    """
+
+    def __init__(
+        self,
+        backend: MemoryBackend | None = None,
+        *,
+        default_ttl: float = 60.0,
+        track: Callable[[Callable[[], t.Any]], tuple[t.Any, frozenset[str]]] | None = None,
+    ) -> None:
+        self.backend = backend or MemoryBackend()
+        self.versions = self.backend.versions
+        self.default_ttl = default_ttl
+        self._track = track
+        self.stats: dict[str, FunctionStats] = collections.defaultdict(FunctionStats)
+        self._flights: dict[str, _Flight] = {}
+        self._flights_lock = threading.Lock()
+        _register(self)
+
+    # --- reading ---
+
+    def get_or_compute(
+        self,
+        key: str,
+        fn: Callable[[], t.Any],
+        *,
+        ttl: float | None = None,
+        tables: Iterable[str] = (),
+        bypass: bool = False,
+        name: str | None = None,
+    ) -> t.Any:
+        """The cached value of ``key``, or ``fn()`` computed once, stored and returned.
+
+        :param tables: tables the value depends on besides those its statements read.
+        :param bypass: compute and return without reading or writing the cache.
+        """
+        name = name or key.split(":", 1)[0]
+        st = self.stats[name]
+        if bypass:
+            st.bypassed += 1
+            return fn()
+        value = self._lookup(key, st)
+        if value is not _MISSING:
+            return value
+        with self._flights_lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if leader:
+                flight = self._flights[key] = _Flight()
+        assert flight is not None
+        if not leader:
+            if flight.done.wait(WAIT_SECONDS) and flight.ok:
+                st.coalesced += 1
+                return flight.value
+            return fn()  # the leader failed or is stuck: compute on our own
+        try:
+            value = self._compute(key, fn, ttl, tables, name, st)
+            flight.value, flight.ok = value, True
+            return value
+        finally:
+            flight.done.set()
+            with self._flights_lock:
+                self._flights.pop(key, None)
+
+    def _lookup(self, key: str, st: FunctionStats) -> t.Any:
+        try:
+            entry = self.backend.get(key)
+            if entry is None:
+                st.misses += 1
+                return _MISSING
+            if entry.expires < time.monotonic() or not self.versions.valid(entry.deps):
+                st.invalidations += 1
+                st.misses += 1
+                return _MISSING
+            value = loads(entry.data)
+        except Exception as e:
+            # A corrupted or foreign value, a backend failure: a miss, never an error.
+            st.errors += 1
+            st.misses += 1
+            record_internal_error("cache.get", e)
+            return _MISSING
+        st.hits += 1
+        return value
+
+    def _compute(
+        self,
+        key: str,
+        fn: Callable[[], t.Any],
+        ttl: float | None,
+        tables: Iterable[str],
+        name: str,
+        st: FunctionStats,
+    ) -> t.Any:
+        epoch = self.versions.epoch()
+        if self._track is not None:
+            value, read = self._track(fn)
+        else:
+            value, read = fn(), frozenset({ALL_TABLES})
+        data = dumps(value, name=name)  # the caller's error: raised
+        deps_tables = set(read) | {tb.lower() for tb in tables}
+        try:
+            deps = self.versions.get(deps_tables)
+            if any(v > epoch for v in deps.values()):
+                st.races += 1  # a table it read was written meanwhile: do not keep it
+                return value
+            self.backend.set(key, data, deps, self.default_ttl if ttl is None else ttl)
+        except Exception as e:
+            st.errors += 1
+            record_internal_error("cache.set", e)
+        return value
+
+    # --- writing ---
+
+    def invalidate(self, key: str | None = None, *, table: str | None = None) -> None:
+        """Drop one entry (``key``), or every entry that read ``table``."""
+        if key is not None:
+            self.backend.delete(key)
+        if table is not None:
+            self.versions.bump([table.lower()])
+
+    def bump(self, tables: Iterable[str]) -> None:
+        """A commit wrote ``tables``: entries that read them are stale from now on."""
+        self.versions.bump(tables)
+
+    # --- decorating ---
+
+    def cached(
+        self,
+        ttl: float | None = None,
+        *,
+        key: Callable[..., str] | None = None,
+        tables: Iterable[str] = (),
+        name: str | None = None,
+    ) -> Callable[[Callable[..., t.Any]], Callable[..., t.Any]]:
+        """Cache a function's result per arguments in this cache (see
+        :meth:`querywatch.QueryWatch.cached`, which uses the current app's)."""
+        return cached_with(lambda: self, ttl, key=key, tables=tables, name=name)
+
+
+def cached_with(
+    get_cache: Callable[[], Cache],
+    ttl: float | None = None,
+    *,
+    key: Callable[..., str] | None = None,
+    tables: Iterable[str] = (),
+    name: str | None = None,
+) -> Callable[[Callable[..., t.Any]], Callable[..., t.Any]]:
+    """The decorator behind :meth:`Cache.cached` and ``qw.cached``: ``get_cache()`` is
+    asked for the cache at each call."""
+    extra = tuple(tables)
+
+    def decorate(fn: Callable[..., t.Any]) -> Callable[..., t.Any]:
+        fname = name or f"{fn.__module__}.{fn.__qualname__}"
+
+        @functools.wraps(fn)
+        def wrapper(*args: t.Any, cache_bypass: bool = False, **kwargs: t.Any) -> t.Any:
+            k = key(*args, **kwargs) if key is not None else make_key(fname, args, kwargs)
+            return get_cache().get_or_compute(
+                k,
+                lambda: fn(*args, **kwargs),
+                ttl=ttl,
+                tables=extra,
+                bypass=cache_bypass,
+                name=fname,
+            )
+
+        wrapper.cache_name = fname  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+def make_key(name: str, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]) -> str:
+    """``"<module.qualname>:<hash>"``: the function's name, then a digest of its
+    arguments' JSON form (``repr`` for what JSON cannot hold), keyword order ignored."""
+    try:
+        text = json.dumps([args, kwargs], default=_default, sort_keys=True)
+    except (TypeError, ValueError):
+        text = repr((args, sorted(kwargs.items())))
+    return f"{name}:{hashlib.blake2b(text.encode(), digest_size=12).hexdigest()}"
+
+
+# --- every cache of the process, for the commit hook ---------------------------------------
+
+_caches: list[t.Any] = []
+_caches_lock = threading.Lock()
+
+
+def _register(cache: Cache) -> None:
+    import weakref
+
+    with _caches_lock:
+        _caches[:] = [r for r in _caches if r() is not None]
+        _caches.append(weakref.ref(cache))
+    from . import capture
+
+    capture.track_writes(bump_all)
+
+
+def bump_all(tables: frozenset[str]) -> None:
+    """Bump ``tables`` in every cache of the process (called at commit)."""
+    for ref in list(_caches):
+        cache = ref()
+        if cache is not None:
+            try:
+                cache.bump(tables)
+            except Exception as e:
+                record_internal_error("cache.bump", e)

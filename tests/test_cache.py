@@ -1,0 +1,325 @@
+"""The result cache in one process, against a real SQLite database: hits, dependencies
+taken from the captured statements, invalidation at commit (never at rollback), the race
+with a concurrent commit, stampedes, values, and a property test against uncached runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import decimal
+import threading
+import time
+import typing as t
+
+import pytest
+from hypothesis import HealthCheck
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+from sqlalchemy import create_engine
+from sqlalchemy import func
+from sqlalchemy import select
+from sqlalchemy import text
+from sqlalchemy import update
+
+from querywatch import QueryWatch
+from querywatch.cache import statement_tables
+from querywatch.demo import shop
+from querywatch.exceptions import CacheValueError
+
+
+@pytest.fixture
+def qw(app: t.Any) -> QueryWatch:
+    """The app's QueryWatch instance (the shop made it)."""
+    found: QueryWatch = app.extensions["querywatch"].owner
+    return found
+
+
+def _stock(product_id: int) -> int:
+    return int(
+        shop.db.session.scalar(select(shop.Product.stock).where(shop.Product.id == product_id))
+    )
+
+
+def _set_stock(product_id: int, stock: int, *, commit: bool = True) -> None:
+    shop.db.session.execute(
+        update(shop.Product).where(shop.Product.id == product_id).values(stock=stock)
+    )
+    if commit:
+        shop.db.session.commit()
+    else:
+        shop.db.session.rollback()
+
+
+def test_statement_tables() -> None:
+    assert statement_tables("SELECT a.x FROM a JOIN b ON b.id = a.b_id WHERE a.y = ?") == (
+        frozenset({"a", "b"}),
+        frozenset(),
+    )
+    assert statement_tables("UPDATE products SET stock=? WHERE products.id = ?")[1] == {"products"}
+    assert statement_tables('INSERT INTO "order" (id) VALUES (%(id)s)')[1] == {"order"}
+    assert statement_tables("DELETE FROM items WHERE id IN (SELECT id FROM old)")[1] == {"items"}
+    assert statement_tables("WITH x AS (SELECT 1 FROM a) SELECT * FROM x")[0] == {"a"}
+    assert statement_tables("TRUNCATE TABLE logs")[1] == {"logs"}
+
+
+def test_hit_then_invalidated_by_a_commit_to_a_table_it_read(app: t.Any, qw: QueryWatch) -> None:
+    calls = []
+
+    @qw.cached(ttl=60)
+    def stock(pid: int) -> int:
+        calls.append(pid)
+        return _stock(pid)
+
+    with app.app_context():
+        first = stock(3)
+        assert stock(3) == first
+        assert calls == [3]
+        # A write to another table leaves it valid.
+        shop.db.session.execute(text("UPDATE customers SET name = 'x' WHERE id = 1"))
+        shop.db.session.commit()
+        assert stock(3) == first
+        assert calls == [3]
+        # A rolled-back write to its table invalidates nothing.
+        _set_stock(3, first + 100, commit=False)
+        assert stock(3) == first
+        assert calls == [3]
+        # A committed one does, before commit() returns.
+        _set_stock(3, first + 7)
+        assert stock(3) == first + 7
+        assert calls == [3, 3]
+    s = app.extensions["querywatch"].cache.stats[stock.cache_name]
+    assert (s.hits, s.misses, s.invalidations) == (3, 2, 1)
+
+
+def test_request_reads_its_own_write_in_the_cache(
+    client: t.Any, app: t.Any, qw: QueryWatch
+) -> None:
+    @qw.cached()
+    def count_orders() -> int:
+        return int(shop.db.session.scalar(select(func.count(shop.Order.id))))
+
+    @app.get("/t/orders/count")
+    def view() -> t.Any:
+        return {"n": count_orders()}
+
+    n = client.get("/t/orders/count").get_json()["n"]
+    assert (
+        client.post(
+            "/api/orders", json={"customer_id": 1, "items": [{"product_id": 2}]}
+        ).status_code
+        == 201
+    )
+    assert client.get("/t/orders/count").get_json()["n"] == n + 1
+
+
+def test_a_value_computed_across_a_commit_is_not_kept(
+    app: t.Any, qw: QueryWatch, sqlite_shop_url: str
+) -> None:
+    """The computation reads the old stock, then another connection commits a new one
+    before it ends: the caller gets what it computed, but the entry is not stored."""
+    other = create_engine(sqlite_shop_url)
+    calls = []
+
+    @qw.cached()
+    def stock_then_write(pid: int) -> int:
+        value = _stock(pid)
+        calls.append(value)
+        if len(calls) == 1:
+            with other.begin() as conn:
+                conn.execute(
+                    text("UPDATE products SET stock = stock + 1 WHERE id = :i"), {"i": pid}
+                )
+        return value
+
+    with app.app_context():
+        before = stock_then_write(4)
+        after = stock_then_write(4)
+        assert after == before + 1  # recomputed, not the value read before the commit
+        assert stock_then_write(4) == after
+    assert len(calls) == 2
+    assert app.extensions["querywatch"].cache.stats[stock_then_write.cache_name].races == 1
+    other.dispose()
+
+
+def test_readers_see_every_commit_from_other_threads(app: t.Any, qw: QueryWatch) -> None:
+    @qw.cached()
+    def stock(pid: int) -> int:
+        return _stock(pid)
+
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            with app.app_context():
+                stock(5)
+
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    for th in readers:
+        th.start()
+    try:
+        with app.app_context():
+            for value in range(1000, 1040):
+                _set_stock(5, value)
+                # After commit() returns, no reader anywhere may get an older value.
+                got = stock(5)
+                if got != value:
+                    errors.append(f"wrote {value}, read {got}")
+    finally:
+        stop.set()
+        for th in readers:
+            th.join()
+    assert errors == []
+
+
+def test_fifty_concurrent_misses_compute_once(app: t.Any, qw: QueryWatch) -> None:
+    runs = []
+
+    @qw.cached()
+    def slow_stock(pid: int) -> int:
+        runs.append(pid)
+        time.sleep(0.3)
+        return _stock(pid)
+
+    barrier = threading.Barrier(50)
+    results: list[int] = []
+
+    def call() -> None:
+        barrier.wait()
+        with app.app_context():
+            results.append(slow_stock(6))
+
+    threads = [threading.Thread(target=call) for _ in range(50)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert runs == [6]
+    assert len(results) == 50
+    assert len(set(results)) == 1
+
+
+@dataclasses.dataclass
+class Summary:
+    name: str
+    price: decimal.Decimal
+    when: dt.date
+
+
+def test_values_come_back_as_their_types(app: t.Any, qw: QueryWatch) -> None:
+    @qw.cached()
+    def summary() -> dict[str, t.Any]:
+        row = shop.db.session.execute(select(shop.Product.id, shop.Product.name)).first()
+        return {
+            "row": row,
+            "s": Summary("x", decimal.Decimal("1.10"), dt.date(2026, 1, 2)),
+            "at": dt.datetime(2026, 1, 2, 3, 4, 5),
+        }
+
+    with app.app_context():
+        first = summary()
+        again = summary()
+    assert again["s"] == Summary("x", decimal.Decimal("1.10"), dt.date(2026, 1, 2))
+    assert again["at"] == dt.datetime(2026, 1, 2, 3, 4, 5)
+    assert again["row"] == {"id": first["row"].id, "name": first["row"].name}
+
+
+def test_unserializable_result_names_the_function_and_type(app: t.Any, qw: QueryWatch) -> None:
+    @qw.cached()
+    def bad() -> object:
+        return object()
+
+    with app.app_context(), pytest.raises(CacheValueError) as info:
+        bad()
+    assert "test_cache.test_unserializable_result_names_the_function_and_type.<locals>.bad" in str(
+        info.value
+    )
+    assert "type object" in str(info.value)
+
+
+@pytest.mark.allow_internal_errors
+def test_a_corrupted_entry_is_a_miss(app: t.Any, qw: QueryWatch) -> None:
+    calls = []
+
+    @qw.cached()
+    def stock(pid: int) -> int:
+        calls.append(pid)
+        return _stock(pid)
+
+    with app.app_context():
+        stock(7)
+        cache = app.extensions["querywatch"].cache
+        (key,) = [k for k in cache.backend._data if k.startswith(stock.cache_name)]
+        entry = cache.backend._data[key]
+        cache.backend._data[key] = entry._replace(
+            data=b'{"__qw__": "dataclass", "t": "os:system", "v": {}}'
+        )
+        assert stock(7) == _stock(7)
+    assert calls == [7, 7]
+    assert cache.stats[stock.cache_name].errors == 1
+
+
+def test_invalidate_by_key_and_by_table_and_bypass(app: t.Any, qw: QueryWatch) -> None:
+    calls = []
+
+    def compute() -> int:
+        calls.append(1)
+        return _stock(8)
+
+    with app.app_context():
+        cache = qw.cache
+        cache.get_or_compute("k", compute)
+        cache.get_or_compute("k", compute)
+        cache.invalidate("k")
+        cache.get_or_compute("k", compute)
+        cache.invalidate(table="products")
+        cache.get_or_compute("k", compute)
+        cache.get_or_compute("k", compute, bypass=True)
+        cache.get_or_compute("k", compute)
+    assert len(calls) == 4
+
+
+def test_autocommit_write_outside_a_request_bumps(
+    app: t.Any, qw: QueryWatch, sqlite_shop_url: str
+) -> None:
+    @qw.cached()
+    def stock(pid: int) -> int:
+        return _stock(pid)
+
+    auto = create_engine(sqlite_shop_url, isolation_level="AUTOCOMMIT")
+    with app.app_context():
+        before = stock(9)
+        with auto.connect() as conn:
+            conn.execute(text("UPDATE products SET stock = :s WHERE id = 9"), {"s": before + 3})
+        assert stock(9) == before + 3
+    auto.dispose()
+
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["read", "commit", "rollback"]), st.integers(1, 3), st.integers(0, 50)
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=OPS)
+def test_random_interleavings_agree_with_uncached_runs(
+    app: t.Any, qw: QueryWatch, ops: list[tuple[str, int, int]]
+) -> None:
+    @qw.cached(name="prop.stock")
+    def stock(pid: int) -> int:
+        return _stock(pid)
+
+    with app.app_context():
+        for op, pid, value in ops:
+            if op == "read":
+                assert stock(pid) == _stock(pid)
+            else:
+                _set_stock(pid, value, commit=op == "commit")
+            assert stock(pid) == _stock(pid)
