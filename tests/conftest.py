@@ -20,6 +20,23 @@ MARIADB_URL = os.environ.get(
 )
 
 
+REDIS_URL = os.environ.get("QUERYWATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """A reachable Redis (tests keep to keys of their own prefix)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+        client.ping()
+        client.close()
+    except Exception as e:
+        _unavailable("Redis", f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
+    return REDIS_URL
+
+
 def _unavailable(service: str, reason: str) -> t.NoReturn:
     msg = f"{service} is not reachable ({reason})."
     if REQUIRE_SERVICES:

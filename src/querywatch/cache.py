@@ -62,6 +62,7 @@ __all__ = [
     "FunctionStats",
     "LocalVersions",
     "MemoryBackend",
+    "RedisBackend",
     "dumps",
     "loads",
     "statement_tables",
@@ -312,12 +313,176 @@ class MemoryBackend:
                 self._bytes -= len(old.data) + len(key)
             return old is not None
 
+    # --- the backend protocol (what Cache calls) ---
+
+    def epoch(self) -> t.Any:
+        return self.versions.epoch()
+
+    def lookup(self, key: str) -> tuple[str, bytes | None]:
+        """("hit", data), ("stale", None) or ("miss", None)."""
+        entry = self.get(key)
+        if entry is None:
+            return "miss", None
+        if entry.expires < time.monotonic() or not self.versions.valid(entry.deps):
+            return "stale", None
+        return "hit", entry.data
+
+    def store(
+        self, key: str, data: bytes, tables: frozenset[str], since: t.Any, ttl: float
+    ) -> bool:
+        """Keep ``data`` unless a table in ``tables`` was bumped after epoch ``since``."""
+        deps = self.versions.get(tables)
+        if any(v > since for v in deps.values()):
+            return False
+        self.set(key, data, deps, ttl)
+        return True
+
+    def bump(self, tables: Iterable[str]) -> None:
+        self.versions.bump(tables)
+
     def __len__(self) -> int:
         return len(self._data)
 
     @property
     def bytes(self) -> int:
         return self._bytes
+
+
+# --- the Redis backend --------------------------------------------------------------------
+
+# Entries are ``<deps JSON>\n<value JSON>`` under ``<prefix>c:<key>`` with an expiry; the
+# table versions are one hash (``<prefix>versions``), the epoch one counter
+# (``<prefix>epoch``), and ``<prefix>inc`` names this incarnation of the data (a Redis that
+# restarted empty has a new one). Each call is one script: one round trip.
+
+_LOOKUP = r"""
+local v = redis.call('GET', KEYS[1])
+if not v then return {0} end
+local nl = string.find(v, '\n', 1, true)
+if not nl then return {1} end
+local ok, deps = pcall(cjson.decode, string.sub(v, 1, nl - 1))
+if not ok or type(deps) ~= 'table' then return {1} end
+local all = tonumber(redis.call('HGET', KEYS[2], '*') or '0')
+for t, ver in pairs(deps) do
+  local cur
+  if t == '*' then
+    cur = tonumber(redis.call('GET', KEYS[3]) or '0')
+  else
+    cur = math.max(tonumber(redis.call('HGET', KEYS[2], t) or '0'), all)
+  end
+  if cur ~= ver then return {1} end
+end
+return {2, string.sub(v, nl + 1)}
+"""
+
+_STORE = r"""
+if redis.call('GET', KEYS[4]) ~= ARGV[1] then return 0 end
+local since = tonumber(ARGV[2])
+local epoch = tonumber(redis.call('GET', KEYS[3]) or '0')
+local all = tonumber(redis.call('HGET', KEYS[2], '*') or '0')
+local deps = {}
+local n = 0
+for i = 5, #ARGV do
+  local t = ARGV[i]
+  local cur
+  if t == '*' then cur = epoch else
+    cur = math.max(tonumber(redis.call('HGET', KEYS[2], t) or '0'), all)
+  end
+  if cur > since then return 0 end
+  deps[t] = cur
+  n = n + 1
+end
+local head = '{}'
+if n > 0 then head = cjson.encode(deps) end
+redis.call('SET', KEYS[1], head .. '\n' .. ARGV[4], 'PX', ARGV[3])
+return 1
+"""
+
+_BUMP = r"""
+local e = redis.call('INCR', KEYS[2])
+for i = 1, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], e) end
+return e
+"""
+
+_EPOCH = r"""
+local inc = redis.call('GET', KEYS[1])
+if not inc then
+  redis.call('SET', KEYS[1], ARGV[1], 'NX')
+  inc = redis.call('GET', KEYS[1])
+end
+return {inc, tonumber(redis.call('GET', KEYS[2]) or '0')}
+"""
+
+
+class RedisBackend:
+    """Entries and table versions in Redis, shared by every process and host: a commit
+    in one invalidates the entries of all.
+
+    Fails open: a Redis error reaches the cache, which computes directly and keeps
+    nothing. Versions are not trusted across an outage: the first call that succeeds after
+    one bumps every table, and a Redis that came back empty (a new incarnation) refuses
+    entries computed before it.
+    """
+
+    def __init__(self, url: str, *, prefix: str = "qw:", timeout: float = 0.25) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        self.prefix = prefix
+        self._versions = prefix + "versions"
+        self._epoch = prefix + "epoch"
+        self._inc = prefix + "inc"
+        self._lookup = self.client.register_script(_LOOKUP)
+        self._store = self.client.register_script(_STORE)
+        self._bump = self.client.register_script(_BUMP)
+        self._epoch_script = self.client.register_script(_EPOCH)
+        self._outage = False
+        self._last_inc: bytes | None = None
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}c:{key}"
+
+    def _run(self, script: t.Any, keys: list[str], args: list[t.Any]) -> t.Any:
+        if self._outage:
+            # Writes may have committed unseen: nothing cached before is trusted.
+            self._bump(keys=[self._versions, self._epoch], args=[ALL_TABLES])
+            self._outage = False
+        try:
+            return script(keys=keys, args=args)
+        except Exception:
+            self._outage = True
+            raise
+
+    def epoch(self) -> t.Any:
+        inc, epoch = self._run(self._epoch_script, [self._inc, self._epoch], [uuid.uuid4().hex])
+        if self._last_inc is not None and inc != self._last_inc:
+            self._outage = True  # Redis came back empty: bump everything next call
+        self._last_inc = inc
+        return (inc, int(epoch))
+
+    def lookup(self, key: str) -> tuple[str, bytes | None]:
+        res = self._run(self._lookup, [self._key(key), self._versions, self._epoch], [])
+        if res[0] == 0:
+            return "miss", None
+        if res[0] == 1:
+            return "stale", None
+        return "hit", res[1]
+
+    def store(
+        self, key: str, data: bytes, tables: frozenset[str], since: t.Any, ttl: float
+    ) -> bool:
+        inc, epoch = since
+        args = [inc, epoch, max(1, int(ttl * 1000)), data, *sorted(tables)]
+        keys = [self._key(key), self._versions, self._epoch, self._inc]
+        return bool(self._run(self._store, keys, args))
+
+    def bump(self, tables: Iterable[str]) -> None:
+        self._run(self._bump, [self._versions, self._epoch], list(tables))
+
+    def delete(self, key: str) -> bool:
+        return bool(self.client.delete(self._key(key)))
 
 
 # --- the cache ----------------------------------------------------------------------------
@@ -355,7 +520,8 @@ _MISSING = object()
 class Cache:
     """Results of query-backed computations, valid until a table they read is written.
 
-    :param backend: where entries live (default: a :class:`MemoryBackend`).
+    :param backend: where entries and table versions live (default: a
+        :class:`MemoryBackend`; :class:`RedisBackend` shares them between processes).
     :param default_ttl: seconds an entry lives at most when a call gives no ``ttl``.
     :param track: ``track(fn)`` runs ``fn`` and returns ``(value, tables read)``; the
         extension passes capture's (see :func:`querywatch.capture.tables_read_by`).
@@ -363,13 +529,12 @@ class Cache:
 
     def __init__(
         self,
-        backend: MemoryBackend | None = None,
+        backend: MemoryBackend | RedisBackend | None = None,
         *,
         default_ttl: float = 60.0,
         track: Callable[[Callable[[], t.Any]], tuple[t.Any, frozenset[str]]] | None = None,
     ) -> None:
-        self.backend = backend or MemoryBackend()
-        self.versions = self.backend.versions
+        self.backend: t.Any = backend or MemoryBackend()
         self.default_ttl = default_ttl
         self._track = track
         self.stats: dict[str, FunctionStats] = collections.defaultdict(FunctionStats)
@@ -424,15 +589,13 @@ class Cache:
 
     def _lookup(self, key: str, st: FunctionStats) -> t.Any:
         try:
-            entry = self.backend.get(key)
-            if entry is None:
+            status, data = self.backend.lookup(key)
+            if status != "hit" or data is None:
+                if status == "stale":
+                    st.invalidations += 1
                 st.misses += 1
                 return _MISSING
-            if entry.expires < time.monotonic() or not self.versions.valid(entry.deps):
-                st.invalidations += 1
-                st.misses += 1
-                return _MISSING
-            value = loads(entry.data)
+            value = loads(data)
         except Exception as e:
             # A corrupted or foreign value, a backend failure: a miss, never an error.
             st.errors += 1
@@ -451,19 +614,23 @@ class Cache:
         name: str,
         st: FunctionStats,
     ) -> t.Any:
-        epoch = self.versions.epoch()
+        try:
+            since = self.backend.epoch()
+        except Exception as e:  # the backend is down: compute, keep nothing
+            st.errors += 1
+            record_internal_error("cache.epoch", e)
+            return fn()
         if self._track is not None:
             value, read = self._track(fn)
         else:
             value, read = fn(), frozenset({ALL_TABLES})
         data = dumps(value, name=name)  # the caller's error: raised
-        deps_tables = set(read) | {tb.lower() for tb in tables}
+        deps = frozenset(read) | {tb.lower() for tb in tables}
         try:
-            deps = self.versions.get(deps_tables)
-            if any(v > epoch for v in deps.values()):
-                st.races += 1  # a table it read was written meanwhile: do not keep it
-                return value
-            self.backend.set(key, data, deps, self.default_ttl if ttl is None else ttl)
+            if not self.backend.store(
+                key, data, deps, since, self.default_ttl if ttl is None else ttl
+            ):
+                st.races += 1  # a table it read was written meanwhile: not kept
         except Exception as e:
             st.errors += 1
             record_internal_error("cache.set", e)
@@ -476,11 +643,11 @@ class Cache:
         if key is not None:
             self.backend.delete(key)
         if table is not None:
-            self.versions.bump([table.lower()])
+            self.backend.bump([table.lower()])
 
     def bump(self, tables: Iterable[str]) -> None:
         """A commit wrote ``tables``: entries that read them are stale from now on."""
-        self.versions.bump(tables)
+        self.backend.bump(tables)
 
     # --- decorating ---
 

@@ -50,6 +50,9 @@ class Settings:
     cache_ttl: float = 60.0
     cache_max_entries: int = 10_000
     cache_max_bytes: int = 64 * 2**20
+    #: Redis for the cache's entries and versions (shared by every process), or None.
+    cache_url: str | None = None
+    cache_prefix: str = "qw:"
 
 
 def _bool(app: Flask, key: str, default: bool) -> bool:
@@ -134,6 +137,22 @@ def _optional_url(app: Flask, key: str) -> str | None:
     return _url(key, value)
 
 
+def _redis_url(app: Flask, key: str) -> str | None:
+    value = app.config.setdefault(key, None)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(key, "a Redis URL such as 'redis://localhost:6379/0'", value)
+    return value
+
+
+def _prefix(app: Flask, key: str, default: str) -> str:
+    value = app.config.setdefault(key, default)
+    if not isinstance(value, str) or not value or len(value) > 64:
+        raise ConfigError(key, "a short key prefix such as 'qw:'", value)
+    return value
+
+
 def _optional_bool(app: Flask, key: str) -> bool | None:
     if app.config.setdefault(key, None) is None:
         return None
@@ -179,4 +198,6 @@ def load_settings(app: Flask) -> Settings:
         cache_max_bytes=int(
             _number(app, "QUERYWATCH_CACHE_MAX_BYTES", 64 * 2**20, minimum=1024, integer=True)
         ),
+        cache_url=_redis_url(app, "QUERYWATCH_CACHE_URL"),
+        cache_prefix=_prefix(app, "QUERYWATCH_CACHE_PREFIX", "qw:"),
     )

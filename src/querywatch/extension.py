@@ -85,10 +85,26 @@ class AppState:
                 if self._cache is None:
                     from .cache import Cache
                     from .cache import MemoryBackend
+                    from .cache import RedisBackend
 
                     s = self.settings
+                    backend: MemoryBackend | RedisBackend
+                    if s.cache_url:
+                        backend = RedisBackend(s.cache_url, prefix=s.cache_prefix)
+                    else:
+                        backend = MemoryBackend(
+                            max_entries=s.cache_max_entries, max_bytes=s.cache_max_bytes
+                        )
+                        if _forked or int(os.environ.get("WEB_CONCURRENCY", "1") or 1) > 1:
+                            log_limited(
+                                "cache.memory",
+                                "querywatch's result cache is in memory, and this app runs"
+                                " in several processes: a write invalidates the entries of"
+                                " its own process only. Set QUERYWATCH_CACHE_URL to a"
+                                " Redis URL to share entries and invalidations.",
+                            )
                     self._cache = Cache(
-                        MemoryBackend(max_entries=s.cache_max_entries, max_bytes=s.cache_max_bytes),
+                        backend,
                         default_ttl=s.cache_ttl,
                         track=lambda fn: capture.tables_read_by(
                             fn, lambda: self.new_record("job:cache", "job")
@@ -220,11 +236,16 @@ class Flusher:
 _pid = os.getpid()
 
 
+#: True in a process forked after querywatch was set up (a gunicorn worker, say).
+_forked = False
+
+
 def _after_fork_in_child() -> None:
     # The parent's thread does not exist in the child, and what the parent had pending is
     # the parent's to write: start clean.
-    global _pid
+    global _pid, _forked
     _pid = os.getpid()
+    _forked = True
     for state in list(_states):
         state.stats = Stats(max_shapes=state.settings.max_shapes)
         state.flusher._thread = None
@@ -275,6 +296,10 @@ class QueryWatch:
         if not settings.enabled:
             return
         capture.install()
+        if settings.cache_url:
+            # A process that only writes must still bump the versions every other process
+            # reads: the shared cache watches commits from the start.
+            _ = state.cache
         if settings.advise:
             capture.sample_min_seconds = min(
                 capture.sample_min_seconds, settings.slow_query_seconds
