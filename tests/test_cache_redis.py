@@ -143,3 +143,176 @@ def test_rollback_invalidates_nothing_and_commit_does(shared: tuple[str, str, st
         assert stock(1) == 6
         st = app.extensions["querywatch"].cache.stats["stock"]
         assert (st.hits, st.misses, st.invalidations) == (1, 2, 1)
+
+
+def _stampede(
+    db_url: str, redis_url: str, prefix: str, workdir: str, threads: int, out: t.Any
+) -> None:
+    import threading
+
+    import redis
+
+    app = _app(db_url, redis_url, prefix, workdir)
+    qw = app.extensions["querywatch"].owner
+    r = redis.Redis.from_url(redis_url)
+
+    @qw.cached(name="slow")
+    def slow(pid: int) -> int:
+        r.incr(prefix + "test:runs")
+        time.sleep(0.5)
+        stmt = select(shop.Product.stock).where(shop.Product.id == pid)
+        return int(shop.db.session.scalar(stmt))
+
+    while not r.get(prefix + "test:go"):  # every process starts at once
+        time.sleep(0.005)
+    barrier = threading.Barrier(threads)
+    results: list[int] = []
+
+    def call() -> None:
+        barrier.wait()
+        with app.app_context():
+            results.append(slow(2))
+
+    ts = [threading.Thread(target=call) for _ in range(threads)]
+    for th in ts:
+        th.start()
+    for th in ts:
+        th.join()
+    out.put(results)
+
+
+def test_fifty_misses_in_five_processes_compute_once(shared: tuple[str, str, str, str]) -> None:
+    import redis
+
+    db_url, redis_url, prefix, workdir = shared
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_stampede, args=(db_url, redis_url, prefix, workdir, 10, out))
+        for _ in range(5)
+    ]
+    for p in procs:
+        p.start()
+    time.sleep(3)  # let every process import and wait
+    client = redis.Redis.from_url(redis_url)
+    client.set(prefix + "test:go", 1)
+    results = [x for _ in procs for x in out.get(timeout=60)]
+    for p in procs:
+        p.join(timeout=30)
+    assert len(results) == 50
+    assert len(set(results)) == 1
+    assert int(client.get(prefix + "test:runs") or 0) == 1
+
+
+@pytest.mark.allow_internal_errors
+def test_a_foreign_value_in_redis_is_a_miss(shared: tuple[str, str, str, str]) -> None:
+    import redis
+
+    db_url, redis_url, prefix, workdir = shared
+    app = _app(db_url, redis_url, prefix, workdir)
+    stock = _stock_fn(app)
+    client = redis.Redis.from_url(redis_url)
+    with app.app_context():
+        assert stock(1) == 0
+        (key,) = [k for k in client.scan_iter(prefix + "c:*")]
+        for garbage in (
+            b"not json at all",
+            b'{}\n{"__qw__": "dataclass", "t": "os:system", "v": {"command": "true"}}',
+            b"\x80\x04\x95pickle",
+        ):
+            client.set(key, garbage)
+            assert stock(1) == 0  # computed again, never raised, never executed
+        assert app.extensions["querywatch"].cache.stats["stock"].errors >= 1
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_redis(port: int, workdir: str) -> t.Any:
+    import shutil
+    import subprocess
+
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (Debian package redis-server)")
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+            "--dbfilename",
+            "outage.rdb",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, socket_timeout=0.5)
+    for _ in range(100):
+        try:
+            client.ping()
+            return proc
+        except redis.RedisError:
+            time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"redis-server did not start on port {port}")
+
+
+@pytest.mark.allow_internal_errors
+def test_redis_outage_costs_no_request_and_serves_nothing_stale(
+    shared: tuple[str, str, str, str],
+) -> None:
+    """Redis stops mid-run and comes back with its data (saved at shutdown): calls
+    compute meanwhile, errors are counted, a write committed during the outage is not
+    hidden by an entry from before it, and caching resumes."""
+    import redis
+
+    db_url, _, prefix, workdir = shared
+    port = _free_port()
+    proc = _start_redis(port, workdir)
+    url = f"redis://127.0.0.1:{port}/0"
+    app = _app(db_url, url, prefix, workdir)
+    client = app.test_client()
+
+    @app.get("/t/stock")
+    def view() -> t.Any:
+        return {"stock": stock(1)}
+
+    stock = _stock_fn(app)
+    st = app.extensions["querywatch"].cache.stats["stock"]
+    try:
+        assert client.get("/t/stock").get_json() == {"stock": 0}
+        assert client.get("/t/stock").get_json() == {"stock": 0}
+        assert st.hits == 1
+        redis.Redis(port=port).shutdown(save=True)  # Redis goes away, its data saved
+        proc.wait(timeout=10)
+        for _ in range(3):
+            resp = client.get("/t/stock")
+            assert resp.status_code == 200
+            assert resp.get_json() == {"stock": 0}
+        with app.app_context():
+            _set_stock(1, 7)  # committed while Redis is down: its bump is lost
+        assert client.get("/t/stock").get_json() == {"stock": 7}
+        assert st.errors >= 3
+        proc = _start_redis(port, workdir)  # back, with the entry that says 0
+        assert client.get("/t/stock").get_json() == {"stock": 7}
+        hits = st.hits
+        assert client.get("/t/stock").get_json() == {"stock": 7}
+        assert st.hits == hits + 1  # caching resumed
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

@@ -23,8 +23,8 @@ How an entry stays correct:
   never stored, and one stored just before a commit is invalid as soon as the commit's bump
   lands, which happens before ``commit()`` returns (capture wraps the dialect's
   ``do_commit``). A rollback bumps nothing.
-* **Stampede**: one computation per key at a time in a process; the others wait for its
-  result.
+* **Stampede**: one computation per key at a time in a process, and with Redis in all
+  processes (a lock that expires); the others wait for its entry.
 
 Values are stored as JSON (dicts, lists, rows, dataclasses, dates, times, decimals, UUIDs,
 tagged so they come back as the same types); a value JSON cannot hold raises
@@ -414,6 +414,12 @@ return {inc, tonumber(redis.call('GET', KEYS[2]) or '0')}
 """
 
 
+_RELEASE = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 class RedisBackend:
     """Entries and table versions in Redis, shared by every process and host: a commit
     in one invalidates the entries of all.
@@ -438,6 +444,7 @@ class RedisBackend:
         self._store = self.client.register_script(_STORE)
         self._bump = self.client.register_script(_BUMP)
         self._epoch_script = self.client.register_script(_EPOCH)
+        self._release = self.client.register_script(_RELEASE)
         self._outage = False
         self._last_inc: bytes | None = None
 
@@ -483,6 +490,33 @@ class RedisBackend:
 
     def delete(self, key: str) -> bool:
         return bool(self.client.delete(self._key(key)))
+
+    # --- one computation per key across processes ---
+
+    def acquire(self, key: str, seconds: float) -> str | None:
+        """A token if this process may compute ``key`` now (a lock that expires after
+        ``seconds``, so a crashed holder blocks no one for long); None if another holds
+        it."""
+        token = uuid.uuid4().hex
+        ok = self._run_plain(
+            lambda: self.client.set(
+                f"{self.prefix}l:{key}", token, nx=True, px=max(1, int(seconds * 1000))
+            )
+        )
+        return token if ok else None
+
+    def locked(self, key: str) -> bool:
+        return bool(self._run_plain(lambda: self.client.exists(f"{self.prefix}l:{key}")))
+
+    def release(self, key: str, token: str) -> None:
+        self._run(self._release, [f"{self.prefix}l:{key}"], [token])
+
+    def _run_plain(self, call: Callable[[], t.Any]) -> t.Any:
+        try:
+            return call()
+        except Exception:
+            self._outage = True
+            raise
 
 
 # --- the cache ----------------------------------------------------------------------------
@@ -579,13 +613,57 @@ class Cache:
                 return flight.value
             return fn()  # the leader failed or is stuck: compute on our own
         try:
-            value = self._compute(key, fn, ttl, tables, name, st)
+            value = self._lead(key, fn, ttl, tables, name, st)
             flight.value, flight.ok = value, True
             return value
         finally:
             flight.done.set()
             with self._flights_lock:
                 self._flights.pop(key, None)
+
+    def _lead(
+        self,
+        key: str,
+        fn: Callable[[], t.Any],
+        ttl: float | None,
+        tables: Iterable[str],
+        name: str,
+        st: FunctionStats,
+    ) -> t.Any:
+        """This process's one computation of ``key``; with a shared backend, the one of
+        every process: the others wait for its entry (or compute, if it keeps none)."""
+        acquire = getattr(self.backend, "acquire", None)
+        if acquire is None:
+            return self._compute(key, fn, ttl, tables, name, st)
+        try:
+            token = acquire(key, WAIT_SECONDS)
+        except Exception as e:
+            st.errors += 1
+            record_internal_error("cache.lock", e)
+            return self._compute(key, fn, ttl, tables, name, st)
+        if token is None:
+            deadline = time.monotonic() + WAIT_SECONDS
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+                try:
+                    status, data = self.backend.lookup(key)
+                    if status == "hit" and data is not None:
+                        st.coalesced += 1
+                        return loads(data)
+                    if not self.backend.locked(key):
+                        break  # the other computation kept nothing: compute here
+                except Exception as e:
+                    st.errors += 1
+                    record_internal_error("cache.wait", e)
+                    break
+            return self._compute(key, fn, ttl, tables, name, st)
+        try:
+            return self._compute(key, fn, ttl, tables, name, st)
+        finally:
+            try:
+                self.backend.release(key, token)
+            except Exception as e:
+                record_internal_error("cache.unlock", e)
 
     def _lookup(self, key: str, st: FunctionStats) -> t.Any:
         try:
