@@ -6,13 +6,16 @@ from .capture import CallSite
 from .capture import QueryInfo
 from .capture import Record
 from .detectors import Finding
+from .exceptions import CacheValueError
 from .exceptions import ConfigError
 from .exceptions import QueryWatchError
 from .extension import QueryWatch
+from .extension import cached_query
 from .fingerprint import Fingerprint
 from .fingerprint import fingerprint
 
 __all__ = [
+    "CacheValueError",
     "CallSite",
     "ConfigError",
     "Finding",
@@ -21,5 +24,6 @@ __all__ = [
     "QueryWatch",
     "QueryWatchError",
     "Record",
+    "cached_query",
     "fingerprint",
 ]

@@ -646,11 +646,13 @@ class Cache:
             while time.monotonic() < deadline:
                 time.sleep(0.01)
                 try:
+                    free = not self.backend.locked(key)
+                    # Looked up after the lock check: a holder stores before it releases.
                     status, data = self.backend.lookup(key)
                     if status == "hit" and data is not None:
                         st.coalesced += 1
                         return loads(data)
-                    if not self.backend.locked(key):
+                    if free:
                         break  # the other computation kept nothing: compute here
                 except Exception as e:
                     st.errors += 1
@@ -743,7 +745,7 @@ class Cache:
 
 
 def cached_with(
-    get_cache: Callable[[], Cache],
+    get_cache: Callable[[], Cache | None],
     ttl: float | None = None,
     *,
     key: Callable[..., str] | None = None,
@@ -751,7 +753,7 @@ def cached_with(
     name: str | None = None,
 ) -> Callable[[Callable[..., t.Any]], Callable[..., t.Any]]:
     """The decorator behind :meth:`Cache.cached` and ``qw.cached``: ``get_cache()`` is
-    asked for the cache at each call."""
+    asked for the cache at each call; None (querywatch off) runs the function uncached."""
     extra = tuple(tables)
 
     def decorate(fn: Callable[..., t.Any]) -> Callable[..., t.Any]:
@@ -759,8 +761,11 @@ def cached_with(
 
         @functools.wraps(fn)
         def wrapper(*args: t.Any, cache_bypass: bool = False, **kwargs: t.Any) -> t.Any:
+            cache = get_cache()
+            if cache is None:  # querywatch is off for this app: no caching at all
+                return fn(*args, **kwargs)
             k = key(*args, **kwargs) if key is not None else make_key(fname, args, kwargs)
-            return get_cache().get_or_compute(
+            return cache.get_or_compute(
                 k,
                 lambda: fn(*args, **kwargs),
                 ttl=ttl,

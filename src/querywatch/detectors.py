@@ -152,5 +152,9 @@ def _repeated(loop: LoopStats, count: int, total: float) -> Finding:
         total=total,
         site=loop.site,
         relationship=None,
-        fix="Run it once and reuse the result (it returns the same rows each time).",
+        fix=(
+            "Run it once and reuse the result (it returns the same rows each time); if"
+            " other requests ask for it too, cache it with @qw.cached, which a write to"
+            " its tables invalidates."
+        ),
     )

@@ -40,7 +40,7 @@ if t.TYPE_CHECKING:
     from .cache import Cache
     from .store import Store
 
-__all__ = ["QueryWatch"]
+__all__ = ["QueryWatch", "cached_query"]
 
 _EXTENSION_KEY = "querywatch"
 
@@ -393,7 +393,11 @@ class QueryWatch:
         """
         from .cache import cached_with
 
-        return cached_with(lambda: self.cache, ttl, key=key, tables=tables, name=name)
+        def current_cache() -> Cache | None:
+            state = self._state()
+            return state.cache if state.settings.enabled else None
+
+        return cached_with(current_cache, ttl, key=key, tables=tables, name=name)
 
 
 def _request_hooks(
@@ -443,3 +447,34 @@ def _request_hooks(
             swallow("extension.teardown_request", e)
 
     return _before_request, _after_request, _teardown_request
+
+
+def cached_query(
+    ttl: float | None = None,
+    *,
+    key: Callable[..., str] | None = None,
+    tables: Iterable[str] = (),
+    name: str | None = None,
+) -> Callable[[Callable[..., t.Any]], Callable[..., t.Any]]:
+    """``@qw.cached`` for modules that do not hold the ``QueryWatch`` instance: the
+    cache is the current app's, looked up at each call::
+
+        from querywatch import cached_query
+
+        @cached_query(ttl=60)
+        def best_sellers(category: str) -> list[dict]: ...
+    """
+    from .cache import cached_with
+
+    def current_cache() -> Cache | None:
+        if not has_app_context():
+            msg = "A cached_query function was called outside an app context."
+            raise NotInitializedError(msg)
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        state = app.extensions.get(_EXTENSION_KEY)
+        if state is None or not state.settings.enabled:
+            return None  # no querywatch here: the function runs uncached
+        cache: Cache = state.cache
+        return cache
+
+    return cached_with(current_cache, ttl, key=key, tables=tables, name=name)
