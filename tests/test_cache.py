@@ -323,3 +323,25 @@ def test_random_interleavings_agree_with_uncached_runs(
             else:
                 _set_stock(pid, value, commit=op == "commit")
             assert stock(pid) == _stock(pid)
+
+
+def test_counts_reach_the_store_and_the_report(app: t.Any, qw: QueryWatch) -> None:
+    from querywatch.report import build_report
+
+    @qw.cached(name="report.stock")
+    def stock(pid: int) -> int:
+        return _stock(pid)
+
+    with app.app_context():
+        for _ in range(4):
+            stock(2)
+        _set_stock(2, 11)
+        stock(2)
+    state = app.extensions["querywatch"]
+    assert state.flusher.flush()
+    # Flushed once: a second flush adds nothing.
+    assert state.flusher.flush()
+    report = build_report(state.store, since=time.time() - 120)
+    (row,) = [c for c in report["cache"] if c["function"] == "report.stock"]
+    assert (row["hits"], row["misses"], row["invalidations"]) == (3, 2, 1)
+    assert row["hit_ratio"] == 0.6

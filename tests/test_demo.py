@@ -54,6 +54,9 @@ def test_demo_json_and_reuse_of_the_seeded_database(tmp_path: t.Any) -> None:
     assert demo["calm"]["lookup_share"] == 0
     assert 0.15 < demo["incident"]["lookup_share"] < 0.45
     assert data["report"]["schema"] == "querywatch.report/1"
+    # The shop's product list is cached: the report counts its hits.
+    (products,) = [c for c in data["report"]["cache"] if c["function"] == "shop.products_in"]
+    assert products["hits"] > products["misses"] > 0
     fix = demo["verified_index"]
     assert fix["ddl"].endswith("ON orders (customer_email);")
     assert fix["cost_after"] < fix["cost_before"] / 2

@@ -89,6 +89,7 @@ def test_json_schema_is_pinned(flushed: t.Any) -> None:
         "queries",
         "endpoints",
         "findings",
+        "cache",
     }
     assert rep["schema"] == REPORT_SCHEMA == "querywatch.report/1"
     assert set(rep["traffic"]) == {

@@ -572,6 +572,7 @@ class Cache:
         self.default_ttl = default_ttl
         self._track = track
         self.stats: dict[str, FunctionStats] = collections.defaultdict(FunctionStats)
+        self._flushed: dict[str, dict[str, int]] = {}
         self._flights: dict[str, _Flight] = {}
         self._flights_lock = threading.Lock()
         _register(self)
@@ -715,6 +716,25 @@ class Cache:
             st.errors += 1
             record_internal_error("cache.set", e)
         return value
+
+    def take_counts(self) -> dict[str, dict[str, int]]:
+        """The counters that grew since the last call, per function (for the store)."""
+        out: dict[str, dict[str, int]] = {}
+        for name, st in list(self.stats.items()):
+            now = dataclasses.asdict(st)
+            before = self._flushed.get(name, {})
+            delta = {k: v - before.get(k, 0) for k, v in now.items()}
+            if any(delta.values()):
+                out[name] = delta
+                self._flushed[name] = now
+        return out
+
+    def give_back(self, counts: dict[str, dict[str, int]]) -> None:
+        """Counters :meth:`take_counts` returned that could not be written."""
+        for name, delta in counts.items():
+            before = self._flushed.get(name)
+            if before is not None:
+                self._flushed[name] = {k: v - delta.get(k, 0) for k, v in before.items()}
 
     # --- writing ---
 

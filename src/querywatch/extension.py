@@ -197,11 +197,18 @@ class Flusher:
         if state is None:
             return True
         snap = state.stats.drain()
-        if snap.is_empty():
+        cache = state._cache
+        counts = cache.take_counts() if cache is not None else {}
+        if snap.is_empty() and not counts:
             return True
+        written = counted = False
         try:
             store = state.store
             store.write(snap)
+            written = True
+            if counts:
+                store.write_cache_stats(int(time.time() // 60) * 60, counts)
+            counted = True
             self.flushes += 1
             now = time.time()
             if now - self._last_prune > 3600:
@@ -209,7 +216,11 @@ class Flusher:
                 store.prune(now - state.settings.retention_days * 86400)
             return True
         except Exception as e:
-            state.stats.restore(snap)
+            # Give back only what was not written, so nothing is counted twice.
+            if not written:
+                state.stats.restore(snap)
+            if not counted and counts and cache is not None:
+                cache.give_back(counts)
             self.failures += 1
             log_limited(
                 "store.flush",

@@ -185,6 +185,18 @@ def build_report(
                 "last_seen": _iso(f.last_seen),
             }
         )
+    cache = []
+    for fname, c in sorted(
+        store.cache_window(start, until).items(), key=lambda kv: -(kv[1]["hits"] + kv[1]["misses"])
+    )[:limit]:
+        lookups = c["hits"] + c["misses"]
+        cache.append(
+            {
+                "function": fname,
+                **c,
+                "hit_ratio": round(c["hits"] / lookups, 4) if lookups else None,
+            }
+        )
     return {
         "schema": REPORT_SCHEMA,
         "generated_at": _iso(time.time()),
@@ -206,6 +218,7 @@ def build_report(
         "queries": queries,
         "endpoints": endpoints,
         "findings": findings,
+        "cache": cache,
     }
 
 
@@ -323,6 +336,26 @@ def render_report(
     console.print(et)
     console.print()
 
+    if report.get("cache"):
+        ct = Table(
+            title="Result cache", title_justify="left", box=None, title_style="bold", pad_edge=False
+        )
+        ct.add_column("function", no_wrap=True, overflow="ellipsis", max_width=40)
+        for col in ("hits", "misses", "hit %", "invalidated", "races", "errors"):
+            ct.add_column(col, justify="right", no_wrap=True, min_width=len(col))
+        for c in report["cache"]:
+            ratio = c["hit_ratio"]
+            ct.add_row(
+                c["function"],
+                f"{c['hits']:,}",
+                f"{c['misses']:,}",
+                "-" if ratio is None else f"{ratio:.0%}",
+                f"{c['invalidations']:,}",
+                f"{c['races']:,}",
+                f"{c['errors']:,}",
+            )
+        console.print(ct)
+        console.print()
     if not report["findings"]:
         console.print("No findings in this window.")
         return

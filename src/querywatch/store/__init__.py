@@ -700,6 +700,67 @@ class Store:
                 n += 1
         return n
 
+    # --- the result cache's counters ---------------------------------------------------
+
+    _CACHE_FIELDS = (
+        "hits",
+        "misses",
+        "invalidations",
+        "races",
+        "coalesced",
+        "bypassed",
+        "errors",
+    )
+
+    def write_cache_stats(self, minute: int, counts: dict[str, dict[str, int]]) -> None:
+        """Add per-function cache counters to a minute bucket."""
+        if not counts:
+            return
+        self.migrate()
+        tbl = schema.cache_stats
+        names = [n[:255] for n in counts]
+        with self.engine.begin() as conn:
+            existing = {
+                row.name: row
+                for row in conn.execute(
+                    self._lock_rows(
+                        select(tbl).where(tbl.c.minute == minute, tbl.c.name.in_(names))
+                    )
+                )
+            }
+            for name, c in counts.items():
+                key = name[:255]
+                old = existing.get(key)
+                if old is None:
+                    conn.execute(
+                        tbl.insert().values(
+                            minute=minute,
+                            name=key,
+                            **{f: int(c.get(f, 0)) for f in self._CACHE_FIELDS},
+                        )
+                    )
+                else:
+                    conn.execute(
+                        tbl.update()
+                        .where(tbl.c.minute == minute, tbl.c.name == key)
+                        .values(
+                            **{f: getattr(old, f) + int(c.get(f, 0)) for f in self._CACHE_FIELDS}
+                        )
+                    )
+
+    def cache_window(self, since: float, until: float) -> dict[str, dict[str, int]]:
+        """Per-function cache counters of the minutes in ``[since, until)``."""
+        self.migrate()
+        tbl = schema.cache_stats
+        lo = int(since // 60) * 60
+        out: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(select(tbl).where(tbl.c.minute >= lo, tbl.c.minute < until)):
+                agg = out.setdefault(row.name, dict.fromkeys(self._CACHE_FIELDS, 0))
+                for f in self._CACHE_FIELDS:
+                    agg[f] += getattr(row, f)
+        return out
+
     def dispose(self) -> None:
         self.engine.dispose()
 

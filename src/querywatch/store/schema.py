@@ -25,8 +25,8 @@ if t.TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
 #: The version this code writes. A store with a higher version is refused.
-#: 2: ``qw_shapes.sample_sql`` and ``advised_at``, and ``qw_advice`` (the advisor's
-#: verified suggestions).
+#: 2: ``qw_shapes.sample_sql`` and ``advised_at``, ``qw_advice`` (the advisor's verified
+#: suggestions) and ``qw_cache_stats`` (the result cache, per function and minute).
 SCHEMA_VERSION = 2
 
 metadata = MetaData()
@@ -130,6 +130,21 @@ advice = Table(
 )
 
 
+cache_stats = Table(
+    "qw_cache_stats",
+    metadata,
+    Column("minute", BigInteger, primary_key=True, autoincrement=False),
+    Column("name", String(255), primary_key=True),
+    Column("hits", BigInteger, nullable=False),
+    Column("misses", BigInteger, nullable=False),
+    Column("invalidations", BigInteger, nullable=False),
+    Column("races", BigInteger, nullable=False),
+    Column("coalesced", BigInteger, nullable=False),
+    Column("bypassed", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),
+)
+
+
 def _migrate_to_1(conn: Connection) -> None:
     from sqlalchemy import inspect
 
@@ -148,8 +163,9 @@ def _migrate_to_2(conn: Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE {shapes.name} ADD COLUMN sample_sql TEXT")
     if "advised_at" not in cols:
         conn.exec_driver_sql(f"ALTER TABLE {shapes.name} ADD COLUMN advised_at FLOAT")
-    if not inspect(conn).has_table(advice.name):
-        advice.create(conn)
+    for tbl in (advice, cache_stats):
+        if not inspect(conn).has_table(tbl.name):
+            tbl.create(conn)
 
 
 #: ``MIGRATIONS[n]`` takes a store from version ``n - 1`` to ``n``.
