@@ -253,7 +253,7 @@ def test_a_corrupted_entry_is_a_miss(app: t.Any, qw: QueryWatch) -> None:
         (key,) = [k for k in cache.backend._data if k.startswith(stock.cache_name)]
         entry = cache.backend._data[key]
         cache.backend._data[key] = entry._replace(
-            data=b'{"__qw__": "dataclass", "t": "os:system", "v": {}}'
+            data=b'T{"__qw__": "dataclass", "t": "os:system", "v": {}}'
         )
         assert stock(7) == _stock(7)
     assert calls == [7, 7]

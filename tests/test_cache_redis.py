@@ -217,6 +217,7 @@ def test_a_foreign_value_in_redis_is_a_miss(shared: tuple[str, str, str, str]) -
         (key,) = [k for k in client.scan_iter(prefix + "c:*")]
         for garbage in (
             b"not json at all",
+            b'{}\nT{"__qw__": "dataclass", "t": "os:system", "v": {"command": "true"}}',
             b'{}\n{"__qw__": "dataclass", "t": "os:system", "v": {"command": "true"}}',
             b"\x80\x04\x95pickle",
         ):
