@@ -345,3 +345,73 @@ def test_counts_reach_the_store_and_the_report(app: t.Any, qw: QueryWatch) -> No
     (row,) = [c for c in report["cache"] if c["function"] == "report.stock"]
     assert (row["hits"], row["misses"], row["invalidations"]) == (3, 2, 1)
     assert row["hit_ratio"] == 0.6
+
+
+class Basket:
+    """No JSON form: needs pickle."""
+
+    def __init__(self, items: list[int]) -> None:
+        self.items = items
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Basket) and other.items == self.items
+
+
+def test_pickle_is_signed_and_a_forged_one_is_never_unpickled(app: t.Any, qw: QueryWatch) -> None:
+    import pickle
+
+    calls = []
+
+    @qw.cached(pickle=True, name="basket")
+    def basket(pid: int) -> Basket:
+        calls.append(pid)
+        return Basket([pid, _stock(pid)])
+
+    app.config["SECRET_KEY"] = "s3cret"
+    with app.app_context():
+        value = basket(2)
+        assert basket(2) == value
+        assert calls == [2]
+        cache = app.extensions["querywatch"].cache
+        (key,) = [k for k in cache.backend._data if k.startswith("basket:")]
+        entry = cache.backend._data[key]
+        # A pickle someone else wrote, under the real entry's signature: refused before
+        # it is unpickled, and the value computed again.
+        forged = pickle.dumps(Basket([666]))
+        cache.backend._data[key] = entry._replace(data=entry.data[:33] + forged)
+        assert basket(2) == value
+        assert calls == [2, 2]
+
+
+def test_pickle_without_a_secret_says_so(tmp_path: t.Any, sqlite_shop_url: str) -> None:
+    a = shop.create_app(
+        sqlite_shop_url,
+        instance_path=str(tmp_path / "i2"),
+        config={"QUERYWATCH_FLUSH_INTERVAL": 3600, "QUERYWATCH_ADVISE": False},
+    )
+    q = a.extensions["querywatch"].owner
+
+    @q.cached(pickle=True, name="nosecret")
+    def f() -> int:
+        return 1
+
+    with a.app_context(), pytest.raises(CacheValueError, match="set the app's SECRET_KEY"):
+        f()
+
+
+def test_memory_cache_under_several_workers_warns(
+    tmp_path: t.Any, sqlite_shop_url: str, monkeypatch: pytest.MonkeyPatch, caplog: t.Any
+) -> None:
+    from querywatch import _failopen
+
+    monkeypatch.setenv("WEB_CONCURRENCY", "4")
+    monkeypatch.setattr(_failopen, "_last_logged", {})
+    a = shop.create_app(
+        sqlite_shop_url,
+        instance_path=str(tmp_path / "i3"),
+        config={"QUERYWATCH_FLUSH_INTERVAL": 3600, "QUERYWATCH_ADVISE": False},
+    )
+    with caplog.at_level("WARNING", logger="querywatch"):
+        _ = a.extensions["querywatch"].cache
+    assert "invalidates the entries of its own process only" in caplog.text
+    assert "QUERYWATCH_CACHE_URL" in caplog.text

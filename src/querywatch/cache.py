@@ -42,7 +42,9 @@ import datetime as dt
 import decimal
 import functools
 import hashlib
+import hmac
 import json
+import pickle
 import re
 import threading
 import time
@@ -248,9 +250,17 @@ _KEY_ENCODER = json.JSONEncoder(default=_default, separators=(",", ":"), sort_ke
 _DECODER = json.JSONDecoder(object_hook=_hook)
 
 
-def dumps(value: t.Any, *, name: str = "?") -> bytes:
+def dumps(value: t.Any, *, name: str = "?", sign_with: bytes | None = None) -> bytes:
     """``value`` as JSON bytes; :class:`CacheValueError` names ``name`` and the type that
-    JSON cannot hold."""
+    JSON cannot hold. With ``sign_with``, a pickle signed with HMAC-SHA256 under that key
+    instead (for values JSON cannot hold; never read back without a valid signature)."""
+    if sign_with is not None:
+        try:
+            data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as e:
+            msg = f"The result of {name} cannot be pickled: {type(e).__name__}: {e}"
+            raise CacheValueError(msg) from None
+        return b"S" + hmac.new(sign_with, data, hashlib.sha256).digest() + data
     try:
         text = _ENCODER.encode(value)
         # "P": plain JSON, decoded at C speed; "T": holds tagged values (dates, ...).
@@ -264,13 +274,22 @@ def dumps(value: t.Any, *, name: str = "?") -> bytes:
         raise CacheValueError(msg) from None
 
 
-def loads(data: bytes) -> t.Any:
-    """A stored value back; raises ``ValueError`` on anything that is not one of ours."""
+def loads(data: bytes, *, secret: bytes | None = None) -> t.Any:
+    """A stored value back; raises ``ValueError`` on anything that is not one of ours (a
+    pickle is unpickled only when its signature verifies under ``secret``)."""
     kind = data[:1]
     if kind == b"P":
         return json.loads(data[1:])
     if kind == b"T":
         return _DECODER.decode(data[1:].decode())
+    if kind == b"S":
+        mac, body = data[1:33], data[33:]
+        if secret is None or not hmac.compare_digest(
+            mac, hmac.new(secret, body, hashlib.sha256).digest()
+        ):
+            msg = "a pickled value whose signature does not verify"
+            raise ValueError(msg)
+        return pickle.loads(body)  # its signature verified above
     msg = "not a value this cache stored"
     raise ValueError(msg)
 
@@ -582,7 +601,11 @@ class Cache:
         *,
         default_ttl: float = 60.0,
         track: Callable[[Callable[[], t.Any]], tuple[t.Any, frozenset[str]]] | None = None,
+        secret: bytes | None = None,
     ) -> None:
+        #: Signs pickled values (``pickle=True``); the extension passes the app's
+        #: ``SECRET_KEY``.
+        self.secret = secret
         self.backend: t.Any = backend or MemoryBackend()
         self.default_ttl = default_ttl
         self._track = track
@@ -603,12 +626,20 @@ class Cache:
         tables: Iterable[str] = (),
         bypass: bool = False,
         name: str | None = None,
+        pickle: bool = False,
     ) -> t.Any:
         """The cached value of ``key``, or ``fn()`` computed once, stored and returned.
 
         :param tables: tables the value depends on besides those its statements read.
         :param bypass: compute and return without reading or writing the cache.
+        :param pickle: store a pickle signed with the app's secret instead of JSON.
         """
+        if pickle and not self.secret:
+            msg = (
+                f"pickle=True for {name or key} needs a secret to sign the values with: set"
+                " the app's SECRET_KEY."
+            )
+            raise CacheValueError(msg)
         name = name or key.split(":", 1)[0]
         st = self.stats[name]
         if bypass:
@@ -629,7 +660,7 @@ class Cache:
                 return flight.value
             return fn()  # the leader failed or is stuck: compute on our own
         try:
-            value = self._lead(key, fn, ttl, tables, name, st)
+            value = self._lead(key, fn, ttl, tables, name, st, pickle)
             flight.value, flight.ok = value, True
             return value
         finally:
@@ -645,18 +676,19 @@ class Cache:
         tables: Iterable[str],
         name: str,
         st: FunctionStats,
+        pickle: bool = False,
     ) -> t.Any:
         """This process's one computation of ``key``; with a shared backend, the one of
         every process: the others wait for its entry (or compute, if it keeps none)."""
         acquire = getattr(self.backend, "acquire", None)
         if acquire is None:
-            return self._compute(key, fn, ttl, tables, name, st)
+            return self._compute(key, fn, ttl, tables, name, st, pickle)
         try:
             token = acquire(key, WAIT_SECONDS)
         except Exception as e:
             st.errors += 1
             record_internal_error("cache.lock", e)
-            return self._compute(key, fn, ttl, tables, name, st)
+            return self._compute(key, fn, ttl, tables, name, st, pickle)
         if token is None:
             deadline = time.monotonic() + WAIT_SECONDS
             while time.monotonic() < deadline:
@@ -667,16 +699,16 @@ class Cache:
                     status, data = self.backend.lookup(key)
                     if status == "hit" and data is not None:
                         st.coalesced += 1
-                        return loads(data)
+                        return loads(data, secret=self.secret)
                     if free:
                         break  # the other computation kept nothing: compute here
                 except Exception as e:
                     st.errors += 1
                     record_internal_error("cache.wait", e)
                     break
-            return self._compute(key, fn, ttl, tables, name, st)
+            return self._compute(key, fn, ttl, tables, name, st, pickle)
         try:
-            return self._compute(key, fn, ttl, tables, name, st)
+            return self._compute(key, fn, ttl, tables, name, st, pickle)
         finally:
             try:
                 self.backend.release(key, token)
@@ -691,7 +723,7 @@ class Cache:
                     st.invalidations += 1
                 st.misses += 1
                 return _MISSING
-            value = loads(data)
+            value = loads(data, secret=self.secret)
         except Exception as e:
             # A corrupted or foreign value, a backend failure: a miss, never an error.
             st.errors += 1
@@ -709,6 +741,7 @@ class Cache:
         tables: Iterable[str],
         name: str,
         st: FunctionStats,
+        pickle: bool = False,
     ) -> t.Any:
         try:
             since = self.backend.epoch()
@@ -720,7 +753,7 @@ class Cache:
             value, read = self._track(fn)
         else:
             value, read = fn(), frozenset({ALL_TABLES})
-        data = dumps(value, name=name)  # the caller's error: raised
+        data = dumps(value, name=name, sign_with=self.secret if pickle else None)
         deps = frozenset(read) | {tb.lower() for tb in tables}
         try:
             if not self.backend.store(
@@ -773,10 +806,11 @@ class Cache:
         key: Callable[..., str] | None = None,
         tables: Iterable[str] = (),
         name: str | None = None,
+        pickle: bool = False,
     ) -> Callable[[Callable[..., t.Any]], Callable[..., t.Any]]:
         """Cache a function's result per arguments in this cache (see
         :meth:`querywatch.QueryWatch.cached`, which uses the current app's)."""
-        return cached_with(lambda: self, ttl, key=key, tables=tables, name=name)
+        return cached_with(lambda: self, ttl, key=key, tables=tables, name=name, pickle=pickle)
 
 
 def cached_with(
@@ -786,6 +820,7 @@ def cached_with(
     key: Callable[..., str] | None = None,
     tables: Iterable[str] = (),
     name: str | None = None,
+    pickle: bool = False,
 ) -> Callable[[Callable[..., t.Any]], Callable[..., t.Any]]:
     """The decorator behind :meth:`Cache.cached` and ``qw.cached``: ``get_cache()`` is
     asked for the cache at each call; None (querywatch off) runs the function uncached."""
@@ -807,6 +842,7 @@ def cached_with(
                 tables=extra,
                 bypass=cache_bypass,
                 name=fname,
+                pickle=pickle,
             )
 
         wrapper.cache_name = fname  # type: ignore[attr-defined]

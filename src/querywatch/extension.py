@@ -109,6 +109,7 @@ class AppState:
                         track=lambda fn: capture.tables_read_by(
                             fn, lambda: self.new_record("job:cache", "job")
                         ),
+                        secret=_secret(self._config.get("SECRET_KEY")),
                     )
         return self._cache
 
@@ -245,6 +246,15 @@ class Flusher:
 
 #: This process's id, refreshed in a forked child, so requests need not ask the OS.
 _pid = os.getpid()
+
+
+def _secret(value: t.Any) -> bytes | None:
+    """The app's SECRET_KEY as bytes, to sign pickled cache values with."""
+    if isinstance(value, bytes):
+        return value or None
+    if isinstance(value, str):
+        return value.encode() or None
+    return None
 
 
 #: True in a process forked after querywatch was set up (a gunicorn worker, say).
@@ -389,6 +399,7 @@ class QueryWatch:
         key: Callable[..., str] | None = None,
         tables: Iterable[str] = (),
         name: str | None = None,
+        pickle: bool = False,
     ) -> Callable[[Callable[..., t.Any]], Callable[..., t.Any]]:
         """Cache a function's result until a table it read is written, or ``ttl``
         seconds (``QUERYWATCH_CACHE_TTL`` by default)::
@@ -400,7 +411,8 @@ class QueryWatch:
 
         The key is the function's module and name and a digest of its arguments
         (``key=`` replaces it); the tables come from the statements it ran (``tables=``
-        adds more). The app is the current one at call time.
+        adds more). Values are JSON; ``pickle=True`` stores a pickle signed with the app's
+        ``SECRET_KEY`` instead. The app is the current one at call time.
         """
         from .cache import cached_with
 
@@ -408,7 +420,7 @@ class QueryWatch:
             state = self._state()
             return state.cache if state.settings.enabled else None
 
-        return cached_with(current_cache, ttl, key=key, tables=tables, name=name)
+        return cached_with(current_cache, ttl, key=key, tables=tables, name=name, pickle=pickle)
 
 
 def _request_hooks(
@@ -466,6 +478,7 @@ def cached_query(
     key: Callable[..., str] | None = None,
     tables: Iterable[str] = (),
     name: str | None = None,
+    pickle: bool = False,
 ) -> Callable[[Callable[..., t.Any]], Callable[..., t.Any]]:
     """``@qw.cached`` for modules that do not hold the ``QueryWatch`` instance: the
     cache is the current app's, looked up at each call::
@@ -488,4 +501,4 @@ def cached_query(
         cache: Cache = state.cache
         return cache
 
-    return cached_with(current_cache, ttl, key=key, tables=tables, name=name)
+    return cached_with(current_cache, ttl, key=key, tables=tables, name=name, pickle=pickle)
