@@ -415,3 +415,42 @@ def test_memory_cache_under_several_workers_warns(
         _ = a.extensions["querywatch"].cache
     assert "invalidates the entries of its own process only" in caplog.text
     assert "QUERYWATCH_CACHE_URL" in caplog.text
+
+
+def test_stale_while_revalidate_serves_the_previous_value_meanwhile(
+    app: t.Any, qw: QueryWatch
+) -> None:
+    gate = threading.Event()
+    calls: list[int] = []
+
+    @qw.cached(stale_while_revalidate=True, name="swr.stock")
+    def stock(pid: int) -> int:
+        calls.append(pid)
+        if len(calls) == 2:
+            gate.wait(5)  # the recomputation after the write is slow
+        return _stock(pid)
+
+    with app.app_context():
+        old = stock(3)
+        _set_stock(3, old + 50)
+    got: dict[str, int] = {}
+
+    def lead() -> None:
+        with app.app_context():
+            got["leader"] = stock(3)
+
+    leader = threading.Thread(target=lead)
+    leader.start()
+    deadline = time.monotonic() + 5
+    while len(calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    with app.app_context():
+        assert stock(3) == old  # the previous value, at once, while the leader computes
+    gate.set()
+    leader.join()
+    assert got["leader"] == old + 50
+    with app.app_context():
+        assert stock(3) == old + 50
+    st = app.extensions["querywatch"].cache.stats["swr.stock"]
+    assert st.stale == 1
+    assert calls == [3, 3]

@@ -353,12 +353,12 @@ class MemoryBackend:
         return self.versions.epoch()
 
     def lookup(self, key: str) -> tuple[str, bytes | None]:
-        """("hit", data), ("stale", None) or ("miss", None)."""
+        """("hit", data), ("stale", previous data) or ("miss", None)."""
         entry = self.get(key)
         if entry is None:
             return "miss", None
         if entry.expires < time.monotonic() or not self.versions.valid(entry.deps):
-            return "stale", None
+            return "stale", entry.data
         return "hit", entry.data
 
     def store(
@@ -404,7 +404,7 @@ for t, ver in pairs(deps) do
   else
     cur = math.max(tonumber(redis.call('HGET', KEYS[2], t) or '0'), all)
   end
-  if cur ~= ver then return {1} end
+  if cur ~= ver then return {1, string.sub(v, nl + 1)} end
 end
 return {2, string.sub(v, nl + 1)}
 """
@@ -508,7 +508,7 @@ class RedisBackend:
         if res[0] == 0:
             return "miss", None
         if res[0] == 1:
-            return "stale", None
+            return "stale", res[1] if len(res) > 1 else None
         return "hit", res[1]
 
     def store(
@@ -569,6 +569,9 @@ class FunctionStats:
     races: int = 0
     #: Callers that waited for another's computation of the same key.
     coalesced: int = 0
+    #: Callers given the previous value while another recomputed it
+    #: (``stale_while_revalidate``).
+    stale: int = 0
     bypassed: int = 0
     errors: int = 0
 
@@ -583,6 +586,12 @@ class _Flight:
 
 
 _MISSING = object()
+
+
+class _Stale(t.NamedTuple):
+    """An entry no longer valid, kept for ``stale_while_revalidate``."""
+
+    data: bytes
 
 
 class Cache:
@@ -627,12 +636,17 @@ class Cache:
         bypass: bool = False,
         name: str | None = None,
         pickle: bool = False,
+        stale_while_revalidate: bool = False,
     ) -> t.Any:
         """The cached value of ``key``, or ``fn()`` computed once, stored and returned.
 
         :param tables: tables the value depends on besides those its statements read.
         :param bypass: compute and return without reading or writing the cache.
         :param pickle: store a pickle signed with the app's secret instead of JSON.
+        :param stale_while_revalidate: while another caller recomputes a value that a
+            write (or its TTL) made stale, return the previous value instead of waiting.
+            This gives up read-your-writes for the callers that overlap the
+            recomputation; off by default.
         """
         if pickle and not self.secret:
             msg = (
@@ -646,8 +660,13 @@ class Cache:
             st.bypassed += 1
             return fn()
         value = self._lookup(key, st)
+        previous = None
+        if type(value) is _Stale:
+            previous, value = value, _MISSING
         if value is not _MISSING:
             return value
+        if not stale_while_revalidate:
+            previous = None
         with self._flights_lock:
             flight = self._flights.get(key)
             leader = flight is None
@@ -655,12 +674,16 @@ class Cache:
                 flight = self._flights[key] = _Flight()
         assert flight is not None
         if not leader:
+            if previous is not None:
+                served = self._serve_previous(previous, st)
+                if served is not _MISSING:
+                    return served
             if flight.done.wait(WAIT_SECONDS) and flight.ok:
                 st.coalesced += 1
                 return flight.value
             return fn()  # the leader failed or is stuck: compute on our own
         try:
-            value = self._lead(key, fn, ttl, tables, name, st, pickle)
+            value = self._lead(key, fn, ttl, tables, name, st, pickle, previous)
             flight.value, flight.ok = value, True
             return value
         finally:
@@ -677,9 +700,11 @@ class Cache:
         name: str,
         st: FunctionStats,
         pickle: bool = False,
+        previous: _Stale | None = None,
     ) -> t.Any:
         """This process's one computation of ``key``; with a shared backend, the one of
-        every process: the others wait for its entry (or compute, if it keeps none)."""
+        every process: the others wait for its entry (or compute, if it keeps none), or
+        take the previous value when ``previous`` is given."""
         acquire = getattr(self.backend, "acquire", None)
         if acquire is None:
             return self._compute(key, fn, ttl, tables, name, st, pickle)
@@ -690,6 +715,10 @@ class Cache:
             record_internal_error("cache.lock", e)
             return self._compute(key, fn, ttl, tables, name, st, pickle)
         if token is None:
+            if previous is not None:
+                served = self._serve_previous(previous, st)
+                if served is not _MISSING:
+                    return served
             deadline = time.monotonic() + WAIT_SECONDS
             while time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -715,13 +744,25 @@ class Cache:
             except Exception as e:
                 record_internal_error("cache.unlock", e)
 
+    def _serve_previous(self, previous: _Stale, st: FunctionStats) -> t.Any:
+        try:
+            value = loads(previous.data, secret=self.secret)
+        except Exception as e:
+            st.errors += 1
+            record_internal_error("cache.stale", e)
+            return _MISSING
+        st.stale += 1
+        return value
+
     def _lookup(self, key: str, st: FunctionStats) -> t.Any:
         try:
             status, data = self.backend.lookup(key)
             if status != "hit" or data is None:
+                st.misses += 1
                 if status == "stale":
                     st.invalidations += 1
-                st.misses += 1
+                    if data is not None:
+                        return _Stale(data)
                 return _MISSING
             value = loads(data, secret=self.secret)
         except Exception as e:
@@ -807,10 +848,19 @@ class Cache:
         tables: Iterable[str] = (),
         name: str | None = None,
         pickle: bool = False,
+        stale_while_revalidate: bool = False,
     ) -> Callable[[Callable[..., t.Any]], Callable[..., t.Any]]:
         """Cache a function's result per arguments in this cache (see
         :meth:`querywatch.QueryWatch.cached`, which uses the current app's)."""
-        return cached_with(lambda: self, ttl, key=key, tables=tables, name=name, pickle=pickle)
+        return cached_with(
+            lambda: self,
+            ttl,
+            key=key,
+            tables=tables,
+            name=name,
+            pickle=pickle,
+            stale_while_revalidate=stale_while_revalidate,
+        )
 
 
 def cached_with(
@@ -821,6 +871,7 @@ def cached_with(
     tables: Iterable[str] = (),
     name: str | None = None,
     pickle: bool = False,
+    stale_while_revalidate: bool = False,
 ) -> Callable[[Callable[..., t.Any]], Callable[..., t.Any]]:
     """The decorator behind :meth:`Cache.cached` and ``qw.cached``: ``get_cache()`` is
     asked for the cache at each call; None (querywatch off) runs the function uncached."""
@@ -843,6 +894,7 @@ def cached_with(
                 bypass=cache_bypass,
                 name=fname,
                 pickle=pickle,
+                stale_while_revalidate=stale_while_revalidate,
             )
 
         wrapper.cache_name = fname  # type: ignore[attr-defined]

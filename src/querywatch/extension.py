@@ -400,6 +400,7 @@ class QueryWatch:
         tables: Iterable[str] = (),
         name: str | None = None,
         pickle: bool = False,
+        stale_while_revalidate: bool = False,
     ) -> Callable[[Callable[..., t.Any]], Callable[..., t.Any]]:
         """Cache a function's result until a table it read is written, or ``ttl``
         seconds (``QUERYWATCH_CACHE_TTL`` by default)::
@@ -420,7 +421,15 @@ class QueryWatch:
             state = self._state()
             return state.cache if state.settings.enabled else None
 
-        return cached_with(current_cache, ttl, key=key, tables=tables, name=name, pickle=pickle)
+        return cached_with(
+            current_cache,
+            ttl,
+            key=key,
+            tables=tables,
+            name=name,
+            pickle=pickle,
+            stale_while_revalidate=stale_while_revalidate,
+        )
 
 
 def _request_hooks(
@@ -479,6 +488,7 @@ def cached_query(
     tables: Iterable[str] = (),
     name: str | None = None,
     pickle: bool = False,
+    stale_while_revalidate: bool = False,
 ) -> Callable[[Callable[..., t.Any]], Callable[..., t.Any]]:
     """``@qw.cached`` for modules that do not hold the ``QueryWatch`` instance: the
     cache is the current app's, looked up at each call::
@@ -501,4 +511,12 @@ def cached_query(
         cache: Cache = state.cache
         return cache
 
-    return cached_with(current_cache, ttl, key=key, tables=tables, name=name, pickle=pickle)
+    return cached_with(
+        current_cache,
+        ttl,
+        key=key,
+        tables=tables,
+        name=name,
+        pickle=pickle,
+        stale_while_revalidate=stale_while_revalidate,
+    )

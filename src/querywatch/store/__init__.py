@@ -708,6 +708,7 @@ class Store:
         "invalidations",
         "races",
         "coalesced",
+        "stale",
         "bypassed",
         "errors",
     )

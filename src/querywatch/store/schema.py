@@ -140,6 +140,7 @@ cache_stats = Table(
     Column("invalidations", BigInteger, nullable=False),
     Column("races", BigInteger, nullable=False),
     Column("coalesced", BigInteger, nullable=False),
+    Column("stale", BigInteger, nullable=False),
     Column("bypassed", BigInteger, nullable=False),
     Column("errors", BigInteger, nullable=False),
 )
