@@ -74,6 +74,9 @@ __all__ = [
 ALL_TABLES = "*"
 #: How long a caller waits for another's computation of the same key.
 WAIT_SECONDS = 5.0
+#: Names with counters of their own, at most (functions, or ``get_or_compute`` names).
+MAX_NAMES = 200
+OTHER_NAME = "other"
 
 
 # --- which tables a statement reads and writes ------------------------------------------
@@ -655,7 +658,7 @@ class Cache:
             )
             raise CacheValueError(msg)
         name = name or key.split(":", 1)[0]
-        st = self.stats[name]
+        st = self.stats.get(name) or self._stats_for(name)
         if bypass:
             st.bypassed += 1
             return fn()
@@ -806,6 +809,13 @@ class Cache:
             record_internal_error("cache.set", e)
         return value
 
+    def _stats_for(self, name: str) -> FunctionStats:
+        """The counters of ``name``; past :data:`MAX_NAMES` names, those of ``other``
+        (the names become metric labels: they must stay few)."""
+        if len(self.stats) >= MAX_NAMES:
+            name = OTHER_NAME
+        return self.stats[name]
+
     def take_counts(self) -> dict[str, dict[str, int]]:
         """The counters that grew since the last call, per function (for the store)."""
         out: dict[str, dict[str, int]] = {}
@@ -922,6 +932,9 @@ _caches_lock = threading.Lock()
 def _register(cache: Cache) -> None:
     import weakref
 
+    from .metrics import register_cache_collector
+
+    register_cache_collector()
     with _caches_lock:
         _caches[:] = [r for r in _caches if r() is not None]
         _caches.append(weakref.ref(cache))

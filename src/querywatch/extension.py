@@ -53,6 +53,8 @@ class AppState:
         self.engines = engines
         self.stats = Stats(max_shapes=settings.max_shapes)
         self.instance_path = app.instance_path
+        #: The app's name (its import name), as metrics label it.
+        self.name = app.name
         self._config = app.config
         self.flusher = Flusher(self)
         self.advice_worker = AdviceWorker(self)
