@@ -10,6 +10,10 @@ import typing as t
 import uuid
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 from sqlalchemy import create_engine
 from sqlalchemy import select
 from sqlalchemy import update
@@ -64,28 +68,31 @@ def _reader(
     with app.app_context():
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            committed = int(r.get(prefix + "test:committed") or 0)
-            got = stock(1)
-            reads += 1
-            if got < committed:
-                violations.append((committed, got))
-            shop.db.session.remove()
+            for pid in (1, 2):  # each written by its own process
+                committed = int(r.get(f"{prefix}test:committed:{pid}") or 0)
+                got = stock(pid)
+                reads += 1
+                if got < committed:
+                    violations.append((committed, got))
+                shop.db.session.remove()
         hits = app.extensions["querywatch"].cache.stats["stock"].hits
     out.put(("reader", violations[:5], len(violations), reads, hits))
 
 
-def _writer(db_url: str, redis_url: str, prefix: str, workdir: str, n: int, out: t.Any) -> None:
+def _writer(
+    db_url: str, redis_url: str, prefix: str, workdir: str, pid: int, n: int, out: t.Any
+) -> None:
     import redis
 
     app = _app(db_url, redis_url, prefix, workdir)
     r = redis.Redis.from_url(redis_url)
     with app.app_context():
         for v in range(1, n + 1):
-            _set_stock(1, v)
+            _set_stock(pid, v)
             # The commit has returned: from now on no reader may see less than v.
-            r.set(prefix + "test:committed", v)
+            r.set(f"{prefix}test:committed:{pid}", v)
             if v % 5 == 0:
-                _set_stock(1, -1, commit=False)  # rolled back: changes nothing
+                _set_stock(pid, -1, commit=False)  # rolled back: changes nothing
             time.sleep(0.02)
     out.put(("writer", n))
 
@@ -98,7 +105,7 @@ def shared(tmp_path: t.Any, redis_url: str) -> t.Iterator[tuple[str, str, str, s
     engine = create_engine(db_url)
     shop.seed(engine, scale=0.002)
     with engine.begin() as conn:
-        conn.execute(update(shop.Product).where(shop.Product.id == 1).values(stock=0))
+        conn.execute(update(shop.Product).where(shop.Product.id.in_([1, 2])).values(stock=0))
     engine.dispose()
     prefix = f"qwtest:{uuid.uuid4().hex[:8]}:"
     yield db_url, redis_url, prefix, str(tmp_path)
@@ -109,6 +116,8 @@ def shared(tmp_path: t.Any, redis_url: str) -> t.Iterator[tuple[str, str, str, s
 
 
 def test_read_your_writes_across_processes(shared: tuple[str, str, str, str]) -> None:
+    """Three readers and two writers, each its own OS process, over one SQLite file and
+    one Redis: no read returns less than what a writer's returned commit wrote."""
     db_url, redis_url, prefix, workdir = shared
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
@@ -116,7 +125,10 @@ def test_read_your_writes_across_processes(shared: tuple[str, str, str, str]) ->
         ctx.Process(target=_reader, args=(db_url, redis_url, prefix, workdir, 6.0, out))
         for _ in range(3)
     ]
-    procs.append(ctx.Process(target=_writer, args=(db_url, redis_url, prefix, workdir, 60, out)))
+    procs += [
+        ctx.Process(target=_writer, args=(db_url, redis_url, prefix, workdir, pid, 60, out))
+        for pid in (1, 2)
+    ]
     for p in procs:
         p.start()
     results = [out.get(timeout=120) for _ in procs]
@@ -317,3 +329,35 @@ def test_redis_outage_costs_no_request_and_serves_nothing_stale(
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["read", "commit", "rollback"]), st.integers(1, 3), st.integers(0, 50)
+    ),
+    min_size=1,
+    max_size=20,
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=OPS)
+def test_random_interleavings_on_redis_agree_with_uncached_runs(
+    shared: tuple[str, str, str, str], ops: list[tuple[str, int, int]]
+) -> None:
+    db_url, redis_url, prefix, workdir = shared
+    app = _apps.get(prefix)
+    if app is None:
+        app = _apps[prefix] = _app(db_url, redis_url, prefix, workdir)
+    stock = _stock_fn(app)
+    with app.app_context():
+        for op, pid, value in ops:
+            if op != "read":
+                _set_stock(pid, value, commit=op == "commit")
+            stmt = select(shop.Product.stock).where(shop.Product.id == pid)
+            assert stock(pid) == int(shop.db.session.scalar(stmt))
+
+
+_apps: dict[str, t.Any] = {}
