@@ -454,3 +454,24 @@ def test_stale_while_revalidate_serves_the_previous_value_meanwhile(
     st = app.extensions["querywatch"].cache.stats["swr.stock"]
     assert st.stale == 1
     assert calls == [3, 3]
+
+
+def test_an_outer_cached_function_depends_on_what_inner_hits_read(
+    app: t.Any, qw: QueryWatch
+) -> None:
+    """The inner call is a hit (no statement runs inside the outer computation), yet a
+    write to the inner's table must invalidate the outer too."""
+
+    @qw.cached(name="nested.inner")
+    def inner(pid: int) -> int:
+        return _stock(pid)
+
+    @qw.cached(name="nested.outer")
+    def outer(pid: int) -> int:
+        return inner(pid) + 1
+
+    with app.app_context():
+        base = inner(5)  # cached first: outer will see a hit
+        assert outer(5) == base + 1
+        _set_stock(5, base + 40)
+        assert outer(5) == base + 41

@@ -361,3 +361,20 @@ def test_random_interleavings_on_redis_agree_with_uncached_runs(
 
 
 _apps: dict[str, t.Any] = {}
+
+
+def test_nested_hits_carry_their_tables_on_redis(shared: tuple[str, str, str, str]) -> None:
+    db_url, redis_url, prefix, workdir = shared
+    app = _app(db_url, redis_url, prefix, workdir)
+    qw = app.extensions["querywatch"].owner
+    inner = _stock_fn(app)
+
+    @qw.cached(name="outer")
+    def outer(pid: int) -> int:
+        return inner(pid) + 1
+
+    with app.app_context():
+        assert inner(2) == 0
+        assert outer(2) == 1
+        _set_stock(2, 9)
+        assert outer(2) == 10

@@ -37,6 +37,7 @@ only within its own process.
 from __future__ import annotations
 
 import collections
+import contextvars
 import dataclasses
 import datetime as dt
 import decimal
@@ -355,14 +356,15 @@ class MemoryBackend:
     def epoch(self) -> t.Any:
         return self.versions.epoch()
 
-    def lookup(self, key: str) -> tuple[str, bytes | None]:
-        """("hit", data), ("stale", previous data) or ("miss", None)."""
+    def lookup(self, key: str) -> tuple[str, bytes | None, t.Any]:
+        """("hit", data, tables it depends on), ("stale", previous data, None) or
+        ("miss", None, None)."""
         entry = self.get(key)
         if entry is None:
-            return "miss", None
+            return "miss", None, None
         if entry.expires < time.monotonic() or not self.versions.valid(entry.deps):
-            return "stale", entry.data
-        return "hit", entry.data
+            return "stale", entry.data, None
+        return "hit", entry.data, entry.deps.keys()
 
     def store(
         self, key: str, data: bytes, tables: frozenset[str], since: t.Any, ttl: float
@@ -409,7 +411,7 @@ for t, ver in pairs(deps) do
   end
   if cur ~= ver then return {1, string.sub(v, nl + 1)} end
 end
-return {2, string.sub(v, nl + 1)}
+return {2, string.sub(v, nl + 1), string.sub(v, 1, nl - 1)}
 """
 
 _STORE = r"""
@@ -506,13 +508,13 @@ class RedisBackend:
         self._last_inc = inc
         return (inc, int(epoch))
 
-    def lookup(self, key: str) -> tuple[str, bytes | None]:
+    def lookup(self, key: str) -> tuple[str, bytes | None, t.Any]:
         res = self._run(self._lookup, [self._key(key), self._versions, self._epoch], [])
         if res[0] == 0:
-            return "miss", None
+            return "miss", None, None
         if res[0] == 1:
-            return "stale", res[1] if len(res) > 1 else None
-        return "hit", res[1]
+            return "stale", res[1] if len(res) > 1 else None, None
+        return "hit", res[1], json.loads(res[2]).keys()
 
     def store(
         self, key: str, data: bytes, tables: frozenset[str], since: t.Any, ttl: float
@@ -589,6 +591,18 @@ class _Flight:
 
 
 _MISSING = object()
+
+#: The tables the innermost computation in progress depends on through cache hits.
+_reading: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar(
+    "querywatch_cache_reading", default=None
+)
+
+
+def _note_read(tables: t.Any) -> None:
+    """A hit inside another cached computation: its tables are the outer's too."""
+    collecting = _reading.get()
+    if collecting is not None and tables is not None:
+        collecting.update(tables)
 
 
 class _Stale(t.NamedTuple):
@@ -728,9 +742,10 @@ class Cache:
                 try:
                     free = not self.backend.locked(key)
                     # Looked up after the lock check: a holder stores before it releases.
-                    status, data = self.backend.lookup(key)
+                    status, data, deps = self.backend.lookup(key)
                     if status == "hit" and data is not None:
                         st.coalesced += 1
+                        _note_read(deps)
                         return loads(data, secret=self.secret)
                     if free:
                         break  # the other computation kept nothing: compute here
@@ -759,7 +774,7 @@ class Cache:
 
     def _lookup(self, key: str, st: FunctionStats) -> t.Any:
         try:
-            status, data = self.backend.lookup(key)
+            status, data, deps = self.backend.lookup(key)
             if status != "hit" or data is None:
                 st.misses += 1
                 if status == "stale":
@@ -768,6 +783,7 @@ class Cache:
                         return _Stale(data)
                 return _MISSING
             value = loads(data, secret=self.secret)
+            _note_read(deps)
         except Exception as e:
             # A corrupted or foreign value, a backend failure: a miss, never an error.
             st.errors += 1
@@ -793,10 +809,22 @@ class Cache:
             st.errors += 1
             record_internal_error("cache.epoch", e)
             return fn()
-        if self._track is not None:
-            value, read = self._track(fn)
-        else:
-            value, read = fn(), frozenset({ALL_TABLES})
+        # Cached values this computation takes from the cache ran no statement here:
+        # their dependencies are collected on the side.
+        inner: set[str] = set()
+        token = _reading.set(inner)
+        try:
+            if self._track is not None:
+                value, read = self._track(fn)
+            else:
+                value, read = fn(), frozenset({ALL_TABLES})
+        finally:
+            _reading.reset(token)
+        if inner:
+            read = frozenset(read) | inner
+        parent = _reading.get()
+        if parent is not None:
+            parent.update(read)
         data = dumps(value, name=name, sign_with=self.secret if pickle else None)
         deps = frozenset(read) | {tb.lower() for tb in tables}
         try:
