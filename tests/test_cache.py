@@ -475,3 +475,23 @@ def test_an_outer_cached_function_depends_on_what_inner_hits_read(
         assert outer(5) == base + 1
         _set_stock(5, base + 40)
         assert outer(5) == base + 41
+
+
+def test_memory_backend_is_bounded_by_entries_and_bytes() -> None:
+    from querywatch.cache import MemoryBackend
+
+    mem = MemoryBackend(max_entries=3, max_bytes=1_000_000)
+    for i in range(10):
+        mem.set(f"k{i}", b"P1", {}, 60)
+    assert len(mem) == 3
+    assert [k for k in mem._data] == ["k7", "k8", "k9"]  # least recently used went first
+    mem.get("k7")  # touched: now the most recent
+    mem.set("k10", b"P1", {}, 60)
+    assert [k for k in mem._data] == ["k9", "k7", "k10"]
+    small = MemoryBackend(max_entries=100, max_bytes=1000)
+    for i in range(10):
+        small.set(f"b{i}", b"P" + b"x" * 297, {}, 60)
+    assert small.bytes <= 1000
+    assert len(small) == 3
+    small.set("huge", b"P" + b"x" * 5000, {}, 60)  # larger than the whole cache: not kept
+    assert "huge" not in small._data

@@ -111,6 +111,7 @@ def test_repeated_identical_query(loop_app: t.Any) -> None:
     (f,) = [f for f in findings if f.kind == REPEATED_QUERY]
     assert f.count == 3
     assert f.fingerprint.shape == "SELECT count(products.id) AS count_1 FROM products"
+    assert "@qw.cached" in f.fix  # the remedy when other requests ask for it too
     # Same parameters: not an N+1.
     assert [f for f in findings if f.kind == N_PLUS_ONE] == []
 

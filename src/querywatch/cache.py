@@ -45,6 +45,7 @@ import functools
 import hashlib
 import hmac
 import json
+import json.scanner
 import pickle
 import re
 import threading
@@ -252,6 +253,10 @@ def _hook(d: dict[str, t.Any]) -> t.Any:
 _ENCODER = json.JSONEncoder(default=_default, separators=(",", ":"))
 _KEY_ENCODER = json.JSONEncoder(default=_default, separators=(",", ":"), sort_keys=True)
 _DECODER = json.JSONDecoder(object_hook=_hook)
+# The C scanners behind those decoders: what they decode is ours, so the checks around
+# them (encoding detection, trailing white space) are skipped.
+_scan_plain: t.Any = json.scanner.make_scanner(t.cast("t.Any", json.JSONDecoder()))
+_scan_tagged: t.Any = json.scanner.make_scanner(t.cast("t.Any", _DECODER))
 
 
 def dumps(value: t.Any, *, name: str = "?", sign_with: bytes | None = None) -> bytes:
@@ -283,9 +288,9 @@ def loads(data: bytes, *, secret: bytes | None = None) -> t.Any:
     pickle is unpickled only when its signature verifies under ``secret``)."""
     kind = data[:1]
     if kind == b"P":
-        return json.loads(data[1:])
+        return _scan_plain(data[1:].decode(), 0)[0]
     if kind == b"T":
-        return _DECODER.decode(data[1:].decode())
+        return _scan_tagged(data[1:].decode(), 0)[0]
     if kind == b"S":
         mac, body = data[1:33], data[33:]
         if secret is None or not hmac.compare_digest(
@@ -941,13 +946,20 @@ def cached_with(
     return decorate
 
 
+_SIMPLE = frozenset({str, int, float, bool, type(None)})
+
+
 def make_key(name: str, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]) -> str:
     """``"<module.qualname>:<hash>"``: the function's name, then a digest of its
-    arguments' JSON form (``repr`` for what JSON cannot hold), keyword order ignored."""
-    try:
-        text = _KEY_ENCODER.encode([args, kwargs] if kwargs else args)
-    except (TypeError, ValueError):
-        text = repr((args, sorted(kwargs.items())))
+    arguments: their ``repr`` when they are all strings, numbers, booleans or None, else
+    their JSON form (``repr`` for what JSON cannot hold), keyword order ignored."""
+    if not kwargs and all(type(a) in _SIMPLE for a in args):
+        text = repr(args)  # str, int, float, bool, None: repr is exact and quick
+    else:
+        try:
+            text = _KEY_ENCODER.encode([args, kwargs])
+        except (TypeError, ValueError):
+            text = repr((args, sorted(kwargs.items())))
     return f"{name}:{hashlib.blake2b(text.encode(), digest_size=12).hexdigest()}"
 
 

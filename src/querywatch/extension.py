@@ -13,6 +13,7 @@ import weakref
 from flask import current_app
 from flask import has_app_context
 from flask import request
+from flask.globals import _cv_app
 
 from . import capture
 from ._failopen import fail_open
@@ -420,7 +421,8 @@ class QueryWatch:
         from .cache import cached_with
 
         def current_cache() -> Cache | None:
-            state = self._state()
+            ctx = _cv_app.get(None)  # current_app without the proxy: this is a hot path
+            state = self._state(ctx.app if ctx is not None else None)
             return state.cache if state.settings.enabled else None
 
         return cached_with(
@@ -503,11 +505,11 @@ def cached_query(
     from .cache import cached_with
 
     def current_cache() -> Cache | None:
-        if not has_app_context():
+        ctx = _cv_app.get(None)  # what current_app reads, without the proxy
+        if ctx is None:
             msg = "A cached_query function was called outside an app context."
             raise NotInitializedError(msg)
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-        state = app.extensions.get(_EXTENSION_KEY)
+        state = ctx.app.extensions.get(_EXTENSION_KEY)
         if state is None or not state.settings.enabled:
             return None  # no querywatch here: the function runs uncached
         cache: Cache = state.cache
