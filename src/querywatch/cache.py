@@ -610,6 +610,19 @@ def _note_read(tables: t.Any) -> None:
         collecting.update(tables)
 
 
+class _Job(t.NamedTuple):
+    """One computation of a key, as the leader runs it."""
+
+    key: str
+    fn: Callable[[], t.Any]
+    ttl: float | None
+    tables: Iterable[str]
+    name: str
+    st: FunctionStats
+    pickle: bool
+    previous: _Stale | None
+
+
 class _Stale(t.NamedTuple):
     """An entry no longer valid, kept for ``stale_while_revalidate``."""
 
@@ -705,7 +718,7 @@ class Cache:
                 return flight.value
             return fn()  # the leader failed or is stuck: compute on our own
         try:
-            value = self._lead(key, fn, ttl, tables, name, st, pickle, previous)
+            value = self._lead(_Job(key, fn, ttl, tables, name, st, pickle, previous))
             flight.value, flight.ok = value, True
             return value
         finally:
@@ -713,29 +726,20 @@ class Cache:
             with self._flights_lock:
                 self._flights.pop(key, None)
 
-    def _lead(
-        self,
-        key: str,
-        fn: Callable[[], t.Any],
-        ttl: float | None,
-        tables: Iterable[str],
-        name: str,
-        st: FunctionStats,
-        pickle: bool = False,
-        previous: _Stale | None = None,
-    ) -> t.Any:
+    def _lead(self, job: _Job) -> t.Any:
         """This process's one computation of ``key``; with a shared backend, the one of
         every process: the others wait for its entry (or compute, if it keeps none), or
         take the previous value when ``previous`` is given."""
+        key, st, previous = job.key, job.st, job.previous
         acquire = getattr(self.backend, "acquire", None)
         if acquire is None:
-            return self._compute(key, fn, ttl, tables, name, st, pickle)
+            return self._compute(job)
         try:
             token = acquire(key, WAIT_SECONDS)
         except Exception as e:
             st.errors += 1
             record_internal_error("cache.lock", e)
-            return self._compute(key, fn, ttl, tables, name, st, pickle)
+            return self._compute(job)
         if token is None:
             if previous is not None:
                 served = self._serve_previous(previous, st)
@@ -758,9 +762,9 @@ class Cache:
                     st.errors += 1
                     record_internal_error("cache.wait", e)
                     break
-            return self._compute(key, fn, ttl, tables, name, st, pickle)
+            return self._compute(job)
         try:
-            return self._compute(key, fn, ttl, tables, name, st, pickle)
+            return self._compute(job)
         finally:
             try:
                 self.backend.release(key, token)
@@ -798,16 +802,8 @@ class Cache:
         st.hits += 1
         return value
 
-    def _compute(
-        self,
-        key: str,
-        fn: Callable[[], t.Any],
-        ttl: float | None,
-        tables: Iterable[str],
-        name: str,
-        st: FunctionStats,
-        pickle: bool = False,
-    ) -> t.Any:
+    def _compute(self, job: _Job) -> t.Any:
+        key, fn, ttl, tables, name, st, pickle = job[:7]
         try:
             since = self.backend.epoch()
         except Exception as e:  # the backend is down: compute, keep nothing

@@ -502,19 +502,13 @@ def _loader_relationship(context: t.Any) -> str | None:
 # --- the cursor wrapper ------------------------------------------------------------------
 
 
-class _TimedCursor:
-    """A DBAPI cursor that tells capture when its result is exhausted or closed.
+class _CursorProxy:
+    """A DBAPI cursor that passes everything to the one it wraps (``_qw_cursor``)."""
 
-    It is put on ``context.cursor`` before the statement runs; SQLAlchemy executes on the
-    raw cursor it already holds, then builds the result on this one, and closes it when
-    the rows are exhausted (at once for statements that return none)."""
+    __slots__ = ("_qw_cursor",)
 
-    __slots__ = ("_qw_cursor", "_qw_query", "_qw_record")
-
-    def __init__(self, cursor: t.Any, query: QueryInfo, record: Record) -> None:
+    def __init__(self, cursor: t.Any) -> None:
         object.__setattr__(self, "_qw_cursor", cursor)
-        object.__setattr__(self, "_qw_query", query)
-        object.__setattr__(self, "_qw_record", record)
 
     def __getattr__(self, name: str) -> t.Any:
         return getattr(self._qw_cursor, name)
@@ -524,6 +518,21 @@ class _TimedCursor:
 
     def __iter__(self) -> Iterator[t.Any]:
         return iter(self._qw_cursor)
+
+
+class _TimedCursor(_CursorProxy):
+    """A DBAPI cursor that tells capture when its result is exhausted or closed.
+
+    It is put on ``context.cursor`` before the statement runs; SQLAlchemy executes on the
+    raw cursor it already holds, then builds the result on this one, and closes it when
+    the rows are exhausted (at once for statements that return none)."""
+
+    __slots__ = ("_qw_query", "_qw_record")
+
+    def __init__(self, cursor: t.Any, query: QueryInfo, record: Record) -> None:
+        object.__setattr__(self, "_qw_cursor", cursor)
+        object.__setattr__(self, "_qw_query", query)
+        object.__setattr__(self, "_qw_record", record)
 
     def fetchone(self) -> t.Any:
         row = self._qw_cursor.fetchone()
@@ -1012,24 +1021,15 @@ def _wrap_commit(dialect: t.Any) -> None:
         dialect._qw_commit = True
 
 
-class _BumpCursor:
+class _BumpCursor(_CursorProxy):
     """The cursor of an autocommit write outside a unit of work: bumps its tables once
     the statement has run (SQLAlchemy closes a write's cursor right after it)."""
 
-    __slots__ = ("_qw_cursor", "_qw_tables")
+    __slots__ = ("_qw_tables",)
 
     def __init__(self, cursor: t.Any, tables: frozenset[str]) -> None:
         object.__setattr__(self, "_qw_cursor", cursor)
         object.__setattr__(self, "_qw_tables", tables)
-
-    def __getattr__(self, name: str) -> t.Any:
-        return getattr(self._qw_cursor, name)
-
-    def __setattr__(self, name: str, value: t.Any) -> None:
-        setattr(self._qw_cursor, name, value)
-
-    def __iter__(self) -> Iterator[t.Any]:
-        return iter(self._qw_cursor)
 
     def close(self) -> None:
         try:
