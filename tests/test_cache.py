@@ -145,7 +145,9 @@ def test_a_value_computed_across_a_commit_is_not_kept(
 def test_readers_see_every_commit_from_other_threads(app: t.Any, qw: QueryWatch) -> None:
     @qw.cached()
     def stock(pid: int) -> int:
-        return _stock(pid)
+        value = _stock(pid)
+        time.sleep(0.002)  # a computation long enough to overlap the commits
+        return value
 
     errors: list[str] = []
     stop = threading.Event()
@@ -160,7 +162,7 @@ def test_readers_see_every_commit_from_other_threads(app: t.Any, qw: QueryWatch)
         th.start()
     try:
         with app.app_context():
-            for value in range(1000, 1040):
+            for value in range(1000, 1100):
                 _set_stock(5, value)
                 # After commit() returns, no reader anywhere may get an older value.
                 got = stock(5)
@@ -495,3 +497,37 @@ def test_memory_backend_is_bounded_by_entries_and_bytes() -> None:
     assert len(small) == 3
     small.set("huge", b"P" + b"x" * 5000, {}, 60)  # larger than the whole cache: not kept
     assert "huge" not in small._data
+
+
+def test_a_call_after_a_commit_never_takes_a_computation_begun_before_it(
+    app: t.Any, qw: QueryWatch
+) -> None:
+    """A leader reads the old row and is still computing when a commit returns; a call
+    made after that commit joins the leader's flight, and must not get its value."""
+    started, release = threading.Event(), threading.Event()
+    seen: list[int] = []
+
+    @qw.cached(name="coalesce.stock")
+    def stock(pid: int) -> int:
+        value = _stock(pid)
+        seen.append(value)
+        if len(seen) == 1:
+            started.set()
+            release.wait(5)  # the leader holds on to the old value
+        return value
+
+    with app.app_context():
+        base = _stock(6)
+
+    def lead() -> None:
+        with app.app_context():
+            stock(6)
+
+    leader = threading.Thread(target=lead)
+    leader.start()
+    assert started.wait(5)
+    with app.app_context():
+        _set_stock(6, base + 5)  # committed: every call from now on must see it
+        threading.Timer(0.2, release.set).start()
+        assert stock(6) == base + 5
+    leader.join()

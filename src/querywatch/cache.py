@@ -587,11 +587,10 @@ class FunctionStats:
 
 
 class _Flight:
-    __slots__ = ("done", "value", "ok")
+    __slots__ = ("done", "ok")
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.value: t.Any = None
         self.ok = False
 
 
@@ -714,12 +713,24 @@ class Cache:
                 if served is not _MISSING:
                     return served
             if flight.done.wait(WAIT_SECONDS) and flight.ok:
-                st.coalesced += 1
-                return flight.value
-            return fn()  # the leader failed or is stuck: compute on our own
+                # Take what the leader *stored*, checked against the versions now: its
+                # computation may have begun before a commit this caller must see, and
+                # then it kept nothing.
+                try:
+                    status, data, deps = self.backend.lookup(key)
+                    if status == "hit" and data is not None:
+                        value = loads(data, secret=self.secret)
+                        _note_read(deps)
+                        st.coalesced += 1
+                        return value
+                except Exception as e:
+                    st.errors += 1
+                    record_internal_error("cache.coalesce", e)
+            # The leader kept nothing, failed or is stuck: compute here.
+            return self._lead(_Job(key, fn, ttl, tables, name, st, pickle, None))
         try:
             value = self._lead(_Job(key, fn, ttl, tables, name, st, pickle, previous))
-            flight.value, flight.ok = value, True
+            flight.ok = True
             return value
         finally:
             flight.done.set()
