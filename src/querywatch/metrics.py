@@ -37,6 +37,28 @@ if t.TYPE_CHECKING:
 __all__ = ["CacheCollector", "register_cache_collector"]
 
 
+#: (counter field, metric name without the prefix, help) of the per-function counters.
+_PER_FUNCTION = (
+    (
+        "invalidations",
+        "invalidations",
+        "Cache entries found stale: a table they read was written, or they expired.",
+    ),
+    (
+        "races",
+        "races",
+        "Results not kept: a table they read was written while they were computed.",
+    ),
+    (
+        "coalesced",
+        "coalesced",
+        "Callers that waited for another caller's computation of the same key.",
+    ),
+    ("stale", "stale_served", "Previous values served while another caller recomputed them."),
+    ("errors", "errors", "Cache backend or value errors (the call computed instead)."),
+)
+
+
 class CacheCollector(Collector):
     """The result cache's counters of every app in the process."""
 
@@ -49,31 +71,10 @@ class CacheCollector(Collector):
             labels=["app", "function", "result"],
         )
         families = {
-            "invalidations": CounterMetricFamily(
-                "querywatch_cache_invalidations",
-                "Cache entries found stale: a table they read was written, or they expired.",
-                labels=["app", "function"],
-            ),
-            "races": CounterMetricFamily(
-                "querywatch_cache_races",
-                "Results not kept: a table they read was written while they were computed.",
-                labels=["app", "function"],
-            ),
-            "coalesced": CounterMetricFamily(
-                "querywatch_cache_coalesced",
-                "Callers that waited for another caller's computation of the same key.",
-                labels=["app", "function"],
-            ),
-            "stale": CounterMetricFamily(
-                "querywatch_cache_stale_served",
-                "Previous values served while another caller recomputed them.",
-                labels=["app", "function"],
-            ),
-            "errors": CounterMetricFamily(
-                "querywatch_cache_errors",
-                "Cache backend or value errors (the call computed instead).",
-                labels=["app", "function"],
-            ),
+            field: CounterMetricFamily(
+                f"querywatch_cache_{metric}", help_text, labels=["app", "function"]
+            )
+            for field, metric, help_text in _PER_FUNCTION
         }
         # Summed per (app, function): two apps of one name in a process are one series.
         totals: dict[tuple[str, str], dict[str, int]] = {}
