@@ -58,7 +58,7 @@ class AdviceWorker:
         self._recent: collections.OrderedDict[str, float] = collections.OrderedDict()
         #: Real parameters of slow reads, by fingerprint: (statement, parameters, URL).
         #: In memory only, bounded, and dropped once used.
-        self._samples: collections.OrderedDict[str, tuple[str, t.Any, t.Any]] = (
+        self._samples: collections.OrderedDict[str, tuple[str, t.Any, t.Any, t.Any]] = (
             collections.OrderedDict()
         )
         #: Rounds run, shapes analysed, and why the worker stopped (if it did).
@@ -85,7 +85,7 @@ class AdviceWorker:
         sample = self._samples.pop(q.fingerprint, None)
         if sample is None:
             return q
-        statement, params, engine_url = sample
+        statement, params, engine_url = sample[:3]
         try:
             target = make_url(url)
             same = (

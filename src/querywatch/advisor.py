@@ -179,6 +179,11 @@ class PlanFinding:
     table: str | None
     evidence: str
     fix: str
+    #: Rows in the table scanned (full scans).
+    rows: float | None = None
+    #: A full scan of a query with no filter on the table: it reads the whole table by
+    #: design, and no index would serve it.
+    by_design: bool = False
 
 
 @dataclasses.dataclass
@@ -820,6 +825,9 @@ class Advisor:
     :param scan_min_rows: a full scan of a table with at least this many rows is a finding.
     :param timeout: seconds any one statement may take.
     :param measure: time the queries where DDL is allowed.
+    :param prefer_indexes: plan as if scanning a whole table were very expensive (see
+        :class:`~querywatch.explain.Explainer`): on the few rows of a test database a
+        full scan then means that no index can serve the query.
     """
 
     def __init__(
@@ -830,8 +838,9 @@ class Advisor:
         scan_min_rows: int = 10_000,
         timeout: float = 5.0,
         measure: bool = True,
+        prefer_indexes: bool = False,
     ) -> None:
-        self.explainer = Explainer(database, timeout=timeout)
+        self.explainer = Explainer(database, timeout=timeout, prefer_indexes=prefer_indexes)
         self.dialect = self.explainer.dialect
         self.allow_ddl = (self.dialect == "sqlite") if allow_ddl is None else allow_ddl
         self.scan_min_rows = scan_min_rows
@@ -1104,9 +1113,10 @@ class Advisor:
             rows = node.table_rows if node.table_rows is not None else s.table_rows(node.table)
             if rows is not None and rows >= self.scan_min_rows:
                 big_scans.append((node, rows))
+                filtered = an.has_where or an.tables.get(node.table.lower(), _NO_USE).join
                 fix = (
                     "An index on the filtered columns (see the suggestion), or a narrower query."
-                    if an.has_where or an.tables.get(node.table.lower(), _NO_USE).join
+                    if filtered
                     else "The query reads the whole table by design: paginate it, narrow it,"
                     " or cache its result."
                 )
@@ -1117,6 +1127,8 @@ class Advisor:
                         f"{_scrub(node.detail, values)}: reads all {rows:,.0f} rows of"
                         f" {node.table}",
                         fix,
+                        rows=rows,
+                        by_design=not filtered,
                     )
                 )
         for node in plan.sorts():

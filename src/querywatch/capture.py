@@ -89,8 +89,9 @@ class QueryInfo:
         "bump",
     )
 
-    #: (statement, parameters, engine URL) of a slow read; set only then.
-    sample: tuple[str, t.Any, t.Any]
+    #: (statement, parameters, engine URL, the DBAPI connection of an in-memory SQLite
+    #: database or None) of a slow read; set only then.
+    sample: tuple[str, t.Any, t.Any, t.Any]
     #: The tables of an autocommit write, bumped in the cache once it has run; set only
     #: then.
     bump: frozenset[str]
@@ -127,7 +128,7 @@ class QueryInfo:
         #: Kept in :attr:`Record.queries`, and so aggregated when the unit of work ends;
         #: statements past the cap are aggregated as soon as they end.
         self.kept = True
-        # ``sample``: (statement, parameters, engine URL) of a slow read, set only then
+        # ``sample``: (statement, parameters, engine URL, ...) of a slow read, set only then
         # (read it with ``getattr(q, "sample", None)``): no cost for the others.
 
     def __repr__(self) -> str:
@@ -631,11 +632,16 @@ class _TimedRead(QueryInfo, CursorFetchStrategy):
         advisor can explain it with real values (in memory only, dropped once used)."""
         try:
             params = context.parameters
-            self.sample = (
-                context.statement,
-                params[0] if params else None,
-                context.root_connection.engine.url,
+            conn = context.root_connection
+            url = conn.engine.url
+            # An in-memory SQLite database exists on its connection only: keep it, so
+            # the CI gate can copy the database to explain the read.
+            memory = (
+                conn.connection.dbapi_connection
+                if url.database in (None, "", ":memory:") and url.get_backend_name() == "sqlite"
+                else None
             )
+            self.sample = (context.statement, params[0] if params else None, url, memory)
         except Exception as e:
             swallow("capture.sample", e)
 

@@ -301,6 +301,151 @@ def demo(
     sys.exit(code)
 
 
+@cli.command()
+@click.option(
+    "--app",
+    "app_spec",
+    required=True,
+    metavar="MODULE:NAME",
+    help="The Flask app or its factory, as Flask's --app takes it (myapp:create_app).",
+)
+@click.option(
+    "--requests",
+    "requests_file",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="YAML file of the requests to make (method, path, json, status, budget).",
+)
+@click.option(
+    "--seed",
+    "seed_spec",
+    metavar="MODULE:FUNCTION",
+    help="Called with the app, in an app context, before the requests (fills the database).",
+)
+@click.option(
+    "--baseline",
+    metavar="FILE",
+    help="Compare with FILE and fail on regressions (created if missing).",
+)
+@click.option("--update-baseline", is_flag=True, help="Rewrite the baseline with this run.")
+@click.option(
+    "--timing",
+    type=click.Choice(["report", "fail"]),
+    default=None,
+    help="A database time over the baseline's tolerance is reported (default) or fails.",
+)
+@click.option("--junit-xml", metavar="FILE", help="Write JUnit XML to FILE.")
+@click.option(
+    "--markdown",
+    "markdown_file",
+    metavar="FILE",
+    help="Write a Markdown summary to FILE (also appended to $GITHUB_STEP_SUMMARY when set).",
+)
+@click.option(
+    "--annotations",
+    type=click.Choice(["auto", "github", "none"]),
+    default="auto",
+    show_default=True,
+    help="GitHub annotations at the call sites (auto: on GitHub Actions).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    default="pyproject.toml",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Where [tool.querywatch] (the default budget) is read from.",
+)
+def check(
+    app_spec: str,
+    requests_file: str,
+    seed_spec: str | None,
+    baseline: str | None,
+    update_baseline: bool,
+    timing: str | None,
+    junit_xml: str | None,
+    markdown_file: str | None,
+    annotations: str,
+    config_file: str,
+) -> None:
+    """Make each request of a requests file and fail on N+1s, full scans and budgets.
+
+    Exit status: 0 when every request kept its budget and baseline, 1 when one did not,
+    2 on bad input.
+    """
+    from rich.console import Console
+
+    from . import gate_output
+    from .baseline import Baseline
+    from .baseline import BaselineError
+    from .check import RequestsFileError
+    from .check import load_app
+    from .check import load_callable
+    from .check import load_requests
+    from .check import run_checks
+    from .check import seed_app
+    from .gate import BudgetError
+    from .gate import load_project_config
+    from .testing import shared_plans
+
+    try:
+        project = load_project_config(config_file)
+        defaults, requests = load_requests(requests_file)
+        base = Baseline.load(baseline) if baseline else None
+    except (BudgetError, RequestsFileError, BaselineError) as e:
+        raise click.UsageError(str(e)) from None
+    if update_baseline and base is None:
+        raise click.UsageError("--update-baseline needs --baseline FILE.")
+    app = load_app(app_spec)
+    if seed_spec:
+        seed_app(app, load_callable(seed_spec, "--seed"))
+    plans = shared_plans()
+    try:
+        results = run_checks(
+            app,
+            requests,
+            project.budget.merged(defaults),
+            plans=plans,
+            project=project,
+            baseline=base,
+            update_baseline=update_baseline,
+            timing_fails=(timing or project.timing) == "fail",
+            requests_file=requests_file,
+        )
+    finally:
+        plans.close()
+    console = Console(highlight=False)
+    extra = []
+    if base is not None and any(r.baseline == "recorded" for r in results):
+        base.save()
+        verb = "updated" if base.existed else "created"
+        extra.append(f"querywatch: baseline {verb}: {len(results)} requests in {base.path}.")
+    new = [r for r in results if r.baseline == "new"]
+    if new:
+        extra.append(
+            f"querywatch: {len(new)} requests are not in the baseline yet; record them with"
+            " --update-baseline."
+        )
+    for url, note in plans.notes.items():
+        extra.append(f"querywatch: no plans from {url}: {note}")
+    gate_output.render_terminal(results, console, extra=extra, all_cases=True)
+    if annotations == "github" or (
+        annotations == "auto" and os.environ.get("GITHUB_ACTIONS") == "true"
+    ):
+        for line in gate_output.github_annotations(results):
+            click.echo(line)
+    if junit_xml:
+        with open(junit_xml, "w", encoding="utf-8") as f:
+            f.write(gate_output.junit_xml(results, suite="querywatch check"))
+    if markdown_file or os.environ.get("GITHUB_STEP_SUMMARY"):
+        text = gate_output.markdown(results)
+        if markdown_file:
+            with open(markdown_file, "w", encoding="utf-8") as f:
+                f.write(text)
+        gate_output.write_step_summary(text)
+    sys.exit(1 if any(r.failed for r in results) else 0)
+
+
 def main() -> None:
     """Entry point of the ``querywatch`` script."""
     cli(prog_name="querywatch")

@@ -7,6 +7,8 @@ The hierarchy::
     ├── StoreError                        the store could not be opened or migrated
     │   └── SchemaVersionError            the store was written by a newer querywatch
     ├── CacheValueError (also a TypeError) a cached function's result has no JSON form
+    ├── QueryBudgetError (also an AssertionError)
+    │                                     a test did more with the database than allowed
     ├── ExplainError                      a statement could not be explained
     │   └── UnsafeStatementError          it is not a read-only SELECT: never explained
     └── NotInitializedError (also a RuntimeError)
@@ -25,6 +27,7 @@ __all__ = [
     "ConfigError",
     "ExplainError",
     "NotInitializedError",
+    "QueryBudgetError",
     "QueryWatchError",
     "SchemaVersionError",
     "StoreError",
@@ -71,3 +74,14 @@ class UnsafeStatementError(ExplainError):
 class CacheValueError(QueryWatchError, TypeError):
     """A cached function returned a value the cache cannot store; the message names the
     function and the type."""
+
+
+class QueryBudgetError(QueryWatchError, AssertionError):
+    """A block of a test broke a query budget (``assert_max_queries``,
+    ``assert_no_n_plus_one``, ...). The message lists each offending query shape, its
+    count, where the application issued it and the fix."""
+
+    def __init__(self, message: str, violations: list[t.Any] | None = None) -> None:
+        super().__init__(message)
+        #: The :class:`querywatch.gate.Violation` objects behind the message.
+        self.violations = violations or []

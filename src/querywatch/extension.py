@@ -137,8 +137,15 @@ class AppState:
         if self.listeners:
             for listener in list(self.listeners):
                 listener(record, findings)
+        if observers:
+            for observer in list(observers):
+                observer(record, findings)
         return findings
 
+
+#: Called with every finished record of every app and its findings (the CI gate's
+#: collectors, :mod:`querywatch.gate`).
+observers: list[Callable[[capture.Record, list[Finding]], None]] = []
 
 _states: weakref.WeakSet[AppState] = weakref.WeakSet()
 

@@ -8,6 +8,7 @@ endpoint whose query filters the large ``orders`` table on an unindexed column
 from __future__ import annotations
 
 import datetime as dt
+import os
 import random
 import typing as t
 
@@ -26,6 +27,7 @@ from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
+from sqlalchemy.orm import selectinload
 
 from ..extension import cached_query
 
@@ -145,9 +147,12 @@ def register_routes(app: Flask) -> None:
 
     @app.get("/api/orders/recent")
     def recent_orders() -> ResponseReturnValue:
-        # N+1: each order's items are lazy-loaded one order at a time.
+        # N+1: each order's items are lazy-loaded one order at a time (unless fixed).
         limit = min(int(request.args.get("limit", 50)), 200)
-        orders = db.session.scalars(select(Order).order_by(Order.id.desc()).limit(limit)).all()
+        query = select(Order).order_by(Order.id.desc()).limit(limit)
+        if app.config["SHOP_FIXED"]:
+            query = query.options(selectinload(Order.items))
+        orders = db.session.scalars(query).all()
         return jsonify(
             [{**_order_json(o), "items": [i.product_id for i in o.items]} for o in orders]
         )
@@ -232,10 +237,16 @@ def create_app(
     instance_path: str | None = None,
     querywatch: bool = True,
     config: t.Mapping[str, t.Any] | None = None,
+    fixed: bool = False,
 ) -> Flask:
-    """The shop app, with querywatch on unless ``querywatch=False``."""
+    """The shop app, with querywatch on unless ``querywatch=False``.
+
+    :param fixed: the fixed variant: the N+1 endpoint loads items eagerly, and
+        :func:`seed_for_check` gives ``orders.customer_email`` its index.
+    """
     app = Flask("querywatch.demo.shop", instance_path=instance_path)
     app.config["SQLALCHEMY_DATABASE_URI"] = database_url
+    app.config["SHOP_FIXED"] = fixed
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = (
         {"pool_size": 10} if not database_url.startswith("sqlite") else {}
     )
@@ -248,6 +259,22 @@ def create_app(
 
         QueryWatch(app)
     return app
+
+
+#: The index the lookup endpoint lacks (what the advisor suggests for it).
+EMAIL_INDEX_DDL = "CREATE INDEX ix_orders_customer_email ON orders (customer_email)"
+
+#: The shop's gate: the requests ``querywatch check`` makes, with their budget.
+CHECKS_FILE = os.path.join(os.path.dirname(__file__), "checks.yaml")
+
+
+def seed_for_check(app: Flask, scale: float = 0.01) -> None:
+    """Seed the app's database small (2,000 orders) for ``querywatch check``; the fixed
+    variant gets the lookup's index."""
+    seed(db.engine, scale)
+    if app.config.get("SHOP_FIXED"):
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql(EMAIL_INDEX_DDL)
 
 
 def seeded_version(engine: Engine) -> tuple[int, float] | None:

@@ -371,6 +371,11 @@ class Explainer:
         never borrows the app's pooled connections).
     :param timeout: seconds any one statement may take before the database stops it.
     :param allow_analyze: permit ``EXPLAIN ANALYZE`` of read-only SELECTs.
+    :param prefer_indexes: PostgreSQL: plan with ``enable_seqscan`` off, so a table is
+        read whole only where no index can serve the query. A planner that reads a
+        tiny table whole although an index exists says nothing about the big one; this
+        makes plans on the few rows of a test database answer "is there an index for
+        it?". SQLite uses an index whenever one serves, whatever the size.
     """
 
     def __init__(
@@ -379,6 +384,7 @@ class Explainer:
         *,
         timeout: float = 5.0,
         allow_analyze: bool = False,
+        prefer_indexes: bool = False,
     ) -> None:
         if not isinstance(url, str):
             sa_url = url.url
@@ -410,6 +416,7 @@ class Explainer:
         self.module: t.Any = modules[name]
         self.timeout = timeout
         self.allow_analyze = allow_analyze
+        self.prefer_indexes = prefer_indexes
         options: dict[str, t.Any] = {"poolclass": NullPool}
         if name == "sqlite":
             options["connect_args"] = {"timeout": timeout}

@@ -32,6 +32,8 @@ def begin(session: Session, timeout: float) -> None:
     ms = max(1, int(timeout * 1000))
     session.run("BEGIN" if session.writable else "BEGIN TRANSACTION READ ONLY")
     session.run(f"SET LOCAL statement_timeout = {ms}")
+    if session.explainer.prefer_indexes:
+        session.run("SET LOCAL enable_seqscan = off")
     if session.writable:
         session.run("SET LOCAL lock_timeout = 2000")
 
