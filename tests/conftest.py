@@ -11,6 +11,8 @@ from sqlalchemy import text
 from querywatch import _failopen
 from querywatch.demo import shop
 
+pytest_plugins = ["pytester"]
+
 REQUIRE_SERVICES = os.environ.get("QUERYWATCH_REQUIRE_SERVICES") == "1"
 POSTGRES_URL = os.environ.get(
     "QUERYWATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -80,6 +80,15 @@ def _sig2(x: float) -> float:
     return round(x, max(digits, 0))
 
 
+def _shown(path: str) -> str:
+    """``path`` as people see it: relative to the current folder when inside it."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
+
+
 class Baseline:
     """The per-test records of one baseline file."""
 
@@ -95,11 +104,12 @@ class Baseline:
     def load(cls, path: str) -> Baseline:
         """Read and validate ``path``; a missing file is an empty baseline (to be
         created). Raises :class:`BaselineError` naming the file and the entry."""
+        real, path = path, _shown(path)
         try:
-            with open(path, encoding="utf-8") as f:
+            with open(real, encoding="utf-8") as f:
                 text = f.read()
         except FileNotFoundError:
-            return cls(path)
+            return cls(real)
         except OSError as e:
             msg = f"The baseline {path} cannot be read: {e.strerror or e}."
             raise BaselineError(msg) from None
@@ -142,7 +152,7 @@ class Baseline:
             raise BaselineError(msg)
         for name, entry in tests.items():
             _check_entry(path, name, entry)
-        return cls(path, tests)
+        return cls(real, tests)
 
     # --- writing -----------------------------------------------------------------------
 

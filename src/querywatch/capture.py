@@ -365,10 +365,13 @@ def end_record(token: contextvars.Token[Record | None]) -> None:
 
 # --- statements and call sites ----------------------------------------------------------
 
-#: Per package prefixes: code object -> whether it is application code.
+# Code objects compare equal without their file name: the same function loaded from two
+# files (two checkouts, two copies of a module) is one key unless the file is part of it.
+
+#: Per package prefixes: (code object, file) -> whether it is application code.
 _app_code: dict[tuple[str, ...], dict[t.Any, bool]] = {}
 #: Interned call sites, so the hot path builds none and hashes a cached tuple.
-_sites: dict[tuple[t.Any, int], CallSite] = {}
+_sites: dict[tuple[t.Any, str, int], CallSite] = {}
 _CACHE_SIZE = 20000
 
 
@@ -435,15 +438,16 @@ def find_call_site(packages: tuple[str, ...], depth: int = 1) -> tuple[CallSite 
     d = depth
     while frame is not None:
         code = frame.f_code
-        is_app = known.get(code)
+        code_key = (code, code.co_filename)
+        is_app = known.get(code_key)
         if is_app is None:
             if len(known) >= _CACHE_SIZE:
                 known.clear()
             name = frame.f_globals.get("__name__") or ""
-            is_app = known[code] = (name + ".").startswith(packages)
+            is_app = known[code_key] = (name + ".").startswith(packages)
         if is_app:
             lineno = frame.f_lineno
-            key = (code, lineno)
+            key = (code, code.co_filename, lineno)
             site = _sites.get(key)
             if site is None:
                 if len(_sites) >= _CACHE_SIZE:

@@ -246,6 +246,16 @@ def load_callable(spec: str, option: str) -> t.Callable[..., t.Any]:
     return t.cast("t.Callable[..., t.Any]", fn)
 
 
+def dispose_engines(app: Flask) -> None:
+    """Close the pooled connections of the app's Flask-SQLAlchemy engines."""
+    ext = app.extensions.get("sqlalchemy")
+    if ext is None:
+        return
+    with app.app_context():
+        for engine in getattr(ext, "engines", {}).values():
+            engine.dispose()
+
+
 def seed_app(app: Flask, seed: t.Callable[..., t.Any]) -> None:
     """Call ``seed`` with the app (or with nothing) inside an app context."""
     with app.app_context():

@@ -379,14 +379,15 @@ def check(
     from .baseline import Baseline
     from .baseline import BaselineError
     from .check import RequestsFileError
+    from .check import dispose_engines
     from .check import load_app
     from .check import load_callable
     from .check import load_requests
     from .check import run_checks
     from .check import seed_app
     from .gate import BudgetError
+    from .gate import PlanBook
     from .gate import load_project_config
-    from .testing import shared_plans
 
     try:
         project = load_project_config(config_file)
@@ -397,10 +398,10 @@ def check(
     if update_baseline and base is None:
         raise click.UsageError("--update-baseline needs --baseline FILE.")
     app = load_app(app_spec)
-    if seed_spec:
-        seed_app(app, load_callable(seed_spec, "--seed"))
-    plans = shared_plans()
+    plans = PlanBook()
     try:
+        if seed_spec:
+            seed_app(app, load_callable(seed_spec, "--seed"))
         results = run_checks(
             app,
             requests,
@@ -414,6 +415,7 @@ def check(
         )
     finally:
         plans.close()
+        dispose_engines(app)
     console = Console(highlight=False)
     extra = []
     if base is not None and any(r.baseline == "recorded" for r in results):

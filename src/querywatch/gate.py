@@ -390,6 +390,10 @@ class ShapePlan:
         return self.remedy or "An index on the filtered columns, or a narrower query."
 
 
+#: Plans a :class:`PlanBook` keeps (shapes x databases).
+MAX_PLANS = 10_000
+
+
 class PlanBook:
     """Plans of read shapes, asked of the database once per shape and run.
 
@@ -427,7 +431,8 @@ class PlanBook:
         if not sql or sample is None:
             return None
         url = _url_of(sample[2])
-        key = (url, fp.id)
+        # Each in-memory SQLite database is a database of its own.
+        key = (url if sample[3] is None else f"{url}#{id(sample[3])}", fp.id)
         with self._lock:
             plan = self._plans.get(key)
             if plan is None:
@@ -439,6 +444,8 @@ class PlanBook:
                         plan = ShapePlan(error=f"The in-memory database could not be copied: {e}")
                 if plan is None:
                     plan = self._explain(target, sql, sample[1], fp)
+                if len(self._plans) >= MAX_PLANS:
+                    del self._plans[next(iter(self._plans))]  # the oldest
                 self._plans[key] = plan
         return plan
 

@@ -102,6 +102,9 @@ def pytest_configure(config: Config) -> None:
         " full_scans='allow', full_scan_min_rows=0): what the test may do with the"
         " database (querywatch)",
     )
+    from .testing import reset_plans
+
+    reset_plans()  # plans are asked afresh each session
     root = str(config.rootpath)
     try:
         project = load_project_config(os.path.join(root, "pyproject.toml"))
@@ -165,7 +168,19 @@ class _Gate:
 
 
 _GATE = pytest.StashKey[_Gate]()
-_OBSERVATION = pytest.StashKey[Observation]()
+_BUDGET = pytest.StashKey[Budget]()
+
+
+def pytest_collection_modifyitems(config: Config, items: list[Item]) -> None:
+    # Budgets are read before any test runs: a malformed marker stops the session.
+    gate = config.stash.get(_GATE, None)
+    if gate is None:
+        return
+    for item in items:
+        try:
+            item.stash[_BUDGET] = gate.budget_for(item)
+        except BudgetError as e:
+            raise pytest.UsageError(str(e)) from None
 
 
 @pytest.hookimpl(wrapper=True)
@@ -173,10 +188,7 @@ def pytest_runtest_call(item: Item) -> Generator[None, None, None]:
     gate = item.config.stash.get(_GATE, None)
     if gate is None:
         return (yield)
-    try:
-        budget = gate.budget_for(item)
-    except BudgetError as e:
-        raise pytest.UsageError(str(e)) from None
+    budget = item.stash.get(_BUDGET, None) or gate.budget_for(item)
     watched = (
         budget.enforced
         or gate.baseline is not None
@@ -293,6 +305,13 @@ def pytest_terminal_summary(terminalreporter: TerminalReporter, config: Config) 
         write_step_summary(text)
 
 
+def pytest_unconfigure(config: Config) -> None:
+    if config.stash.get(_GATE, None) is not None:
+        from .testing import reset_plans
+
+        reset_plans()
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     gate = session.config.stash.get(_GATE, None)
     if gate is None or gate.baseline is None or not gate.recorded:
@@ -392,6 +411,7 @@ class QueryWatchFixture:
     ) -> t.Any:
         from .testing import assert_constant_queries
 
+        __tracebackhide__ = True
         return assert_constant_queries(fn, sizes, setup=setup, app_packages=self._packages)
 
 

@@ -57,13 +57,23 @@ _plans_lock = threading.Lock()
 
 
 def shared_plans() -> PlanBook:
-    """The process's plan cache: each read shape is explained once per run."""
+    """The plan cache of this run (a pytest session's, else the process's): each read
+    shape is explained once per database and run."""
     global _plans
     if _plans is None:
         with _plans_lock:
             if _plans is None:
                 _plans = PlanBook()
     return _plans
+
+
+def reset_plans() -> None:
+    """Forget every plan (a new run begins: the schema may have changed)."""
+    global _plans
+    with _plans_lock:
+        old, _plans = _plans, None
+    if old is not None:
+        old.close()
 
 
 def _settings(app_packages: Iterable[str] | None) -> Settings:
@@ -81,6 +91,7 @@ def capture_queries(
 
 
 def raise_for(violations: list[Violation], header: str | None = None) -> None:
+    __tracebackhide__ = True  # pytest shows the test's line, not ours
     if not violations:
         return
     parts = [header] if header else []
@@ -90,6 +101,7 @@ def raise_for(violations: list[Violation], header: str | None = None) -> None:
 
 @contextlib.contextmanager
 def _assert_budget(budget: Budget, app_packages: Iterable[str] | None) -> Iterator[Observation]:
+    __tracebackhide__ = True
     with capture_queries("block", app_packages=app_packages) as obs:
         yield obs
     plans = shared_plans() if budget.full_scans == FORBID else None
@@ -130,6 +142,7 @@ def assert_constant_queries(
     """Fail when the number of statements grows with the data: ``setup(n)`` (not
     counted) makes ``n`` rows, then ``fn(n)`` runs counted, for each of the two sizes.
     Catches an N+1 with no threshold at all. Returns the two observations."""
+    __tracebackhide__ = True
     if len(sizes) != 2 or not all(isinstance(s, int) and s > 0 for s in sizes):
         msg = f"'sizes' must be two positive whole numbers such as (10, 100), got {sizes!r}."
         raise ValueError(msg)
