@@ -202,7 +202,12 @@ def test_fixture_context_managers(library: pytest.Pytester) -> None:
                 "Expected to perform 3 queries or less but 21 were done."
             )
             assert querywatch.query_count == 23
+            assert len(querywatch.queries) == 23
             assert [f.kind for f in querywatch.findings] == ["n_plus_one"]
+            plans = querywatch.plans()
+            assert len(plans) == 3  # the book by id, the authors, their books one by one
+            assert all(p.uses_index or p.flags == ("full_scan:lib_authors",)
+                       for p in plans.values())
 
         def test_no_n_plus_one(client, querywatch):
             with querywatch.assert_no_n_plus_one():
@@ -569,3 +574,32 @@ def test_a_plain_sqlite_memory_database_is_explained(pytester: pytest.Pytester) 
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["Full scan of lib_books (60 rows): *"])
+
+
+def test_parallel_workers_write_one_whole_baseline(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under pytest-xdist, each worker's tests reach the controller, which writes the
+    baseline once with all of them and prints one summary. (SQLite: each test has a
+    database file of its own, where workers on one PostgreSQL database would share
+    tables.)"""
+    monkeypatch.delenv("GATE_DB", raising=False)
+    monkeypatch.delenv("GATE_FIXED", raising=False)
+    library = pytester
+    library.makepyfile(gate_app=GATE_APP, conftest=CONFTEST, test_library=PLAIN_TESTS)
+    args = ["-p", "no:cacheprovider", "-n", "2", "--querywatch-baseline", "b.json"]
+    created = library.runpytest(*args)
+    created.assert_outcomes(passed=3)
+    created.stdout.fnmatch_lines(["querywatch: baseline created: 3 tests recorded in b.json."])
+    data = json.loads((library.path / "b.json").read_text())
+    assert sorted(data["tests"]) == [
+        "test_library.py::test_authors",
+        "test_library.py::test_book",
+        "test_library.py::test_by_isbn",
+    ]
+    library.makepyfile(test_library=TESTS)  # now with a budget the app breaks
+    judged = library.runpytest(*args)
+    judged.assert_outcomes(passed=1, failed=2)
+    judged.stdout.fnmatch_lines(
+        ["querywatch: 2 of 3 failed the query gate (2 problems, 23 queries in all)."]
+    )

@@ -313,11 +313,57 @@ def pytest_unconfigure(config: Config) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    gate = session.config.stash.get(_GATE, None)
-    if gate is None or gate.baseline is None or not gate.recorded:
+    config = session.config
+    gate = config.stash.get(_GATE, None)
+    if gate is None:
+        return
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:
+        # A pytest-xdist worker: the controller gathers every worker's results and
+        # writes the baseline once (workers writing it would overwrite each other).
+        workeroutput["querywatch"] = {
+            "recorded": gate.recorded,
+            "results": [_result_to_dict(r) for r in gate.results],
+        }
+        return
+    if gate.baseline is None or not gate.recorded:
         return
     gate.baseline.tests.update(gate.recorded)
     gate.baseline.save()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: t.Any, error: t.Any) -> None:
+    """pytest-xdist, on the controller: a worker finished; take its results."""
+    gate = node.config.stash.get(_GATE, None)
+    output = getattr(node, "workeroutput", {}).get("querywatch")
+    if gate is None or not output:
+        return
+    gate.recorded.update(output["recorded"])
+    gate.results.extend(_result_from_dict(d) for d in output["results"])
+
+
+def _result_to_dict(r: CaseResult) -> dict[str, t.Any]:
+    data = dataclasses.asdict(r)
+    for v, raw in zip(r.violations, data["violations"], strict=True):
+        raw["site"] = list(v.site) if v.site is not None else None
+    return data
+
+
+def _result_from_dict(d: dict[str, t.Any]) -> CaseResult:
+    from .capture import CallSite
+    from .gate import Violation
+
+    violations = [
+        Violation(
+            v["rule"],
+            v["message"],
+            list(v["details"]),
+            CallSite(*v["site"]) if v["site"] is not None else None,
+        )
+        for v in d["violations"]
+    ]
+    return CaseResult(**{**d, "violations": violations})
 
 
 def _rel(path: str) -> str:
