@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import os
 import threading
 import typing as t
@@ -249,20 +250,17 @@ class Observation:
         unit = record.name
         for f in findings:
             self.findings.append((f, unit))
-        for loop in record.loops.values():
-            use = self._use(loop.fingerprint)
-            use.calls += loop.calls
-            use.total += loop.total
-            use.rows += loop.rows
-            use.sites[loop.site] = use.sites.get(loop.site, 0) + loop.calls
-            use.relationship = use.relationship or loop.relationship
-            use.units.add(unit)
-        for shape in record.overflow.values():
-            use = self._use(shape.fingerprint)
-            use.calls += shape.calls
-            use.total += shape.total
-            use.rows += shape.rows
-            use.sites[shape.site] = use.sites.get(shape.site, 0) + shape.calls
+        # Per (shape, call site), and the statements past the record's cap per shape.
+        parts: list[t.Any] = [*record.loops.values(), *record.overflow.values()]
+        for part in parts:
+            use = self.shapes.get(part.fingerprint.id)
+            if use is None:
+                use = self.shapes[part.fingerprint.id] = ShapeUse(part.fingerprint)
+            use.calls += part.calls
+            use.total += part.total
+            use.rows += part.rows
+            use.sites[part.site] = use.sites.get(part.site, 0) + part.calls
+            use.relationship = use.relationship or getattr(part, "relationship", None)
             use.units.add(unit)
         for q in record.queries:
             sample = getattr(q, "sample", None)
@@ -270,12 +268,6 @@ class Observation:
                 known = self.shapes.get(q.fingerprint.id)
                 if known is not None and known.sample is None:
                     known.sample = sample
-
-    def _use(self, fp: Fingerprint) -> ShapeUse:
-        use = self.shapes.get(fp.id)
-        if use is None:
-            use = self.shapes[fp.id] = ShapeUse(fp)
-        return use
 
     def n_plus_one(self) -> list[tuple[Finding, str]]:
         return [(f, unit) for f, unit in self.findings if f.kind == N_PLUS_ONE]
@@ -575,9 +567,16 @@ def site_text(site: CallSite | None, root: str | None = None) -> str:
 
 
 def shape_text(fp: Fingerprint, n: int = 160) -> str:
+    """The shape on one line for a message (select list elided)."""
+    return _compact(fp.shape, n)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compact(shape: str, n: int) -> str:
+    # Cached: the same shapes come back in every test, and eliding costs a regex.
     from .report import compact_shape
 
-    return compact_shape(fp.shape, n)
+    return compact_shape(shape, n)
 
 
 def _units(units: t.Iterable[str]) -> str:
