@@ -305,7 +305,7 @@ def test_baseline_create_diff_update(
     assert list(data["tests"]) == sorted(data["tests"])
     authors = data["tests"]["test_library.py::test_authors"]
     assert authors["queries"] == 2
-    assert all(not s["n_plus_one"] for s in authors["shapes"].values())
+    assert all(s["findings"] == [] for s in authors["shapes"].values())
     assert text == json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
     # The same code compared with its own baseline passes.
@@ -339,6 +339,10 @@ def test_baseline_create_diff_update(
     )
     new = json.loads(path.read_text())
     assert new["tests"]["test_library.py::test_authors"]["queries"] == 21
+    found = [
+        s["findings"] for s in new["tests"]["test_library.py::test_authors"]["shapes"].values()
+    ]
+    assert sorted(found) == [[], ["n_plus_one"]]
     isbn = new["tests"]["test_library.py::test_by_isbn"]["shapes"]
     assert [s["flags"] for s in isbn.values()] == [["full_scan:lib_books"]]
     library.runpytest(*args).assert_outcomes(passed=3)

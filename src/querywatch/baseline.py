@@ -13,8 +13,8 @@ well in a diff::
           "shapes": {
             "8c1f0e2b7d3a4f51": {
               "calls": 1,
+              "findings": [],
               "flags": [],
-              "n_plus_one": false,
               "site": "shop/views.py:143 (recent_orders)",
               "sql": "SELECT orders.id, ... FROM orders ORDER BY orders.id DESC LIMIT ?"
             }
@@ -36,6 +36,7 @@ import math
 import os
 import typing as t
 
+from .detectors import N_PLUS_ONE
 from .exceptions import QueryWatchError
 from .gate import Violation
 from .gate import full_scan_violation
@@ -214,7 +215,7 @@ class Baseline:
                 )
             )
         for f, unit in obs.n_plus_one():
-            if not old_shapes.get(f.fingerprint.id, {}).get("n_plus_one", False):
+            if N_PLUS_ONE not in old_shapes.get(f.fingerprint.id, {}).get("findings", ()):
                 out.append(n_plus_one_violation(f, unit, root, rule="new_n_plus_one"))
         if plans is not None:
             for use in sorted(obs.reads(), key=lambda u: u.fingerprint.id):
@@ -255,15 +256,18 @@ def _slowest(obs: Observation, root: str | None) -> list[str]:
 def entry_for(
     obs: Observation, plans: PlanBook | None, root: str | None = None
 ) -> dict[str, t.Any]:
-    """What a baseline keeps of one test."""
-    n1 = {f.fingerprint.id for f, _ in obs.n_plus_one()}
+    """What a baseline keeps of one test: per shape its calls, findings (N+1, slow,
+    repeated), plan flags, call site and SQL."""
+    kinds: dict[str, set[str]] = {}
+    for f, _ in obs.findings:
+        kinds.setdefault(f.fingerprint.id, set()).add(f.kind)
     shapes: dict[str, t.Any] = {}
     for fp_id, use in obs.shapes.items():
         plan = plans.plan(use) if plans is not None and use.fingerprint.is_read else None
         shapes[fp_id] = {
             "calls": use.calls,
             "flags": list(plan.flags) if plan is not None else [],
-            "n_plus_one": fp_id in n1,
+            "findings": sorted(kinds.get(fp_id, ())),
             "site": site_text(use.site, root) if use.site is not None else None,
             "sql": shape_text(use.fingerprint, 240),
         }
@@ -300,5 +304,6 @@ def _check_entry(path: str, name: str, entry: t.Any) -> None:
         flags = shape.get("flags", [])
         if not isinstance(flags, list) or not all(isinstance(x, str) for x in flags):
             raise bad(f"{field}.flags", "a list of plan flags such as 'full_scan:orders'", flags)
-        if not isinstance(shape.get("n_plus_one", False), bool):
-            raise bad(f"{field}.n_plus_one", "true or false", shape.get("n_plus_one"))
+        found = shape.get("findings", [])
+        if not isinstance(found, list) or not all(isinstance(x, str) for x in found):
+            raise bad(f"{field}.findings", "a list of findings such as 'n_plus_one'", found)
