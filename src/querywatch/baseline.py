@@ -41,6 +41,7 @@ from .exceptions import QueryWatchError
 from .gate import Violation
 from .gate import full_scan_violation
 from .gate import n_plus_one_violation
+from .gate import over_budget
 from .gate import shape_text
 from .gate import site_text
 
@@ -204,14 +205,14 @@ class Baseline:
                     )
             tolerance = f"{budget.count_tolerance:.0%}"
             out.append(
-                Violation(
+                over_budget(
                     "count_increase",
                     f"The query count rose from {before} to {now} (more than the"
                     f" {tolerance} tolerance over the baseline).",
-                    grew[:5],
-                    site=max(obs.shapes.values(), key=lambda u: u.calls).site
-                    if obs.shapes
-                    else None,
+                    obs,
+                    lambda u: u.calls,
+                    root,
+                    details=grew[:5],
                 )
             )
         for f, unit in obs.n_plus_one():

@@ -597,6 +597,25 @@ def _top_lines(obs: Observation, key: t.Callable[[ShapeUse], float], root: str |
     return lines
 
 
+def over_budget(
+    rule: str,
+    message: str,
+    obs: Observation,
+    key: t.Callable[[ShapeUse], float],
+    root: str | None,
+    details: list[str] | None = None,
+) -> Violation:
+    """A violation of a whole-test limit: the top shapes by ``key`` as details, the
+    first one's call site as the place."""
+    top = max(obs.shapes.values(), key=key) if obs.shapes else None
+    return Violation(
+        rule,
+        message,
+        _top_lines(obs, key, root) if details is None else details,
+        site=top.site if top is not None else None,
+    )
+
+
 def evaluate(
     obs: Observation, budget: Budget, plans: PlanBook | None = None, root: str | None = None
 ) -> list[Violation]:
@@ -605,22 +624,24 @@ def evaluate(
     out: list[Violation] = []
     if budget.max_queries is not None and obs.query_count > budget.max_queries:
         out.append(
-            Violation(
+            over_budget(
                 "max_queries",
                 f"Expected to perform {budget.max_queries} queries or less but"
                 f" {obs.query_count} were done.",
-                _top_lines(obs, lambda u: u.calls, root),
-                site=max(obs.shapes.values(), key=lambda u: u.calls).site if obs.shapes else None,
+                obs,
+                lambda u: u.calls,
+                root,
             )
         )
     if budget.max_db_ms is not None and obs.db_ms > budget.max_db_ms:
         out.append(
-            Violation(
+            over_budget(
                 "max_db_ms",
                 f"Expected to spend {budget.max_db_ms:g} ms or less in the database but"
                 f" {obs.db_ms:.1f} ms were spent.",
-                _top_lines(obs, lambda u: u.total, root),
-                site=max(obs.shapes.values(), key=lambda u: u.total).site if obs.shapes else None,
+                obs,
+                lambda u: u.total,
+                root,
             )
         )
     if budget.n_plus_one == FORBID:
