@@ -41,3 +41,232 @@ def test_cache_counters_are_valid_prometheus_metrics(app: t.Any) -> None:
         [_promtool(), "check", "metrics"], input=text, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _promtool_check(text: str) -> None:
+    done = subprocess.run(
+        [_promtool(), "check", "metrics"], input=text, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """``name``'s samples of an exposition, by their sorted labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name:
+                out[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def test_metrics_endpoint_serves_the_app_s_histograms(client: t.Any) -> None:
+    """``/metrics``: request durations by url rule (never the raw path) and status,
+    statement durations by operation and shape id (never SQL), queries a request, N+1
+    findings and the pool, with OpenTelemetry's bucket boundaries; promtool accepts it."""
+    for _ in range(3):
+        assert client.get("/api/orders/recent?limit=10").status_code == 200
+        assert client.get("/api/products/3").status_code == 200
+    assert client.get("/api/products/999999").status_code == 404
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.content_type == "text/plain; version=1.0.0; charset=utf-8"
+    text = response.get_data(as_text=True)
+    _promtool_check(text)
+    http = _samples(text, "http_server_request_duration_seconds_count")
+    route = "/api/products/<int:product_id>"
+    assert http == {
+        (("http_request_method", "GET"), ("http_response_status_code", "200"),
+         ("http_route", "/api/orders/recent")): 3.0,
+        (("http_request_method", "GET"), ("http_response_status_code", "200"),
+         ("http_route", route)): 3.0,
+        (("http_request_method", "GET"), ("http_response_status_code", "404"),
+         ("http_route", route)): 1.0,
+    }  # fmt: skip
+    assert "/api/products/3" not in text  # the rule, never the path
+    buckets = _samples(text, "http_server_request_duration_seconds_bucket")
+    les = sorted({float(dict(k)["le"]) for k in buckets})
+    assert les == [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+                   10.0, float("inf")]  # fmt: skip
+    db = _samples(text, "db_client_operation_duration_seconds_count")
+    assert sum(db.values()) == 3 * 11 + 3 * 1 + 1  # recent: 1 + 10 lazy loads a request
+    for labels in db:
+        d = dict(labels)
+        assert d["db_operation_name"] == "SELECT"
+        assert len(d["db_query_shape"]) == 16
+        assert "SELECT" not in d["db_query_shape"]
+    db_les = sorted({float(dict(k)["le"]) for k in
+                     _samples(text, "db_client_operation_duration_seconds_bucket")})  # fmt: skip
+    assert db_les == [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, float("inf")]
+    queries = _samples(text, "querywatch_request_queries_sum")
+    assert queries[(("http_route", "/api/orders/recent"),)] == 33.0
+    n1 = _samples(text, "querywatch_n_plus_one_total")
+    assert n1 == {(("http_route", "/api/orders/recent"),): 3.0}
+    pool = _samples(text, "db_client_connections_usage")
+    assert set(pool) == {
+        (("pool_name", "default"), ("state", "used")),
+        (("pool_name", "default"), ("state", "idle")),
+    }
+    # querywatch's own endpoint is not the app's traffic.
+    again = _samples(client.get("/metrics").get_data(as_text=True),
+                     "http_server_request_duration_seconds_count")  # fmt: skip
+    assert again == http
+
+
+def test_shape_label_is_capped(sqlite_shop_url: str, tmp_path: t.Any) -> None:
+    """Past ``QUERYWATCH_METRICS_MAX_SHAPES`` shapes, statements count under ``other``."""
+    app = shop.create_app(
+        sqlite_shop_url,
+        instance_path=str(tmp_path / "instance"),
+        config={"QUERYWATCH_FLUSH_INTERVAL": 3600, "QUERYWATCH_METRICS_MAX_SHAPES": 2},
+    )
+    client = app.test_client()
+    assert client.get("/api/admin/overview").status_code == 200  # 10 distinct shapes
+    text = client.get("/metrics").get_data(as_text=True)
+    db = _samples(text, "db_client_operation_duration_seconds_count")
+    shapes = sorted(dict(k)["db_query_shape"] for k in db)
+    assert len(shapes) == 3
+    assert "other" in shapes
+    assert db[(("db_operation_name", "SELECT"), ("db_query_shape", "other"))] == 8.0
+    with app.app_context():
+        shop.db.engine.dispose()
+
+
+def test_metrics_token(sqlite_shop_url: str, tmp_path: t.Any) -> None:
+    """With ``QUERYWATCH_METRICS_TOKEN``, a scrape without the bearer token gets 401."""
+    token = "s3cret-token-for-scrapes"
+    app = shop.create_app(
+        sqlite_shop_url,
+        instance_path=str(tmp_path / "instance"),
+        config={"QUERYWATCH_FLUSH_INTERVAL": 3600, "QUERYWATCH_METRICS_TOKEN": token},
+    )
+    client = app.test_client()
+    denied = client.get("/metrics")
+    assert denied.status_code == 401
+    assert denied.headers["WWW-Authenticate"] == 'Bearer realm="metrics"'
+    wrong = client.get("/metrics", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    ok = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert ok.status_code == 200
+    assert "http_server_request_duration_seconds" in ok.get_data(as_text=True)
+    with app.app_context():
+        shop.db.engine.dispose()
+
+
+def test_readiness_reports_each_database_and_its_pool(client: t.Any) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    data = response.get_json()
+    assert data["status"] == "ready"
+    (db,) = data["databases"]
+    assert db["name"] == "default"
+    assert db["ok"] is True
+    assert set(db["pool"]) == {"size", "checked_out", "idle", "overflow", "max", "saturation"}
+
+
+def test_readiness_fails_within_its_timeout_when_the_database_is_gone(tmp_path: t.Any) -> None:
+    """A database that does not answer makes ``/readyz`` answer 503 with the reason,
+    within the configured timeout; the app's other requests are unaffected."""
+    import socket
+    import time
+
+    listener = socket.socket()  # accepts connections, never answers
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    try:
+        app = shop.create_app(
+            f"postgresql+psycopg://postgres@127.0.0.1:{port}/test",
+            instance_path=str(tmp_path / "instance"),
+            config={"QUERYWATCH_FLUSH_INTERVAL": 3600, "QUERYWATCH_READY_TIMEOUT": 0.5},
+        )
+        client = app.test_client()
+        start = time.monotonic()
+        response = client.get("/readyz")
+        took = time.monotonic() - start
+        assert response.status_code == 503
+        data = response.get_json()
+        assert data["status"] == "unavailable"
+        assert data["databases"][0]["error"] == "no answer within 0.5 s"
+        assert took < 2.0
+        assert client.get("/healthz").status_code == 200
+    finally:
+        listener.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_real_prometheus_scrapes_the_app(app: t.Any, tmp_path: t.Any) -> None:
+    """Debian's Prometheus, started here on 127.0.0.1, scrapes the shop served by a real
+    threaded server: its query API returns our histogram with the url rule and status
+    labels, and counts exactly the requests sent."""
+    import json as jsonlib
+    import threading
+    import time
+    import urllib.parse
+    import urllib.request
+
+    from werkzeug.serving import make_server
+
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        _unavailable("Prometheus", "not installed; Debian package 'prometheus'")
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    app_port = server.server_port
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    prom_port = _free_port()
+    (tmp_path / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+        "scrape_configs:\n  - job_name: shop\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{app_port}']\n"
+    )
+    proc = subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        sent = 25
+        for i in range(sent):
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{app_port}/api/products/{i % 10 + 1}"
+            ) as r:
+                assert r.status == 200
+        query = urllib.parse.quote(
+            'http_server_request_duration_seconds_count{http_route="/api/products/<int:product_id>"}'
+        )
+        result: list[t.Any] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                url = f"http://127.0.0.1:{prom_port}/api/v1/query?query={query}"
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    result = jsonlib.load(r)["data"]["result"]
+            except OSError:
+                result = []
+            if result and float(result[0]["value"][1]) == sent:
+                break
+            time.sleep(0.5)
+        assert len(result) == 1, result
+        labels = result[0]["metric"]
+        assert labels["job"] == "shop"
+        assert labels["http_request_method"] == "GET"
+        assert labels["http_response_status_code"] == "200"
+        assert float(result[0]["value"][1]) == sent
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        server.shutdown()

@@ -53,6 +53,15 @@ class Settings:
     #: Redis for the cache's entries and versions (shared by every process), or None.
     cache_url: str | None = None
     cache_prefix: str = "qw:"
+    #: Prometheus metrics at ``metrics_path`` (None: no endpoint, no metrics).
+    metrics_path: str | None = "/metrics"
+    #: A bearer token ``/metrics`` requires, or None.
+    metrics_token: str | None = None
+    #: Query shapes with a series of their own in the metrics.
+    metrics_max_shapes: int = 50
+    #: The readiness endpoint (None: none) and its per-database timeout.
+    ready_path: str | None = "/readyz"
+    ready_timeout: float = 2.0
 
 
 def _bool(app: Flask, key: str, default: bool) -> bool:
@@ -159,6 +168,24 @@ def _optional_bool(app: Flask, key: str) -> bool | None:
     return _bool(app, key, False)
 
 
+def _path(app: Flask, key: str, default: str) -> str | None:
+    value = app.config.setdefault(key, default)
+    if value is None or value is False or value == "":
+        return None
+    if not isinstance(value, str) or not value.startswith("/") or " " in value:
+        raise ConfigError(key, f"a URL path such as {default!r}, or None to turn it off", value)
+    return value
+
+
+def _token(app: Flask, key: str) -> str | None:
+    value = app.config.setdefault(key, None)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) < 16:
+        raise ConfigError(key, "a secret string of at least 16 characters", "<hidden>")
+    return value
+
+
 def load_settings(app: Flask) -> Settings:
     """Read and validate the ``QUERYWATCH_*`` keys, writing defaults back to
     ``app.config`` so it shows the effective values."""
@@ -200,4 +227,11 @@ def load_settings(app: Flask) -> Settings:
         ),
         cache_url=_redis_url(app, "QUERYWATCH_CACHE_URL"),
         cache_prefix=_prefix(app, "QUERYWATCH_CACHE_PREFIX", "qw:"),
+        metrics_path=_path(app, "QUERYWATCH_METRICS_PATH", "/metrics"),
+        metrics_token=_token(app, "QUERYWATCH_METRICS_TOKEN"),
+        metrics_max_shapes=int(
+            _number(app, "QUERYWATCH_METRICS_MAX_SHAPES", 50, minimum=1, integer=True)
+        ),
+        ready_path=_path(app, "QUERYWATCH_READY_PATH", "/readyz"),
+        ready_timeout=_number(app, "QUERYWATCH_READY_TIMEOUT", 2.0, minimum=0, exclusive=True),
     )

@@ -39,6 +39,7 @@ if t.TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from .cache import Cache
+    from .metrics import AppMetrics
     from .store import Store
 
 __all__ = ["QueryWatch", "cached_query"]
@@ -66,6 +67,8 @@ class AppState:
         self._cache: Cache | None = None
         #: The QueryWatch instance registered on the app.
         self.owner: QueryWatch | None = None
+        #: The app's Prometheus metrics (None when ``QUERYWATCH_METRICS_PATH`` is None).
+        self.metrics: AppMetrics | None = None
 
     @property
     def store(self) -> Store:
@@ -137,6 +140,8 @@ class AppState:
         if self.listeners:
             for listener in list(self.listeners):
                 listener(record, findings)
+        if self.metrics is not None:
+            self.metrics.add(record, findings)
         if observers:
             for observer in list(observers):
                 observer(record, findings)
@@ -195,6 +200,8 @@ class Flusher:
                 state = self._state()
                 if state is not None:
                     state.stats.fold()
+                    if state.metrics is not None:
+                        state.metrics.fold()
                 if time.monotonic() >= next_flush:
                     next_flush = time.monotonic() + self.interval
                     self.flush()
@@ -335,6 +342,8 @@ class QueryWatch:
             capture.sample_min_seconds = min(
                 capture.sample_min_seconds, settings.slow_query_seconds
             )
+        if settings.metrics_path is not None or settings.ready_path is not None:
+            _register_views(app, state)
         before, after, teardown = _request_hooks(state)
         app.before_request_funcs.setdefault(None, []).insert(0, before)
         app.after_request_funcs.setdefault(None, []).append(after)
@@ -455,11 +464,14 @@ def _request_hooks(
 
     settings = state.settings
     current = capture.current_record
+    from .metrics import OWN_ENDPOINTS
 
     def _before_request() -> None:
         try:
             req = request._get_current_object()  # type: ignore[attr-defined]
             rule = req.url_rule
+            if rule is not None and rule.endpoint in OWN_ENDPOINTS:
+                return  # querywatch's own endpoints are not the app's traffic
             name = f"{req.method} {rule.rule if rule is not None else '<unmatched>'}"
             record = state.new_record(name, "request")
             record.token = capture.start_record(record)
@@ -490,6 +502,69 @@ def _request_hooks(
             swallow("extension.teardown_request", e)
 
     return _before_request, _after_request, _teardown_request
+
+
+def _register_views(app: Flask, state: AppState) -> None:
+    """``/metrics`` and ``/readyz`` (their paths as configured), unless the app already
+    routes those paths."""
+    import hmac
+
+    from flask import Response as FlaskResponse
+    from flask import jsonify
+
+    from . import metrics
+
+    settings = state.settings
+    app_ref = weakref.ref(app)
+    explicit = state.engines
+
+    def engines() -> dict[str, t.Any]:
+        a = app_ref()
+        return metrics.app_engines(a, explicit) if a is not None else {}
+
+    taken = {r.rule for r in app.url_map.iter_rules()}
+    if settings.metrics_path is not None:
+        if settings.metrics_path in taken:
+            log_limited(
+                "metrics.path",
+                "querywatch did not add %s: the app already routes it. Set"
+                " QUERYWATCH_METRICS_PATH to another path (or None).",
+                settings.metrics_path,
+            )
+        else:
+            state.metrics = metrics.AppMetrics(
+                state.name, engines, max_shapes=settings.metrics_max_shapes
+            )
+            token = settings.metrics_token
+
+            def metrics_view() -> FlaskResponse:
+                from prometheus_client import CONTENT_TYPE_LATEST
+                from prometheus_client import generate_latest
+
+                if token is not None:
+                    given = request.headers.get("Authorization", "")
+                    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                        return FlaskResponse(
+                            "A bearer token is required (QUERYWATCH_METRICS_TOKEN).\n",
+                            status=401,
+                            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+                            mimetype="text/plain",
+                        )
+                m = state.metrics
+                assert m is not None
+                m.fold()
+                return FlaskResponse(generate_latest(m.registry), content_type=CONTENT_TYPE_LATEST)
+
+            app.add_url_rule(
+                settings.metrics_path, metrics.METRICS_ENDPOINT, metrics_view, methods=["GET"]
+            )
+    if settings.ready_path is not None and settings.ready_path not in taken:
+
+        def ready_view() -> tuple[FlaskResponse, int]:
+            report, ok = metrics.readiness(engines(), settings.ready_timeout)
+            return jsonify(report), 200 if ok else 503
+
+        app.add_url_rule(settings.ready_path, metrics.READY_ENDPOINT, ready_view, methods=["GET"])
 
 
 def cached_query(

@@ -1,6 +1,27 @@
 """Prometheus metrics (``prometheus_client``).
 
-For now the result cache's counters, per app and cached function, collected from
+Each app gets its own :class:`~prometheus_client.CollectorRegistry` (:class:`AppMetrics`),
+served at ``QUERYWATCH_METRICS_PATH`` (``/metrics``). Names and bucket boundaries follow
+the OpenTelemetry semantic conventions, as Prometheus exports them:
+
+* ``http_server_request_duration_seconds{http_request_method, http_route,
+  http_response_status_code}``: the url rule, never the raw path;
+* ``db_client_operation_duration_seconds{db_operation_name, db_query_shape}``: the shape
+  is a fingerprint id for the first ``QUERYWATCH_METRICS_MAX_SHAPES`` shapes seen, then
+  ``other``; never SQL text;
+* ``querywatch_request_queries{http_route}``: statements a request;
+* ``querywatch_n_plus_one_total{http_route}``, ``querywatch_slow_queries_total{http_route}``;
+* ``querywatch_internal_errors_total{where}``: querywatch's own swallowed errors;
+* ``db_client_connections_usage{pool_name, state}``, ``db_client_connections_max{pool_name}``
+  (OpenTelemetry's earlier names: the current ``db.client.connection.count`` exports as
+  ``..._count``, which Prometheus reserves for histograms),
+  ``querywatch_db_pool_overflow{pool_name}``: the SQLAlchemy pools, read at scrape time;
+* the result cache's counters below.
+
+Requests cost a queue append: finished units of work are observed by the flusher thread
+(and by a scrape, first), off the request path.
+
+The result cache's counters, per app and cached function, are collected from
 querywatch's own counters at scrape time (nothing is counted twice, nothing costs a
 request anything):
 
@@ -17,24 +38,53 @@ request anything):
 
 Function names are bounded (200 a cache, the rest as ``other``). The collector is
 registered on ``prometheus_client``'s default registry when the first cache is made, so
-any ``/metrics`` exporter of the process shows it.
+any ``/metrics`` exporter of the process shows it; each app's registry has its own.
 """
 
 from __future__ import annotations
 
+import collections
 import threading
 import typing as t
 
+from prometheus_client import Counter
+from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY
 from prometheus_client.registry import Collector
+from prometheus_client.registry import CollectorRegistry
+
+from ._failopen import internal_error_counts
 
 if t.TYPE_CHECKING:
+    from collections.abc import Callable
+    from collections.abc import Iterable
     from collections.abc import Iterator
 
     from prometheus_client.core import Metric
 
-__all__ = ["CacheCollector", "register_cache_collector"]
+    from .capture import Record
+    from .detectors import Finding
+
+__all__ = ["AppMetrics", "CacheCollector", "register_cache_collector"]
+
+#: OpenTelemetry's boundaries for ``http.server.request.duration``.
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+#: OpenTelemetry's boundaries for ``db.client.operation.duration``.
+DB_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+QUERY_COUNT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+#: HTTP methods kept as they are; any other is ``_OTHER`` (OpenTelemetry's rule).
+HTTP_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+)
+#: Operations kept as they are; any other first keyword is ``other``.
+DB_OPERATIONS = frozenset(
+    ("SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "CALL", "CREATE", "ALTER", "DROP")
+)
+#: Finished units of work waiting to be observed, at most; past it, the oldest go.
+MAX_QUEUED = 10_000
+OTHER = "other"
 
 
 #: (counter field, metric name without the prefix, help) of the per-function counters.
@@ -60,7 +110,11 @@ _PER_FUNCTION = (
 
 
 class CacheCollector(Collector):
-    """The result cache's counters of every app in the process."""
+    """The result cache's counters of every app in the process (or of the app named
+    ``app``)."""
+
+    def __init__(self, app: str | None = None) -> None:
+        self.app = app
 
     def collect(self) -> Iterator[Metric]:
         from .extension import _states
@@ -81,7 +135,7 @@ class CacheCollector(Collector):
         fields = ("hits", "misses", *families)
         for state in list(_states):
             cache = state._cache
-            if cache is None:
+            if cache is None or (self.app is not None and state.name != self.app):
                 continue
             for name, st in list(cache.stats.items()):
                 agg = totals.setdefault((state.name, name), dict.fromkeys(fields, 0))
@@ -107,3 +161,300 @@ def register_cache_collector() -> None:
         if not _registered:
             REGISTRY.register(CacheCollector())
             _registered = True
+
+
+class _Unit(t.NamedTuple):
+    name: str
+    kind: str
+    status: int
+    duration: float
+    query_count: int
+    queries: list[t.Any]
+    loops: list[t.Any]
+    dropped: int
+    n_plus_one: int
+    slow: int
+
+
+class AppMetrics:
+    """One app's Prometheus metrics, in a registry of its own.
+
+    :param name: the app's name (the cache counters' ``app`` label).
+    :param engines: returns the app's engines (by bind name) when a scrape reads the
+        pools.
+    :param max_shapes: query shapes with a series of their own; the rest are ``other``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        engines: Callable[[], dict[str, t.Any]],
+        *,
+        max_shapes: int = 50,
+    ) -> None:
+        self.name = name
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.http = Histogram(
+            "http_server_request_duration_seconds",
+            "Duration of HTTP server requests, by url rule (OpenTelemetry"
+            " http.server.request.duration).",
+            ["http_request_method", "http_route", "http_response_status_code"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        self.db = Histogram(
+            "db_client_operation_duration_seconds",
+            "Duration of database statements until their result was read, by operation"
+            " and query shape (OpenTelemetry db.client.operation.duration).",
+            ["db_operation_name", "db_query_shape"],
+            buckets=DB_BUCKETS,
+            registry=r,
+        )
+        self.queries = Histogram(
+            "querywatch_request_queries",
+            "SQL statements a request ran.",
+            ["http_route"],
+            buckets=QUERY_COUNT_BUCKETS,
+            registry=r,
+        )
+        self.n_plus_one = Counter(
+            "querywatch_n_plus_one",
+            "N+1 loops found (one finding a loop a request).",
+            ["http_route"],
+            registry=r,
+        )
+        self.slow = Counter(
+            "querywatch_slow_queries",
+            "Statements at or over QUERYWATCH_SLOW_QUERY_MS.",
+            ["http_route"],
+            registry=r,
+        )
+        r.register(_InternalErrors())
+        r.register(_PoolCollector(engines))
+        r.register(CacheCollector(app=name))
+        self.max_shapes = max_shapes
+        #: Shapes with a series of their own (fingerprint ids).
+        self.shapes: set[str] = set()
+        self._queue: collections.deque[_Unit] = collections.deque(maxlen=MAX_QUEUED)
+        self._lock = threading.Lock()
+
+    def add(self, record: Record, findings: Iterable[Finding]) -> None:
+        """Queue a finished unit of work (an append; observed by :meth:`fold`)."""
+        n1 = slow = 0
+        for f in findings:
+            if f.kind == "n_plus_one":
+                n1 += 1
+            elif f.kind == "slow_query":
+                slow += f.count
+        self._queue.append(
+            _Unit(
+                record.name,
+                record.kind,
+                record.status,
+                record.duration,
+                record.query_count,
+                record.queries,
+                list(record.loops.values()) + list(record.overflow.values())
+                if record.dropped
+                else [],
+                record.dropped,
+                n1,
+                slow,
+            )
+        )
+
+    def fold(self) -> None:
+        """Observe the queued units of work."""
+        with self._lock:
+            queue = self._queue
+            while True:
+                try:
+                    unit = queue.popleft()
+                except IndexError:
+                    return
+                self._observe(unit)
+
+    def _shape_label(self, fp_id: str) -> str:
+        if fp_id in self.shapes:
+            return fp_id
+        if len(self.shapes) < self.max_shapes and fp_id != OTHER:
+            self.shapes.add(fp_id)
+            return fp_id
+        return OTHER
+
+    def _observe(self, u: _Unit) -> None:
+        if u.kind == "request":
+            method, _, route = u.name.partition(" ")
+            if method not in HTTP_METHODS:
+                method = "_OTHER"
+            self.http.labels(method, route, str(u.status)).observe(u.duration)
+            self.queries.labels(route).observe(u.query_count)
+            if u.n_plus_one:
+                self.n_plus_one.labels(route).inc(u.n_plus_one)
+            if u.slow:
+                self.slow.labels(route).inc(u.slow)
+        kept: dict[str, int] = {}
+        for q in u.queries:
+            fp = q.fingerprint
+            op = fp.operation if fp.operation in DB_OPERATIONS else OTHER
+            self.db.labels(op, self._shape_label(fp.id)).observe(q.duration)
+            kept[fp.id] = kept.get(fp.id, 0) + 1
+        # Statements past the record's cap were aggregated without being kept: each is
+        # observed at its shape's mean.
+        for part in u.loops:
+            fp = part.fingerprint
+            extra = part.calls - kept.pop(fp.id, 0)
+            if extra <= 0 or part.calls <= 0:
+                continue
+            op = fp.operation if fp.operation in DB_OPERATIONS else OTHER
+            child = self.db.labels(op, self._shape_label(fp.id))
+            mean = part.total / part.calls
+            for _ in range(extra):
+                child.observe(mean)
+
+
+class _InternalErrors(Collector):
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "querywatch_internal_errors",
+            "querywatch's own errors, swallowed so that no request failed, by place.",
+            labels=["where"],
+        )
+        for where, n in sorted(internal_error_counts().items()):
+            family.add_metric([where], n)
+        yield family
+
+
+class _PoolCollector(Collector):
+    """The SQLAlchemy pools of one app, read at scrape time."""
+
+    def __init__(self, engines: Callable[[], dict[str, t.Any]]) -> None:
+        self.engines = engines
+
+    def collect(self) -> Iterator[Metric]:
+        count = GaugeMetricFamily(
+            "db_client_connections_usage",
+            "Connections of the pool, by state (used: checked out; idle: in the pool).",
+            labels=["pool_name", "state"],
+        )
+        most = GaugeMetricFamily(
+            "db_client_connections_max",
+            "Connections the pool may open at most (size plus max overflow).",
+            labels=["pool_name"],
+        )
+        overflow = GaugeMetricFamily(
+            "querywatch_db_pool_overflow",
+            "Connections open beyond the pool's size.",
+            labels=["pool_name"],
+        )
+        try:
+            engines = self.engines()
+        except Exception:
+            engines = {}
+        for name, engine in sorted(engines.items()):
+            st = pool_status(engine)
+            if st is None:
+                continue
+            count.add_metric([name, "used"], st["checked_out"])
+            count.add_metric([name, "idle"], st["idle"])
+            if st["max"] is not None:
+                most.add_metric([name], st["max"])
+            overflow.add_metric([name], st["overflow"])
+        yield count
+        yield most
+        yield overflow
+
+
+def pool_status(engine: t.Any) -> dict[str, t.Any] | None:
+    """Size, use and saturation of an engine's pool (QueuePool and kin), or None when
+    the pool keeps no count (NullPool, StaticPool)."""
+    pool = engine.pool
+    size = getattr(pool, "size", None)
+    checkedout = getattr(pool, "checkedout", None)
+    if not callable(size) or not callable(checkedout):
+        return None
+    out_n = int(checkedout())
+    size_n = int(size())
+    overflow_fn = getattr(pool, "overflow", None)
+    # QueuePool counts its overflow from minus its size: below the size it is negative.
+    over = max(int(overflow_fn()), 0) if callable(overflow_fn) else 0
+    max_overflow = getattr(pool, "_max_overflow", None)
+    most = size_n + max_overflow if isinstance(max_overflow, int) and max_overflow >= 0 else None
+    checkedin = getattr(pool, "checkedin", None)
+    idle = int(checkedin()) if callable(checkedin) else 0
+    return {
+        "size": size_n,
+        "checked_out": out_n,
+        "idle": idle,
+        "overflow": over,
+        "max": most,
+        "saturation": round(out_n / most, 3) if most else None,
+    }
+
+
+# --- the app's endpoints ----------------------------------------------------------------
+
+#: Endpoint names of querywatch's own views; their requests are not captured.
+METRICS_ENDPOINT = "_querywatch_metrics"
+READY_ENDPOINT = "_querywatch_ready"
+OWN_ENDPOINTS = frozenset((METRICS_ENDPOINT, READY_ENDPOINT))
+
+
+def app_engines(app: t.Any, explicit: Iterable[t.Any] | None) -> dict[str, t.Any]:
+    """The engines an app uses, by name: ``QueryWatch(engines=...)``'s, else
+    Flask-SQLAlchemy's binds (``default`` for the main one)."""
+    if explicit is not None:
+        return {f"{e.url.get_backend_name()}:{e.url.database or ''}#{i}": e
+                for i, e in enumerate(explicit)}  # fmt: skip
+    ext = app.extensions.get("sqlalchemy")
+    if ext is None:
+        return {}
+    with app.app_context():
+        engines = dict(ext.engines)
+    return {("default" if k is None else str(k)): e for k, e in engines.items()}
+
+
+def check_database(engine: t.Any, timeout: float) -> dict[str, t.Any]:
+    """``SELECT 1`` on a connection of the engine's pool, given ``timeout`` seconds (in a
+    thread of its own, so a database that hangs cannot hold the probe)."""
+    import time
+
+    from sqlalchemy import text
+
+    from .capture import IGNORE_OPTION
+
+    result: dict[str, t.Any] = {}
+
+    def probe() -> None:
+        start = time.perf_counter()
+        try:
+            with engine.connect().execution_options(**{IGNORE_OPTION: True}) as conn:
+                conn.execute(text("SELECT 1"))
+            result["ok"] = True
+        except Exception as e:
+            result["ok"] = False
+            first = str(e).splitlines()[0][:200] if str(e) else ""
+            result["error"] = f"{type(e).__name__}: {first}"
+        result["ms"] = round((time.perf_counter() - start) * 1000, 2)
+
+    thread = threading.Thread(target=probe, name="querywatch-ready", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        return {"ok": False, "error": f"no answer within {timeout:g} s", "ms": timeout * 1000}
+    return result
+
+
+def readiness(engines: dict[str, t.Any], timeout: float) -> tuple[dict[str, t.Any], bool]:
+    """The readiness report of an app's databases, and whether all answered."""
+    dbs = []
+    ready = True
+    for name, engine in sorted(engines.items()):
+        entry = {"name": name, **check_database(engine, timeout)}
+        st = pool_status(engine)
+        if st is not None:
+            entry["pool"] = st
+        ready = ready and bool(entry["ok"])
+        dbs.append(entry)
+    return {"status": "ready" if ready else "unavailable", "databases": dbs}, ready
