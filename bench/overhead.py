@@ -84,6 +84,12 @@ class Worker:
                 config={
                     "QUERYWATCH_STORE_URL": f"sqlite:///{workdir}/qw-store.db",
                     "QUERYWATCH_FLUSH_INTERVAL": float(os.environ.get("QW_BENCH_FLUSH", "5")),
+                    # QW_BENCH_METRICS=0: without the Prometheus metrics, to see their cost.
+                    **(
+                        {"QUERYWATCH_METRICS_PATH": None}
+                        if os.environ.get("QW_BENCH_METRICS") == "0"
+                        else {}
+                    ),
                 },
             )
             return

@@ -46,11 +46,11 @@ from __future__ import annotations
 import collections
 import threading
 import typing as t
+from bisect import bisect_left
 
-from prometheus_client import Counter
-from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import REGISTRY
 from prometheus_client.registry import Collector
 from prometheus_client.registry import CollectorRegistry
@@ -85,6 +85,8 @@ DB_OPERATIONS = frozenset(
 #: Finished units of work waiting to be observed, at most; past it, the oldest go.
 MAX_QUEUED = 10_000
 OTHER = "other"
+#: Fingerprint ids remembered with their series entry (a cache; cleared when full).
+MAX_SHAPE_ENTRIES = 10_000
 
 
 #: (counter field, metric name without the prefix, help) of the per-function counters.
@@ -176,7 +178,37 @@ class _Unit(t.NamedTuple):
     slow: int
 
 
-class AppMetrics:
+class _Histograms:
+    """Cumulative histograms by label values, bucketed with one ``bisect`` an
+    observation: an observation costs a fraction of a ``prometheus_client.Histogram``'s
+    (a labels lookup and a lock each), which matters at one a statement."""
+
+    __slots__ = ("bounds", "series")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        #: label values -> [counts by bucket (the last is +Inf), sum].
+        self.series: dict[tuple[str, ...], list[t.Any]] = {}
+
+    def entry(self, labels: tuple[str, ...]) -> list[t.Any]:
+        e = self.series.get(labels)
+        if e is None:
+            e = self.series[labels] = [[0] * (len(self.bounds) + 1), 0.0]
+        return e
+
+    def family(self, name: str, doc: str, label_names: list[str]) -> HistogramMetricFamily:
+        fam = HistogramMetricFamily(name, doc, labels=label_names)
+        bounds = [*(str(float(b)) for b in self.bounds), "+Inf"]
+        for labels, (counts, total) in sorted(self.series.items()):
+            cumulative, running = [], 0
+            for le, n in zip(bounds, counts, strict=True):
+                running += n
+                cumulative.append((le, running))
+            fam.add_metric(list(labels), cumulative, total)
+        return fam
+
+
+class AppMetrics(Collector):
     """One app's Prometheus metrics, in a registry of its own.
 
     :param name: the app's name (the cache counters' ``app`` label).
@@ -193,51 +225,23 @@ class AppMetrics:
         max_shapes: int = 50,
     ) -> None:
         self.name = name
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.http = Histogram(
-            "http_server_request_duration_seconds",
-            "Duration of HTTP server requests, by url rule (OpenTelemetry"
-            " http.server.request.duration).",
-            ["http_request_method", "http_route", "http_response_status_code"],
-            buckets=HTTP_BUCKETS,
-            registry=r,
-        )
-        self.db = Histogram(
-            "db_client_operation_duration_seconds",
-            "Duration of database statements until their result was read, by operation"
-            " and query shape (OpenTelemetry db.client.operation.duration).",
-            ["db_operation_name", "db_query_shape"],
-            buckets=DB_BUCKETS,
-            registry=r,
-        )
-        self.queries = Histogram(
-            "querywatch_request_queries",
-            "SQL statements a request ran.",
-            ["http_route"],
-            buckets=QUERY_COUNT_BUCKETS,
-            registry=r,
-        )
-        self.n_plus_one = Counter(
-            "querywatch_n_plus_one",
-            "N+1 loops found (one finding a loop a request).",
-            ["http_route"],
-            registry=r,
-        )
-        self.slow = Counter(
-            "querywatch_slow_queries",
-            "Statements at or over QUERYWATCH_SLOW_QUERY_MS.",
-            ["http_route"],
-            registry=r,
-        )
-        r.register(_InternalErrors())
-        r.register(_PoolCollector(engines))
-        r.register(CacheCollector(app=name))
+        self.http = _Histograms(HTTP_BUCKETS)
+        self.db = _Histograms(DB_BUCKETS)
+        self.queries = _Histograms(QUERY_COUNT_BUCKETS)
+        self.n_plus_one: dict[str, int] = {}
+        self.slow: dict[str, int] = {}
         self.max_shapes = max_shapes
         #: Shapes with a series of their own (fingerprint ids).
         self.shapes: set[str] = set()
+        #: Fingerprint id -> its series' entry (several ids share ``other``'s).
+        self._db_entries: dict[str, list[t.Any]] = {}
         self._queue: collections.deque[_Unit] = collections.deque(maxlen=MAX_QUEUED)
         self._lock = threading.Lock()
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(self)
+        self.registry.register(_InternalErrors())
+        self.registry.register(_PoolCollector(engines))
+        self.registry.register(CacheCollector(app=name))
 
     def add(self, record: Record, findings: Iterable[Finding]) -> None:
         """Queue a finished unit of work (an append; observed by :meth:`fold`)."""
@@ -288,18 +292,34 @@ class AppMetrics:
             method, _, route = u.name.partition(" ")
             if method not in HTTP_METHODS:
                 method = "_OTHER"
-            self.http.labels(method, route, str(u.status)).observe(u.duration)
-            self.queries.labels(route).observe(u.query_count)
+            e = self.http.entry((method, route, str(u.status)))
+            e[0][bisect_left(HTTP_BUCKETS, u.duration)] += 1
+            e[1] += u.duration
+            e = self.queries.entry((route,))
+            e[0][bisect_left(QUERY_COUNT_BUCKETS, u.query_count)] += 1
+            e[1] += u.query_count
             if u.n_plus_one:
-                self.n_plus_one.labels(route).inc(u.n_plus_one)
+                self.n_plus_one[route] = self.n_plus_one.get(route, 0) + u.n_plus_one
             if u.slow:
-                self.slow.labels(route).inc(u.slow)
+                self.slow[route] = self.slow.get(route, 0) + u.slow
+        entries = self._db_entries
         kept: dict[str, int] = {}
         for q in u.queries:
             fp = q.fingerprint
-            op = fp.operation if fp.operation in DB_OPERATIONS else OTHER
-            self.db.labels(op, self._shape_label(fp.id)).observe(q.duration)
-            kept[fp.id] = kept.get(fp.id, 0) + 1
+            fp_id = fp.id
+            found = entries.get(fp_id)
+            if found is not None:
+                e = found
+            else:
+                if len(entries) >= MAX_SHAPE_ENTRIES:
+                    entries.clear()
+                op = fp.operation if fp.operation in DB_OPERATIONS else OTHER
+                e = entries[fp_id] = self.db.entry((op, self._shape_label(fp_id)))
+            d = q.duration
+            e[0][bisect_left(DB_BUCKETS, d)] += 1
+            e[1] += d
+            if u.dropped:
+                kept[fp_id] = kept.get(fp_id, 0) + 1
         # Statements past the record's cap were aggregated without being kept: each is
         # observed at its shape's mean.
         for part in u.loops:
@@ -308,10 +328,37 @@ class AppMetrics:
             if extra <= 0 or part.calls <= 0:
                 continue
             op = fp.operation if fp.operation in DB_OPERATIONS else OTHER
-            child = self.db.labels(op, self._shape_label(fp.id))
+            e = self.db.entry((op, self._shape_label(fp.id)))
             mean = part.total / part.calls
-            for _ in range(extra):
-                child.observe(mean)
+            e[0][bisect_left(DB_BUCKETS, mean)] += extra
+            e[1] += mean * extra
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            yield self.http.family(
+                "http_server_request_duration_seconds",
+                "Duration of HTTP server requests, by url rule (OpenTelemetry"
+                " http.server.request.duration).",
+                ["http_request_method", "http_route", "http_response_status_code"],
+            )
+            yield self.db.family(
+                "db_client_operation_duration_seconds",
+                "Duration of database statements until their result was read, by"
+                " operation and query shape (OpenTelemetry db.client.operation.duration).",
+                ["db_operation_name", "db_query_shape"],
+            )
+            yield self.queries.family(
+                "querywatch_request_queries", "SQL statements a request ran.", ["http_route"]
+            )
+            counters = (
+                ("querywatch_n_plus_one", "N+1 loops found.", self.n_plus_one),
+                ("querywatch_slow_queries", "Statements over the slow threshold.", self.slow),
+            )
+            for name, doc, values in counters:
+                fam = CounterMetricFamily(name, doc, labels=["http_route"])
+                for route, n in sorted(values.items()):
+                    fam.add_metric([route], n)
+                yield fam
 
 
 class _InternalErrors(Collector):
