@@ -204,40 +204,65 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_a_real_prometheus_scrapes_the_app(app: t.Any, tmp_path: t.Any) -> None:
-    """Debian's Prometheus, started here on 127.0.0.1, scrapes the shop served by a real
-    threaded server: its query API returns our histogram with the url rule and status
-    labels, and counts exactly the requests sent."""
-    import json as jsonlib
-    import threading
-    import time
-    import urllib.parse
-    import urllib.request
-
-    from werkzeug.serving import make_server
-
+def _start_prometheus(tmp_path: t.Any, target_port: int) -> tuple[t.Any, int]:
+    """Debian's Prometheus on 127.0.0.1, scraping ``target_port`` every second."""
     prometheus = shutil.which("prometheus")
     if prometheus is None:
         _unavailable("Prometheus", "not installed; Debian package 'prometheus'")
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    app_port = server.server_port
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    prom_port = _free_port()
+    port = _free_port()
     (tmp_path / "prometheus.yml").write_text(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
         "scrape_configs:\n  - job_name: shop\n    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{app_port}']\n"
+        f"      - targets: ['127.0.0.1:{target_port}']\n"
     )
     proc = subprocess.Popen(
         [
             prometheus,
             f"--config.file={tmp_path / 'prometheus.yml'}",
             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
+            f"--web.listen-address=127.0.0.1:{port}",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    return proc, port
+
+
+def _wait_for_value(port: int, promql: str, expected: float, seconds: float = 60) -> list[t.Any]:
+    """Ask Prometheus ``promql`` until its one sample is ``expected`` (or time is up)."""
+    import json as jsonlib
+    import time
+    import urllib.parse
+    import urllib.request
+
+    url = f"http://127.0.0.1:{port}/api/v1/query?query={urllib.parse.quote(promql)}"
+    result: list[t.Any] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                result = jsonlib.load(r)["data"]["result"]
+        except OSError:
+            result = []
+        if len(result) == 1 and float(result[0]["value"][1]) == expected:
+            break
+        time.sleep(0.5)
+    return result
+
+
+def test_a_real_prometheus_scrapes_the_app(app: t.Any, tmp_path: t.Any) -> None:
+    """Debian's Prometheus, started here on 127.0.0.1, scrapes the shop served by a real
+    threaded server: its query API returns our histogram with the url rule and status
+    labels, and counts exactly the requests sent."""
+    import threading
+    import urllib.request
+
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    app_port = server.server_port
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    proc, prom_port = _start_prometheus(tmp_path, app_port)
     try:
         sent = 25
         for i in range(sent):
@@ -245,21 +270,11 @@ def test_a_real_prometheus_scrapes_the_app(app: t.Any, tmp_path: t.Any) -> None:
                 f"http://127.0.0.1:{app_port}/api/products/{i % 10 + 1}"
             ) as r:
                 assert r.status == 200
-        query = urllib.parse.quote(
-            'http_server_request_duration_seconds_count{http_route="/api/products/<int:product_id>"}'
+        result = _wait_for_value(
+            prom_port,
+            'http_server_request_duration_seconds_count{http_route="/api/products/<int:product_id>"}',
+            sent,
         )
-        result: list[t.Any] = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                url = f"http://127.0.0.1:{prom_port}/api/v1/query?query={query}"
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    result = jsonlib.load(r)["data"]["result"]
-            except OSError:
-                result = []
-            if result and float(result[0]["value"][1]) == sent:
-                break
-            time.sleep(0.5)
         assert len(result) == 1, result
         labels = result[0]["metric"]
         assert labels["job"] == "shop"
@@ -270,3 +285,76 @@ def test_a_real_prometheus_scrapes_the_app(app: t.Any, tmp_path: t.Any) -> None:
         proc.terminate()
         proc.wait(timeout=10)
         server.shutdown()
+
+
+GUNICORN_CONF = """
+from prometheus_client import multiprocess
+
+
+def child_exit(server, worker):
+    multiprocess.mark_process_dead(worker.pid)
+"""
+
+
+def test_gunicorn_workers_are_counted_together(sqlite_shop_url: str, tmp_path: t.Any) -> None:
+    """Under gunicorn with 4 workers (prometheus_client's multiprocess mode, as
+    docs/monitoring.md sets it up), the request count a real Prometheus sees equals the
+    requests sent, whichever worker served each and whichever answered the scrape."""
+    import os
+    import sys
+    import time
+    import urllib.request
+
+    mp_dir = tmp_path / "prometheus-multiproc"
+    mp_dir.mkdir()
+    (tmp_path / "wsgi_shop.py").write_text(
+        "from querywatch.demo import shop\n"
+        f"app = shop.create_app({sqlite_shop_url!r}, instance_path={str(tmp_path / 'inst')!r},"
+        " config={'QUERYWATCH_ADVISE': False})\n"
+    )
+    (tmp_path / "gunicorn.conf.py").write_text(GUNICORN_CONF)
+    port = _free_port()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(mp_dir)}
+    gunicorn = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-w", "4", "-b", f"127.0.0.1:{port}",
+         "-c", str(tmp_path / "gunicorn.conf.py"), "wsgi_shop:app"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    proc = None
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        proc, prom_port = _start_prometheus(tmp_path, port)
+        sent = 60
+
+        def get(i: int) -> int:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/products/{i % 10 + 1}") as r:
+                return int(r.status)
+
+        # Eight at a time: a sync worker serves one at a time, so the others take turns.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(get, range(sent))) == [200] * sent
+        result = _wait_for_value(
+            prom_port,
+            'sum(http_server_request_duration_seconds_count{http_route="/api/products/<int:product_id>"})',
+            sent,
+        )
+        assert len(result) == 1, result
+        assert float(result[0]["value"][1]) == sent
+        pids = {p.name.split("_")[-1].split(".")[0] for p in mp_dir.glob("histogram_*.db")}
+        assert len(pids) >= 2, pids  # several workers served and wrote their files
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=10)
+        gunicorn.terminate()
+        gunicorn.wait(timeout=20)
+        if gunicorn.stderr is not None:
+            gunicorn.stderr.close()

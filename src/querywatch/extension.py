@@ -289,6 +289,8 @@ def _after_fork_in_child() -> None:
         state.flusher._thread = None
         state.flusher._lock = threading.Lock()
         state.advice_worker.after_fork()
+        if state.metrics is not None:
+            state.metrics.after_fork()
 
 
 if hasattr(os, "register_at_fork"):
@@ -539,7 +541,6 @@ def _register_views(app: Flask, state: AppState) -> None:
 
             def metrics_view() -> FlaskResponse:
                 from prometheus_client import CONTENT_TYPE_LATEST
-                from prometheus_client import generate_latest
 
                 if token is not None:
                     given = request.headers.get("Authorization", "")
@@ -552,8 +553,7 @@ def _register_views(app: Flask, state: AppState) -> None:
                         )
                 m = state.metrics
                 assert m is not None
-                m.fold()
-                return FlaskResponse(generate_latest(m.registry), content_type=CONTENT_TYPE_LATEST)
+                return FlaskResponse(m.exposition(), content_type=CONTENT_TYPE_LATEST)
 
             app.add_url_rule(
                 settings.metrics_path, metrics.METRICS_ENDPOINT, metrics_view, methods=["GET"]

@@ -242,6 +242,78 @@ class AppMetrics(Collector):
         self.registry.register(_InternalErrors())
         self.registry.register(_PoolCollector(engines))
         self.registry.register(CacheCollector(app=name))
+        self._engines = engines
+        #: prometheus_client's multiprocess mode (gunicorn and other pre-fork servers):
+        #: observations also go to the shared files of ``PROMETHEUS_MULTIPROC_DIR``.
+        self.multiprocess = multiprocess_dir() is not None
+        self._mp: dict[str, t.Any] = self._mp_metrics() if self.multiprocess else {}
+
+    @staticmethod
+    def _mp_metrics() -> dict[str, t.Any]:
+        from prometheus_client import Counter
+        from prometheus_client import Histogram
+
+        return {
+            "http": Histogram(
+                "http_server_request_duration_seconds",
+                "Duration of HTTP server requests, by url rule.",
+                ["http_request_method", "http_route", "http_response_status_code"],
+                buckets=HTTP_BUCKETS,
+                registry=None,
+            ),
+            "db": Histogram(
+                "db_client_operation_duration_seconds",
+                "Duration of database statements, by operation and query shape.",
+                ["db_operation_name", "db_query_shape"],
+                buckets=DB_BUCKETS,
+                registry=None,
+            ),
+            "queries": Histogram(
+                "querywatch_request_queries",
+                "SQL statements a request ran.",
+                ["http_route"],
+                buckets=QUERY_COUNT_BUCKETS,
+                registry=None,
+            ),
+            "n_plus_one": Counter(
+                "querywatch_n_plus_one", "N+1 loops found.", ["http_route"], registry=None
+            ),
+            "slow": Counter(
+                "querywatch_slow_queries",
+                "Statements over the slow threshold.",
+                ["http_route"],
+                registry=None,
+            ),
+        }
+
+    def after_fork(self) -> None:
+        """In a forked worker: what the parent observed is the parent's."""
+        self._queue.clear()
+        self._lock = threading.Lock()
+        self.http = _Histograms(HTTP_BUCKETS)
+        self.db = _Histograms(DB_BUCKETS)
+        self.queries = _Histograms(QUERY_COUNT_BUCKETS)
+        self.n_plus_one = {}
+        self.slow = {}
+        self._db_entries = {}
+        self.multiprocess = multiprocess_dir() is not None
+        if self.multiprocess and not self._mp:
+            self._mp = self._mp_metrics()
+
+    def exposition(self) -> bytes:
+        """The text a scrape gets: this process's registry, or in multiprocess mode the
+        sum of every worker's files (and the serving worker's pools)."""
+        from prometheus_client import generate_latest
+
+        self.fold()
+        if not self.multiprocess:
+            return bytes(generate_latest(self.registry))
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(_PoolCollector(self._engines))
+        return bytes(generate_latest(registry))
 
     def add(self, record: Record, findings: Iterable[Finding]) -> None:
         """Queue a finished unit of work (an append; observed by :meth:`fold`)."""
@@ -288,6 +360,8 @@ class AppMetrics(Collector):
         return OTHER
 
     def _observe(self, u: _Unit) -> None:
+        if self._mp:
+            self._observe_shared(u)
         if u.kind == "request":
             method, _, route = u.name.partition(" ")
             if method not in HTTP_METHODS:
@@ -333,6 +407,25 @@ class AppMetrics(Collector):
             e[0][bisect_left(DB_BUCKETS, mean)] += extra
             e[1] += mean * extra
 
+    def _observe_shared(self, u: _Unit) -> None:
+        """Multiprocess mode: the same observations, into prometheus_client's files."""
+        mp = self._mp
+        if u.kind == "request":
+            method, _, route = u.name.partition(" ")
+            if method not in HTTP_METHODS:
+                method = "_OTHER"
+            mp["http"].labels(method, route, str(u.status)).observe(u.duration)
+            mp["queries"].labels(route).observe(u.query_count)
+            if u.n_plus_one:
+                mp["n_plus_one"].labels(route).inc(u.n_plus_one)
+            if u.slow:
+                mp["slow"].labels(route).inc(u.slow)
+        db = mp["db"]
+        for q in u.queries:
+            fp = q.fingerprint
+            op = fp.operation if fp.operation in DB_OPERATIONS else OTHER
+            db.labels(op, self._shape_label(fp.id)).observe(q.duration)
+
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             yield self.http.family(
@@ -359,6 +452,13 @@ class AppMetrics(Collector):
                 for route, n in sorted(values.items()):
                     fam.add_metric([route], n)
                 yield fam
+
+
+def multiprocess_dir() -> str | None:
+    """The folder of prometheus_client's multiprocess mode, when set."""
+    import os
+
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
 
 
 class _InternalErrors(Collector):
