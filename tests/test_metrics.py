@@ -358,3 +358,37 @@ def test_gunicorn_workers_are_counted_together(sqlite_shop_url: str, tmp_path: t
         gunicorn.wait(timeout=20)
         if gunicorn.stderr is not None:
             gunicorn.stderr.close()
+
+
+def test_pool_waits_and_timeouts(sqlite_shop_url: str, tmp_path: t.Any) -> None:
+    """A pool of one connection, held elsewhere: the request waits its timeout and
+    fails, and the metrics count the wait and the timeout of that pool."""
+    app = shop.create_app(
+        sqlite_shop_url,
+        instance_path=str(tmp_path / "instance"),
+        config={
+            "QUERYWATCH_FLUSH_INTERVAL": 3600,
+            "SQLALCHEMY_ENGINE_OPTIONS": {"pool_size": 1, "max_overflow": 0, "pool_timeout": 1},
+        },
+    )
+    metrics = app.extensions["querywatch"].metrics
+    metrics.fold()  # times the pool's checkouts from now on
+    client = app.test_client()
+    assert client.get("/api/products/3").status_code == 200
+    with app.app_context():
+        held = shop.db.engine.connect()
+    try:
+        app.config["PROPAGATE_EXCEPTIONS"] = False  # the app answers 500, as in production
+        assert client.get("/api/products/4").status_code == 500
+    finally:
+        held.close()
+    text = client.get("/metrics").get_data(as_text=True)
+    _promtool_check(text)
+    timeouts = _samples(text, "db_client_connection_timeouts_total")
+    assert timeouts == {(("pool_name", "default"),): 1.0}
+    waits = _samples(text, "db_client_connection_wait_time_seconds_count")
+    assert waits[(("pool_name", "default"),)] >= 3  # two requests and the held one
+    waited = _samples(text, "db_client_connection_wait_time_seconds_sum")
+    assert waited[(("pool_name", "default"),)] >= 0.9  # the timeout, 1 s
+    with app.app_context():
+        shop.db.engine.dispose()

@@ -12,6 +12,9 @@ the OpenTelemetry semantic conventions, as Prometheus exports them:
 * ``querywatch_request_queries{http_route}``: statements a request;
 * ``querywatch_n_plus_one_total{http_route}``, ``querywatch_slow_queries_total{http_route}``;
 * ``querywatch_internal_errors_total{where}``: querywatch's own swallowed errors;
+* ``db_client_connection_wait_time_seconds{pool_name}`` (histogram) and
+  ``db_client_connection_timeouts_total{pool_name}``: checkouts, timed by wrapping the
+  pool's ``_do_get`` (no pool event fires before a checkout);
 * ``db_client_connections_usage{pool_name, state}``, ``db_client_connections_max{pool_name}``
   (OpenTelemetry's earlier names: the current ``db.client.connection.count`` exports as
   ``..._count``, which Prometheus reserves for histograms),
@@ -237,6 +240,10 @@ class AppMetrics(Collector):
         self._db_entries: dict[str, list[t.Any]] = {}
         self._queue: collections.deque[_Unit] = collections.deque(maxlen=MAX_QUEUED)
         self._lock = threading.Lock()
+        #: Per pool: time waited to check a connection out, and checkouts that timed out.
+        self.pool_wait = _Histograms(DB_BUCKETS)
+        self.pool_timeouts: dict[str, int] = {}
+        self._pool_lock = threading.Lock()
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
         self.registry.register(_InternalErrors())
@@ -296,6 +303,9 @@ class AppMetrics(Collector):
         self.n_plus_one = {}
         self.slow = {}
         self._db_entries = {}
+        self._pool_lock = threading.Lock()
+        self.pool_wait = _Histograms(DB_BUCKETS)
+        self.pool_timeouts = {}
         self.multiprocess = multiprocess_dir() is not None
         if self.multiprocess and not self._mp:
             self._mp = self._mp_metrics()
@@ -341,7 +351,16 @@ class AppMetrics(Collector):
         )
 
     def fold(self) -> None:
-        """Observe the queued units of work."""
+        """Observe the queued units of work (and time the checkouts of pools not timed
+        yet: a pool is made anew when its engine is disposed)."""
+        try:
+            for name, engine in self._engines().items():
+                if not getattr(engine.pool, "_querywatch_timed", False):
+                    self._time_checkouts(name, engine.pool)
+        except Exception as e:
+            from ._failopen import record_internal_error
+
+            record_internal_error("metrics.pools", e)
         with self._lock:
             queue = self._queue
             while True:
@@ -350,6 +369,40 @@ class AppMetrics(Collector):
                 except IndexError:
                     return
                 self._observe(unit)
+
+    def _time_checkouts(self, name: str, pool: t.Any) -> None:
+        """Wrap the pool's checkout to time the wait and count the timeouts.
+
+        SQLAlchemy's pool events fire once a connection is checked out, never before,
+        so no event tells the wait; every pool class gets its connection in ``_do_get``."""
+        from time import perf_counter
+
+        from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+        do_get = pool._do_get
+        key = (name,)
+        with self._pool_lock:
+            self.pool_wait.entry(key)
+            self.pool_timeouts.setdefault(name, 0)
+        m = self  # read at each call: a forked worker replaces them
+
+        def _do_get() -> t.Any:
+            start = perf_counter()
+            try:
+                return do_get()
+            except PoolTimeout:
+                with m._pool_lock:
+                    m.pool_timeouts[name] = m.pool_timeouts.get(name, 0) + 1
+                raise
+            finally:
+                waited = perf_counter() - start
+                with m._pool_lock:
+                    entry = m.pool_wait.entry(key)
+                    entry[0][bisect_left(DB_BUCKETS, waited)] += 1
+                    entry[1] += waited
+
+        pool._do_get = _do_get
+        pool._querywatch_timed = True
 
     def _shape_label(self, fp_id: str) -> str:
         if fp_id in self.shapes:
@@ -452,6 +505,22 @@ class AppMetrics(Collector):
                 for route, n in sorted(values.items()):
                     fam.add_metric([route], n)
                 yield fam
+        with self._pool_lock:
+            yield self.pool_wait.family(
+                "db_client_connection_wait_time_seconds",
+                "Time waited to check a connection out of the pool (OpenTelemetry"
+                " db.client.connection.wait_time).",
+                ["pool_name"],
+            )
+            fam = CounterMetricFamily(
+                "db_client_connection_timeouts",
+                "Checkouts that gave up waiting for a connection (OpenTelemetry"
+                " db.client.connection.timeouts).",
+                labels=["pool_name"],
+            )
+            for name, n in sorted(self.pool_timeouts.items()):
+                fam.add_metric([name], n)
+            yield fam
 
 
 def multiprocess_dir() -> str | None:
