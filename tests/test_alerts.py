@@ -3,6 +3,8 @@ parameters (chapter "Alerting on SLOs")."""
 
 from __future__ import annotations
 
+import typing as t
+
 import pytest
 
 from querywatch.alerts import DEFAULT_POLICY
@@ -102,3 +104,105 @@ def test_latency_objectives_need_a_threshold() -> None:
     )
     with pytest.raises(ValueError, match="between 0 and 1"):
         Objective("availability", 99.9)
+
+
+# --- the same alerts as Prometheus rules ---------------------------------------------
+
+
+def test_exported_rules_pass_promtool_check_and_test(tmp_path: t.Any) -> None:
+    """``querywatch export prometheus-rules`` writes rules that ``promtool check rules``
+    accepts, and ``promtool test rules`` on synthetic series fires them as the
+    workbook says: 2% errors fire the three availability alerts; five minutes after the
+    errors stop, the 1h/5m page is gone while the slower ones still fire; fast requests
+    never fire the latency objective."""
+    import shutil
+    import subprocess
+
+    import yaml
+    from click.testing import CliRunner
+
+    from querywatch.cli import cli
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        from conftest import _unavailable
+
+        _unavailable("promtool", "not installed; Debian package 'prometheus'")
+    rules = tmp_path / "rules.yml"
+    result = CliRunner().invoke(cli, ["export", "prometheus-rules", "-o", str(rules)])
+    assert result.exit_code == 0, result.output
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(rules)], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 16 rules found" in checked.stdout
+
+    annotations = {
+        (r["labels"]["slo"], r["labels"]["window"]): r["annotations"]
+        for r in yaml.safe_load(rules.read_text())["groups"][1]["rules"]
+    }
+
+    def expected(*windows: str) -> list[dict[str, t.Any]]:
+        severity = {"1h/5m": "page", "6h/30m": "page", "3d/6h": "ticket"}
+        return [
+            {
+                "exp_labels": {"job": "shop", "slo": "availability", "window": w,
+                               "severity": severity[w]},
+                "exp_annotations": annotations[("availability", w)],
+            }
+            for w in windows
+        ]  # fmt: skip
+
+    count = "http_server_request_duration_seconds_count"
+    tests = {
+        "rule_files": [str(rules)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": f'{count}{{job="shop",http_response_status_code="200"}}',
+                     "values": "0+98x180"},
+                    {"series": f'{count}{{job="shop",http_response_status_code="500"}}',
+                     "values": "0+2x90 180+0x90"},
+                    {"series": 'http_server_request_duration_seconds_bucket{job="shop",le="0.25"}',
+                     "values": "0+100x90 9000+98x90"},  # every request fast
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "70m", "alertname": "QuerywatchErrorBudgetBurn",
+                     "exp_alerts": expected("1h/5m", "6h/30m", "3d/6h")},
+                    {"eval_time": "100m", "alertname": "QuerywatchErrorBudgetBurn",
+                     "exp_alerts": expected("6h/30m", "3d/6h")},
+                ],
+            }
+        ],
+    }  # fmt: skip
+    test_file = tmp_path / "rules_test.yml"
+    test_file.write_text(yaml.safe_dump(tests, sort_keys=False))
+    run = subprocess.run(
+        [promtool, "test", "rules", str(test_file)], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "SUCCESS" in run.stdout
+
+
+def test_a_latency_threshold_must_be_a_bucket_boundary() -> None:
+    from click.testing import CliRunner
+
+    from querywatch.cli import cli
+
+    result = CliRunner().invoke(
+        cli, ["export", "prometheus-rules", "--objective", "latency:99:300ms"]
+    )
+    assert result.exit_code == 2
+    assert (
+        "Objective 'latency-300ms': 300 ms is not a bucket boundary of"
+        " http_server_request_duration_seconds (5, 10, 25, 50, 75, 100, 250, 500, 750, 1000,"
+        " 2500, 5000, 7500, 10000 ms); Prometheus counts requests under a boundary only: use"
+        " the nearest one."
+    ) in " ".join(result.output.split())
+    bad = CliRunner().invoke(cli, ["export", "prometheus-rules", "--objective", "uptime"])
+    assert bad.exit_code == 2
+    assert "An objective is 'availability:<percent>' or 'latency:<percent>:<threshold>'" in (
+        " ".join(bad.output.split())
+    )

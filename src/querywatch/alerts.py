@@ -177,3 +177,112 @@ def evaluate_objective(
             Firing(objective.name, w.severity, window.name, long_burn, short_burn, w.burn_rate)
         )
     return out
+
+
+# --- Prometheus rules -------------------------------------------------------------------
+
+_HTTP = "http_server_request_duration_seconds"
+
+
+def _window_expr(seconds: float) -> str:
+    return _span(seconds)
+
+
+def parse_objective(spec: str) -> Objective:
+    """``availability:99.9`` or ``latency:99:250ms`` (or ``...:0.25s``), as the command
+    line gives objectives."""
+    parts = spec.split(":")
+    try:
+        if parts[0] == "availability" and len(parts) == 2:
+            return Objective("availability", float(parts[1]) / 100)
+        if parts[0] == "latency" and len(parts) == 3:
+            raw = parts[2].strip().lower()
+            if raw.endswith("ms"):
+                ms = float(raw[:-2])
+            elif raw.endswith("s"):
+                ms = float(raw[:-1]) * 1000
+            else:
+                ms = float(raw)
+            return Objective(f"latency-{ms:g}ms", float(parts[1]) / 100, "latency", ms)
+    except ValueError as e:
+        if str(e).startswith("Objective"):
+            raise
+    msg = (
+        f"An objective is 'availability:<percent>' or 'latency:<percent>:<threshold>',"
+        f" such as availability:99.9 or latency:99:250ms, got {spec!r}."
+    )
+    raise ValueError(msg)
+
+
+def prometheus_rules(
+    objectives: t.Sequence[Objective], policy: t.Sequence[BurnWindow] = DEFAULT_POLICY
+) -> dict[str, t.Any]:
+    """Recording and alerting rules (a Prometheus rule file's content) for the
+    objectives, over the metrics querywatch exports: the same windows and burn rates as
+    the in-process evaluation."""
+    from .metrics import HTTP_BUCKETS
+
+    windows = sorted({w for b in policy for w in (b.long_seconds, b.short_seconds)})
+    recording = []
+    alerting = []
+    for o in objectives:
+        if o.kind == "latency":
+            assert o.threshold_ms is not None
+            le = o.threshold_ms / 1000
+            if le not in HTTP_BUCKETS:
+                shown = ", ".join(f"{b * 1000:g}" for b in HTTP_BUCKETS)
+                msg = (
+                    f"Objective {o.name!r}: {o.threshold_ms:g} ms is not a bucket boundary of"
+                    f" {_HTTP} ({shown} ms); Prometheus counts requests under a boundary"
+                    " only: use the nearest one."
+                )
+                raise ValueError(msg)
+        for w in windows:
+            span = _window_expr(w)
+            total = f"sum by (job) (rate({_HTTP}_count[{span}]))"
+            if o.kind == "availability":
+                bad = (
+                    f'sum by (job) (rate({_HTTP}_count{{http_response_status_code=~"5.."}}'
+                    f"[{span}]))"
+                )
+            else:
+                good = f'sum by (job) (rate({_HTTP}_bucket{{le="{le:g}"}}[{span}]))'
+                bad = f"({total} - {good})"
+            recording.append(
+                {
+                    "record": f"querywatch:slo_errors:ratio_rate{span}",
+                    "expr": f"{bad} / {total}",
+                    "labels": {"slo": o.name},
+                }
+            )
+        for b in policy:
+            long_s, short_s = _window_expr(b.long_seconds), _window_expr(b.short_seconds)
+            factor = f"({b.burn_rate:g} * {o.budget:.6g})"
+            sel = f'{{slo="{o.name}"}}'
+            alerting.append(
+                {
+                    "alert": "QuerywatchErrorBudgetBurn",
+                    "expr": (
+                        f"querywatch:slo_errors:ratio_rate{long_s}{sel} > {factor}"
+                        f" and querywatch:slo_errors:ratio_rate{short_s}{sel} > {factor}"
+                    ),
+                    "labels": {"severity": b.severity, "slo": o.name, "window": b.name},
+                    "annotations": {
+                        "summary": (
+                            f"{o.name}: the error budget burns {b.burn_rate:g}x faster than"
+                            f" sustainable over {long_s} and {short_s}"
+                        ),
+                        "description": (
+                            "Run `querywatch report --since "
+                            f"{long_s}` on the service: it names the query shape and endpoint"
+                            " that take the time, and whether traffic rose."
+                        ),
+                    },
+                }
+            )
+    return {
+        "groups": [
+            {"name": "querywatch-slo-recording", "rules": recording},
+            {"name": "querywatch-slo-alerts", "rules": alerting},
+        ]
+    }

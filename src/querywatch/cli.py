@@ -448,6 +448,49 @@ def check(
     sys.exit(1 if any(r.failed for r in results) else 0)
 
 
+@cli.group()
+def export() -> None:
+    """Write configuration for the fleet's tools (Prometheus rules)."""
+
+
+@export.command("prometheus-rules")
+@click.option(
+    "--objective",
+    "objectives",
+    multiple=True,
+    metavar="SPEC",
+    help="availability:<percent> or latency:<percent>:<threshold> (a bucket boundary such"
+    " as 250ms). Default: availability:99.9 and latency:99:250ms.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the rule file here instead of printing it.",
+)
+def prometheus_rules_command(objectives: tuple[str, ...], output: str | None) -> None:
+    """Recording and alerting rules for the objectives: the SRE workbook's multiwindow
+    burn-rate alerts over querywatch's metrics (check them with promtool check rules)."""
+    import yaml
+
+    from .alerts import parse_objective
+    from .alerts import prometheus_rules
+
+    specs = objectives or ("availability:99.9", "latency:99:250ms")
+    try:
+        rules = prometheus_rules([parse_objective(s) for s in specs])
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--objective'") from None
+    text = "# Made by querywatch export prometheus-rules.\n" + yaml.safe_dump(
+        rules, sort_keys=False, width=100
+    )
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        click.echo(text, nl=False)
+
+
 def main() -> None:
     """Entry point of the ``querywatch`` script."""
     cli(prog_name="querywatch")
