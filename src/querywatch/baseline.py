@@ -42,6 +42,7 @@ from .gate import Violation
 from .gate import full_scan_violation
 from .gate import n_plus_one_violation
 from .gate import over_budget
+from .gate import relpath
 from .gate import shape_text
 from .gate import site_text
 
@@ -82,15 +83,6 @@ def _sig2(x: float) -> float:
     return round(x, max(digits, 0))
 
 
-def _shown(path: str) -> str:
-    """``path`` as people see it: relative to the current folder when inside it."""
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return path if rel.startswith("..") else rel
-
-
 class Baseline:
     """The per-test records of one baseline file."""
 
@@ -106,7 +98,7 @@ class Baseline:
     def load(cls, path: str) -> Baseline:
         """Read and validate ``path``; a missing file is an empty baseline (to be
         created). Raises :class:`BaselineError` naming the file and the entry."""
-        real, path = path, _shown(path)
+        real, path = path, relpath(path)
         try:
             with open(real, encoding="utf-8") as f:
                 text = f.read()

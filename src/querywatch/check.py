@@ -248,12 +248,10 @@ def load_callable(spec: str, option: str) -> t.Callable[..., t.Any]:
 
 def dispose_engines(app: Flask) -> None:
     """Close the pooled connections of the app's Flask-SQLAlchemy engines."""
-    ext = app.extensions.get("sqlalchemy")
-    if ext is None:
-        return
-    with app.app_context():
-        for engine in getattr(ext, "engines", {}).values():
-            engine.dispose()
+    from .metrics import app_engines
+
+    for engine in app_engines(app, None).values():
+        engine.dispose()
 
 
 def seed_app(app: Flask, seed: t.Callable[..., t.Any]) -> None:

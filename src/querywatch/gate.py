@@ -400,7 +400,9 @@ class PlanBook:
         self._plans: dict[tuple[str, str], ShapePlan] = {}
         self._lock = threading.Lock()
         self._tmpdir: t.Any = None
-        #: One line per database that could not be explained, for the summary.
+        self._failures: dict[str, str] = {}
+        #: Why a database could not be explained, by its URL without the password (for
+        #: the summary).
         self.notes: dict[str, str] = {}
 
     def close(self) -> None:
@@ -460,7 +462,7 @@ class PlanBook:
     def _advisor(self, url: str) -> Advisor | str:
         if url in self._advisors:
             adv = self._advisors[url]
-            return adv if adv is not None else self.notes[url]
+            return adv if adv is not None else self._failures[url]
         from .advisor import Advisor
 
         try:
@@ -470,7 +472,8 @@ class PlanBook:
                           prefer_indexes=True, allow_ddl=True)  # fmt: skip
         except QueryWatchError as e:
             self._advisors[url] = None
-            self.notes[url] = str(e)
+            self._failures[url] = str(e)
+            self.notes[_url_shown(url)] = str(e)
             return str(e)
         self._advisors[url] = adv
         return adv
@@ -522,6 +525,16 @@ def _values_of(params: t.Any) -> list[t.Any]:
     if isinstance(params, (list, tuple)):
         return list(params)
     return []
+
+
+def _url_shown(url: str) -> str:
+    """``url`` with its password hidden, to be printed."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
 
 
 def _url_of(engine: t.Any) -> str:

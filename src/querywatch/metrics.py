@@ -50,6 +50,7 @@ import collections
 import threading
 import typing as t
 from bisect import bisect_left
+from time import monotonic
 
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.core import GaugeMetricFamily
@@ -88,6 +89,8 @@ DB_OPERATIONS = frozenset(
 #: Finished units of work waiting to be observed, at most; past it, the oldest go.
 MAX_QUEUED = 10_000
 OTHER = "other"
+#: Seconds between two looks for pools whose checkouts are not timed yet.
+POOL_CHECK_INTERVAL = 1.0
 #: Fingerprint ids remembered with their series entry (a cache; cleared when full).
 MAX_SHAPE_ENTRIES = 10_000
 
@@ -168,6 +171,17 @@ def register_cache_collector() -> None:
             _registered = True
 
 
+def _method_route(name: str) -> tuple[str, str]:
+    """``("GET", "/orders/<int:id>")`` of a request's unit name; unknown methods are
+    ``_OTHER`` (OpenTelemetry's rule)."""
+    method, _, route = name.partition(" ")
+    return (method if method in HTTP_METHODS else "_OTHER"), route
+
+
+def _operation(fp: t.Any) -> str:
+    return str(fp.operation) if fp.operation in DB_OPERATIONS else OTHER
+
+
 class _Unit(t.NamedTuple):
     name: str
     kind: str
@@ -244,6 +258,7 @@ class AppMetrics(Collector):
         self.pool_wait = _Histograms(DB_BUCKETS)
         self.pool_timeouts: dict[str, int] = {}
         self._pool_lock = threading.Lock()
+        self._pools_checked = -POOL_CHECK_INTERVAL
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
         self.registry.register(_InternalErrors())
@@ -354,9 +369,12 @@ class AppMetrics(Collector):
         """Observe the queued units of work (and time the checkouts of pools not timed
         yet: a pool is made anew when its engine is disposed)."""
         try:
-            for name, engine in self._engines().items():
-                if not getattr(engine.pool, "_querywatch_timed", False):
-                    self._time_checkouts(name, engine.pool)
+            now = monotonic()
+            if now - self._pools_checked >= POOL_CHECK_INTERVAL:  # an app context each
+                self._pools_checked = now
+                for name, engine in self._engines().items():
+                    if not getattr(engine.pool, "_querywatch_timed", False):
+                        self._time_checkouts(name, engine.pool)
         except Exception as e:
             from ._failopen import record_internal_error
 
@@ -416,9 +434,7 @@ class AppMetrics(Collector):
         if self._mp:
             self._observe_shared(u)
         if u.kind == "request":
-            method, _, route = u.name.partition(" ")
-            if method not in HTTP_METHODS:
-                method = "_OTHER"
+            method, route = _method_route(u.name)
             e = self.http.entry((method, route, str(u.status)))
             e[0][bisect_left(HTTP_BUCKETS, u.duration)] += 1
             e[1] += u.duration
@@ -440,8 +456,7 @@ class AppMetrics(Collector):
             else:
                 if len(entries) >= MAX_SHAPE_ENTRIES:
                     entries.clear()
-                op = fp.operation if fp.operation in DB_OPERATIONS else OTHER
-                e = entries[fp_id] = self.db.entry((op, self._shape_label(fp_id)))
+                e = entries[fp_id] = self.db.entry((_operation(fp), self._shape_label(fp_id)))
             d = q.duration
             e[0][bisect_left(DB_BUCKETS, d)] += 1
             e[1] += d
@@ -454,8 +469,7 @@ class AppMetrics(Collector):
             extra = part.calls - kept.pop(fp.id, 0)
             if extra <= 0 or part.calls <= 0:
                 continue
-            op = fp.operation if fp.operation in DB_OPERATIONS else OTHER
-            e = self.db.entry((op, self._shape_label(fp.id)))
+            e = self.db.entry((_operation(fp), self._shape_label(fp.id)))
             mean = part.total / part.calls
             e[0][bisect_left(DB_BUCKETS, mean)] += extra
             e[1] += mean * extra
@@ -464,9 +478,7 @@ class AppMetrics(Collector):
         """Multiprocess mode: the same observations, into prometheus_client's files."""
         mp = self._mp
         if u.kind == "request":
-            method, _, route = u.name.partition(" ")
-            if method not in HTTP_METHODS:
-                method = "_OTHER"
+            method, route = _method_route(u.name)
             mp["http"].labels(method, route, str(u.status)).observe(u.duration)
             mp["queries"].labels(route).observe(u.query_count)
             if u.n_plus_one:
@@ -476,8 +488,7 @@ class AppMetrics(Collector):
         db = mp["db"]
         for q in u.queries:
             fp = q.fingerprint
-            op = fp.operation if fp.operation in DB_OPERATIONS else OTHER
-            db.labels(op, self._shape_label(fp.id)).observe(q.duration)
+            db.labels(_operation(fp), self._shape_label(fp.id)).observe(q.duration)
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:

@@ -38,6 +38,7 @@ from .gate import evaluate
 from .gate import gate_settings
 from .gate import load_project_config
 from .gate import parse_budget
+from .gate import relpath
 from .gate_output import CaseResult
 from .gate_output import github_annotations
 from .gate_output import markdown
@@ -269,7 +270,7 @@ def pytest_terminal_summary(terminalreporter: TerminalReporter, config: Config) 
             verb = "updated" if baseline.existed else "created"
             extra.append(
                 f"querywatch: baseline {verb}: {len(gate.recorded)} tests recorded in"
-                f" {_rel(baseline.path)}."
+                f" {relpath(baseline.path)}."
             )
         if new:
             extra.append(
@@ -279,7 +280,7 @@ def pytest_terminal_summary(terminalreporter: TerminalReporter, config: Config) 
     from .testing import shared_plans
 
     for url, note in shared_plans().notes.items():
-        extra.append(f"querywatch: no plans from {_hide_password(url)}: {note}")
+        extra.append(f"querywatch: no plans from {url}: {note}")
     buf = io.StringIO()
     width = terminalreporter._tw.fullwidth
     console = Console(
@@ -364,20 +365,6 @@ def _result_from_dict(d: dict[str, t.Any]) -> CaseResult:
         for v in d["violations"]
     ]
     return CaseResult(**{**d, "violations": violations})
-
-
-def _rel(path: str) -> str:
-    rel = os.path.relpath(path)
-    return path if rel.startswith("..") else rel
-
-
-def _hide_password(url: str) -> str:
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
 
 
 # --- the fixture ------------------------------------------------------------------------
