@@ -315,20 +315,29 @@ def test_gunicorn_workers_are_counted_together(sqlite_shop_url: str, tmp_path: t
     (tmp_path / "gunicorn.conf.py").write_text(GUNICORN_CONF)
     port = _free_port()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(mp_dir)}
+    log = (tmp_path / "gunicorn.log").open("w")
     gunicorn = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-w", "4", "-b", f"127.0.0.1:{port}",
          "-c", str(tmp_path / "gunicorn.conf.py"), "wsgi_shop:app"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log,
     )  # fmt: skip
     proc = None
     try:
+        # Every worker booted and its app loaded (a worker loads the app after it logs
+        # its boot): else the first worker up may serve every request.
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
+            if (tmp_path / "gunicorn.log").read_text().count("Booting worker") >= 4:
+                break
+            time.sleep(0.2)
+        healthy = 0
+        while time.monotonic() < deadline and healthy < 20:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                    break
+                    healthy += 1
             except OSError:
                 time.sleep(0.2)
+        time.sleep(1.0)
         proc, prom_port = _start_prometheus(tmp_path, port)
         sent = 60
 
@@ -356,8 +365,7 @@ def test_gunicorn_workers_are_counted_together(sqlite_shop_url: str, tmp_path: t
             proc.wait(timeout=10)
         gunicorn.terminate()
         gunicorn.wait(timeout=20)
-        if gunicorn.stderr is not None:
-            gunicorn.stderr.close()
+        log.close()
 
 
 def test_pool_waits_and_timeouts(sqlite_shop_url: str, tmp_path: t.Any) -> None:

@@ -18,8 +18,12 @@ Windows scale by one factor (``scale``) so that tests and ``querywatch demo`` se
 hour in seconds. An objective's *bad events* are failed requests (availability: status
 500 and over) or requests slower than its threshold (latency: "99% under 300 ms").
 
-This module holds the arithmetic; reading the windows' counts from the store, the lease
-that makes one process evaluate, and the evidence an alert carries build on it.
+Each request is counted against the objectives when it is folded in (``qw_slo_stats``:
+events and bad events per bucket, objective and endpoint), so evaluating is a few sums in
+SQL. :class:`Evaluator` runs in the process holding the store's lease (the flusher thread
+of one worker), adds the per-shape rules (a shape's p95 over a threshold, a new N+1 loop,
+a new full scan), writes each state change to the store with its evidence
+(:mod:`querywatch.evidence`) and logs it.
 """
 
 from __future__ import annotations
@@ -27,14 +31,23 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
+from .store import AlertChange
+
+if t.TYPE_CHECKING:
+    from .store import Store
+
 __all__ = [
+    "DEFAULT_OBJECTIVES",
     "DEFAULT_POLICY",
+    "AlertRules",
     "BurnWindow",
+    "Evaluator",
     "Firing",
     "Objective",
     "WindowCounts",
     "burn_rate",
     "evaluate_objective",
+    "parse_objectives",
 ]
 
 
@@ -83,6 +96,7 @@ class Objective:
     :param kind: ``"availability"`` (bad: status 500 and over) or ``"latency"`` (bad:
         slower than ``threshold_ms``).
     :param endpoint: only this endpoint (``"GET /api/orders/lookup"``); None: all.
+    :param exclude: endpoints left out (those with an override of their own).
     """
 
     name: str
@@ -90,6 +104,7 @@ class Objective:
     kind: str = "availability"
     threshold_ms: float | None = None
     endpoint: str | None = None
+    exclude: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target < 1.0:
@@ -111,10 +126,35 @@ class Objective:
             )
             raise ValueError(msg)
 
+        if len(self.name) > 64:
+            msg = f"Objective {self.name[:70]!r}...: a name has at most 64 characters."
+            raise ValueError(msg)
+
     @property
     def budget(self) -> float:
         """The share of events allowed to be bad."""
         return 1.0 - self.target
+
+    def applies_to(self, endpoint: str) -> bool:
+        """Whether the objective counts requests of ``endpoint``."""
+        if self.endpoint is not None:
+            return endpoint == self.endpoint
+        return endpoint not in self.exclude
+
+    def is_bad(self, status: int, duration: float) -> bool:
+        """Whether a request is a bad event: failed (availability) or slower than the
+        threshold (latency)."""
+        if self.kind == "availability":
+            return status >= 500
+        return duration * 1000.0 > t.cast("float", self.threshold_ms)
+
+    def describe(self) -> str:
+        """``"99.9% of requests succeed"``, ``"99% of requests under 300 ms"``."""
+        where = f" of {self.endpoint}" if self.endpoint else ""
+        pct = f"{self.target * 100:.6g}%"
+        if self.kind == "availability":
+            return f"{pct} of requests{where} succeed"
+        return f"{pct} of requests{where} under {self.threshold_ms:g} ms"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,6 +254,33 @@ def parse_objective(spec: str) -> Objective:
     raise ValueError(msg)
 
 
+def _route_matchers(endpoint: str) -> str:
+    method, _, route = endpoint.partition(" ")
+    return f'http_request_method="{method}", http_route="{_quote(route)}"'
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _matchers(o: Objective, *extra: str) -> str:
+    parts = [*extra]
+    if o.endpoint is not None:
+        parts.append(_route_matchers(o.endpoint))
+    return "{" + ", ".join(parts) + "}" if parts else ""
+
+
+def _sum_rate(metric: str, matchers: str, span: str, o: Objective) -> str:
+    """``sum by (job) (rate(...))`` of an objective's requests: its endpoint only, or
+    every endpoint but those it leaves out (``unless`` on method and route)."""
+    inner = f"rate({metric}{matchers}[{span}])"
+    for ep in sorted(o.exclude):
+        inner += (
+            f" unless on (http_request_method, http_route) {_HTTP}_count{{{_route_matchers(ep)}}}"
+        )
+    return f"sum by (job) ({inner})"
+
+
 def prometheus_rules(
     objectives: t.Sequence[Objective], policy: t.Sequence[BurnWindow] = DEFAULT_POLICY
 ) -> dict[str, t.Any]:
@@ -239,14 +306,13 @@ def prometheus_rules(
                 raise ValueError(msg)
         for w in windows:
             span = _window_expr(w)
-            total = f"sum by (job) (rate({_HTTP}_count[{span}]))"
+            total = _sum_rate(f"{_HTTP}_count", _matchers(o), span, o)
             if o.kind == "availability":
-                bad = (
-                    f'sum by (job) (rate({_HTTP}_count{{http_response_status_code=~"5.."}}'
-                    f"[{span}]))"
+                bad = _sum_rate(
+                    f"{_HTTP}_count", _matchers(o, 'http_response_status_code=~"5.."'), span, o
                 )
             else:
-                good = f'sum by (job) (rate({_HTTP}_bucket{{le="{le:g}"}}[{span}]))'
+                good = _sum_rate(f"{_HTTP}_bucket", _matchers(o, f'le="{le:g}"'), span, o)
                 bad = f"({total} - {good})"
             recording.append(
                 {
@@ -258,7 +324,7 @@ def prometheus_rules(
         for b in policy:
             long_s, short_s = _window_expr(b.long_seconds), _window_expr(b.short_seconds)
             factor = f"({b.burn_rate:g} * {o.budget:.6g})"
-            sel = f'{{slo="{o.name}"}}'
+            sel = f'{{slo="{_quote(o.name)}"}}'
             alerting.append(
                 {
                     "alert": "QuerywatchErrorBudgetBurn",
@@ -286,3 +352,381 @@ def prometheus_rules(
             {"name": "querywatch-slo-alerts", "rules": alerting},
         ]
     }
+
+
+# --- objectives from configuration ---------------------------------------------------------
+
+#: Used when the app sets no ``QUERYWATCH_OBJECTIVES``: 99.9% of requests succeed, 99%
+#: finish within a second (a bucket boundary, so the Prometheus export works as is).
+DEFAULT_OBJECTIVES = (
+    {"name": "availability", "target": 0.999},
+    {"name": "latency", "target": 0.99, "threshold_ms": 1000},
+)
+
+_OBJECTIVE_FIELDS = ("name", "kind", "target", "threshold_ms", "endpoint", "overrides")
+
+
+class ObjectiveConfigError(ValueError):
+    """A field of an objective is malformed: ``field`` names it (``[1].threshold_ms``)."""
+
+    def __init__(self, field: str, expected: str, value: t.Any) -> None:
+        self.field = field
+        self.expected = expected
+        self.value = value
+        super().__init__(f"{field} must be {expected}, got {value!r}.")
+
+
+def _target(field: str, value: t.Any) -> float:
+    expected = "a share of good requests such as 0.999 or '99.9%'"
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            value = float(value.strip()[:-1]) / 100
+        except ValueError:
+            raise ObjectiveConfigError(field, expected, value) from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ObjectiveConfigError(field, expected, value)
+    return float(value)
+
+
+def _threshold(field: str, value: t.Any) -> float:
+    expected = "a number of milliseconds greater than 0, such as 300"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ObjectiveConfigError(field, expected, value)
+    return float(value)
+
+
+def parse_objectives(value: t.Any) -> tuple[Objective, ...]:
+    """Objectives from configuration: a list of :class:`Objective`, strings
+    (``"availability:99.9"``, ``"latency:99:300ms"``) or dicts::
+
+        {"name": "latency", "target": 0.99, "threshold_ms": 300,
+         "overrides": {"GET /api/reports": {"threshold_ms": 2000},
+                       "POST /api/import": None}}
+
+    An override makes an objective of its own for that endpoint (named
+    ``"latency GET /api/reports"``) and takes the endpoint out of the general one;
+    ``None`` leaves the endpoint out altogether. Errors name the field."""
+    if not isinstance(value, (list, tuple)):
+        raise ObjectiveConfigError("", "a list of objectives", value)
+    out: list[Objective] = []
+    for i, item in enumerate(value):
+        where = f"[{i}]"
+        if isinstance(item, Objective):
+            out.append(item)
+            continue
+        if isinstance(item, str):
+            try:
+                out.append(parse_objective(item))
+            except ValueError as e:
+                raise ObjectiveConfigError(where, str(e).rstrip("."), item) from None
+            continue
+        if not isinstance(item, dict):
+            raise ObjectiveConfigError(
+                where, "a dict, a string such as 'latency:99:300ms', or an Objective", item
+            )
+        unknown = sorted(set(item) - set(_OBJECTIVE_FIELDS))
+        if unknown:
+            raise ObjectiveConfigError(
+                f"{where}.{unknown[0]}", f"one of {', '.join(_OBJECTIVE_FIELDS)}", unknown[0]
+            )
+        name = item.get("name")
+        if not isinstance(name, str) or not name.strip() or len(name) > 48:
+            raise ObjectiveConfigError(f"{where}.name", "a short name such as 'latency'", name)
+        kind = item.get("kind", "latency" if "threshold_ms" in item else "availability")
+        if kind not in ("availability", "latency"):
+            raise ObjectiveConfigError(f"{where}.kind", "'availability' or 'latency'", kind)
+        target = _target(f"{where}.target", item.get("target"))
+        threshold = None
+        if kind == "latency":
+            threshold = _threshold(f"{where}.threshold_ms", item.get("threshold_ms"))
+        endpoint = item.get("endpoint")
+        if endpoint is not None and not isinstance(endpoint, str):
+            raise ObjectiveConfigError(
+                f"{where}.endpoint", "an endpoint such as 'GET /api/orders'", endpoint
+            )
+        overrides = item.get("overrides") or {}
+        if not isinstance(overrides, dict):
+            raise ObjectiveConfigError(
+                f"{where}.overrides", "a dict of endpoint to {target, threshold_ms} or None",
+                overrides,
+            )  # fmt: skip
+        excluded = []
+        for ep, spec in overrides.items():
+            field = f"{where}.overrides[{ep!r}]"
+            if not isinstance(ep, str) or " " not in ep:
+                raise ObjectiveConfigError(
+                    field, "keyed by an endpoint such as 'GET /api/reports'", ep
+                )
+            excluded.append(ep)
+            if spec is None:
+                continue
+            if not isinstance(spec, dict) or set(spec) - {"target", "threshold_ms"}:
+                raise ObjectiveConfigError(
+                    field, "None or a dict with 'target' and/or 'threshold_ms'", spec
+                )
+            out.append(
+                Objective(
+                    f"{name} {ep}"[:64],
+                    _target(f"{field}.target", spec.get("target", target)),
+                    kind,
+                    _threshold(f"{field}.threshold_ms", spec.get("threshold_ms", threshold))
+                    if kind == "latency"
+                    else None,
+                    endpoint=ep,
+                )
+            )
+        out.append(Objective(name, target, kind, threshold, endpoint, frozenset(excluded)))
+    names = [o.name for o in out]
+    for n in names:
+        if names.count(n) > 1:
+            raise ObjectiveConfigError("", "a list of objectives with distinct names", n)
+    return tuple(out)
+
+
+# --- evaluation over the store ----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class AlertRules:
+    """What one evaluation checks.
+
+    :param objectives: the service level objectives (burn-rate alerts, ``slo:…``).
+    :param scale: multiplies every window (1/60: an hour in a minute).
+    :param shape_p95_ms: a query shape whose p95 within an endpoint exceeds this over the
+        short window (5 minutes, scaled) alerts (``shape_p95:…``); None: off.
+    :param shape_min_calls: ... given at least this many calls in the window.
+    :param new_n_plus_one: an N+1 loop first seen since alerting began (``n_plus_one:…``).
+    :param new_full_scan: a full scan the advisor found since then (``full_scan:…``).
+    :param bucket_seconds: the store's bucket width.
+    """
+
+    objectives: tuple[Objective, ...]
+    policy: tuple[BurnWindow, ...] = DEFAULT_POLICY
+    scale: float = 1.0
+    shape_p95_ms: float | None = 1000.0
+    shape_min_calls: int = 20
+    new_n_plus_one: bool = True
+    new_full_scan: bool = True
+    bucket_seconds: int = 60
+
+    @property
+    def shape_window(self) -> float:
+        """The window of the per-shape rules: 5 minutes, scaled."""
+        return 300.0 * self.scale
+
+    @property
+    def finding_window(self) -> float:
+        """A new finding's alert resolves when it was not seen for an hour, scaled."""
+        return 3600.0 * self.scale
+
+
+#: An alert that should be firing: kind, severity, headline, the evidence's window and
+#: the gap before its comparison window, the objective's name.
+_Wanted = tuple[str, str, str, float, float, str | None]
+
+#: The name of the store lease the evaluating process holds.
+LEASE = "alerts"
+_SEVERITY_ORDER = {"page": 0, "ticket": 1}
+
+
+class Evaluator:
+    """Evaluates :class:`AlertRules` over a store, as exactly one process at a time.
+
+    Each :meth:`run` takes (or renews) the store's lease; a process that does not hold it
+    does nothing. Firing and resolving are written to the store (``qw_alerts``, and each
+    change to ``qw_alert_events``) in one transaction that checks the current state, so a
+    change is recorded once even if two evaluators overlapped.
+    """
+
+    def __init__(self, store: Store, rules: AlertRules, *, holder: str | None = None) -> None:
+        self.store = store
+        self.rules = rules
+        self._holder = holder
+        self._holder_pid = 0
+        #: Changes this evaluator wrote (bounded), newest last.
+        self.changes: list[AlertChange] = []
+
+    @property
+    def holder(self) -> str:
+        """Who holds the lease: host, process and a random part (new in a forked child)."""
+        import os
+        import socket
+        import uuid
+
+        if self._holder is not None:
+            return self._holder
+        pid = os.getpid()
+        if self._holder_cache is None or self._holder_pid != pid:
+            self._holder_pid = pid
+            self._holder_cache = f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}"
+        return self._holder_cache
+
+    _holder_cache: str | None = None
+
+    def run(
+        self, now: float | None = None, *, lease_seconds: float = 90.0
+    ) -> list[AlertChange] | None:
+        """Evaluate if this process holds (or could take) the lease. Returns the state
+        changes written, or None when another process holds the lease."""
+        import time
+
+        now = time.time() if now is None else now
+        if not self.store.acquire_lease(LEASE, self.holder, now, lease_seconds):
+            return None
+        return self.evaluate(now)
+
+    def evaluate(self, now: float) -> list[AlertChange]:
+        """Compare what fires now with the stored states and write the changes."""
+        from . import evidence
+
+        rules = self.rules
+        width = rules.bucket_seconds
+        states = self.store.alert_states()
+        # key -> (kind, severity, headline, evidence span, gap before it, objective)
+        wanted: dict[str, _Wanted] = {}
+        for key, value in self._slo(now).items():
+            wanted[key] = value
+        if rules.shape_p95_ms is not None:
+            wanted.update(self._shapes(now))
+        kinds = []
+        if rules.new_n_plus_one:
+            kinds.append("n_plus_one")
+        if rules.new_full_scan:
+            kinds.append("full_scan")
+        if kinds:
+            since = float(self.store.meta_value("alerts_since", repr(now)) or now)
+            for f in self.store.new_findings(kinds, since):
+                if f.last_seen < now - rules.finding_window:
+                    continue
+                what = "N+1 loop" if f.kind == "n_plus_one" else "full scan"
+                fix = f.fix.splitlines()[0] if f.fix else ""
+                headline = f"New {what} in {f.endpoint}." + (f" Fix: {fix}" if fix else "")
+                headline += "" if headline.endswith(".") else "."
+                wanted[f"{f.kind}:{f.endpoint}:{f.fingerprint}"] = (
+                    f.kind,
+                    "ticket",
+                    headline,
+                    rules.shape_window,
+                    0.0,
+                    None,
+                )
+        out: list[AlertChange] = []
+        memo: dict[t.Any, dict[str, t.Any]] = {}
+        for key, (kind, severity, headline, span, gap, objective) in sorted(wanted.items()):
+            old = states.get(key)
+            if old is not None and old.state == "firing":
+                continue
+            ev = evidence.gather(
+                self.store,
+                now,
+                max(span, width),
+                width=width,
+                gap=gap,
+                objective=objective,
+                memo=memo,
+            )
+            change = AlertChange(
+                key, kind, severity, "firing", now, f"{headline} {ev['hypothesis']}", ev
+            )
+            if self.store.set_alert_state(change):
+                out.append(change)
+        for key, old in sorted(states.items()):
+            if old.state != "firing" or key in wanted:
+                continue
+            lasted = now - old.since
+            change = AlertChange(
+                key,
+                old.kind,
+                old.severity,
+                "resolved",
+                now,
+                f"Resolved after {_duration(lasted)}: {old.summary}",
+                old.evidence,
+            )
+            if self.store.set_alert_state(change):
+                out.append(change)
+        for change in out:
+            _log_change(change)
+        self.changes.extend(out)
+        del self.changes[:-1000]
+        return out
+
+    def _slo(self, now: float) -> dict[str, _Wanted]:
+        rules = self.rules
+        if not rules.objectives:
+            return {}
+        scaled = [w.scaled(rules.scale) for w in rules.policy]
+        spans = sorted({s for w in scaled for s in (w.long_seconds, w.short_seconds)})
+        sums = self.store.slo_sums(
+            [o.name for o in rules.objectives], spans, now, rules.bucket_seconds
+        )
+        out: dict[str, _Wanted] = {}
+        for o in rules.objectives:
+            by_span = dict(zip(spans, sums[o.name], strict=True))
+
+            def counts(
+                seconds: float, by_span: dict[float, tuple[int, int]] = by_span
+            ) -> WindowCounts:
+                return WindowCounts(*by_span[seconds])
+
+            firings = evaluate_objective(o, counts, rules.policy, scale=rules.scale)
+            for severity in sorted(
+                {f.severity for f in firings}, key=lambda s: _SEVERITY_ORDER.get(s, 9)
+            ):
+                worst = max(
+                    (f for f in firings if f.severity == severity), key=lambda f: f.burn_short
+                )
+                window = next(w for w in rules.policy if w.name == worst.window)
+                headline = (
+                    f"SLO {o.name} ({o.describe()}): the error budget burns"
+                    f" {worst.burn_long:.1f}x faster than sustainable over {worst.window}"
+                    f" ({severity})."
+                )
+                # Evidence: the short window (at most half an hour) against as long a
+                # window before the long one began (at most an hour before).
+                short = min(window.short_seconds, 1800.0) * rules.scale
+                gap = min(window.long_seconds - window.short_seconds, 3600.0) * rules.scale
+                out[f"slo:{o.name}:{severity}"] = ("slo", severity, headline, short, gap, o.name)
+        return out
+
+    def _shapes(self, now: float) -> dict[str, _Wanted]:
+        from . import evidence
+
+        rules = self.rules
+        assert rules.shape_p95_ms is not None
+        threshold = rules.shape_p95_ms / 1000.0
+        span = max(rules.shape_window, rules.bucket_seconds)
+        _, _, start, end = evidence.windows(now, span, rules.bucket_seconds)
+        out: dict[str, _Wanted] = {}
+        for (endpoint, fp), agg in self.store.slow_shapes(start, end, threshold).items():
+            if agg.calls < rules.shape_min_calls:
+                continue
+            p95 = agg.quantile(0.95)
+            if p95 <= threshold:
+                continue
+            headline = (
+                f"Query shape {fp} in {endpoint}: p95 {p95 * 1000:.0f} ms over"
+                f" {agg.calls} calls, above {rules.shape_p95_ms:g} ms."
+            )
+            out[f"shape_p95:{endpoint}:{fp}"] = ("shape_p95", "ticket", headline, span, 0.0, None)
+        return out
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _log_change(change: AlertChange) -> None:
+    import logging
+
+    log = logging.getLogger("querywatch.alerts")
+    if change.state == "firing":
+        log.warning(
+            "querywatch alert firing [%s] %s: %s", change.severity, change.key, change.summary
+        )
+    else:
+        log.info("querywatch alert resolved [%s] %s", change.severity, change.key)

@@ -62,6 +62,22 @@ class Settings:
     #: The readiness endpoint (None: none) and its per-database timeout.
     ready_path: str | None = "/readyz"
     ready_timeout: float = 2.0
+    #: The width of the store's time buckets in seconds.
+    bucket_seconds: int = 60
+    #: Service level objectives (:class:`querywatch.alerts.Objective`).
+    objectives: tuple[t.Any, ...] = ()
+    #: Evaluate alerts in this app's processes (the one holding the store's lease).
+    alerts: bool = True
+    #: Seconds between two evaluations.
+    alert_interval: float = 30.0
+    #: Multiplies every alert window (tests and the demo compress time).
+    alert_time_scale: float = 1.0
+    #: A query shape's p95 above this many ms alerts (None: off), given enough calls.
+    alert_shape_p95_ms: float | None = 1000.0
+    alert_shape_min_calls: int = 20
+    #: Alert on an N+1 loop / a full scan first seen since alerting began.
+    alert_new_n_plus_one: bool = True
+    alert_new_full_scan: bool = True
 
 
 def _bool(app: Flask, key: str, default: bool) -> bool:
@@ -186,6 +202,27 @@ def _token(app: Flask, key: str) -> str | None:
     return value
 
 
+def _objectives(app: Flask) -> tuple[t.Any, ...]:
+    from .alerts import DEFAULT_OBJECTIVES
+    from .alerts import ObjectiveConfigError
+    from .alerts import parse_objectives
+
+    key = "QUERYWATCH_OBJECTIVES"
+    value = app.config.setdefault(key, [dict(o) for o in DEFAULT_OBJECTIVES])
+    if value is None:
+        return ()
+    try:
+        return parse_objectives(value)
+    except ObjectiveConfigError as e:
+        raise ConfigError(f"{key}{e.field}", e.expected, e.value) from None
+
+
+def _optional_ms(app: Flask, key: str, default: float) -> float | None:
+    if app.config.setdefault(key, default) is None:
+        return None
+    return _number(app, key, default, minimum=0, exclusive=True)
+
+
 def load_settings(app: Flask) -> Settings:
     """Read and validate the ``QUERYWATCH_*`` keys, writing defaults back to
     ``app.config`` so it shows the effective values."""
@@ -234,4 +271,17 @@ def load_settings(app: Flask) -> Settings:
         ),
         ready_path=_path(app, "QUERYWATCH_READY_PATH", "/readyz"),
         ready_timeout=_number(app, "QUERYWATCH_READY_TIMEOUT", 2.0, minimum=0, exclusive=True),
+        bucket_seconds=int(_number(app, "QUERYWATCH_BUCKET_SECONDS", 60, minimum=1, integer=True)),
+        objectives=_objectives(app),
+        alerts=_bool(app, "QUERYWATCH_ALERTS", True),
+        alert_interval=_number(app, "QUERYWATCH_ALERT_INTERVAL", 30.0, minimum=0, exclusive=True),
+        alert_time_scale=_number(
+            app, "QUERYWATCH_ALERT_TIME_SCALE", 1.0, minimum=0, exclusive=True
+        ),
+        alert_shape_p95_ms=_optional_ms(app, "QUERYWATCH_ALERT_SHAPE_P95_MS", 1000.0),
+        alert_shape_min_calls=int(
+            _number(app, "QUERYWATCH_ALERT_SHAPE_MIN_CALLS", 20, minimum=1, integer=True)
+        ),
+        alert_new_n_plus_one=_bool(app, "QUERYWATCH_ALERT_NEW_N_PLUS_ONE", True),
+        alert_new_full_scan=_bool(app, "QUERYWATCH_ALERT_NEW_FULL_SCAN", True),
     )

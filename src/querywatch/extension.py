@@ -38,6 +38,7 @@ if t.TYPE_CHECKING:
     from flask import Response
     from sqlalchemy.engine import Engine
 
+    from .alerts import Evaluator
     from .cache import Cache
     from .metrics import AppMetrics
     from .store import Store
@@ -53,7 +54,7 @@ class AppState:
     def __init__(self, app: Flask, settings: Settings, engines: frozenset[Engine] | None) -> None:
         self.settings = settings
         self.engines = engines
-        self.stats = Stats(max_shapes=settings.max_shapes)
+        self.stats = self.new_stats()
         self.instance_path = app.instance_path
         #: The app's name (its import name), as metrics label it.
         self.name = app.name
@@ -69,6 +70,33 @@ class AppState:
         self.owner: QueryWatch | None = None
         #: The app's Prometheus metrics (None when ``QUERYWATCH_METRICS_PATH`` is None).
         self.metrics: AppMetrics | None = None
+        self._evaluator: Evaluator | None = None
+
+    def new_stats(self) -> Stats:
+        s = self.settings
+        return Stats(
+            max_shapes=s.max_shapes, bucket_seconds=s.bucket_seconds, objectives=s.objectives
+        )
+
+    @property
+    def evaluator(self) -> Evaluator:
+        """The app's alert evaluator (it evaluates only while holding the store's lease)."""
+        if self._evaluator is None:
+            from .alerts import AlertRules
+            from .alerts import Evaluator
+
+            s = self.settings
+            rules = AlertRules(
+                objectives=s.objectives,
+                scale=s.alert_time_scale,
+                shape_p95_ms=s.alert_shape_p95_ms,
+                shape_min_calls=s.alert_shape_min_calls,
+                new_n_plus_one=s.alert_new_n_plus_one,
+                new_full_scan=s.alert_new_full_scan,
+                bucket_seconds=s.bucket_seconds,
+            )
+            self._evaluator = Evaluator(self.store, rules)
+        return self._evaluator
 
     @property
     def store(self) -> Store:
@@ -166,6 +194,7 @@ class Flusher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._last_prune = 0.0
+        self._next_eval = 0.0
         #: Flushes that failed because the store was unreachable, read-only or full.
         self.failures = 0
         self.flushes = 0
@@ -205,8 +234,34 @@ class Flusher:
                 if time.monotonic() >= next_flush:
                     next_flush = time.monotonic() + self.interval
                     self.flush()
+                    self.evaluate_alerts()
             except Exception as e:  # keep the thread alive whatever happens
                 record_internal_error("flusher.run", e)
+
+    def evaluate_alerts(self, *, force: bool = False) -> list[t.Any] | None:
+        """Evaluate the alerts if it is time (every ``QUERYWATCH_ALERT_INTERVAL``
+        seconds) and this process holds the store's lease. Never raises: a failure is
+        counted and logged."""
+        state = self._state()
+        if state is None or not state.settings.alerts:
+            return None
+        now = time.monotonic()
+        if not force and now < self._next_eval:
+            return None
+        interval = state.settings.alert_interval
+        self._next_eval = now + interval
+        try:
+            return state.evaluator.run(lease_seconds=max(3 * interval, 2 * self.interval))
+        except Exception as e:
+            record_internal_error("alerts.evaluate", e)
+            log_limited(
+                "alerts.evaluate",
+                "querywatch could not evaluate its alerts (%s: %s); the application is not"
+                " affected.",
+                type(e).__name__,
+                str(e).splitlines()[0][:200] if str(e) else "",
+            )
+            return None
 
     def flush(self) -> bool:
         """Write what is pending now. Returns False when the store could not be written
@@ -217,16 +272,22 @@ class Flusher:
         snap = state.stats.drain()
         cache = state._cache
         counts = cache.take_counts() if cache is not None else {}
-        if snap.is_empty() and not counts:
+        pools = state.metrics.take_pool_counts() if state.metrics is not None else {}
+        if snap.is_empty() and not counts and not pools:
             return True
         written = counted = False
         try:
             store = state.store
             store.write(snap)
             written = True
+            width = state.settings.bucket_seconds
+            bucket = int(time.time() // width) * width
             if counts:
-                store.write_cache_stats(int(time.time() // 60) * 60, counts)
+                store.write_cache_stats(bucket, counts)
             counted = True
+            if pools:
+                store.write_pool_stats(bucket, pools)
+                pools = {}
             self.flushes += 1
             now = time.time()
             if now - self._last_prune > 3600:
@@ -239,6 +300,8 @@ class Flusher:
                 state.stats.restore(snap)
             if not counted and counts and cache is not None:
                 cache.give_back(counts)
+            if pools and state.metrics is not None:
+                state.metrics.give_back_pool_counts(pools)
             self.failures += 1
             log_limited(
                 "store.flush",
@@ -285,7 +348,7 @@ def _after_fork_in_child() -> None:
     _pid = os.getpid()
     _forked = True
     for state in list(_states):
-        state.stats = Stats(max_shapes=state.settings.max_shapes)
+        state.stats = state.new_stats()
         state.flusher._thread = None
         state.flusher._lock = threading.Lock()
         state.advice_worker.after_fork()

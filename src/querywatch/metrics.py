@@ -257,6 +257,8 @@ class AppMetrics(Collector):
         #: Per pool: time waited to check a connection out, and checkouts that timed out.
         self.pool_wait = _Histograms(DB_BUCKETS)
         self.pool_timeouts: dict[str, int] = {}
+        #: Per pool: the (checkouts, wait, timeouts) already handed to the store.
+        self._pool_marks: dict[str, tuple[int, float, int]] = {}
         self._pool_lock = threading.Lock()
         self._pools_checked = -POOL_CHECK_INTERVAL
         self.registry = CollectorRegistry(auto_describe=True)
@@ -321,6 +323,7 @@ class AppMetrics(Collector):
         self._pool_lock = threading.Lock()
         self.pool_wait = _Histograms(DB_BUCKETS)
         self.pool_timeouts = {}
+        self._pool_marks = {}
         self.multiprocess = multiprocess_dir() is not None
         if self.multiprocess and not self._mp:
             self._mp = self._mp_metrics()
@@ -387,6 +390,40 @@ class AppMetrics(Collector):
                 except IndexError:
                     return
                 self._observe(unit)
+
+    def take_pool_counts(self) -> dict[str, tuple[int, float, int, float | None]]:
+        """Per pool, what happened since the last call: checkouts, seconds waited,
+        timeouts, and the share of the pool in use now (for the store, so alerts see
+        every worker's pools). :meth:`give_back_pool_counts` undoes a call whose write
+        failed."""
+        out: dict[str, tuple[int, float, int, float | None]] = {}
+        try:
+            engines = self._engines()
+        except Exception:
+            engines = {}
+        with self._pool_lock:
+            for (name,), (counts, waited) in list(self.pool_wait.series.items()):
+                total = sum(counts)
+                timeouts = self.pool_timeouts.get(name, 0)
+                seen = self._pool_marks.get(name, (0, 0.0, 0))
+                if total == seen[0] and timeouts == seen[2]:
+                    continue
+                self._pool_marks[name] = (total, waited, timeouts)
+                out[name] = (total - seen[0], waited - seen[1], timeouts - seen[2], None)
+        for name, (c, w, n, _) in list(out.items()):
+            engine = engines.get(name)
+            st = pool_status(engine) if engine is not None else None
+            out[name] = (c, w, n, st["saturation"] if st else None)
+        return out
+
+    def give_back_pool_counts(
+        self, counts: dict[str, tuple[int, float, int, float | None]]
+    ) -> None:
+        with self._pool_lock:
+            for name, (c, w, n, _) in counts.items():
+                seen = self._pool_marks.get(name)
+                if seen is not None:
+                    self._pool_marks[name] = (seen[0] - c, seen[1] - w, seen[2] - n)
 
     def _time_checkouts(self, name: str, pool: t.Any) -> None:
         """Wrap the pool's checkout to time the wait and count the timeouts.

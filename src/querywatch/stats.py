@@ -18,6 +18,7 @@ import threading
 import typing as t
 
 if t.TYPE_CHECKING:
+    from .alerts import Objective
     from .capture import CallSite
     from .capture import LoopStats
     from .capture import Record
@@ -180,6 +181,8 @@ class FindingAggregate:
 class MinuteBucket:
     queries: dict[tuple[str, str], Aggregate] = dataclasses.field(default_factory=dict)
     endpoints: dict[str, EndpointAggregate] = dataclasses.field(default_factory=dict)
+    #: (objective, endpoint) -> [requests counted, bad ones].
+    slo: dict[tuple[str, str], list[int]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(slots=True)
@@ -205,9 +208,20 @@ def status_class(status: int, kind: str) -> str:
 class Stats:
     """The aggregates of one process, waiting for the next flush."""
 
-    def __init__(self, *, max_shapes: int = 2000, max_endpoints: int = 500) -> None:
+    def __init__(
+        self,
+        *,
+        max_shapes: int = 2000,
+        max_endpoints: int = 500,
+        bucket_seconds: int = 60,
+        objectives: t.Sequence[Objective] = (),
+    ) -> None:
         self.max_shapes = max_shapes
         self.max_endpoints = max_endpoints
+        #: The width of a bucket (``QUERYWATCH_BUCKET_SECONDS``): a minute by default.
+        self.bucket_seconds = bucket_seconds
+        #: The service level objectives each request is counted against.
+        self.objectives = tuple(objectives)
         self._lock = threading.Lock()
         #: Finished units of work not folded in yet (see :meth:`add`).
         self._queue: collections.deque[tuple[t.Any, ...]] = collections.deque()
@@ -281,7 +295,8 @@ class Stats:
         overflow: dict[str, ShapeStats],
         findings: t.Sequence[Finding],
     ) -> None:
-        minute = int(started_wall // 60) * 60
+        width = self.bucket_seconds
+        minute = int(started_wall // width) * width
         bucket = self._buckets.get(minute)
         if bucket is None:
             bucket = self._buckets[minute] = MinuteBucket()
@@ -309,6 +324,16 @@ class Stats:
         ep.db_time += db_time
         ep.db_errors += errors
         ep.dropped_queries += dropped
+        if kind == "request" and self.objectives:
+            slo = bucket.slo
+            for o in self.objectives:
+                if o.applies_to(endpoint):
+                    counts = slo.get((o.name, endpoint))
+                    if counts is None:
+                        counts = slo[(o.name, endpoint)] = [0, 0]
+                    counts[0] += 1
+                    if o.is_bad(status, duration):
+                        counts[1] += 1
         queries = bucket.queries
         pending = self._pending_fps
         for part in (loops.values(), overflow.values()):
@@ -404,6 +429,10 @@ class Stats:
                         bucket.endpoints[ep_name] = ep
                     else:
                         cur_ep.merge(ep)
+                for skey, counts in old.slo.items():
+                    cur_c = bucket.slo.setdefault(skey, [0, 0])
+                    cur_c[0] += counts[0]
+                    cur_c[1] += counts[1]
             while len(self._buckets) > MAX_PENDING_MINUTES:
                 del self._buckets[min(self._buckets)]
                 self.dropped_minutes += 1

@@ -38,7 +38,17 @@ if t.TYPE_CHECKING:
     from sqlalchemy.engine import Connection
     from sqlalchemy.engine import Engine
 
-__all__ = ["PlanFindingRow", "Store", "StoredAdvice", "StoredFinding", "StoredShape", "Window"]
+__all__ = [
+    "AlertChange",
+    "PlanFindingRow",
+    "Store",
+    "StoredAdvice",
+    "StoredAlert",
+    "StoredAlertEvent",
+    "StoredFinding",
+    "StoredShape",
+    "Window",
+]
 
 _KNOWN_SHAPES_CAP = 20000
 
@@ -252,6 +262,7 @@ class Store:
                     for minute, bucket in sorted(snap.buckets.items()):
                         self._merge_queries(conn, minute, bucket.queries)
                         self._merge_endpoints(conn, minute, bucket.endpoints)
+                        self._merge_slo(conn, minute, bucket.slo)
                     self._merge_findings(conn, snap.findings)
                 break
             except IntegrityError:
@@ -429,6 +440,85 @@ class Store:
                 updates,
             )
 
+    def _merge_slo(
+        self, conn: Connection, minute: int, counts: dict[tuple[str, str], list[int]]
+    ) -> None:
+        if not counts:
+            return
+        sums: dict[str, list[int]] = {}
+        for (objective, _), (total, bad) in counts.items():
+            acc = sums.setdefault(objective[:64], [0, 0])
+            acc[0] += total
+            acc[1] += bad
+        totals = schema.slo_totals
+        old_totals = {
+            row.objective: row
+            for row in conn.execute(
+                self._lock_rows(
+                    select(totals).where(
+                        totals.c.minute == minute, totals.c.objective.in_(sorted(sums))
+                    )
+                )
+            )
+        }
+        for objective, (total, bad) in sorted(sums.items()):
+            row = old_totals.get(objective)
+            if row is None:
+                conn.execute(
+                    totals.insert().values(objective=objective, minute=minute, total=total, bad=bad)
+                )
+            else:
+                conn.execute(
+                    totals.update()
+                    .where(totals.c.objective == objective, totals.c.minute == minute)
+                    .values(total=row.total + total, bad=row.bad + bad)
+                )
+        tbl = schema.slo_stats
+        names = sorted({o for o, _ in counts})
+        existing = {
+            (row.objective, row.endpoint): row
+            for row in conn.execute(
+                self._lock_rows(
+                    select(tbl).where(tbl.c.minute == minute, tbl.c.objective.in_(names))
+                )
+            )
+        }
+        inserts, updates = [], []
+        for (objective, endpoint), (total, bad) in counts.items():
+            key = (objective[:64], endpoint[:255])
+            old = existing.get(key)
+            if old is None:
+                inserts.append(
+                    {
+                        "objective": key[0],
+                        "minute": minute,
+                        "endpoint": key[1],
+                        "total": total,
+                        "bad": bad,
+                    }
+                )
+            else:
+                updates.append(
+                    {
+                        "b_objective": key[0],
+                        "b_minute": minute,
+                        "b_endpoint": key[1],
+                        "total": old.total + total,
+                        "bad": old.bad + bad,
+                    }
+                )
+        if inserts:
+            conn.execute(tbl.insert(), inserts)
+        if updates:
+            conn.execute(
+                tbl.update().where(
+                    tbl.c.objective == bindparam("b_objective"),
+                    tbl.c.minute == bindparam("b_minute"),
+                    tbl.c.endpoint == bindparam("b_endpoint"),
+                ),
+                updates,
+            )
+
     def _merge_findings(
         self, conn: Connection, found: dict[tuple[str, str, str], FindingAggregate]
     ) -> None:
@@ -480,8 +570,15 @@ class Store:
             n = conn.execute(
                 schema.query_stats.delete().where(schema.query_stats.c.minute < cutoff)
             ).rowcount
+            for tbl in (
+                schema.endpoint_stats,
+                schema.slo_stats,
+                schema.slo_totals,
+                schema.pool_stats,
+            ):
+                n += conn.execute(tbl.delete().where(tbl.c.minute < cutoff)).rowcount
             n += conn.execute(
-                schema.endpoint_stats.delete().where(schema.endpoint_stats.c.minute < cutoff)
+                schema.alert_events.delete().where(schema.alert_events.c.at < cutoff)
             ).rowcount
         return int(n)
 
@@ -544,22 +641,7 @@ class Store:
             stmt = stmt.where(tbl.c.endpoint == endpoint)
         stmt = stmt.order_by(tbl.c.total_s.desc(), tbl.c.id).limit(limit)
         with self.engine.connect() as conn:
-            return [
-                StoredFinding(
-                    row.kind,
-                    row.endpoint,
-                    row.fingerprint,
-                    row.first_seen,
-                    row.last_seen,
-                    row.occurrences,
-                    row.queries,
-                    row.total_s,
-                    _site(row),
-                    row.relationship,
-                    row.fix,
-                )
-                for row in conn.execute(stmt)
-            ]
+            return [_finding(row) for row in conn.execute(stmt)]
 
     # --- the advisor's results --------------------------------------------------------
 
@@ -762,8 +844,443 @@ class Store:
                     agg[f] += getattr(row, f)
         return out
 
+    # --- what alerts read ---------------------------------------------------------------
+
+    def slo_sums(
+        self, objectives: t.Sequence[str], windows: t.Sequence[float], now: float, width: int
+    ) -> dict[str, list[tuple[int, int]]]:
+        """Per objective, (events, bad events) over each of ``windows`` (seconds before
+        ``now``): one pass over the buckets that overlap the longest window."""
+        from sqlalchemy import case
+        from sqlalchemy import func
+
+        self.migrate()
+        tbl = schema.slo_totals
+        cols: list[t.Any] = [tbl.c.objective]
+        for i, w in enumerate(windows):
+            inside = tbl.c.minute > now - w - width
+            cols.append(func.sum(case((inside, tbl.c.total), else_=0)).label(f"t{i}"))
+            cols.append(func.sum(case((inside, tbl.c.bad), else_=0)).label(f"b{i}"))
+        lo = now - max(windows) - width
+        stmt = (
+            select(*cols)
+            .where(tbl.c.objective.in_(list(objectives)), tbl.c.minute > lo, tbl.c.minute <= now)
+            .group_by(tbl.c.objective)
+        )
+        out = {o: [(0, 0)] * len(windows) for o in objectives}
+        with self.engine.connect() as conn:
+            for row in conn.execute(stmt):
+                out[row[0]] = [
+                    (int(row[1 + 2 * i] or 0), int(row[2 + 2 * i] or 0))
+                    for i in range(len(windows))
+                ]
+        return out
+
+    def slo_endpoints(
+        self, objective: str, since: float, until: float, limit: int = 5
+    ) -> list[tuple[str, int, int]]:
+        """(endpoint, events, bad events) of an objective in the buckets that overlap
+        ``(since, until]`` (as :meth:`slo_sums` counts them), most bad first."""
+        from sqlalchemy import func
+
+        tbl = schema.slo_stats
+        bad = func.sum(tbl.c.bad)
+        stmt = (
+            select(tbl.c.endpoint, func.sum(tbl.c.total), bad)
+            .where(tbl.c.objective == objective, tbl.c.minute > since, tbl.c.minute <= until)
+            .group_by(tbl.c.endpoint)
+            .order_by(bad.desc(), tbl.c.endpoint)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [(r[0], int(r[1] or 0), int(r[2] or 0)) for r in conn.execute(stmt)]
+
+    def endpoint_totals(self, since: float, until: float) -> dict[str, EndpointAggregate]:
+        """Per endpoint, the requests of ``[since, until)`` (bucket starts), without the
+        histograms."""
+        tbl = schema.endpoint_stats
+        out: dict[str, EndpointAggregate] = {}
+        stmt = select(
+            tbl.c.endpoint, tbl.c.requests, tbl.c.statuses, tbl.c.total_s, tbl.c.db_s
+        ).where(tbl.c.minute >= since, tbl.c.minute < until)
+        with self.engine.connect() as conn:
+            for row in conn.execute(stmt):
+                ep = out.setdefault(row.endpoint, EndpointAggregate())
+                ep.requests += row.requests
+                for k, v in json.loads(row.statuses or "{}").items():
+                    ep.statuses[k] = ep.statuses.get(k, 0) + int(v)
+                ep.total += row.total_s
+                ep.db_time += row.db_s
+        return out
+
+    def shape_deltas(
+        self, now: tuple[float, float], before: tuple[float, float], limit: int = 5
+    ) -> list[tuple[str, str, float, int, float, int]]:
+        """(endpoint, fingerprint, time now, calls now, time before, calls before) of the
+        ``limit`` query shapes whose total time grew most from ``before`` to ``now`` (each
+        a ``[since, until)`` of bucket starts), and of the ``limit`` costliest now; most
+        grown first."""
+        from sqlalchemy import case
+        from sqlalchemy import func
+
+        tbl = schema.query_stats
+        in_now = (tbl.c.minute >= now[0]) & (tbl.c.minute < now[1])
+        in_before = (tbl.c.minute >= before[0]) & (tbl.c.minute < before[1])
+        t_now = func.sum(case((in_now, tbl.c.total_s), else_=0.0))
+        c_now = func.sum(case((in_now, tbl.c.calls), else_=0))
+        t_before = func.sum(case((in_now, 0.0), else_=tbl.c.total_s))
+        c_before = func.sum(case((in_now, 0), else_=tbl.c.calls))
+        base = (
+            select(tbl.c.endpoint, tbl.c.fingerprint, t_now, c_now, t_before, c_before)
+            .where(in_now | in_before)
+            .group_by(tbl.c.endpoint, tbl.c.fingerprint)
+        )
+        # One grouped pass (a row per endpoint and shape), ranked here both ways.
+        with self.engine.connect() as conn:
+            rows = [
+                (r[0], r[1], float(r[2] or 0), int(r[3] or 0), float(r[4] or 0), int(r[5] or 0))
+                for r in conn.execute(base)
+            ]
+        grown = sorted(rows, key=lambda d: (d[4] - d[2], d[0], d[1]))[:limit]
+        costliest = sorted(rows, key=lambda d: (-d[2], d[0], d[1]))[:limit]
+        picked = {(d[0], d[1]): d for d in grown + costliest}
+        return sorted(picked.values(), key=lambda d: (d[4] - d[2], d[0], d[1]))
+
+    def slow_shapes(
+        self, since: float, until: float, threshold: float
+    ) -> dict[tuple[str, str], Aggregate]:
+        """Per (endpoint, fingerprint), the window's aggregate of the shapes that had a
+        statement slower than ``threshold`` seconds in it (the others cannot have a p95
+        over it)."""
+        from sqlalchemy import tuple_
+
+        tbl = schema.query_stats
+        window = (tbl.c.minute >= since) & (tbl.c.minute < until)
+        slow = select(tbl.c.endpoint, tbl.c.fingerprint).where(window, tbl.c.max_s >= threshold)
+        stmt = select(tbl).where(window, tuple_(tbl.c.endpoint, tbl.c.fingerprint).in_(slow))
+        out: dict[tuple[str, str], Aggregate] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(stmt):
+                out.setdefault((row.endpoint, row.fingerprint), Aggregate()).merge(
+                    Aggregate(
+                        calls=row.calls,
+                        errors=row.errors,
+                        total=row.total_s,
+                        min=row.min_s,
+                        max=row.max_s,
+                        rows=row.rows,
+                        hist=_hist_load(row.hist),
+                    )
+                )
+        return out
+
+    def new_findings(self, kinds: t.Sequence[str], since: float) -> list[StoredFinding]:
+        """Findings of ``kinds`` first seen at or after ``since``."""
+        tbl = schema.findings
+        stmt = (
+            select(tbl)
+            .where(tbl.c.kind.in_(list(kinds)), tbl.c.first_seen >= since)
+            .order_by(tbl.c.first_seen, tbl.c.id)
+            .limit(200)
+        )
+        with self.engine.connect() as conn:
+            return [_finding(row) for row in conn.execute(stmt)]
+
+    def finding_kinds(self, fingerprints: t.Iterable[str]) -> dict[str, set[str]]:
+        """The kinds of finding recorded for each fingerprint."""
+        tbl = schema.findings
+        out: dict[str, set[str]] = {}
+        fps = list(fingerprints)
+        if not fps:
+            return out
+        with self.engine.connect() as conn:
+            for fp, kind in conn.execute(
+                select(tbl.c.fingerprint, tbl.c.kind).where(tbl.c.fingerprint.in_(fps)).distinct()
+            ):
+                out.setdefault(fp, set()).add(kind)
+        return out
+
+    def pool_window(
+        self, since: float, until: float
+    ) -> dict[str, tuple[int, float, int, float | None]]:
+        """Per pool: checkouts, seconds waited, timeouts, highest saturation."""
+        tbl = schema.pool_stats
+        out: dict[str, tuple[int, float, int, float | None]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(select(tbl).where(tbl.c.minute >= since, tbl.c.minute < until)):
+                c, w, n, s = out.get(row.pool, (0, 0.0, 0, None))
+                sat = row.saturation
+                if s is not None:
+                    sat = s if sat is None else max(s, sat)
+                out[row.pool] = (c + row.checkouts, w + row.wait_s, n + row.timeouts, sat)
+        return out
+
+    # --- connection pools -------------------------------------------------------------
+
+    def write_pool_stats(
+        self, minute: int, pools: dict[str, tuple[int, float, int, float | None]]
+    ) -> None:
+        """Add per-pool checkouts, their wait, timeouts (and the highest saturation seen)
+        to a bucket."""
+        if not pools:
+            return
+        self.migrate()
+        tbl = schema.pool_stats
+        with self.engine.begin() as conn:
+            existing = {
+                row.pool: row
+                for row in conn.execute(
+                    self._lock_rows(
+                        select(tbl).where(
+                            tbl.c.minute == minute, tbl.c.pool.in_([p[:255] for p in pools])
+                        )
+                    )
+                )
+            }
+            for name, (checkouts, wait, timeouts, saturation) in pools.items():
+                old = existing.get(name[:255])
+                if old is None:
+                    conn.execute(
+                        tbl.insert().values(
+                            minute=minute,
+                            pool=name[:255],
+                            checkouts=checkouts,
+                            wait_s=wait,
+                            timeouts=timeouts,
+                            saturation=saturation,
+                        )
+                    )
+                else:
+                    sat = old.saturation
+                    if saturation is not None:
+                        sat = saturation if sat is None else max(sat, saturation)
+                    conn.execute(
+                        tbl.update()
+                        .where(tbl.c.minute == minute, tbl.c.pool == old.pool)
+                        .values(
+                            checkouts=old.checkouts + checkouts,
+                            wait_s=old.wait_s + wait,
+                            timeouts=old.timeouts + timeouts,
+                            saturation=sat,
+                        )
+                    )
+
+    # --- leases and alert state ---------------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, now: float, ttl: float) -> bool:
+        """Take or renew the lease ``name`` for ``ttl`` seconds: True for exactly one
+        holder at a time, across processes and hosts (their clocks within ``ttl``)."""
+        self.migrate()
+        tbl = schema.leases
+        try:
+            with self.engine.begin() as conn:
+                n = conn.execute(
+                    update(tbl)
+                    .where(
+                        tbl.c.name == name,
+                        (tbl.c.holder == holder) | (tbl.c.expires <= now),
+                    )
+                    .values(holder=holder, expires=now + ttl)
+                ).rowcount
+                if n == 1:
+                    return True
+                if conn.execute(select(tbl.c.name).where(tbl.c.name == name)).first():
+                    return False
+                conn.execute(
+                    tbl.insert().values(name=name, holder=holder, expires=now + ttl, acquired=now)
+                )
+                return True
+        except IntegrityError:
+            return False  # another process inserted it first
+
+    def release_lease(self, name: str, holder: str) -> None:
+        tbl = schema.leases
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(tbl).where(tbl.c.name == name, tbl.c.holder == holder).values(expires=0.0)
+            )
+
+    def lease_holder(self, name: str, now: float) -> str | None:
+        self.migrate()
+        tbl = schema.leases
+        with self.engine.connect() as conn:
+            row = conn.execute(select(tbl).where(tbl.c.name == name)).first()
+        return row.holder if row is not None and row.expires > now else None
+
+    def meta_value(self, key: str, default: str | None = None) -> str | None:
+        """A value of ``qw_meta``; with ``default``, set it first if absent (the first
+        writer wins)."""
+        self.migrate()
+        tbl = schema.meta
+        with self.engine.begin() as conn:
+            row = conn.execute(self._lock_rows(select(tbl.c.value).where(tbl.c.key == key))).first()
+            if row is not None:
+                return str(row[0])
+            if default is None:
+                return None
+            try:
+                conn.execute(tbl.insert().values(key=key, value=default))
+            except IntegrityError:
+                pass
+            else:
+                return default
+        return self.meta_value(key)
+
+    def alert_states(self) -> dict[str, StoredAlert]:
+        """Every alert's current state, by key."""
+        self.migrate()
+        tbl = schema.alerts
+        with self.engine.connect() as conn:
+            return {row.key: _alert(row) for row in conn.execute(select(tbl))}
+
+    def set_alert_state(self, change: AlertChange) -> bool:
+        """Move an alert to ``change.state`` and log the change, in one transaction.
+        False (nothing written) when it already is in that state: a change is written
+        once however many processes try."""
+        self.migrate()
+        tbl, events = schema.alerts, schema.alert_events
+        evidence = json.dumps(change.evidence, sort_keys=True, default=str)
+        try:
+            with self.engine.begin() as conn:
+                old = conn.execute(
+                    self._lock_rows(select(tbl).where(tbl.c.key == change.key))
+                ).first()
+                if old is not None and old.state == change.state:
+                    return False
+                if old is None and change.state != "firing":
+                    return False
+                values = {
+                    "kind": change.kind[:32],
+                    "severity": change.severity[:16],
+                    "state": change.state,
+                    "since": change.at,
+                    "updated": change.at,
+                    "summary": change.summary,
+                    "evidence": evidence,
+                }
+                if old is None:
+                    conn.execute(tbl.insert().values(key=change.key, fired=1, **values))
+                else:
+                    fired = old.fired + (1 if change.state == "firing" else 0)
+                    conn.execute(
+                        tbl.update().where(tbl.c.key == change.key).values(fired=fired, **values)
+                    )
+                conn.execute(
+                    events.insert().values(
+                        key=change.key,
+                        kind=change.kind[:32],
+                        severity=change.severity[:16],
+                        state=change.state,
+                        at=change.at,
+                        summary=change.summary,
+                        evidence=evidence,
+                    )
+                )
+                return True
+        except IntegrityError:
+            return False  # another process inserted the first firing at the same moment
+
+    def touch_alert(self, key: str, at: float, summary: str, evidence: dict[str, t.Any]) -> None:
+        """Refresh a firing alert's figures (no state change, no event)."""
+        tbl = schema.alerts
+        with self.engine.begin() as conn:
+            conn.execute(
+                tbl.update()
+                .where(tbl.c.key == key, tbl.c.state == "firing")
+                .values(
+                    updated=at,
+                    summary=summary,
+                    evidence=json.dumps(evidence, sort_keys=True, default=str),
+                )
+            )
+
+    def alert_events(self, after_id: int = 0, limit: int = 1000) -> list[StoredAlertEvent]:
+        """Alert state changes after ``after_id``, oldest first."""
+        self.migrate()
+        tbl = schema.alert_events
+        stmt = select(tbl).where(tbl.c.id > after_id).order_by(tbl.c.id).limit(limit)
+        with self.engine.connect() as conn:
+            return [
+                StoredAlertEvent(
+                    row.id,
+                    row.key,
+                    row.kind,
+                    row.severity,
+                    row.state,
+                    row.at,
+                    row.summary,
+                    json.loads(row.evidence),
+                )
+                for row in conn.execute(stmt)
+            ]
+
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class AlertChange(t.NamedTuple):
+    """An alert moving to ``state`` (``"firing"`` or ``"resolved"``) at ``at``."""
+
+    key: str
+    kind: str
+    severity: str
+    state: str
+    at: float
+    summary: str
+    evidence: dict[str, t.Any]
+
+
+class StoredAlert(t.NamedTuple):
+    key: str
+    kind: str
+    severity: str
+    state: str
+    since: float
+    updated: float
+    summary: str
+    evidence: dict[str, t.Any]
+    fired: int
+
+
+class StoredAlertEvent(t.NamedTuple):
+    id: int
+    key: str
+    kind: str
+    severity: str
+    state: str
+    at: float
+    summary: str
+    evidence: dict[str, t.Any]
+
+
+def _finding(row: t.Any) -> StoredFinding:
+    return StoredFinding(
+        row.kind,
+        row.endpoint,
+        row.fingerprint,
+        row.first_seen,
+        row.last_seen,
+        row.occurrences,
+        row.queries,
+        row.total_s,
+        _site(row),
+        row.relationship,
+        row.fix,
+    )
+
+
+def _alert(row: t.Any) -> StoredAlert:
+    return StoredAlert(
+        row.key,
+        row.kind,
+        row.severity,
+        row.state,
+        row.since,
+        row.updated,
+        row.summary,
+        json.loads(row.evidence),
+        row.fired,
+    )
 
 
 def _endpoint_from_row(row: t.Any) -> EndpointAggregate:

@@ -27,7 +27,10 @@ if t.TYPE_CHECKING:
 #: The version this code writes. A store with a higher version is refused.
 #: 2: ``qw_shapes.sample_sql`` and ``advised_at``, ``qw_advice`` (the advisor's verified
 #: suggestions) and ``qw_cache_stats`` (the result cache, per function and minute).
-SCHEMA_VERSION = 2
+#: 3: ``qw_slo_stats`` and ``qw_slo_totals`` (events and bad events per objective),
+#: ``qw_pool_stats`` (checkout
+#: waits), ``qw_leases``, ``qw_alerts`` and ``qw_alert_events`` (alert state and changes).
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -146,6 +149,82 @@ cache_stats = Table(
 )
 
 
+#: Per bucket, objective and endpoint: the requests an objective counted and the bad ones
+#: (failed, or slower than its threshold), decided when each request is folded in.
+slo_stats = Table(
+    "qw_slo_stats",
+    metadata,
+    Column("objective", String(64), primary_key=True),
+    Column("minute", BigInteger, primary_key=True, autoincrement=False),
+    Column("endpoint", String(255), primary_key=True),
+    Column("total", BigInteger, nullable=False),
+    Column("bad", BigInteger, nullable=False),
+)
+
+#: Per objective and bucket: the sums of ``qw_slo_stats`` over every endpoint, so a
+#: burn rate over three days reads one row a bucket, not one per endpoint.
+slo_totals = Table(
+    "qw_slo_totals",
+    metadata,
+    Column("objective", String(64), primary_key=True),
+    Column("minute", BigInteger, primary_key=True, autoincrement=False),
+    Column("total", BigInteger, nullable=False),
+    Column("bad", BigInteger, nullable=False),
+)
+
+#: Per bucket and pool: checkouts, the time they waited, and the ones that timed out.
+pool_stats = Table(
+    "qw_pool_stats",
+    metadata,
+    Column("minute", BigInteger, primary_key=True, autoincrement=False),
+    Column("pool", String(255), primary_key=True),
+    Column("checkouts", BigInteger, nullable=False),
+    Column("wait_s", Float, nullable=False),
+    Column("timeouts", BigInteger, nullable=False),
+    # The highest share of the pool in use seen at a flush (0..1), or null.
+    Column("saturation", Float),
+)
+
+#: A lease: held by one process (``holder``) until ``expires``, so one process evaluates.
+leases = Table(
+    "qw_leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(255), nullable=False),
+    Column("expires", Float, nullable=False),
+    Column("acquired", Float, nullable=False),
+)
+
+#: Each alert's current state, one row per alert key.
+alerts = Table(
+    "qw_alerts",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("since", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("evidence", Text, nullable=False),
+    Column("fired", BigInteger, nullable=False),
+)
+
+#: Every change of an alert's state (firing, resolved), in order: what incidents follow.
+alert_events = Table(
+    "qw_alert_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(255), nullable=False, index=True),
+    Column("kind", String(32), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("evidence", Text, nullable=False),
+)
+
+
 def _migrate_to_1(conn: Connection) -> None:
     from sqlalchemy import inspect
 
@@ -169,5 +248,17 @@ def _migrate_to_2(conn: Connection) -> None:
             tbl.create(conn)
 
 
+def _migrate_to_3(conn: Connection) -> None:
+    from sqlalchemy import inspect
+
+    for tbl in (slo_stats, slo_totals, pool_stats, leases, alerts, alert_events):
+        if not inspect(conn).has_table(tbl.name):
+            tbl.create(conn)
+
+
 #: ``MIGRATIONS[n]`` takes a store from version ``n - 1`` to ``n``.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_to_1, 2: _migrate_to_2}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _migrate_to_1,
+    2: _migrate_to_2,
+    3: _migrate_to_3,
+}

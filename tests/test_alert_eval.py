@@ -1,0 +1,462 @@
+"""Alerts evaluated over the store: objectives from config, burn rates read from the
+buckets, per-shape rules, the lease that makes one process evaluate, the evidence an
+alert carries, and state changes written once."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+import typing as t
+
+import pytest
+from flask import Flask
+from sqlalchemy import create_engine
+from sqlalchemy import text
+
+from querywatch import QueryWatch
+from querywatch.alerts import LEASE
+from querywatch.alerts import AlertRules
+from querywatch.alerts import Evaluator
+from querywatch.alerts import Objective
+from querywatch.alerts import parse_objectives
+from querywatch.capture import CallSite
+from querywatch.capture import LoopStats
+from querywatch.capture import Record
+from querywatch.config import load_settings
+from querywatch.exceptions import ConfigError
+from querywatch.fingerprint import fingerprint
+from querywatch.stats import Stats
+from querywatch.stats import bucket_index
+from querywatch.store import PlanFindingRow
+from querywatch.store import Store
+from querywatch.store import StoredAdvice
+from querywatch.store import schema
+
+_SETTINGS = load_settings(Flask(__name__))
+
+AVAILABILITY = Objective("availability", 0.999)
+LATENCY = Objective("latency", 0.99, "latency", 300.0)
+#: An hour in a minute: 1h/5m -> 60 s/5 s, 6h/30m -> 6 min/30 s, 3d/6h -> 72 min/6 min.
+SCALE = 1 / 60
+
+LOOKUP_SQL = "SELECT id, total FROM orders WHERE email = 'a@example.com'"
+PRODUCT_SQL = "SELECT id, name FROM products WHERE id = 1"
+LOOKUP_SITE = CallSite("/srv/shop/views.py", 88, "search_orders")
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+    ]
+)
+def store_url(request: pytest.FixtureRequest, tmp_path: t.Any) -> t.Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/store.db"
+        return
+    url = request.getfixturevalue("postgres_url")
+    yield url
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for tbl in reversed(schema.metadata.sorted_tables):
+            conn.execute(text(f"DROP TABLE IF EXISTS {tbl.name}"))
+    engine.dispose()
+
+
+def _request(
+    endpoint: str, sql: str, seconds: float, when: float, status: int = 200, site: t.Any = None
+) -> Record:
+    r = Record(name=endpoint, kind="request", settings=_SETTINGS, started_wall=when)
+    fp = fingerprint(sql)
+    s = LoopStats(fp, site)
+    s.calls, s.total, s.min, s.max, s.rows = 1, seconds, seconds, seconds, 1
+    s.hist[bucket_index(seconds)] = 1
+    r.loops[(fp.id, None)] = s
+    r.query_count = 1
+    r.db_time = seconds
+    r.duration = seconds + 0.002
+    r.status = status
+    return r
+
+
+def _replay(
+    store: Store,
+    start: float,
+    seconds: int,
+    *,
+    per_second: int = 10,
+    incident: tuple[float, float] | None = None,
+    objectives: t.Sequence[Objective] = (AVAILABILITY, LATENCY),
+) -> None:
+    """The seed's afternoon in miniature, in 1-second buckets: a steady 10 requests a
+    second; during ``incident`` the same rate, but 3 in 10 go to the order lookup, which
+    takes 2 s and fails (a timeout) half the time."""
+    stats = Stats(bucket_seconds=1, objectives=objectives)
+    for s in range(seconds):
+        when = start + s
+        bad = incident is not None and incident[0] <= when < incident[1]
+        for i in range(per_second):
+            at = when + i / per_second
+            if bad and i % 10 < 3:
+                stats.add(
+                    _request(
+                        "GET /api/orders/lookup",
+                        LOOKUP_SQL,
+                        2.0,
+                        at,
+                        500 if i % 2 else 200,
+                        LOOKUP_SITE,
+                    ),
+                    [],
+                )
+            else:
+                stats.add(_request("GET /api/products/<int:id>", PRODUCT_SQL, 0.002, at), [])
+        if s % 60 == 59:
+            store.write(stats.drain())
+    store.write(stats.drain())
+
+
+def _rules(**kw: t.Any) -> AlertRules:
+    base: dict[str, t.Any] = {
+        "objectives": (AVAILABILITY, LATENCY),
+        "scale": SCALE,
+        "bucket_seconds": 1,
+        "shape_p95_ms": None,
+        "new_n_plus_one": False,
+        "new_full_scan": False,
+    }
+    base.update(kw)
+    return AlertRules(**base)
+
+
+def test_burn_rate_alerts_fire_with_evidence_and_resolve(store_url: str) -> None:
+    """Ten minutes calm, then 100 s of the seed's incident at a flat request rate (10%
+    failing, 30% slow): the alerts fire in the workbook's order (the availability ticket
+    first, the pages once 2% of the budget is gone), the evidence says traffic is flat
+    and names the lookup's shape, endpoint, call site, plan flag and verified index; the
+    pages resolve once the short windows are clean, the tickets stay."""
+    store = Store(store_url)
+    t0 = float(int(time.time()) - 3600)
+    onset, end = t0 + 600, t0 + 700
+    _replay(store, t0, 760, incident=(onset, end))
+    lookup_fp = fingerprint(LOOKUP_SQL).id
+    store.record_advice(
+        [
+            StoredAdvice(
+                lookup_fp, "sqlite", "orders", "ix_orders_email", ("email",),
+                "CREATE INDEX IF NOT EXISTS ix_orders_email ON orders (email);", "", "",
+                "sqlite", 1000.0, 10.0, None, None, t0, t0,
+            )
+        ]
+    )  # fmt: skip
+    store.record_plan_findings(
+        [PlanFindingRow("full_scan", "GET /api/orders/lookup", lookup_fp, 1, 2.0, None, "")], t0
+    )
+    ev = Evaluator(store, _rules(), holder="test")
+
+    assert ev.run(onset - 10) == []  # calm: nothing fires
+    # 6 s in, 1x the budget's rate over 3d/6h (72 min / 6 min scaled): the ticket.
+    assert [c.key for c in ev.run(onset + 6) or []] == ["slo:availability:ticket"]
+    # 30 s in: the 1h/5m pair burns 50x (availability) and 15x (latency).
+    changes = ev.run(onset + 30)
+    assert changes is not None
+    fired = {c.key: c for c in changes}
+    assert set(fired) == {"slo:availability:page", "slo:latency:page", "slo:latency:ticket"}
+    page = fired["slo:availability:page"]
+    assert (page.state, page.kind, page.severity) == ("firing", "slo", "page")
+    e = page.evidence
+    assert 0.9 <= e["traffic"]["ratio"] <= 1.1, e["traffic"]
+    assert e["errors"]["ratio_now"] == pytest.approx(0.10, abs=0.02)
+    assert e["db_share"]["now"] > 0.9
+    top = e["shapes"][0]
+    assert top["fingerprint"] == lookup_fp
+    assert top["endpoint"] == "GET /api/orders/lookup"
+    assert top["call_site"] == {
+        "file": "/srv/shop/views.py",
+        "line": 88,
+        "function": "search_orders",
+    }
+    assert top["flags"] == ["full_scan"]
+    assert top["index"] == "CREATE INDEX IF NOT EXISTS ix_orders_email ON orders (email);"
+    assert top["share_of_db_time"] > 0.95
+    assert e["bad_endpoints"][0]["endpoint"] == "GET /api/orders/lookup"
+    assert page.summary.startswith(
+        "SLO availability (99.9% of requests succeed): the error budget burns"
+    )
+    assert "Traffic is flat (x" in page.summary
+    assert "one query shape in GET /api/orders/lookup takes" in page.summary
+    assert "at /srv/shop/views.py:88 in search_orders" in page.summary
+    assert "suggested index: CREATE INDEX IF NOT EXISTS ix_orders_email" in page.summary
+
+    # Still burning: no new change, the state stays firing.
+    assert ev.run(onset + 60) == []
+    # 10 s after the errors stopped the 6h/30m pair's short window (30 s) still burns.
+    assert ev.run(end + 10) == []
+    later = ev.run(end + 40)
+    assert later is not None
+    assert {c.key: c.state for c in later} == {
+        "slo:availability:page": "resolved",
+        "slo:latency:page": "resolved",
+    }
+    states = store.alert_states()
+    assert states["slo:availability:ticket"].state == "firing"
+    assert states["slo:availability:page"].state == "resolved"
+    events = store.alert_events()
+    assert [(x.key, x.state) for x in events if x.key == "slo:availability:page"] == [
+        ("slo:availability:page", "firing"),
+        ("slo:availability:page", "resolved"),
+    ]
+    assert events[-1].summary.startswith("Resolved after 110 s: SLO latency")
+    store.dispose()
+
+
+def test_a_traffic_surge_is_called_one(tmp_path: t.Any) -> None:
+    """The other hypothesis: three times the requests, nothing slower."""
+    store = Store(f"sqlite:///{tmp_path}/s.db")
+    t0 = float(int(time.time()) - 3600)
+    _replay(store, t0, 100, per_second=10)
+    _replay(store, t0 + 100, 20, per_second=30)
+    from querywatch import evidence
+
+    ev = evidence.gather(store, t0 + 119.5, 10, width=1, gap=10)
+    assert ev["traffic"]["ratio"] == pytest.approx(3.0, rel=0.1)
+    assert ev["hypothesis"].startswith("Traffic rose (x3.")
+
+
+def test_an_override_is_its_own_objective(tmp_path: t.Any) -> None:
+    """The report endpoint may take 2 s: its slow requests burn its own budget, not the
+    general latency objective's."""
+    objectives = parse_objectives(
+        [
+            {
+                "name": "latency",
+                "target": "99%",
+                "threshold_ms": 300,
+                "overrides": {"GET /api/orders/lookup": {"threshold_ms": 1000}},
+            }
+        ]
+    )
+    assert [o.name for o in objectives] == ["latency GET /api/orders/lookup", "latency"]
+    store = Store(f"sqlite:///{tmp_path}/s.db")
+    t0 = float(int(time.time()) - 3600)
+    _replay(store, t0, 200, incident=(t0 + 100, t0 + 200), objectives=objectives)
+    changes = Evaluator(store, _rules(objectives=objectives), holder="t").run(t0 + 150)
+    assert changes is not None
+    assert {c.key for c in changes} == {
+        "slo:latency GET /api/orders/lookup:page",
+        "slo:latency GET /api/orders/lookup:ticket",
+    }
+    sums = store.slo_sums(["latency"], [1000.0], t0 + 200, 1)
+    total, bad = sums["latency"][0]
+    assert (total, bad) == (2000 - 300, 0)  # the lookup's requests are not counted
+
+
+def test_per_shape_rules(tmp_path: t.Any) -> None:
+    """A shape's p95 over the threshold, an N+1 loop and a full scan first seen since
+    alerting began each fire once, and resolve when gone; findings from before do not."""
+    store = Store(f"sqlite:///{tmp_path}/s.db")
+    t0 = float(int(time.time()) - 3600)
+    old_fp = fingerprint("SELECT * FROM old_table WHERE a = 1").id
+    store.record_plan_findings(
+        [PlanFindingRow("full_scan", "GET /old", old_fp, 1, 1.0, None, "old")], t0 - 100
+    )
+    rules = _rules(
+        objectives=(), shape_p95_ms=500.0, shape_min_calls=10, new_n_plus_one=True,
+        new_full_scan=True,
+    )  # fmt: skip
+    ev = Evaluator(store, rules, holder="t")
+    assert ev.run(t0) == []  # sets the start of alerting; the old scan is not new
+    _replay(store, t0, 60, incident=(t0 + 40, t0 + 60), objectives=())
+    lookup_fp = fingerprint(LOOKUP_SQL).id
+    store.record_plan_findings(
+        [PlanFindingRow("full_scan", "GET /api/orders/lookup", lookup_fp, 1, 2.0, None, "idx")],
+        t0 + 50,
+    )
+    stats = Stats(bucket_seconds=1)
+    loop_rec = _request("GET /authors", "SELECT * FROM books WHERE author_id = 1", 0.001, t0 + 55)
+    from querywatch.detectors import Finding
+
+    n1 = Finding(
+        "n_plus_one", fingerprint("SELECT * FROM books WHERE author_id = 1"), 20, 0.02,
+        None, "Author.books", "selectinload(Author.books)",
+    )  # fmt: skip
+    stats.add(loop_rec, [n1])
+    store.write(stats.drain())
+    changes = ev.run(t0 + 60)
+    assert changes is not None
+    assert {c.key for c in changes} == {
+        f"shape_p95:GET /api/orders/lookup:{lookup_fp}",
+        f"full_scan:GET /api/orders/lookup:{lookup_fp}",
+        f"n_plus_one:GET /authors:{n1.fingerprint.id}",
+    }
+    p95 = next(c for c in changes if c.kind == "shape_p95")
+    assert "p95 2048 ms" in p95.summary or "p95 2" in p95.summary
+    assert p95.severity == "ticket"
+    # Five minutes (scaled: 5 s) without the slow shape resolve its alert; the findings'
+    # alerts last an hour (scaled: 60 s) after they were last seen.
+    _replay(store, t0 + 60, 10, objectives=())
+    assert {c.key for c in ev.run(t0 + 70) or []} == {
+        f"shape_p95:GET /api/orders/lookup:{lookup_fp}"
+    }
+    assert {c.state for c in ev.run(t0 + 130) or []} == {"resolved"}
+    assert all(a.state == "resolved" for a in store.alert_states().values())
+
+
+def _evaluate_in_process(url: str, now: float, rounds: int, use_lease: bool, out: t.Any) -> None:
+    store = Store(url)
+    ev = Evaluator(store, _rules(), holder=None)
+    evaluated = fired = 0
+    for i in range(rounds):
+        at = now + i * 0.01
+        changes = ev.run(at, lease_seconds=60) if use_lease else ev.evaluate(at)
+        if changes is not None:
+            evaluated += 1
+            fired += sum(1 for c in changes if c.state == "firing")
+    out.put((evaluated, fired))
+    store.dispose()
+
+
+@pytest.mark.parametrize("use_lease", [True, False], ids=["lease", "no-lease"])
+def test_two_processes_never_double_fire(store_url: str, use_lease: bool) -> None:
+    """Two processes evaluate the same store at the same moments: with the lease exactly
+    one of them evaluates; even without it (both evaluating) each alert fires once,
+    because a state change is written in a transaction that checks the state."""
+    store = Store(store_url)
+    t0 = float(int(time.time()) - 3600)
+    _replay(store, t0, 130, incident=(t0 + 100, t0 + 130))
+    store.migrate()
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_evaluate_in_process, args=(store_url, t0 + 125, 20, use_lease, out))
+        for _ in range(2)
+    ]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    evaluated = sorted(r[0] for r in results)
+    if use_lease:
+        assert evaluated == [0, 20]
+    else:
+        assert evaluated == [20, 20]
+    assert sum(r[1] for r in results) == 4
+    events = store.alert_events()
+    assert sorted(e.key for e in events) == [
+        "slo:availability:page",
+        "slo:availability:ticket",
+        "slo:latency:page",
+        "slo:latency:ticket",
+    ]
+    store.dispose()
+
+
+def test_the_lease_passes_on_when_its_holder_stops(tmp_path: t.Any) -> None:
+    store = Store(f"sqlite:///{tmp_path}/s.db")
+    assert store.acquire_lease(LEASE, "a", 100.0, 30.0)
+    assert not store.acquire_lease(LEASE, "b", 110.0, 30.0)
+    assert store.acquire_lease(LEASE, "a", 120.0, 30.0)  # renewed
+    assert not store.acquire_lease(LEASE, "b", 149.0, 30.0)
+    assert store.acquire_lease(LEASE, "b", 150.5, 30.0)  # a stopped renewing
+    assert store.lease_holder(LEASE, 151.0) == "b"
+    assert not store.acquire_lease(LEASE, "a", 151.0, 30.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            [{"name": "latency", "target": 0.99, "threshold_ms": "fast"}],
+            "'QUERYWATCH_OBJECTIVES[0].threshold_ms' must be a number of milliseconds greater"
+            " than 0, such as 300, got 'fast'.",
+        ),
+        (
+            [{"name": "availability", "target": 99.9}],
+            "'QUERYWATCH_OBJECTIVES[0].target' must be a share of good requests such as 0.999"
+            " or '99.9%', got 99.9.",
+        ),
+        (
+            ["availability:99.9", {"name": "x", "target": 0.9, "treshold_ms": 3}],
+            "'QUERYWATCH_OBJECTIVES[1].treshold_ms' must be one of name, kind, target,"
+            " threshold_ms, endpoint, overrides, got 'treshold_ms'.",
+        ),
+        (
+            [{"name": "l", "target": 0.99, "threshold_ms": 300, "overrides": {"GET /r": 5}}],
+            "'QUERYWATCH_OBJECTIVES[0].overrides['GET /r']' must be None or a dict with"
+            " 'target' and/or 'threshold_ms', got 5.",
+        ),
+        (
+            "availability",
+            "'QUERYWATCH_OBJECTIVES' must be a list of objectives, got 'availability'.",
+        ),
+    ],
+)
+def test_bad_objectives_are_refused_naming_the_field(value: t.Any, message: str) -> None:
+    app = Flask(__name__)
+    app.config["QUERYWATCH_OBJECTIVES"] = value
+    with pytest.raises(ConfigError) as info:
+        QueryWatch(app)
+    assert str(info.value) == message
+
+
+def test_an_app_alerts_by_itself_and_survives_a_broken_store(tmp_path: t.Any) -> None:
+    """Wired end to end: requests are counted against the objectives, flushed, and the
+    app's flusher thread fires the availability page within seconds of a failing
+    endpoint (an hour compressed to 10 s). Then the store breaks: requests still
+    succeed, the evaluation failure is counted."""
+    from querywatch import _failopen
+
+    app = Flask(__name__)
+    app.config.update(
+        QUERYWATCH_STORE_URL=f"sqlite:///{tmp_path}/qw.db",
+        QUERYWATCH_BUCKET_SECONDS=1,
+        QUERYWATCH_FLUSH_INTERVAL=0.2,
+        QUERYWATCH_ALERT_INTERVAL=0.2,
+        QUERYWATCH_ALERT_TIME_SCALE=1 / 360,
+        QUERYWATCH_ADVISE=False,
+        QUERYWATCH_OBJECTIVES=["availability:99.9"],
+    )
+
+    @app.get("/ok")
+    def ok() -> str:
+        return "ok"
+
+    @app.get("/fail")
+    def fail() -> tuple[str, int]:
+        return "no", 503
+
+    qw = QueryWatch(app)
+    client = app.test_client()
+    for _ in range(30):
+        assert client.get("/ok").status_code == 200
+    started = time.monotonic()
+    deadline = started + 15
+    store = qw.store(app)
+    fired = None
+    while time.monotonic() < deadline and fired is None:
+        client.get("/fail")
+        client.get("/ok")
+        time.sleep(0.02)
+        states = store.alert_states()
+        fired = states.get("slo:availability:page")
+    assert fired is not None, "no page within 15 s"
+    assert fired.state == "firing"
+    assert fired.evidence["bad_endpoints"][0]["endpoint"] == "GET /fail"
+    assert store.lease_holder(LEASE, time.time()) is not None
+
+    # The store's file becomes a directory: every write and read fails.
+    _failopen.RAISE_INTERNAL_ERRORS = False
+    store.dispose()
+    (tmp_path / "qw.db").unlink()
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"qw.db{suffix}").unlink(missing_ok=True)
+    (tmp_path / "qw.db").mkdir()
+    before = _failopen.internal_error_counts().get("alerts.evaluate", 0)
+    for _ in range(5):
+        assert client.get("/ok").status_code == 200
+    state = app.extensions["querywatch"]
+    assert state.flusher.evaluate_alerts(force=True) is None
+    assert _failopen.internal_error_counts().get("alerts.evaluate", 0) == before + 1
+    assert client.get("/ok").status_code == 200
