@@ -450,45 +450,103 @@ def check(
 
 @cli.group()
 def export() -> None:
-    """Write configuration for the fleet's tools (Prometheus rules)."""
+    """Write configuration for the fleet's tools (Prometheus rules, Grafana dashboard)."""
 
 
-@export.command("prometheus-rules")
-@click.option(
+_OBJECTIVE_OPTION = click.option(
     "--objective",
     "objectives",
     multiple=True,
     metavar="SPEC",
     help="availability:<percent> or latency:<percent>:<threshold> (a bucket boundary such"
-    " as 250ms). Default: availability:99.9 and latency:99:250ms.",
+    " as 250ms). Default: the app's QUERYWATCH_OBJECTIVES with --app (or under 'flask"
+    " querywatch'), else availability:99.9 and latency:99:1000ms.",
 )
-@click.option(
+_APP_OPTION = click.option(
+    "--app", "app_spec", metavar="MODULE:NAME", help="Read the objectives from this app."
+)
+_OUTPUT_OPTION = click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, writable=True),
-    help="Write the rule file here instead of printing it.",
+    help="Write the file here instead of printing it.",
 )
-def prometheus_rules_command(objectives: tuple[str, ...], output: str | None) -> None:
-    """Recording and alerting rules for the objectives: the SRE workbook's multiwindow
-    burn-rate alerts over querywatch's metrics (check them with promtool check rules)."""
-    import yaml
 
+
+def _export_objectives(specs: tuple[str, ...], app_spec: str | None) -> list[t.Any]:
+    from .alerts import DEFAULT_OBJECTIVES
     from .alerts import parse_objective
-    from .alerts import prometheus_rules
+    from .alerts import parse_objectives
 
-    specs = objectives or ("availability:99.9", "latency:99:250ms")
-    try:
-        rules = prometheus_rules([parse_objective(s) for s in specs])
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="'--objective'") from None
-    text = "# Made by querywatch export prometheus-rules.\n" + yaml.safe_dump(
-        rules, sort_keys=False, width=100
-    )
+    if specs:
+        try:
+            return [parse_objective(s) for s in specs]
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="'--objective'") from None
+    if app_spec:
+        from .check import load_app
+
+        app = load_app(app_spec)
+    else:
+        app = _flask_app()
+    state = app.extensions.get("querywatch") if app is not None else None
+    if state is not None:
+        return list(state.settings.objectives)
+    if app_spec:
+        msg = f"--app {app_spec!r} does not run QueryWatch: no objectives to read."
+        raise click.UsageError(msg)
+    return list(parse_objectives(list(DEFAULT_OBJECTIVES)))
+
+
+def _write(text: str, output: str | None) -> None:
     if output:
         with open(output, "w", encoding="utf-8") as f:
             f.write(text)
     else:
         click.echo(text, nl=False)
+
+
+@export.command("prometheus-rules")
+@_OBJECTIVE_OPTION
+@_APP_OPTION
+@_OUTPUT_OPTION
+def prometheus_rules_command(
+    objectives: tuple[str, ...], app_spec: str | None, output: str | None
+) -> None:
+    """Recording and alerting rules for the objectives: the SRE workbook's multiwindow
+    burn-rate alerts over querywatch's metrics (check them with promtool check rules)."""
+    import yaml
+
+    from .alerts import prometheus_rules
+
+    try:
+        rules = prometheus_rules(_export_objectives(objectives, app_spec))
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--objective'") from None
+    text = "# Made by querywatch export prometheus-rules.\n" + yaml.safe_dump(
+        rules, sort_keys=False, width=100
+    )
+    _write(text, output)
+
+
+@export.command("grafana-dashboard")
+@_OBJECTIVE_OPTION
+@_APP_OPTION
+@_OUTPUT_OPTION
+@click.option("--title", default="querywatch", show_default=True, help="The dashboard's title.")
+@click.option("--uid", default="querywatch", show_default=True, help="The dashboard's uid.")
+def grafana_dashboard_command(
+    objectives: tuple[str, ...], app_spec: str | None, output: str | None, title: str, uid: str
+) -> None:
+    """A Grafana dashboard (JSON, to import) over querywatch's metrics: traffic against an
+    hour and a day before, errors, latency, database share, the query shapes that take
+    the time, the pool, and the objectives' burn rates."""
+    import json
+
+    from .grafana import dashboard
+
+    model = dashboard(_export_objectives(objectives, app_spec), title=title, uid=uid)
+    _write(json.dumps(model, indent=2) + "\n", output)
 
 
 def main() -> None:
