@@ -460,3 +460,41 @@ def test_an_app_alerts_by_itself_and_survives_a_broken_store(tmp_path: t.Any) ->
     assert state.flusher.evaluate_alerts(force=True) is None
     assert _failopen.internal_error_counts().get("alerts.evaluate", 0) == before + 1
     assert client.get("/ok").status_code == 200
+
+
+def test_pool_waits_reach_the_store_for_the_evidence(tmp_path: t.Any) -> None:
+    """Checkouts, their wait and the pool's saturation go to the store at each flush,
+    summed over processes, so an alert's evidence shows whether the pool ran out."""
+    from querywatch import evidence
+    from querywatch.demo import shop
+
+    url = f"sqlite:///{tmp_path}/shop.db"
+    engine = create_engine(url)
+    shop.seed(engine, scale=0.002)
+    engine.dispose()
+    app = shop.create_app(
+        url,
+        instance_path=str(tmp_path / "instance"),
+        config={"QUERYWATCH_ADVISE": False, "QUERYWATCH_BUCKET_SECONDS": 1},
+    )
+    client = app.test_client()
+    state = app.extensions["querywatch"]
+    assert client.get("/api/products/1").status_code == 200
+    state.metrics._pools_checked = -10.0
+    state.metrics.fold()  # wraps the pool's checkout
+    for i in range(20):
+        assert client.get(f"/api/products/{i % 5 + 1}").status_code == 200
+    assert state.flusher.flush()
+    time.sleep(1.05)  # the bucket is complete
+    pools = state.store.pool_window(time.time() - 10, time.time() + 1)
+    (name,) = pools
+    checkouts, waited, timeouts, saturation = pools[name]
+    assert checkouts == 20
+    assert 0 < waited < 1
+    assert timeouts == 0
+    assert saturation is not None
+    ev = evidence.gather(state.store, time.time(), 5, width=1)
+    assert ev["pools"][0]["checkouts"] == 20
+    assert ev["pools"][0]["pool"] == name
+    # Nothing new: nothing written, and the next flush does not count them again.
+    assert state.metrics.take_pool_counts() == {}

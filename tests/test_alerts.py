@@ -114,7 +114,8 @@ def test_exported_rules_pass_promtool_check_and_test(tmp_path: t.Any) -> None:
     accepts, and ``promtool test rules`` on synthetic series fires them as the
     workbook says: 2% errors fire the three availability alerts; five minutes after the
     errors stop, the 1h/5m page is gone while the slower ones still fire; fast requests
-    never fire the latency objective."""
+    never fire the latency objective, and half of them turning slow fires all three of
+    its alerts (and none of availability's)."""
     import shutil
     import subprocess
 
@@ -129,7 +130,11 @@ def test_exported_rules_pass_promtool_check_and_test(tmp_path: t.Any) -> None:
 
         _unavailable("promtool", "not installed; Debian package 'prometheus'")
     rules = tmp_path / "rules.yml"
-    result = CliRunner().invoke(cli, ["export", "prometheus-rules", "-o", str(rules)])
+    result = CliRunner().invoke(
+        cli,
+        ["export", "prometheus-rules", "--objective", "availability:99.9",
+         "--objective", "latency:99:250ms", "-o", str(rules)],
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     checked = subprocess.run(
         [promtool, "check", "rules", str(rules)], capture_output=True, text=True
@@ -142,13 +147,13 @@ def test_exported_rules_pass_promtool_check_and_test(tmp_path: t.Any) -> None:
         for r in yaml.safe_load(rules.read_text())["groups"][1]["rules"]
     }
 
-    def expected(*windows: str) -> list[dict[str, t.Any]]:
+    def expected(*windows: str, slo: str = "availability") -> list[dict[str, t.Any]]:
         severity = {"1h/5m": "page", "6h/30m": "page", "3d/6h": "ticket"}
         return [
             {
-                "exp_labels": {"job": "shop", "slo": "availability", "window": w,
+                "exp_labels": {"job": "shop", "slo": slo, "window": w,
                                "severity": severity[w]},
-                "exp_annotations": annotations[("availability", w)],
+                "exp_annotations": annotations[(slo, w)],
             }
             for w in windows
         ]  # fmt: skip
@@ -174,7 +179,23 @@ def test_exported_rules_pass_promtool_check_and_test(tmp_path: t.Any) -> None:
                     {"eval_time": "100m", "alertname": "QuerywatchErrorBudgetBurn",
                      "exp_alerts": expected("6h/30m", "3d/6h")},
                 ],
-            }
+            },
+            {
+                # No request fails; after an hour, half of them take over 250 ms.
+                "interval": "1m",
+                "input_series": [
+                    {"series": f'{count}{{job="shop",http_response_status_code="200"}}',
+                     "values": "0+100x180"},
+                    {"series": 'http_server_request_duration_seconds_bucket{job="shop",le="0.25"}',
+                     "values": "0+100x60 6000+50x120"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "50m", "alertname": "QuerywatchErrorBudgetBurn",
+                     "exp_alerts": []},
+                    {"eval_time": "90m", "alertname": "QuerywatchErrorBudgetBurn",
+                     "exp_alerts": expected("1h/5m", "6h/30m", "3d/6h", slo="latency-250ms")},
+                ],
+            },
         ],
     }  # fmt: skip
     test_file = tmp_path / "rules_test.yml"

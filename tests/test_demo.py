@@ -11,16 +11,55 @@ from querywatch.cli import cli
 from querywatch.demo.runner import run_demo
 
 
+class _Watching(io.StringIO):
+    """The demo's console output; when the dashboard's address appears, a thread opens
+    the dashboard's overview (after the traffic has begun) while the demo runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dashboard: str | None = None
+        self.seen: tuple[int, str] | None = None
+
+    def write(self, text: str) -> int:
+        if self.dashboard is None and "Dashboard: " in text:
+            import re
+            import threading
+
+            m = re.search(r"Dashboard: (\S+)", text)
+            if m:
+                self.dashboard = m.group(1)
+                threading.Thread(target=self._visit, daemon=True).start()
+        return super().write(text)
+
+    def _visit(self) -> None:
+        import time
+        import urllib.request
+
+        assert self.dashboard is not None
+        time.sleep(5)  # the onset is at 40% of 8 s
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        with opener.open(self.dashboard, timeout=20) as r:
+            self.seen = (r.status, r.read().decode())
+
+
 def test_demo_report_names_the_unoptimized_query_first(tmp_path: t.Any) -> None:
     """A short demo on a smaller shop: real server, real HTTP traffic at a flat rate; the
     report puts the order lookup's full scan first and says traffic did not rise. (At
     0.3 of the default scale the scan's cost came within reach of the N+1's Python
     overhead on a loaded machine, and the N+1 once stood first.)"""
-    out = io.StringIO()
+    out = _Watching()
     console = Console(file=out, width=120)
     code = run_demo(scale=0.8, duration=8, rate=30, workdir=str(tmp_path / "demo"), console=console)
     text = out.getvalue()
     assert code == 0, text
+    # The dashboard's address is printed at the start and answers while the demo runs,
+    # naming the culprit endpoint.
+    assert out.dashboard is not None, text
+    assert out.dashboard.startswith("http://127.0.0.1:")
+    assert out.seen is not None, "the dashboard did not answer during the run"
+    status, body = out.seen
+    assert status == 200
+    assert "GET /api/orders/lookup" in body
     assert "The unoptimized endpoint's query stands first." in text
     assert "Traffic did not rise" in text
     assert "orders.customer_email = ?" in text

@@ -136,10 +136,7 @@ class AdviceWorker:
     def run_once(self, now: float | None = None) -> int:
         """One round: pick the slow or hot read shapes not analysed lately, claim them
         in the store, analyse and record. Returns how many shapes were analysed."""
-        from .advisor import Advisor
         from .advisor import queries_from_store
-        from .advisor import record_advice
-        from .exceptions import ExplainError
 
         state = self._state()
         if state is None or self.disabled:
@@ -170,6 +167,48 @@ class AdviceWorker:
                     break
         if not picked:
             return 0
+        return self._analyse(picked, url, now)
+
+    def analyse_now(self, fingerprint: str, now: float | None = None) -> int:
+        """Analyse one read shape at once (the dashboard's "Analyse now"), whatever its
+        rank or claim; returns how many suggestions the store holds for it then.
+        Raises :class:`ExplainError` when there is nothing to analyse it with."""
+        from .advisor import queries_from_store
+        from .exceptions import ExplainError
+
+        state = self._state()
+        url = state.advise_database_url() if state is not None else None
+        if state is None or not url:
+            msg = "No database to ask for plans: set QUERYWATCH_ADVISE_DATABASE_URL."
+            raise ExplainError(msg)
+        now = time.time() if now is None else now
+        found = [
+            q
+            for q in queries_from_store(
+                state.store, since=now - 86400, until=now + 60, limit=10_000
+            )
+            if q.fingerprint == fingerprint
+        ]
+        if not found:
+            msg = (
+                f"No read shape {fingerprint!r} with a runnable sample in the last day: only"
+                " SELECT shapes seen by this app can be analysed."
+            )
+            raise ExplainError(msg)
+        self._remember(fingerprint, now)
+        self._analyse(found, url, now)
+        return len(state.store.advice([fingerprint]))
+
+    def _analyse(self, picked: list[t.Any], url: str, now: float) -> int:
+        from .advisor import Advisor
+        from .advisor import record_advice
+        from .exceptions import ExplainError
+
+        state = self._state()
+        if state is None:
+            return 0
+        settings = state.settings
+        store = state.store
         try:
             advisor = Advisor(
                 url,

@@ -78,6 +78,10 @@ class Settings:
     #: Alert on an N+1 loop / a full scan first seen since alerting began.
     alert_new_n_plus_one: bool = True
     alert_new_full_scan: bool = True
+    #: The dashboard's path (None: none), and the token it needs (None: debug mode and
+    #: loopback clients only).
+    dashboard_path: str | None = "/_querywatch"
+    dashboard_token: str | None = None
 
 
 def _bool(app: Flask, key: str, default: bool) -> bool:
@@ -284,4 +288,6 @@ def load_settings(app: Flask) -> Settings:
         ),
         alert_new_n_plus_one=_bool(app, "QUERYWATCH_ALERT_NEW_N_PLUS_ONE", True),
         alert_new_full_scan=_bool(app, "QUERYWATCH_ALERT_NEW_FULL_SCAN", True),
+        dashboard_path=_path(app, "QUERYWATCH_DASHBOARD_PATH", "/_querywatch"),
+        dashboard_token=_token(app, "QUERYWATCH_DASHBOARD_TOKEN"),
     )

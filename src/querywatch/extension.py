@@ -409,6 +409,18 @@ class QueryWatch:
             )
         if settings.metrics_path is not None or settings.ready_path is not None:
             _register_views(app, state)
+        if settings.dashboard_path is not None:
+            from . import dashboard
+
+            if settings.dashboard_path.rstrip("/") in {r.rule for r in app.url_map.iter_rules()}:
+                log_limited(
+                    "dashboard.path",
+                    "querywatch did not add its dashboard at %s: the app already routes it."
+                    " Set QUERYWATCH_DASHBOARD_PATH to another path (or None).",
+                    settings.dashboard_path,
+                )
+            else:
+                dashboard.register(app, state)
         before, after, teardown = _request_hooks(state)
         app.before_request_funcs.setdefault(None, []).insert(0, before)
         app.after_request_funcs.setdefault(None, []).append(after)
@@ -529,13 +541,13 @@ def _request_hooks(
 
     settings = state.settings
     current = capture.current_record
-    from .metrics import OWN_ENDPOINTS
+    from .metrics import OWN_PREFIX
 
     def _before_request() -> None:
         try:
             req = request._get_current_object()  # type: ignore[attr-defined]
             rule = req.url_rule
-            if rule is not None and rule.endpoint in OWN_ENDPOINTS:
+            if rule is not None and rule.endpoint.startswith(OWN_PREFIX):
                 return  # querywatch's own endpoints are not the app's traffic
             name = f"{req.method} {rule.rule if rule is not None else '<unmatched>'}"
             record = state.new_record(name, "request")

@@ -662,7 +662,8 @@ def pool_status(engine: t.Any) -> dict[str, t.Any] | None:
 #: Endpoint names of querywatch's own views; their requests are not captured.
 METRICS_ENDPOINT = "_querywatch_metrics"
 READY_ENDPOINT = "_querywatch_ready"
-OWN_ENDPOINTS = frozenset((METRICS_ENDPOINT, READY_ENDPOINT))
+#: Every endpoint of querywatch's (``/metrics``, ``/readyz``, the dashboard) starts so.
+OWN_PREFIX = "_querywatch"
 
 
 def app_engines(app: t.Any, explicit: Iterable[t.Any] | None) -> dict[str, t.Any]:

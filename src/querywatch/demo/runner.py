@@ -14,6 +14,7 @@ import http.client
 import json
 import os
 import random
+import secrets
 import threading
 import time
 import typing as t
@@ -26,6 +27,7 @@ from sqlalchemy import create_engine
 from werkzeug.serving import WSGIRequestHandler
 from werkzeug.serving import make_server
 
+from ..dashboard import dashboard_url
 from ..report import build_report
 from ..report import compact_shape
 from ..report import render_report
@@ -258,11 +260,15 @@ def run_demo(
             # The advisor runs once, after the traffic (below), not in the middle of it.
             "QUERYWATCH_ADVISE_INTERVAL": 24 * 3600,
             "QUERYWATCH_ADVISE_PER_ROUND": 5,
+            # The dashboard, live while the demo runs, behind a token made for this run.
+            "QUERYWATCH_DASHBOARD_TOKEN": secrets.token_urlsafe(24),
         },
     )
     server, _thread = _serve(app)
     port = server.server_port
+    dashboard = dashboard_url(app, "127.0.0.1", port, app.config["QUERYWATCH_DASHBOARD_TOKEN"])
     console.print(f"Shop API on http://127.0.0.1:{port}/api/products (querywatch on).")
+    console.print(f"Dashboard: {dashboard}", highlight=False, soft_wrap=True)
 
     # 3. Traffic: calm, then at "14:00" the lookup takes its share at the same total rate.
     onset = duration * 0.4
@@ -323,6 +329,7 @@ def run_demo(
         "culprit_first": culprit_first,
         "server_p95_ms": _endpoint_p95(qw_state),
         "verified_index": fix,
+        "dashboard_url": dashboard,
     }
     if as_json:
         print(json.dumps({"demo": summary, "report": report}, indent=2))
@@ -361,7 +368,12 @@ def run_demo(
         console.print(f"Store: {store_path} (querywatch report --store sqlite:///{store_path})")
 
     if keep_serving:
-        console.print(f"Still serving on http://127.0.0.1:{port}; press Ctrl+C to stop.")
+        console.print(
+            f"Still serving on http://127.0.0.1:{port}, dashboard {dashboard};"
+            " press Ctrl+C to stop.",
+            highlight=False,
+            soft_wrap=True,
+        )
         try:
             while True:
                 time.sleep(3600)

@@ -895,6 +895,18 @@ class Store:
         with self.engine.connect() as conn:
             return [(r[0], int(r[1] or 0), int(r[2] or 0)) for r in conn.execute(stmt)]
 
+    def timeline(self, since: float, until: float) -> list[tuple[int, EndpointAggregate]]:
+        """Every endpoint's requests merged per bucket of ``[since, until)``, oldest
+        first (what the dashboard's charts draw)."""
+        self.migrate()
+        tbl = schema.endpoint_stats
+        out: dict[int, EndpointAggregate] = {}
+        stmt = select(tbl).where(tbl.c.minute >= since, tbl.c.minute < until)
+        with self.engine.connect() as conn:
+            for row in conn.execute(stmt):
+                out.setdefault(int(row.minute), EndpointAggregate()).merge(_endpoint_from_row(row))
+        return sorted(out.items())
+
     def endpoint_totals(self, since: float, until: float) -> dict[str, EndpointAggregate]:
         """Per endpoint, the requests of ``[since, until)`` (bucket starts), without the
         histograms."""
@@ -1194,11 +1206,17 @@ class Store:
                 )
             )
 
-    def alert_events(self, after_id: int = 0, limit: int = 1000) -> list[StoredAlertEvent]:
-        """Alert state changes after ``after_id``, oldest first."""
+    def alert_events(
+        self, after_id: int = 0, limit: int = 1000, *, newest: int | None = None
+    ) -> list[StoredAlertEvent]:
+        """Alert state changes after ``after_id``, oldest first; or, with ``newest``,
+        the last ``newest`` changes, newest first."""
         self.migrate()
         tbl = schema.alert_events
-        stmt = select(tbl).where(tbl.c.id > after_id).order_by(tbl.c.id).limit(limit)
+        if newest is not None:
+            stmt = select(tbl).order_by(tbl.c.id.desc()).limit(newest)
+        else:
+            stmt = select(tbl).where(tbl.c.id > after_id).order_by(tbl.c.id).limit(limit)
         with self.engine.connect() as conn:
             return [
                 StoredAlertEvent(

@@ -1,0 +1,471 @@
+"""The dashboard: ``/_querywatch``, a Flask blueprint over the store.
+
+Pages: overview (requests, errors, latency over time, traffic against the window before,
+the share of database time by query shape, the alerts firing), endpoints, query shapes
+(pg_stat_statements-like, with plan findings and the verified index to copy), findings,
+alerts and the result cache; a JSON API (``/_querywatch/api/<page>``) behind each page.
+Server-rendered HTML, SVG charts and one small script: nothing to build.
+
+Safe by default: off unless the app runs in debug mode (then for loopback clients only)
+or ``QUERYWATCH_DASHBOARD_TOKEN`` is set (then every request needs it: ``Authorization:
+Bearer <token>``, or ``?token=`` once, which becomes a cookie). Actions also need a CSRF
+token (``X-CSRF-Token``, from the page or ``/api/csrf``) and a same-origin request. Every
+value is HTML-escaped (Jinja's autoescape), and a Content-Security-Policy allows only the
+dashboard's own script and style. A store that cannot be read gives an error page and a
+503; the app's own requests never notice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import os
+import time
+import typing as t
+import urllib.parse
+
+from flask import Blueprint
+from flask import Response
+from flask import abort
+from flask import current_app
+from flask import jsonify
+from flask import redirect
+from flask import render_template
+from flask import request
+from flask import url_for
+
+from .._failopen import log_limited
+from .._failopen import record_internal_error
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+    from ..extension import AppState
+
+__all__ = ["BLUEPRINT", "register"]
+
+#: The blueprint's name; querywatch does not capture requests to it.
+BLUEPRINT = "_querywatch_dashboard"
+PAGES = (
+    ("overview", "Overview"),
+    ("endpoints", "Endpoints"),
+    ("shapes", "Query shapes"),
+    ("findings", "Findings"),
+    ("alerts", "Alerts"),
+    ("cache", "Cache"),
+)
+WINDOWS = {"15m": 900, "1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800}
+DEFAULT_WINDOW = "1h"
+#: Points a chart draws at most; buckets are merged to fit.
+CHART_POINTS = 90
+_LOOPBACK = frozenset(("127.0.0.1", "::1", "localhost"))
+_COOKIE = "querywatch_dashboard"
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+    " connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+def _mac(secret: bytes, what: bytes) -> str:
+    return hmac.new(secret, what, hashlib.sha256).hexdigest()
+
+
+def register(app: Flask, state: AppState) -> None:
+    """Add the dashboard to ``app`` at ``QUERYWATCH_DASHBOARD_PATH``."""
+    settings = state.settings
+    path = settings.dashboard_path
+    assert path is not None
+    token = settings.dashboard_token
+    secret = token.encode() if token else os.urandom(32)
+    csrf = _mac(secret, b"querywatch dashboard csrf")
+    cookie = _mac(secret, b"querywatch dashboard cookie")
+    bp = Blueprint(
+        BLUEPRINT,
+        __name__,
+        url_prefix=path.rstrip("/"),
+        template_folder="templates",
+        static_folder="static",
+        static_url_path="/static",
+    )
+
+    def is_api() -> bool:
+        return request.path.startswith(f"{path.rstrip('/')}/api/")
+
+    @bp.before_request
+    def guard() -> t.Any:
+        if token is None:
+            # No token: a developer's own machine in debug mode only; elsewhere the
+            # dashboard does not exist.
+            if not current_app.debug or (request.remote_addr or "") not in _LOOPBACK:
+                abort(404)
+        else:
+            given = request.headers.get("Authorization", "")
+            query = request.args.get("token", "")
+            ok = (
+                hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+                or hmac.compare_digest(request.cookies.get(_COOKIE, "").encode(), cookie.encode())
+                or (bool(query) and hmac.compare_digest(query.encode(), token.encode()))
+            )
+            if not ok:
+                return _unauthorized(is_api())
+            if query and request.method == "GET" and not is_api():
+                # Move the token from the address (history, logs) to a cookie.
+                args = [(k, v) for k, v in request.args.items(multi=True) if k != "token"]
+                target = request.path + ("?" + urllib.parse.urlencode(args) if args else "")
+                resp = redirect(target, code=303)
+                resp.set_cookie(
+                    _COOKIE,
+                    cookie,
+                    httponly=True,
+                    samesite="Strict",
+                    secure=request.is_secure,
+                    path=path.rstrip("/") or "/",
+                )
+                return resp
+        if request.method == "POST":
+            sent = request.headers.get("X-CSRF-Token", "")
+            origin = request.headers.get("Origin")
+            same = origin is None or urllib.parse.urlsplit(origin).netloc == request.host
+            if not same or not hmac.compare_digest(sent.encode(), csrf.encode()):
+                return _json_error(
+                    403,
+                    "This action needs the dashboard's CSRF token in an X-CSRF-Token header"
+                    " (GET api/csrf gives it) and a request from the dashboard's own origin.",
+                )
+        return None
+
+    @bp.after_request
+    def headers(resp: Response) -> Response:
+        resp.headers["Content-Security-Policy"] = _CSP
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["X-Frame-Options"] = "DENY"
+        resp.headers["Referrer-Policy"] = "no-referrer"
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    def page(name: str) -> t.Callable[[], t.Any]:
+        def view() -> t.Any:
+            window = _window()
+            try:
+                data = _gather(state, name, window)
+            except Exception as e:
+                return _store_down(e, name, window, csrf)
+            return render_template(
+                f"querywatch/{name}.html",
+                data=data,
+                page=name,
+                pages=PAGES,
+                windows=list(WINDOWS),
+                window=window,
+                csrf=csrf,
+            )
+
+        view.__name__ = name
+        return view
+
+    def api(name: str) -> t.Callable[[], t.Any]:
+        def view() -> t.Any:
+            window = _window()
+            try:
+                data = _gather(state, name, window)
+            except Exception as e:
+                _record(e)
+                return _json_error(503, f"The querywatch store cannot be read: {_brief(e)}")
+            return jsonify({"page": name, "window": window, **data})
+
+        view.__name__ = f"api_{name}"
+        return view
+
+    for name, _ in PAGES:
+        rule = "/" if name == "overview" else f"/{name}"
+        bp.add_url_rule(rule, name, page(name), methods=["GET"])
+        bp.add_url_rule(f"/api/{name}", f"api_{name}", api(name), methods=["GET"])
+
+    @bp.get("/api/csrf")
+    def api_csrf() -> t.Any:
+        return jsonify({"csrf": csrf})
+
+    @bp.post("/api/shapes/<fingerprint>/analyse")
+    def api_analyse(fingerprint: str) -> t.Any:
+        from ..exceptions import ExplainError
+
+        if not fingerprint.isalnum() or len(fingerprint) > 32:
+            return _json_error(400, f"{fingerprint!r} is not a query shape id.")
+        try:
+            found = state.advice_worker.analyse_now(fingerprint)
+        except ExplainError as e:
+            return _json_error(422, str(e))
+        except Exception as e:
+            _record(e)
+            return _json_error(503, f"The advisor could not run: {_brief(e)}")
+        advice = [
+            {"index": a.index_name, "ddl": a.ddl, "verified_by": a.verified_by}
+            for a in state.store.advice([fingerprint])
+        ]
+        return jsonify({"fingerprint": fingerprint, "suggestions": found, "advice": advice})
+
+    app.register_blueprint(bp)
+
+
+def _window() -> str:
+    w = request.args.get("window", DEFAULT_WINDOW)
+    return w if w in WINDOWS else DEFAULT_WINDOW
+
+
+def _brief(e: BaseException) -> str:
+    text = str(e).splitlines()[0][:200] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _record(e: BaseException) -> None:
+    record_internal_error("dashboard", e)
+    log_limited(
+        "dashboard.store",
+        "querywatch's dashboard could not read the store (%s); the application is not affected.",
+        _brief(e),
+    )
+
+
+def _json_error(status: int, message: str) -> Response:
+    resp = jsonify({"error": message})
+    resp.status_code = status
+    return resp
+
+
+def _unauthorized(api: bool) -> Response:
+    message = (
+        "The querywatch dashboard needs its token: send 'Authorization: Bearer <token>', or"
+        " open this address once with '?token=<QUERYWATCH_DASHBOARD_TOKEN>'."
+    )
+    if api:
+        resp = _json_error(401, message)
+    else:
+        resp = Response(
+            render_template("querywatch/unauthorized.html", message=message),
+            status=401,
+            mimetype="text/html",
+        )
+    resp.headers["WWW-Authenticate"] = 'Bearer realm="querywatch"'
+    return resp
+
+
+def _store_down(e: BaseException, name: str, window: str, csrf: str) -> Response:
+    _record(e)
+    html = render_template(
+        "querywatch/error.html",
+        message=f"The querywatch store cannot be read: {_brief(e)}. The application is not"
+        " affected; this page will work again once the store answers.",
+        page=name,
+        pages=PAGES,
+        windows=list(WINDOWS),
+        window=window,
+        csrf=csrf,
+    )
+    return Response(html, status=503, mimetype="text/html")
+
+
+# --- data -------------------------------------------------------------------------------
+
+
+def _gather(state: AppState, page: str, window: str) -> dict[str, t.Any]:
+    """What a page shows (the API returns the same)."""
+    from ..report import build_report
+
+    # This process's pending aggregates first, so the page is current.
+    state.flusher.flush()
+    store = state.store
+    now = time.time()
+    since = now - WINDOWS[window]
+    limit = 10 if page == "overview" else 100
+    if page == "alerts":
+        return _alerts(state)
+    report = build_report(store, since=since, limit=limit)
+    if page == "overview":
+        return _overview(state, report, since, now)
+    if page == "endpoints":
+        return {"traffic": report["traffic"], "endpoints": report["endpoints"]}
+    if page == "shapes":
+        return {"db_time_ms": report["db_time_ms"], "shapes": _shapes(state, report["queries"])}
+    if page == "findings":
+        return {"findings": report["findings"]}
+    if page == "cache":
+        return {"cache": report["cache"]}
+    raise KeyError(page)
+
+
+def _shapes(state: AppState, queries: list[dict[str, t.Any]]) -> list[dict[str, t.Any]]:
+    store = state.store
+    fps = [q["fingerprint"] for q in queries]
+    kinds = store.finding_kinds(fps)
+    advice: dict[str, list[dict[str, t.Any]]] = {}
+    for a in store.advice(fps):
+        gain = round(a.cost_before / a.cost_after, 1) if a.cost_before and a.cost_after else None
+        advice.setdefault(a.fingerprint, []).append(
+            {
+                "index": a.index_name,
+                "table": a.table,
+                "ddl": a.ddl,
+                "verified_by": a.verified_by,
+                "estimated_gain": gain,
+                "reason": a.reason,
+            }
+        )
+    return [
+        {
+            **q,
+            "flags": sorted(kinds.get(q["fingerprint"], ())),
+            "advice": advice.get(q["fingerprint"], []),
+        }
+        for q in queries
+    ]
+
+
+def _overview(
+    state: AppState, report: dict[str, t.Any], since: float, now: float
+) -> dict[str, t.Any]:
+    from ..report import headline
+    from ..report import traffic_sentence
+    from ..stats import EndpointAggregate
+    from ..stats import percentile
+
+    width = state.settings.bucket_seconds
+    buckets = state.store.timeline(since, now + width)
+    per = max(1, math.ceil(len(buckets) / CHART_POINTS))
+    points = []
+    total = EndpointAggregate()
+    for i in range(0, len(buckets), per):
+        group = buckets[i : i + per]
+        agg = EndpointAggregate()
+        for _, b in group:
+            agg.merge(b)
+        total.merge(agg)
+        seconds = width * len(group)
+        errors = agg.statuses.get("5xx", 0) + agg.statuses.get("error", 0)
+        points.append(
+            {
+                "t": group[0][0],
+                "requests": agg.requests,
+                "rate": round(agg.requests / seconds, 3),
+                "error_rate": round(errors / agg.requests, 4) if agg.requests else 0.0,
+                "p50_ms": round(percentile(agg.hist, 0.50, 0.0, agg.max) * 1000, 2),
+                "p95_ms": round(percentile(agg.hist, 0.95, 0.0, agg.max) * 1000, 2),
+                "p99_ms": round(percentile(agg.hist, 0.99, 0.0, agg.max) * 1000, 2),
+                "db_share": round(agg.db_time / agg.total, 4) if agg.total else 0.0,
+            }
+        )
+    errors = total.statuses.get("5xx", 0) + total.statuses.get("error", 0)
+    firing = [a for a in _alerts(state)["alerts"] if a["state"] == "firing"]
+    return {
+        "headline": headline(report),
+        "traffic_sentence": traffic_sentence(report),
+        "traffic": report["traffic"],
+        "summary": {
+            "requests": total.requests,
+            "error_rate": round(errors / total.requests, 4) if total.requests else 0.0,
+            "p95_ms": round(percentile(total.hist, 0.95, 0.0, total.max) * 1000, 2),
+            "db_share": round(total.db_time / total.total, 4) if total.total else 0.0,
+        },
+        "timeline": points,
+        "latency_chart": _chart(
+            points, [("p50_ms", "p50"), ("p95_ms", "p95"), ("p99_ms", "p99")], "ms"
+        ),
+        "rate_chart": _chart(points, [("rate", "requests/s")], "/s"),
+        "shapes": report["queries"],
+        "endpoints": report["endpoints"][:5],
+        "alerts": firing,
+    }
+
+
+def _alerts(state: AppState) -> dict[str, t.Any]:
+    store = state.store
+    rows = sorted(
+        store.alert_states().values(),
+        key=lambda a: (a.state != "firing", -a.updated, a.key),
+    )
+    events = store.alert_events(newest=50)
+    return {
+        "alerts": [
+            {
+                "key": a.key,
+                "kind": a.kind,
+                "severity": a.severity,
+                "state": a.state,
+                "since": a.since,
+                "updated": a.updated,
+                "summary": a.summary,
+                "fired": a.fired,
+                "hypothesis": a.evidence.get("hypothesis"),
+                "traffic_ratio": (a.evidence.get("traffic") or {}).get("ratio"),
+            }
+            for a in rows[:200]
+        ],
+        "events": [
+            {
+                "id": e.id,
+                "key": e.key,
+                "state": e.state,
+                "at": e.at,
+                "severity": e.severity,
+                "summary": e.summary,
+            }
+            for e in events
+        ],  # fmt: skip
+    }
+
+
+_COLORS = ("#2b6cb0", "#dd6b20", "#c53030", "#2f855a")
+
+
+def _chart(
+    points: list[dict[str, t.Any]], keys: list[tuple[str, str]], unit: str
+) -> dict[str, t.Any]:
+    """An SVG line chart's geometry: polylines in a 720 x 160 box with a 0-based y axis."""
+    w, h, left, bottom = 720, 160, 48, 20
+    if len(points) == 1:
+        points = points * 2  # one bucket: a level line across
+    values = [p[k] for p in points for k, _ in keys]
+    top = max(values, default=0.0) or 1.0
+    # A round top: 1, 2 or 5 times a power of ten.
+    mag = 10 ** math.floor(math.log10(top))
+    top = next(m * mag for m in (1, 2, 5, 10) if m * mag >= top)
+    n = max(len(points) - 1, 1)
+
+    def xy(i: int, v: float) -> str:
+        x = left + (w - left - 8) * i / n
+        y = (h - bottom) - (h - bottom - 8) * v / top
+        return f"{x:.1f},{y:.1f}"
+
+    lines = [
+        {
+            "label": label,
+            "color": _COLORS[j % len(_COLORS)],
+            "points": " ".join(xy(i, p[key]) for i, p in enumerate(points)),
+        }
+        for j, (key, label) in enumerate(keys)
+    ]
+    ticks = [
+        {"y": (h - bottom) - (h - bottom - 8) * f, "label": f"{top * f:g} {unit}"}
+        for f in (0.0, 0.5, 1.0)
+    ]
+    first = points[0]["t"] if points else None
+    last = points[-1]["t"] if points else None
+    return {
+        "width": w,
+        "height": h,
+        "left": left,
+        "bottom": h - bottom,
+        "lines": lines,
+        "ticks": ticks,
+        "first": time.strftime("%H:%M", time.localtime(first)) if first else "",
+        "last": time.strftime("%H:%M", time.localtime(last)) if last else "",
+        "empty": not points,
+    }
+
+
+def dashboard_url(app: Flask, host: str, port: int, token: str | None) -> str:
+    """The dashboard's address on ``host:port`` (with the token, to open once)."""
+    with app.test_request_context():
+        path = url_for(f"{BLUEPRINT}.overview")
+    q = f"?token={urllib.parse.quote(token)}" if token else ""
+    return f"http://{host}:{port}{path}{q}"

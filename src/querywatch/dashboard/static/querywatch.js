@@ -1,0 +1,97 @@
+// querywatch dashboard: sortable tables, copy buttons, actions. No dependencies.
+"use strict";
+
+function csrfToken() {
+  const meta = document.querySelector('meta[name="csrf-token"]');
+  return meta ? meta.getAttribute("content") : "";
+}
+
+function cellValue(row, index, numeric) {
+  const cell = row.cells[index];
+  const raw = cell ? (cell.dataset.value ?? cell.textContent) : "";
+  return numeric ? parseFloat(raw) || 0 : raw.toLowerCase();
+}
+
+function sortBy(table, th) {
+  const index = Array.prototype.indexOf.call(th.parentNode.children, th);
+  const numeric = th.dataset.sort === "num";
+  const descending = th.getAttribute("aria-sort") !== "descending";
+  for (const other of th.parentNode.children) other.removeAttribute("aria-sort");
+  th.setAttribute("aria-sort", descending ? "descending" : "ascending");
+  const body = table.tBodies[0];
+  const rows = Array.from(body.rows).filter((r) => !r.querySelector(".empty"));
+  rows.sort((a, b) => {
+    const x = cellValue(a, index, numeric);
+    const y = cellValue(b, index, numeric);
+    const order = x < y ? -1 : x > y ? 1 : 0;
+    return descending ? -order : order;
+  });
+  for (const row of rows) body.appendChild(row);
+}
+
+async function copyText(text) {
+  if (navigator.clipboard && window.isSecureContext) {
+    await navigator.clipboard.writeText(text);
+    return;
+  }
+  const area = document.createElement("textarea");
+  area.value = text;
+  area.setAttribute("readonly", "");
+  area.className = "offscreen";
+  document.body.appendChild(area);
+  area.select();
+  document.execCommand("copy");
+  area.remove();
+}
+
+async function runAction(button) {
+  const status = button.parentNode.querySelector(".result");
+  button.disabled = true;
+  if (status) status.textContent = "Analysing…";
+  try {
+    const response = await fetch(button.dataset.action, {
+      method: "POST",
+      headers: { "X-CSRF-Token": csrfToken(), Accept: "application/json" },
+      credentials: "same-origin",
+    });
+    const body = await response.json();
+    if (status) {
+      status.textContent = response.ok
+        ? `${body.suggestions} suggestion(s); reload to see them.`
+        : body.error || `Failed (${response.status}).`;
+    }
+  } catch (error) {
+    if (status) status.textContent = `Failed: ${error}`;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  for (const table of document.querySelectorAll("table.sortable")) {
+    for (const th of table.querySelectorAll("th[data-sort]")) {
+      th.tabIndex = 0;
+      th.addEventListener("click", () => sortBy(table, th));
+      th.addEventListener("keydown", (e) => {
+        if (e.key === "Enter" || e.key === " ") sortBy(table, th);
+      });
+    }
+  }
+  for (const button of document.querySelectorAll("button.copy")) {
+    button.addEventListener("click", async () => {
+      try {
+        await copyText(button.dataset.copy);
+        button.textContent = "Copied";
+      } catch (error) {
+        button.textContent = "Copy failed";
+      }
+      setTimeout(() => { button.textContent = "Copy"; }, 2000);
+    });
+  }
+  for (const button of document.querySelectorAll("button.action")) {
+    button.addEventListener("click", () => runAction(button));
+  }
+  for (const time of document.querySelectorAll("time[data-ts]")) {
+    time.textContent = new Date(parseFloat(time.dataset.ts) * 1000).toLocaleString();
+  }
+});

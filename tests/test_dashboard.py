@@ -1,0 +1,332 @@
+"""The dashboard at ``/_querywatch``: auth, CSRF, escaping, the JSON API, fail-open, and
+the pages in headless Chromium (Debian's ``chromium``, driven by Playwright)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import threading
+import time
+import typing as t
+
+import pytest
+from flask import Flask
+from sqlalchemy import create_engine
+
+from conftest import _unavailable
+from querywatch import QueryWatch
+from querywatch.demo import shop
+from querywatch.fingerprint import fingerprint
+
+TOKEN = "dashboard-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ARTIFACTS = pathlib.Path(
+    os.environ.get(
+        "QUERYWATCH_ARTIFACTS", pathlib.Path(__file__).resolve().parents[1] / "artifacts"
+    )
+)
+LOOKUP = "/api/orders/lookup?email=customer{}@example.com"
+#: An endpoint name and a query text an attacker could get into the store.
+EVIL_ENDPOINT = "GET /<img src=x onerror=alert('endpoint')>"
+EVIL_SQL = "SELECT \"<script>alert('shape')</script>\" FROM products WHERE id = 1"
+PAGES = ("", "endpoints", "shapes", "findings", "alerts", "cache")
+
+
+def _shop(tmp_path: t.Any, **config: t.Any) -> Flask:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{tmp_path}/shop.db"
+    engine = create_engine(url)
+    shop.seed(engine, scale=0.05)
+    engine.dispose()
+    return shop.create_app(
+        url,
+        instance_path=str(tmp_path / "instance"),
+        config={"QUERYWATCH_ADVISE": False, **config},
+    )
+
+
+@pytest.fixture
+def app(tmp_path: t.Any) -> Flask:
+    """The shop with a token, some traffic (the lookup is the costliest shape), an index
+    suggestion from the advisor, and a request whose endpoint and query text carry
+    markup."""
+    from querywatch.capture import LoopStats
+    from querywatch.capture import Record
+    from querywatch.stats import bucket_index
+
+    a = _shop(tmp_path, QUERYWATCH_DASHBOARD_TOKEN=TOKEN)
+    client = a.test_client()
+    for i in range(30):
+        assert client.get(LOOKUP.format(i % 7 + 1)).status_code == 200
+        assert client.get(f"/api/products/{i % 9 + 1}").status_code == 200
+    for _ in range(3):
+        assert client.get("/api/orders/recent?limit=5").status_code == 200
+    state = a.extensions["querywatch"]
+    r = Record(
+        name=EVIL_ENDPOINT, kind="request", settings=state.settings, started_wall=time.time()
+    )
+    fp = fingerprint(EVIL_SQL)
+    loop = LoopStats(fp, None)
+    loop.calls, loop.total, loop.min, loop.max, loop.rows = 1, 1e-5, 1e-5, 1e-5, 1
+    loop.hist[bucket_index(1e-5)] = 1
+    r.loops[(fp.id, None)] = loop
+    r.query_count, r.db_time, r.duration, r.status = 1, 1e-5, 2e-5, 200
+    state.stats.add(r, [])
+    assert state.flusher.flush()
+    lookup = _culprit(a)
+    assert state.advice_worker.analyse_now(lookup) >= 1
+    return a
+
+
+def _culprit(app: Flask) -> str:
+    client = app.test_client()
+    shapes = client.get("/_querywatch/api/shapes", headers=AUTH).get_json()["shapes"]
+    return next(
+        s["fingerprint"]
+        for s in shapes
+        if s["endpoints"] and s["endpoints"][0]["endpoint"] == "GET /api/orders/lookup"
+    )
+
+
+def test_without_the_token_nothing_is_shown(app: Flask, tmp_path: t.Any) -> None:
+    """Pages answer 401 with how to log in, the API 401 in JSON; a wrong token is as
+    good as none; an app with neither a token nor debug mode has no dashboard (404),
+    and in debug mode only loopback clients see it."""
+    client = app.test_client()
+    for p in PAGES:
+        r = client.get(f"/_querywatch/{p}")
+        assert r.status_code == 401
+        assert b"QUERYWATCH_DASHBOARD_TOKEN" in r.data
+        assert r.headers["WWW-Authenticate"] == 'Bearer realm="querywatch"'
+    r = client.get(
+        "/_querywatch/api/shapes", headers={"Authorization": "Bearer wrong-token-xxxxxxxx"}
+    )
+    assert r.status_code == 401
+    assert "Authorization: Bearer" in r.get_json()["error"]
+    assert client.get("/_querywatch/?token=wrong").status_code == 401
+
+    plain = _shop(tmp_path / "plain")
+    assert plain.test_client().get("/_querywatch/", headers=AUTH).status_code == 404
+    assert plain.test_client().get("/_querywatch/api/overview").status_code == 404
+    plain.debug = True
+    assert plain.test_client().get("/_querywatch/").status_code == 200
+    far = plain.test_client().get("/_querywatch/", environ_base={"REMOTE_ADDR": "10.0.0.7"})
+    assert far.status_code == 404
+
+
+def test_the_token_in_the_address_becomes_a_cookie(app: Flask) -> None:
+    client = app.test_client()
+    r = client.get(f"/_querywatch/shapes?window=6h&token={TOKEN}")
+    assert r.status_code == 303
+    assert r.headers["Location"] == "/_querywatch/shapes?window=6h"
+    cookie = r.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+    assert "Path=/_querywatch" in cookie
+    assert TOKEN not in cookie
+    assert client.get("/_querywatch/shapes?window=6h").status_code == 200
+
+
+def test_actions_need_the_csrf_token_and_the_same_origin(app: Flask) -> None:
+    client = app.test_client()
+    fp = _culprit(app)
+    url = f"/_querywatch/api/shapes/{fp}/analyse"
+    r = client.post(url, headers=AUTH)
+    assert r.status_code == 403
+    assert "X-CSRF-Token" in r.get_json()["error"]
+    csrf = client.get("/_querywatch/api/csrf", headers=AUTH).get_json()["csrf"]
+    r = client.post(url, headers={**AUTH, "X-CSRF-Token": csrf, "Origin": "http://evil.example"})
+    assert r.status_code == 403
+    assert client.post(url, headers={"X-CSRF-Token": csrf}).status_code == 401
+    r = client.post(url, headers={**AUTH, "X-CSRF-Token": csrf})
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["suggestions"] >= 1
+    assert body["advice"][0]["ddl"].startswith("CREATE INDEX")
+    r = client.post(
+        "/_querywatch/api/shapes/nosuchshape/analyse", headers={**AUTH, "X-CSRF-Token": csrf}
+    )
+    assert r.status_code == 422
+    assert "No read shape 'nosuchshape'" in r.get_json()["error"]
+
+
+def test_the_json_api_behind_each_page(app: Flask) -> None:
+    client = app.test_client()
+    overview = client.get("/_querywatch/api/overview?window=15m", headers=AUTH).get_json()
+    assert overview["window"] == "15m"
+    assert "GET /api/orders/lookup" in overview["headline"]
+    assert overview["summary"]["requests"] == 64
+    assert overview["timeline"][-1]["requests"] >= 1
+    assert overview["shapes"][0]["fingerprint"] == _culprit(app)
+    shapes = client.get("/_querywatch/api/shapes", headers=AUTH).get_json()["shapes"]
+    lookup = next(s for s in shapes if s["fingerprint"] == _culprit(app))
+    assert lookup["advice"][0]["ddl"].startswith("CREATE INDEX")
+    assert "full_scan" in lookup["flags"]
+    endpoints = client.get("/_querywatch/api/endpoints", headers=AUTH).get_json()["endpoints"]
+    assert {e["endpoint"] for e in endpoints} >= {"GET /api/orders/lookup", EVIL_ENDPOINT}
+    findings = client.get("/_querywatch/api/findings", headers=AUTH).get_json()["findings"]
+    assert any(f["kind"] == "n_plus_one" for f in findings)
+    assert client.get("/_querywatch/api/alerts", headers=AUTH).get_json()["alerts"] == []
+    cache = client.get("/_querywatch/api/cache", headers=AUTH).get_json()["cache"]
+    assert cache == []  # the product list was not asked for
+    # The dashboard's own requests are not the app's traffic.
+    again = client.get("/_querywatch/api/overview?window=15m", headers=AUTH).get_json()
+    assert again["summary"]["requests"] == 64
+
+
+def test_markup_in_the_store_is_shown_as_text(app: Flask) -> None:
+    client = app.test_client()
+    for p in PAGES:
+        html = client.get(f"/_querywatch/{p}", headers=AUTH).get_data(as_text=True)
+        assert "<script>alert" not in html
+        assert "<img src=x" not in html
+    shapes = client.get("/_querywatch/shapes", headers=AUTH).get_data(as_text=True)
+    assert "&lt;script&gt;alert(&#39;shape&#39;)&lt;/script&gt;" in shapes
+    r = client.get("/_querywatch/", headers=AUTH)
+    assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+    assert r.headers["X-Frame-Options"] == "DENY"
+
+
+def test_a_store_that_is_down_fails_the_dashboard_not_the_app(app: Flask, tmp_path: t.Any) -> None:
+    from querywatch import _failopen
+
+    state = app.extensions["querywatch"]
+    state.store.dispose()
+    db = tmp_path / "instance" / "querywatch.db"
+    for suffix in ("", "-wal", "-shm"):
+        pathlib.Path(f"{db}{suffix}").unlink(missing_ok=True)
+    db.mkdir()
+    _failopen.RAISE_INTERNAL_ERRORS = False
+    client = app.test_client()
+    r = client.get("/_querywatch/", headers=AUTH)
+    assert r.status_code == 503
+    assert b"The querywatch store cannot be read" in r.data
+    assert b"The application is not affected" in r.data
+    r = client.get("/_querywatch/api/shapes", headers=AUTH)
+    assert r.status_code == 503
+    assert r.get_json()["error"].startswith("The querywatch store cannot be read")
+    assert client.get(LOOKUP.format(1)).status_code == 200
+    assert _failopen.internal_error_counts().get("dashboard", 0) >= 2
+
+
+# --- in the browser ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def browser() -> t.Iterator[t.Any]:
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(chromium):
+        _unavailable("Chromium", "not installed; Debian package 'chromium'")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("Playwright", "not installed; pip install playwright")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def served(app: Flask) -> t.Iterator[str]:
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_the_pages_in_chromium(app: Flask, served: str, browser: t.Any) -> None:
+    """Every page loads without a console error and is saved as a screenshot; the
+    overview names the culprit query and endpoint; sorting works both ways; Copy puts
+    the index DDL on the clipboard; Analyse now runs the advisor; markup from the store
+    never runs."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=served)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
+
+    response = page.goto(f"{served}/_querywatch/?token={TOKEN}")
+    assert response is not None
+    assert response.status == 200
+    assert page.url == f"{served}/_querywatch/"
+    headline = page.inner_text("#headline")
+    assert "FROM orders WHERE orders.customer_email = ?" in headline
+    assert "GET /api/orders/lookup" in headline
+    assert page.locator("#shares li").count() >= 3
+    assert page.locator("figure.chart svg polyline").count() == 4
+    page.screenshot(path=str(ARTIFACTS / "dashboard-overview.png"), full_page=True)
+    for name in PAGES[1:]:
+        r = page.goto(f"{served}/_querywatch/{name}")
+        assert r is not None
+        assert r.status == 200, name
+        page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=True)
+
+    page.goto(f"{served}/_querywatch/endpoints")
+
+    def column(index: int) -> list[float]:
+        return [
+            float(v)
+            for v in page.locator(f"#endpoints tbody tr td:nth-child({index})").evaluate_all(
+                "cells => cells.map(c => c.dataset.value)"
+            )
+        ]
+
+    page.click("#endpoints th:has-text('p95')")
+    assert page.get_attribute("#endpoints th:has-text('p95')", "aria-sort") == "descending"
+    p95 = column(4)
+    assert p95 == sorted(p95, reverse=True)
+    assert len(set(p95)) > 1
+    page.click("#endpoints th:has-text('p95')")
+    assert column(4) == sorted(p95)
+    page.click("#endpoints th:has-text('Endpoint')")
+    names = page.locator("#endpoints tbody tr td:nth-child(1)").all_inner_texts()
+    assert names == sorted(names, key=str.lower, reverse=True)
+
+    page.goto(f"{served}/_querywatch/shapes")
+    row = page.locator(f"#shape-{_culprit(app)}")
+    ddl = row.locator(".ddl code").first.inner_text()
+    assert ddl.startswith("CREATE INDEX")
+    from playwright.sync_api import expect
+
+    copy = row.locator("button.copy").first
+    copy.click()
+    expect(copy).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == ddl
+    row.locator("button.action").click()
+    expect(row.locator(".result")).to_contain_text("suggestion", timeout=20_000)
+    assert "<script>alert('shape')</script>" in page.inner_text("#shapes")
+    assert page.locator("img").count() == 0
+    page.goto(f"{served}/_querywatch/endpoints")
+    assert EVIL_ENDPOINT in page.inner_text("#endpoints")
+    assert problems == []
+    context.close()
+
+
+def test_the_dashboard_refuses_chromium_without_the_token(served: str, browser: t.Any) -> None:
+    page = browser.new_page()
+    r = page.goto(f"{served}/_querywatch/shapes")
+    assert r is not None
+    assert r.status == 401
+    assert "QUERYWATCH_DASHBOARD_TOKEN" in page.inner_text("body")
+    page.close()
+
+
+def test_the_dashboard_is_not_added_over_a_route_of_the_app(tmp_path: t.Any) -> None:
+    a = Flask(__name__)
+    a.config.update(
+        QUERYWATCH_STORE_URL=f"sqlite:///{tmp_path}/qw.db", QUERYWATCH_DASHBOARD_TOKEN=TOKEN
+    )
+
+    @a.get("/_querywatch")
+    def mine() -> str:
+        return "mine"
+
+    QueryWatch(a)
+    assert a.test_client().get("/_querywatch", headers=AUTH).get_data(as_text=True) == "mine"
