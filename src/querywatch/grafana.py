@@ -147,6 +147,27 @@ def _refs(exprs: list[tuple[str, str]]) -> list[dict[str, t.Any]]:
     return [_target(e, legend, chr(ord("A") + i)) for i, (e, legend) in enumerate(exprs)]
 
 
+def _query_variable(name: str, label: str, definition: str) -> dict[str, t.Any]:
+    """A multi-value template variable read from the series (``label_values``)."""
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": _DS,
+        "query": {"query": definition, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+        "definition": definition,
+        "current": {},
+        "includeAll": True,
+        "allValue": ".*",
+        "multi": True,
+        "hide": 0,
+        "refresh": 2,
+        "sort": 1,
+        "options": [],
+        "regex": "",
+    }
+
+
 def dashboard(
     objectives: t.Sequence[Objective] = (), *, title: str = "querywatch", uid: str = "querywatch"
 ) -> dict[str, t.Any]:
@@ -492,46 +513,10 @@ def dashboard(
                     "options": [],
                     "regex": "",
                 },
-                {
-                    "name": "job",
-                    "label": "Job",
-                    "type": "query",
-                    "datasource": _DS,
-                    "query": {
-                        "query": f"label_values({_HTTP}_count, job)",
-                        "refId": "PrometheusVariableQueryEditor-VariableQuery",
-                    },
-                    "definition": f"label_values({_HTTP}_count, job)",
-                    "current": {},
-                    "includeAll": True,
-                    "allValue": ".*",
-                    "multi": True,
-                    "hide": 0,
-                    "refresh": 2,
-                    "sort": 1,
-                    "options": [],
-                    "regex": "",
-                },
-                {
-                    "name": "route",
-                    "label": "Route",
-                    "type": "query",
-                    "datasource": _DS,
-                    "query": {
-                        "query": f"label_values({_HTTP}_count{{{_SEL}}}, http_route)",
-                        "refId": "PrometheusVariableQueryEditor-VariableQuery",
-                    },
-                    "definition": f"label_values({_HTTP}_count{{{_SEL}}}, http_route)",
-                    "current": {},
-                    "includeAll": True,
-                    "allValue": ".*",
-                    "multi": True,
-                    "hide": 0,
-                    "refresh": 2,
-                    "sort": 1,
-                    "options": [],
-                    "regex": "",
-                },
+                _query_variable("job", "Job", f"label_values({_HTTP}_count, job)"),
+                _query_variable(
+                    "route", "Route", f"label_values({_HTTP}_count{{{_SEL}}}, http_route)"
+                ),
             ]
         },
         "panels": lay.panels,

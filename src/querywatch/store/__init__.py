@@ -360,17 +360,7 @@ class Store:
                         "hist": _hist_dump(hist),
                     }
                 )
-        if inserts:
-            conn.execute(tbl.insert(), inserts)
-        if updates:
-            conn.execute(
-                tbl.update().where(
-                    tbl.c.minute == bindparam("b_minute"),
-                    tbl.c.endpoint == bindparam("b_endpoint"),
-                    tbl.c.fingerprint == bindparam("b_fingerprint"),
-                ),
-                updates,
-            )
+        _write_rows(conn, tbl, ("minute", "endpoint", "fingerprint"), inserts, updates)
 
     def _merge_endpoints(
         self, conn: Connection, minute: int, endpoints: dict[str, EndpointAggregate]
@@ -429,16 +419,7 @@ class Store:
                         "dropped_queries": merged.dropped_queries,
                     }
                 )
-        if inserts:
-            conn.execute(tbl.insert(), inserts)
-        if updates:
-            conn.execute(
-                tbl.update().where(
-                    tbl.c.minute == bindparam("b_minute"),
-                    tbl.c.endpoint == bindparam("b_endpoint"),
-                ),
-                updates,
-            )
+        _write_rows(conn, tbl, ("minute", "endpoint"), inserts, updates)
 
     def _merge_slo(
         self, conn: Connection, minute: int, counts: dict[tuple[str, str], list[int]]
@@ -507,17 +488,7 @@ class Store:
                         "bad": old.bad + bad,
                     }
                 )
-        if inserts:
-            conn.execute(tbl.insert(), inserts)
-        if updates:
-            conn.execute(
-                tbl.update().where(
-                    tbl.c.objective == bindparam("b_objective"),
-                    tbl.c.minute == bindparam("b_minute"),
-                    tbl.c.endpoint == bindparam("b_endpoint"),
-                ),
-                updates,
-            )
+        _write_rows(conn, tbl, ("objective", "minute", "endpoint"), inserts, updates)
 
     def _merge_findings(
         self, conn: Connection, found: dict[tuple[str, str, str], FindingAggregate]
@@ -597,15 +568,7 @@ class Store:
             if endpoint is not None:
                 stmt = stmt.where(qs.c.endpoint == endpoint)
             for row in conn.execute(stmt):
-                agg = Aggregate(
-                    calls=row.calls,
-                    errors=row.errors,
-                    total=row.total_s,
-                    min=row.min_s,
-                    max=row.max_s,
-                    rows=row.rows,
-                    hist=_hist_load(row.hist),
-                )
+                agg = _aggregate(row)
                 shapes.setdefault(row.fingerprint, Aggregate()).merge(agg)
                 endpoint_shapes.setdefault((row.endpoint, row.fingerprint), Aggregate()).merge(agg)
             stmt = select(es).where(es.c.minute >= lo, es.c.minute < until)
@@ -973,17 +936,7 @@ class Store:
         out: dict[tuple[str, str], Aggregate] = {}
         with self.engine.connect() as conn:
             for row in conn.execute(stmt):
-                out.setdefault((row.endpoint, row.fingerprint), Aggregate()).merge(
-                    Aggregate(
-                        calls=row.calls,
-                        errors=row.errors,
-                        total=row.total_s,
-                        min=row.min_s,
-                        max=row.max_s,
-                        rows=row.rows,
-                        hist=_hist_load(row.hist),
-                    )
-                )
+                out.setdefault((row.endpoint, row.fingerprint), Aggregate()).merge(_aggregate(row))
         return out
 
     def new_findings(self, kinds: t.Sequence[str], since: float) -> list[StoredFinding]:
@@ -1299,6 +1252,34 @@ def _alert(row: t.Any) -> StoredAlert:
         json.loads(row.evidence),
         row.fired,
     )
+
+
+def _aggregate(row: t.Any) -> Aggregate:
+    """A ``qw_query_stats`` row as an aggregate."""
+    return Aggregate(
+        calls=row.calls,
+        errors=row.errors,
+        total=row.total_s,
+        min=row.min_s,
+        max=row.max_s,
+        rows=row.rows,
+        hist=_hist_load(row.hist),
+    )
+
+
+def _write_rows(
+    conn: Connection,
+    tbl: t.Any,
+    keys: t.Sequence[str],
+    inserts: list[dict[str, t.Any]],
+    updates: list[dict[str, t.Any]],
+) -> None:
+    """Insert the new rows of a merge and update the others (their keys given as
+    ``b_<key>`` values), each in one executemany."""
+    if inserts:
+        conn.execute(tbl.insert(), inserts)
+    if updates:
+        conn.execute(tbl.update().where(*(tbl.c[k] == bindparam(f"b_{k}") for k in keys)), updates)
 
 
 def _endpoint_from_row(row: t.Any) -> EndpointAggregate:
