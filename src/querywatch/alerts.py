@@ -515,6 +515,18 @@ class AlertRules:
         return 300.0 * self.scale
 
     @property
+    def evidence_window(self) -> float:
+        """Every alert's evidence compares the last 5 minutes (scaled)..."""
+        return 300.0 * self.scale
+
+    @property
+    def evidence_gap(self) -> float:
+        """... with 5 minutes an hour before (scaled): the 1h/5m pair's short window
+        against the time just before its long window, when the objective still held.
+        One reading serves every alert of an evaluation."""
+        return 3300.0 * self.scale
+
+    @property
     def finding_window(self) -> float:
         """A new finding's alert resolves when it was not seen for an hour, scaled."""
         return 3600.0 * self.scale
@@ -606,11 +618,11 @@ class Evaluator:
                     f.kind,
                     "ticket",
                     headline,
-                    rules.shape_window,
-                    0.0,
+                    rules.evidence_window,
+                    rules.evidence_gap,
                     None,
                 )
-        out: list[AlertChange] = []
+        pending: list[AlertChange] = []
         memo: dict[t.Any, dict[str, t.Any]] = {}
         for key, (kind, severity, headline, span, gap, objective) in sorted(wanted.items()):
             old = states.get(key)
@@ -625,26 +637,28 @@ class Evaluator:
                 objective=objective,
                 memo=memo,
             )
-            change = AlertChange(
-                key, kind, severity, "firing", now, f"{headline} {ev['hypothesis']}", ev
+            pending.append(
+                AlertChange(
+                    key, kind, severity, "firing", now, f"{headline} {ev['hypothesis']}", ev
+                )
             )
-            if self.store.set_alert_state(change):
-                out.append(change)
         for key, old in sorted(states.items()):
             if old.state != "firing" or key in wanted:
                 continue
             lasted = now - old.since
-            change = AlertChange(
-                key,
-                old.kind,
-                old.severity,
-                "resolved",
-                now,
-                f"Resolved after {_duration(lasted)}: {old.summary}",
-                old.evidence,
+            pending.append(
+                AlertChange(
+                    key,
+                    old.kind,
+                    old.severity,
+                    "resolved",
+                    now,
+                    f"Resolved after {_duration(lasted)}: {old.summary}",
+                    old.evidence,
+                )
             )
-            if self.store.set_alert_state(change):
-                out.append(change)
+        # Every change of this evaluation in one transaction (one commit).
+        out = self.store.set_alert_states(pending)
         for change in out:
             _log_change(change)
         self.changes.extend(out)
@@ -676,17 +690,19 @@ class Evaluator:
                 worst = max(
                     (f for f in firings if f.severity == severity), key=lambda f: f.burn_short
                 )
-                window = next(w for w in rules.policy if w.name == worst.window)
                 headline = (
                     f"SLO {o.name} ({o.describe()}): the error budget burns"
                     f" {worst.burn_long:.1f}x faster than sustainable over {worst.window}"
                     f" ({severity})."
                 )
-                # Evidence: the short window (at most half an hour) against as long a
-                # window before the long one began (at most an hour before).
-                short = min(window.short_seconds, 1800.0) * rules.scale
-                gap = min(window.long_seconds - window.short_seconds, 3600.0) * rules.scale
-                out[f"slo:{o.name}:{severity}"] = ("slo", severity, headline, short, gap, o.name)
+                out[f"slo:{o.name}:{severity}"] = (
+                    "slo",
+                    severity,
+                    headline,
+                    rules.evidence_window,
+                    rules.evidence_gap,
+                    o.name,
+                )
         return out
 
     def _shapes(self, now: float) -> dict[str, _Wanted]:
@@ -708,7 +724,14 @@ class Evaluator:
                 f"Query shape {fp} in {endpoint}: p95 {p95 * 1000:.0f} ms over"
                 f" {agg.calls} calls, above {rules.shape_p95_ms:g} ms."
             )
-            out[f"shape_p95:{endpoint}:{fp}"] = ("shape_p95", "ticket", headline, span, 0.0, None)
+            out[f"shape_p95:{endpoint}:{fp}"] = (
+                "shape_p95",
+                "ticket",
+                headline,
+                rules.evidence_window,
+                rules.evidence_gap,
+                None,
+            )
         return out
 
 

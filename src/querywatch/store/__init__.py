@@ -1102,62 +1102,64 @@ class Store:
         """Move an alert to ``change.state`` and log the change, in one transaction.
         False (nothing written) when it already is in that state: a change is written
         once however many processes try."""
+        return bool(self.set_alert_states([change]))
+
+    def set_alert_states(self, changes: t.Sequence[AlertChange]) -> list[AlertChange]:
+        """:meth:`set_alert_state` for several alerts in one transaction (one commit);
+        returns the changes written. If another process wrote one of them at the same
+        moment, each is tried again on its own."""
+        if not changes:
+            return []
         self.migrate()
-        tbl, events = schema.alerts, schema.alert_events
-        evidence = json.dumps(change.evidence, sort_keys=True, default=str)
         try:
             with self.engine.begin() as conn:
-                old = conn.execute(
-                    self._lock_rows(select(tbl).where(tbl.c.key == change.key))
-                ).first()
-                if old is not None and old.state == change.state:
-                    return False
-                if old is None and change.state != "firing":
-                    return False
-                values = {
-                    "kind": change.kind[:32],
-                    "severity": change.severity[:16],
-                    "state": change.state,
-                    "since": change.at,
-                    "updated": change.at,
-                    "summary": change.summary,
-                    "evidence": evidence,
-                }
-                if old is None:
-                    conn.execute(tbl.insert().values(key=change.key, fired=1, **values))
-                else:
-                    fired = old.fired + (1 if change.state == "firing" else 0)
-                    conn.execute(
-                        tbl.update().where(tbl.c.key == change.key).values(fired=fired, **values)
-                    )
-                conn.execute(
-                    events.insert().values(
-                        key=change.key,
-                        kind=change.kind[:32],
-                        severity=change.severity[:16],
-                        state=change.state,
-                        at=change.at,
-                        summary=change.summary,
-                        evidence=evidence,
-                    )
-                )
-                return True
+                return [c for c in changes if self._apply_change(conn, c)]
         except IntegrityError:
-            return False  # another process inserted the first firing at the same moment
+            pass
+        out = []
+        for c in changes:
+            try:
+                with self.engine.begin() as conn:
+                    if self._apply_change(conn, c):
+                        out.append(c)
+            except IntegrityError:
+                continue  # another process inserted the first firing at the same moment
+        return out
 
-    def touch_alert(self, key: str, at: float, summary: str, evidence: dict[str, t.Any]) -> None:
-        """Refresh a firing alert's figures (no state change, no event)."""
-        tbl = schema.alerts
-        with self.engine.begin() as conn:
-            conn.execute(
-                tbl.update()
-                .where(tbl.c.key == key, tbl.c.state == "firing")
-                .values(
-                    updated=at,
-                    summary=summary,
-                    evidence=json.dumps(evidence, sort_keys=True, default=str),
-                )
+    def _apply_change(self, conn: Connection, change: AlertChange) -> bool:
+        tbl, events = schema.alerts, schema.alert_events
+        old = conn.execute(self._lock_rows(select(tbl).where(tbl.c.key == change.key))).first()
+        if old is not None and old.state == change.state:
+            return False
+        if old is None and change.state != "firing":
+            return False
+        evidence = json.dumps(change.evidence, sort_keys=True, default=str)
+        values = {
+            "kind": change.kind[:32],
+            "severity": change.severity[:16],
+            "state": change.state,
+            "since": change.at,
+            "updated": change.at,
+            "summary": change.summary,
+            "evidence": evidence,
+        }
+        if old is None:
+            conn.execute(tbl.insert().values(key=change.key, fired=1, **values))
+        else:
+            fired = old.fired + (1 if change.state == "firing" else 0)
+            conn.execute(tbl.update().where(tbl.c.key == change.key).values(fired=fired, **values))
+        conn.execute(
+            events.insert().values(
+                key=change.key,
+                kind=values["kind"],
+                severity=values["severity"],
+                state=change.state,
+                at=change.at,
+                summary=change.summary,
+                evidence=evidence,
             )
+        )
+        return True
 
     def alert_events(
         self, after_id: int = 0, limit: int = 1000, *, newest: int | None = None
