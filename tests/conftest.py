@@ -60,6 +60,8 @@ def no_background_advisor_outlives_its_test() -> t.Iterator[None]:
 
     for state in list(_states):
         state.advice_worker._stop.set()
+        if state.incident_worker is not None:
+            state.incident_worker._stop.set()
 
 
 @pytest.fixture(autouse=True)

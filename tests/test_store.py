@@ -110,14 +110,14 @@ def test_schema_version_and_forward_migration(tmp_path: t.Any) -> None:
         Store(url).migrate()
     assert str(info.value) == (
         f"The querywatch store at sqlite:///{tmp_path}/v.db has schema version 99, newer than"
-        " this querywatch knows (3). Upgrade querywatch, or point 'QUERYWATCH_STORE_URL' at"
+        " this querywatch knows (4). Upgrade querywatch, or point 'QUERYWATCH_STORE_URL' at"
         " another database."
     )
 
 
 def test_a_version_1_store_is_upgraded_in_place(tmp_path: t.Any) -> None:
     """A store written before the advisor (version 1) gains ``sample_sql`` and
-    ``qw_advice`` (2), the alert tables (3), and keeps its rows."""
+    ``qw_advice`` (2), the alert tables (3), the incident tables (4), and keeps its rows."""
     url = f"sqlite:///{tmp_path}/v1.db"
     engine = create_engine(url)
     with engine.begin() as conn:
@@ -138,8 +138,8 @@ def test_a_version_1_store_is_upgraded_in_place(tmp_path: t.Any) -> None:
             tbl.create(conn)
     engine.dispose()
     store = Store(url)
-    assert store.migrate() == 3
-    assert store.schema_version() == 3
+    assert store.migrate() == 4
+    assert store.schema_version() == 4
     assert store.shapes(["abc"])["abc"].shape == "SELECT ?"
     assert store.shapes(["abc"])["abc"].sample is None
     assert store.advice() == []

@@ -82,6 +82,12 @@ class Settings:
     #: loopback clients only).
     dashboard_path: str | None = "/_querywatch"
     dashboard_token: str | None = None
+    #: Incidents: on/off, the escalation policy, which alert severities open one, and
+    #: the worker's round interval.
+    incidents: bool = True
+    escalation: t.Any = None
+    incident_severities: tuple[str, ...] = ("page",)
+    incident_interval: float = 5.0
 
 
 def _bool(app: Flask, key: str, default: bool) -> bool:
@@ -227,6 +233,24 @@ def _optional_ms(app: Flask, key: str, default: float) -> float | None:
     return _number(app, key, default, minimum=0, exclusive=True)
 
 
+def _escalation(app: Flask) -> t.Any:
+    """The escalation policy (``QUERYWATCH_ESCALATION``: a dict, a TOML file's path, or
+    None for the log only); a malformed one stops ``init_app`` with the field named."""
+    from .incidents.policy import load_policy
+
+    return load_policy(app.config.setdefault("QUERYWATCH_ESCALATION", None))
+
+
+def _severities(app: Flask) -> tuple[str, ...]:
+    key = "QUERYWATCH_INCIDENT_SEVERITIES"
+    value = app.config.setdefault(key, ["page"])
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)) or not set(value) <= {"page", "ticket"}:
+        raise ConfigError(key, "a list of alert severities: 'page' and/or 'ticket'", value)
+    return tuple(value)
+
+
 def load_settings(app: Flask) -> Settings:
     """Read and validate the ``QUERYWATCH_*`` keys, writing defaults back to
     ``app.config`` so it shows the effective values."""
@@ -290,4 +314,10 @@ def load_settings(app: Flask) -> Settings:
         alert_new_full_scan=_bool(app, "QUERYWATCH_ALERT_NEW_FULL_SCAN", True),
         dashboard_path=_path(app, "QUERYWATCH_DASHBOARD_PATH", "/_querywatch"),
         dashboard_token=_token(app, "QUERYWATCH_DASHBOARD_TOKEN"),
+        incidents=_bool(app, "QUERYWATCH_INCIDENTS", True),
+        escalation=_escalation(app),
+        incident_severities=_severities(app),
+        incident_interval=_number(
+            app, "QUERYWATCH_INCIDENT_INTERVAL", 5.0, minimum=0, exclusive=True
+        ),
     )

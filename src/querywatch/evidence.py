@@ -76,11 +76,18 @@ def gather(
             memo[key] = base
     out = dict(base)
     if objective is not None:
+        # Over the buckets the burn rate counted (the current one too).
+        rows = store.slo_endpoints(objective, now - span - width, now, 1000)
+        events = sum(n for _, n, _ in rows)
+        bad_events = sum(b for _, _, b in rows)
+        out["objective"] = {
+            "name": objective,
+            "events": events,
+            "bad": bad_events,
+            "bad_ratio": round(bad_events / events, 4) if events else 0.0,
+        }
         out["bad_endpoints"] = [
-            {"endpoint": ep, "events": n, "bad": bad}
-            # Over the buckets the burn rate counted (the current one too).
-            for ep, n, bad in store.slo_endpoints(objective, now - span - width, now, limit)
-            if bad
+            {"endpoint": ep, "events": n, "bad": bad} for ep, n, bad in rows[:limit] if bad
         ]
     out["hypothesis"] = hypothesis(out)
     return out
@@ -207,6 +214,14 @@ def hypothesis(ev: dict[str, t.Any]) -> str:
         parts.append(f"Traffic is flat (x{ratio:.2f})")
     if ev["errors"]["ratio_now"]:
         parts.append(f"{ev['errors']['ratio_now']:.0%} of requests fail")
+    objective = ev.get("objective")
+    bad = ev.get("bad_endpoints") or []
+    if objective and objective["bad"] and bad:
+        top_bad = bad[0]
+        parts.append(
+            f"{top_bad['bad'] / objective['bad']:.0%} of the objective's bad requests are"
+            f" {top_bad['endpoint']}"
+        )
     db = ev["db_share"]["now"]
     if db is not None:
         parts.append(f"{db:.0%} of request time is database")

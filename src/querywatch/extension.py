@@ -40,6 +40,7 @@ if t.TYPE_CHECKING:
 
     from .alerts import Evaluator
     from .cache import Cache
+    from .incidents.worker import IncidentWorker
     from .metrics import AppMetrics
     from .store import Store
 
@@ -71,6 +72,18 @@ class AppState:
         #: The app's Prometheus metrics (None when ``QUERYWATCH_METRICS_PATH`` is None).
         self.metrics: AppMetrics | None = None
         self._evaluator: Evaluator | None = None
+        #: Turns alerts into incidents, escalates, delivers notifications.
+        self.incident_worker: IncidentWorker | None = None
+        if settings.incidents and settings.alerts:
+            from .incidents.worker import IncidentWorker
+
+            self.incident_worker = IncidentWorker(
+                lambda: self.store,
+                settings.escalation,
+                scale=settings.alert_time_scale,
+                severities=settings.incident_severities,
+                interval=settings.incident_interval,
+            )
 
     def new_stats(self) -> Stats:
         s = self.settings
@@ -161,6 +174,8 @@ class AppState:
         findings = detect(record, self.settings)
         self.stats.add(record, findings)
         self.flusher.ensure_started()
+        if self.incident_worker is not None:
+            self.incident_worker.ensure_started()
         if self.settings.advise:
             if record.slow:
                 self.advice_worker.offer(record.slow)
@@ -352,6 +367,8 @@ def _after_fork_in_child() -> None:
         state.flusher._thread = None
         state.flusher._lock = threading.Lock()
         state.advice_worker.after_fork()
+        if state.incident_worker is not None:
+            state.incident_worker.after_fork()
         if state.metrics is not None:
             state.metrics.after_fork()
 

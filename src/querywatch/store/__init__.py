@@ -1072,6 +1072,15 @@ class Store:
             row = conn.execute(select(tbl).where(tbl.c.name == name)).first()
         return row.holder if row is not None and row.expires > now else None
 
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a value of ``qw_meta``."""
+        self.migrate()
+        tbl = schema.meta
+        with self.engine.begin() as conn:
+            n = conn.execute(update(tbl).where(tbl.c.key == key).values(value=value)).rowcount
+            if n == 0:
+                conn.execute(tbl.insert().values(key=key, value=value))
+
     def meta_value(self, key: str, default: str | None = None) -> str | None:
         """A value of ``qw_meta``; with ``default``, set it first if absent (the first
         writer wins)."""

@@ -30,7 +30,9 @@ if t.TYPE_CHECKING:
 #: 3: ``qw_slo_stats`` and ``qw_slo_totals`` (events and bad events per objective),
 #: ``qw_pool_stats`` (checkout
 #: waits), ``qw_leases``, ``qw_alerts`` and ``qw_alert_events`` (alert state and changes).
-SCHEMA_VERSION = 3
+#: 4: ``qw_incidents``, ``qw_incident_events`` (the timeline), ``qw_outbox`` (notifications
+#: to deliver) and ``qw_deploys`` (deploy markers).
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -225,6 +227,79 @@ alert_events = Table(
 )
 
 
+#: Incidents: one open (not resolved) incident per dedup key, enforced by ``open_key``
+#: (the dedup key while open, NULL once resolved: a unique column allows many NULLs).
+incidents = Table(
+    "qw_incidents",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dedup_key", String(255), nullable=False, index=True),
+    Column("open_key", String(255), unique=True),
+    Column("status", String(16), nullable=False),
+    Column("severity", String(8), nullable=False),
+    Column("title", Text, nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("owner", String(255)),
+    Column("source", String(32), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("acknowledged_at", Float),
+    Column("resolved_at", Float),
+    Column("updated_at", Float, nullable=False),
+    # The last status update sent to the people notified (reminders count from it).
+    Column("last_update_at", Float, nullable=False),
+    # Escalation: the level notified last, rounds of the policy done, when the next is due.
+    Column("level", Integer, nullable=False),
+    Column("round", Integer, nullable=False),
+    Column("next_escalation_at", Float),
+    Column("impact", Text, nullable=False),
+    Column("evidence", Text, nullable=False),
+)
+
+#: Each incident's timeline: typed events in order.
+incident_events = Table(
+    "qw_incident_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("incident_id", Integer, nullable=False, index=True),
+    Column("at", Float, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("data", Text, nullable=False),
+)
+
+#: Notifications to deliver, written in the transaction of the event that causes them.
+outbox = Table(
+    "qw_outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("idempotency_key", String(255), nullable=False, unique=True),
+    Column("incident_id", Integer, nullable=False, index=True),
+    Column("event_id", Integer),
+    Column("target", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("status", String(8), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", Float, nullable=False, index=True),
+    Column("claimed_by", String(255)),
+    Column("claimed_until", Float),
+    Column("last_error", Text),
+    Column("created_at", Float, nullable=False),
+    Column("sent_at", Float),
+)
+
+#: Deploy markers (``querywatch mark-deploy``): evidence for incidents.
+deploys = Table(
+    "qw_deploys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("version", String(255), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("description", Text, nullable=False),
+)
+
+
 def _migrate_to_1(conn: Connection) -> None:
     from sqlalchemy import inspect
 
@@ -256,9 +331,18 @@ def _migrate_to_3(conn: Connection) -> None:
             tbl.create(conn)
 
 
+def _migrate_to_4(conn: Connection) -> None:
+    from sqlalchemy import inspect
+
+    for tbl in (incidents, incident_events, outbox, deploys):
+        if not inspect(conn).has_table(tbl.name):
+            tbl.create(conn)
+
+
 #: ``MIGRATIONS[n]`` takes a store from version ``n - 1`` to ``n``.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _migrate_to_1,
     2: _migrate_to_2,
     3: _migrate_to_3,
+    4: _migrate_to_4,
 }

@@ -1,0 +1,721 @@
+"""Incidents in the store: triggered -> acknowledged -> resolved (and reopened), one open
+incident per dedup key, a typed timeline, escalation on a policy, and every notification
+written to the outbox in the same transaction as the event that causes it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import typing as t
+
+from sqlalchemy import select
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+
+from ..store import schema
+from .policy import DEFAULT_POLICY
+from .policy import Policy
+
+if t.TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from ..store import Store
+
+__all__ = ["EVENT_KINDS", "Incident", "IncidentError", "Incidents", "TimelineEvent"]
+
+#: The kinds of timeline event.
+EVENT_KINDS = (
+    "alert_fired",
+    "evidence",
+    "notification_sent",
+    "notification_failed",
+    "escalated",
+    "acknowledged",
+    "assigned",
+    "status_update",
+    "reminder",
+    "note",
+    "fix_applied",
+    "resolved",
+    "reopened",
+)
+#: A resolved incident whose alert fires again within this long (scaled) is reopened.
+REOPEN_SECONDS = 3600.0
+
+
+class IncidentError(ValueError):
+    """An incident action that cannot be done (unknown id, wrong state); the message says
+    why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TimelineEvent:
+    id: int
+    incident_id: int
+    at: float
+    kind: str
+    actor: str
+    text: str
+    data: dict[str, t.Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Incident:
+    id: int
+    dedup_key: str
+    status: str
+    severity: str
+    title: str
+    summary: str
+    owner: str | None
+    source: str
+    created_at: float
+    acknowledged_at: float | None
+    resolved_at: float | None
+    updated_at: float
+    last_update_at: float
+    level: int
+    round: int
+    next_escalation_at: float | None
+    impact: dict[str, t.Any]
+    evidence: dict[str, t.Any]
+
+
+def _incident(row: t.Any) -> Incident:
+    return Incident(
+        row.id,
+        row.dedup_key,
+        row.status,
+        row.severity,
+        row.title,
+        row.summary,
+        row.owner,
+        row.source,
+        row.created_at,
+        row.acknowledged_at,
+        row.resolved_at,
+        row.updated_at,
+        row.last_update_at,
+        row.level,
+        row.round,
+        row.next_escalation_at,
+        json.loads(row.impact),
+        json.loads(row.evidence),
+    )
+
+
+def severity_from_impact(impact: t.Mapping[str, t.Any], alert_severity: str | None) -> str:
+    """SEV1 when half the requests (or users) are affected, SEV2 from a tenth or for a
+    paging alert, SEV3 below."""
+    share = max(float(impact.get("requests_share") or 0.0), float(impact.get("users_share") or 0.0))
+    if share >= 0.5:
+        return "SEV1"
+    if share >= 0.1 or alert_severity in ("page", "critical"):
+        return "SEV2"
+    return "SEV3"
+
+
+class Incidents:
+    """Incident actions over a store.
+
+    :param policy: the escalation policy (targets, levels, rotations).
+    :param scale: multiplies the policy's delays and cadences (tests and the demo).
+    """
+
+    def __init__(
+        self, store: Store, policy: Policy = DEFAULT_POLICY, *, scale: float = 1.0
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.scale = scale
+
+    # --- reading --------------------------------------------------------------------
+
+    def get(self, incident_id: int) -> Incident:
+        self.store.migrate()
+        tbl = schema.incidents
+        with self.store.engine.connect() as conn:
+            row = conn.execute(select(tbl).where(tbl.c.id == incident_id)).first()
+        if row is None:
+            msg = f"No incident #{incident_id}. 'querywatch incidents list' shows the incidents."
+            raise IncidentError(msg)
+        return _incident(row)
+
+    def recent(self, *, open_only: bool = False, limit: int = 50) -> list[Incident]:
+        self.store.migrate()
+        tbl = schema.incidents
+        stmt = select(tbl).order_by(tbl.c.id.desc()).limit(limit)
+        if open_only:
+            stmt = stmt.where(tbl.c.status != "resolved")
+        with self.store.engine.connect() as conn:
+            return [_incident(r) for r in conn.execute(stmt)]
+
+    def open_by_key(self, dedup_key: str) -> Incident | None:
+        tbl = schema.incidents
+        with self.store.engine.connect() as conn:
+            row = conn.execute(select(tbl).where(tbl.c.open_key == dedup_key[:255])).first()
+        return _incident(row) if row is not None else None
+
+    def timeline(self, incident_id: int) -> list[TimelineEvent]:
+        self.store.migrate()
+        tbl = schema.incident_events
+        with self.store.engine.connect() as conn:
+            return [
+                TimelineEvent(
+                    r.id, r.incident_id, r.at, r.kind, r.actor, r.text, json.loads(r.data)
+                )
+                for r in conn.execute(
+                    select(tbl).where(tbl.c.incident_id == incident_id).order_by(tbl.c.id)
+                )
+            ]
+
+    # --- writing --------------------------------------------------------------------
+
+    def _event(
+        self,
+        conn: Connection,
+        incident_id: int,
+        kind: str,
+        actor: str,
+        text: str,
+        now: float,
+        data: dict[str, t.Any] | None = None,
+    ) -> int:
+        assert kind in EVENT_KINDS, kind
+        result = conn.execute(
+            schema.incident_events.insert().values(
+                incident_id=incident_id,
+                at=now,
+                kind=kind,
+                actor=actor[:255],
+                text=text,
+                data=json.dumps(data or {}, sort_keys=True, default=str),
+            )
+        )
+        pk = result.inserted_primary_key
+        assert pk is not None
+        return int(pk[0])
+
+    def _notify(
+        self,
+        conn: Connection,
+        incident: Incident,
+        event_id: int,
+        action: str,
+        targets: t.Iterable[str],
+        text: str,
+        now: float,
+        level: int | None = None,
+    ) -> int:
+        """Write one outbox message per target (idempotency key: incident, event,
+        target). Delivery is the worker's."""
+        n = 0
+        for name in dict.fromkeys(targets):
+            target = self.policy.targets.get(name)
+            kind = target.kind if target is not None else self._kind_sent(conn, incident.id, name)
+            if kind is None:
+                continue  # neither this policy nor an earlier message knows the target
+            key = f"querywatch-{incident.id}-{event_id}-{name}"
+            message = {
+                "idempotency_key": key,
+                "action": action,
+                "text": text,
+                "level": level,
+                "incident": {
+                    "id": incident.id,
+                    "dedup_key": incident.dedup_key,
+                    "status": incident.status,
+                    "severity": incident.severity,
+                    "title": incident.title,
+                    "summary": incident.summary,
+                    "owner": incident.owner,
+                    "created_at": incident.created_at,
+                    "hypothesis": incident.evidence.get("hypothesis"),
+                    "impact": incident.impact,
+                },
+            }
+            conn.execute(
+                schema.outbox.insert().values(
+                    idempotency_key=key,
+                    incident_id=incident.id,
+                    event_id=event_id,
+                    target=name[:64],
+                    kind=kind,
+                    message=json.dumps(message, sort_keys=True, default=str),
+                    status="pending",
+                    attempts=0,
+                    next_attempt_at=now,
+                    created_at=now,
+                )
+            )
+            n += 1
+        return n
+
+    def _kind_sent(self, conn: Connection, incident_id: int, target: str) -> str | None:
+        """The type of a target this incident's messages went to (an action taken where
+        the policy is not loaded, such as the command line, still reaches it: the
+        worker, which has the policy, delivers)."""
+        tbl = schema.outbox
+        row = conn.execute(
+            select(tbl.c.kind)
+            .where(tbl.c.incident_id == incident_id, tbl.c.target == target)
+            .limit(1)
+        ).first()
+        return str(row[0]) if row is not None else None
+
+    def _notified(self, conn: Connection, incident_id: int) -> list[str]:
+        """The targets an incident's messages went (or go) to, in first-notified order."""
+        rows = conn.execute(
+            select(schema.outbox.c.target)
+            .where(schema.outbox.c.incident_id == incident_id)
+            .order_by(schema.outbox.c.id)
+        )
+        return list(dict.fromkeys(r[0] for r in rows))
+
+    def _load(self, conn: Connection, incident_id: int, *, lock: bool = True) -> Incident:
+        tbl = schema.incidents
+        stmt = select(tbl).where(tbl.c.id == incident_id)
+        row = conn.execute(
+            stmt if self.store.is_sqlite or not lock else stmt.with_for_update()
+        ).first()
+        if row is None:
+            msg = f"No incident #{incident_id}. 'querywatch incidents list' shows the incidents."
+            raise IncidentError(msg)
+        return _incident(row)
+
+    def trigger(
+        self,
+        dedup_key: str,
+        title: str,
+        *,
+        summary: str = "",
+        source: str = "querywatch",
+        alert_severity: str | None = None,
+        impact: dict[str, t.Any] | None = None,
+        evidence: dict[str, t.Any] | None = None,
+        actor: str = "querywatch",
+        now: float | None = None,
+    ) -> tuple[Incident, bool]:
+        """Open an incident for ``dedup_key``, or add the alert to the one open (or
+        reopen one resolved within the hour). Returns the incident and whether it was
+        opened (or reopened) by this call: only then are people notified."""
+        if not dedup_key or not title:
+            raise IncidentError("An incident needs a dedup key and a title.")
+        self.store.migrate()
+        now = time.time() if now is None else now
+        key = dedup_key[:255]
+        impact = impact or {}
+        evidence = evidence or {}
+        severity = severity_from_impact(impact, alert_severity)
+        for _ in range(5):
+            try:
+                with self.store.engine.begin() as conn:
+                    return self._trigger(
+                        conn, key, title, summary, source, severity, impact, evidence, actor, now
+                    )
+            except IntegrityError:
+                continue  # another process opened it at the same moment: look again
+        msg = f"Could not open or find the incident for {dedup_key!r} (concurrent writers)."
+        raise IncidentError(msg)
+
+    def _trigger(
+        self,
+        conn: Connection,
+        key: str,
+        title: str,
+        summary: str,
+        source: str,
+        severity: str,
+        impact: dict[str, t.Any],
+        evidence: dict[str, t.Any],
+        actor: str,
+        now: float,
+    ) -> tuple[Incident, bool]:
+        tbl = schema.incidents
+        row = conn.execute(select(tbl.c.id).where(tbl.c.open_key == key)).first()
+        if row is not None:
+            incident = self._load(conn, row.id)
+            self._event(conn, incident.id, "alert_fired", actor, f"Fired again: {title}", now)
+            conn.execute(update(tbl).where(tbl.c.id == incident.id).values(updated_at=now))
+            return incident, False
+        recent = conn.execute(
+            select(tbl.c.id)
+            .where(
+                tbl.c.dedup_key == key,
+                tbl.c.status == "resolved",
+                tbl.c.resolved_at >= now - REOPEN_SECONDS * self.scale,
+            )
+            .order_by(tbl.c.id.desc())
+            .limit(1)
+        ).first()
+        delay = self.policy.levels[0].delay * self.scale
+        fields = {
+            "open_key": key,
+            "status": "triggered",
+            "updated_at": now,
+            "last_update_at": now,
+            "level": 0,
+            "round": 0,
+            "next_escalation_at": now + delay if self._has_next(0, 0) else None,
+        }
+        if recent is not None:
+            conn.execute(
+                update(tbl)
+                .where(tbl.c.id == recent.id)
+                .values(acknowledged_at=None, resolved_at=None, **fields)
+            )
+            incident = self._load(conn, recent.id)
+            event_id = self._event(conn, incident.id, "reopened", actor, f"Reopened: {title}", now)
+            opened_text = f"Reopened {incident.severity} #{incident.id}: {title}"
+        else:
+            result = conn.execute(
+                tbl.insert().values(
+                    dedup_key=key,
+                    severity=severity,
+                    title=title,
+                    summary=summary,
+                    owner=self.policy.owner(now),
+                    source=source[:32],
+                    created_at=now,
+                    impact=json.dumps(impact, sort_keys=True, default=str),
+                    evidence=json.dumps(evidence, sort_keys=True, default=str),
+                    **fields,
+                )
+            )
+            pk = result.inserted_primary_key
+            assert pk is not None
+            incident = self._load(conn, int(pk[0]))
+            event_id = self._event(
+                conn, incident.id, "alert_fired", actor, title, now, {"source": source}
+            )
+            if evidence:
+                self._event(
+                    conn,
+                    incident.id,
+                    "evidence",
+                    "querywatch",
+                    evidence.get("hypothesis") or "Evidence attached.",
+                    now,
+                    evidence,
+                )
+            opened_text = f"{incident.severity} #{incident.id}: {title}"
+        if incident.owner:
+            opened_text += f" (owner: {incident.owner})"
+        if summary:
+            opened_text += f"\n{summary}"
+        self._notify(
+            conn, incident, event_id, "trigger", self.policy.levels[0].targets, opened_text, now, 0
+        )
+        return incident, True
+
+    def _has_next(self, level: int, rnd: int) -> bool:
+        return level + 1 < len(self.policy.levels) or rnd + 1 < self.policy.repeat
+
+    def _act(
+        self,
+        incident_id: int,
+        fn: t.Callable[[Connection, Incident], t.Any],
+    ) -> t.Any:
+        self.store.migrate()
+        with self.store.engine.begin() as conn:
+            incident = self._load(conn, incident_id)
+            return fn(conn, incident)
+
+    def acknowledge(self, incident_id: int, actor: str, now: float | None = None) -> Incident:
+        """Stop the escalation; every target notified so far hears who took it."""
+        now = time.time() if now is None else now
+        tbl = schema.incidents
+
+        def ack(conn: Connection, inc: Incident) -> Incident:
+            if inc.status != "triggered":
+                msg = (
+                    f"Incident #{inc.id} is {inc.status}; only a triggered incident is"
+                    " acknowledged."
+                )
+                raise IncidentError(msg)
+            conn.execute(
+                update(tbl)
+                .where(tbl.c.id == inc.id)
+                .values(
+                    status="acknowledged",
+                    acknowledged_at=now,
+                    next_escalation_at=None,
+                    updated_at=now,
+                    owner=inc.owner or actor[:255],
+                )
+            )
+            inc = self._load(conn, inc.id)
+            eid = self._event(conn, inc.id, "acknowledged", actor, f"Acknowledged by {actor}.", now)
+            self._notify(
+                conn, inc, eid, "acknowledge", self._notified(conn, inc.id),
+                f"#{inc.id} acknowledged by {actor}: {inc.title}", now,
+            )  # fmt: skip
+            return inc
+
+        return t.cast("Incident", self._act(incident_id, ack))
+
+    def resolve(
+        self, incident_id: int, actor: str, text: str = "", now: float | None = None
+    ) -> Incident:
+        """Close the incident; every target notified hears it."""
+        now = time.time() if now is None else now
+        tbl = schema.incidents
+
+        def res(conn: Connection, inc: Incident) -> Incident:
+            if inc.status == "resolved":
+                msg = f"Incident #{inc.id} is already resolved."
+                raise IncidentError(msg)
+            conn.execute(
+                update(tbl)
+                .where(tbl.c.id == inc.id)
+                .values(
+                    status="resolved",
+                    open_key=None,
+                    resolved_at=now,
+                    next_escalation_at=None,
+                    updated_at=now,
+                )
+            )
+            inc = self._load(conn, inc.id)
+            lasted = now - inc.created_at
+            body = f"Resolved by {actor} after {_duration(lasted)}." + (f" {text}" if text else "")
+            eid = self._event(conn, inc.id, "resolved", actor, body, now)
+            self._notify(
+                conn, inc, eid, "resolve", self._notified(conn, inc.id),
+                f"#{inc.id} resolved: {inc.title}. {body}", now,
+            )  # fmt: skip
+            return inc
+
+        return t.cast("Incident", self._act(incident_id, res))
+
+    def note(
+        self,
+        incident_id: int,
+        actor: str,
+        text: str,
+        *,
+        kind: str = "note",
+        now: float | None = None,
+    ) -> int:
+        """A note (or ``fix_applied``) on the timeline; nobody is notified."""
+        now = time.time() if now is None else now
+        if kind not in ("note", "fix_applied"):
+            raise IncidentError(f"A note's kind is 'note' or 'fix_applied', got {kind!r}.")
+        if not text.strip():
+            raise IncidentError("A note needs text.")
+        return int(
+            self._act(
+                incident_id, lambda conn, inc: self._event(conn, inc.id, kind, actor, text, now)
+            )
+        )
+
+    def assign(
+        self, incident_id: int, actor: str, owner: str, now: float | None = None
+    ) -> Incident:
+        now = time.time() if now is None else now
+        tbl = schema.incidents
+
+        def assign(conn: Connection, inc: Incident) -> Incident:
+            conn.execute(
+                update(tbl).where(tbl.c.id == inc.id).values(owner=owner[:255], updated_at=now)
+            )
+            self._event(conn, inc.id, "assigned", actor, f"Assigned to {owner} by {actor}.", now)
+            return self._load(conn, inc.id)
+
+        return t.cast("Incident", self._act(incident_id, assign))
+
+    def update(self, incident_id: int, actor: str, text: str, now: float | None = None) -> int:
+        """A status update, sent to every target notified so far (development and
+        operations alike). Returns how many messages were queued."""
+        now = time.time() if now is None else now
+        if not text.strip():
+            raise IncidentError("A status update needs text.")
+        tbl = schema.incidents
+
+        def upd(conn: Connection, inc: Incident) -> int:
+            conn.execute(
+                update(tbl).where(tbl.c.id == inc.id).values(last_update_at=now, updated_at=now)
+            )
+            eid = self._event(conn, inc.id, "status_update", actor, text, now)
+            return self._notify(
+                conn, inc, eid, "update", self._notified(conn, inc.id),
+                f"Update on #{inc.id} ({inc.status}) from {actor}: {text}", now,
+            )  # fmt: skip
+
+        return int(self._act(incident_id, upd))
+
+    def tick(self, now: float | None = None) -> list[tuple[int, str]]:
+        """Escalate the triggered incidents whose level's delay has passed, and remind
+        the owners of open incidents without a status update for the policy's cadence.
+        Returns (incident id, what was done)."""
+        self.store.migrate()
+        now = time.time() if now is None else now
+        tbl = schema.incidents
+        done: list[tuple[int, str]] = []
+        with self.store.engine.connect() as conn:
+            due = [
+                r.id
+                for r in conn.execute(
+                    select(tbl.c.id).where(
+                        tbl.c.status == "triggered", tbl.c.next_escalation_at <= now
+                    )
+                )
+            ]
+            stale = [
+                r.id
+                for r in conn.execute(
+                    select(tbl.c.id).where(
+                        tbl.c.status != "resolved",
+                        tbl.c.last_update_at <= now - self.policy.update_interval * self.scale,
+                    )
+                )
+            ]
+        for incident_id in due:
+            with self.store.engine.begin() as conn:
+                inc = self._load(conn, incident_id)
+                if (
+                    inc.status != "triggered"
+                    or inc.next_escalation_at is None
+                    or inc.next_escalation_at > now
+                ):
+                    continue  # acknowledged or escalated by another process meanwhile
+                level, rnd = inc.level + 1, inc.round
+                if level >= len(self.policy.levels):
+                    level, rnd = 0, rnd + 1
+                if rnd >= self.policy.repeat:
+                    conn.execute(
+                        update(tbl).where(tbl.c.id == inc.id).values(next_escalation_at=None)
+                    )
+                    continue
+                delay = self.policy.levels[level].delay * self.scale
+                conn.execute(
+                    update(tbl)
+                    .where(tbl.c.id == inc.id)
+                    .values(
+                        level=level,
+                        round=rnd,
+                        next_escalation_at=now + delay if self._has_next(level, rnd) else None,
+                        updated_at=now,
+                    )
+                )
+                inc = self._load(conn, inc.id)
+                targets = self.policy.levels[level].targets
+                team = self.policy.levels[level].team
+                text = (
+                    f"Escalated to level {level + 1}"
+                    + (f" ({team})" if team else "")
+                    + f": nobody acknowledged #{inc.id} in time."
+                )
+                eid = self._event(
+                    conn,
+                    inc.id,
+                    "escalated",
+                    "querywatch",
+                    text,
+                    now,
+                    {"level": level, "round": rnd, "targets": list(targets)},
+                )
+                self._notify(
+                    conn,
+                    inc,
+                    eid,
+                    "escalate",
+                    targets,
+                    f"{text}\n{inc.severity} #{inc.id}: {inc.title}\n{inc.summary}",
+                    now,
+                    level,
+                )
+                done.append((inc.id, f"escalated to level {level + 1}"))
+        for incident_id in stale:
+            with self.store.engine.begin() as conn:
+                inc = self._load(conn, incident_id)
+                if (
+                    inc.status == "resolved"
+                    or inc.last_update_at > now - self.policy.update_interval * self.scale
+                ):
+                    continue
+                conn.execute(update(tbl).where(tbl.c.id == inc.id).values(last_update_at=now))
+                who = inc.owner or "the owner"
+                text = (
+                    f"No status update on #{inc.id} for {_duration(now - inc.last_update_at)}:"
+                    f" {who}, please post one (querywatch incidents update {inc.id} '...')."
+                )
+                eid = self._event(conn, inc.id, "reminder", "querywatch", text, now)
+                self._notify(conn, inc, eid, "reminder", self.policy.levels[0].targets, text, now)
+                done.append((inc.id, "reminded"))
+        return done
+
+
+def incident_key(alert_key: str) -> str:
+    """The dedup key of an alert's incident: an objective's page and ticket are one
+    incident (``slo:<objective>``); other alerts are their own."""
+    if alert_key.startswith("slo:"):
+        return alert_key.rsplit(":", 1)[0]
+    return alert_key
+
+
+def follow_alerts(
+    incidents: Incidents,
+    *,
+    severities: t.Collection[str] = ("page",),
+    now: float | None = None,
+    limit: int = 500,
+) -> list[tuple[str, int, str]]:
+    """Turn the alert changes written since the last call into incident actions: a
+    firing alert of ``severities`` opens (or adds to) the incident of its key, with its
+    evidence; once every alert of ``severities`` of an incident's key is resolved
+    (a ticket still burning slowly does not keep it open), the incident is resolved. A
+    cursor in the store (``incidents_cursor``) makes each change count once whichever
+    process follows. Returns (dedup key, incident id, what was done)."""
+    store = incidents.store
+    now = time.time() if now is None else now
+    cursor = int(store.meta_value("incidents_cursor", "0") or 0)
+    events = store.alert_events(after_id=cursor, limit=limit)
+    done: list[tuple[str, int, str]] = []
+    if not events:
+        return done
+    states = store.alert_states()
+    for ev in events:
+        key = incident_key(ev.key)
+        if ev.state == "firing" and ev.severity in severities:
+            impact: dict[str, t.Any] = {}
+            objective = ev.evidence.get("objective")
+            if objective:
+                impact["requests_share"] = objective.get("bad_ratio")
+            elif ev.evidence.get("errors"):
+                impact["requests_share"] = ev.evidence["errors"].get("ratio_now")
+            title, _, rest = ev.summary.partition(". ")
+            incident, opened = incidents.trigger(
+                key,
+                title.rstrip(".")[:500],
+                summary=ev.evidence.get("hypothesis") or rest,
+                source="querywatch",
+                alert_severity=ev.severity,
+                impact=impact,
+                evidence=ev.evidence,
+                now=now,
+            )
+            done.append((key, incident.id, "opened" if opened else "added"))
+        elif ev.state == "resolved":
+            open_incident = incidents.open_by_key(key)
+            still = [
+                k
+                for k, a in states.items()
+                if incident_key(k) == key and a.state == "firing" and a.severity in severities
+            ]
+            if open_incident is not None and not still:
+                incidents.resolve(
+                    open_incident.id, "querywatch", "Every alert of it resolved.", now=now
+                )
+                done.append((key, open_incident.id, "resolved"))
+        store.set_meta("incidents_cursor", str(ev.id))
+    return done
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

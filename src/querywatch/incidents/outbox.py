@@ -1,0 +1,183 @@
+"""The outbox worker: delivers the notifications incidents wrote, with retries.
+
+A message is claimed for a while (``claimed_until``) before it is sent, so two workers
+never send it at the same time; a worker killed while sending leaves its claim to
+expire and the message is sent again (at least once: every message carries its
+idempotency key, so a receiver keeps one). A failed delivery is retried with exponential
+backoff and full jitter (30 s, 1 min, 2 min, ... capped at an hour, scaled), and after
+``max_attempts`` it is dead-lettered with a ``notification_failed`` event on the
+incident's timeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import time
+import typing as t
+import uuid
+
+from sqlalchemy import or_
+from sqlalchemy import select
+from sqlalchemy import update
+
+from ..store import schema
+from .notifiers import DeliveryError
+from .notifiers import send
+
+if t.TYPE_CHECKING:
+    from .manager import Incidents
+
+__all__ = ["Outbox"]
+
+BASE_DELAY = 30.0
+MAX_DELAY = 3600.0
+MAX_ATTEMPTS = 8
+#: How long a claim lasts: longer than any send (timeouts are seconds).
+CLAIM_SECONDS = 120.0
+
+
+class Outbox:
+    """Delivers pending messages of :class:`~querywatch.incidents.Incidents`' store."""
+
+    def __init__(
+        self,
+        incidents: Incidents,
+        *,
+        worker: str | None = None,
+        max_attempts: int = MAX_ATTEMPTS,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.incidents = incidents
+        self.store = incidents.store
+        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.max_attempts = max_attempts
+        self.rng = rng or random.Random()
+        self.sent = 0
+        self.failed = 0
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds before attempt ``attempts + 1``: full jitter over an exponential cap."""
+        cap = min(MAX_DELAY, BASE_DELAY * 2 ** max(attempts - 1, 0)) * self.incidents.scale
+        return self.rng.uniform(cap / 2, cap)
+
+    def _claim(self, now: float, limit: int) -> list[t.Any]:
+        tbl = schema.outbox
+        free = or_(tbl.c.claimed_until.is_(None), tbl.c.claimed_until < now)
+        with self.store.engine.connect() as conn:
+            candidates = list(
+                conn.execute(
+                    select(tbl.c.id)
+                    .where(tbl.c.status == "pending", tbl.c.next_attempt_at <= now, free)
+                    .order_by(tbl.c.next_attempt_at, tbl.c.id)
+                    .limit(limit)
+                ).scalars()
+            )
+        claimed = []
+        for message_id in candidates:
+            with self.store.engine.begin() as conn:
+                n = conn.execute(
+                    update(tbl)
+                    .where(tbl.c.id == message_id, tbl.c.status == "pending", free)
+                    .values(claimed_by=self.worker, claimed_until=now + CLAIM_SECONDS)
+                ).rowcount
+                if n == 1:
+                    claimed.append(conn.execute(select(tbl).where(tbl.c.id == message_id)).one())
+        return claimed
+
+    def run_once(self, now: float | None = None, *, limit: int = 50) -> int:
+        """Deliver what is due; returns how many messages were sent."""
+        self.store.migrate()
+        now = time.time() if now is None else now
+        sent = 0
+        for row in self._claim(now, limit):
+            target = self.incidents.policy.targets.get(row.target)
+            message = json.loads(row.message)
+            try:
+                if target is None:
+                    msg = f"target {row.target!r} is no longer in the escalation policy"
+                    raise DeliveryError(msg)
+                send(target, message)
+            except Exception as e:
+                self._failed(row, e, time.time() if now is None else now)
+                continue
+            self._sent(row, time.time())
+            sent += 1
+        self.sent += sent
+        return sent
+
+    def _sent(self, row: t.Any, at: float) -> None:
+        tbl = schema.outbox
+        with self.store.engine.begin() as conn:
+            n = conn.execute(
+                update(tbl)
+                .where(tbl.c.id == row.id, tbl.c.claimed_by == self.worker)
+                .values(status="sent", sent_at=at, attempts=row.attempts + 1, claimed_until=None)
+            ).rowcount
+            if n == 1:
+                self.incidents._event(
+                    conn,
+                    row.incident_id,
+                    "notification_sent",
+                    "querywatch",
+                    f"Sent to {row.target} ({row.kind}).",
+                    at,
+                    {"target": row.target, "idempotency_key": row.idempotency_key},
+                )
+
+    def _failed(self, row: t.Any, error: BaseException, now: float) -> None:
+        tbl = schema.outbox
+        attempts = row.attempts + 1
+        text = str(error) or type(error).__name__
+        self.failed += 1
+        with self.store.engine.begin() as conn:
+            if attempts >= self.max_attempts:
+                conn.execute(
+                    update(tbl)
+                    .where(tbl.c.id == row.id)
+                    .values(status="dead", attempts=attempts, last_error=text, claimed_until=None)
+                )
+                self.incidents._event(
+                    conn,
+                    row.incident_id,
+                    "notification_failed",
+                    "querywatch",
+                    f"Gave up on {row.target} after {attempts} attempts: {text}",
+                    now,
+                    {"target": row.target, "idempotency_key": row.idempotency_key, "dead": True},
+                )
+            else:
+                conn.execute(
+                    update(tbl)
+                    .where(tbl.c.id == row.id)
+                    .values(
+                        attempts=attempts,
+                        last_error=text,
+                        next_attempt_at=now + self.backoff(attempts),
+                        claimed_until=None,
+                    )
+                )
+                if attempts == 1:
+                    self.incidents._event(
+                        conn,
+                        row.incident_id,
+                        "notification_failed",
+                        "querywatch",
+                        f"{row.target} failed ({text}); retrying.",
+                        now,
+                        {"target": row.target, "idempotency_key": row.idempotency_key},
+                    )
+
+    def pending(self) -> int:
+        tbl = schema.outbox
+        from sqlalchemy import func
+
+        with self.store.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).select_from(tbl).where(tbl.c.status == "pending")
+                ).scalar()
+                or 0
+            )

@@ -1,0 +1,509 @@
+"""Incidents, escalation and notifications through the outbox, against a real local
+webhook receiver and a real SMTP server (aiosmtpd)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.server
+import json
+import multiprocessing
+import threading
+import time
+import typing as t
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy import text
+
+from querywatch.incidents import IncidentError
+from querywatch.incidents import Incidents
+from querywatch.incidents import Outbox
+from querywatch.incidents import PolicyError
+from querywatch.incidents import load_policy
+from querywatch.store import Store
+from querywatch.store import schema
+
+SECRET = "webhook-secret-0123456789"
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1: records every delivery (verifying the
+    signature), and can be made to fail."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, t.Any]] = []
+        self.keys: list[str] = []
+        self.failing = False
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if receiver.failing:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                sig = self.headers.get("X-Querywatch-Signature", "")
+                parts = dict(p.split("=", 1) for p in sig.split(",") if "=" in p)
+                expected = hmac.new(
+                    SECRET.encode(), f"{parts.get('t', '')}.".encode() + body, hashlib.sha256
+                ).hexdigest()
+                if not hmac.compare_digest(parts.get("v1", ""), expected):
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                with receiver.lock:
+                    receiver.received.append(json.loads(body))
+                    receiver.keys.append(self.headers["Idempotency-Key"])
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: t.Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> t.Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def smtp() -> t.Iterator[tuple[int, list[t.Any]]]:
+    from aiosmtpd.controller import Controller
+
+    mails: list[t.Any] = []
+
+    class Handler:
+        async def handle_DATA(self, server: t.Any, session: t.Any, envelope: t.Any) -> str:  # noqa: N802
+            import email
+
+            mails.append(email.message_from_bytes(envelope.content))
+            return "250 OK"
+
+    import socket
+
+    with socket.socket() as sock:  # a free port (the controller checks it by connecting)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    yield port, mails
+    controller.stop()
+
+
+def _hook_policy(url: str) -> t.Any:
+    """One level: a signed webhook."""
+    hook = {"type": "webhook", "url": url, "secret": SECRET}
+    return load_policy({"targets": {"hook": hook}, "levels": [{"targets": ["hook"]}]})
+
+
+def _policy(receiver: Receiver, smtp_port: int, **extra: t.Any) -> t.Any:
+    return load_policy(
+        {
+            "targets": {
+                "backend-hook": {"type": "webhook", "url": receiver.url, "secret": SECRET},
+                "devops-mail": {
+                    "type": "email",
+                    "to": ["devops@example.com"],
+                    "host": "127.0.0.1",
+                    "port": smtp_port,
+                    "from": "querywatch@example.com",
+                },
+            },
+            "teams": {"backend": {"rotation": ["alice", "bob"], "shift": "1d",
+                                  "start": "2026-01-01T00:00:00+00:00"}},
+            "levels": [
+                {"team": "backend", "targets": ["backend-hook"], "delay_minutes": 15},
+                {"targets": ["devops-mail"], "delay_minutes": 15},
+            ],
+            **extra,
+        }
+    )  # fmt: skip
+
+
+def test_an_incident_escalates_until_acknowledged_and_resolves(
+    tmp_path: t.Any, receiver: Receiver, smtp: tuple[int, list[t.Any]]
+) -> None:
+    """Level 1 (the backend's webhook) is told at once; nobody acknowledges, so after the
+    (scaled) 15 minutes level 2 (devops' mail) is told; the acknowledgement stops the
+    escalation and reaches both; a status update reaches both; the resolution too."""
+    port, mails = smtp
+    store = Store(f"sqlite:///{tmp_path}/qw.db")
+    incidents = Incidents(store, _policy(receiver, port), scale=1 / 60)  # 15 min -> 15 s
+    outbox = Outbox(incidents)
+    t0 = 1_800_000_000.0
+    evidence = {
+        "hypothesis": "Traffic is flat (x1.02); one query shape in GET /api/orders/lookup"
+        " takes 91% of it."
+    }
+    incident, opened = incidents.trigger(
+        "slo:availability:page", "Availability SLO burning 50x", summary="10% of requests fail.",
+        alert_severity="page", impact={"requests_share": 0.3}, evidence=evidence, now=t0,
+    )  # fmt: skip
+    assert opened
+    assert incident.severity == "SEV2"
+    assert incident.owner == "bob"  # the backend's on-call on that day
+    assert outbox.run_once(now=t0) == 1
+    (first,) = receiver.received
+    assert first["action"] == "trigger"
+    assert first["incident"]["hypothesis"].startswith("Traffic is flat (x1.02)")
+    assert first["idempotency_key"] == receiver.keys[0]
+    assert mails == []
+
+    # The same alert again: the same incident, nobody notified again.
+    again, opened_again = incidents.trigger(
+        "slo:availability:page", "Availability SLO burning 50x", now=t0 + 5
+    )
+    assert (again.id, opened_again) == (incident.id, False)
+    assert incidents.tick(now=t0 + 14) == []
+    assert incidents.tick(now=t0 + 15) == [(incident.id, "escalated to level 2")]
+    assert outbox.run_once(now=t0 + 15) == 1
+    (mail,) = mails
+    assert (
+        mail["Subject"]
+        == f"[querywatch SEV2] Escalated #{incident.id}: Availability SLO burning 50x"
+    )
+    assert "Escalated to level 2" in mail.get_payload()
+
+    incidents.acknowledge(incident.id, "carol", now=t0 + 20)
+    assert outbox.run_once(now=t0 + 20) == 2
+    assert receiver.received[-1]["action"] == "acknowledge"
+    assert mails[-1]["Subject"].startswith(f"[querywatch SEV2] Acknowledged #{incident.id}")
+    # Acknowledged: no further escalation.
+    assert incidents.tick(now=t0 + 25) == []
+
+    assert incidents.update(incident.id, "carol", "Index being built.", now=t0 + 30) == 2
+    incidents.note(
+        incident.id, "carol", "CREATE INDEX ... applied", kind="fix_applied", now=t0 + 40
+    )
+    incidents.resolve(incident.id, "carol", "p95 back to 40 ms.", now=t0 + 60)
+    assert outbox.run_once(now=t0 + 60) == 4
+    assert [m["action"] for m in receiver.received] == [
+        "trigger",
+        "acknowledge",
+        "update",
+        "resolve",
+    ]
+    assert [m["Subject"].split("]")[1].split("#")[0].strip() for m in mails] == [
+        "Escalated", "Acknowledged", "Update", "Resolved"
+    ]  # fmt: skip
+    assert len(set(receiver.keys)) == len(receiver.keys)
+    kinds = [e.kind for e in incidents.timeline(incident.id)]
+    assert kinds == [
+        "alert_fired", "evidence", "notification_sent",  # opened, level 1 told
+        "alert_fired",  # fired again
+        "escalated", "notification_sent",  # level 2 told
+        "acknowledged", "notification_sent", "notification_sent",  # both told
+        "status_update", "fix_applied", "resolved",
+        "notification_sent", "notification_sent", "notification_sent", "notification_sent",
+    ]  # fmt: skip
+    resolved = incidents.get(incident.id)
+    assert resolved.status == "resolved"
+    with pytest.raises(IncidentError, match="already resolved"):
+        incidents.resolve(incident.id, "carol", now=t0 + 70)
+    # The alert fires again within the hour: the incident reopens and level 1 hears it.
+    reopened, opened = incidents.trigger("slo:availability:page", "Burning again", now=t0 + 100)
+    assert (reopened.id, opened, reopened.status) == (incident.id, True, "triggered")
+    assert outbox.run_once(now=t0 + 100) == 1
+    assert receiver.received[-1]["action"] == "trigger"
+
+
+def test_a_receiver_that_is_down_gets_everything_after_it_returns(
+    tmp_path: t.Any, receiver: Receiver
+) -> None:
+    store = Store(f"sqlite:///{tmp_path}/qw.db")
+    policy = _hook_policy(receiver.url)
+    incidents = Incidents(store, policy)
+    outbox = Outbox(incidents, max_attempts=4)
+    t0 = 1_800_000_000.0
+    receiver.failing = True
+    ids = [incidents.trigger(f"key-{i}", f"Incident {i}", now=t0)[0].id for i in range(5)]
+    assert outbox.run_once(now=t0) == 0
+    assert outbox.pending() == 5
+    # Retried with backoff: not before 15-30 s (the first retry's jittered delay).
+    assert outbox.run_once(now=t0 + 14) == 0
+    failed = [e for e in incidents.timeline(ids[0]) if e.kind == "notification_failed"]
+    assert "answered 503" in failed[0].text
+    receiver.failing = False
+    assert outbox.run_once(now=t0 + 31) == 5
+    assert sorted(m["incident"]["id"] for m in receiver.received) == ids
+    # A target that never answers is dead-lettered after max_attempts, on the timeline.
+    receiver.failing = True
+    lost = incidents.trigger("key-lost", "Lost", now=t0)[0].id
+    now = t0
+    for _ in range(10):
+        now += 3600
+        outbox.run_once(now=now)
+    last = incidents.timeline(lost)[-1]
+    assert last.kind == "notification_failed"
+    assert last.text.startswith("Gave up on hook after 4 attempts")
+    assert outbox.pending() == 0
+
+
+def _trigger_many(url: str, proc: int, out: t.Any) -> None:
+    store = Store(url)
+    incidents = Incidents(store)
+    opened = 0
+    for i in range(50):
+        _, new = incidents.trigger(f"dedup-{(i + proc) % 20}", f"Alert {i}", now=1_800_000_000.0)
+        opened += new
+    out.put(opened)
+    store.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: t.Any) -> t.Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/qw.db"
+        return
+    url = request.getfixturevalue("postgres_url")
+    yield url
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for tbl in reversed(schema.metadata.sorted_tables):
+            conn.execute(text(f"DROP TABLE IF EXISTS {tbl.name}"))
+    engine.dispose()
+
+
+def test_200_alerts_for_20_keys_from_4_processes_make_20_incidents(store_url: str) -> None:
+    store = Store(store_url)
+    store.migrate()
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_trigger_many, args=(store_url, p, out)) for p in range(4)]
+    for p in procs:
+        p.start()
+    opened = sum(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    manager = Incidents(store)
+    incidents = manager.recent(limit=100)
+    assert len(incidents) == 20
+    assert opened == 20
+    assert sorted(i.dedup_key for i in incidents) == sorted(f"dedup-{k}" for k in range(20))
+    fired = sum(
+        sum(1 for e in manager.timeline(i.id) if e.kind == "alert_fired") for i in incidents
+    )
+    assert fired == 200
+    store.dispose()
+
+
+def _deliver(url: str, hook: str, out: t.Any) -> None:
+    policy = _hook_policy(hook)
+    store = Store(url)
+    outbox = Outbox(Incidents(store, policy))
+    sent = 0
+    for _ in range(20):
+        sent += outbox.run_once(now=1_800_000_000.0)
+    out.put(sent)
+    store.dispose()
+
+
+def test_two_workers_never_send_the_same_message(store_url: str, receiver: Receiver) -> None:
+    policy = _hook_policy(receiver.url)
+    store = Store(store_url)
+    incidents = Incidents(store, policy)
+    for i in range(60):
+        incidents.trigger(f"k{i}", f"Incident {i}", now=1_800_000_000.0)
+    store.dispose()
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_deliver, args=(store_url, receiver.url, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    sent = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(60)
+    assert sum(sent) == 60
+    assert len(receiver.keys) == 60
+    assert len(set(receiver.keys)) == 60
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ({"levels": [{"targets": ["slack"]}]},
+         "Escalation policy, levels[0].targets[0]: 'slack' is not a target; the targets are log."),
+        ({"targets": {"s": {"type": "slack"}}, "levels": [{"targets": ["s"]}]},
+         "Escalation policy, targets.s.url: a slack target needs 'url'."),
+        ({"targets": {"s": {"type": "sms", "to": "1"}}, "levels": [{"targets": ["s"]}]},
+         "Escalation policy, targets.s.type: expected one of webhook, slack, email, pagerduty,"
+         " log, got 'sms'."),
+        ({"targets": {"m": {"type": "email", "to": ["ops"], "host": "h"}},
+          "levels": [{"targets": ["m"]}]},
+         "Escalation policy, targets.m.to: expected e-mail addresses, got ['ops']."),
+        ({"levels": [{"targets": ["log"], "delay_minutes": "soon"}]},
+         "Escalation policy, levels[0].delay_minutes: expected a number of minutes such as 15,"
+         " got 'soon'."),
+        ({"teams": {"b": {"rotation": []}}, "levels": [{"targets": ["log"]}]},
+         "Escalation policy, teams.b.rotation: expected a list of people, got []."),
+        ({"levels": []},
+         "Escalation policy, levels: expected a list of levels, each with 'targets'."),
+    ],
+)  # fmt: skip
+def test_a_bad_policy_is_refused_naming_the_field(policy: t.Any, message: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        load_policy(policy)
+    assert str(info.value) == message
+
+
+def test_a_policy_from_a_toml_file(tmp_path: t.Any) -> None:
+    path = tmp_path / "escalation.toml"
+    path.write_text(
+        '[targets.hook]\ntype = "webhook"\nurl = "http://127.0.0.1:9/x"\n\n'
+        '[teams.backend]\nrotation = ["alice", "bob"]\nshift = "1w"\n'
+        'start = "2026-11-23T09:00:00+00:00"\n\n'
+        '[[levels]]\nteam = "backend"\ntargets = ["hook"]\ndelay_minutes = 5\n\n'
+        '[[levels]]\ntargets = ["log"]\n'
+    )
+    policy = load_policy(str(path))
+    assert [lv.targets for lv in policy.levels] == [("hook",), ("log",)]
+    assert policy.levels[0].delay == 300
+    rotation = policy.rotations["backend"]
+    handoff = 1795424400.0  # 2026-11-23T09:00Z
+    assert rotation.on_call(handoff) == "alice"
+    assert rotation.on_call(handoff + 7 * 86400) == "bob"
+    assert rotation.on_call(handoff + 14 * 86400 - 1) == "bob"
+    assert rotation.next_handoff(handoff + 1) == handoff + 7 * 86400
+    path.write_text("levels = [")
+    with pytest.raises(PolicyError, match="is not valid TOML"):
+        load_policy(str(path))
+
+
+def test_unknown_incidents_and_wrong_states_are_clear(tmp_path: t.Any) -> None:
+    incidents = Incidents(Store(f"sqlite:///{tmp_path}/qw.db"))
+    with pytest.raises(IncidentError, match=r"No incident #42\. 'querywatch incidents list'"):
+        incidents.acknowledge(42, "me")
+    inc, _ = incidents.trigger("k", "T", now=1.0)
+    incidents.acknowledge(inc.id, "me", now=2.0)
+    with pytest.raises(IncidentError, match="is acknowledged; only a triggered incident"):
+        incidents.acknowledge(inc.id, "me", now=3.0)
+    with pytest.raises(IncidentError, match="A status update needs text"):
+        incidents.update(inc.id, "me", "  ")
+
+
+def test_an_open_incident_without_updates_reminds_its_owner(
+    tmp_path: t.Any, receiver: Receiver, smtp: tuple[int, list[t.Any]]
+) -> None:
+    """The policy's cadence (30 min, scaled to 30 s) without a status update: a reminder
+    on the timeline and to level 1, again a cadence later, none once an update came."""
+    store = Store(f"sqlite:///{tmp_path}/qw.db")
+    incidents = Incidents(store, _policy(receiver, smtp[0]), scale=1 / 60)
+    t0 = 1_800_000_000.0
+    inc, _ = incidents.trigger("k", "Slow checkout", now=t0)
+    incidents.acknowledge(inc.id, "carol", now=t0 + 1)
+    assert incidents.tick(now=t0 + 29) == []
+    assert incidents.tick(now=t0 + 30) == [(inc.id, "reminded")]
+    assert incidents.tick(now=t0 + 45) == []
+    assert incidents.tick(now=t0 + 60) == [(inc.id, "reminded")]
+    incidents.update(inc.id, "carol", "Found it.", now=t0 + 70)
+    assert incidents.tick(now=t0 + 95) == []
+    reminder = [e for e in incidents.timeline(inc.id) if e.kind == "reminder"][0]
+    assert reminder.text.startswith(f"No status update on #{inc.id} for 30 s: bob, please post one")
+    Outbox(incidents).run_once(now=t0 + 100)
+    assert [m["action"] for m in receiver.received] == [
+        "trigger", "acknowledge", "reminder", "reminder", "update"
+    ]  # fmt: skip
+
+
+def test_an_slo_alert_of_the_app_runs_the_protocol(
+    tmp_path: t.Any, receiver: Receiver, smtp: tuple[int, list[t.Any]]
+) -> None:
+    """Wired end to end in a running app (an hour compressed to 10 s): a failing endpoint
+    fires the availability page, the app's incident worker opens an incident with the
+    evidence and tells level 1 (the webhook); nobody acknowledges, so level 2 (the mail)
+    hears after the scaled 15 minutes (2.5 s); the acknowledgement stops it; when the
+    errors stop and the alert resolves, the incident resolves and both hear it."""
+    from flask import Flask
+
+    from querywatch import QueryWatch
+
+    port, mails = smtp
+    app = Flask(__name__)
+    failing = {"on": False}
+    app.config.update(
+        QUERYWATCH_STORE_URL=f"sqlite:///{tmp_path}/qw.db",
+        QUERYWATCH_BUCKET_SECONDS=1,
+        QUERYWATCH_FLUSH_INTERVAL=0.2,
+        QUERYWATCH_ALERT_INTERVAL=0.2,
+        QUERYWATCH_INCIDENT_INTERVAL=0.2,
+        QUERYWATCH_ALERT_TIME_SCALE=1 / 360,
+        QUERYWATCH_ADVISE=False,
+        QUERYWATCH_OBJECTIVES=["availability:99.9"],
+        QUERYWATCH_ESCALATION={
+            "targets": {
+                "backend-hook": {"type": "webhook", "url": receiver.url, "secret": SECRET},
+                "devops-mail": {"type": "email", "to": ["devops@example.com"],
+                                "host": "127.0.0.1", "port": port},
+            },
+            "levels": [{"targets": ["backend-hook"], "delay_minutes": 15},
+                       {"targets": ["devops-mail"], "delay_minutes": 15}],
+            "update_minutes": 600,
+        },
+    )  # fmt: skip
+
+    @app.get("/orders")
+    def orders() -> tuple[str, int]:
+        return ("timeout", 504) if failing["on"] else ("ok", 200)
+
+    qw = QueryWatch(app)
+    client = app.test_client()
+    store = qw.store(app)
+    # The people's side acts without the policy (as the command line may): the worker,
+    # which has it, delivers to the targets the incident's messages went to.
+    incidents = Incidents(store)
+
+    def wait(what: str, check: t.Callable[[], t.Any], seconds: float = 20) -> t.Any:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            client.get("/orders")
+            found = check()
+            if found:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"no {what} within {seconds} s")
+
+    for _ in range(40):  # calm first
+        assert client.get("/orders").status_code == 200
+        time.sleep(0.02)
+    failing["on"] = True
+    wait("trigger at the webhook", lambda: receiver.received)
+    first = receiver.received[0]
+    assert first["action"] == "trigger"
+    assert first["incident"]["title"].startswith("SLO availability (99.9% of requests succeed)")
+    assert "GET /orders" in json.dumps(first["incident"])
+    (incident,) = incidents.recent()
+    assert incident.dedup_key == "slo:availability"
+    assert incident.severity in ("SEV1", "SEV2")  # most requests fail
+    started = time.monotonic()
+    wait("escalation mail", lambda: mails)
+    waited = time.monotonic() - started
+    assert 1.0 < waited < 10, waited  # 15 min scaled is 2.5 s
+    assert mails[0]["Subject"].startswith(
+        f"[querywatch {incident.severity}] Escalated #{incident.id}"
+    )
+    incidents.acknowledge(incident.id, "carol")
+    wait("acknowledgement at the webhook", lambda: len(receiver.received) >= 2)
+    failing["on"] = False
+    wait("resolution", lambda: incidents.get(incident.id).status == "resolved", 30)
+    wait(
+        "resolve messages", lambda: receiver.received[-1]["action"] == "resolve" and len(mails) >= 3
+    )
+    assert [m["action"] for m in receiver.received] == ["trigger", "acknowledge", "resolve"]
+    kinds = [e.kind for e in incidents.timeline(incident.id)]
+    assert kinds.count("escalated") == 1  # acknowledged before level 2's delay ran out again
+    assert kinds[:2] == ["alert_fired", "evidence"]
+    assert "resolved" in kinds
