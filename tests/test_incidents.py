@@ -507,3 +507,314 @@ def test_an_slo_alert_of_the_app_runs_the_protocol(
     assert kinds.count("escalated") == 1  # acknowledged before level 2's delay ran out again
     assert kinds[:2] == ["alert_fired", "evidence"]
     assert "resolved" in kinds
+
+
+def test_the_postmortem_names_the_culprit_from_the_evidence(tmp_path: t.Any) -> None:
+    """The seed's afternoon over the store (test_alert_eval's replay): the availability page
+    opens an incident through follow_alerts with the evidence; a deploy recorded before
+    it is cited; a fix is noted, the alert resolves, the incident resolves; the postmortem
+    has the seed's sections and names the query, the endpoint, the call site, the index,
+    a CI budget and an alert rule."""
+    from querywatch.alerts import Evaluator
+    from querywatch.fingerprint import fingerprint
+    from querywatch.incidents.manager import follow_alerts
+    from querywatch.incidents.postmortem import render
+    from querywatch.store import PlanFindingRow
+    from querywatch.store import StoredAdvice
+    from test_alert_eval import LOOKUP_SQL
+    from test_alert_eval import _replay
+    from test_alert_eval import _rules
+
+    store = Store(f"sqlite:///{tmp_path}/qw.db")
+    t0 = float(int(time.time()) - 7200)
+    onset, end = t0 + 600, t0 + 700
+    _replay(store, t0, 760, incident=(onset, end))
+    fp = fingerprint(LOOKUP_SQL).id
+    store.record_advice(
+        [StoredAdvice(fp, "sqlite", "orders", "ix_orders_email", ("email",),
+                      "CREATE INDEX IF NOT EXISTS ix_orders_email ON orders (email);", "", "",
+                      "built and rolled back", 1000.0, 10.0, None, None, t0, t0)]
+    )  # fmt: skip
+    store.record_plan_findings(
+        [PlanFindingRow("full_scan", "GET /api/orders/lookup", fp, 1, 2.0, None, "")], t0
+    )
+    store.add_deploy("v2.14.0", onset - 300, "search rewrite")
+    evaluator = Evaluator(store, _rules(), holder="t")
+    incidents = Incidents(store, scale=1 / 60)
+    evaluator.run(onset + 30)
+    done = follow_alerts(incidents, now=onset + 30)
+    assert [(k, action) for k, _, action in done] == [
+        ("slo:availability", "opened"),
+        ("slo:latency", "opened"),
+    ]
+    inc = incidents.open_by_key("slo:availability")
+    assert inc is not None
+    assert inc.impact["requests_share"] == pytest.approx(0.1, abs=0.05)
+    assert inc.evidence["deploys"][0]["version"] == "v2.14.0"
+    incidents.acknowledge(inc.id, "carol", now=onset + 60)
+    incidents.note(inc.id, "carol", "Scaled the web tier: no change.", now=onset + 70)
+    incidents.note(inc.id, "dave", "CREATE INDEX ix_orders_email applied.", kind="fix_applied",
+                   now=end - 5)  # fmt: skip
+    evaluator.run(end + 40)
+    done = follow_alerts(incidents, now=end + 40)
+    assert ("slo:availability", inc.id, "resolved") in done
+    text = render(incidents.get(inc.id), incidents.timeline(inc.id))
+    for heading in ("## Issue Summary", "## Timeline", "## Root Cause and Resolution",
+                    "## Corrective and Preventative Measures"):  # fmt: skip
+        assert heading in text
+    assert "- **Duration:** " in text
+    assert "- **Impact:** 1" in text  # about 10% of requests
+    assert "- **Detection method:** querywatch alert: SLO availability" in text
+    assert "- **Acknowledged:** " in text
+    assert "carol: Scaled the web tier: no change." in text
+    assert "dave: CREATE INDEX ix_orders_email applied." in text
+    assert "not a traffic surge" in text
+    assert "one query shape in `GET /api/orders/lookup` took" in text
+    assert "(plan: full_scan)" in text
+    assert "/srv/shop/views.py:88 in search_orders" in text
+    assert "SELECT id, total FROM orders WHERE email = ?" in text
+    assert "CREATE INDEX IF NOT EXISTS ix_orders_email ON orders (email);" in text
+    assert 'query_budget(full_scans="forbid"' in text
+    assert "QUERYWATCH_ALERT_SHAPE_P95_MS" in text
+    assert "Deploy before it:** v2.14.0" in text
+    assert "*(to fill)*" in text
+
+
+def test_the_command_line_runs_the_people_side(tmp_path: t.Any) -> None:
+    from click.testing import CliRunner
+
+    from querywatch.cli import cli
+
+    url = f"sqlite:///{tmp_path}/qw.db"
+    runner = CliRunner()
+
+    def run(*args: str) -> t.Any:
+        return runner.invoke(cli, [*args, "--store", url], catch_exceptions=False)
+
+    r = run("incidents", "trigger", "--key", "db", "--title", "Checkout is slow", "--as", "erin")
+    assert r.exit_code == 0, r.output
+    assert r.output == "#1 opened.\n"
+    assert run("incidents", "trigger", "--key", "db", "--title", "again").output == (
+        "#1 already open; the alert was added.\n"
+    )
+    assert "#1  SEV2  triggered" in run("incidents", "list").output
+    assert run("incidents", "ack", "1", "--as", "carol").output == "#1 acknowledged by carol.\n"
+    assert run("incidents", "assign", "1", "dave", "--as", "carol").exit_code == 0
+    assert run("incidents", "note", "1", "Looking at the lookup", "--as", "dave").exit_code == 0
+    r = run("incidents", "update", "1", "Index building", "--as", "dave")
+    assert r.output == "Update on #1 queued for 1 target(s).\n"  # the log target
+    assert run("mark-deploy", "--version", "v9").output == "Deploy v9 recorded.\n"
+    assert run("incidents", "resolve", "1", "-m", "Index built", "--as", "dave").exit_code == 0
+    shown = run("incidents", "show", "1").output
+    assert "#1 SEV2 resolved: Checkout is slow" in shown
+    assert "owner dave" in shown
+    for kind in ("alert_fired", "acknowledged", "assigned", "note", "status_update", "resolved"):
+        assert kind in shown
+    data = json.loads(run("incidents", "show", "1", "--json").output)
+    assert data["status"] == "resolved"
+    assert data["timeline"][0]["actor"] == "erin"
+    out = tmp_path / "pm.md"
+    assert run("postmortem", "1", "-o", str(out)).exit_code == 0
+    assert out.read_text().startswith("# Incident report: Checkout is slow")
+    assert "raised by hand" in out.read_text()
+    bad = runner.invoke(cli, ["incidents", "ack", "7", "--store", url])
+    assert bad.exit_code == 1
+    assert "No incident #7. 'querywatch incidents list' shows the incidents." in bad.output
+    again = runner.invoke(cli, ["incidents", "resolve", "1", "--store", url])
+    assert "already resolved" in again.output
+    worker = run("worker", "--once")
+    assert worker.exit_code == 0
+
+
+TOKEN = "receiver-token-0123456789"
+
+
+def _receiver_app(tmp_path: t.Any, **config: t.Any) -> t.Any:
+    from flask import Flask
+
+    from querywatch import QueryWatch
+
+    app = Flask(__name__)
+    app.config.update(
+        {
+            "QUERYWATCH_STORE_URL": f"sqlite:///{tmp_path}/qw.db",
+            "QUERYWATCH_ADVISE": False,
+            "QUERYWATCH_DASHBOARD_TOKEN": TOKEN,
+            **config,
+        }
+    )
+
+    @app.get("/ok")
+    def ok() -> str:
+        return "ok"
+
+    QueryWatch(app)
+    return app
+
+
+def _am_payload(status: str = "firing", **over: t.Any) -> dict[str, t.Any]:
+    payload: dict[str, t.Any] = {
+        "version": "4",
+        "groupKey": '{}:{alertname="QuerywatchErrorBudgetBurn"}',
+        "status": status,
+        "receiver": "querywatch",
+        "groupLabels": {"alertname": "QuerywatchErrorBudgetBurn"},
+        "commonLabels": {"alertname": "QuerywatchErrorBudgetBurn", "severity": "page",
+                         "slo": "availability"},
+        "commonAnnotations": {"summary": "availability: the error budget burns 14.4x"},
+        "externalURL": "http://alertmanager.example",
+        "alerts": [{"status": status, "labels": {"alertname": "QuerywatchErrorBudgetBurn"},
+                    "annotations": {}, "startsAt": "2026-11-27T10:00:00Z",
+                    "endsAt": "0001-01-01T00:00:00Z", "fingerprint": "abc"}],
+    }  # fmt: skip
+    payload.update(over)
+    return payload
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (None, "Expected Alertmanager's webhook JSON (an object), got none or another type."),
+        (
+            {"version": "3"},
+            "Expected an Alertmanager webhook payload of version 4, got version '3'.",
+        ),
+        (_am_payload(status="pending"), "'status' must be 'firing' or 'resolved', got 'pending'."),
+        (_am_payload(groupKey=""), "'groupKey' is missing: it names the incident."),
+        (_am_payload(alerts="many"), "'alerts' must be a list of alerts."),
+        (_am_payload(commonLabels=[1]), "'commonLabels' must be an object of strings."),
+    ],
+)
+def test_malformed_alertmanager_payloads_are_refused(
+    tmp_path: t.Any, payload: t.Any, message: str
+) -> None:
+    client = _receiver_app(tmp_path).test_client()
+    r = client.post(
+        "/_querywatch/api/alertmanager", json=payload, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert r.status_code == 400
+    assert r.get_json() == {"error": message}
+    assert Incidents(Store(f"sqlite:///{tmp_path}/qw.db")).recent() == []
+
+
+def test_the_receiver_needs_its_token(tmp_path: t.Any) -> None:
+    url = "/_querywatch/api/alertmanager"
+    client = _receiver_app(tmp_path).test_client()
+    assert client.post(url, json=_am_payload()).status_code == 401
+    wrong = {"Authorization": "Bearer nope-nope-nope-nope"}
+    assert client.post(url, json=_am_payload(), headers=wrong).status_code == 401
+    (tmp_path / "p").mkdir()
+    plain = _receiver_app(tmp_path / "p", QUERYWATCH_DASHBOARD_TOKEN=None)
+    plain.debug = True  # even in debug mode, from loopback
+    assert plain.test_client().post(url, json=_am_payload()).status_code == 404
+    ok = client.post(url, json=_am_payload(), headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200
+    assert ok.get_json() == {"incident": 1, "action": "opened"}
+
+
+def test_a_real_alertmanager_opens_and_resolves_an_incident(
+    tmp_path: t.Any, receiver: Receiver
+) -> None:
+    """Debian's Alertmanager, started here on 127.0.0.1, delivers its webhook (bearer
+    token) to the app's receiver: the incident opens, level 1 hears it, and when the
+    alert ends Alertmanager's resolved notification resolves it."""
+    import datetime as dt
+    import shutil
+    import subprocess
+    import urllib.request
+
+    from werkzeug.serving import make_server
+
+    from conftest import _unavailable
+
+    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if binary is None:
+        _unavailable("Alertmanager", "not installed; Debian package 'prometheus-alertmanager'")
+    app = _receiver_app(
+        tmp_path,
+        QUERYWATCH_INCIDENT_INTERVAL=0.2,
+        QUERYWATCH_ESCALATION={
+            "targets": {"hook": {"type": "webhook", "url": receiver.url, "secret": SECRET}},
+            "levels": [{"targets": ["hook"]}],
+        },
+    )
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    app_port = server.server_port
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        am_port = s.getsockname()[1]
+    (tmp_path / "am.yml").write_text(
+        "route:\n  receiver: qw\n  group_by: ['alertname']\n  group_wait: 1s\n"
+        "  group_interval: 1s\n  repeat_interval: 1h\n"
+        "receivers:\n  - name: qw\n    webhook_configs:\n"
+        f"      - url: http://127.0.0.1:{app_port}/_querywatch/api/alertmanager\n"
+        "        send_resolved: true\n"
+        f"        http_config:\n          authorization:\n            credentials: {TOKEN}\n"
+    )
+    proc = subprocess.Popen(
+        [binary, f"--config.file={tmp_path / 'am.yml'}", f"--storage.path={tmp_path / 'am'}",
+         f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    store = Store(f"sqlite:///{tmp_path}/qw.db")
+    incidents = Incidents(store)
+    client = app.test_client()
+
+    def post_alert(ends: dt.datetime) -> None:
+        body = json.dumps([{
+            "labels": {"alertname": "QuerywatchErrorBudgetBurn", "severity": "page",
+                       "slo": "availability"},
+            "annotations": {"summary": "availability: the error budget burns 14.4x"},
+            "startsAt": (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)).isoformat(),
+            "endsAt": ends.isoformat(),
+        }]).encode()  # fmt: skip
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{am_port}/api/v2/alerts", data=body, method="POST",
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert r.status == 200
+
+    def wait(what: str, check: t.Callable[[], t.Any], seconds: float = 30) -> t.Any:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            client.get("/ok")  # starts the app's incident worker
+            found = check()
+            if found:
+                return found
+            time.sleep(0.2)
+        raise AssertionError(f"no {what} within {seconds} s")
+
+    try:
+        wait("Alertmanager", lambda: _up(am_port))
+        post_alert(dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=10))
+        (incident,) = wait("incident", lambda: incidents.recent())
+        assert incident.source == "alertmanager"
+        assert incident.title == "availability: the error budget burns 14.4x"
+        assert incident.severity == "SEV2"
+        wait("trigger at level 1", lambda: receiver.received)
+        assert receiver.received[0]["action"] == "trigger"
+        post_alert(dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1))
+        wait("resolution", lambda: incidents.get(incident.id).status == "resolved")
+        wait("resolve at level 1", lambda: receiver.received[-1]["action"] == "resolve")
+        kinds = [e.kind for e in incidents.timeline(incident.id)]
+        assert kinds[0] == "alert_fired"
+        assert "resolved" in kinds
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        server.shutdown()
+        store.dispose()
+
+
+def _up(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False

@@ -549,6 +549,15 @@ def grafana_dashboard_command(
     _write(json.dumps(model, indent=2) + "\n", output)
 
 
+def _register_incident_commands() -> None:
+    from .incidents.commands import register
+
+    register(cli)
+
+
+_register_incident_commands()
+
+
 def main() -> None:
     """Entry point of the ``querywatch`` script."""
     cli(prog_name="querywatch")

@@ -94,10 +94,11 @@ def register(app: Flask, state: AppState) -> None:
 
     @bp.before_request
     def guard() -> t.Any:
+        receiver = request.endpoint == f"{BLUEPRINT}.api_alertmanager"
         if token is None:
             # No token: a developer's own machine in debug mode only; elsewhere the
-            # dashboard does not exist.
-            if not current_app.debug or (request.remote_addr or "") not in _LOOPBACK:
+            # dashboard does not exist. The Alertmanager receiver always needs a token.
+            if receiver or not current_app.debug or (request.remote_addr or "") not in _LOOPBACK:
                 abort(404)
         else:
             given = request.headers.get("Authorization", "")
@@ -123,6 +124,13 @@ def register(app: Flask, state: AppState) -> None:
                     path=path.rstrip("/") or "/",
                 )
                 return resp
+        if receiver:
+            # A machine's webhook: the bearer token alone (no cookie, so no CSRF).
+            if not hmac.compare_digest(
+                request.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()
+            ):
+                return _unauthorized(True)
+            return None
         if request.method == "POST":
             sent = request.headers.get("X-CSRF-Token", "")
             origin = request.headers.get("Origin")
@@ -204,6 +212,20 @@ def register(app: Flask, state: AppState) -> None:
             for a in state.store.advice([fingerprint])
         ]
         return jsonify({"fingerprint": fingerprint, "suggestions": found, "advice": advice})
+
+    @bp.post("/api/alertmanager")
+    def api_alertmanager() -> t.Any:
+        from ..incidents.receiver import receive_alertmanager
+
+        payload = request.get_json(silent=True)
+        try:
+            result = receive_alertmanager(state, payload)
+        except ValueError as e:
+            return _json_error(400, str(e))
+        except Exception as e:
+            _record(e)
+            return _json_error(503, f"The incident could not be recorded: {_brief(e)}")
+        return jsonify(result)
 
     app.register_blueprint(bp)
 

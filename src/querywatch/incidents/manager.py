@@ -42,6 +42,8 @@ EVENT_KINDS = (
 )
 #: A resolved incident whose alert fires again within this long (scaled) is reopened.
 REOPEN_SECONDS = 3600.0
+#: Deploys this long (scaled) before an incident opens are part of its evidence.
+DEPLOY_LOOKBACK = 6 * 3600.0
 
 
 class IncidentError(ValueError):
@@ -306,7 +308,13 @@ class Incidents:
         now = time.time() if now is None else now
         key = dedup_key[:255]
         impact = impact or {}
-        evidence = evidence or {}
+        evidence = dict(evidence or {})
+        # Deploys of the last six hours (scaled): a release is the first suspect.
+        recent = self.store.deploys(now - DEPLOY_LOOKBACK * self.scale, now)
+        if recent:
+            evidence["deploys"] = [
+                {"version": v, "at": at, "description": d} for v, at, d in recent
+            ]
         severity = severity_from_impact(impact, alert_severity)
         for _ in range(5):
             try:
@@ -390,15 +398,10 @@ class Incidents:
                 conn, incident.id, "alert_fired", actor, title, now, {"source": source}
             )
             if evidence:
-                self._event(
-                    conn,
-                    incident.id,
-                    "evidence",
-                    "querywatch",
-                    evidence.get("hypothesis") or "Evidence attached.",
-                    now,
-                    evidence,
-                )
+                text = evidence.get("hypothesis") or "Evidence attached."
+                for d in evidence.get("deploys", [])[-1:]:
+                    text += f" Last deploy: {d['version']}, {_duration(now - d['at'])} before."
+                self._event(conn, incident.id, "evidence", "querywatch", text, now, evidence)
             opened_text = f"{incident.severity} #{incident.id}: {title}"
         if incident.owner:
             opened_text += f" (owner: {incident.owner})"

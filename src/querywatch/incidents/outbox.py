@@ -4,7 +4,7 @@ A message is claimed for a while (``claimed_until``) before it is sent, so two w
 never send it at the same time; a worker killed while sending leaves its claim to
 expire and the message is sent again (at least once: every message carries its
 idempotency key, so a receiver keeps one). A failed delivery is retried with exponential
-backoff and full jitter (30 s, 1 min, 2 min, ... capped at an hour, scaled), and after
+backoff and jitter (15-30 s, 30-60 s, 1-2 min, ... capped at an hour, scaled), and after
 ``max_attempts`` it is dead-lettered with a ``notification_failed`` event on the
 incident's timeline.
 """
@@ -48,12 +48,15 @@ class Outbox:
         *,
         worker: str | None = None,
         max_attempts: int = MAX_ATTEMPTS,
+        claim_seconds: float = CLAIM_SECONDS,
         rng: random.Random | None = None,
     ) -> None:
         self.incidents = incidents
         self.store = incidents.store
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.max_attempts = max_attempts
+        #: How long a claimed message is this worker's before another may send it.
+        self.claim_seconds = claim_seconds
         self.rng = rng or random.Random()
         self.sent = 0
         self.failed = 0
@@ -81,7 +84,7 @@ class Outbox:
                 n = conn.execute(
                     update(tbl)
                     .where(tbl.c.id == message_id, tbl.c.status == "pending", free)
-                    .values(claimed_by=self.worker, claimed_until=now + CLAIM_SECONDS)
+                    .values(claimed_by=self.worker, claimed_until=now + self.claim_seconds)
                 ).rowcount
                 if n == 1:
                     claimed.append(conn.execute(select(tbl).where(tbl.c.id == message_id)).one())

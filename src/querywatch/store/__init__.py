@@ -844,6 +844,7 @@ class Store:
     ) -> list[tuple[str, int, int]]:
         """(endpoint, events, bad events) of an objective in the buckets that overlap
         ``(since, until]`` (as :meth:`slo_sums` counts them), most bad first."""
+        self.migrate()
         from sqlalchemy import func
 
         tbl = schema.slo_stats
@@ -873,6 +874,7 @@ class Store:
     def endpoint_totals(self, since: float, until: float) -> dict[str, EndpointAggregate]:
         """Per endpoint, the requests of ``[since, until)`` (bucket starts), without the
         histograms."""
+        self.migrate()
         tbl = schema.endpoint_stats
         out: dict[str, EndpointAggregate] = {}
         stmt = select(
@@ -895,6 +897,7 @@ class Store:
         ``limit`` query shapes whose total time grew most from ``before`` to ``now`` (each
         a ``[since, until)`` of bucket starts), and of the ``limit`` costliest now; most
         grown first."""
+        self.migrate()
         from sqlalchemy import case
         from sqlalchemy import func
 
@@ -927,6 +930,7 @@ class Store:
         """Per (endpoint, fingerprint), the window's aggregate of the shapes that had a
         statement slower than ``threshold`` seconds in it (the others cannot have a p95
         over it)."""
+        self.migrate()
         from sqlalchemy import tuple_
 
         tbl = schema.query_stats
@@ -941,6 +945,7 @@ class Store:
 
     def new_findings(self, kinds: t.Sequence[str], since: float) -> list[StoredFinding]:
         """Findings of ``kinds`` first seen at or after ``since``."""
+        self.migrate()
         tbl = schema.findings
         stmt = (
             select(tbl)
@@ -953,6 +958,7 @@ class Store:
 
     def finding_kinds(self, fingerprints: t.Iterable[str]) -> dict[str, set[str]]:
         """The kinds of finding recorded for each fingerprint."""
+        self.migrate()
         tbl = schema.findings
         out: dict[str, set[str]] = {}
         fps = list(fingerprints)
@@ -969,6 +975,7 @@ class Store:
         self, since: float, until: float
     ) -> dict[str, tuple[int, float, int, float | None]]:
         """Per pool: checkouts, seconds waited, timeouts, highest saturation."""
+        self.migrate()
         tbl = schema.pool_stats
         out: dict[str, tuple[int, float, int, float | None]] = {}
         with self.engine.connect() as conn:
@@ -979,6 +986,30 @@ class Store:
                     sat = s if sat is None else max(s, sat)
                 out[row.pool] = (c + row.checkouts, w + row.wait_s, n + row.timeouts, sat)
         return out
+
+    # --- deploy markers -----------------------------------------------------------------
+
+    def add_deploy(self, version: str, at: float, description: str = "") -> None:
+        self.migrate()
+        with self.engine.begin() as conn:
+            conn.execute(
+                schema.deploys.insert().values(
+                    version=version[:255], at=at, description=description
+                )
+            )
+
+    def deploys(self, since: float, until: float) -> list[tuple[str, float, str]]:
+        """(version, time, description) of the deploys in ``[since, until]``, oldest
+        first."""
+        self.migrate()
+        tbl = schema.deploys
+        with self.engine.connect() as conn:
+            return [
+                (r.version, r.at, r.description)
+                for r in conn.execute(
+                    select(tbl).where(tbl.c.at >= since, tbl.c.at <= until).order_by(tbl.c.at)
+                )
+            ]
 
     # --- connection pools -------------------------------------------------------------
 
