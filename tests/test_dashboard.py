@@ -30,7 +30,7 @@ LOOKUP = "/api/orders/lookup?email=customer{}@example.com"
 #: An endpoint name and a query text an attacker could get into the store.
 EVIL_ENDPOINT = "GET /<img src=x onerror=alert('endpoint')>"
 EVIL_SQL = "SELECT \"<script>alert('shape')</script>\" FROM products WHERE id = 1"
-PAGES = ("", "endpoints", "shapes", "findings", "alerts", "cache")
+PAGES = ("", "endpoints", "shapes", "findings", "alerts", "incidents", "cache")
 
 
 def _shop(tmp_path: t.Any, **config: t.Any) -> Flask:
@@ -305,6 +305,28 @@ def test_the_pages_in_chromium(app: Flask, served: str, browser: t.Any) -> None:
     assert page.locator("img").count() == 0
     page.goto(f"{served}/_querywatch/endpoints")
     assert EVIL_ENDPOINT in page.inner_text("#endpoints")
+
+    # An incident, acknowledged from its page (token cookie + CSRF header from the page).
+    from querywatch.incidents import Incidents
+
+    incidents = Incidents(app.extensions["querywatch"].store)
+    inc, _ = incidents.trigger("slo:availability", "<script>alert('incident')</script> failing")
+    page.goto(f"{served}/_querywatch/incidents")
+    page.click(f"#incidents a:has-text('#{inc.id}')")
+    assert (
+        page.inner_text("#incident-title")
+        == f"#{inc.id} <script>alert('incident')</script> failing"
+    )
+    assert page.inner_text("#incident-status") == "triggered"
+    page.screenshot(path=str(ARTIFACTS / "dashboard-incident.png"), full_page=True)
+    page.fill("input[name=actor]", "carol")
+    page.click("button[value=ack]")
+    expect(page.locator("#incident-status")).to_have_text("acknowledged")
+    assert "Acknowledged by carol." in page.inner_text("#timeline")
+    page.fill("input[name=actor]", "carol")
+    page.fill("input[name=text]", "Index being built.")
+    page.click("button[value=update]")
+    expect(page.locator("#timeline")).to_contain_text("Index being built.")
     assert problems == []
     context.close()
 
@@ -330,3 +352,45 @@ def test_the_dashboard_is_not_added_over_a_route_of_the_app(tmp_path: t.Any) -> 
 
     QueryWatch(a)
     assert a.test_client().get("/_querywatch", headers=AUTH).get_data(as_text=True) == "mine"
+
+
+def test_incident_actions_through_the_api(app: Flask) -> None:
+    """The incident API behind the page: the same token, a CSRF check on every action,
+    who did it on the timeline, and clear errors."""
+    from querywatch.incidents import Incidents
+
+    incidents = Incidents(app.extensions["querywatch"].store)
+    inc, _ = incidents.trigger("checkout", "Checkout slow")
+    client = app.test_client()
+    csrf = client.get("/_querywatch/api/csrf", headers=AUTH).get_json()["csrf"]
+    post = {**AUTH, "X-CSRF-Token": csrf}
+    url = f"/_querywatch/api/incidents/{inc.id}"
+    assert client.get("/_querywatch/api/incidents").status_code == 401
+    listed = client.get("/_querywatch/api/incidents", headers=AUTH).get_json()["incidents"]
+    assert [i["title"] for i in listed] == ["Checkout slow"]
+    assert client.post(f"{url}/ack", headers=AUTH, json={"actor": "carol"}).status_code == 403
+    r = client.post(f"{url}/ack", headers=post, json={"actor": "carol"})
+    assert r.status_code == 200
+    assert r.get_json()["incident"]["status"] == "acknowledged"
+    assert r.get_json()["timeline"][-1]["actor"] == "carol"
+    r = client.post(f"{url}/ack", headers=post, json={"actor": "carol"})
+    assert r.status_code == 409
+    assert "only a triggered incident is acknowledged" in r.get_json()["error"]
+    r = client.post(f"{url}/note", headers=post, json={"actor": "dave", "text": " "})
+    assert (r.status_code, r.get_json()["error"]) == (409, "A note needs text.")
+    r = client.post(f"{url}/assign", headers=post, json={"actor": "dave"})
+    assert (r.status_code, r.get_json()["error"]) == (400, "Assigning needs an 'owner'.")
+    r = client.post(f"{url}/assign", headers=post, json={"actor": "dave", "owner": "erin"})
+    assert r.get_json()["incident"]["owner"] == "erin"
+    r = client.post(f"{url}/dance", headers=post, json={})
+    assert r.status_code == 404
+    assert "the actions are ack, resolve, note, fix, update, assign" in r.get_json()["error"]
+    r = client.post("/_querywatch/api/incidents/999/ack", headers=post, json={})
+    assert r.status_code == 404
+    assert r.get_json()["error"].startswith("No incident #999.")
+    r = client.post(f"{url}/resolve", headers=post, json={"actor": "erin", "text": "Index built"})
+    assert r.get_json()["incident"]["status"] == "resolved"
+    detail = client.get(url, headers=AUTH).get_json()
+    assert [e["kind"] for e in detail["timeline"]] == [
+        "alert_fired", "acknowledged", "assigned", "resolved"
+    ]  # fmt: skip

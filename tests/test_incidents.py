@@ -818,3 +818,282 @@ def _up(port: int) -> bool:
             return bool(r.status == 200)
     except OSError:
         return False
+
+
+WORKER_SCRIPT = """
+import sys, time
+from querywatch.incidents import Incidents, Outbox, load_policy
+from querywatch.store import Store
+
+url, hook, secret = sys.argv[1:4]
+policy = load_policy({"targets": {"hook": {"type": "webhook", "url": hook, "secret": secret}},
+                      "levels": [{"targets": ["hook"]}]})
+outbox = Outbox(Incidents(Store(url), policy), claim_seconds=1.0)
+print("ready", flush=True)
+while True:
+    outbox.run_once(limit=1)
+    time.sleep(0.01)
+"""
+
+
+def test_a_worker_killed_while_delivering_loses_nothing(tmp_path: t.Any) -> None:
+    """kill -9 the worker while a delivery is in flight, start another: every message
+    reaches the receiver, the one in flight perhaps twice, with the same idempotency key,
+    so a receiver that keeps one per key processes each exactly once."""
+    import signal
+    import subprocess
+    import sys
+
+    slow = Receiver()
+    original = slow.server.RequestHandlerClass.do_POST
+
+    def do_post(handler: t.Any) -> None:
+        time.sleep(0.15)  # a slow receiver: the kill lands mid-delivery
+        original(handler)
+
+    slow.server.RequestHandlerClass.do_POST = do_post  # type: ignore[method-assign]
+    url = f"sqlite:///{tmp_path}/qw.db"
+    store = Store(url)
+    incidents = Incidents(store, _hook_policy(slow.url))
+    for i in range(30):
+        incidents.trigger(f"k{i}", f"Incident {i}")
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER_SCRIPT)
+
+    def start() -> subprocess.Popen[str]:
+        p = subprocess.Popen(
+            [sys.executable, str(script), url, slow.url, SECRET], stdout=subprocess.PIPE, text=True
+        )
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "ready"
+        return p
+
+    try:
+        first = start()
+        deadline = time.monotonic() + 30
+        while len(slow.keys) < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)  # the next delivery is in flight
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        assert first.stdout is not None
+        first.stdout.close()
+        delivered_before = len(slow.keys)
+        assert 8 <= delivered_before < 30
+        second = start()
+        deadline = time.monotonic() + 60
+        outbox = Outbox(incidents)
+        while outbox.pending() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        second.send_signal(signal.SIGKILL)
+        second.wait(10)
+        assert second.stdout is not None
+        second.stdout.close()
+    finally:
+        slow.close()
+    expected = {f"querywatch-{i.id}-" for i in incidents.recent(limit=100)}
+    assert len(expected) == 30
+    assert outbox.pending() == 0
+    # Nothing lost: every key arrived. At most the message in flight at the kill came
+    # twice, with its key, so a receiver keeping one per key processes each once.
+    assert {k.rsplit("-", 2)[0] + "-" for k in slow.keys} == expected
+    assert len(set(slow.keys)) == 30
+    assert len(slow.keys) - 30 <= 1, slow.keys
+    store.dispose()
+
+
+def test_slack_and_pagerduty_messages(tmp_path: t.Any) -> None:
+    """Slack gets a text fallback and blocks with the evidence; PagerDuty gets Events API
+    v2 trigger, acknowledge and resolve with one dedup_key per incident."""
+    got: list[tuple[str, dict[str, t.Any]]] = []
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            got.append((self.path, body))
+            self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, *args: t.Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    policy = load_policy(
+        {
+            "targets": {
+                "chat": {"type": "slack", "url": f"{base}/slack"},
+                "pd": {"type": "pagerduty", "routing_key": "R0UT1NGKEY", "url": f"{base}/pd"},
+            },
+            "levels": [{"targets": ["chat", "pd"]}],
+        }
+    )
+    incidents = Incidents(Store(f"sqlite:///{tmp_path}/qw.db"), policy)
+    outbox = Outbox(incidents)
+    try:
+        inc, _ = incidents.trigger(
+            "slo:availability", "Checkout failing", alert_severity="page",
+            evidence={"hypothesis": "Traffic is flat (x1.01); one query shape takes 90%."},
+            now=1_800_000_000.0,
+        )  # fmt: skip
+        assert outbox.run_once(now=1_800_000_000.0) == 2
+        incidents.acknowledge(inc.id, "carol", now=1_800_000_010.0)
+        incidents.resolve(inc.id, "carol", now=1_800_000_020.0)
+        assert outbox.run_once(now=1_800_000_020.0) == 4
+    finally:
+        server.shutdown()
+        server.server_close()
+    slack = [b for p, b in got if p == "/slack"]
+    pd = [b for p, b in got if p == "/pd"]
+    assert [s["text"].split("]")[1].split("#")[0].strip() for s in slack] == [
+        "Triggered", "Acknowledged", "Resolved"
+    ]  # fmt: skip
+    blocks = slack[0]["blocks"]
+    assert blocks[0]["type"] == "header"
+    assert blocks[0]["text"]["text"] == f"[querywatch SEV2] Triggered #{inc.id}: Checkout failing"
+    assert "*Evidence* Traffic is flat (x1.01)" in json.dumps(blocks)
+    assert [e["event_action"] for e in pd] == ["trigger", "acknowledge", "resolve"]
+    assert {e["dedup_key"] for e in pd} == {f"querywatch-{inc.id}"}
+    assert {e["routing_key"] for e in pd} == {"R0UT1NGKEY"}
+    assert pd[0]["payload"]["severity"] == "error"
+    assert pd[0]["payload"]["source"] == "querywatch"
+    assert pd[0]["payload"]["custom_details"]["hypothesis"].startswith("Traffic is flat")
+
+
+def test_mail_over_starttls_with_authentication(tmp_path: t.Any) -> None:
+    """An SMTP server that requires STARTTLS before AUTH (aiosmtpd, a certificate made
+    here for 127.0.0.1, trusted through the target's ``cafile``): the mail is delivered
+    with the login; a wrong password is a delivery failure on the timeline, retried."""
+    import shutil
+    import socket
+    import ssl
+    import subprocess
+
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult
+
+    from conftest import _unavailable
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        _unavailable("openssl", "not installed; Debian package 'openssl'")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    mails: list[bytes] = []
+    logins: list[str] = []
+
+    class Handler:
+        async def handle_DATA(self, server: t.Any, session: t.Any, envelope: t.Any) -> str:  # noqa: N802
+            mails.append(envelope.content)
+            return "250 OK"
+
+    def authenticator(
+        server: t.Any, session: t.Any, envelope: t.Any, mechanism: str, data: t.Any
+    ) -> AuthResult:
+        ok = data.login == b"querywatch" and data.password == b"s3cret-pass"
+        if ok:
+            logins.append(data.login.decode())
+        return AuthResult(success=ok)
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    controller = Controller(
+        Handler(), hostname="127.0.0.1", port=port, tls_context=context, require_starttls=True,
+        auth_required=True, auth_require_tls=True, authenticator=authenticator,
+    )  # fmt: skip
+    controller.start()
+    try:
+
+        def policy(password: str) -> t.Any:
+            return load_policy({
+                "targets": {"mail": {"type": "email", "to": ["ops@example.com"],
+                                     "host": "127.0.0.1", "port": port, "starttls": True,
+                                     "username": "querywatch", "password": password,
+                                     "cafile": str(cert), "timeout": 3}},
+                "levels": [{"targets": ["mail"]}],
+            })  # fmt: skip
+
+        store = Store(f"sqlite:///{tmp_path}/qw.db")
+        good = Incidents(store, policy("s3cret-pass"))
+        good.trigger("k1", "Mail over TLS", now=1_800_000_000.0)
+        assert Outbox(good).run_once(now=1_800_000_000.0) == 1
+        assert logins == ["querywatch"]
+        assert b"Subject: [querywatch SEV3] Triggered #1: Mail over TLS" in mails[0]
+        bad = Incidents(store, policy("wrong-password"))
+        inc, _ = bad.trigger("k2", "Wrong password", now=1_800_000_000.0)
+        assert Outbox(bad).run_once(now=1_800_000_000.0) == 0
+        failed = [e for e in bad.timeline(inc.id) if e.kind == "notification_failed"]
+        assert failed[0].text.startswith(f"mail failed (SMTP 127.0.0.1:{port}: SMTP")
+        assert failed[0].text.endswith("retrying.")
+        store.dispose()
+    finally:
+        controller.stop()
+
+
+def test_the_share_of_users_affected(tmp_path: t.Any) -> None:
+    """With QUERYWATCH_USER naming who made each request, an incident's impact gives the
+    share of distinct users who had a bad request (the seed's "75% of users"), and the
+    postmortem states it; user ids are kept only as digests."""
+    from flask import Flask
+    from flask import request
+
+    from querywatch import QueryWatch
+    from querywatch.alerts import AlertRules
+    from querywatch.alerts import Evaluator
+    from querywatch.alerts import Objective
+    from querywatch.exceptions import ConfigError
+    from querywatch.incidents.manager import follow_alerts
+    from querywatch.incidents.postmortem import render
+
+    app = Flask(__name__)
+    app.config.update(
+        QUERYWATCH_STORE_URL=f"sqlite:///{tmp_path}/qw.db",
+        QUERYWATCH_BUCKET_SECONDS=1,
+        QUERYWATCH_ADVISE=False,
+        QUERYWATCH_ALERTS=False,
+        QUERYWATCH_OBJECTIVES=["availability:99.9"],
+        QUERYWATCH_USER=lambda req: req.headers.get("X-User"),
+    )
+
+    @app.get("/cart")
+    def cart() -> tuple[str, int]:
+        user = int(request.headers["X-User"][1:])
+        return ("down", 503) if user % 4 == 0 else ("ok", 200)  # u0, u4, u8 fail
+
+    qw = QueryWatch(app)
+    client = app.test_client()
+    for _ in range(3):
+        for u in range(12):
+            client.get("/cart", headers={"X-User": f"u{u}"})
+    assert qw.flush(app)
+    store = qw.store(app)
+    now = time.time()
+    assert store.users_affected("availability", now - 60, now + 1) == (12, 3)
+    with store.engine.connect() as conn:
+        digests = [r[0] for r in conn.execute(text("SELECT user_digest FROM qw_slo_users"))]
+    assert "u0" not in digests
+    assert all(len(d) == 16 for d in digests)
+    rules = AlertRules(objectives=(Objective("availability", 0.999),), scale=1 / 360,
+                       bucket_seconds=1, shape_p95_ms=None, new_n_plus_one=False,
+                       new_full_scan=False)  # fmt: skip
+    assert Evaluator(store, rules, holder="t").run(now + 0.5)
+    incidents = Incidents(store)
+    follow_alerts(incidents, now=now + 0.5)
+    (inc,) = incidents.recent()
+    assert inc.impact["users_share"] == 0.25
+    assert inc.impact["requests_share"] == 0.25
+    assert "25% of users were affected (3 of 12)" in render(inc, incidents.timeline(inc.id))
+
+    bad = Flask(__name__)
+    bad.config.update(QUERYWATCH_STORE_URL="sqlite://", QUERYWATCH_USER="nowhere:who")
+    with pytest.raises(ConfigError, match="'QUERYWATCH_USER' must be a function of the request"):
+        QueryWatch(bad)

@@ -239,6 +239,7 @@ class Record:
         "max_queries",
         "slow_seconds",
         "packages",
+        "user",
     )
 
     def __init__(
@@ -280,6 +281,8 @@ class Record:
         self.max_queries = settings.max_queries_per_request
         self.slow_seconds = settings.slow_query_seconds
         self.packages = settings.app_packages
+        #: Who made the request, when the app names its users (``QUERYWATCH_USER``).
+        self.user: str | None = None
 
     def __repr__(self) -> str:
         return (

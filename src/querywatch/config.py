@@ -88,6 +88,8 @@ class Settings:
     escalation: t.Any = None
     incident_severities: tuple[str, ...] = ("page",)
     incident_interval: float = 5.0
+    #: Names the user of a request (``request -> str | None``), to count users affected.
+    user_function: t.Any = None
 
 
 def _bool(app: Flask, key: str, default: bool) -> bool:
@@ -241,6 +243,27 @@ def _escalation(app: Flask) -> t.Any:
     return load_policy(app.config.setdefault("QUERYWATCH_ESCALATION", None))
 
 
+def _user_function(app: Flask) -> t.Any:
+    """``QUERYWATCH_USER``: a callable taking the request and returning who made it (a
+    string) or None, or its ``"module:function"`` path."""
+    key = "QUERYWATCH_USER"
+    value = app.config.setdefault(key, None)
+    expected = "a function of the request returning a user id, or its 'module:function'"
+    if value is None:
+        return None
+    if isinstance(value, str):
+        import importlib
+
+        module, _, name = value.partition(":")
+        try:
+            value = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError):
+            raise ConfigError(key, expected, app.config[key]) from None
+    if not callable(value):
+        raise ConfigError(key, expected, value)
+    return value
+
+
 def _severities(app: Flask) -> tuple[str, ...]:
     key = "QUERYWATCH_INCIDENT_SEVERITIES"
     value = app.config.setdefault(key, ["page"])
@@ -320,4 +343,5 @@ def load_settings(app: Flask) -> Settings:
         incident_interval=_number(
             app, "QUERYWATCH_INCIDENT_INTERVAL", 5.0, minimum=0, exclusive=True
         ),
+        user_function=_user_function(app),
     )

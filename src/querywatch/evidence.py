@@ -80,11 +80,16 @@ def gather(
         rows = store.slo_endpoints(objective, now - span - width, now, 1000)
         events = sum(n for _, n, _ in rows)
         bad_events = sum(b for _, _, b in rows)
+        users, bad_users = store.users_affected(objective, now - span - width, now)
         out["objective"] = {
             "name": objective,
             "events": events,
             "bad": bad_events,
             "bad_ratio": round(bad_events / events, 4) if events else 0.0,
+            # Where the app names its users (QUERYWATCH_USER).
+            "users": users,
+            "bad_users": bad_users,
+            "bad_users_ratio": round(bad_users / users, 4) if users else None,
         }
         out["bad_endpoints"] = [
             {"endpoint": ep, "events": n, "bad": bad} for ep, n, bad in rows[:limit] if bad

@@ -575,11 +575,16 @@ def _request_hooks(
     # The record travels in capture's context variable, not in ``g``: a proxy lookup
     # costs more than all the rest of a hook. A record is this app's when it was made
     # with this app's settings.
+    user_function = settings.user_function
+
     def _after_request(response: Response) -> Response:
         try:
             record = current()
             if record is not None and record.settings is settings and record.token is not None:
                 record.status = response.status_code
+                if user_function is not None:
+                    user = user_function(request._get_current_object())  # type: ignore[attr-defined]
+                    record.user = str(user)[:255] if user is not None else None
         except Exception as e:
             swallow("extension.after_request", e)
         return response

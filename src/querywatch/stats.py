@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import math
 import threading
 import typing as t
@@ -40,6 +41,8 @@ OTHER = "other"
 OTHER_SHAPE = "(other query shapes, past QUERYWATCH_MAX_SHAPES)"
 MAX_PENDING_MINUTES = 180
 MAX_PENDING_FINDINGS = 2000
+#: Distinct users tracked per objective and bucket; past it, new users are not counted.
+MAX_USERS_PER_BUCKET = 5000
 #: Finished units of work waiting to be folded in, and the (shape, call site) entries
 #: they hold; past either, the queue is folded at once.
 MAX_QUEUED = 1000
@@ -183,6 +186,9 @@ class MinuteBucket:
     endpoints: dict[str, EndpointAggregate] = dataclasses.field(default_factory=dict)
     #: (objective, endpoint) -> [requests counted, bad ones].
     slo: dict[tuple[str, str], list[int]] = dataclasses.field(default_factory=dict)
+    #: objective -> user digest -> 1 if one of the user's requests was bad, else 0
+    #: (bounded: :data:`MAX_USERS_PER_BUCKET` users an objective).
+    users: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(slots=True)
@@ -235,6 +241,7 @@ class Stats:
         self.folded_shapes = 0
         self.dropped_minutes = 0
         self.dropped_findings = 0
+        self.dropped_users = 0
 
     def add(self, record: Record, findings: t.Sequence[Finding]) -> None:
         """Queue a finished unit of work to be folded in.
@@ -258,6 +265,7 @@ class Stats:
                 record.loops,
                 record.overflow,
                 findings,
+                record.user,
             )
         )
         # Counted without the lock: a close count is enough to bound the queue.
@@ -294,6 +302,7 @@ class Stats:
         loops: dict[t.Any, LoopStats],
         overflow: dict[str, ShapeStats],
         findings: t.Sequence[Finding],
+        user: str | None = None,
     ) -> None:
         width = self.bucket_seconds
         minute = int(started_wall // width) * width
@@ -332,8 +341,11 @@ class Stats:
                     if counts is None:
                         counts = slo[(o.name, endpoint)] = [0, 0]
                     counts[0] += 1
-                    if o.is_bad(status, duration):
+                    bad = o.is_bad(status, duration)
+                    if bad:
                         counts[1] += 1
+                    if user is not None:
+                        self._count_user(bucket, o.name, user, bad)
         queries = bucket.queries
         pending = self._pending_fps
         for part in (loops.values(), overflow.values()):
@@ -360,6 +372,20 @@ class Stats:
                     hist[k] = hist.get(k, 0) + v
         for f in findings:
             self._add_finding(f, endpoint, started_wall)
+
+    def _count_user(self, bucket: MinuteBucket, objective: str, user: str, bad: bool) -> None:
+        users = bucket.users.get(objective)
+        if users is None:
+            users = bucket.users[objective] = {}
+        digest = hashlib.blake2b(user.encode(), digest_size=8).hexdigest()
+        seen = users.get(digest)
+        if seen is None:
+            if len(users) >= MAX_USERS_PER_BUCKET:
+                self.dropped_users += 1
+                return
+            users[digest] = int(bad)
+        elif bad and not seen:
+            users[digest] = 1
 
     def _admit(self, shape: ShapeStats | LoopStats) -> str:
         fp_id = shape.fingerprint.id
@@ -433,6 +459,10 @@ class Stats:
                     cur_c = bucket.slo.setdefault(skey, [0, 0])
                     cur_c[0] += counts[0]
                     cur_c[1] += counts[1]
+                for objective, users in old.users.items():
+                    cur_u = bucket.users.setdefault(objective, {})
+                    for digest, bad in users.items():
+                        cur_u[digest] = max(cur_u.get(digest, 0), bad)
             while len(self._buckets) > MAX_PENDING_MINUTES:
                 del self._buckets[min(self._buckets)]
                 self.dropped_minutes += 1

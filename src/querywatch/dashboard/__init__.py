@@ -53,8 +53,11 @@ PAGES = (
     ("shapes", "Query shapes"),
     ("findings", "Findings"),
     ("alerts", "Alerts"),
+    ("incidents", "Incidents"),
     ("cache", "Cache"),
 )
+#: Incident actions the dashboard and its API take (POST, token and CSRF).
+INCIDENT_ACTIONS = ("ack", "resolve", "note", "fix", "update", "assign")
 WINDOWS = {"15m": 900, "1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800}
 DEFAULT_WINDOW = "1h"
 #: Points a chart draws at most; buckets are merged to fit.
@@ -194,6 +197,78 @@ def register(app: Flask, state: AppState) -> None:
     def api_csrf() -> t.Any:
         return jsonify({"csrf": csrf})
 
+    @bp.get("/incidents/<int:incident_id>")
+    def incident(incident_id: int) -> t.Any:
+        from ..incidents import IncidentError
+
+        window = _window()
+        try:
+            data = _incident_detail(state, incident_id)
+        except IncidentError as e:
+            abort(404, str(e))
+        except Exception as e:
+            return _store_down(e, "incidents", window, csrf)
+        return render_template(
+            "querywatch/incident.html",
+            data=data,
+            page="incidents",
+            pages=PAGES,
+            windows=list(WINDOWS),
+            window=window,
+            csrf=csrf,
+            actions=INCIDENT_ACTIONS,
+        )
+
+    @bp.get("/api/incidents/<int:incident_id>")
+    def api_incident(incident_id: int) -> t.Any:
+        from ..incidents import IncidentError
+
+        try:
+            return jsonify(_incident_detail(state, incident_id))
+        except IncidentError as e:
+            return _json_error(404, str(e))
+        except Exception as e:
+            _record(e)
+            return _json_error(503, f"The querywatch store cannot be read: {_brief(e)}")
+
+    @bp.post("/api/incidents/<int:incident_id>/<action>")
+    def api_incident_action(incident_id: int, action: str) -> t.Any:
+        from ..incidents import IncidentError
+
+        if action not in INCIDENT_ACTIONS:
+            return _json_error(
+                404, f"No action {action!r}; the actions are {', '.join(INCIDENT_ACTIONS)}."
+            )
+        body = request.get_json(silent=True) or {}
+        if not isinstance(body, dict):
+            return _json_error(400, 'Send a JSON object: {"text": ..., "actor": ...}.')
+        actor = str(body.get("actor") or "dashboard")[:255]
+        text = str(body.get("text") or "")
+        manager = _manager(state)
+        try:
+            if action == "ack":
+                manager.acknowledge(incident_id, actor)
+            elif action == "resolve":
+                manager.resolve(incident_id, actor, text)
+            elif action in ("note", "fix"):
+                manager.note(
+                    incident_id, actor, text, kind="fix_applied" if action == "fix" else "note"
+                )
+            elif action == "update":
+                manager.update(incident_id, actor, text)
+            else:
+                owner = str(body.get("owner") or "").strip()
+                if not owner:
+                    return _json_error(400, "Assigning needs an 'owner'.")
+                manager.assign(incident_id, actor, owner)
+        except IncidentError as e:
+            status = 404 if str(e).startswith("No incident") else 409
+            return _json_error(status, str(e))
+        except Exception as e:
+            _record(e)
+            return _json_error(503, f"The incident could not be changed: {_brief(e)}")
+        return jsonify(_incident_detail(state, incident_id))
+
     @bp.post("/api/shapes/<fingerprint>/analyse")
     def api_analyse(fingerprint: str) -> t.Any:
         from ..exceptions import ExplainError
@@ -302,6 +377,8 @@ def _gather(state: AppState, page: str, window: str) -> dict[str, t.Any]:
     limit = 10 if page == "overview" else 100
     if page == "alerts":
         return _alerts(state)
+    if page == "incidents":
+        return {"incidents": [_incident_dict(i) for i in _manager(state).recent(limit=100)]}
     report = build_report(store, since=since, limit=limit)
     if page == "overview":
         return _overview(state, report, since, now)
@@ -314,6 +391,30 @@ def _gather(state: AppState, page: str, window: str) -> dict[str, t.Any]:
     if page == "cache":
         return {"cache": report["cache"]}
     raise KeyError(page)
+
+
+def _manager(state: AppState) -> t.Any:
+    from ..incidents import Incidents
+
+    s = state.settings
+    return Incidents(state.store, s.escalation, scale=s.alert_time_scale)
+
+
+def _incident_dict(i: t.Any) -> dict[str, t.Any]:
+    import dataclasses
+
+    return dataclasses.asdict(i)
+
+
+def _incident_detail(state: AppState, incident_id: int) -> dict[str, t.Any]:
+    import dataclasses
+
+    manager = _manager(state)
+    incident = manager.get(incident_id)
+    return {
+        "incident": _incident_dict(incident),
+        "timeline": [dataclasses.asdict(e) for e in manager.timeline(incident_id)],
+    }
 
 
 def _shapes(state: AppState, queries: list[dict[str, t.Any]]) -> list[dict[str, t.Any]]:

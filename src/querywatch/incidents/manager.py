@@ -686,6 +686,10 @@ def follow_alerts(
             objective = ev.evidence.get("objective")
             if objective:
                 impact["requests_share"] = objective.get("bad_ratio")
+                if objective.get("bad_users_ratio") is not None:
+                    impact["users_share"] = objective["bad_users_ratio"]
+                    impact["users"] = objective.get("users")
+                    impact["bad_users"] = objective.get("bad_users")
             elif ev.evidence.get("errors"):
                 impact["requests_share"] = ev.evidence["errors"].get("ratio_now")
             title, _, rest = ev.summary.partition(". ")

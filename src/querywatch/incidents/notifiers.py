@@ -156,15 +156,15 @@ def _send_mail(opts: dict[str, t.Any], message: dict[str, t.Any], timeout: float
     mail.set_content(body)
     host, port = opts["host"], int(opts.get("port", 25))
     try:
+        # Certificates are verified, against the system's CAs or ``cafile`` (a private CA).
+        context = ssl.create_default_context(cafile=opts.get("cafile"))
         if opts.get("ssl"):
-            smtp: smtplib.SMTP = smtplib.SMTP_SSL(
-                host, port, timeout=timeout, context=ssl.create_default_context()
-            )
+            smtp: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=timeout, context=context)
         else:
             smtp = smtplib.SMTP(host, port, timeout=timeout)
         with smtp:
             if opts.get("starttls"):
-                smtp.starttls(context=ssl.create_default_context())
+                smtp.starttls(context=context)
             if opts.get("username"):
                 smtp.login(opts["username"], opts["password"])
             smtp.send_message(mail)

@@ -54,7 +54,7 @@ TARGET_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "slack": (("url",), ("timeout",)),
     "email": (
         ("to", "host"),
-        ("port", "from", "starttls", "ssl", "username", "password", "timeout"),
+        ("port", "from", "starttls", "ssl", "username", "password", "cafile", "timeout"),
     ),
     "pagerduty": (("routing_key",), ("url", "timeout")),
     "log": ((), ()),

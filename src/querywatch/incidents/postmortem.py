@@ -65,7 +65,9 @@ def render(incident: Incident, timeline: t.Sequence[TimelineEvent]) -> str:
         else f"{TO_FILL} (no request share was measured)"
     )
     if impact.get("users_share") is not None:
-        impact_text += f"; {impact['users_share']:.0%} of users were affected"
+        impact_text += f"; {impact['users_share']:.0%} of users were affected" + (
+            f" ({impact['bad_users']} of {impact['users']})" if impact.get("users") else ""
+        )
     bad = ev.get("bad_endpoints") or []
     if bad:
         impact_text += ". Most affected: " + ", ".join(

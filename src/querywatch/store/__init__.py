@@ -263,6 +263,7 @@ class Store:
                         self._merge_queries(conn, minute, bucket.queries)
                         self._merge_endpoints(conn, minute, bucket.endpoints)
                         self._merge_slo(conn, minute, bucket.slo)
+                        self._merge_users(conn, minute, bucket.users)
                     self._merge_findings(conn, snap.findings)
                 break
             except IntegrityError:
@@ -490,6 +491,52 @@ class Store:
                 )
         _write_rows(conn, tbl, ("objective", "minute", "endpoint"), inserts, updates)
 
+    def _merge_users(self, conn: Connection, minute: int, users: dict[str, dict[str, int]]) -> None:
+        tbl = schema.slo_users
+        for objective, seen in users.items():
+            if not seen:
+                continue
+            name = objective[:64]
+            existing = {
+                row.user_digest: row.bad
+                for row in conn.execute(
+                    self._lock_rows(
+                        select(tbl.c.user_digest, tbl.c.bad).where(
+                            tbl.c.objective == name, tbl.c.minute == minute
+                        )
+                    )
+                )
+            }
+            inserts = [
+                {"objective": name, "minute": minute, "user_digest": d, "bad": b}
+                for d, b in seen.items()
+                if d not in existing
+            ]
+            updates = [
+                {"b_objective": name, "b_minute": minute, "b_user_digest": d, "bad": 1}
+                for d, b in seen.items()
+                if d in existing and b and not existing[d]
+            ]
+            _write_rows(conn, tbl, ("objective", "minute", "user_digest"), inserts, updates)
+
+    def users_affected(self, objective: str, since: float, until: float) -> tuple[int, int]:
+        """(distinct users, distinct users with a bad request) of an objective in the
+        buckets that overlap ``(since, until]``."""
+        from sqlalchemy import distinct
+        from sqlalchemy import func
+
+        self.migrate()
+        tbl = schema.slo_users
+        window = (tbl.c.objective == objective) & (tbl.c.minute > since) & (tbl.c.minute <= until)
+        with self.engine.connect() as conn:
+            users = conn.execute(
+                select(func.count(distinct(tbl.c.user_digest))).where(window)
+            ).scalar()
+            bad = conn.execute(
+                select(func.count(distinct(tbl.c.user_digest))).where(window, tbl.c.bad == 1)
+            ).scalar()
+        return int(users or 0), int(bad or 0)
+
     def _merge_findings(
         self, conn: Connection, found: dict[tuple[str, str, str], FindingAggregate]
     ) -> None:
@@ -545,6 +592,7 @@ class Store:
                 schema.endpoint_stats,
                 schema.slo_stats,
                 schema.slo_totals,
+                schema.slo_users,
                 schema.pool_stats,
             ):
                 n += conn.execute(tbl.delete().where(tbl.c.minute < cutoff)).rowcount

@@ -31,7 +31,7 @@ if t.TYPE_CHECKING:
 #: ``qw_pool_stats`` (checkout
 #: waits), ``qw_leases``, ``qw_alerts`` and ``qw_alert_events`` (alert state and changes).
 #: 4: ``qw_incidents``, ``qw_incident_events`` (the timeline), ``qw_outbox`` (notifications
-#: to deliver) and ``qw_deploys`` (deploy markers).
+#: to deliver), ``qw_deploys`` (deploy markers) and ``qw_slo_users`` (users affected).
 SCHEMA_VERSION = 4
 
 metadata = MetaData()
@@ -172,6 +172,17 @@ slo_totals = Table(
     Column("minute", BigInteger, primary_key=True, autoincrement=False),
     Column("total", BigInteger, nullable=False),
     Column("bad", BigInteger, nullable=False),
+)
+
+#: Per objective and bucket, the users seen (a digest of what ``QUERYWATCH_USER`` named)
+#: and whether one of their requests was bad: the share of users an incident affects.
+slo_users = Table(
+    "qw_slo_users",
+    metadata,
+    Column("objective", String(64), primary_key=True),
+    Column("minute", BigInteger, primary_key=True, autoincrement=False),
+    Column("user_digest", String(16), primary_key=True),
+    Column("bad", Integer, nullable=False),
 )
 
 #: Per bucket and pool: checkouts, the time they waited, and the ones that timed out.
@@ -334,7 +345,7 @@ def _migrate_to_3(conn: Connection) -> None:
 def _migrate_to_4(conn: Connection) -> None:
     from sqlalchemy import inspect
 
-    for tbl in (incidents, incident_events, outbox, deploys):
+    for tbl in (incidents, incident_events, outbox, deploys, slo_users):
         if not inspect(conn).has_table(tbl.name):
             tbl.create(conn)
 

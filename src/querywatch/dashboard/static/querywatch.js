@@ -67,7 +67,39 @@ async function runAction(button) {
   }
 }
 
+async function incidentAction(form, button) {
+  const status = form.querySelector(".result");
+  const data = new FormData(form);
+  const body = { actor: data.get("actor"), text: data.get("text"), owner: data.get("owner") };
+  button.disabled = true;
+  try {
+    const response = await fetch(button.dataset.url, {
+      method: "POST",
+      headers: { "X-CSRF-Token": csrfToken(), "Content-Type": "application/json" },
+      credentials: "same-origin",
+      body: JSON.stringify(body),
+    });
+    const result = await response.json();
+    if (response.ok) {
+      window.location.reload();
+    } else if (status) {
+      status.textContent = result.error || `Failed (${response.status}).`;
+    }
+  } catch (error) {
+    if (status) status.textContent = `Failed: ${error}`;
+  } finally {
+    button.disabled = false;
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  for (const form of document.querySelectorAll("form.incident-action")) {
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const button = event.submitter || form.querySelector("button");
+      if (form.reportValidity()) incidentAction(form, button);
+    });
+  }
   for (const table of document.querySelectorAll("table.sortable")) {
     for (const th of table.querySelectorAll("th[data-sort]")) {
       th.tabIndex = 0;
