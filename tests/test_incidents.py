@@ -1097,3 +1097,120 @@ def test_the_share_of_users_affected(tmp_path: t.Any) -> None:
     bad.config.update(QUERYWATCH_STORE_URL="sqlite://", QUERYWATCH_USER="nowhere:who")
     with pytest.raises(ConfigError, match="'QUERYWATCH_USER' must be a function of the request"):
         QueryWatch(bad)
+
+
+def test_the_demo_shop_incident_end_to_end(
+    tmp_path: t.Any, receiver: Receiver, smtp: tuple[int, list[t.Any]]
+) -> None:
+    """The demo shop (100,000 orders), an hour compressed to 5 s: the order lookup's
+    full scan breaks its latency objective; the page opens an incident whose first
+    notification names the lookup's query shape and says traffic is not a surge; level 2
+    hears after the scaled delay; the advisor's index is applied; latency recovers, the
+    alert and the incident resolve, everyone notified hears it; the postmortem names the
+    culprit query, the endpoint and the index."""
+    from sqlalchemy import create_engine as make_engine
+
+    from querywatch.demo import shop
+    from querywatch.incidents.postmortem import render
+
+    port, mails = smtp
+    url = f"sqlite:///{tmp_path}/shop.db"
+    engine = make_engine(url)
+    shop.seed(engine, scale=0.5)
+    engine.dispose()
+    app = shop.create_app(
+        url,
+        instance_path=str(tmp_path / "instance"),
+        config={
+            "QUERYWATCH_ADVISE": False,
+            "QUERYWATCH_BUCKET_SECONDS": 1,
+            "QUERYWATCH_FLUSH_INTERVAL": 0.2,
+            "QUERYWATCH_ALERT_INTERVAL": 0.2,
+            "QUERYWATCH_INCIDENT_INTERVAL": 0.2,
+            "QUERYWATCH_ALERT_TIME_SCALE": 1 / 720,
+            "QUERYWATCH_ALERT_SHAPE_P95_MS": None,
+            "QUERYWATCH_OBJECTIVES": [
+                {
+                    "name": "lookup latency",
+                    "endpoint": "GET /api/orders/lookup",
+                    "target": 0.99,
+                    "threshold_ms": 4,
+                },
+            ],
+            "QUERYWATCH_ESCALATION": {
+                "targets": {
+                    "backend-hook": {"type": "webhook", "url": receiver.url, "secret": SECRET},
+                    "devops-mail": {
+                        "type": "email",
+                        "to": ["devops@example.com"],
+                        "host": "127.0.0.1",
+                        "port": port,
+                    },
+                },
+                "levels": [
+                    {"targets": ["backend-hook"], "delay_minutes": 15},
+                    {"targets": ["devops-mail"], "delay_minutes": 15},
+                ],
+                "update_minutes": 600,
+            },
+        },  # fmt: skip
+    )
+    client = app.test_client()
+    state = app.extensions["querywatch"]
+    incidents = Incidents(state.store)
+    n = {"i": 0}
+    # Eight calm seconds: the hour before the alert (5 s scaled) is all calm.
+    onset = time.monotonic() + 8.0
+
+    def traffic() -> None:
+        # A flat rate (one request each 10 ms); from "14:00", every other one is the lookup.
+        n["i"] += 1
+        i = n["i"]
+        if time.monotonic() >= onset and i % 2:
+            path = f"/api/orders/lookup?email=customer{i % 97}@example.com"
+        else:
+            path = f"/api/products/{i % 50 + 1}"
+        started = time.monotonic()
+        assert client.get(path).status_code == 200
+        time.sleep(max(0.0, 0.01 - (time.monotonic() - started)))
+
+    def wait(what: str, check: t.Callable[[], t.Any], seconds: float = 30) -> t.Any:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            traffic()
+            found = check()
+            if found:
+                return found
+        raise AssertionError(f"no {what} within {seconds} s")
+
+    wait("trigger at level 1", lambda: receiver.received, 40)
+    assert time.monotonic() >= onset
+    first = receiver.received[0]
+    assert first["action"] == "trigger"
+    hypothesis = first["incident"]["hypothesis"]
+    assert "FROM orders WHERE orders.customer_email = ?" in hypothesis
+    assert "one query shape in GET /api/orders/lookup takes" in hypothesis
+    assert "Traffic rose" not in hypothesis
+    (incident,) = incidents.recent()
+    wait("level 2", lambda: mails, 20)
+    assert "Escalated to level 2" in mails[0].get_payload()
+    incidents.acknowledge(incident.id, "carol")
+    lookup = next(
+        s for s in incident.evidence["shapes"] if s["endpoint"] == "GET /api/orders/lookup"
+    )
+    assert state.advice_worker.analyse_now(lookup["fingerprint"]) >= 1
+    (advice,) = [
+        a for a in state.store.advice([lookup["fingerprint"]]) if "customer_email" in a.ddl
+    ]
+    with make_engine(url).begin() as conn:
+        conn.exec_driver_sql(advice.ddl)
+    incidents.note(incident.id, "carol", advice.ddl, kind="fix_applied")
+    wait("resolution", lambda: incidents.get(incident.id).status == "resolved", 40)
+    wait("resolve messages", lambda: receiver.received[-1]["action"] == "resolve", 10)
+    assert [m["action"] for m in receiver.received] == ["trigger", "acknowledge", "resolve"]
+    text = render(incidents.get(incident.id), incidents.timeline(incident.id), state.store)
+    assert "one query shape in `GET /api/orders/lookup` took" in text
+    assert "FROM orders WHERE orders.customer_email = ?" in text
+    assert advice.ddl in text
+    (tmp_path / "postmortem.md").write_text(text)
+    assert "not a traffic surge" in text

@@ -103,7 +103,11 @@ def _gather(
 ) -> dict[str, t.Any]:
     before, before_end, start, end = windows(now, span, width, gap)
     seconds = end - start
-    eps_now = store.endpoint_totals(start, end)
+    # Rates compare whole buckets; what the time went to also counts the current
+    # bucket, so an alert that fires seconds after the onset already sees its cause.
+    current = end + width
+    eps_now = store.endpoint_totals(start, current)
+    eps_rate = store.endpoint_totals(start, end)
     eps_before = store.endpoint_totals(before, before_end)
 
     def sums(eps: dict[str, t.Any]) -> tuple[int, int, float, float]:
@@ -116,8 +120,9 @@ def _gather(
 
     req_n, err_n, time_n, db_n = sums(eps_now)
     req_b, err_b, time_b, db_b = sums(eps_before)
-    rate_n, rate_b = _rate(req_n, seconds), _rate(req_b, seconds)
-    deltas = store.shape_deltas((start, end), (before, before_end), limit=limit)
+    req_rate = sums(eps_rate)[0]
+    rate_n, rate_b = _rate(req_rate, seconds), _rate(req_b, seconds)
+    deltas = store.shape_deltas((start, current), (before, before_end), limit=limit)
     fps = {d[1] for d in deltas}
     shapes = store.shapes(fps)
     kinds = store.finding_kinds(fps)
@@ -168,12 +173,12 @@ def _gather(
     out: dict[str, t.Any] = {
         "window": {
             "before": [before, before_end],
-            "now": [start, end],
+            "now": [start, current],
             "seconds": seconds,
             "at": now,
         },
         "traffic": {
-            "requests_now": req_n,
+            "requests_now": req_rate,
             "requests_before": req_b,
             "rate_now": round(rate_n, 4),
             "rate_before": round(rate_b, 4),

@@ -276,7 +276,7 @@ def postmortem_command(incident_id: int, store_url: str | None, output: str | No
 
     manager = _incidents(store_url)
     inc = _run(lambda: manager.get(incident_id))
-    text = render(inc, manager.timeline(incident_id))
+    text = render(inc, manager.timeline(incident_id), manager.store)
     if output:
         with open(output, "w", encoding="utf-8") as f:
             f.write(text)

@@ -12,6 +12,7 @@ from ..report import _site_text
 from ..report import compact_shape
 
 if t.TYPE_CHECKING:
+    from ..store import Store
     from .manager import Incident
     from .manager import TimelineEvent
 
@@ -35,8 +36,11 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def render(incident: Incident, timeline: t.Sequence[TimelineEvent]) -> str:
-    """Markdown of the postmortem of ``incident``."""
+def render(
+    incident: Incident, timeline: t.Sequence[TimelineEvent], store: Store | None = None
+) -> str:
+    """Markdown of the postmortem of ``incident``. With ``store``, the culprit's index is
+    the advisor's latest verified suggestion (it often comes after the incident opened)."""
     ev = incident.evidence
     first = timeline[0].at if timeline else incident.created_at
     end = incident.resolved_at
@@ -126,6 +130,20 @@ def render(incident: Incident, timeline: t.Sequence[TimelineEvent]) -> str:
     lines += ["", "## Root Cause and Resolution", ""]
     shapes = ev.get("shapes") or []
     culprit = max(shapes, key=lambda s: s.get("time_now_s", 0), default=None)
+    if culprit is not None and store is not None:
+        latest = store.advice([culprit["fingerprint"]])
+        if latest:
+            a = latest[0]
+            culprit = {
+                **culprit,
+                "index": a.ddl,
+                "index_verified_by": a.verified_by,
+                "index_gain": (
+                    round(a.cost_before / a.cost_after, 1)
+                    if a.cost_before and a.cost_after
+                    else culprit.get("index_gain")
+                ),
+            }
     traffic = ev.get("traffic") or {}
     if traffic.get("ratio") is not None:
         lines.append(
