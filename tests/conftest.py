@@ -186,3 +186,20 @@ def records(app: t.Any) -> list[t.Any]:
     seen: list[t.Any] = []
     app.extensions["querywatch"].listeners.append(lambda r, f: seen.append((r, f)))
     return seen
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: t.Any) -> t.Iterator[str]:
+    """A store on SQLite (a file) and on PostgreSQL (its tables dropped afterwards)."""
+    from querywatch.store import schema
+
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/store.db"
+        return
+    url = request.getfixturevalue("postgres_url")
+    yield url
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for tbl in reversed(schema.metadata.sorted_tables):
+            conn.execute(text(f"DROP TABLE IF EXISTS {tbl.name}"))
+    engine.dispose()

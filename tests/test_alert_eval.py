@@ -11,7 +11,6 @@ import typing as t
 import pytest
 from flask import Flask
 from sqlalchemy import create_engine
-from sqlalchemy import text
 
 from querywatch import QueryWatch
 from querywatch.alerts import LEASE
@@ -30,7 +29,6 @@ from querywatch.stats import bucket_index
 from querywatch.store import PlanFindingRow
 from querywatch.store import Store
 from querywatch.store import StoredAdvice
-from querywatch.store import schema
 
 _SETTINGS = load_settings(Flask(__name__))
 
@@ -42,25 +40,6 @@ SCALE = 1 / 60
 LOOKUP_SQL = "SELECT id, total FROM orders WHERE email = 'a@example.com'"
 PRODUCT_SQL = "SELECT id, name FROM products WHERE id = 1"
 LOOKUP_SITE = CallSite("/srv/shop/views.py", 88, "search_orders")
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgresql", marks=pytest.mark.postgres),
-    ]
-)
-def store_url(request: pytest.FixtureRequest, tmp_path: t.Any) -> t.Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/store.db"
-        return
-    url = request.getfixturevalue("postgres_url")
-    yield url
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        for tbl in reversed(schema.metadata.sorted_tables):
-            conn.execute(text(f"DROP TABLE IF EXISTS {tbl.name}"))
-    engine.dispose()
 
 
 def _request(

@@ -13,7 +13,6 @@ import time
 import typing as t
 
 import pytest
-from sqlalchemy import create_engine
 from sqlalchemy import text
 
 from querywatch.incidents import IncidentError
@@ -22,7 +21,6 @@ from querywatch.incidents import Outbox
 from querywatch.incidents import PolicyError
 from querywatch.incidents import load_policy
 from querywatch.store import Store
-from querywatch.store import schema
 
 SECRET = "webhook-secret-0123456789"
 
@@ -261,20 +259,6 @@ def _trigger_many(url: str, proc: int, out: t.Any) -> None:
         opened += new
     out.put(opened)
     store.dispose()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: t.Any) -> t.Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/qw.db"
-        return
-    url = request.getfixturevalue("postgres_url")
-    yield url
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        for tbl in reversed(schema.metadata.sorted_tables):
-            conn.execute(text(f"DROP TABLE IF EXISTS {tbl.name}"))
-    engine.dispose()
 
 
 def test_200_alerts_for_20_keys_from_4_processes_make_20_incidents(store_url: str) -> None:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
-import threading
 import time
 import typing as t
 import weakref
@@ -28,7 +26,7 @@ import weakref
 from sqlalchemy.engine import make_url
 
 from ._failopen import log_limited
-from ._failopen import record_internal_error
+from ._worker import Periodic
 
 if t.TYPE_CHECKING:
     from .extension import AppState
@@ -45,16 +43,15 @@ _RECENT_CAP = 10_000
 _SAMPLES_CAP = 256
 
 
-class AdviceWorker:
+class AdviceWorker(Periodic):
     """Runs the advisor over an app's costliest read shapes, off the request path."""
 
+    thread_name = "querywatch-advisor"
+    where = "advisor.worker"
+
     def __init__(self, state: AppState) -> None:
+        super().__init__(state.settings.advise_interval)
         self._state = weakref.ref(state)
-        self.interval = state.settings.advise_interval
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._recent: collections.OrderedDict[str, float] = collections.OrderedDict()
         #: Real parameters of slow reads, by fingerprint: (statement, parameters, URL).
         #: In memory only, bounded, and dropped once used.
@@ -100,38 +97,8 @@ class AdviceWorker:
             return q
         return dataclasses.replace(q, sql=statement, params=params)
 
-    def ensure_started(self) -> None:
-        if self._thread is not None and self._pid == os.getpid():
-            return
-        with self._lock:
-            thread = self._thread
-            if thread is not None and self._pid == os.getpid() and thread.is_alive():
-                return
-            self._pid = os.getpid()
-            self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._run, name="querywatch-advisor", daemon=True
-            )
-            self._thread.start()
-
-    def after_fork(self) -> None:
-        self._thread = None
-        self._lock = threading.Lock()
-
-    def stop(self) -> None:
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread() and thread.is_alive():
-            thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            if self.disabled:
-                return
-            try:
-                self.run_once()
-            except Exception as e:  # keep the thread alive whatever happens
-                record_internal_error("advisor.worker", e)
+    def finished(self) -> bool:
+        return self.disabled is not None
 
     def run_once(self, now: float | None = None) -> int:
         """One round: pick the slow or hot read shapes not analysed lately, claim them

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 import typing as t
 import uuid
 
-from .._failopen import log_limited
-from .._failopen import record_internal_error
+from .._worker import Periodic
 from .manager import Incidents
 from .manager import follow_alerts
 from .outbox import Outbox
@@ -27,8 +25,11 @@ __all__ = ["LEASE", "IncidentWorker"]
 LEASE = "incidents"
 
 
-class IncidentWorker:
+class IncidentWorker(Periodic):
     """One round: lease, alerts to incidents, escalation and reminders, delivery."""
+
+    thread_name = "querywatch-incidents"
+    where = "incidents.worker"
 
     def __init__(
         self,
@@ -39,15 +40,11 @@ class IncidentWorker:
         severities: t.Collection[str] = ("page",),
         interval: float = 5.0,
     ) -> None:
+        super().__init__(interval)
         self._store = store
         self.policy = policy
         self.scale = scale
         self.severities = tuple(severities)
-        self.interval = interval
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._incidents: Incidents | None = None
         self._outbox: Outbox | None = None
         self.rounds = 0
@@ -76,42 +73,7 @@ class IncidentWorker:
         sent = outbox.run_once(now=now)
         return {"followed": followed, "ticked": ticked, "sent": sent}
 
-    def ensure_started(self) -> None:
-        if self._thread is not None and self._pid == os.getpid():
-            return
-        with self._lock:
-            thread = self._thread
-            if thread is not None and self._pid == os.getpid() and thread.is_alive():
-                return
-            self._pid = os.getpid()
-            self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._run, name="querywatch-incidents", daemon=True
-            )
-            self._thread.start()
-
     def after_fork(self) -> None:
-        self._thread = None
-        self._lock = threading.Lock()
+        super().after_fork()
         self._incidents = None
         self._outbox = None
-
-    def stop(self) -> None:
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread() and thread.is_alive():
-            thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.run_once()
-            except Exception as e:  # keep the thread alive whatever happens
-                record_internal_error("incidents.worker", e)
-                log_limited(
-                    "incidents.worker",
-                    "querywatch's incident worker failed (%s: %s); it retries, and the"
-                    " application is not affected.",
-                    type(e).__name__,
-                    str(e).splitlines()[0][:200] if str(e) else "",
-                )
