@@ -1198,3 +1198,39 @@ def test_the_demo_shop_incident_end_to_end(
     assert advice.ddl in text
     (tmp_path / "postmortem.md").write_text(text)
     assert "not a traffic surge" in text
+
+
+def test_unreachable_targets_are_timeline_events_not_crashes(tmp_path: t.Any) -> None:
+    """Nothing listens on the webhook's port or the SMTP server's: each failure is on the
+    incident's timeline with the reason, the incident is intact, the messages stay
+    pending for their retries."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # free, and nothing listens once closed
+    policy = load_policy(
+        {
+            "targets": {
+                "hook": {"type": "webhook", "url": f"http://127.0.0.1:{closed}/x"},
+                "mail": {"type": "email", "to": ["ops@example.com"], "host": "127.0.0.1",
+                         "port": closed, "timeout": 2},
+            },
+            "levels": [{"targets": ["hook", "mail"]}],
+        }
+    )  # fmt: skip
+    incidents = Incidents(Store(f"sqlite:///{tmp_path}/qw.db"), policy)
+    inc, _ = incidents.trigger("k", "Nobody listens", now=1_800_000_000.0)
+    outbox = Outbox(incidents)
+    assert outbox.run_once(now=1_800_000_000.0) == 0
+    failed = {
+        e.data["target"]: e.text
+        for e in incidents.timeline(inc.id)
+        if e.kind == "notification_failed"
+    }
+    assert failed["hook"].startswith(f"hook failed (http://127.0.0.1:{closed}/x is unreachable:")
+    assert failed["mail"].startswith(
+        f"mail failed (SMTP 127.0.0.1:{closed}: ConnectionRefusedError"
+    )
+    assert incidents.get(inc.id).status == "triggered"
+    assert outbox.pending() == 2
