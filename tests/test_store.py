@@ -9,6 +9,7 @@ import typing as t
 import pytest
 from flask import Flask
 from sqlalchemy import create_engine
+from sqlalchemy import select
 from sqlalchemy import text
 
 from querywatch import QueryWatch
@@ -389,3 +390,52 @@ def test_pending_aggregates_are_flushed_at_exit(tmp_path: t.Any) -> None:
     assert done.returncode == 0, done.stderr.decode()
     win = Store(store_url).window(time.time() - 600, time.time() + 60)
     assert win.endpoints["job:before-exit"].requests == 3
+
+
+def test_prune_bounds_what_grows_and_keeps_incidents(tmp_path: t.Any) -> None:
+    """Old buckets of every kind, old alert changes, alerts resolved long ago and
+    delivered notifications go; firing alerts, pending notifications and incidents stay."""
+    from querywatch.alerts import Objective
+    from querywatch.incidents import Incidents
+    from querywatch.incidents import Outbox
+    from querywatch.store import AlertChange
+
+    store = Store(f"sqlite:///{tmp_path}/p.db")
+    old, new = 1_700_000_000.0, 1_700_900_000.0
+    for when in (old, new):
+        stats = Stats(objectives=[Objective("availability", 0.999)])
+        record = _record("GET /a", "SELECT 1 FROM t", 1, 0.001, when)
+        record.user = "u1"
+        stats.add(record, [])
+        store.write(stats.drain())
+        store.write_cache_stats(int(when // 60) * 60, {"f": {"hits": 1}})
+        store.write_pool_stats(int(when // 60) * 60, {"default": (1, 0.001, 0, 0.1)})
+    store.set_alert_states(
+        [AlertChange("gone", "slo", "page", "firing", old, "s", {}),
+         AlertChange("stays", "slo", "page", "firing", old, "s", {})]
+    )  # fmt: skip
+    store.set_alert_state(AlertChange("gone", "slo", "page", "resolved", old + 60, "s", {}))
+    incidents = Incidents(store)
+    sent, _ = incidents.trigger("k1", "Delivered long ago", now=old)
+    Outbox(incidents).run_once(now=old)
+    incidents.trigger("k2", "Still pending", now=old)  # its message is not sent
+    removed = store.prune(new - 3600)
+    assert removed > 0
+    with store.engine.connect() as conn:
+        for tbl in (
+            schema.query_stats,
+            schema.endpoint_stats,
+            schema.slo_stats,
+            schema.slo_totals,
+            schema.slo_users,
+            schema.pool_stats,
+            schema.cache_stats,
+        ):
+            minutes = {r.minute for r in conn.execute(select(tbl))}
+            assert minutes == {int(new // 60) * 60}, tbl.name
+        assert [r.key for r in conn.execute(select(schema.alerts))] == ["stays"]
+        assert [r.status for r in conn.execute(select(schema.outbox))] == ["pending"]
+        assert conn.execute(select(schema.alert_events)).first() is None
+    assert [i.title for i in incidents.recent()] == ["Still pending", "Delivered long ago"]
+    assert incidents.timeline(sent.id)
+    store.dispose()

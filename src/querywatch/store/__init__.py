@@ -581,23 +581,30 @@ class Store:
                 )
 
     def prune(self, older_than: float) -> int:
-        """Delete minute buckets that started before ``older_than`` (Unix time)."""
+        """Delete what is older than ``older_than`` (Unix time): buckets that started
+        before it, alert changes, alerts resolved before it, and delivered or
+        dead-lettered notifications. Incidents and their timelines are kept."""
         self.migrate()
         cutoff = int(older_than // 60) * 60
+        n = 0
         with self.engine.begin() as conn:
-            n = conn.execute(
-                schema.query_stats.delete().where(schema.query_stats.c.minute < cutoff)
-            ).rowcount
             for tbl in (
+                schema.query_stats,
                 schema.endpoint_stats,
                 schema.slo_stats,
                 schema.slo_totals,
                 schema.slo_users,
                 schema.pool_stats,
+                schema.cache_stats,
             ):
                 n += conn.execute(tbl.delete().where(tbl.c.minute < cutoff)).rowcount
+            ev, al, ob = schema.alert_events, schema.alerts, schema.outbox
+            n += conn.execute(ev.delete().where(ev.c.at < cutoff)).rowcount
             n += conn.execute(
-                schema.alert_events.delete().where(schema.alert_events.c.at < cutoff)
+                al.delete().where(al.c.state == "resolved", al.c.updated < cutoff)
+            ).rowcount
+            n += conn.execute(
+                ob.delete().where(ob.c.status.in_(("sent", "dead")), ob.c.created_at < cutoff)
             ).rowcount
         return int(n)
 
