@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
+from .report import duration_text as _duration
 from .store import AlertChange
 
 if t.TYPE_CHECKING:
@@ -733,14 +734,6 @@ class Evaluator:
                 None,
             )
         return out
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _log_change(change: AlertChange) -> None:

@@ -222,6 +222,16 @@ def build_report(
     }
 
 
+def duration_text(seconds: float) -> str:
+    """A duration for people: "42 s", "17 min", "2.5 h"."""
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _short(text: str | None, n: int) -> str:
     if not text:
         return "?"

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
+from ..report import duration_text as _duration
 from ..store import schema
 from .policy import DEFAULT_POLICY
 from .policy import Policy
@@ -718,11 +719,3 @@ def follow_alerts(
                 done.append((key, open_incident.id, "resolved"))
         store.set_meta("incidents_cursor", str(ev.id))
     return done
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -10,6 +10,7 @@ import typing as t
 
 from ..report import _site_text
 from ..report import compact_shape
+from ..report import duration_text as _duration
 
 if t.TYPE_CHECKING:
     from ..store import Store
@@ -25,15 +26,6 @@ def _when(ts: float | None) -> str:
     if ts is None:
         return "—"
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%B %d, %Y, %H:%M:%S")
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def render(
