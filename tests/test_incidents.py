@@ -212,10 +212,20 @@ def test_an_incident_escalates_until_acknowledged_and_resolves(
     with pytest.raises(IncidentError, match="already resolved"):
         incidents.resolve(incident.id, "carol", now=t0 + 70)
     # The alert fires again within the hour: the incident reopens and level 1 hears it.
-    reopened, opened = incidents.trigger("slo:availability:page", "Burning again", now=t0 + 100)
+    # It carries the new firing's evidence, not the old one's.
+    reopened, opened = incidents.trigger(
+        "slo:availability:page",
+        "Burning again",
+        evidence={"hypothesis": "Traffic is flat (x1.00); the lookup scans orders."},
+        now=t0 + 100,
+    )
     assert (reopened.id, opened, reopened.status) == (incident.id, True, "triggered")
+    assert reopened.title == "Burning again"
+    assert reopened.evidence["hypothesis"] == "Traffic is flat (x1.00); the lookup scans orders."
+    assert incidents.timeline(incident.id)[-1].kind == "evidence"
     assert outbox.run_once(now=t0 + 100) == 1
     assert receiver.received[-1]["action"] == "trigger"
+    assert receiver.received[-1]["incident"]["hypothesis"].endswith("the lookup scans orders.")
 
 
 def test_a_receiver_that_is_down_gets_everything_after_it_returns(

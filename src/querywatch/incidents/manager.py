@@ -369,13 +369,25 @@ class Incidents:
             "next_escalation_at": now + delay if self._has_next(0, 0) else None,
         }
         if recent is not None:
+            # The new firing's figures replace the old: people must read what is
+            # happening now, not what happened before the incident was resolved.
             conn.execute(
                 update(tbl)
                 .where(tbl.c.id == recent.id)
-                .values(acknowledged_at=None, resolved_at=None, **fields)
+                .values(
+                    acknowledged_at=None,
+                    resolved_at=None,
+                    severity=severity,
+                    title=title,
+                    summary=summary,
+                    impact=json.dumps(impact, sort_keys=True, default=str),
+                    evidence=json.dumps(evidence, sort_keys=True, default=str),
+                    **fields,
+                )
             )
             incident = self._load(conn, recent.id)
             event_id = self._event(conn, incident.id, "reopened", actor, f"Reopened: {title}", now)
+            self._evidence_event(conn, incident.id, evidence, now)
             opened_text = f"Reopened {incident.severity} #{incident.id}: {title}"
         else:
             result = conn.execute(
@@ -398,11 +410,7 @@ class Incidents:
             event_id = self._event(
                 conn, incident.id, "alert_fired", actor, title, now, {"source": source}
             )
-            if evidence:
-                text = evidence.get("hypothesis") or "Evidence attached."
-                for d in evidence.get("deploys", [])[-1:]:
-                    text += f" Last deploy: {d['version']}, {_duration(now - d['at'])} before."
-                self._event(conn, incident.id, "evidence", "querywatch", text, now, evidence)
+            self._evidence_event(conn, incident.id, evidence, now)
             opened_text = f"{incident.severity} #{incident.id}: {title}"
         if incident.owner:
             opened_text += f" (owner: {incident.owner})"
@@ -412,6 +420,16 @@ class Incidents:
             conn, incident, event_id, "trigger", self.policy.levels[0].targets, opened_text, now, 0
         )
         return incident, True
+
+    def _evidence_event(
+        self, conn: Connection, incident_id: int, evidence: dict[str, t.Any], now: float
+    ) -> None:
+        if not evidence:
+            return
+        text = evidence.get("hypothesis") or "Evidence attached."
+        for d in evidence.get("deploys", [])[-1:]:
+            text += f" Last deploy: {d['version']}, {_duration(now - d['at'])} before."
+        self._event(conn, incident_id, "evidence", "querywatch", text, now, evidence)
 
     def _has_next(self, level: int, rnd: int) -> bool:
         return level + 1 < len(self.policy.levels) or rnd + 1 < self.policy.repeat
