@@ -62,6 +62,25 @@ def test_the_short_window_stops_the_alert_once_errors_stop() -> None:
     assert evaluate_objective(SLO, counts, DEFAULT_POLICY[:1]) == []
 
 
+def test_a_few_slow_requests_on_a_quiet_service_page_nobody_with_min_events() -> None:
+    """Eight requests in the short window, three of them bad: 37% is a burn of 375x, but
+    with ``min_events=50`` no condition fires until the window holds 50 events."""
+
+    def quiet(seconds: float) -> WindowCounts:
+        return WindowCounts(8, 3)
+
+    assert evaluate_objective(SLO, quiet)  # without the guard: pages
+    assert evaluate_objective(SLO, quiet, min_events=50) == []
+
+    def busy(seconds: float) -> WindowCounts:
+        return WindowCounts(int(seconds), int(seconds * 0.37))
+
+    fired = evaluate_objective(SLO, busy, min_events=50)
+    assert [(f.severity, f.window) for f in fired] == [
+        ("page", "1h/5m"), ("page", "6h/30m"), ("ticket", "3d/6h")
+    ]  # fmt: skip
+
+
 def test_detection_time_at_full_outage_matches_the_workbook() -> None:
     """With every request failing from t=0 on a service that was healthy, the 1h/5m
     condition fires once 1.44% of the hour has failed: after 0.0144 h, 52 seconds (the

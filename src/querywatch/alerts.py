@@ -198,12 +198,16 @@ def evaluate_objective(
     policy: t.Sequence[BurnWindow] = DEFAULT_POLICY,
     *,
     scale: float = 1.0,
+    min_events: int = 0,
 ) -> list[Firing]:
     """The conditions of ``policy`` that ``objective`` meets now.
 
     :param counts: events over the last ``seconds`` (the caller reads them from the
         store, where they are minute buckets).
     :param scale: multiplies every window (tests and the demo compress time).
+    :param min_events: a condition also needs this many events in its short window:
+        on a quiet service (or the first seconds of one) a handful of slow requests is a
+        high ratio, and pages nobody should get.
     """
     out = []
     for window in policy:
@@ -211,7 +215,10 @@ def evaluate_objective(
         long_burn = burn_rate(counts(w.long_seconds).error_ratio, objective)
         if long_burn < w.burn_rate - _EPSILON:
             continue
-        short_burn = burn_rate(counts(w.short_seconds).error_ratio, objective)
+        short = counts(w.short_seconds)
+        if short.total < min_events:
+            continue
+        short_burn = burn_rate(short.error_ratio, objective)
         if short_burn < w.burn_rate - _EPSILON:
             continue
         out.append(
@@ -499,6 +506,7 @@ class AlertRules:
     :param new_n_plus_one: an N+1 loop first seen since alerting began (``n_plus_one:…``).
     :param new_full_scan: a full scan the advisor found since then (``full_scan:…``).
     :param bucket_seconds: the store's bucket width.
+    :param min_events: a burn-rate alert needs this many events in its short window.
     """
 
     objectives: tuple[Objective, ...]
@@ -509,6 +517,7 @@ class AlertRules:
     new_n_plus_one: bool = True
     new_full_scan: bool = True
     bucket_seconds: int = 60
+    min_events: int = 0
 
     @property
     def shape_window(self) -> float:
@@ -684,7 +693,9 @@ class Evaluator:
             ) -> WindowCounts:
                 return WindowCounts(*by_span[seconds])
 
-            firings = evaluate_objective(o, counts, rules.policy, scale=rules.scale)
+            firings = evaluate_objective(
+                o, counts, rules.policy, scale=rules.scale, min_events=rules.min_events
+            )
             for severity in sorted(
                 {f.severity for f in firings}, key=lambda s: _SEVERITY_ORDER.get(s, 9)
             ):
