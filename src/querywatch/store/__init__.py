@@ -610,10 +610,13 @@ class Store:
 
     # --- reading -----------------------------------------------------------------------
 
-    def window(self, since: float, until: float, endpoint: str | None = None) -> Window:
-        """Aggregates of the minutes in ``[since, until)``."""
+    def window(
+        self, since: float, until: float, endpoint: str | None = None, *, width: int = 60
+    ) -> Window:
+        """Aggregates of the buckets in ``[since, until)``, the one ``since`` falls in
+        included (``width``: the bucket width, ``QUERYWATCH_BUCKET_SECONDS``)."""
         self.migrate()
-        lo = int(since // 60) * 60
+        lo = int(since // width) * width
         qs, es = schema.query_stats, schema.endpoint_stats
         shapes: dict[str, Aggregate] = {}
         endpoint_shapes: dict[tuple[str, str], Aggregate] = {}
