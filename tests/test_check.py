@@ -70,7 +70,7 @@ def test_the_shop_gate_fails_on_the_n_plus_one_and_the_unindexed_lookup(
         "FAILED order lookup by email",
     ]
     n1_line = _shop_line('"items": [i.product_id for i in o.items]')
-    lookup_line = _shop_line("rows = db.session.scalars(", after="def lookup_orders")
+    lookup_line = _shop_line("rows = db.session.scalars(", after="def find_orders_by_email")
     assert (
         "  N+1: 50 x SELECT … FROM order_items WHERE ? = order_items.order_id in GET"
         " /api/orders/recent (lazy load of Order.items).\n"
@@ -82,7 +82,7 @@ def test_the_shop_gate_fails_on_the_n_plus_one_and_the_unindexed_lookup(
     assert (
         "  Full scan of orders (2,000 rows): SELECT … FROM orders WHERE"
         " orders.customer_email = ? ORDER BY orders.id (1 x in GET /api/orders/lookup).\n"
-        f"      at {SHOP_FILE}:{lookup_line} (lookup_orders)\n"
+        f"      at {SHOP_FILE}:{lookup_line} (find_orders_by_email)\n"
         "      plan: SCAN orders: reads all 2,000 rows of orders\n"
         "      fix: CREATE INDEX IF NOT EXISTS ix_orders_customer_email ON orders"
         " (customer_email);\n"

@@ -1,110 +1,180 @@
+"""``querywatch demo``: the seed outage replayed end to end, on SQLite and PostgreSQL, at
+high speed (an hour in 10 s) on the default shop (200,000 orders). Also Ctrl-C: a run
+interrupted at "14:00" stops its server, its load process and its threads, leaves the
+database intact, and the next run closes the loop."""
+
 from __future__ import annotations
 
-import io
 import json
+import os
+import pathlib
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 import typing as t
 
+import pytest
 from click.testing import CliRunner
-from rich.console import Console
 
 from querywatch.cli import cli
-from querywatch.demo.runner import run_demo
+from querywatch.demo import shop
+
+FAST = ["--scale", "1", "--speed", "360"]
 
 
-class _Watching(io.StringIO):
-    """The demo's console output; when the dashboard's address appears, a thread opens
-    the dashboard's overview (after the traffic has begun) while the demo runs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.dashboard: str | None = None
-        self.seen: tuple[int, str] | None = None
-
-    def write(self, text: str) -> int:
-        if self.dashboard is None and "Dashboard: " in text:
-            import re
-            import threading
-
-            m = re.search(r"Dashboard: (\S+)", text)
-            if m:
-                self.dashboard = m.group(1)
-                threading.Thread(target=self._visit, daemon=True).start()
-        return super().write(text)
-
-    def _visit(self) -> None:
-        import time
-        import urllib.request
-
-        assert self.dashboard is not None
-        time.sleep(5)  # the onset is at 40% of 8 s
-        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
-        with opener.open(self.dashboard, timeout=20) as r:
-            self.seen = (r.status, r.read().decode())
-
-
-def test_demo_report_names_the_unoptimized_query_first(tmp_path: t.Any) -> None:
-    """A short demo on a smaller shop: real server, real HTTP traffic at a flat rate; the
-    report puts the order lookup's full scan first and says traffic did not rise. (At
-    0.3 of the default scale the scan's cost came within reach of the N+1's Python
-    overhead on a loaded machine, and the N+1 once stood first.)"""
-    out = _Watching()
-    console = Console(file=out, width=120)
-    code = run_demo(scale=0.8, duration=8, rate=30, workdir=str(tmp_path / "demo"), console=console)
-    text = out.getvalue()
-    assert code == 0, text
-    # The dashboard's address is printed at the start and answers while the demo runs,
-    # naming the culprit endpoint.
-    assert out.dashboard is not None, text
-    assert out.dashboard.startswith("http://127.0.0.1:")
-    assert out.seen is not None, "the dashboard did not answer during the run"
-    status, body = out.seen
-    assert status == 200
-    assert "GET /api/orders/lookup" in body
-    assert "The unoptimized endpoint's query stands first." in text
-    assert "Traffic did not rise" in text
-    assert "orders.customer_email = ?" in text
-    assert "Order.items" in text  # the N+1 finding of the recent-orders endpoint
-    # The advisor's round after the traffic: the index that fixes it, verified.
-    assert "Verified index (built and rolled back): CREATE INDEX IF NOT EXISTS" in text
-    assert "ix_orders_customer_email ON orders (customer_email)" in text
-
-
-def test_demo_json_and_reuse_of_the_seeded_database(tmp_path: t.Any) -> None:
-    """`querywatch demo --json` prints the measured summary and the report; a second run
-    reuses the seeded database."""
-    runner = CliRunner()
-    args = [
-        "demo",
-        "--scale",
-        "0.8",
-        "--duration",
-        "6",
-        "--rate",
-        "30",
-        "--workdir",
-        str(tmp_path / "demo"),
-        "--json",
-    ]
-    first = runner.invoke(cli, args)
-    assert first.exit_code == 0, first.output
-    data = json.loads(first.stdout)
-    demo = data["demo"]
-    assert demo["culprit_first"] is True
-    assert demo["culprit_endpoint"] == "GET /api/orders/lookup"
-    assert abs(demo["traffic_change"]) < 0.2
-    assert demo["calm"]["lookup_share"] == 0
-    assert 0.15 < demo["incident"]["lookup_share"] < 0.45
-    assert data["report"]["schema"] == "querywatch.report/1"
-    # The shop's product list is cached: the report counts its hits.
-    (products,) = [c for c in data["report"]["cache"] if c["function"] == "shop.products_in"]
-    assert products["hits"] > products["misses"] > 0
-    fix = demo["verified_index"]
-    assert fix["ddl"].endswith("ON orders (customer_email);")
-    assert fix["cost_after"] < fix["cost_before"] / 2
-    assert any(
-        f["kind"] == "full_scan" and f["endpoint"] == "GET /api/orders/lookup"
-        for f in data["report"]["findings"]
+def _replay(workdir: pathlib.Path, *extra: str) -> tuple[int, dict[str, t.Any], str]:
+    result = CliRunner().invoke(
+        cli, ["demo", "--workdir", str(workdir), "--json", *FAST, *extra], catch_exceptions=False
     )
-    second = runner.invoke(cli, args)
-    assert second.exit_code == 0, second.output
-    assert "Reusing the seeded shop database" in second.output
+    try:
+        summary = json.loads(result.stdout)
+    except ValueError:
+        pytest.fail(f"no JSON summary (exit {result.exit_code}):\n{result.output}")
+    return result.exit_code, summary, result.stderr
+
+
+def _assert_the_loop_closed(
+    summary: dict[str, t.Any], progress: str, workdir: pathlib.Path
+) -> None:
+    assert summary["loop_closed"] is True, (summary["checks"], progress)
+    times = summary["times_s"]
+    # The page fires seconds after 14:00, and the order lookup's scan is named.
+    assert 0 < times["onset_to_alert"] < 60
+    assert times["onset_to_alert"] < times["onset_to_recovery"]
+    assert times["onset_to_recovery"] < times["onset_to_incident_resolved"]
+    culprit = summary["culprit"]
+    assert culprit["endpoint"] == "GET /api/orders/lookup"
+    assert "FROM orders WHERE orders.customer_email = ?" in culprit["shape"]
+    assert culprit["call_site"]["file"].endswith("shop.py")
+    # Traffic was flat: the mix changed, not the rate.
+    assert 0.85 < summary["traffic"]["ratio"] < 1.15
+    # The first notification (level 1, the backend team's webhook) says so and names
+    # the culprit; devops heard it after the scaled delay, then the acknowledgement.
+    incident = summary["incident"]
+    first = incident["first_notification"]["incident"]["hypothesis"]
+    assert first.startswith("Traffic is flat (x")
+    assert "one query shape in GET /api/orders/lookup takes" in first
+    assert "FROM orders WHERE orders.customer_email = ?" in first
+    heard = [(n["team"], n["action"]) for n in incident["notifications"]]
+    assert heard[0] == ("backend", "trigger")
+    assert heard.index(("devops", "escalate")) < heard.index(("devops", "acknowledge"))
+    assert ("backend", "resolve") in heard
+    assert ("devops", "resolve") in heard
+    assert times["alert_to_level2"] >= 15 * 60 / 360 - 0.5  # 15 min at 360x
+    # The index was verified by the planner, the gate failed before it and passed after.
+    index = summary["index"]
+    assert index["ddl"].startswith("CREATE INDEX ")
+    assert index["ddl"].endswith(" ix_orders_customer_email ON orders (customer_email);")
+    assert index["estimated_gain"] > 100
+    assert summary["gate"]["before"]["passed"] is False
+    assert "Full scan of orders" in summary["gate"]["before"]["output"]
+    assert summary["gate"]["after"]["passed"] is True
+    # Measured: the lookups got faster by more than the objective needed.
+    assert culprit["p95_ms_after"] < 10 < culprit["p95_ms_during"]
+    assert culprit["server_p95_ms_after"] < culprit["server_p95_ms_during"]
+    assert index["measured_gain"] > 2
+    # The postmortem names the query, the endpoint and the index.
+    text = pathlib.Path(summary["postmortem"]).read_text()
+    assert summary["postmortem"] == str(workdir / "postmortem.md")
+    assert "## Root Cause and Resolution" in text
+    assert "FROM orders WHERE orders.customer_email = ?" in text
+    assert "`GET /api/orders/lookup`" in text
+    assert index["ddl"] in text
+    assert "not a traffic surge" in text
+    # The one sentence: flat traffic, shape, endpoint, call site, index, both gains.
+    sentence = summary["root_cause"]
+    assert sentence.startswith("Traffic was flat (x")
+    assert "shop.py:" in sentence
+    assert "estimated x" in sentence
+    assert "measured x" in sentence
+
+
+def _session_processes(sid: int) -> list[str]:
+    """The command lines of the processes still in session ``sid``."""
+    left = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = pathlib.Path(f"/proc/{entry}/stat").read_text()
+            cmdline = pathlib.Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[3]) == sid and fields[0] != "Z":
+            left.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return left
+
+
+def test_ctrl_c_stops_cleanly_and_the_next_replay_closes_the_loop(tmp_path: t.Any) -> None:
+    """A newcomer's first run (no work folder, no database) sets itself up; Ctrl-C at
+    14:00 stops it: exit 130, no process left, the database intact. The second run,
+    from the same folder, replays the whole afternoon and closes the loop."""
+    workdir = tmp_path / "first-time" / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "querywatch", "demo", "--workdir", str(workdir), *FAST],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's job is
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    seen = []
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        seen.append(line)
+        if "the support team's order lookup takes" in line:
+            break
+        assert time.monotonic() < deadline, "".join(seen)
+    else:
+        pytest.fail("the replay ended before 14:00:\n" + "".join(seen))
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    rest, _ = proc.communicate(timeout=60)
+    output = "".join(seen) + rest
+    assert proc.returncode == 130, output
+    assert "Interrupted: stopping the load, the server and querywatch." in output
+    assert "Traceback" not in output
+    assert _session_processes(proc.pid) == []
+    db = workdir / "shop.db"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    from sqlalchemy import create_engine
+
+    engine = create_engine(f"sqlite:///{db}")
+    assert shop.seeded_version(engine) == (shop.SEED_VERSION, 1.0)
+    engine.dispose()
+
+    code, summary, progress = _replay(workdir)
+    assert code == 0, progress
+    assert "Reusing the seeded shop database" in progress
+    _assert_the_loop_closed(summary, progress, workdir)
+    assert summary["database"] == "sqlite"
+    # The index is dropped again by the next run, which starts from the outage.
+    engine = create_engine(f"sqlite:///{db}")
+    assert shop.drop_email_indexes(engine) == ["ix_orders_customer_email"]
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_the_replay_on_postgresql_with_hypopg(postgres_url: str, tmp_path: t.Any) -> None:
+    """The same afternoon on PostgreSQL: the index verified with HypoPG."""
+    url = postgres_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    workdir = tmp_path / "demo"
+    code, summary, progress = _replay(workdir, "--database-url", url)
+    assert code == 0, progress
+    _assert_the_loop_closed(summary, progress, workdir)
+    assert summary["database"] == "postgresql"
+    assert summary["index"]["verified_by"] == "hypopg"
+
+
+def test_bad_options_are_refused_with_the_reason(tmp_path: t.Any) -> None:
+    result = CliRunner().invoke(cli, ["demo", "--fix", "rewrite", "--workdir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "'rewrite' is not one of 'index', 'cache', 'none'" in result.output
+    result = CliRunner().invoke(cli, ["demo", "--speed", "0", "--workdir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "--speed" in result.output

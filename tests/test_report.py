@@ -119,7 +119,7 @@ def test_costliest_shape_comes_first(flushed: t.Any) -> None:
     lookup = [q for q in rep["queries"] if "customer_email" in (q["shape"] or "")]
     assert lookup[0]["calls"] == 4
     assert lookup[0]["endpoints"][0]["endpoint"] == "GET /api/orders/lookup"
-    assert lookup[0]["call_site"]["function"] == "lookup_orders"
+    assert lookup[0]["call_site"]["function"] == "find_orders_by_email"
 
 
 def test_endpoint_filter(flushed: t.Any) -> None:

@@ -246,11 +246,11 @@ def advise(
     help="Data size; 1.0 is about 200,000 orders.",
 )
 @click.option(
-    "--duration",
-    default=40.0,
+    "--speed",
+    default=120.0,
     show_default=True,
-    type=click.FloatRange(5, 3600),
-    help="Seconds of traffic to replay.",
+    type=click.FloatRange(1, 100_000),
+    help="Time compression of the replay's clock: 120 plays an hour in 30 s.",
 )
 @click.option(
     "--rate",
@@ -263,38 +263,56 @@ def advise(
     "--database-url",
     default=None,
     metavar="URL",
-    help="Shop database (default: SQLite in ./querywatch-demo/).",
+    help="Shop database, such as postgresql+psycopg://127.0.0.1/test"
+    " (default: SQLite in the work folder).",
+)
+@click.option(
+    "--fix",
+    type=click.Choice(["index", "cache", "none"]),
+    default="index",
+    show_default=True,
+    help="What the responder applies: the verified index, the cache, or nothing.",
 )
 @click.option(
     "--workdir",
     default="querywatch-demo",
     show_default=True,
     type=click.Path(file_okay=False),
-    help="Folder for the demo's files.",
+    help="Folder for the demo's files (database, store, postmortem.md).",
 )
-@click.option("--keep-serving", is_flag=True, help="Keep the shop app running afterwards.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON at the end.")
+@click.option("--keep-serving", is_flag=True, help="Keep the shop and dashboard up afterwards.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.option("--quiet", is_flag=True, help="No progress; only the summary.")
 def demo(
     scale: float,
-    duration: float,
+    speed: float,
     rate: float,
     database_url: str | None,
+    fix: str,
     workdir: str,
     keep_serving: bool,
     as_json: bool,
+    quiet: bool,
 ) -> None:
-    """Replay the outage on the reference shop app and show the culprit."""
+    """Replay the outage on the reference shop app: alert, incident, escalation,
+    evidence, fix, recovery and postmortem.
+
+    Exit status: 0 when the loop closed (the alert fired, the root cause was named, the
+    fix was verified and the recovery measured), 1 when it did not, 130 on Ctrl-C.
+    """
     from .demo.runner import run_demo
 
     try:
         code = run_demo(
             scale=scale,
-            duration=duration,
+            speed=speed,
             rate=rate,
             database_url=database_url,
+            fix=fix,
             workdir=workdir,
             keep_serving=keep_serving,
             as_json=as_json,
+            quiet=quiet,
         )
     except QueryWatchError as e:
         raise click.ClickException(str(e)) from None

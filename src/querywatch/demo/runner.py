@@ -1,24 +1,35 @@
-"""``querywatch demo``: the seed outage replayed on the shop app.
+"""``querywatch demo``: the seed outage replayed on the shop app, from the first slow
+request to the postmortem.
 
-The shop is served on 127.0.0.1 by a real threaded WSGI server with querywatch on. A
-load generator sends requests over HTTP at a flat rate (open loop: the rate does not drop
-when the server slows down, as real users do not wait for each other). At "14:00" the
-request mix changes: the unoptimized order lookup takes its share, while the total rate
-stays the same. Every number printed is measured during the run.
+The shop is served on 127.0.0.1 by a real threaded WSGI server with querywatch on; a
+separate process (:mod:`querywatch.demo.load`) sends it requests over HTTP at a flat
+rate. The replay's clock runs ``speed`` times faster than the real one for everything
+that reads time in hours (alert windows, escalation delays): at the default 120, an hour
+passes in 30 s. The conductor below plays the people: at "14:00" the order lookup takes
+its share of the traffic; querywatch's alert fires and opens an incident; the backend
+team's webhook hears it, nobody acknowledges, devops hears it; the demo acknowledges,
+reads the evidence, has the advisor verify the index, runs the CI gate, applies the fix
+(an index, or the cache), and waits for querywatch to see the recovery, resolve the
+alert and the incident. The postmortem is drafted from the incident's timeline.
+
+Every figure printed is measured during the run: by the load process (what users saw)
+or by querywatch (the store).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import http.client
+import datetime as dt
 import json
+import logging
 import os
-import random
 import secrets
+import subprocess
+import sys
 import threading
 import time
 import typing as t
-from concurrent.futures import ThreadPoolExecutor
 
 from rich.console import Console
 from rich.live import Live
@@ -28,173 +39,147 @@ from werkzeug.serving import WSGIRequestHandler
 from werkzeug.serving import make_server
 
 from ..dashboard import dashboard_url
-from ..report import build_report
+from ..incidents.manager import Incidents
+from ..incidents.postmortem import render as render_postmortem
+from ..report import _site_text
 from ..report import compact_shape
-from ..report import render_report
+from ..report import duration_text
 from ..stats import percentile
 from . import shop
+from .hooks import Inbox
+from .hooks import Received
+from .load import LOOKUP_ROUTE
+from .load import LOOKUP_SHARE
 
 if t.TYPE_CHECKING:
+    from flask import Flask
     from werkzeug.serving import BaseWSGIServer
 
-__all__ = ["run_demo"]
+__all__ = ["FIXES", "run_demo"]
 
-CULPRIT_ENDPOINT = "GET /api/orders/lookup"
+FIXES = ("index", "cache", "none")
+CULPRIT_ENDPOINT = LOOKUP_ROUTE
+#: The shop's latency objective: its requests take 1-3 ms at the demo's size, the
+#: order lookup's full scan of 200,000 orders about 15 ms.
+THRESHOLD_MS = 10
+#: The requests that are slow by design keep their own thresholds (the N+1 endpoint, the
+#: write) or none (the admin overview's counts).
+OVERRIDES = {
+    "GET /api/orders/recent": {"threshold_ms": 100},
+    "POST /api/orders": {"threshold_ms": 100},
+    "GET /api/admin/overview": None,
+}
+#: Minutes (of the replay's clock) of calm before 14:00: the evidence compares the last
+#: five minutes with five minutes an hour earlier, which must hold calm traffic.
+CALM_MINUTES = 70
+#: Escalation: the backend team's on-call has this long to acknowledge before devops
+#: is told (replay minutes).
+ESCALATION_MINUTES = 15
+#: Real seconds each stage may take before the demo gives up and says which.
+PATIENCE = 120.0
+SECRET_BYTES = 24
+KEEP_SAMPLES = 200_000
 
-#: (weight, method, path template) before the onset: the shop's everyday traffic.
-CALM_MIX: tuple[tuple[float, str, str], ...] = (
-    (0.35, "GET", "/api/products?category={category}"),
-    (0.25, "GET", "/api/products/{product}"),
-    (0.20, "GET", "/api/customers/{customer}/orders"),
-    (0.10, "GET", "/api/orders/recent"),
-    (0.05, "GET", "/api/admin/overview"),
-    (0.05, "POST", "/api/orders"),
-)
-#: Share of requests the support team's order lookup takes from the onset on.
-LOOKUP_SHARE = 0.30
 
-
-@dataclasses.dataclass
-class _Sample:
-    at: float
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    at: float  # wall clock, when the request left
     phase: str
-    path: str
+    route: str
     status: int
     seconds: float
 
-
-@dataclasses.dataclass
-class _Load:
-    """What the load generator measured, shared with the progress display."""
-
-    samples: list[_Sample] = dataclasses.field(default_factory=list)
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    sent: int = 0
-
-    def add(self, s: _Sample) -> None:
-        with self.lock:
-            self.samples.append(s)
-
-    def window(self, since: float) -> list[_Sample]:
-        with self.lock:
-            return [s for s in self.samples if s.at >= since]
+    @property
+    def failed(self) -> bool:
+        return self.status == 0 or self.status >= 500
 
 
-def _p95(samples: t.Sequence[_Sample]) -> float:
+def p95_ms(samples: t.Sequence[Sample]) -> float | None:
     if not samples:
-        return 0.0
+        return None
     xs = sorted(s.seconds for s in samples)
-    return xs[min(len(xs) - 1, int(0.95 * len(xs)))]
+    return round(xs[min(len(xs) - 1, int(0.95 * len(xs)))] * 1000, 2)
 
 
-def _pick(rng: random.Random, mix: t.Sequence[tuple[float, str, str]]) -> tuple[str, str]:
-    r = rng.random() * sum(w for w, _, _ in mix)
-    for w, method, path in mix:
-        r -= w
-        if r <= 0:
-            return method, path
-    return mix[-1][1], mix[-1][2]
+class Traffic:
+    """The load process and what it measured (a bounded list of samples)."""
 
+    def __init__(self, port: int, sizes: dict[str, int], rate: float, timeout: float) -> None:
+        self.samples: collections.deque[Sample] = collections.deque(maxlen=KEEP_SAMPLES)
+        self.lock = threading.Lock()
+        self.sent = 0
+        cmd = [
+            sys.executable,
+            "-m",
+            "querywatch.demo.load",
+            str(port),
+            "--rate",
+            str(rate),
+            "--customers",
+            str(sizes["customers"]),
+            "--products",
+            str(sizes["products"]),
+            "--timeout",
+            str(timeout),
+        ]
+        self.proc = subprocess.Popen(  # noqa: S603 (our own module, our own arguments)
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        self.reader = threading.Thread(target=self._read, name="demo-load-reader", daemon=True)
+        self.reader.start()
 
-def _request(
-    port: int, method: str, path: str, body: dict[str, t.Any] | None, timeout: float
-) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        payload = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if payload else {}
-        conn.request(method, path, body=payload, headers=headers)
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status
-    except (TimeoutError, OSError):
-        return 0  # timed out or refused: what a user sees as an error
-    finally:
-        conn.close()
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                at, phase, route, status, seconds = json.loads(line)
+            except ValueError:
+                continue
+            with self.lock:
+                self.samples.append(Sample(at, phase, route, int(status), float(seconds)))
+                self.sent += 1
 
+    def command(self, word: str) -> None:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(word + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
 
-def _drive(
-    port: int,
-    load: _Load,
-    sizes: dict[str, int],
-    *,
-    duration: float,
-    onset: float,
-    rate: float,
-    stop: threading.Event,
-) -> None:
-    """Send requests at ``rate`` per second for ``duration`` seconds; from ``onset`` on,
-    the order lookup takes :data:`LOOKUP_SHARE` of them."""
-    rng = random.Random(7)
-    incident_mix = tuple((w * (1 - LOOKUP_SHARE), m, p) for w, m, p in CALM_MIX) + (
-        (LOOKUP_SHARE, "GET", "/api/orders/lookup?email=customer{customer}@example.com"),
-    )
-    start = time.perf_counter()
-    interval = 1.0 / rate
-    with ThreadPoolExecutor(max_workers=32, thread_name_prefix="demo-load") as pool:
-        n = 0
-        while not stop.is_set():
-            due = start + n * interval
-            now = time.perf_counter()
-            if due - start >= duration:
-                break
-            if due > now:
-                time.sleep(due - now)
-            phase = "calm" if due - start < onset else "incident"
-            method, template = _pick(rng, CALM_MIX if phase == "calm" else incident_mix)
-            path = template.format(
-                category=rng.choice(shop.CATEGORIES),
-                product=rng.randint(1, sizes["products"]),
-                customer=rng.randint(1, sizes["customers"]),
-            )
-            body = None
-            if method == "POST":
-                body = {
-                    "customer_id": rng.randint(1, sizes["customers"]),
-                    "items": [{"product_id": rng.randint(1, sizes["products"]), "quantity": 1}],
-                }
+    def between(
+        self, since: float, until: float | None = None, route: str | None = None
+    ) -> list[Sample]:
+        with self.lock:
+            return [
+                s
+                for s in self.samples
+                if s.at >= since
+                and (until is None or s.at < until)
+                and (route is None or s.route == route)
+            ]
 
-            def one(
-                method: str = method, path: str = path, body: t.Any = body, phase: str = phase
-            ) -> None:
-                t0 = time.perf_counter()
-                status = _request(port, method, path, body, timeout=5.0)
-                load.add(_Sample(t0 - start, phase, path, status, time.perf_counter() - t0))
-
-            pool.submit(one)
-            load.sent += 1
-            n += 1
-
-
-def _progress_table(load: _Load, started: float, duration: float, onset: float) -> Table:
-    elapsed = time.perf_counter() - started
-    recent = load.window(max(0.0, elapsed - 5.0))
-    errors = sum(1 for s in recent if s.status == 0 or s.status >= 500)
-    phase = "calm traffic" if elapsed < onset else "14:00 - the order lookup takes its share"
-    table = Table.grid(padding=(0, 2))
-    table.add_row("[bold]phase[/bold]", phase)
-    table.add_row("[bold]elapsed[/bold]", f"{min(elapsed, duration):5.1f} s of {duration:.0f} s")
-    table.add_row("[bold]requests sent[/bold]", f"{load.sent:,}")
-    table.add_row(
-        "[bold]last 5 s[/bold]",
-        f"{len(recent) / 5.0:5.1f} req/s, p95 {_p95(recent) * 1000:7.1f} ms, {errors} errors",
-    )
-    return table
-
-
-def _phase_stats(samples: t.Sequence[_Sample], seconds: float) -> dict[str, t.Any]:
-    errors = sum(1 for s in samples if s.status == 0 or s.status >= 500)
-    return {
-        "requests": len(samples),
-        "rate_per_s": round(len(samples) / seconds, 2) if seconds > 0 else 0.0,
-        "p95_ms": round(_p95(samples) * 1000, 1),
-        "errors": errors,
-        "lookup_share": round(
-            sum(1 for s in samples if s.path.startswith("/api/orders/lookup"))
-            / max(1, len(samples)),
-            3,
-        ),
-    }
+    def stop(self) -> None:
+        """Stop the process (it finishes what is in flight) and wait for it."""
+        if self.proc.poll() is None:
+            self.command("stop")
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -204,211 +189,898 @@ class _QuietHandler(WSGIRequestHandler):
         return None
 
 
-def _serve(app: t.Any) -> tuple[BaseWSGIServer, threading.Thread]:
-    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, name="demo-server", daemon=True)
-    thread.start()
-    return server, thread
+class DemoError(Exception):
+    """A stage of the replay did not happen in time; the message says which."""
+
+
+@dataclasses.dataclass
+class Moments:
+    """Wall-clock times of what happened."""
+
+    started: float = 0.0
+    onset: float | None = None
+    alert: float | None = None
+    incident: float | None = None
+    level1: float | None = None
+    level2: float | None = None
+    ack: float | None = None
+    fix: float | None = None
+    recovered: float | None = None
+    alert_resolved: float | None = None
+    incident_resolved: float | None = None
+    ended: float | None = None
+
+
+class Replay:
+    def __init__(
+        self,
+        *,
+        scale: float,
+        speed: float,
+        rate: float,
+        database_url: str | None,
+        fix: str,
+        workdir: str,
+        console: Console,
+        quiet: bool,
+    ) -> None:
+        if fix not in FIXES:
+            msg = f"--fix must be one of {', '.join(FIXES)}, got {fix!r}."
+            raise ValueError(msg)
+        if speed <= 0 or scale <= 0 or rate <= 0:
+            msg = "--scale, --speed and --rate must be greater than 0."
+            raise ValueError(msg)
+        self.scale = scale
+        self.speed = speed
+        self.rate = rate
+        self.fix_kind = fix
+        self.console = console
+        self.quiet = quiet
+        self.workdir = os.path.abspath(workdir)
+        self.url = database_url or f"sqlite:///{os.path.join(self.workdir, 'shop.db')}"
+        self.instance = os.path.join(self.workdir, "instance")
+        self.store_path = os.path.join(self.instance, "querywatch.db")
+        self.log_path = os.path.join(self.workdir, "querywatch.log")
+        self.moments = Moments()
+        self.app: Flask | None = None
+        self.server: BaseWSGIServer | None = None
+        self.traffic: Traffic | None = None
+        self.inbox: Inbox | None = None
+        self.incident_id: int | None = None
+        self.findings: dict[str, t.Any] = {}
+        self.live: Live | None = None
+        self.closed = False
+
+    # --- time ---------------------------------------------------------------------------
+
+    def real(self, replay_seconds: float) -> float:
+        return replay_seconds / self.speed
+
+    def clock(self, at: float | None = None) -> str:
+        """The replay's clock: 14:00 at the onset."""
+        at = time.time() if at is None else at
+        onset = self.moments.onset or (self.moments.started + self.real(CALM_MINUTES * 60))
+        when = dt.datetime(2023, 8, 10, 14, 0) + dt.timedelta(seconds=(at - onset) * self.speed)
+        return when.strftime("%H:%M")
+
+    def after_onset(self, at: float | None) -> str:
+        if at is None or self.moments.onset is None:
+            return "-"
+        real = at - self.moments.onset
+        return f"{real:.1f} s ({duration_text(real * self.speed)} replayed)"
+
+    def say(self, text: str, at: float | None = None) -> None:
+        if self.quiet:
+            return
+        self.console.print(f"[dim]{self.clock(at)}[/dim]  {text}", highlight=False, soft_wrap=True)
+
+    # --- set-up -------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        os.makedirs(self.instance, exist_ok=True)
+        # querywatch's own log (alerts, incidents, internal errors) goes to a file in the
+        # work folder: the replay prints what happens in its own words.
+        self._log_handler = logging.FileHandler(self.log_path, mode="w", encoding="utf-8")
+        self._log_handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+        qw_logger = logging.getLogger("querywatch")
+        self._log_propagate = qw_logger.propagate
+        qw_logger.addHandler(self._log_handler)
+        qw_logger.propagate = False
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.store_path + suffix):
+                os.remove(self.store_path + suffix)
+        engine = create_engine(self.url)
+        try:
+            t0 = time.perf_counter()
+            if shop.seeded_version(engine) != (shop.SEED_VERSION, self.scale):
+                with self.console.status("Seeding the shop database...") as status:
+                    counts = shop.seed(
+                        engine,
+                        self.scale,
+                        progress=lambda m: status.update(f"Seeding the shop database: {m}"),
+                    )
+                self.console.print(
+                    f"Seeded {counts['orders']:,} orders, {counts['order_items']:,} items,"
+                    f" {counts['customers']:,} customers in {time.perf_counter() - t0:.1f} s"
+                    f" ({engine.url.render_as_string(hide_password=True)}).",
+                    highlight=False,
+                )
+            else:
+                dropped = shop.drop_email_indexes(engine)
+                self.console.print(
+                    "Reusing the seeded shop database"
+                    f" ({engine.url.render_as_string(hide_password=True)})"
+                    + (f"; dropped the last run's fix ({', '.join(dropped)})." if dropped else "."),
+                    highlight=False,
+                )
+            if engine.dialect.name == "postgresql":
+                self._hypopg(engine)
+        finally:
+            engine.dispose()
+        self.sizes = shop.sizes(self.scale)
+
+        secret = secrets.token_urlsafe(SECRET_BYTES)
+        self.inbox = Inbox(secret, on_message=self._heard)
+        hour = self.real(3600)
+        interval = min(0.5, max(0.1, hour / 60))
+        token = secrets.token_urlsafe(SECRET_BYTES)
+        self.app = shop.create_app(
+            self.url,
+            instance_path=self.instance,
+            config={
+                "QUERYWATCH_STORE_URL": f"sqlite:///{self.store_path}",
+                "QUERYWATCH_BUCKET_SECONDS": 1,
+                "QUERYWATCH_FLUSH_INTERVAL": interval,
+                "QUERYWATCH_ALERT_INTERVAL": interval,
+                "QUERYWATCH_INCIDENT_INTERVAL": interval,
+                "QUERYWATCH_ALERT_TIME_SCALE": 1 / self.speed,
+                # The per-shape p95 rule pages nobody; the objectives tell this story.
+                "QUERYWATCH_ALERT_SHAPE_P95_MS": None,
+                # The first seconds hold a few dozen requests: no page on a handful.
+                "QUERYWATCH_ALERT_MIN_EVENTS": 50,
+                "QUERYWATCH_OBJECTIVES": [
+                    "availability:99.9",
+                    {
+                        "name": "latency",
+                        "target": 0.99,
+                        "threshold_ms": THRESHOLD_MS,
+                        "overrides": OVERRIDES,
+                    },
+                ],
+                "QUERYWATCH_ESCALATION": {
+                    "targets": {
+                        "backend": {
+                            "type": "webhook",
+                            "url": f"{self.inbox.url}/backend",
+                            "secret": secret,
+                        },
+                        "devops": {
+                            "type": "webhook",
+                            "url": f"{self.inbox.url}/devops",
+                            "secret": secret,
+                        },
+                    },
+                    "teams": {
+                        "backend": {
+                            "rotation": ["alice", "bob"],
+                            "shift": "1w",
+                            "start": "2023-08-07T09:00:00+00:00",
+                        },
+                        "devops": {
+                            "rotation": ["carol", "dave"],
+                            "shift": "1w",
+                            "start": "2023-08-07T09:00:00+00:00",
+                        },
+                    },
+                    "levels": [
+                        {
+                            "team": "backend",
+                            "targets": ["backend"],
+                            "delay_minutes": ESCALATION_MINUTES,
+                        },
+                        {
+                            "team": "devops",
+                            "targets": ["devops"],
+                            "delay_minutes": ESCALATION_MINUTES,
+                        },
+                    ],
+                    "update_minutes": 600,
+                },
+                # The advisor is asked by the responder (below), not on a timer.
+                "QUERYWATCH_ADVISE_INTERVAL": 24 * 3600,
+                "QUERYWATCH_DASHBOARD_TOKEN": token,
+            },  # fmt: skip
+        )
+        self.state = self.app.extensions["querywatch"]
+        self.server = make_server(
+            "127.0.0.1", 0, self.app, threaded=True, request_handler=_QuietHandler
+        )
+        threading.Thread(target=self.server.serve_forever, name="demo-server", daemon=True).start()
+        self.port = self.server.server_port
+        self.dashboard = dashboard_url(self.app, "127.0.0.1", self.port, token)
+        self.console.print(
+            f"Shop API on http://127.0.0.1:{self.port}/api/products (querywatch on);"
+            f" on-call webhooks at {self.inbox.url}/backend and /devops.",
+            highlight=False,
+        )
+        self.console.print(f"Dashboard: {self.dashboard}", highlight=False, soft_wrap=True)
+        self.console.print(
+            f"Replay clock: 1 hour in {self.real(3600):.0f} s. Objective: 99% of requests"
+            f" under {THRESHOLD_MS} ms, and 99.9% answered. Escalation: backend, then"
+            f" devops after {ESCALATION_MINUTES} min.",
+            highlight=False,
+        )
+
+    def _hypopg(self, engine: t.Any) -> None:
+        """The advisor verifies PostgreSQL indexes with HypoPG's hypothetical indexes,
+        which need the extension in the shop's database."""
+        from sqlalchemy import text
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("CREATE EXTENSION IF NOT EXISTS hypopg"))
+        except SQLAlchemyError as e:
+            first = str(getattr(e, "orig", e)).splitlines()[0]
+            self.console.print(
+                f"[yellow]HypoPG is not available ({first}): the advisor cannot verify an"
+                " index without it. Install it on the server (Debian/Ubuntu:"
+                " postgresql-<version>-hypopg) and run the demo again.[/yellow]",
+                highlight=False,
+            )
+
+    # --- what the on-call inboxes hear ------------------------------------------------
+
+    def _heard(self, got: Received) -> None:
+        inc = got.message.get("incident") or {}
+        if got.action == "trigger" and got.team == "backend":
+            self.moments.level1 = self.moments.level1 or got.at
+        if got.action in ("trigger", "escalate") and got.team == "devops":
+            self.moments.level2 = self.moments.level2 or got.at
+        text = f"[bold]webhook {got.team}[/bold] <- {got.action} #{inc.get('id')}"
+        if got.action == "trigger":
+            text += f" {inc.get('severity')}: {inc.get('hypothesis') or got.message.get('text')}"
+        else:
+            text += f": {str(got.message.get('text')).splitlines()[0]}"
+        self.say(text, got.at)
+
+    # --- the live display ---------------------------------------------------------------
+
+    def _table(self, stage: str) -> Table:
+        now = time.time()
+        recent = self.traffic.between(now - 3.0) if self.traffic else []
+        errors = sum(1 for s in recent if s.failed)
+        lookups = sum(1 for s in recent if s.route == LOOKUP_ROUTE)
+        table = Table.grid(padding=(0, 2))
+        table.add_row("[bold]replay clock[/bold]", f"{self.clock()}  ({stage})")
+        table.add_row("[bold]real time[/bold]", f"{now - self.moments.started:5.1f} s")
+        table.add_row(
+            "[bold]last 3 s[/bold]",
+            f"{len(recent) / 3.0:5.1f} req/s, p95 {p95_ms(recent) or 0:6.1f} ms,"
+            f" {errors} errors, lookups {lookups / max(1, len(recent)):.0%}",
+        )
+        table.add_row("[bold]requests[/bold]", f"{self.traffic.sent if self.traffic else 0:,}")
+        return table
+
+    def wait(self, stage: str, done: t.Callable[[], t.Any], patience: float = PATIENCE) -> t.Any:
+        """Refresh the display until ``done()`` is true; :class:`DemoError` after
+        ``patience`` seconds."""
+        deadline = time.time() + patience
+        while True:
+            found = done()
+            if found:
+                return found
+            if time.time() > deadline:
+                raise DemoError(f"No {stage} within {patience:.0f} s.")
+            if self.traffic is not None and self.traffic.proc.poll() is not None:
+                raise DemoError("The load process ended on its own.")
+            if self.live is not None:
+                self.live.update(self._table(stage))
+            time.sleep(0.2)
+
+    # --- the replay ---------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """A few requests to each everyday endpoint before the clock starts, as a deploy's
+        health checks would: the first request of each compiles its statements and opens
+        connections, and the replay measures the shop, not its start-up."""
+        assert self.app is not None
+        client = self.app.test_client()
+        for _ in range(3):
+            for path in (
+                "/api/products?category=books",
+                "/api/products/1",
+                "/api/customers/1/orders",
+                "/api/orders/recent",
+                "/api/admin/overview",
+            ):
+                client.get(path).close()
+
+    def run(self) -> dict[str, t.Any]:
+        assert self.app is not None
+        assert self.inbox is not None
+        m = self.moments
+        self.warm_up()
+        m.started = time.time()
+        self.traffic = Traffic(self.port, self.sizes, self.rate, timeout=5.0)
+        incidents = Incidents(self.state.store)
+        if not self.quiet:
+            self.live = Live(self._table("calm"), console=self.console, refresh_per_second=4)
+            self.live.start()
+        try:
+            self.say(f"Calm traffic, {self.rate:.0f} requests a second.")
+            calm_end = m.started + self.real(CALM_MINUTES * 60)
+            self.wait("calm", lambda: time.time() >= calm_end, patience=calm_end - time.time() + 5)
+
+            self.traffic.command("incident")
+            m.onset = time.time()
+            self.say(
+                f"[bold]14:00[/bold] the support team's order lookup takes {LOOKUP_SHARE:.0%}"
+                " of the requests; the total rate stays the same."
+            )
+            alert = self.wait("paging alert", self._page_firing)
+            m.alert = alert.since
+            self.say(
+                f"[bold red]Alert[/bold red] {alert.key} fired {self.after_onset(m.alert)}"
+                f" after the onset: {alert.summary.split('. ')[0]}.",
+                m.alert,
+            )
+            inc = self.wait("incident", lambda: next(iter(incidents.recent(open_only=True)), None))
+            self.incident_id = inc.id
+            m.incident = inc.created_at
+            self.wait("level 1 notification", lambda: m.level1)
+            self.wait("level 2 notification", lambda: m.level2)
+            inc = incidents.acknowledge(inc.id, "carol (devops)")
+            m.ack = inc.acknowledged_at
+            self.say(f"carol (devops) acknowledges #{inc.id}.", m.ack)
+
+            culprit = self._culprit(inc.evidence)
+            self.findings["culprit"] = culprit
+            advice = self._analyse(incidents, culprit)
+            self.findings["gate_before"] = self._gate(None)
+            if self.fix_kind == "none":
+                self.say("--fix=none: nobody fixes it; watching it burn.")
+                burn_end = time.time() + self.real(3600)
+                self.wait("burn", lambda: time.time() >= burn_end, patience=self.real(3600) + 5)
+            else:
+                self._apply_fix(incidents, advice)
+                self.findings["gate_after"] = self._gate(
+                    _migration(advice) if self.fix_kind == "index" and advice else None
+                )
+                m.recovered = self.wait("recovery", self._recovered)
+                self.say(
+                    f"The lookups' p95 is under {THRESHOLD_MS} ms again,"
+                    f" {self.after_onset(m.recovered)} after the onset."
+                )
+                self.wait("alert resolution", self._alert_resolved)
+                inc = self.wait(
+                    "incident resolution",
+                    lambda: (i := incidents.get(inc.id)).status == "resolved" and i,
+                )
+                m.incident_resolved = inc.resolved_at
+                self.wait(
+                    "resolve notifications",
+                    lambda: len(self.inbox.received(action="resolve")) >= 2 if self.inbox else 0,
+                    patience=30,
+                )
+        finally:
+            if self.live is not None:
+                self.live.stop()
+                self.live = None
+        m.ended = time.time()
+        self.traffic.stop()
+        self.state.flusher.flush()
+        return self._summary(incidents)
+
+    def _page_firing(self) -> t.Any:
+        for a in self.state.store.alert_states().values():
+            if a.severity == "page" and a.state == "firing":
+                return a
+        return None
+
+    def _alert_resolved(self) -> bool:
+        pages = [a for a in self.state.store.alert_states().values() if a.severity == "page"]
+        if pages and all(a.state != "firing" for a in pages):
+            self.moments.alert_resolved = max(a.updated for a in pages)
+            self.say(
+                f"[green]Alert resolved[/green] {self.after_onset(self.moments.alert_resolved)}"
+                " after the onset.",
+                self.moments.alert_resolved,
+            )
+            return True
+        return False
+
+    def _culprit(self, evidence: dict[str, t.Any]) -> dict[str, t.Any]:
+        """The shape the evidence blames: the one that took most time now."""
+        shapes = [s for s in evidence.get("shapes") or [] if s.get("time_now_s")]
+        if not shapes:
+            raise DemoError("The incident's evidence names no query shape.")
+        return dict(max(shapes, key=lambda s: s["time_now_s"]))
+
+    def _analyse(self, incidents: Incidents, culprit: dict[str, t.Any]) -> t.Any:
+        """The responder clicks "Analyse now": the advisor verifies an index."""
+        worker = self.state.advice_worker
+        assert worker is not None
+        worker.analyse_now(culprit["fingerprint"])
+        found = self.state.store.advice([culprit["fingerprint"]])
+        if not found:
+            self.say("The advisor found no index for the culprit's shape.")
+            return None
+        a = found[0]
+        gain = a.cost_before / a.cost_after if a.cost_before and a.cost_after else None
+        self.findings["advice"] = a
+        self.say(
+            f"Advisor ({a.verified_by}): {a.ddl} estimated x{gain:,.0f} cheaper"
+            f" ({a.cost_before:,.0f} -> {a.cost_after:,.1f})."
+            if gain
+            else f"Advisor ({a.verified_by}): {a.ddl}"
+        )
+        assert self.incident_id is not None
+        incidents.note(self.incident_id, "carol (devops)", f"Advisor ({a.verified_by}): {a.ddl}")
+        return a
+
+    def _gate(self, ddl: str | None) -> dict[str, t.Any]:
+        """The shop's CI gate (``querywatch check``) on its test of the lookup, with the
+        fix's migration when there is one."""
+        gate_dir = os.path.join(self.workdir, "gate")
+        os.makedirs(gate_dir, exist_ok=True)
+        db = os.path.join(gate_dir, "shop.db")
+        if os.path.exists(db):
+            os.remove(db)
+        requests_file = os.path.join(gate_dir, "lookup.yaml")
+        with open(shop.CHECKS_FILE, encoding="utf-8") as f:
+            text = f.read()
+        budget = text[text.index("budget:") : text.index("requests:")]
+        with open(requests_file, "w", encoding="utf-8") as f:
+            f.write(
+                "# The shop's gate, its test of the order lookup (from checks.yaml).\n"
+                + budget
+                + "requests:\n  - name: order lookup by email\n"
+                + "    path: /api/orders/lookup?email=customer7@example.com\n"
+            )
+        migrations = [ddl] if ddl else []
+        app_spec = (
+            f"querywatch.demo.shop:create_app({f'sqlite:///{db}'!r},"
+            f" querywatch=False, migrations={migrations!r})"
+        )
+        cmd = [
+            sys.executable, "-m", "querywatch", "check", "--app", app_spec,
+            "--seed", "querywatch.demo.shop:seed_for_check", "--requests", requests_file,
+            "--annotations", "none",
+        ]  # fmt: skip
+        t0 = time.perf_counter()
+        env = {**os.environ, "COLUMNS": "200"}
+        done = subprocess.run(  # noqa: S603 (our own command)
+            cmd, capture_output=True, text=True, cwd=gate_dir, env=env, timeout=120, check=False
+        )
+        lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
+        result = {
+            "passed": done.returncode == 0,
+            "exit_code": done.returncode,
+            "headline": lines[0] if lines else done.stderr.strip()[-300:],
+            "output": done.stdout,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "migration": ddl,
+        }
+        verdict = "[green]passed[/green]" if result["passed"] else "[red]failed[/red]"
+        detail = next((ln.strip() for ln in lines if ln.strip().startswith("Full scan")), "")
+        self.say(
+            "CI gate (querywatch check, the shop's lookup test"
+            + (f", with {ddl}" if ddl else "")
+            + f"): {verdict}: {result['headline']}"
+            + (f" {detail}" if detail else "")
+        )
+        return result
+
+    def _apply_fix(self, incidents: Incidents, advice: t.Any) -> None:
+        assert self.app is not None
+        assert self.incident_id is not None
+        if self.fix_kind == "index":
+            if advice is None:
+                raise DemoError("No verified index to apply.")
+            engine = create_engine(self.url)
+            try:
+                t0 = time.perf_counter()
+                # Autocommit: PostgreSQL's CREATE INDEX CONCURRENTLY runs outside a
+                # transaction (and does not block the shop's writes while it builds).
+                with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    conn.exec_driver_sql(advice.ddl)
+                took = time.perf_counter() - t0
+            finally:
+                engine.dispose()
+            self.moments.fix = time.time()
+            text = f"{advice.ddl} (built in {took:.2f} s)"
+        else:
+            self.app.config["SHOP_CACHE_LOOKUP"] = True
+            self.moments.fix = time.time()
+            text = "The order lookup reads through querywatch's cache (shop.orders_by_email)."
+        incidents.note(self.incident_id, "carol (devops)", text, kind="fix_applied")
+        incidents.update(self.incident_id, "carol (devops)", f"Fix applied: {text}")
+        self.say(f"[bold green]Fix applied[/bold green]: {text}", self.moments.fix)
+
+    def _recovered(self) -> float | None:
+        """The first moment after the fix from which the lookups' p95 over two seconds is
+        under the objective's threshold (measured by the load process)."""
+        fix = self.moments.fix
+        assert fix is not None
+        assert self.traffic is not None
+        lookups = self.traffic.between(fix, route=LOOKUP_ROUTE)
+        span = 2.0
+        if not lookups or lookups[-1].at - lookups[0].at < span:
+            return None
+        for i, s in enumerate(lookups):
+            if s.at + span > lookups[-1].at:
+                return None
+            window = [x for x in lookups[i:] if x.at < s.at + span]
+            if len(window) >= 5 and (p95_ms(window) or 0) < THRESHOLD_MS:
+                return s.at
+        return None
+
+    # --- the summary --------------------------------------------------------------------
+
+    def _server_p95(self, since: float, until: float) -> float | None:
+        win = self.state.store.window(since, until, endpoint=CULPRIT_ENDPOINT, width=1)
+        ep = win.endpoints.get(CULPRIT_ENDPOINT)
+        if ep is None or not ep.requests:
+            return None
+        return round(percentile(ep.hist, 0.95, 0.0, ep.max) * 1000, 2)
+
+    def _summary(self, incidents: Incidents) -> dict[str, t.Any]:
+        m = self.moments
+        assert self.traffic is not None
+        assert m.onset is not None
+        assert m.ended is not None
+        tr = self.traffic
+        fix_at = m.fix or m.ended
+        # A second for the requests in flight at the fix to drain.
+        after_from = (m.recovered or fix_at + 1.0) if m.fix else m.ended
+        calm = tr.between(m.started + 1.0, m.onset)
+        during = tr.between(m.onset, fix_at)
+        after = tr.between(after_from, m.ended) if m.fix else []
+
+        def stats(samples: list[Sample], seconds: float) -> dict[str, t.Any]:
+            failed = sum(1 for s in samples if s.failed)
+            return {
+                "requests": len(samples),
+                "rate_per_s": round(len(samples) / seconds, 2) if seconds > 0 else None,
+                "p95_ms": p95_ms(samples),
+                "errors": failed,
+                "error_ratio": round(failed / len(samples), 4) if samples else None,
+            }
+
+        phases: dict[str, t.Any] = {
+            "before": stats(calm, m.onset - m.started - 1.0),
+            "during": stats(during, fix_at - m.onset),
+            "after": stats(after, m.ended - after_from) if after else None,
+        }
+        lk_during = [s for s in during if s.route == LOOKUP_ROUTE]
+        lk_after = [s for s in after if s.route == LOOKUP_ROUTE]
+        p_during, p_after = p95_ms(lk_during), p95_ms(lk_after)
+        server_during = self._server_p95(m.onset, fix_at)
+        server_after = self._server_p95(after_from, m.ended + 1) if m.fix else None
+        culprit = self.findings.get("culprit") or {}
+        advice = self.findings.get("advice")
+        inc = incidents.get(self.incident_id) if self.incident_id else None
+        timeline = incidents.timeline(inc.id) if inc else []
+        first = next(
+            (r.message for r in self.inbox.received(action="trigger")), None
+        ) if self.inbox else None  # fmt: skip
+        postmortem_path = None
+        if inc is not None:
+            postmortem_path = os.path.join(self.workdir, "postmortem.md")
+            with open(postmortem_path, "w", encoding="utf-8") as f:
+                f.write(render_postmortem(inc, timeline, self.state.store))
+        ratio = (
+            phases["during"]["rate_per_s"] / phases["before"]["rate_per_s"]
+            if phases["before"]["rate_per_s"] and phases["during"]["rate_per_s"]
+            else None
+        )
+        named = culprit.get("endpoint") == CULPRIT_ENDPOINT and "orders.customer_email" in (
+            culprit.get("shape") or ""
+        )
+        improvement = round(p_during / p_after, 1) if p_during and p_after else None
+        server_improvement = (
+            round(server_during / server_after, 1) if server_during and server_after else None
+        )
+        mean_during = _mean_ms(lk_during)
+        mean_after = _mean_ms(lk_after)
+        gates = (self.findings.get("gate_before"), self.findings.get("gate_after"))
+        if self.fix_kind == "index":
+            fix_verified = bool(
+                gates[0] and not gates[0]["passed"] and gates[1] and gates[1]["passed"]
+            )
+        else:
+            fix_verified = bool(m.fix and p_after is not None and p_after < THRESHOLD_MS)
+        checks = {
+            "alert_fired": m.alert is not None and m.alert >= m.onset,
+            "root_cause_named": named,
+            "fix_verified": fix_verified,
+            "recovery_measured": bool(
+                m.recovered and m.alert_resolved and m.incident_resolved and p_after
+            ),
+        }
+
+        def since_onset(at: float | None) -> float | None:
+            return round(at - m.onset, 2) if at is not None and m.onset is not None else None
+
+        summary: dict[str, t.Any] = {
+            "loop_closed": all(checks.values()),
+            "checks": checks,
+            "fix": self.fix_kind,
+            "speed": self.speed,
+            "scale": self.scale,
+            "database": create_engine(self.url).dialect.name,
+            "times_s": {
+                "onset_to_alert": since_onset(m.alert),
+                "alert_to_level2": round(m.level2 - m.alert, 2) if m.level2 and m.alert else None,
+                "alert_to_ack": round(m.ack - m.alert, 2) if m.ack and m.alert else None,
+                "onset_to_fix": since_onset(m.fix),
+                "onset_to_recovery": since_onset(m.recovered),
+                "onset_to_alert_resolved": since_onset(m.alert_resolved),
+                "onset_to_incident_resolved": since_onset(m.incident_resolved),
+                "whole_replay": round(m.ended - m.started, 2),
+            },
+            "traffic": {
+                "rate_before": phases["before"]["rate_per_s"],
+                "rate_during": phases["during"]["rate_per_s"],
+                "ratio": round(ratio, 3) if ratio else None,
+            },
+            "phases": phases,
+            "culprit": {
+                "endpoint": culprit.get("endpoint"),
+                "shape": culprit.get("shape"),
+                "call_site": culprit.get("call_site"),
+                "share_of_db_time": culprit.get("share_of_db_time"),
+                "p95_ms_during": p_during,
+                "p95_ms_after": p_after,
+                "improvement": improvement,
+                "server_p95_ms_during": server_during,
+                "server_p95_ms_after": server_after,
+                "server_improvement": server_improvement,
+                "mean_ms_during": mean_during,
+                "mean_ms_after": mean_after,
+            },
+            "index": (
+                {
+                    "ddl": advice.ddl,
+                    "verified_by": advice.verified_by,
+                    "estimated_gain": round(advice.cost_before / advice.cost_after, 1)
+                    if advice.cost_before and advice.cost_after
+                    else None,
+                    "measured_gain": round(mean_during / mean_after, 1)
+                    if mean_during and mean_after and self.fix_kind == "index"
+                    else None,
+                }
+                if advice is not None
+                else None
+            ),
+            "gate": {"before": gates[0], "after": gates[1]},
+            "incident": (
+                {
+                    "id": inc.id,
+                    "status": inc.status,
+                    "severity": inc.severity,
+                    "first_notification": first,
+                    "notifications": [
+                        {"team": r.team, "action": r.action, "after_onset_s": since_onset(r.at)}
+                        for r in (self.inbox.received() if self.inbox else [])
+                    ],
+                }
+                if inc is not None
+                else None
+            ),
+            "postmortem": postmortem_path,
+            "dashboard_url": self.dashboard,
+            "store": self.store_path,
+        }
+        summary["root_cause"] = self._sentence(summary)
+        return summary
+
+    def _sentence(self, s: dict[str, t.Any]) -> str:
+        """The evidence in one sentence, with the estimated and the measured gain."""
+        c, ix = s["culprit"], s["index"]
+        ratio = s["traffic"]["ratio"]
+        parts = [
+            f"Traffic was flat (x{ratio:.2f})" if ratio and 0.67 < ratio < 1.5 else
+            f"Traffic changed (x{ratio or 0:.2f})",
+        ]  # fmt: skip
+        what = f"{compact_shape(c['shape'], 120)} in {c['endpoint']}"
+        if c.get("call_site"):
+            what += f" at {_site_text(c['call_site'])}"
+        share = c.get("share_of_db_time")
+        parts.append(
+            f"{share:.0%} of database time went to {what}" if share else f"the culprit is {what}"
+        )
+        if ix:
+            gain = f"estimated x{ix['estimated_gain']:,.0f}" if ix["estimated_gain"] else ""
+            if ix.get("measured_gain"):
+                gain += (
+                    f", measured x{ix['measured_gain']:,.0f} (mean {c['mean_ms_during']:.1f}"
+                    f" -> {c['mean_ms_after']:.2f} ms)"
+                )
+            parts.append(f"the verified index {ix['ddl']} ({ix['verified_by']}; {gain})")
+        return "; ".join(parts) + "."
+
+    # --- the end ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the load, the server and querywatch's threads; close the connections.
+        Safe to call twice and after a failure at any point."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.live is not None:
+            self.live.stop()
+        if self.traffic is not None:
+            self.traffic.stop()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+        if self.app is not None:
+            state = self.app.extensions["querywatch"]
+            for worker in (state.incident_worker, state.advice_worker):
+                if worker is not None:
+                    worker.stop()
+            state.flusher.stop()
+            with self.app.app_context():
+                shop.db.engine.dispose()
+            state.store.engine.dispose()
+        if self.inbox is not None:
+            self.inbox.close()
+        handler = getattr(self, "_log_handler", None)
+        if handler is not None:
+            qw_logger = logging.getLogger("querywatch")
+            qw_logger.removeHandler(handler)
+            qw_logger.propagate = self._log_propagate
+            handler.close()
+
+
+def _migration(advice: t.Any) -> str:
+    """The advisor's index as the shop's migration, for the gate's database (SQLite in
+    CI, whatever the dialect the advice was verified on)."""
+    keys = ", ".join(advice.keys)
+    return f"CREATE INDEX IF NOT EXISTS {advice.index_name} ON {advice.table} ({keys})"
+
+
+def _mean_ms(samples: t.Sequence[Sample]) -> float | None:
+    if not samples:
+        return None
+    return round(sum(s.seconds for s in samples) / len(samples) * 1000, 3)
+
+
+def print_summary(summary: dict[str, t.Any], console: Console) -> None:
+    s = summary
+    times, c = s["times_s"], s["culprit"]
+
+    def sec(x: float | None) -> str:
+        return f"{x:.1f} s ({duration_text(x * s['speed'])} replayed)" if x is not None else "-"
+
+    def ms(x: float | None) -> str:
+        return f"{x:,.1f} ms" if x is not None else "-"
+
+    console.rule("The replay, measured")
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    table.add_row("onset -> alert", sec(times["onset_to_alert"]))
+    table.add_row("alert -> devops told", sec(times["alert_to_level2"]))
+    table.add_row("alert -> acknowledged", sec(times["alert_to_ack"]))
+    table.add_row("onset -> fix", sec(times["onset_to_fix"]))
+    table.add_row("onset -> recovery", sec(times["onset_to_recovery"]))
+    table.add_row("onset -> alert resolved", sec(times["onset_to_alert_resolved"]))
+    table.add_row("onset -> incident resolved", sec(times["onset_to_incident_resolved"]))
+    ph = s["phases"]
+    table.add_row(
+        "p95, all requests",
+        f"before {ms(ph['before']['p95_ms'])}, during {ms(ph['during']['p95_ms'])},"
+        f" after {ms(ph['after']['p95_ms']) if ph['after'] else '-'}",
+    )
+    table.add_row(
+        "errors",
+        f"before {ph['before']['errors']}, during {ph['during']['errors']},"
+        f" after {ph['after']['errors'] if ph['after'] else '-'}",
+    )
+    table.add_row(
+        f"p95 of {c['endpoint'] or CULPRIT_ENDPOINT}",
+        f"during {ms(c['p95_ms_during'])}, after {ms(c['p95_ms_after'])}"
+        + (f": x{c['improvement']:,.1f} better" if c["improvement"] else "")
+        + (
+            f" (querywatch's own: {ms(c['server_p95_ms_during'])} -> "
+            f"{ms(c['server_p95_ms_after'])})"
+            if c["server_p95_ms_during"]
+            else ""
+        ),
+    )
+    table.add_row(
+        "traffic",
+        f"{s['traffic']['rate_before'] or 0:.1f} req/s before 14:00,"
+        f" {s['traffic']['rate_during'] or 0:.1f} during (x{s['traffic']['ratio'] or 0:.2f})",
+    )
+    g = s["gate"]
+    if g["before"]:
+        table.add_row(
+            "CI gate",
+            "failed before the fix"
+            if not g["before"]["passed"]
+            else "passed before the fix (it should have failed)",
+        )
+    if g["after"]:
+        table.add_row("", "passed after it" if g["after"]["passed"] else "failed after it")
+    console.print(table)
+    console.print(f"Root cause: {s['root_cause']}", highlight=False, soft_wrap=True)
+    if s["postmortem"]:
+        console.print(f"Postmortem: {s['postmortem']}", highlight=False)
+    console.print(f"Dashboard: {s['dashboard_url']}", highlight=False, soft_wrap=True)
+    if s["loop_closed"]:
+        console.print(
+            "[bold green]Loop closed:[/bold green] alert fired, root cause named, fix"
+            " verified, recovery measured."
+        )
+    else:
+        missing = [k.replace("_", " ") for k, ok in s["checks"].items() if not ok]
+        console.print(f"[bold red]Loop not closed:[/bold red] {', '.join(missing)}.")
 
 
 def run_demo(
     *,
     scale: float = 1.0,
-    duration: float = 40.0,
+    speed: float = 120.0,
     rate: float = 40.0,
     database_url: str | None = None,
+    fix: str = "index",
     workdir: str = "querywatch-demo",
     keep_serving: bool = False,
     as_json: bool = False,
+    quiet: bool = False,
     console: Console | None = None,
 ) -> int:
-    """Run the demo; returns the process exit code (0 when the culprit stands first)."""
-    console = console or Console(stderr=as_json)
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    url = database_url or f"sqlite:///{os.path.join(workdir, 'shop.db')}"
-    instance = os.path.join(workdir, "instance")
-    os.makedirs(instance, exist_ok=True)
-    store_path = os.path.join(instance, "querywatch.db")
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(store_path + suffix):
-            os.remove(store_path + suffix)
-
-    # 1. The shop's data: seeded once per scale, reused afterwards.
-    engine = create_engine(url)
-    sizes = shop.sizes(scale)
-    t0 = time.perf_counter()
-    if shop.seeded_version(engine) != (shop.SEED_VERSION, scale):
-        with console.status("Seeding the shop database...") as status:
-            counts = shop.seed(engine, scale, progress=lambda m: status.update(f"Seeding: {m}"))
-        console.print(
-            f"Seeded {counts['orders']:,} orders, {counts['order_items']:,} items,"
-            f" {counts['customers']:,} customers in {time.perf_counter() - t0:.1f} s"
-            f" ({engine.url.render_as_string(hide_password=True)})."
-        )
-    else:
-        console.print(f"Reusing the seeded shop database ({engine.url.render_as_string()}).")
-    engine.dispose()
-
-    # 2. The shop, served for real, with querywatch on.
-    app = shop.create_app(
-        url,
-        instance_path=instance,
-        config={
-            "QUERYWATCH_FLUSH_INTERVAL": 1.0,
-            "QUERYWATCH_STORE_URL": f"sqlite:///{store_path}",
-            # The advisor runs once, after the traffic (below), not in the middle of it.
-            "QUERYWATCH_ADVISE_INTERVAL": 24 * 3600,
-            "QUERYWATCH_ADVISE_PER_ROUND": 5,
-            # The dashboard, live while the demo runs, behind a token made for this run.
-            "QUERYWATCH_DASHBOARD_TOKEN": secrets.token_urlsafe(24),
-        },
+    """Replay the outage; the exit code: 0 when the loop closed (alert fired, root cause
+    named, fix verified, recovery measured), 1 when it did not, 130 on Ctrl-C."""
+    console = console or Console(stderr=as_json, quiet=quiet and not as_json)
+    replay = Replay(
+        scale=scale,
+        speed=speed,
+        rate=rate,
+        database_url=database_url,
+        fix=fix,
+        workdir=workdir,
+        console=console,
+        quiet=quiet,
     )
-    server, _thread = _serve(app)
-    port = server.server_port
-    dashboard = dashboard_url(app, "127.0.0.1", port, app.config["QUERYWATCH_DASHBOARD_TOKEN"])
-    console.print(f"Shop API on http://127.0.0.1:{port}/api/products (querywatch on).")
-    console.print(f"Dashboard: {dashboard}", highlight=False, soft_wrap=True)
-
-    # 3. Traffic: calm, then at "14:00" the lookup takes its share at the same total rate.
-    onset = duration * 0.4
-    load = _Load()
-    stop = threading.Event()
-    started_wall = time.time()
-    started = time.perf_counter()
-    driver = threading.Thread(
-        target=_drive,
-        args=(port, load, sizes),
-        kwargs={"duration": duration, "onset": onset, "rate": rate, "stop": stop},
-        daemon=True,
-    )
-    driver.start()
+    summary: dict[str, t.Any] | None = None
     try:
-        with Live(
-            _progress_table(load, started, duration, onset),
-            console=console,
-            refresh_per_second=4,
-            transient=False,
-        ) as live:
-            while driver.is_alive():
-                driver.join(0.25)
-                live.update(_progress_table(load, started, duration, onset))
-    except KeyboardInterrupt:
-        stop.set()
-        driver.join()
-    ended_wall = time.time()
-    console.print()
-
-    # 4. Evidence: measured by the load generator, and the report from querywatch's store.
-    qw_state = app.extensions["querywatch"]
-    qw_state.flusher.flush()
-    # The background advisor's round, run now: plans, findings, a verified index.
-    with console.status("Asking the planner about the costliest query shapes..."):
-        qw_state.advice_worker.run_once()
-    calm = [s for s in load.samples if s.phase == "calm"]
-    incident = [s for s in load.samples if s.phase == "incident"]
-    calm_stats = _phase_stats(calm, onset)
-    incident_stats = _phase_stats(incident, max(1e-9, duration - onset))
-    report = build_report(qw_state.store, since=started_wall - 1, until=ended_wall + 1)
-    top = report["queries"][0] if report["queries"] else None
-    top_endpoint = top["endpoints"][0]["endpoint"] if top and top["endpoints"] else None
-    culprit_first = top_endpoint == CULPRIT_ENDPOINT
-    change = (
-        incident_stats["rate_per_s"] / calm_stats["rate_per_s"] - 1.0
-        if calm_stats["rate_per_s"]
-        else 0.0
-    )
-    fix = _verified_index(qw_state, top["fingerprint"] if top else None)
-    summary = {
-        "calm": calm_stats,
-        "incident": incident_stats,
-        "traffic_change": round(change, 4),
-        "culprit_endpoint": top_endpoint,
-        "culprit_shape": top["shape"] if top else None,
-        "culprit_share_of_db_time": top["share"] if top else None,
-        "culprit_first": culprit_first,
-        "server_p95_ms": _endpoint_p95(qw_state),
-        "verified_index": fix,
-        "dashboard_url": dashboard,
-    }
-    if as_json:
-        print(json.dumps({"demo": summary, "report": report}, indent=2))
-    else:
-        console.rule("querywatch report for the run")
-        render_report(report, console, traffic=False)
-        console.rule("What happened at 14:00")
-        console.print(
-            f"Traffic did not rise: {calm_stats['rate_per_s']:.1f} req/s before 14:00,"
-            f" {incident_stats['rate_per_s']:.1f} req/s after ({change:+.0%})."
-            f" p95 latency went from {calm_stats['p95_ms']:.0f} ms to"
-            f" {incident_stats['p95_ms']:.0f} ms; {incident_stats['errors']} requests failed."
-        )
-        if top is not None:
-            console.print(
-                f"The database time went to {top_endpoint}:"
-                f" {compact_shape(top['shape'], 160)}"
-                f" ({top['share']:.0%} of all DB time, {top['calls']:,} calls,"
-                f" mean {top['mean_ms']:.1f} ms).",
-                highlight=False,
-            )
-        if fix is not None:
-            console.print(
-                f"Verified index ({fix['verified_by']}): {fix['ddl']} The planner's estimate"
-                f" for that query falls from {fix['cost_before']:,.1f} to"
-                f" {fix['cost_after']:,.1f}"
-                + (" (rows read, SQLite)." if fix["dialect"] == "sqlite" else "."),
-                highlight=False,
-            )
-        if culprit_first:
-            console.print("[bold green]The unoptimized endpoint's query stands first.[/bold green]")
-        else:
-            console.print(
-                f"[bold red]Expected {CULPRIT_ENDPOINT} first, got {top_endpoint}.[/bold red]"
-            )
-        console.print(f"Store: {store_path} (querywatch report --store sqlite:///{store_path})")
-
-    if keep_serving:
-        console.print(
-            f"Still serving on http://127.0.0.1:{port}, dashboard {dashboard};"
-            " press Ctrl+C to stop.",
-            highlight=False,
-            soft_wrap=True,
-        )
+        replay.setup()
         try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-    server.shutdown()
-    qw_state.flusher.stop()
-    qw_state.advice_worker.stop()
-    with app.app_context():
-        shop.db.engine.dispose()
-    return 0 if culprit_first else 1
-
-
-def _verified_index(state: t.Any, fingerprint: str | None) -> dict[str, t.Any] | None:
-    """The advisor's verified index for the culprit's shape, if it found one."""
-    if fingerprint is None:
-        return None
-    found = state.store.advice([fingerprint])
-    if not found:
-        return None
-    a = found[0]
-    return {
-        "ddl": a.ddl,
-        "alembic": a.alembic,
-        "dialect": a.dialect,
-        "verified_by": a.verified_by,
-        "cost_before": a.cost_before,
-        "cost_after": a.cost_after,
-    }
-
-
-def _endpoint_p95(state: t.Any) -> dict[str, float]:
-    """Server-side p95 per endpoint, from querywatch's store (last 10 minutes)."""
-    win = state.store.window(time.time() - 600, time.time() + 60)
-    return {
-        name: round(percentile(ep.hist, 0.95, 0.0, ep.max) * 1000, 1)
-        for name, ep in sorted(win.endpoints.items())
-    }
+            summary = replay.run()
+        except DemoError as e:
+            console.print(f"[bold red]The replay stopped:[/bold red] {e}")
+        except Exception as e:  # the replay stops, and says why; the rest is closed below
+            console.print(
+                f"[bold red]The replay stopped:[/bold red] {type(e).__name__}: {e}"
+                f" (querywatch's log: {replay.log_path})",
+                highlight=False,
+            )
+        if summary is not None:
+            if as_json:
+                print(json.dumps(summary, indent=2, default=str))
+            else:
+                print_summary(summary, console if not quiet else Console())
+        if keep_serving and replay.server is not None:
+            console.print(
+                f"Still serving on http://127.0.0.1:{replay.port}, dashboard"
+                f" {replay.dashboard}; press Ctrl+C to stop.",
+                highlight=False,
+                soft_wrap=True,
+            )
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    except KeyboardInterrupt:
+        console.print("\nInterrupted: stopping the load, the server and querywatch.")
+        replay.close()
+        return 130
+    finally:
+        replay.close()
+    return 0 if summary is not None and summary["loop_closed"] else 1

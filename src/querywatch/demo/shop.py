@@ -120,6 +120,20 @@ def products_in(category: str) -> list[dict[str, t.Any]]:
     return [{"id": p.id, "name": p.name, "price_cents": p.price_cents} for p in rows]
 
 
+def find_orders_by_email(email: str) -> list[dict[str, t.Any]]:
+    # The seed outage: a filter on an unindexed column of the largest table.
+    rows = db.session.scalars(
+        select(Order).where(Order.customer_email == email).order_by(Order.id)
+    ).all()
+    return [_order_json(o) for o in rows]
+
+
+@cached_query(ttl=300, name="shop.orders_by_email")
+def orders_by_email(email: str) -> list[dict[str, t.Any]]:
+    """The lookup through the cache: dropped whenever an order is written."""
+    return find_orders_by_email(email)
+
+
 def register_routes(app: Flask) -> None:
     """The shop's API."""
 
@@ -159,12 +173,11 @@ def register_routes(app: Flask) -> None:
 
     @app.get("/api/orders/lookup")
     def lookup_orders() -> ResponseReturnValue:
-        # The seed outage: a filter on an unindexed column of the largest table.
         email = request.args.get("email", "")
-        rows = db.session.scalars(
-            select(Order).where(Order.customer_email == email).order_by(Order.id)
-        ).all()
-        return jsonify([_order_json(o) for o in rows])
+        if app.config.get("SHOP_CACHE_LOOKUP"):
+            # The caching fix (``querywatch demo --fix=cache``), switched on at run time.
+            return jsonify(orders_by_email(email))
+        return jsonify(find_orders_by_email(email))
 
     @app.get("/api/admin/overview")
     def overview() -> ResponseReturnValue:
@@ -238,15 +251,19 @@ def create_app(
     querywatch: bool = True,
     config: t.Mapping[str, t.Any] | None = None,
     fixed: bool = False,
+    migrations: t.Sequence[str] = (),
 ) -> Flask:
     """The shop app, with querywatch on unless ``querywatch=False``.
 
     :param fixed: the fixed variant: the N+1 endpoint loads items eagerly, and
         :func:`seed_for_check` gives ``orders.customer_email`` its index.
+    :param migrations: DDL that :func:`seed_for_check` runs after seeding (the demo's
+        gate checks the index it applied).
     """
     app = Flask("querywatch.demo.shop", instance_path=instance_path)
     app.config["SQLALCHEMY_DATABASE_URI"] = database_url
     app.config["SHOP_FIXED"] = fixed
+    app.config["SHOP_MIGRATIONS"] = [*([EMAIL_INDEX_DDL] if fixed else []), *migrations]
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = (
         {"pool_size": 10} if not database_url.startswith("sqlite") else {}
     )
@@ -269,12 +286,28 @@ CHECKS_FILE = os.path.join(os.path.dirname(__file__), "checks.yaml")
 
 
 def seed_for_check(app: Flask, scale: float = 0.01) -> None:
-    """Seed the app's database small (2,000 orders) for ``querywatch check``; the fixed
-    variant gets the lookup's index."""
+    """Seed the app's database small (2,000 orders) for ``querywatch check``, then run
+    the app's migrations (the fixed variant's: the lookup's index)."""
     seed(db.engine, scale)
-    if app.config.get("SHOP_FIXED"):
+    for ddl in app.config.get("SHOP_MIGRATIONS") or ():
         with db.engine.begin() as conn:
-            conn.exec_driver_sql(EMAIL_INDEX_DDL)
+            conn.exec_driver_sql(ddl)
+
+
+def drop_email_indexes(engine: Engine) -> list[str]:
+    """Drop every index on ``orders.customer_email`` (a demo run's fix), so the next run
+    starts from the outage again. Returns their names."""
+    from sqlalchemy import inspect
+
+    names = [
+        ix["name"]
+        for ix in inspect(engine).get_indexes("orders")
+        if ix["name"] and list(ix["column_names"]) == ["customer_email"]
+    ]
+    with engine.begin() as conn:
+        for name in names:
+            conn.exec_driver_sql(f'DROP INDEX IF EXISTS "{name}"')
+    return names
 
 
 def seeded_version(engine: Engine) -> tuple[int, float] | None:

@@ -26,7 +26,7 @@ import urllib.request
 if t.TYPE_CHECKING:
     from .policy import Target
 
-__all__ = ["DeliveryError", "send", "signature"]
+__all__ = ["DeliveryError", "send", "signature", "verify_signature"]
 
 logger = logging.getLogger("querywatch.incidents")
 USER_AGENT = "querywatch-incidents/1"
@@ -40,6 +40,23 @@ def signature(secret: str, body: bytes, timestamp: int) -> str:
     """The webhook signature header's value for ``body`` sent at ``timestamp``."""
     mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
     return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def verify_signature(
+    secret: str, body: bytes, header: str, *, now: float | None = None, tolerance: float = 300
+) -> bool:
+    """Whether ``header`` (``X-Querywatch-Signature``) signs ``body`` with ``secret`` and
+    was made within ``tolerance`` seconds of ``now``: what a webhook receiver checks."""
+    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
+    try:
+        timestamp = int(parts.get("t", ""))
+    except ValueError:
+        return False
+    now = time.time() if now is None else now
+    if abs(now - timestamp) > tolerance:
+        return False
+    expected = signature(secret, body, timestamp).rsplit("v1=", 1)[1]
+    return hmac.compare_digest(parts.get("v1", ""), expected)
 
 
 def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> None:

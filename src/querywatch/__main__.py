@@ -1,0 +1,5 @@
+"""``python -m querywatch``: the ``querywatch`` command."""
+
+from .cli import main
+
+main()
