@@ -477,3 +477,22 @@ def test_pool_waits_reach_the_store_for_the_evidence(tmp_path: t.Any) -> None:
     assert ev["pools"][0]["pool"] == name
     # Nothing new: nothing written, and the next flush does not count them again.
     assert state.metrics.take_pool_counts() == {}
+
+
+def test_the_culprit_is_the_shape_that_grew_not_the_steady_one() -> None:
+    """Seconds after the onset the new lookup has had two calls (32 ms) while the
+    product page's steady shape took 40 ms in a window twice as long as the one before
+    (it holds the current bucket): the lookup is blamed, the steady shape is not."""
+    from querywatch.evidence import culprit
+
+    def shape(name: str, now: float, before: float) -> dict[str, t.Any]:
+        return {"fingerprint": name, "time_now_s": now, "time_before_s": before}
+
+    ev = {
+        "window": {"before": [0, 1], "now": [3600, 3602]},
+        "shapes": [shape("products", 0.040, 0.020), shape("lookup", 0.032, 0.0)],
+    }
+    top = culprit(ev)
+    assert top is not None
+    assert top["fingerprint"] == "lookup"
+    assert culprit({"shapes": [shape("idle", 0.0, 0.1)]}) is None

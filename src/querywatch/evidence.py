@@ -23,7 +23,7 @@ from .report import compact_shape
 if t.TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["gather", "hypothesis", "windows"]
+__all__ = ["culprit", "gather", "hypothesis", "windows"]
 
 #: Traffic within these ratios of the window before is "flat".
 FLAT = (0.67, 1.5)
@@ -208,6 +208,26 @@ def _gather(
     return out
 
 
+def culprit(ev: dict[str, t.Any]) -> dict[str, t.Any] | None:
+    """The shape the evidence blames: the one whose time grew the most against the
+    window before (per second: the window now also holds the current bucket), the
+    costliest now among equals. A shape that was always there and always cheap does not
+    stand first because a new one has had only a few calls yet."""
+    shapes = [s for s in ev["shapes"] if s["time_now_s"] > 0]
+    if not shapes:
+        return None
+    window = ev.get("window") or {}
+    now, before = window.get("now"), window.get("before")
+    stretch = 1.0
+    if now and before and before[1] > before[0]:
+        stretch = (now[1] - now[0]) / (before[1] - before[0])
+    top: dict[str, t.Any] = max(
+        shapes,
+        key=lambda s: (s["time_now_s"] - s["time_before_s"] * stretch, s["time_now_s"]),
+    )
+    return top
+
+
 def hypothesis(ev: dict[str, t.Any]) -> str:
     """The leading hypothesis in one sentence, such as "Traffic is flat (x1.03); 91% of
     request time is database; one query shape in GET /api/orders/search takes 87% of it
@@ -243,10 +263,8 @@ def hypothesis(ev: dict[str, t.Any]) -> str:
             )
         elif p["saturation"] is not None and p["saturation"] >= 0.9:
             parts.append(f"pool {p['pool']} is {p['saturation']:.0%} in use")
-    # The costliest shape now (the list holds the costliest and the most grown).
-    shapes = [s for s in ev["shapes"] if s["time_now_s"] > 0]
-    if shapes:
-        top = max(shapes, key=lambda s: s["time_now_s"])
+    top = culprit(ev)
+    if top is not None:
         share = top["share_of_db_time"]
         what = f"one query shape in {top['endpoint']}"
         what += f" takes {share:.0%} of it" if share is not None else " takes the most time"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import typing as t
 
+from ..evidence import culprit as blamed
 from ..report import _site_text
 from ..report import compact_shape
 from ..report import duration_text as _duration
@@ -120,8 +121,8 @@ def render(
         f"{sent} notifications were delivered" + (f", {failed} failed" if failed else "") + "."
     )
     lines += ["", "## Root Cause and Resolution", ""]
-    shapes = ev.get("shapes") or []
-    culprit = max(shapes, key=lambda s: s.get("time_now_s", 0), default=None)
+    # The shape the hypothesis blamed.
+    culprit = blamed(ev) if ev.get("shapes") else None
     if culprit is not None and store is not None:
         latest = store.advice([culprit["fingerprint"]])
         if latest:
@@ -179,10 +180,10 @@ def render(
         ]
         if culprit.get("index"):
             lines += [
-                "- **Fix (verified by querywatch's advisor"
+                "- **Fix** (verified by querywatch's advisor"
                 + (f", {culprit['index_verified_by']}" if culprit.get("index_verified_by") else "")
                 + (
-                    f", estimated x{culprit['index_gain']} cheaper"
+                    f", estimated x{culprit['index_gain']:,.0f} cheaper"
                     if culprit.get("index_gain")
                     else ""
                 )
