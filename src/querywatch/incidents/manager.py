@@ -345,7 +345,8 @@ class Incidents:
         row = conn.execute(select(tbl.c.id).where(tbl.c.open_key == key)).first()
         if row is not None:
             incident = self._load(conn, row.id)
-            self._event(conn, incident.id, "alert_fired", actor, f"Fired again: {title}", now)
+            again = "Fired again" if title == incident.title else "Also firing"
+            self._event(conn, incident.id, "alert_fired", actor, f"{again}: {title}", now)
             conn.execute(update(tbl).where(tbl.c.id == incident.id).values(updated_at=now))
             return incident, False
         recent = conn.execute(
@@ -670,10 +671,12 @@ class Incidents:
 
 
 def incident_key(alert_key: str) -> str:
-    """The dedup key of an alert's incident: an objective's page and ticket are one
-    incident (``slo:<objective>``); other alerts are their own."""
+    """The dedup key of an alert's incident. The app's objectives burn together when
+    one thing goes wrong (the seed's alert: "response time and error rate"), so every
+    objective's page and ticket are one incident, ``slo``, as Alertmanager groups a
+    service's alerts into one notification; other alerts are their own."""
     if alert_key.startswith("slo:"):
-        return alert_key.rsplit(":", 1)[0]
+        return "slo"
     return alert_key
 
 
