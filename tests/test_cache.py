@@ -92,6 +92,26 @@ def test_hit_then_invalidated_by_a_commit_to_a_table_it_read(app: t.Any, qw: Que
     assert (s.hits, s.misses, s.invalidations) == (3, 2, 1)
 
 
+def test_without_invalidation_an_entry_lives_its_ttl(app: t.Any, qw: QueryWatch) -> None:
+    """``invalidate=False``: a committed write to the table it read leaves the entry
+    (stale on purpose) until its TTL ends; a ``ttl=0.3`` entry is recomputed after."""
+    calls = []
+
+    @qw.cached(ttl=0.3, invalidate=False)
+    def stock(pid: int) -> int:
+        calls.append(pid)
+        return _stock(pid)
+
+    with app.app_context():
+        first = stock(4)
+        _set_stock(4, first + 7)
+        assert stock(4) == first  # the write did not drop it
+        assert calls == [4]
+        time.sleep(0.5)
+        assert stock(4) == first + 7
+        assert calls == [4, 4]
+
+
 def test_request_reads_its_own_write_in_the_cache(
     client: t.Any, app: t.Any, qw: QueryWatch
 ) -> None:

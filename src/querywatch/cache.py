@@ -620,6 +620,7 @@ class _Job(t.NamedTuple):
     st: FunctionStats
     pickle: bool
     previous: _Stale | None
+    invalidate: bool = True
 
 
 class _Stale(t.NamedTuple):
@@ -671,6 +672,7 @@ class Cache:
         name: str | None = None,
         pickle: bool = False,
         stale_while_revalidate: bool = False,
+        invalidate: bool = True,
     ) -> t.Any:
         """The cached value of ``key``, or ``fn()`` computed once, stored and returned.
 
@@ -681,6 +683,8 @@ class Cache:
             write (or its TTL) made stale, return the previous value instead of waiting.
             This gives up read-your-writes for the callers that overlap the
             recomputation; off by default.
+        :param invalidate: False: a write does not drop the entry, which lives its TTL
+            (as Flask-Caching's ``memoize``): for reads that may be that stale.
         """
         if pickle and not self.secret:
             msg = (
@@ -727,9 +731,9 @@ class Cache:
                     st.errors += 1
                     record_internal_error("cache.coalesce", e)
             # The leader kept nothing, failed or is stuck: compute here.
-            return self._lead(_Job(key, fn, ttl, tables, name, st, pickle, None))
+            return self._lead(_Job(key, fn, ttl, tables, name, st, pickle, None, invalidate))
         try:
-            value = self._lead(_Job(key, fn, ttl, tables, name, st, pickle, previous))
+            value = self._lead(_Job(key, fn, ttl, tables, name, st, pickle, previous, invalidate))
             flight.ok = True
             return value
         finally:
@@ -838,7 +842,8 @@ class Cache:
         if parent is not None:
             parent.update(read)
         data = dumps(value, name=name, sign_with=self.secret if pickle else None)
-        deps = frozenset(read) | {tb.lower() for tb in tables}
+        # Without invalidation the entry depends on nothing: it lives its TTL.
+        deps = frozenset(read) | {tb.lower() for tb in tables} if job.invalidate else frozenset()
         try:
             if not self.backend.store(
                 key, data, deps, since, self.default_ttl if ttl is None else ttl
@@ -899,6 +904,7 @@ class Cache:
         name: str | None = None,
         pickle: bool = False,
         stale_while_revalidate: bool = False,
+        invalidate: bool = True,
     ) -> Callable[[Callable[..., t.Any]], Callable[..., t.Any]]:
         """Cache a function's result per arguments in this cache (see
         :meth:`querywatch.QueryWatch.cached`, which uses the current app's)."""
@@ -910,6 +916,7 @@ class Cache:
             name=name,
             pickle=pickle,
             stale_while_revalidate=stale_while_revalidate,
+            invalidate=invalidate,
         )
 
 
@@ -922,6 +929,7 @@ def cached_with(
     name: str | None = None,
     pickle: bool = False,
     stale_while_revalidate: bool = False,
+    invalidate: bool = True,
 ) -> Callable[[Callable[..., t.Any]], Callable[..., t.Any]]:
     """The decorator behind :meth:`Cache.cached` and ``qw.cached``: ``get_cache()`` is
     asked for the cache at each call; None (querywatch off) runs the function uncached."""
@@ -945,6 +953,7 @@ def cached_with(
                 name=fname,
                 pickle=pickle,
                 stale_while_revalidate=stale_while_revalidate,
+                invalidate=invalidate,
             )
 
         wrapper.cache_name = fname  # type: ignore[attr-defined]

@@ -515,6 +515,7 @@ class QueryWatch:
         name: str | None = None,
         pickle: bool = False,
         stale_while_revalidate: bool = False,
+        invalidate: bool = True,
     ) -> Callable[[Callable[..., t.Any]], Callable[..., t.Any]]:
         """Cache a function's result until a table it read is written, or ``ttl``
         seconds (``QUERYWATCH_CACHE_TTL`` by default)::
@@ -527,7 +528,9 @@ class QueryWatch:
         The key is the function's module and name and a digest of its arguments
         (``key=`` replaces it); the tables come from the statements it ran (``tables=``
         adds more). Values are JSON; ``pickle=True`` stores a pickle signed with the app's
-        ``SECRET_KEY`` instead. The app is the current one at call time.
+        ``SECRET_KEY`` instead. ``invalidate=False`` keeps an entry its whole TTL whatever
+        is written (Flask-Caching's ``memoize``), for reads that may be that stale. The
+        app is the current one at call time.
         """
         from .cache import cached_with
 
@@ -544,6 +547,7 @@ class QueryWatch:
             name=name,
             pickle=pickle,
             stale_while_revalidate=stale_while_revalidate,
+            invalidate=invalidate,
         )
 
 
@@ -673,6 +677,7 @@ def cached_query(
     name: str | None = None,
     pickle: bool = False,
     stale_while_revalidate: bool = False,
+    invalidate: bool = True,
 ) -> Callable[[Callable[..., t.Any]], Callable[..., t.Any]]:
     """``@qw.cached`` for modules that do not hold the ``QueryWatch`` instance: the
     cache is the current app's, looked up at each call::
@@ -703,4 +708,5 @@ def cached_query(
         name=name,
         pickle=pickle,
         stale_while_revalidate=stale_while_revalidate,
+        invalidate=invalidate,
     )
