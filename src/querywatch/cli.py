@@ -240,10 +240,10 @@ def advise(
 @cli.command()
 @click.option(
     "--scale",
-    default=1.0,
+    default=3.0,
     show_default=True,
     type=click.FloatRange(0.001, 100),
-    help="Data size; 1.0 is about 200,000 orders.",
+    help="Data size; 1.0 is 200,000 orders.",
 )
 @click.option(
     "--speed",

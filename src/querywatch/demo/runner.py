@@ -23,6 +23,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import math
 import os
 import secrets
 import subprocess
@@ -39,6 +40,7 @@ from werkzeug.serving import WSGIRequestHandler
 from werkzeug.serving import make_server
 
 from ..dashboard import dashboard_url
+from ..evidence import culprit
 from ..incidents.manager import Incidents
 from ..incidents.postmortem import render as render_postmortem
 from ..report import _site_text
@@ -59,9 +61,8 @@ __all__ = ["FIXES", "run_demo"]
 
 FIXES = ("index", "cache", "none")
 CULPRIT_ENDPOINT = LOOKUP_ROUTE
-#: The shop's latency objective: its requests take 1-3 ms at the demo's size, the
-#: order lookup's full scan of 200,000 orders about 15 ms.
-THRESHOLD_MS = 10
+#: The shop's latency objective: its everyday requests take 1-3 ms at the demo's size.
+THRESHOLD_MS = 20
 #: The requests that are slow by design keep their own thresholds (the N+1 endpoint, the
 #: write) or none (the admin overview's counts).
 OVERRIDES = {
@@ -69,6 +70,11 @@ OVERRIDES = {
     "POST /api/orders": {"threshold_ms": 100},
     "GET /api/admin/overview": None,
 }
+#: The shop's database cancels a statement after this long, as production databases
+#: are told to (PostgreSQL's statement_timeout): a request whose query runs longer fails
+#: (500) instead of holding its connection. The calm shop's statements take a few ms;
+#: the lookup's scan of 600,000 orders about 45 ms alone, more when scans overlap.
+STATEMENT_TIMEOUT_MS = 100.0
 #: Minutes (of the replay's clock) of calm before 14:00: the evidence compares the last
 #: five minutes with five minutes an hour earlier, which must hold calm traffic.
 CALM_MINUTES = 70
@@ -329,6 +335,7 @@ class Replay:
         self.app = shop.create_app(
             self.url,
             instance_path=self.instance,
+            statement_timeout_ms=STATEMENT_TIMEOUT_MS,
             config={
                 "QUERYWATCH_STORE_URL": f"sqlite:///{self.store_path}",
                 "QUERYWATCH_BUCKET_SECONDS": 1,
@@ -546,9 +553,6 @@ class Replay:
                 self.wait("burn", lambda: time.time() >= burn_end, patience=self.real(3600) + 5)
             else:
                 self._apply_fix(incidents, advice)
-                self.findings["gate_after"] = self._gate(
-                    _migration(advice) if self.fix_kind == "index" and advice else None
-                )
                 m.recovered = self.wait("recovery", self._recovered)
                 self.say(
                     f"The lookups' p95 is under {THRESHOLD_MS} ms again,"
@@ -565,12 +569,18 @@ class Replay:
                     lambda: len(self.inbox.received(action="resolve")) >= 2 if self.inbox else 0,
                     patience=30,
                 )
+            m.ended = time.time()
+            self.traffic.stop()
+            if self.fix_kind != "none":
+                # Once the traffic is measured: the gate's process would take the CPU
+                # the shop's requests after the fix are timed with.
+                self.findings["gate_after"] = self._gate(
+                    _migration(advice) if self.fix_kind == "index" and advice else None
+                )
         finally:
             if self.live is not None:
                 self.live.stop()
                 self.live = None
-        m.ended = time.time()
-        self.traffic.stop()
         self.state.flusher.flush()
         return self._summary(incidents)
 
@@ -593,11 +603,11 @@ class Replay:
         return False
 
     def _culprit(self, evidence: dict[str, t.Any]) -> dict[str, t.Any]:
-        """The shape the evidence blames: the one that took most time now."""
-        shapes = [s for s in evidence.get("shapes") or [] if s.get("time_now_s")]
-        if not shapes:
+        """The shape the incident's evidence blames (the hypothesis's)."""
+        top = culprit(evidence) if evidence.get("shapes") else None
+        if top is None:
             raise DemoError("The incident's evidence names no query shape.")
-        return dict(max(shapes, key=lambda s: s["time_now_s"]))
+        return dict(top)
 
     def _analyse(self, incidents: Incidents, culprit: dict[str, t.Any]) -> t.Any:
         """The responder clicks "Analyse now": the advisor verifies an index."""
@@ -759,7 +769,8 @@ class Replay:
         lk_after = [s for s in after if s.route == LOOKUP_ROUTE]
         p_during, p_after = p95_ms(lk_during), p95_ms(lk_after)
         server_during = self._server_p95(m.onset, fix_at)
-        server_after = self._server_p95(after_from, m.ended + 1) if m.fix else None
+        # Whole buckets after the fix: the one it fell in also holds the slow lookups.
+        server_after = self._server_p95(math.ceil(after_from), m.ended + 1) if m.fix else None
         culprit = self.findings.get("culprit") or {}
         advice = self.findings.get("advice")
         inc = incidents.get(self.incident_id) if self.incident_id else None
@@ -805,9 +816,31 @@ class Replay:
         def since_onset(at: float | None) -> float | None:
             return round(at - m.onset, 2) if at is not None and m.onset is not None else None
 
+        why: dict[str, str] = {}
+        if not checks["alert_fired"]:
+            why["alert_fired"] = "no paging alert fired after the onset"
+        if not checks["root_cause_named"]:
+            why["root_cause_named"] = (
+                f"the evidence blamed {culprit.get('endpoint')}: {culprit.get('shape')}"
+            )
+        if not checks["fix_verified"]:
+            if self.fix_kind == "none":
+                why["fix_verified"] = "no fix was applied (--fix=none)"
+            elif self.fix_kind == "cache":
+                why["fix_verified"] = (
+                    f"the lookups' p95 after the fix is {p_after} ms, over the"
+                    f" {THRESHOLD_MS} ms objective: cache misses still scan orders, and the"
+                    " gate still fails on the full scan (--fix=index removes it)"
+                )
+            else:
+                why["fix_verified"] = "the gate did not fail before the index and pass after"
+        if not checks["recovery_measured"]:
+            why["recovery_measured"] = "latency did not recover, or the alert or the incident"
+            why["recovery_measured"] += " did not resolve"
         summary: dict[str, t.Any] = {
             "loop_closed": all(checks.values()),
             "checks": checks,
+            "not_closed_because": why,
             "fix": self.fix_kind,
             "speed": self.speed,
             "scale": self.scale,
@@ -1010,6 +1043,11 @@ def print_summary(summary: dict[str, t.Any], console: Console) -> None:
     console.print(f"Root cause: {s['root_cause']}", highlight=False, soft_wrap=True)
     if s["postmortem"]:
         console.print(f"Postmortem: {s['postmortem']}", highlight=False)
+    console.print(
+        f"Store: {s['store']} (querywatch report --store sqlite:///{s['store']} --since 1h)",
+        highlight=False,
+        soft_wrap=True,
+    )
     console.print(f"Dashboard: {s['dashboard_url']}", highlight=False, soft_wrap=True)
     if s["loop_closed"]:
         console.print(
@@ -1017,13 +1055,14 @@ def print_summary(summary: dict[str, t.Any], console: Console) -> None:
             " verified, recovery measured."
         )
     else:
-        missing = [k.replace("_", " ") for k, ok in s["checks"].items() if not ok]
-        console.print(f"[bold red]Loop not closed:[/bold red] {', '.join(missing)}.")
+        console.print("[bold red]Loop not closed:[/bold red]")
+        for check, reason in s["not_closed_because"].items():
+            console.print(f"  {check.replace('_', ' ')}: {reason}.", highlight=False)
 
 
 def run_demo(
     *,
-    scale: float = 1.0,
+    scale: float = 3.0,
     speed: float = 120.0,
     rate: float = 40.0,
     database_url: str | None = None,
@@ -1036,7 +1075,10 @@ def run_demo(
 ) -> int:
     """Replay the outage; the exit code: 0 when the loop closed (alert fired, root cause
     named, fix verified, recovery measured), 1 when it did not, 130 on Ctrl-C."""
-    console = console or Console(stderr=as_json, quiet=quiet and not as_json)
+    # Progress goes to the console (stderr with --json, nothing with --quiet); the
+    # summary, the reason a replay stopped and Ctrl-C's message always reach ``out``.
+    out = console or Console(stderr=as_json)
+    console = console or Console(stderr=as_json, quiet=quiet)
     replay = Replay(
         scale=scale,
         speed=speed,
@@ -1053,9 +1095,9 @@ def run_demo(
         try:
             summary = replay.run()
         except DemoError as e:
-            console.print(f"[bold red]The replay stopped:[/bold red] {e}")
+            out.print(f"[bold red]The replay stopped:[/bold red] {e}")
         except Exception as e:  # the replay stops, and says why; the rest is closed below
-            console.print(
+            out.print(
                 f"[bold red]The replay stopped:[/bold red] {type(e).__name__}: {e}"
                 f" (querywatch's log: {replay.log_path})",
                 highlight=False,
@@ -1064,7 +1106,7 @@ def run_demo(
             if as_json:
                 print(json.dumps(summary, indent=2, default=str))
             else:
-                print_summary(summary, console if not quiet else Console())
+                print_summary(summary, out)
         if keep_serving and replay.server is not None:
             console.print(
                 f"Still serving on http://127.0.0.1:{replay.port}, dashboard"
@@ -1078,7 +1120,7 @@ def run_demo(
             except KeyboardInterrupt:
                 pass
     except KeyboardInterrupt:
-        console.print("\nInterrupted: stopping the load, the server and querywatch.")
+        out.print("\nInterrupted: stopping the load, the server and querywatch.")
         replay.close()
         return 130
     finally:
