@@ -167,3 +167,34 @@ def test_unparseable_and_missing_tables_say_what_is_wrong(tmp_path: t.Any) -> No
 def test_in_memory_sqlite_is_refused() -> None:
     with pytest.raises(ExplainError, match="in-memory"):
         Explainer("sqlite://")
+
+
+def test_ctrl_c_during_a_sqlite_statement_is_not_lost(tmp_path: t.Any) -> None:
+    """With a progress handler installed, the sqlite3 module drops the KeyboardInterrupt
+    of a Ctrl-C raised inside it, and the statement goes on. A session in the main thread
+    stops the statement at once and raises KeyboardInterrupt at its end, then gives
+    Ctrl-C back to Python."""
+    import os
+    import signal
+    import threading
+    import time
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("Ctrl-C is handled by something else in this process")
+    url = f"sqlite:///{tmp_path}/big.db"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+        conn.exec_driver_sql(
+            "INSERT INTO t WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n"
+            " WHERE i < 20000) SELECT i FROM n"
+        )
+    engine.dispose()
+    started = time.monotonic()
+    with Explainer(url, timeout=30) as ex, pytest.raises(KeyboardInterrupt):  # noqa: PT012
+        with ex.session() as s:
+            threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+            # A nested loop of 20,000 x 20,000 rows: minutes, unless stopped.
+            s.run("SELECT count(*) FROM t a, t b WHERE a.x + b.x = -1").fetchall()
+    assert time.monotonic() - started < 10
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+import threading
 import time
 import typing as t
 
@@ -461,12 +462,13 @@ class Explainer:
             return s.explain(sql, params, **kw)
 
 
-def deadline_handler(timeout: float) -> t.Callable[[], int]:
-    """A SQLite progress handler that interrupts a statement after ``timeout`` seconds."""
+def deadline_handler(timeout: float, stop: threading.Event | None = None) -> t.Callable[[], int]:
+    """A SQLite progress handler that interrupts a statement after ``timeout`` seconds,
+    or once ``stop`` is set."""
     end = time.monotonic() + timeout
 
     def handler() -> int:
-        return 1 if time.monotonic() > end else 0
+        return 1 if time.monotonic() > end or (stop is not None and stop.is_set()) else 0
 
     return handler
 

@@ -10,12 +10,20 @@ for each sort of n rows: an estimate for ranking, not SQLite's own figure.
 
 Read-only sessions set ``PRAGMA query_only``; the statement timeout is a progress handler
 that interrupts the statement past its deadline.
+
+Ctrl-C: with a Python progress handler installed, the ``KeyboardInterrupt`` of a SIGINT
+that arrives while SQLite runs a statement is raised inside the callback, where the
+sqlite3 module drops it (the statement goes on, the interrupt is lost). In the main
+thread a session therefore takes SIGINT over: it only sets a flag, the handler interrupts
+the statement, and the session's end raises ``KeyboardInterrupt``.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import signal
+import threading
 import typing as t
 
 from . import Plan
@@ -35,6 +43,26 @@ _ACCESS_RE = re.compile(
 _INDEX_RE = re.compile(r"INDEX (?P<index>[^\s(]+)")
 
 
+def _take_sigint() -> threading.Event | None:
+    """In the main thread, while Python's own Ctrl-C handler is in place: a handler that
+    sets the returned flag instead of raising."""
+    if threading.current_thread() is not threading.main_thread():
+        return None  # signals reach the main thread only
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return None  # the program handles Ctrl-C itself
+    pressed = threading.Event()
+    signal.signal(signal.SIGINT, lambda signum, frame: pressed.set())
+    return pressed
+
+
+def _give_back_sigint(pressed: threading.Event | None) -> None:
+    if pressed is None:
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if pressed.is_set():
+        raise KeyboardInterrupt
+
+
 def begin(session: Session, timeout: float) -> None:
     dbapi = session.conn.connection.dbapi_connection
     session.timeout = timeout  # type: ignore[attr-defined]
@@ -42,7 +70,8 @@ def begin(session: Session, timeout: float) -> None:
     if not session.writable:
         session.run("PRAGMA query_only = ON")
     assert dbapi is not None
-    dbapi.set_progress_handler(deadline_handler(timeout), 1000)
+    session.sigint = _take_sigint()  # type: ignore[attr-defined]
+    dbapi.set_progress_handler(deadline_handler(timeout, session.sigint), 1000)  # type: ignore[attr-defined]
 
 
 def end(session: Session) -> None:
@@ -52,13 +81,18 @@ def end(session: Session) -> None:
     finally:
         if dbapi is not None:
             dbapi.set_progress_handler(None, 0)
-        session.run("PRAGMA query_only = OFF")
+        try:
+            session.run("PRAGMA query_only = OFF")
+        finally:
+            _give_back_sigint(getattr(session, "sigint", None))
 
 
 def _arm(session: Session) -> None:
     dbapi = session.conn.connection.dbapi_connection
     assert dbapi is not None
-    dbapi.set_progress_handler(deadline_handler(session.explainer.timeout), 1000)
+    dbapi.set_progress_handler(
+        deadline_handler(session.explainer.timeout, getattr(session, "sigint", None)), 1000
+    )
 
 
 def explain(
