@@ -524,8 +524,8 @@ class Replay:
             self.traffic.command("incident")
             m.onset = time.time()
             self.say(
-                f"[bold]14:00[/bold] the support team's order lookup takes {LOOKUP_SHARE:.0%}"
-                " of the requests; the total rate stays the same."
+                f"[bold]The support team's order lookup takes {LOOKUP_SHARE:.0%} of the"
+                " requests[/bold]; the total rate stays the same."
             )
             alert = self.wait("paging alert", self._page_firing)
             m.alert = alert.since
@@ -581,6 +581,7 @@ class Replay:
             if self.live is not None:
                 self.live.stop()
                 self.live = None
+                self.console.print()
         self.state.flusher.flush()
         return self._summary(incidents)
 
