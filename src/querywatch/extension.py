@@ -254,6 +254,11 @@ class Flusher:
             except Exception as e:  # keep the thread alive whatever happens
                 record_internal_error("flusher.run", e)
 
+    def defer_alerts(self, seconds: float) -> None:
+        """Evaluate no alert for the next ``seconds`` (0: at the next flush), as during
+        a warm-up whose slow first requests should page nobody."""
+        self._next_eval = time.monotonic() + seconds
+
     def evaluate_alerts(self, *, force: bool = False) -> list[t.Any] | None:
         """Evaluate the alerts if it is time (every ``QUERYWATCH_ALERT_INTERVAL``
         seconds) and this process holds the store's lease. Never raises: a failure is

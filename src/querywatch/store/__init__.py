@@ -580,12 +580,13 @@ class Store:
                     )
                 )
 
-    def prune(self, older_than: float) -> int:
+    def prune(self, older_than: float, *, width: int = 60) -> int:
         """Delete what is older than ``older_than`` (Unix time): buckets that started
-        before it, alert changes, alerts resolved before it, and delivered or
-        dead-lettered notifications. Incidents and their timelines are kept."""
+        before it (``width``: the bucket width), alert changes, alerts resolved before it,
+        and delivered or dead-lettered notifications. Incidents and their timelines are
+        kept."""
         self.migrate()
-        cutoff = int(older_than // 60) * 60
+        cutoff = int(older_than // width) * width
         n = 0
         with self.engine.begin() as conn:
             for tbl in (
