@@ -148,7 +148,7 @@ def test_ctrl_c_stops_cleanly_and_the_next_replay_closes_the_loop(tmp_path: t.An
     assert "Interrupted: stopping the load, the server and querywatch." in output
     assert "Traceback" not in output
     assert _session_processes(proc.pid) == []
-    db = workdir / "shop.db"
+    db = workdir / "instance" / "shop.db"
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     from sqlalchemy import create_engine

@@ -264,7 +264,7 @@ def advise(
     default=None,
     metavar="URL",
     help="Shop database, such as postgresql+psycopg://127.0.0.1/test"
-    " (default: SQLite in the work folder).",
+    " (default: SQLite in the work folder's instance/).",
 )
 @click.option(
     "--fix",

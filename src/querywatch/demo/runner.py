@@ -245,8 +245,10 @@ class Replay:
         self.console = console
         self.quiet = quiet
         self.workdir = os.path.abspath(workdir)
-        self.url = database_url or f"sqlite:///{os.path.join(self.workdir, 'shop.db')}"
+        # The shop's instance folder holds its SQLite database, as Flask apps keep it,
+        # and querywatch's store.
         self.instance = os.path.join(self.workdir, "instance")
+        self.url = database_url or f"sqlite:///{os.path.join(self.instance, 'shop.db')}"
         self.store_path = os.path.join(self.instance, "querywatch.db")
         self.log_path = os.path.join(self.workdir, "querywatch.log")
         self.moments = Moments()
