@@ -62,20 +62,21 @@ def test_the_short_window_stops_the_alert_once_errors_stop() -> None:
     assert evaluate_objective(SLO, counts, DEFAULT_POLICY[:1]) == []
 
 
-def test_a_few_slow_requests_on_a_quiet_service_page_nobody_with_min_events() -> None:
-    """Eight requests in the short window, three of them bad: 37% is a burn of 375x, but
-    with ``min_events=50`` no condition fires until the window holds 50 events."""
+def test_one_failure_on_a_quiet_service_pages_nobody_with_min_bad_events() -> None:
+    """A quiet service: 150 requests in six hours, one failed (0.67%, a burn of 6.7x),
+    and it was one of the last half hour's 30 (33x): the 6h/30m page fires. With
+    ``min_bad_events=10`` nothing fires until ten requests failed in the short window."""
 
     def quiet(seconds: float) -> WindowCounts:
-        return WindowCounts(8, 3)
+        return WindowCounts(150, 1) if seconds > 1800 else WindowCounts(30, 1)
 
-    assert evaluate_objective(SLO, quiet)  # without the guard: pages
-    assert evaluate_objective(SLO, quiet, min_events=50) == []
+    assert evaluate_objective(SLO, quiet, DEFAULT_POLICY[1:2])  # 6h/30m: pages
+    assert evaluate_objective(SLO, quiet, min_bad_events=10) == []
 
-    def busy(seconds: float) -> WindowCounts:
+    def outage(seconds: float) -> WindowCounts:
         return WindowCounts(int(seconds), int(seconds * 0.37))
 
-    fired = evaluate_objective(SLO, busy, min_events=50)
+    fired = evaluate_objective(SLO, outage, min_bad_events=10)
     assert [(f.severity, f.window) for f in fired] == [
         ("page", "1h/5m"), ("page", "6h/30m"), ("ticket", "3d/6h")
     ]  # fmt: skip

@@ -198,16 +198,17 @@ def evaluate_objective(
     policy: t.Sequence[BurnWindow] = DEFAULT_POLICY,
     *,
     scale: float = 1.0,
-    min_events: int = 0,
+    min_bad_events: int = 0,
 ) -> list[Firing]:
     """The conditions of ``policy`` that ``objective`` meets now.
 
     :param counts: events over the last ``seconds`` (the caller reads them from the
         store, where they are minute buckets).
     :param scale: multiplies every window (tests and the demo compress time).
-    :param min_events: a condition also needs this many events in its short window:
-        on a quiet service (or the first seconds of one) a handful of slow requests is a
-        high ratio, and pages nobody should get.
+    :param min_bad_events: a condition also needs this many bad events in its short
+        window: against a 99.9% objective, one failed request among the few hundred of a
+        quiet service's (or of a service's first seconds) burns at 14.4x, and pages
+        nobody should get.
     """
     out = []
     for window in policy:
@@ -216,7 +217,7 @@ def evaluate_objective(
         if long_burn < w.burn_rate - _EPSILON:
             continue
         short = counts(w.short_seconds)
-        if short.total < min_events:
+        if short.bad < min_bad_events:
             continue
         short_burn = burn_rate(short.error_ratio, objective)
         if short_burn < w.burn_rate - _EPSILON:
@@ -506,7 +507,8 @@ class AlertRules:
     :param new_n_plus_one: an N+1 loop first seen since alerting began (``n_plus_one:…``).
     :param new_full_scan: a full scan the advisor found since then (``full_scan:…``).
     :param bucket_seconds: the store's bucket width.
-    :param min_events: a burn-rate alert needs this many events in its short window.
+    :param min_bad_events: a burn-rate alert needs this many bad events in its short
+        window.
     """
 
     objectives: tuple[Objective, ...]
@@ -517,7 +519,7 @@ class AlertRules:
     new_n_plus_one: bool = True
     new_full_scan: bool = True
     bucket_seconds: int = 60
-    min_events: int = 0
+    min_bad_events: int = 0
 
     @property
     def shape_window(self) -> float:
@@ -694,7 +696,7 @@ class Evaluator:
                 return WindowCounts(*by_span[seconds])
 
             firings = evaluate_objective(
-                o, counts, rules.policy, scale=rules.scale, min_events=rules.min_events
+                o, counts, rules.policy, scale=rules.scale, min_bad_events=rules.min_bad_events
             )
             for severity in sorted(
                 {f.severity for f in firings}, key=lambda s: _SEVERITY_ORDER.get(s, 9)

@@ -74,8 +74,8 @@ class Settings:
     alert_time_scale: float = 1.0
     #: A query shape's p95 above this many ms alerts (None: off), given enough calls.
     alert_shape_p95_ms: float | None = 1000.0
-    #: A burn-rate alert needs this many events in its short window.
-    alert_min_events: int = 0
+    #: A burn-rate alert needs this many bad events in its short window.
+    alert_min_bad_events: int = 0
     alert_shape_min_calls: int = 20
     #: Alert on an N+1 loop / a full scan first seen since alerting began.
     alert_new_n_plus_one: bool = True
@@ -332,8 +332,8 @@ def load_settings(app: Flask) -> Settings:
             app, "QUERYWATCH_ALERT_TIME_SCALE", 1.0, minimum=0, exclusive=True
         ),
         alert_shape_p95_ms=_optional_ms(app, "QUERYWATCH_ALERT_SHAPE_P95_MS", 1000.0),
-        alert_min_events=int(
-            _number(app, "QUERYWATCH_ALERT_MIN_EVENTS", 0, minimum=0, integer=True)
+        alert_min_bad_events=int(
+            _number(app, "QUERYWATCH_ALERT_MIN_BAD_EVENTS", 0, minimum=0, integer=True)
         ),
         alert_shape_min_calls=int(
             _number(app, "QUERYWATCH_ALERT_SHAPE_MIN_CALLS", 20, minimum=1, integer=True)

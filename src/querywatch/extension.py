@@ -107,7 +107,7 @@ class AppState:
                 new_n_plus_one=s.alert_new_n_plus_one,
                 new_full_scan=s.alert_new_full_scan,
                 bucket_seconds=s.bucket_seconds,
-                min_events=s.alert_min_events,
+                min_bad_events=s.alert_min_bad_events,
             )
             self._evaluator = Evaluator(self.store, rules)
         return self._evaluator

@@ -349,8 +349,9 @@ class Replay:
                 "QUERYWATCH_ALERT_TIME_SCALE": 1 / self.speed,
                 # The per-shape p95 rule pages nobody; the objectives tell this story.
                 "QUERYWATCH_ALERT_SHAPE_P95_MS": None,
-                # The first seconds hold a few dozen requests: no page on a handful.
-                "QUERYWATCH_ALERT_MIN_EVENTS": 50,
+                # A page needs ten bad requests in its short window: one statement
+                # timeout among the calm's requests is a 99.9% objective's 14x burn.
+                "QUERYWATCH_ALERT_MIN_BAD_EVENTS": 10,
                 "QUERYWATCH_OBJECTIVES": [
                     "availability:99.9",
                     {
