@@ -32,10 +32,12 @@ import threading
 import time
 import typing as t
 
+import yaml
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
 from werkzeug.serving import WSGIRequestHandler
 from werkzeug.serving import make_server
 
@@ -673,16 +675,14 @@ class Replay:
         if os.path.exists(db):
             os.remove(db)
         requests_file = os.path.join(gate_dir, "lookup.yaml")
+        # The shop's own budget and its test of the lookup, taken from checks.yaml.
         with open(shop.CHECKS_FILE, encoding="utf-8") as f:
-            text = f.read()
-        budget = text[text.index("budget:") : text.index("requests:")]
+            checks = yaml.safe_load(f)
+        checks["requests"] = [
+            r for r in checks["requests"] if r["path"].startswith("/api/orders/lookup")
+        ]
         with open(requests_file, "w", encoding="utf-8") as f:
-            f.write(
-                "# The shop's gate, its test of the order lookup (from checks.yaml).\n"
-                + budget
-                + "requests:\n  - name: order lookup by email\n"
-                + "    path: /api/orders/lookup?email=customer7@example.com\n"
-            )
+            yaml.safe_dump(checks, f, sort_keys=False)
         migrations = [ddl] if ddl else []
         app_spec = (
             f"querywatch.demo.shop:create_app({f'sqlite:///{db}'!r},"
@@ -877,7 +877,7 @@ class Replay:
             "fix": self.fix_kind,
             "speed": self.speed,
             "scale": self.scale,
-            "database": create_engine(self.url).dialect.name,
+            "database": make_url(self.url).get_backend_name(),
             "times_s": {
                 "onset_to_alert": since_onset(m.alert),
                 "alert_to_level2": round(m.level2 - m.alert, 2) if m.level2 and m.alert else None,
