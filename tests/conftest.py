@@ -47,9 +47,11 @@ def _unavailable(service: str, reason: str) -> t.NoReturn:
 
 
 @pytest.fixture(autouse=True)
-def no_background_advisor_outlives_its_test() -> t.Iterator[None]:
+def no_background_thread_outlives_its_test() -> t.Iterator[None]:
     """An app's advisor thread wakes every 30 s; one left from an earlier test would
-    analyse that test's database in the middle of a later one. And the process-wide
+    analyse that test's database in the middle of a later one. Its flusher and incident
+    worker would go on writing and evaluating alerts on a store nobody reads, taking the
+    interpreter from the timed tests that follow (the demo's). And the process-wide
     threshold for keeping parameter samples goes back to what it was."""
     from querywatch import capture
 
@@ -60,6 +62,7 @@ def no_background_advisor_outlives_its_test() -> t.Iterator[None]:
 
     for state in list(_states):
         state.advice_worker._stop.set()
+        state.flusher._stop.set()
         if state.incident_worker is not None:
             state.incident_worker._stop.set()
 

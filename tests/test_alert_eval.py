@@ -496,3 +496,44 @@ def test_the_culprit_is_the_shape_that_grew_not_the_steady_one() -> None:
     assert top is not None
     assert top["fingerprint"] == "lookup"
     assert culprit({"shapes": [shape("idle", 0.0, 0.1)]}) is None
+
+
+def test_the_culprit_is_where_the_objectives_bad_requests_are() -> None:
+    """The demo's replay on PostgreSQL: the lookup's scan slowed the recent-orders page's
+    N+1 from 1 to 3 ms a call, and over its 450 calls that grew more (0.9 s) than the scan
+    (0.5 s); but 82% of the objective's bad requests are lookups: the scan is blamed.
+    When no shape of the bad endpoints grew (their requests waited for a connection),
+    the shape that grew most is."""
+    from querywatch.evidence import culprit
+
+    def shape(name: str, endpoint: str, now: float, before: float) -> dict[str, t.Any]:
+        return {
+            "fingerprint": name,
+            "endpoint": endpoint,
+            "time_now_s": now,
+            "time_before_s": before,
+        }
+
+    lookup = shape("scan", "GET /api/orders/lookup", 0.5, 0.0)
+    n_plus_one = shape("items", "GET /api/orders/recent", 1.35, 0.45)
+    steady = shape("products", "GET /api/products", 0.2, 0.2)
+    ev: dict[str, t.Any] = {
+        "window": {"before": [0, 60], "now": [3600, 3660]},
+        "shapes": [n_plus_one, lookup, steady],
+    }
+    top = culprit(ev)
+    assert top is not None
+    assert top["fingerprint"] == "items"  # without the objective: the biggest growth
+    ev["bad_endpoints"] = [
+        {"endpoint": "GET /api/orders/lookup", "events": 90, "bad": 41},
+        {"endpoint": "GET /api/orders/recent", "events": 30, "bad": 9},
+    ]
+    top = culprit(ev)
+    assert top is not None
+    assert top["fingerprint"] == "scan"
+    # The bad requests are all checkout waits on the product page, whose shape did not
+    # grow: the shape that grew most, wherever it is, holds the connections.
+    ev["bad_endpoints"] = [{"endpoint": "GET /api/products", "events": 90, "bad": 50}]
+    top = culprit(ev)
+    assert top is not None
+    assert top["fingerprint"] == "items"

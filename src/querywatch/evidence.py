@@ -212,7 +212,14 @@ def culprit(ev: dict[str, t.Any]) -> dict[str, t.Any] | None:
     """The shape the evidence blames: the one whose time grew the most against the
     window before (per second: the window now also holds the current bucket), the
     costliest now among equals. A shape that was always there and always cheap does not
-    stand first because a new one has had only a few calls yet."""
+    stand first because a new one has had only a few calls yet.
+
+    Where the objective's bad requests are known, they say where to look: a shape's
+    growth counts as much as its endpoint holds of them. A slow scan slows every
+    endpoint sharing the database and the interpreter, and an N+1 that grew from 1 ms
+    to 3 ms a call over 450 calls can outgrow the scan that failed the requests. When
+    no shape of those endpoints grew (their requests waited for a connection, held by
+    a query elsewhere), the shape that grew most anywhere is blamed."""
     shapes = [s for s in ev["shapes"] if s["time_now_s"] > 0]
     if not shapes:
         return None
@@ -221,10 +228,21 @@ def culprit(ev: dict[str, t.Any]) -> dict[str, t.Any] | None:
     stretch = 1.0
     if now and before and before[1] > before[0]:
         stretch = (now[1] - now[0]) / (before[1] - before[0])
-    top: dict[str, t.Any] = max(
-        shapes,
-        key=lambda s: (s["time_now_s"] - s["time_before_s"] * stretch, s["time_now_s"]),
-    )
+
+    def growth(s: dict[str, t.Any]) -> float:
+        return float(s["time_now_s"] - s["time_before_s"] * stretch)
+
+    bad = {b["endpoint"]: b["bad"] for b in ev.get("bad_endpoints") or [] if b["bad"]}
+    total = sum(bad.values())
+    where_bad = [s for s in shapes if bad.get(s.get("endpoint")) and growth(s) > 0]
+    top: dict[str, t.Any]
+    if where_bad:
+        top = max(
+            where_bad,
+            key=lambda s: (growth(s) * bad[s["endpoint"]] / total, s["time_now_s"]),
+        )
+    else:
+        top = max(shapes, key=lambda s: (growth(s), s["time_now_s"]))
     return top
 
 
