@@ -130,3 +130,15 @@ def test_advise_without_a_database_says_how_to_give_one(tmp_path: t.Any) -> None
     result = CliRunner().invoke(cli, ["advise", "--store", f"sqlite:///{tmp_path}/s.db"])
     assert result.exit_code == 2
     assert "Pass '--database-url URL'" in result.output
+
+
+def test_advise_on_a_database_without_its_driver_says_what_to_install(tmp_path: t.Any) -> None:
+    sql = tmp_path / "q.sql"
+    sql.write_text("SELECT 1")
+    url = "postgresql+psycopg2://u:secret@127.0.0.1/test"
+    result = CliRunner().invoke(cli, ["advise", "--database-url", url, "--sql", str(sql)])
+    assert result.exit_code == 1
+    assert "needs the Python driver 'psycopg2', which is not installed here" in result.output
+    assert "postgresql+psycopg://" in result.output
+    assert "secret" not in result.output
+    assert "Traceback" not in result.output

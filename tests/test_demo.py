@@ -187,6 +187,16 @@ def test_bad_options_are_refused_with_the_reason(tmp_path: t.Any) -> None:
     result = CliRunner().invoke(cli, ["demo", "--speed", "0", "--workdir", str(tmp_path)])
     assert result.exit_code == 2
     assert "--speed" in result.output
+    # A database whose Python driver is not installed: said before anything is created,
+    # with what to install (MySQLdb is not one of querywatch's drivers).
+    url = "mysql+mysqldb://root@127.0.0.1/test"
+    result = CliRunner().invoke(cli, ["demo", "--database-url", url, "--workdir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "--database-url" in result.output
+    assert "needs the Python driver 'MySQLdb', which is not installed here" in result.output
+    assert "mysql+pymysql://" in result.output
+    assert "pip install 'querywatch[mysql]'" in result.output
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_shops_statement_timeout_fails_the_slow_request_only(tmp_path: t.Any) -> None:

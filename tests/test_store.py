@@ -98,6 +98,22 @@ def test_write_merges_and_reads_back(store_url: str) -> None:
     store.dispose()
 
 
+def test_a_store_url_without_its_driver_says_what_to_install() -> None:
+    from querywatch.config import missing_driver
+    from querywatch.exceptions import StoreError
+
+    with pytest.raises(StoreError) as e:
+        Store("oracle+oracledb://qw:secret@db.example/querywatch")
+    message = str(e.value)
+    assert "needs the Python driver 'oracledb', which is not installed here" in message
+    assert "pip install oracledb" in message
+    assert "secret" not in message
+    assert missing_driver("sqlite:///x.db") is None
+    assert missing_driver("postgresql+psycopg://127.0.0.1/test") is None  # installed
+    assert "no dialect 'postgresql+nosuch'" in (missing_driver("postgresql+nosuch://x") or "")
+    assert "is not a database URL" in (missing_driver("not a url") or "")
+
+
 def test_schema_version_and_forward_migration(tmp_path: t.Any) -> None:
     """A new store is created at the current version; a newer one is refused clearly."""
     url = f"sqlite:///{tmp_path}/v.db"

@@ -9,6 +9,7 @@ import typing as t
 
 import click
 
+from .config import missing_driver
 from .exceptions import QueryWatchError
 
 if t.TYPE_CHECKING:
@@ -302,6 +303,9 @@ def demo(
     """
     from .demo.runner import run_demo
 
+    missing = missing_driver(database_url) if database_url else None
+    if missing is not None:
+        raise click.BadParameter(missing, param_hint="'--database-url'")
     try:
         code = run_demo(
             scale=scale,

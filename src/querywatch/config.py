@@ -150,6 +150,42 @@ def _packages(app: Flask) -> tuple[str, ...]:
 _URL_EXPECTED = "a database URL such as 'postgresql+psycopg://host/db'"
 
 
+#: The driver querywatch's extras install for each backend, and the extra.
+_DRIVERS = {
+    "postgresql": ("psycopg", "postgres"),
+    "mysql": ("pymysql", "mysql"),
+    "mariadb": ("pymysql", "mysql"),
+}
+
+
+def missing_driver(url: str) -> str | None:
+    """What is missing to connect to ``url`` here, and how to install it; None when its
+    SQLAlchemy dialect and Python driver import (nothing is connected)."""
+    try:
+        sa_url = make_url(url)
+    except ArgumentError:
+        return f"{url!r} is not {_URL_EXPECTED}."
+    shown = sa_url.render_as_string(hide_password=True)
+    try:
+        dialect = sa_url.get_dialect()
+    except ArgumentError:
+        return f"SQLAlchemy has no dialect {sa_url.drivername!r} (in {shown!r})."
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        package = e.name or sa_url.get_driver_name()
+        backend = sa_url.get_backend_name()
+        ours, extra = _DRIVERS.get(backend, (None, None))
+        if package == ours:
+            how = f"pip install 'querywatch[{extra}]'"
+        elif ours:
+            how = f"install it, or use {backend}+{ours}:// after pip install 'querywatch[{extra}]'"
+        else:
+            how = f"install it (pip install {package})"
+        return f"{shown} needs the Python driver {package!r}, which is not installed here: {how}."
+    return None
+
+
 def _url(key: str, value: t.Any) -> str:
     if not isinstance(value, str):
         raise ConfigError(key, _URL_EXPECTED, value)

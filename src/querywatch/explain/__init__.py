@@ -36,6 +36,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from ..capture import IGNORE_OPTION
+from ..config import missing_driver
 from ..exceptions import ExplainError
 from ..exceptions import UnsafeStatementError
 
@@ -395,6 +396,9 @@ class Explainer:
             except Exception:
                 msg = f"{url!r} is not a database URL (e.g. 'postgresql+psycopg://host/db')."
                 raise ExplainError(msg) from None
+        missing = missing_driver(sa_url.render_as_string(hide_password=False))
+        if missing is not None:
+            raise ExplainError(missing)
         self.url = sa_url
         name = sa_url.get_backend_name()
         if name == "mariadb":

@@ -25,6 +25,7 @@ from sqlalchemy.exc import OperationalError
 
 from ..capture import IGNORE_OPTION
 from ..capture import CallSite
+from ..config import missing_driver
 from ..exceptions import SchemaVersionError
 from ..exceptions import StoreError
 from ..stats import Aggregate
@@ -173,6 +174,9 @@ class Store:
             engine = create_engine(url, **options)
         except Exception as e:
             msg = f"Could not open the querywatch store at {url!r}: {e}"
+            missing = missing_driver(url)
+            if missing is not None:
+                msg = f"Could not open the querywatch store: {missing}"
             raise StoreError(msg) from None
         self.engine: Engine = engine.execution_options(**{IGNORE_OPTION: True})
         self.is_sqlite = self.engine.dialect.name == "sqlite"
