@@ -233,14 +233,10 @@ def culprit(ev: dict[str, t.Any]) -> dict[str, t.Any] | None:
         return float(s["time_now_s"] - s["time_before_s"] * stretch)
 
     bad = {b["endpoint"]: b["bad"] for b in ev.get("bad_endpoints") or [] if b["bad"]}
-    total = sum(bad.values())
     where_bad = [s for s in shapes if bad.get(s.get("endpoint")) and growth(s) > 0]
     top: dict[str, t.Any]
     if where_bad:
-        top = max(
-            where_bad,
-            key=lambda s: (growth(s) * bad[s["endpoint"]] / total, s["time_now_s"]),
-        )
+        top = max(where_bad, key=lambda s: (growth(s) * bad[s["endpoint"]], s["time_now_s"]))
     else:
         top = max(shapes, key=lambda s: (growth(s), s["time_now_s"]))
     return top

@@ -396,9 +396,9 @@ class Explainer:
             except Exception:
                 msg = f"{url!r} is not a database URL (e.g. 'postgresql+psycopg://host/db')."
                 raise ExplainError(msg) from None
-        missing = missing_driver(sa_url.render_as_string(hide_password=False))
-        if missing is not None:
-            raise ExplainError(missing)
+            missing = missing_driver(url)
+            if missing is not None:
+                raise ExplainError(missing)
         self.url = sa_url
         name = sa_url.get_backend_name()
         if name == "mariadb":
