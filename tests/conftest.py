@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import typing as t
 import uuid
@@ -44,6 +45,26 @@ def _unavailable(service: str, reason: str) -> t.NoReturn:
     if REQUIRE_SERVICES:
         pytest.fail(msg + " QUERYWATCH_REQUIRE_SERVICES=1 makes this a failure.")
     pytest.skip(msg + " Start it, or set QUERYWATCH_REQUIRE_SERVICES=1 to fail instead.")
+
+
+@contextlib.contextmanager
+def busy_machine(per_core: int = 2) -> t.Iterator[int]:
+    """``per_core`` CPU-burning processes per core for the block, as a laptop running a
+    browser and an IDE beside the test is busy. Yields how many run."""
+    import subprocess
+    import sys
+
+    procs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(per_core * (os.cpu_count() or 1))
+    ]
+    try:
+        yield len(procs)
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
 
 
 @pytest.fixture(autouse=True)
@@ -168,7 +189,13 @@ def app(sqlite_shop_url: str, tmp_path: t.Any) -> t.Any:
     a = shop.create_app(
         sqlite_shop_url,
         instance_path=str(tmp_path / "instance"),
-        config={"TESTING": True, "QUERYWATCH_FLUSH_INTERVAL": 3600},
+        config={
+            "TESTING": True,
+            "QUERYWATCH_FLUSH_INTERVAL": 3600,
+            # In the instance folder, where the store tests look for it (a test app's
+            # store is a temporary one unless it is set).
+            "QUERYWATCH_STORE_URL": f"sqlite:///{tmp_path}/instance/querywatch.db",
+        },
     )
     yield a
     state = a.extensions["querywatch"]

@@ -353,22 +353,25 @@ def test_the_lease_passes_on_when_its_holder_stops(tmp_path: t.Any) -> None:
         ),
         (
             [{"name": "availability", "target": 99.9}],
-            "'QUERYWATCH_OBJECTIVES[0].target' must be a share of good requests such as 0.999"
-            " or '99.9%', got 99.9.",
+            "'QUERYWATCH_OBJECTIVES[0].target' must be a share of good requests between 0 and"
+            " 1, such as 0.999 or '99.9%', got 99.9.",
         ),
         (
             ["availability:99.9", {"name": "x", "target": 0.9, "treshold_ms": 3}],
-            "'QUERYWATCH_OBJECTIVES[1].treshold_ms' must be one of name, kind, target,"
-            " threshold_ms, endpoint, overrides, got 'treshold_ms'.",
+            "'QUERYWATCH_OBJECTIVES[1]' must be a dict of name, kind, target, threshold_ms,"
+            " endpoint, overrides (not 'treshold_ms': did you mean 'threshold_ms'?), such as"
+            " {'name': 'latency', 'target': 0.99, 'threshold_ms': 300}, got {'name': 'x',"
+            " 'target': 0.9, 'treshold_ms': 3}.",
         ),
         (
             [{"name": "l", "target": 0.99, "threshold_ms": 300, "overrides": {"GET /r": 5}}],
-            "'QUERYWATCH_OBJECTIVES[0].overrides['GET /r']' must be None or a dict with"
-            " 'target' and/or 'threshold_ms', got 5.",
+            "'QUERYWATCH_OBJECTIVES[0].overrides['GET /r']' must be None or a dict of target"
+            " and threshold_ms, such as {'threshold_ms': 2000}, got 5.",
         ),
         (
             "availability",
-            "'QUERYWATCH_OBJECTIVES' must be a list of objectives, got 'availability'.",
+            "'QUERYWATCH_OBJECTIVES' must be a list of objectives, such as"
+            " ['availability:99.9', 'latency:99:300ms'], got 'availability'.",
         ),
     ],
 )

@@ -244,6 +244,7 @@ def test_a_latency_threshold_must_be_a_bucket_boundary() -> None:
     ) in " ".join(result.output.split())
     bad = CliRunner().invoke(cli, ["export", "prometheus-rules", "--objective", "uptime"])
     assert bad.exit_code == 2
-    assert "An objective is 'availability:<percent>' or 'latency:<percent>:<threshold>'" in (
-        " ".join(bad.output.split())
-    )
+    assert (
+        "An objective must be 'availability:<percent>' or 'latency:<percent>:<threshold>',"
+        " such as 'availability:99.9' or 'latency:99:300ms', got 'uptime'."
+    ) in " ".join(bad.output.split())

@@ -193,7 +193,7 @@ def test_a_store_that_is_down_fails_the_dashboard_not_the_app(app: Flask, tmp_pa
 
     state = app.extensions["querywatch"]
     state.store.dispose()
-    db = tmp_path / "instance" / "querywatch.db"
+    db = pathlib.Path(state.settings.store_url.removeprefix("sqlite:///"))
     for suffix in ("", "-wal", "-shm"):
         pathlib.Path(f"{db}{suffix}").unlink(missing_ok=True)
     db.mkdir()

@@ -19,9 +19,9 @@ import urllib.request
 import pytest
 from click.testing import CliRunner
 
+from conftest import busy_machine
 from querywatch.cli import cli
 from querywatch.demo import shop
-from querywatch.demo.runner import THRESHOLD_MS
 
 FAST = ["--scale", "1", "--speed", "360"]
 
@@ -42,9 +42,9 @@ def _assert_the_loop_closed(
 ) -> None:
     assert summary["loop_closed"] is True, (summary["checks"], progress)
     times = summary["times_s"]
-    # The page fires seconds after 14:00, and the order lookup's scan is named.
-    assert 0 < times["onset_to_alert"] < 60
-    assert times["onset_to_alert"] < times["onset_to_recovery"]
+    # The page fires after 14:00 and before the fix, and the order lookup's scan is named.
+    assert 0 < times["onset_to_alert"] < times["onset_to_fix"]
+    assert times["onset_to_fix"] <= times["onset_to_recovery"]
     assert times["onset_to_recovery"] < times["onset_to_incident_resolved"]
     culprit = summary["culprit"]
     assert culprit["endpoint"] == "GET /api/orders/lookup"
@@ -73,10 +73,10 @@ def _assert_the_loop_closed(
     assert summary["gate"]["before"]["passed"] is False
     assert "Full scan of orders" in summary["gate"]["before"]["output"]
     assert summary["gate"]["after"]["passed"] is True
-    # Measured: the lookups' p95 went from over the objective (20 ms) to under it, as
-    # their users saw it and as querywatch recorded it.
-    assert culprit["p95_ms_after"] < THRESHOLD_MS < culprit["p95_ms_during"]
-    assert culprit["server_p95_ms_after"] < THRESHOLD_MS < culprit["server_p95_ms_during"]
+    # Measured: the lookups' p95 fell by a wide ratio, as their users saw it and as
+    # querywatch recorded it (whatever the machine's speed: no figure in milliseconds).
+    assert culprit["p95_ms_during"] > 4 * culprit["p95_ms_after"]
+    assert culprit["server_p95_ms_during"] > 5 * culprit["server_p95_ms_after"]
     assert index["measured_gain"] > 2
     # The postmortem names the query, the endpoint and the index.
     text = pathlib.Path(summary["postmortem"]).read_text()
@@ -111,10 +111,13 @@ def _session_processes(sid: int) -> list[str]:
     return left
 
 
-def test_ctrl_c_stops_cleanly_and_the_next_replay_closes_the_loop(tmp_path: t.Any) -> None:
+def test_ctrl_c_stops_cleanly_and_the_next_replay_closes_the_loop_on_a_busy_machine(
+    tmp_path: t.Any,
+) -> None:
     """A newcomer's first run (no work folder, no database) sets itself up; Ctrl-C at
     14:00 stops it: exit 130, no process left, the database intact. The second run,
-    from the same folder, replays the whole afternoon and closes the loop."""
+    from the same folder, with two CPU-burning processes per core beside it for the
+    whole replay (a busy laptop), replays the whole afternoon and closes the loop."""
     workdir = tmp_path / "first-time" / "demo"
     proc = subprocess.Popen(
         [sys.executable, "-m", "querywatch", "demo", "--workdir", str(workdir), *FAST],
@@ -157,7 +160,9 @@ def test_ctrl_c_stops_cleanly_and_the_next_replay_closes_the_loop(tmp_path: t.An
     assert shop.seeded_version(engine) == (shop.SEED_VERSION, 1.0)
     engine.dispose()
 
-    code, summary, progress = _replay(workdir)
+    with busy_machine() as burners:
+        assert burners == 2 * (os.cpu_count() or 1)
+        code, summary, progress = _replay(workdir)
     assert code == 0, progress
     assert "Reusing the seeded shop database" in progress
     _assert_the_loop_closed(summary, progress, workdir)

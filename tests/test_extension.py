@@ -18,44 +18,51 @@ from querywatch.exceptions import NotInitializedError
         (
             "QUERYWATCH_SLOW_QUERY_MS",
             "fast",
-            "'QUERYWATCH_SLOW_QUERY_MS' must be a number greater than 0, got 'fast'.",
+            "'QUERYWATCH_SLOW_QUERY_MS' must be a number greater than 0, such as 100, got 'fast'.",
         ),
         (
             "QUERYWATCH_SLOW_QUERY_MS",
             -5,
-            "'QUERYWATCH_SLOW_QUERY_MS' must be a number greater than 0, got -5.",
+            "'QUERYWATCH_SLOW_QUERY_MS' must be a number greater than 0, such as 100, got -5.",
         ),
         (
             "QUERYWATCH_N_PLUS_ONE_THRESHOLD",
             1,
-            "'QUERYWATCH_N_PLUS_ONE_THRESHOLD' must be a whole number of at least 2, got 1.",
+            "'QUERYWATCH_N_PLUS_ONE_THRESHOLD' must be a whole number of at least 2, such as 5,"
+            " got 1.",
         ),
         (
             "QUERYWATCH_N_PLUS_ONE_THRESHOLD",
             2.5,
-            "'QUERYWATCH_N_PLUS_ONE_THRESHOLD' must be a whole number of at least 2, got 2.5.",
+            "'QUERYWATCH_N_PLUS_ONE_THRESHOLD' must be a whole number of at least 2, such as 5,"
+            " got 2.5.",
         ),
         (
             "QUERYWATCH_MAX_QUERIES_PER_REQUEST",
             True,
-            "'QUERYWATCH_MAX_QUERIES_PER_REQUEST' must be a whole number of at least 0, got True.",
+            "'QUERYWATCH_MAX_QUERIES_PER_REQUEST' must be a whole number of at least 0, such as"
+            " 1000, got True.",
         ),
-        ("QUERYWATCH_ENABLED", "maybe", "'QUERYWATCH_ENABLED' must be true or false, got 'maybe'."),
+        (
+            "QUERYWATCH_ENABLED",
+            "maybe",
+            "'QUERYWATCH_ENABLED' must be true or false, such as True, got 'maybe'.",
+        ),
         (
             "QUERYWATCH_STORE_URL",
             "not a url",
-            "'QUERYWATCH_STORE_URL' must be a database URL such as"
+            "'QUERYWATCH_STORE_URL' must be a database URL, such as"
             " 'postgresql+psycopg://host/db', got 'not a url'.",
         ),
         (
             "QUERYWATCH_APP_PACKAGES",
             5,
-            "'QUERYWATCH_APP_PACKAGES' must be a list of module names such as ['myapp'], got 5.",
+            "'QUERYWATCH_APP_PACKAGES' must be a list of module names, such as ['myapp'], got 5.",
         ),
         (
             "QUERYWATCH_FLUSH_INTERVAL",
             0,
-            "'QUERYWATCH_FLUSH_INTERVAL' must be a number greater than 0, got 0.",
+            "'QUERYWATCH_FLUSH_INTERVAL' must be a number greater than 0, such as 5, got 0.",
         ),
     ],
 )
@@ -73,8 +80,12 @@ def test_malformed_config_fails_at_init_app(
     assert "querywatch" not in app.extensions
 
 
-def test_defaults_are_written_back(tmp_path: t.Any) -> None:
-    """app.config shows the effective values after init_app; strings are accepted."""
+def test_defaults_are_written_back(tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """app.config shows the effective values after init_app; strings are accepted. Out
+    of a test session, the store is a file in the instance folder."""
+    from querywatch import config
+
+    monkeypatch.setattr(config, "IN_TEST_SESSION", False)
     app = Flask("myapp.web", instance_path=str(tmp_path))
     app.config["QUERYWATCH_SLOW_QUERY_MS"] = "250"
     QueryWatch(app)

@@ -172,9 +172,19 @@ def test_cli_errors_are_clear(tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch) 
     result = runner.invoke(cli, ["report"])
     assert result.exit_code == 2
     assert "No store to read. Pass '--store URL'" in result.output
+    # A typo in the store's path is an error; no store is created there.
     result = runner.invoke(cli, ["report", "--store", f"sqlite:///{tmp_path}/no/such/dir.db"])
     assert result.exit_code == 1
-    assert "Could not read the store at" in result.output
+    assert f"the file {tmp_path}/no/such/dir.db does not exist" in result.output
+    result = runner.invoke(cli, ["report", "--store", f"sqlite:///{tmp_path}/nope.db"])
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: No querywatch store at sqlite:///{tmp_path}/nope.db: the file"
+        f" {tmp_path}/nope.db does not exist. Check the path (sqlite:/// and three"
+        " slashes is relative to the current folder, four slashes an absolute path); an"
+        " app creates its store in its instance folder when it serves its first request.\n"
+    )
+    assert not (tmp_path / "nope.db").exists()
 
 
 def test_parse_since() -> None:

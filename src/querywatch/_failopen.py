@@ -34,12 +34,30 @@ def internal_error_counts() -> dict[str, int]:
         return dict(_counts)
 
 
-def record_internal_error(where: str, exc: BaseException) -> None:
-    """Count ``exc`` under ``where`` and log it, at most once per :data:`LOG_INTERVAL`."""
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says a database, a file or a server is not there (down,
+    unreachable, read-only, full), rather than that querywatch has a bug: such an error
+    is worth one line with its cause, not a traceback."""
+    from sqlalchemy.exc import DisconnectionError
+    from sqlalchemy.exc import InterfaceError
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from .exceptions import StoreError
+
+    kinds = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout, StoreError)
+    return isinstance(exc, (*kinds, OSError))
+
+
+def record_internal_error(where: str, exc: BaseException, *, log: bool = True) -> None:
+    """Count ``exc`` under ``where`` and log it with its traceback, at most once per
+    :data:`LOG_INTERVAL` (``log=False``: count it only; the caller says it in a line)."""
     now = time.monotonic()
     with _lock:
         _counts[where] = _counts.get(where, 0) + 1
         count = _counts[where]
+        if not log:
+            return
         last = _last_logged.get(where)
         if last is not None and now - last < LOG_INTERVAL:
             return

@@ -11,6 +11,7 @@ import typing as t
 
 from ._failopen import log_limited
 from ._failopen import record_internal_error
+from ._failopen import unavailable
 
 __all__ = ["Periodic"]
 
@@ -67,7 +68,7 @@ class Periodic(abc.ABC):
             try:
                 self.run_once()
             except Exception as e:  # keep the thread alive whatever happens
-                record_internal_error(self.where, e)
+                record_internal_error(self.where, e, log=not unavailable(e))
                 log_limited(
                     self.where,
                     "querywatch's %s failed (%s: %s); it carries on, and the application is"

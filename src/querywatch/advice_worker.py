@@ -9,10 +9,10 @@ later, or with values drawn from the data.
 Never on a request thread, and bounded every way: one round every
 ``QUERYWATCH_ADVISE_INTERVAL`` seconds (30), at most ``QUERYWATCH_ADVISE_PER_ROUND`` shapes
 a round (2), each shape at most once per ``QUERYWATCH_ADVISE_TTL`` (an hour) across every
-process and host (a claim in the store), a 2 s statement timeout, and no timing runs of
-the app's queries. Candidate indexes are verified with HypoPG on PostgreSQL, in a
-rolled-back transaction on SQLite, and on MariaDB not at all unless
-``QUERYWATCH_ADVISE_ALLOW_DDL`` says so.
+process and host (a claim in the store), a statement timeout
+(``QUERYWATCH_ADVISE_TIMEOUT``, 2 s), and no timing runs of the app's queries. Candidate
+indexes are verified with HypoPG on PostgreSQL, in a rolled-back transaction on SQLite,
+and on MariaDB not at all unless ``QUERYWATCH_ADVISE_ALLOW_DDL`` says so.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ WINDOW_SECONDS = 15 * 60
 _RECENT_CAP = 10_000
 #: Slow reads whose real parameters are kept for the next round, at most.
 _SAMPLES_CAP = 256
+#: Why the last analysis of a shape suggested nothing, for this many shapes at most.
+_REASONS_CAP = 1000
 
 
 class AdviceWorker(Periodic):
@@ -58,6 +60,8 @@ class AdviceWorker(Periodic):
         self._samples: collections.OrderedDict[str, tuple[str, t.Any, t.Any, t.Any]] = (
             collections.OrderedDict()
         )
+        #: Why the last analysis of a shape gave no suggestion, by fingerprint (bounded).
+        self.reasons: collections.OrderedDict[str, str] = collections.OrderedDict()
         #: Rounds run, shapes analysed, and why the worker stopped (if it did).
         self.rounds = 0
         self.analysed = 0
@@ -136,10 +140,14 @@ class AdviceWorker(Periodic):
             return 0
         return self._analyse(picked, url, now)
 
-    def analyse_now(self, fingerprint: str, now: float | None = None) -> int:
+    def analyse_now(
+        self, fingerprint: str, now: float | None = None, *, timeout: float | None = None
+    ) -> int:
         """Analyse one read shape at once (the dashboard's "Analyse now"), whatever its
-        rank or claim; returns how many suggestions the store holds for it then.
-        Raises :class:`ExplainError` when there is nothing to analyse it with."""
+        rank or claim; returns how many suggestions the store holds for it then (when
+        none, :attr:`reasons` says why). ``timeout`` replaces
+        ``QUERYWATCH_ADVISE_TIMEOUT`` for this analysis. Raises :class:`ExplainError`
+        when there is nothing to analyse it with."""
         from .advisor import queries_from_store
         from .exceptions import ExplainError
 
@@ -163,11 +171,14 @@ class AdviceWorker(Periodic):
             )
             raise ExplainError(msg)
         self._remember(fingerprint, now)
-        self._analyse(found, url, now)
+        self._analyse(found, url, now, timeout=timeout)
         return len(state.store.advice([fingerprint]))
 
-    def _analyse(self, picked: list[t.Any], url: str, now: float) -> int:
+    def _analyse(
+        self, picked: list[t.Any], url: str, now: float, *, timeout: float | None = None
+    ) -> int:
         from .advisor import Advisor
+        from .advisor import no_suggestion_reason
         from .advisor import record_advice
         from .exceptions import ExplainError
 
@@ -181,7 +192,7 @@ class AdviceWorker(Periodic):
                 url,
                 allow_ddl=settings.advise_allow_ddl,
                 scan_min_rows=settings.scan_min_rows,
-                timeout=2.0,
+                timeout=settings.advise_timeout if timeout is None else timeout,
                 measure=False,
             )
         except ExplainError as e:
@@ -197,6 +208,17 @@ class AdviceWorker(Periodic):
             advice = advisor.advise(picked, index_health=False)
         record_advice(store, advice, when=now)
         self.analysed += len(picked)
+        suggested = {qa.query.fingerprint for s in advice.suggestions for qa, _ in s.trials}
+        for qa in advice.queries:
+            fp = qa.query.fingerprint
+            if fp is not None:
+                if fp in suggested:
+                    self.reasons.pop(fp, None)
+                else:
+                    self.reasons[fp] = no_suggestion_reason(qa)
+                    self.reasons.move_to_end(fp)
+                    while len(self.reasons) > _REASONS_CAP:
+                        self.reasons.popitem(last=False)
         for qa in advice.queries:
             for err in qa.errors:
                 log_limited(

@@ -60,6 +60,7 @@ __all__ = [
     "QueryAdvice",
     "QueryInput",
     "Suggestion",
+    "no_suggestion_reason",
     "queries_from_store",
     "record_advice",
 ]
@@ -269,6 +270,31 @@ class Suggestion:
                 for qa, tr in self.trials
             ],
         }
+
+
+def no_suggestion_reason(qa: QueryAdvice) -> str:
+    """Why the advisor suggests no index for one query, in a sentence that starts with
+    the reason: an error, each candidate that failed or did not improve the plan (with
+    its figures), or a plan that no index would serve."""
+    if qa.errors:
+        return qa.errors[0]
+    failed = [tr for tr in qa.trials if tr.note.startswith("failed")]
+    if failed:
+        parts = [f"{tr.candidate.name()} {tr.note.removeprefix('failed: ')}" for tr in failed]
+        return "Candidate indexes could not be tried: " + "; ".join(parts)
+    if qa.trials:
+        parts = []
+        for tr in qa.trials:
+            costs = (
+                f"cost {tr.cost_before:,.1f} -> {tr.cost_after:,.1f}"
+                if tr.cost_before is not None and tr.cost_after is not None
+                else "no cost"
+            )
+            parts.append(f"{tr.candidate.name()}: {costs}{f' ({tr.note})' if tr.note else ''}")
+        return "No candidate index improved the plan enough: " + "; ".join(parts) + "."
+    if qa.plan is None:
+        return "The statement could not be planned."
+    return "No index would serve this plan: it reads no table by a filter, join or sort key."
 
 
 def _scrubbed(plan: Plan | None, values: list[t.Any] | None) -> list[str]:

@@ -29,6 +29,7 @@ a new full scan), writes each state change to the store with its evidence
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing as t
 
 from .report import duration_text as _duration
@@ -239,28 +240,44 @@ def _window_expr(seconds: float) -> str:
 
 def parse_objective(spec: str) -> Objective:
     """``availability:99.9`` or ``latency:99:250ms`` (or ``...:0.25s``), as the command
-    line gives objectives."""
-    parts = spec.split(":")
+    line gives objectives. A malformed one raises :class:`ObjectiveConfigError`, which
+    says which part is wrong in the units it is written in."""
+    form = "'availability:<percent>' or 'latency:<percent>:<threshold>'"
+    example = "such as 'availability:99.9' or 'latency:99:300ms'"
+    parts = spec.split(":") if isinstance(spec, str) else []
+    if not (
+        (len(parts) == 2 and parts[0] == "availability")
+        or (len(parts) == 3 and parts[0] == "latency")
+    ):
+        raise ObjectiveConfigError("", f"{form}, {example}", spec)
     try:
-        if parts[0] == "availability" and len(parts) == 2:
-            return Objective("availability", float(parts[1]) / 100)
-        if parts[0] == "latency" and len(parts) == 3:
-            raw = parts[2].strip().lower()
-            if raw.endswith("ms"):
-                ms = float(raw[:-2])
-            elif raw.endswith("s"):
-                ms = float(raw[:-1]) * 1000
-            else:
-                ms = float(raw)
-            return Objective(f"latency-{ms:g}ms", float(parts[1]) / 100, "latency", ms)
-    except ValueError as e:
-        if str(e).startswith("Objective"):
-            raise
-    msg = (
-        f"An objective is 'availability:<percent>' or 'latency:<percent>:<threshold>',"
-        f" such as availability:99.9 or latency:99:250ms, got {spec!r}."
-    )
-    raise ValueError(msg)
+        percent = float(parts[1].strip().rstrip("%"))
+    except ValueError:
+        percent = math.nan
+    if not 0 < percent < 100:
+        raise ObjectiveConfigError(
+            "", f"{form} with a percent between 0 and 100 (not {parts[1]!r}), {example}", spec
+        )
+    if parts[0] == "availability":
+        return Objective("availability", percent / 100)
+    raw = parts[2].strip().lower()
+    try:
+        if raw.endswith("ms"):
+            ms = float(raw[:-2])
+        elif raw.endswith("s"):
+            ms = float(raw[:-1]) * 1000
+        else:
+            ms = float(raw)
+    except ValueError:
+        ms = math.nan
+    if not ms > 0 or math.isinf(ms):
+        raise ObjectiveConfigError(
+            "",
+            f"{form} with a threshold in ms or s greater than 0 (not {parts[2]!r}),"
+            " such as 'latency:99:300ms' or 'latency:99:0.3s'",
+            spec,
+        )
+    return Objective(f"latency-{ms:g}ms", percent / 100, "latency", ms)
 
 
 def _route_matchers(endpoint: str) -> str:
@@ -376,24 +393,27 @@ _OBJECTIVE_FIELDS = ("name", "kind", "target", "threshold_ms", "endpoint", "over
 
 
 class ObjectiveConfigError(ValueError):
-    """A field of an objective is malformed: ``field`` names it (``[1].threshold_ms``)."""
+    """A field of an objective is malformed: ``field`` names it (``[1].threshold_ms``,
+    or ``""`` for the whole value), ``expected`` says what is accepted with an example,
+    ``value`` is what was given."""
 
     def __init__(self, field: str, expected: str, value: t.Any) -> None:
         self.field = field
         self.expected = expected
         self.value = value
-        super().__init__(f"{field} must be {expected}, got {value!r}.")
+        super().__init__(f"{field or 'An objective'} must be {expected}, got {value!r}.")
 
 
 def _target(field: str, value: t.Any) -> float:
-    expected = "a share of good requests such as 0.999 or '99.9%'"
+    expected = "a share of good requests between 0 and 1, such as 0.999 or '99.9%'"
+    given = value
     if isinstance(value, str) and value.strip().endswith("%"):
         try:
             value = float(value.strip()[:-1]) / 100
         except ValueError:
-            raise ObjectiveConfigError(field, expected, value) from None
+            raise ObjectiveConfigError(field, expected, given) from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ObjectiveConfigError(field, expected, value)
+        raise ObjectiveConfigError(field, expected, given)
     return float(value)
 
 
@@ -416,7 +436,9 @@ def parse_objectives(value: t.Any) -> tuple[Objective, ...]:
     ``"latency GET /api/reports"``) and takes the endpoint out of the general one;
     ``None`` leaves the endpoint out altogether. Errors name the field."""
     if not isinstance(value, (list, tuple)):
-        raise ObjectiveConfigError("", "a list of objectives", value)
+        raise ObjectiveConfigError(
+            "", "a list of objectives, such as ['availability:99.9', 'latency:99:300ms']", value
+        )
     out: list[Objective] = []
     for i, item in enumerate(value):
         where = f"[{i}]"
@@ -426,24 +448,38 @@ def parse_objectives(value: t.Any) -> tuple[Objective, ...]:
         if isinstance(item, str):
             try:
                 out.append(parse_objective(item))
-            except ValueError as e:
-                raise ObjectiveConfigError(where, str(e).rstrip("."), item) from None
+            except ObjectiveConfigError as e:
+                raise ObjectiveConfigError(where, e.expected, e.value) from None
             continue
         if not isinstance(item, dict):
             raise ObjectiveConfigError(
-                where, "a dict, a string such as 'latency:99:300ms', or an Objective", item
+                where,
+                "a string, a dict or an Objective, such as 'latency:99:300ms' or"
+                " {'name': 'latency', 'target': 0.99, 'threshold_ms': 300}",
+                item,
             )
-        unknown = sorted(set(item) - set(_OBJECTIVE_FIELDS))
+        unknown = sorted(map(str, set(item) - set(_OBJECTIVE_FIELDS)))
         if unknown:
+            import difflib
+
+            close = difflib.get_close_matches(unknown[0], _OBJECTIVE_FIELDS, n=1)
+            hint = f": did you mean {close[0]!r}?" if close else ""
             raise ObjectiveConfigError(
-                f"{where}.{unknown[0]}", f"one of {', '.join(_OBJECTIVE_FIELDS)}", unknown[0]
+                where,
+                f"a dict of {', '.join(_OBJECTIVE_FIELDS)} (not {unknown[0]!r}{hint}), such as"
+                " {'name': 'latency', 'target': 0.99, 'threshold_ms': 300}",
+                item,
             )
         name = item.get("name")
         if not isinstance(name, str) or not name.strip() or len(name) > 48:
-            raise ObjectiveConfigError(f"{where}.name", "a short name such as 'latency'", name)
+            raise ObjectiveConfigError(
+                f"{where}.name", "a name of 1 to 48 characters, such as 'latency'", name
+            )
         kind = item.get("kind", "latency" if "threshold_ms" in item else "availability")
         if kind not in ("availability", "latency"):
-            raise ObjectiveConfigError(f"{where}.kind", "'availability' or 'latency'", kind)
+            raise ObjectiveConfigError(
+                f"{where}.kind", "'availability' or 'latency', such as 'latency'", kind
+            )
         target = _target(f"{where}.target", item.get("target"))
         threshold = None
         if kind == "latency":
@@ -451,27 +487,34 @@ def parse_objectives(value: t.Any) -> tuple[Objective, ...]:
         endpoint = item.get("endpoint")
         if endpoint is not None and not isinstance(endpoint, str):
             raise ObjectiveConfigError(
-                f"{where}.endpoint", "an endpoint such as 'GET /api/orders'", endpoint
+                f"{where}.endpoint", "an endpoint, such as 'GET /api/orders'", endpoint
             )
         overrides = item.get("overrides") or {}
         if not isinstance(overrides, dict):
             raise ObjectiveConfigError(
-                f"{where}.overrides", "a dict of endpoint to {target, threshold_ms} or None",
+                f"{where}.overrides",
+                "a dict of endpoints to a dict of target and threshold_ms or None, such as"
+                " {'GET /api/reports': {'threshold_ms': 2000}}",
                 overrides,
-            )  # fmt: skip
+            )
         excluded = []
         for ep, spec in overrides.items():
             field = f"{where}.overrides[{ep!r}]"
             if not isinstance(ep, str) or " " not in ep:
                 raise ObjectiveConfigError(
-                    field, "keyed by an endpoint such as 'GET /api/reports'", ep
+                    f"{where}.overrides",
+                    "keyed by endpoints (a method, a space and a route), such as"
+                    " 'GET /api/reports'",
+                    ep,
                 )
             excluded.append(ep)
             if spec is None:
                 continue
             if not isinstance(spec, dict) or set(spec) - {"target", "threshold_ms"}:
                 raise ObjectiveConfigError(
-                    field, "None or a dict with 'target' and/or 'threshold_ms'", spec
+                    field,
+                    "None or a dict of target and threshold_ms, such as {'threshold_ms': 2000}",
+                    spec,
                 )
             out.append(
                 Objective(
@@ -488,7 +531,12 @@ def parse_objectives(value: t.Any) -> tuple[Objective, ...]:
     names = [o.name for o in out]
     for n in names:
         if names.count(n) > 1:
-            raise ObjectiveConfigError("", "a list of objectives with distinct names", n)
+            raise ObjectiveConfigError(
+                "",
+                f"a list of objectives with distinct names (two are named {n!r}), such as"
+                " ['availability:99.9', 'latency:99:300ms']",
+                list(value),
+            )
     return tuple(out)
 
 

@@ -240,6 +240,7 @@ class Record:
         "slow_seconds",
         "packages",
         "user",
+        "setup",
     )
 
     def __init__(
@@ -283,6 +284,9 @@ class Record:
         self.packages = settings.app_packages
         #: Who made the request, when the app names its users (``QUERYWATCH_USER``).
         self.user: str | None = None
+        #: SQLAlchemy's own statements of a first connection made during this unit
+        #: of work (the server's version, its default schema...), apart from its own.
+        self.setup: Record | None = None
 
     def __repr__(self) -> str:
         return (
@@ -784,6 +788,10 @@ def _begin(
         options = context.execution_options
         if options.get(IGNORE_OPTION):
             return
+        if not getattr(context.root_connection, "_allow_autobegin", True):
+            # SQLAlchemy's dialect set-up on an engine's first connection (it runs them
+            # on a Connection that never begins a transaction): not the app's queries.
+            record = record.setup or _setup_record(record)
         compiled = context.compiled
         info = compiled.__dict__.get("_querywatch") if compiled is not None else None
         if info is None:
@@ -859,6 +867,16 @@ def _begin(
         query.start = perf_counter()
     except Exception as e:
         swallow("capture.do_execute", e)
+
+
+#: The unit of work SQLAlchemy's connection set-up statements are counted under.
+SETUP_NAME = "connection set-up"
+
+
+def _setup_record(record: Record) -> Record:
+    record.setup = Record(SETUP_NAME, "setup", record.settings, record.engines)
+    record.setup.started_wall = record.started_wall
+    return record.setup
 
 
 def _next_batch(

@@ -10,6 +10,7 @@ import typing as t
 import click
 
 from .config import missing_driver
+from .config import normalize_url
 from .exceptions import QueryWatchError
 
 if t.TYPE_CHECKING:
@@ -49,7 +50,12 @@ def _app_config(key: str) -> t.Any:
     return app.config.get(key) if app is not None else None
 
 
-def _open_store(url: str | None) -> Store:
+def _open_store(url: str | None, *, create: bool = False) -> Store:
+    """The store the command reads (``--store``, ``QUERYWATCH_STORE_URL``, or the Flask
+    app's). A store that is not there is an error, not a new empty one, unless
+    ``create`` (commands that write the first record: trigger, worker, mark-deploy)."""
+    from sqlalchemy.engine import make_url
+
     from .store import Store
 
     url = url or os.environ.get("QUERYWATCH_STORE_URL") or _app_store_url()
@@ -60,18 +66,45 @@ def _open_store(url: str | None) -> Store:
             " 'flask querywatch report' inside your app."
         )
         raise click.UsageError(msg)
+    url = normalize_url(url)
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        shown = url
     try:
         store = Store(url)
+        if not create and not store.exists():
+            store.dispose()
+            database = make_url(url).database or ""
+            if store.is_sqlite:
+                where = os.path.abspath(database)
+                msg = (
+                    f"No querywatch store at {shown}: the file {where} does not exist."
+                    " Check the path (sqlite:/// and three slashes is relative to the"
+                    " current folder, four slashes an absolute path); an app creates its"
+                    " store in its instance folder when it serves its first request."
+                )
+            else:
+                msg = (
+                    f"No querywatch store at {shown}: the database has no querywatch"
+                    " tables. Check the URL; an app creates them when it serves its first"
+                    " request with QUERYWATCH_STORE_URL set to it."
+                )
+            raise click.ClickException(msg)
         store.migrate()
+    except click.ClickException:
+        raise
     except QueryWatchError as e:
         raise click.ClickException(str(e)) from None
     except Exception as e:
-        msg = f"Could not read the store at {url!r}: {type(e).__name__}: {e}"
+        first = str(e).splitlines()[0] if str(e) else ""
+        msg = f"Could not read the store at {shown}: {type(e).__name__}: {first}"
         raise click.ClickException(msg) from None
     return store
 
 
 @click.group(help="querywatch: which query in which endpoint costs the database its time.")
+@click.version_option(package_name="querywatch", message="%(prog)s %(version)s")
 def cli() -> None:
     pass
 
@@ -129,6 +162,13 @@ def report(
     help="Analyse the SELECTs in this file ('-' for stdin) instead of the store's shapes.",
 )
 @click.option(
+    "--shape",
+    "shapes",
+    metavar="ID",
+    multiple=True,
+    help="Only this query shape (its id, as the report and the findings give it); repeatable.",
+)
+@click.option(
     "--since", default="24h", show_default=True, help="Store window: 30m, 1h, 2d or ISO time."
 )
 @click.option(
@@ -169,6 +209,7 @@ def advise(
     store_url: str | None,
     database_url: str | None,
     sql_file: t.TextIO | None,
+    shapes: tuple[str, ...],
     since: str,
     limit: int,
     allow_ddl: bool,
@@ -208,12 +249,21 @@ def advise(
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="'--since'") from None
         store = _open_store(store_url)
-        queries = queries_from_store(store, since=start, limit=limit)
+        if shapes:
+            wanted = set(shapes)
+            queries = [
+                q
+                for q in queries_from_store(store, since=start, limit=10_000)
+                if q.fingerprint in wanted
+            ]
+        else:
+            queries = queries_from_store(store, since=start, limit=limit)
         if not queries:
             store.dispose()
+            which = f"No read query shape {', '.join(shapes)}" if shapes else "No read query shapes"
             click.echo(
-                "No read query shapes with a runnable sample in the store for this window;"
-                " widen '--since', or pass '--sql FILE'."
+                f"{which} with a runnable sample in the store for this window; widen"
+                " '--since', or pass '--sql FILE'."
             )
             return
     try:
@@ -281,6 +331,14 @@ def advise(
     type=click.Path(file_okay=False),
     help="Folder for the demo's files (database, store, postmortem.md).",
 )
+@click.option(
+    "--advise-timeout",
+    default=120.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Seconds any one statement of the responder's index check may take (the build of"
+    " the candidate index on the big table among them).",
+)
 @click.option("--keep-serving", is_flag=True, help="Keep the shop and dashboard up afterwards.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress; only the summary.")
@@ -291,6 +349,7 @@ def demo(
     database_url: str | None,
     fix: str,
     workdir: str,
+    advise_timeout: float,
     keep_serving: bool,
     as_json: bool,
     quiet: bool,
@@ -303,6 +362,8 @@ def demo(
     """
     from .demo.runner import run_demo
 
+    if database_url:
+        database_url = normalize_url(database_url)
     missing = missing_driver(database_url) if database_url else None
     if missing is not None:
         raise click.BadParameter(missing, param_hint="'--database-url'")
@@ -317,6 +378,7 @@ def demo(
             keep_serving=keep_serving,
             as_json=as_json,
             quiet=quiet,
+            advise_timeout=advise_timeout,
         )
     except QueryWatchError as e:
         raise click.ClickException(str(e)) from None
@@ -395,9 +457,8 @@ def check(
     Exit status: 0 when every request kept its budget and baseline, 1 when one did not,
     2 on bad input.
     """
-    from rich.console import Console
-
     from . import gate_output
+    from ._console import make_console
     from .baseline import Baseline
     from .baseline import BaselineError
     from .check import RequestsFileError
@@ -438,7 +499,7 @@ def check(
     finally:
         plans.close()
         dispose_engines(app)
-    console = Console(highlight=False)
+    console = make_console(highlight=False)
     extra = []
     if base is not None and any(r.baseline == "recorded" for r in results):
         base.save()

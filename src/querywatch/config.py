@@ -4,8 +4,12 @@ back to ``app.config``. See ``docs/configuration.md``."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import itertools
+import logging
 import os
 import typing as t
+import warnings
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -42,6 +46,8 @@ class Settings:
     advise_ttl: float = 3600.0
     #: Shapes analysed per round at most.
     advise_per_round: int = 2
+    #: Seconds any one statement of the background advisor may take.
+    advise_timeout: float = 2.0
     #: Build candidate indexes to verify them (rolled back / dropped). None: SQLite only.
     advise_allow_ddl: bool | None = None
     #: A full scan of a table with this many rows is a finding.
@@ -74,8 +80,9 @@ class Settings:
     alert_time_scale: float = 1.0
     #: A query shape's p95 above this many ms alerts (None: off), given enough calls.
     alert_shape_p95_ms: float | None = 1000.0
-    #: A burn-rate alert needs this many bad events in its short window.
-    alert_min_bad_events: int = 0
+    #: A burn-rate alert needs this many bad events in its short window (the SRE
+    #: workbook's advice for low-traffic services: count failures, not only a ratio).
+    alert_min_bad_events: int = 10
     alert_shape_min_calls: int = 20
     #: Alert on an N+1 loop / a full scan first seen since alerting began.
     alert_new_n_plus_one: bool = True
@@ -102,7 +109,7 @@ def _bool(app: Flask, key: str, default: bool) -> bool:
         return True
     if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
         return False
-    raise ConfigError(key, "true or false", value)
+    raise ConfigError(key, f"true or false, such as {default!r}", value)
 
 
 def _number(
@@ -116,10 +123,11 @@ def _number(
 ) -> float:
     value = app.config.setdefault(key, default)
     what = "a whole number" if integer else "a number"
+    example = str(int(default)) if float(default).is_integer() else f"{default:g}"
     if exclusive:
-        expected = f"{what} greater than {minimum:g}"
+        expected = f"{what} greater than {minimum:g}, such as {example}"
     else:
-        expected = f"{what} of at least {minimum:g}"
+        expected = f"{what} of at least {minimum:g}, such as {example}"
     if isinstance(value, str):
         try:
             value = int(value) if integer else float(value)
@@ -143,11 +151,11 @@ def _packages(app: Flask) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(
         isinstance(v, str) and v and " " not in v for v in value
     ):
-        raise ConfigError(key, "a list of module names such as ['myapp']", value)
+        raise ConfigError(key, "a list of module names, such as ['myapp']", value)
     return tuple(v.rstrip(".") + "." for v in value)
 
 
-_URL_EXPECTED = "a database URL such as 'postgresql+psycopg://host/db'"
+_URL_EXPECTED = "a database URL, such as 'postgresql+psycopg://host/db'"
 
 
 #: The driver querywatch's extras install for each backend, and the extra.
@@ -156,6 +164,47 @@ _DRIVERS = {
     "mysql": ("pymysql", "mysql"),
     "mariadb": ("pymysql", "mysql"),
 }
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+#: For a URL that names no driver: the drivers tried in turn, the first installed one
+#: taken (SQLAlchemy's own default first, so an app that has it keeps it).
+_DEFAULT_DRIVERS = {
+    "postgresql": (("psycopg2", "psycopg2"), ("psycopg", "psycopg")),
+    "mysql": (("MySQLdb", "mysqldb"), ("pymysql", "pymysql")),
+    "mariadb": (("MySQLdb", "mysqldb"), ("pymysql", "pymysql")),
+}
+
+
+def normalize_url(url: str) -> str:
+    """``url`` as SQLAlchemy takes it here: ``postgres://`` (Heroku's form and many
+    hosts') is PostgreSQL, and a URL that names no driver gets the installed one
+    (``postgresql://`` with psycopg 3 but not psycopg2 installed becomes
+    ``postgresql+psycopg://``). Anything else, and a URL that does not parse, is
+    returned as given."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    backend, plus, driver = scheme.partition("+")
+    if backend == "postgres":
+        backend = "postgresql"
+    if not plus:
+        choices: tuple[tuple[str, str], ...] = _DEFAULT_DRIVERS.get(backend, ())
+        found = next((name for module, name in choices if _installed(module)), None)
+        if found is not None and found != choices[0][1]:
+            driver, plus = found, "+"
+        elif found is None and backend == "postgresql":
+            # Neither is installed: name querywatch's own, whose extra installs it.
+            driver, plus = "psycopg", "+"
+    return f"{backend}{plus}{driver}{sep}{rest}"
 
 
 def missing_driver(url: str) -> str | None:
@@ -189,16 +238,40 @@ def missing_driver(url: str) -> str | None:
 def _url(key: str, value: t.Any) -> str:
     if not isinstance(value, str):
         raise ConfigError(key, _URL_EXPECTED, value)
+    url = normalize_url(value)
     try:
-        make_url(value)
+        make_url(url)
     except ArgumentError:
         raise ConfigError(key, _URL_EXPECTED, value) from None
-    return value
+    return url
+
+
+#: Set by querywatch's pytest plugin: this process runs a test session.
+IN_TEST_SESSION = False
+_test_dir: str | None = None
+_test_stores = itertools.count(1)
+
+
+def _test_store_url() -> str:
+    """A store of its own for one app of a test session, in a folder removed when the
+    session's process exits: tests never write into the developer's store."""
+    global _test_dir
+    if _test_dir is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        _test_dir = tempfile.mkdtemp(prefix="querywatch-tests-")
+        atexit.register(shutil.rmtree, _test_dir, True)
+    return "sqlite:///" + os.path.join(_test_dir, f"querywatch-{next(_test_stores)}.db")
 
 
 def _store_url(app: Flask) -> str:
     key = "QUERYWATCH_STORE_URL"
-    default = "sqlite:///" + os.path.join(app.instance_path, "querywatch.db")
+    if app.config.get(key) is None and (app.testing or IN_TEST_SESSION):
+        default = _test_store_url()
+    else:
+        default = "sqlite:///" + os.path.join(app.instance_path, "querywatch.db")
     value = app.config.setdefault(key, default)
     if value is None:
         value = app.config[key] = default
@@ -217,14 +290,14 @@ def _redis_url(app: Flask, key: str) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str) or not value.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(key, "a Redis URL such as 'redis://localhost:6379/0'", value)
+        raise ConfigError(key, "a Redis URL, such as 'redis://localhost:6379/0'", value)
     return value
 
 
 def _prefix(app: Flask, key: str, default: str) -> str:
     value = app.config.setdefault(key, default)
     if not isinstance(value, str) or not value or len(value) > 64:
-        raise ConfigError(key, "a short key prefix such as 'qw:'", value)
+        raise ConfigError(key, "a key prefix of 1 to 64 characters, such as 'qw:'", value)
     return value
 
 
@@ -239,7 +312,7 @@ def _path(app: Flask, key: str, default: str) -> str | None:
     if value is None or value is False or value == "":
         return None
     if not isinstance(value, str) or not value.startswith("/") or " " in value:
-        raise ConfigError(key, f"a URL path such as {default!r}, or None to turn it off", value)
+        raise ConfigError(key, f"a URL path or None to turn it off, such as {default!r}", value)
     return value
 
 
@@ -248,7 +321,11 @@ def _token(app: Flask, key: str) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str) or len(value) < 16:
-        raise ConfigError(key, "a secret string of at least 16 characters", "<hidden>")
+        expected = (
+            "a secret string of at least 16 characters, such as the output of"
+            " `python -c 'import secrets; print(secrets.token_urlsafe())'`"
+        )
+        raise ConfigError(key, expected, "<hidden>")
     return value
 
 
@@ -286,7 +363,10 @@ def _user_function(app: Flask) -> t.Any:
     string) or None, or its ``"module:function"`` path."""
     key = "QUERYWATCH_USER"
     value = app.config.setdefault(key, None)
-    expected = "a function of the request returning a user id, or its 'module:function'"
+    expected = (
+        "a function of the request returning a user id, or its 'module:function',"
+        " such as 'myapp.auth:current_user_id'"
+    )
     if value is None:
         return None
     if isinstance(value, str):
@@ -308,8 +388,84 @@ def _severities(app: Flask) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, (list, tuple)) or not set(value) <= {"page", "ticket"}:
-        raise ConfigError(key, "a list of alert severities: 'page' and/or 'ticket'", value)
+        raise ConfigError(
+            key, "a list of the alert severities 'page' and 'ticket', such as ['page']", value
+        )
     return tuple(value)
+
+
+#: Every ``QUERYWATCH_*`` key of ``app.config`` (``docs/configuration.md``).
+KEYS = (
+    "QUERYWATCH_ENABLED",
+    "QUERYWATCH_SLOW_QUERY_MS",
+    "QUERYWATCH_N_PLUS_ONE_THRESHOLD",
+    "QUERYWATCH_REPEATED_QUERY_THRESHOLD",
+    "QUERYWATCH_MAX_QUERIES_PER_REQUEST",
+    "QUERYWATCH_MAX_SHAPES",
+    "QUERYWATCH_APP_PACKAGES",
+    "QUERYWATCH_STORE_URL",
+    "QUERYWATCH_FLUSH_INTERVAL",
+    "QUERYWATCH_RETENTION_DAYS",
+    "QUERYWATCH_ADVISE",
+    "QUERYWATCH_ADVISE_DATABASE_URL",
+    "QUERYWATCH_ADVISE_INTERVAL",
+    "QUERYWATCH_ADVISE_TTL",
+    "QUERYWATCH_ADVISE_PER_ROUND",
+    "QUERYWATCH_ADVISE_TIMEOUT",
+    "QUERYWATCH_ADVISE_ALLOW_DDL",
+    "QUERYWATCH_SCAN_MIN_ROWS",
+    "QUERYWATCH_CACHE_TTL",
+    "QUERYWATCH_CACHE_MAX_ENTRIES",
+    "QUERYWATCH_CACHE_MAX_BYTES",
+    "QUERYWATCH_CACHE_URL",
+    "QUERYWATCH_CACHE_PREFIX",
+    "QUERYWATCH_METRICS_PATH",
+    "QUERYWATCH_METRICS_TOKEN",
+    "QUERYWATCH_METRICS_MAX_SHAPES",
+    "QUERYWATCH_READY_PATH",
+    "QUERYWATCH_READY_TIMEOUT",
+    "QUERYWATCH_BUCKET_SECONDS",
+    "QUERYWATCH_OBJECTIVES",
+    "QUERYWATCH_ALERTS",
+    "QUERYWATCH_ALERT_INTERVAL",
+    "QUERYWATCH_ALERT_TIME_SCALE",
+    "QUERYWATCH_ALERT_SHAPE_P95_MS",
+    "QUERYWATCH_ALERT_MIN_BAD_EVENTS",
+    "QUERYWATCH_ALERT_SHAPE_MIN_CALLS",
+    "QUERYWATCH_ALERT_NEW_N_PLUS_ONE",
+    "QUERYWATCH_ALERT_NEW_FULL_SCAN",
+    "QUERYWATCH_DASHBOARD_PATH",
+    "QUERYWATCH_DASHBOARD_TOKEN",
+    "QUERYWATCH_INCIDENTS",
+    "QUERYWATCH_ESCALATION",
+    "QUERYWATCH_INCIDENT_SEVERITIES",
+    "QUERYWATCH_INCIDENT_INTERVAL",
+    "QUERYWATCH_USER",
+)
+
+logger = logging.getLogger("querywatch")
+
+
+def warn_unknown_keys(app: Flask) -> list[str]:
+    """Warn (on the ``querywatch`` logger and as a :class:`UserWarning`) about each
+    ``QUERYWATCH_*`` key of ``app.config`` that querywatch does not know, naming the
+    closest known key; a misspelled key would otherwise be ignored without a word.
+    Returns the messages."""
+    known = set(KEYS)
+    out = []
+    for key in sorted(k for k in app.config if isinstance(k, str) and k.startswith("QUERYWATCH_")):
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        msg = (
+            f"querywatch does not know the config key {key}, and ignores it.{hint} The keys"
+            " are listed in docs/configuration.md."
+        )
+        logger.warning(msg)
+        warnings.warn(msg, UserWarning, stacklevel=4)
+        out.append(msg)
+    return out
 
 
 def load_settings(app: Flask) -> Settings:
@@ -340,6 +496,7 @@ def load_settings(app: Flask) -> Settings:
         advise_per_round=int(
             _number(app, "QUERYWATCH_ADVISE_PER_ROUND", 2, minimum=1, integer=True)
         ),
+        advise_timeout=_number(app, "QUERYWATCH_ADVISE_TIMEOUT", 2.0, minimum=0, exclusive=True),
         advise_allow_ddl=_optional_bool(app, "QUERYWATCH_ADVISE_ALLOW_DDL"),
         scan_min_rows=int(
             _number(app, "QUERYWATCH_SCAN_MIN_ROWS", 10_000, minimum=1, integer=True)
@@ -369,7 +526,7 @@ def load_settings(app: Flask) -> Settings:
         ),
         alert_shape_p95_ms=_optional_ms(app, "QUERYWATCH_ALERT_SHAPE_P95_MS", 1000.0),
         alert_min_bad_events=int(
-            _number(app, "QUERYWATCH_ALERT_MIN_BAD_EVENTS", 0, minimum=0, integer=True)
+            _number(app, "QUERYWATCH_ALERT_MIN_BAD_EVENTS", 10, minimum=0, integer=True)
         ),
         alert_shape_min_calls=int(
             _number(app, "QUERYWATCH_ALERT_SHAPE_MIN_CALLS", 20, minimum=1, integer=True)
@@ -378,7 +535,13 @@ def load_settings(app: Flask) -> Settings:
         alert_new_full_scan=_bool(app, "QUERYWATCH_ALERT_NEW_FULL_SCAN", True),
         dashboard_path=_path(app, "QUERYWATCH_DASHBOARD_PATH", "/_querywatch"),
         dashboard_token=_token(app, "QUERYWATCH_DASHBOARD_TOKEN"),
-        incidents=_bool(app, "QUERYWATCH_INCIDENTS", True),
+        # In debug mode without an escalation policy, alerts go to the log only: a
+        # developer clicking around opens no incident.
+        incidents=_bool(
+            app,
+            "QUERYWATCH_INCIDENTS",
+            not (app.debug and app.config.get("QUERYWATCH_ESCALATION") is None),
+        ),
         escalation=_escalation(app),
         incident_severities=_severities(app),
         incident_interval=_number(

@@ -89,8 +89,9 @@ def detect(record: Record, settings: Settings) -> list[Finding]:
                 site=q.site,
                 relationship=q.relationship,
                 fix=(
-                    "Look at this query's plan: `querywatch report` lists it; an index on "
-                    "the filtered columns or a narrower query is the usual remedy."
+                    f"Ask for its plan and a verified index: `querywatch advise --shape"
+                    f" {q.fingerprint.id}`; an index on the filtered columns or a narrower"
+                    " query is the usual remedy."
                 ),
             )
         else:

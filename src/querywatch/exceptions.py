@@ -44,7 +44,12 @@ class ConfigError(QueryWatchError, ValueError):
     expects."""
 
     def __init__(self, key: str, expected: str, value: t.Any) -> None:
+        #: The key, with the place inside its value (``QUERYWATCH_OBJECTIVES[1].target``).
         self.key = key
+        #: What is accepted, with one example (``"a number greater than 0, such as
+        #: 100"``), in the words and units the key is written in.
+        self.expected = expected
+        #: What was given.
         self.value = value
         super().__init__(f"'{key}' must be {expected}, got {value!r}.")
 

@@ -20,9 +20,12 @@ from ._failopen import fail_open
 from ._failopen import log_limited
 from ._failopen import record_internal_error
 from ._failopen import swallow
+from ._failopen import unavailable
 from .advice_worker import AdviceWorker
 from .config import Settings
 from .config import load_settings
+from .config import normalize_url
+from .config import warn_unknown_keys
 from .detectors import Finding
 from .detectors import detect
 from .exceptions import NotInitializedError
@@ -164,7 +167,7 @@ class AppState:
     def advise_database_url(self) -> str | None:
         """The database the background advisor asks for plans."""
         url = self.settings.advise_database_url or self._config.get("SQLALCHEMY_DATABASE_URI")
-        return url if isinstance(url, str) else None
+        return normalize_url(url) if isinstance(url, str) else None
 
     def new_record(self, name: str, kind: str) -> capture.Record:
         return capture.Record(name=name, kind=kind, settings=self.settings, engines=self.engines)
@@ -174,6 +177,10 @@ class AppState:
         record.finish(status)
         findings = detect(record, self.settings)
         self.stats.add(record, findings)
+        if record.setup is not None:
+            # SQLAlchemy's statements of a first connection: their own unit of work.
+            record.setup.finish(0)
+            self.stats.add(record.setup, [])
         self.flusher.ensure_started()
         if self.incident_worker is not None:
             self.incident_worker.ensure_started()
@@ -252,7 +259,14 @@ class Flusher:
                     self.flush()
                     self.evaluate_alerts()
             except Exception as e:  # keep the thread alive whatever happens
-                record_internal_error("flusher.run", e)
+                record_internal_error("flusher.run", e, log=not unavailable(e))
+                log_limited(
+                    "flusher.run",
+                    "querywatch's flusher failed (%s: %s); it carries on, and the application"
+                    " is not affected.",
+                    type(e).__name__,
+                    str(e).splitlines()[0][:200] if str(e) else "",
+                )
 
     def defer_alerts(self, seconds: float) -> None:
         """Evaluate no alert for the next ``seconds`` (0: at the next flush), as during
@@ -274,7 +288,7 @@ class Flusher:
         try:
             return state.evaluator.run(lease_seconds=max(3 * interval, 2 * self.interval))
         except Exception as e:
-            record_internal_error("alerts.evaluate", e)
+            record_internal_error("alerts.evaluate", e, log=not unavailable(e))
             log_limited(
                 "alerts.evaluate",
                 "querywatch could not evaluate its alerts (%s: %s); the application is not"
@@ -413,6 +427,7 @@ class QueryWatch:
                 " Import and use that instance instead."
             )
             raise RuntimeError(msg)
+        warn_unknown_keys(app)
         settings = load_settings(app)
         state = AppState(app, settings, self._engines)
         state.owner = self

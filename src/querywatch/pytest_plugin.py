@@ -103,8 +103,12 @@ def pytest_configure(config: Config) -> None:
         " full_scans='allow', full_scan_min_rows=0): what the test may do with the"
         " database (querywatch)",
     )
+    from . import config as qw_config
     from .testing import reset_plans
 
+    # The apps of a test session write to a temporary store of their own, not to the
+    # developer's (unless QUERYWATCH_STORE_URL is set explicitly).
+    qw_config.IN_TEST_SESSION = True
     reset_plans()  # plans are asked afresh each session
     root = str(config.rootpath)
     try:

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ._console import make_console
 from .stats import OTHER
 from .stats import OTHER_SHAPE
 from .stats import Aggregate
@@ -294,7 +295,7 @@ def render_report(
     :param traffic: print the request-rate comparison. Its windows are whole minutes, so
         a caller with finer measurements of its own (the demo) leaves it out.
     """
-    console = console or Console()
+    console = console or make_console()
     scope = f" for {report['endpoint']}" if report["endpoint"] else ""
     console.print(
         f"[bold]querywatch report[/bold]{scope}: {report['since']} to {report['until']}",
@@ -399,7 +400,7 @@ def _gain(before: float | None, after: float | None) -> str:
 
 def render_advice(data: dict[str, t.Any], console: Console | None = None) -> None:
     """Print ``querywatch advise``'s result (:meth:`Advice.to_dict`) for a person."""
-    console = console or Console()
+    console = console or make_console()
     queries = data["queries"]
     seconds = sum(q["seconds"] for q in queries)
     console.print(

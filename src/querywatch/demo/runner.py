@@ -41,6 +41,7 @@ from sqlalchemy.engine import make_url
 from werkzeug.serving import WSGIRequestHandler
 from werkzeug.serving import make_server
 
+from .._console import make_console
 from ..dashboard import dashboard_url
 from ..evidence import culprit
 from ..incidents.manager import Incidents
@@ -85,6 +86,10 @@ CALM_MINUTES = 70
 ESCALATION_MINUTES = 15
 #: Real seconds of traffic before the replay's clock starts (not measured).
 WARM_UP_SECONDS = 2.0
+#: Seconds any one statement of the responder's "Analyse now" may take: building the
+#: candidate index on 600,000 orders takes about 2 s on a quiet machine and several times
+#: that on a busy one; the responder waits for it (the app's own advisor keeps 2 s).
+ADVISE_TIMEOUT = 120.0
 #: Real seconds each stage may take before the demo gives up and says which.
 PATIENCE = 120.0
 #: The lookups' p95 after the fix is taken over at least this many of them (the traffic
@@ -240,6 +245,7 @@ class Replay:
         workdir: str,
         console: Console,
         quiet: bool,
+        advise_timeout: float = ADVISE_TIMEOUT,
     ) -> None:
         if fix not in FIXES:
             msg = f"--fix must be one of {', '.join(FIXES)}, got {fix!r}."
@@ -253,6 +259,7 @@ class Replay:
         self.fix_kind = fix
         self.console = console
         self.quiet = quiet
+        self.advise_timeout = advise_timeout
         self.workdir = os.path.abspath(workdir)
         # The shop's instance folder holds its SQLite database, as Flask apps keep it,
         # and querywatch's store.
@@ -656,10 +663,23 @@ class Replay:
         """The responder clicks "Analyse now": the advisor verifies an index."""
         worker = self.state.advice_worker
         assert worker is not None
-        worker.analyse_now(culprit["fingerprint"])
-        found = self.state.store.advice([culprit["fingerprint"]])
+        fp = culprit["fingerprint"]
+        t0 = time.perf_counter()
+        worker.analyse_now(fp, timeout=self.advise_timeout)
+        took = time.perf_counter() - t0
+        found = self.state.store.advice([fp])
         if not found:
-            self.say("The advisor found no index for the culprit's shape.")
+            reason = worker.reasons.get(fp, "the advisor recorded no reason")
+            self.findings["advice_reason"] = reason
+            self.say(f"The advisor found no index for the culprit's shape: {reason}")
+            if "statement timeout" in reason:
+                msg = (
+                    f"The advisor's statements ran past their {self.advise_timeout:g} s"
+                    f" timeout ({took:.1f} s in all) on this machine; rerun with"
+                    f" --advise-timeout {max(600, 4 * self.advise_timeout):g}, or on a"
+                    " quieter machine."
+                )
+                raise DemoError(msg)
             return None
         a = found[0]
         gain = a.cost_before / a.cost_after if a.cost_before and a.cost_after else None
@@ -730,7 +750,8 @@ class Replay:
         assert self.incident_id is not None
         if self.fix_kind == "index":
             if advice is None:
-                raise DemoError("No verified index to apply.")
+                reason = self.findings.get("advice_reason") or "the advisor gave no reason"
+                raise DemoError(f"No verified index to apply: {reason}")
             engine = create_engine(self.url)
             try:
                 t0 = time.perf_counter()
@@ -1121,13 +1142,14 @@ def run_demo(
     as_json: bool = False,
     quiet: bool = False,
     console: Console | None = None,
+    advise_timeout: float = ADVISE_TIMEOUT,
 ) -> int:
     """Replay the outage; the exit code: 0 when the loop closed (alert fired, root cause
     named, fix verified, recovery measured), 1 when it did not, 130 on Ctrl-C."""
     # Progress goes to the console (stderr with --json, nothing with --quiet); the
     # summary, the reason a replay stopped and Ctrl-C's message always reach ``out``.
-    out = console or Console(stderr=as_json)
-    console = console or Console(stderr=as_json, quiet=quiet)
+    out = console or make_console(stderr=as_json)
+    console = console or make_console(stderr=as_json, quiet=quiet)
     replay = Replay(
         scale=scale,
         speed=speed,
@@ -1137,6 +1159,7 @@ def run_demo(
         workdir=workdir,
         console=console,
         quiet=quiet,
+        advise_timeout=advise_timeout,
     )
     summary: dict[str, t.Any] | None = None
     try:

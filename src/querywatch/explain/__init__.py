@@ -37,6 +37,7 @@ from sqlalchemy.pool import NullPool
 
 from ..capture import IGNORE_OPTION
 from ..config import missing_driver
+from ..config import normalize_url
 from ..exceptions import ExplainError
 from ..exceptions import UnsafeStatementError
 
@@ -391,6 +392,7 @@ class Explainer:
         if not isinstance(url, str):
             sa_url = url.url
         else:
+            url = normalize_url(url)
             try:
                 sa_url = make_url(url)
             except Exception:

@@ -41,8 +41,9 @@ def translate_error(exc: Exception, session: Session) -> ExplainError:
     low = text.lower()
     if "interrupted" in low or "statement timeout" in low or "max_statement_time" in low:
         msg = (
-            f"EXPLAIN took longer than the {session.explainer.timeout:g} s statement timeout"
-            f" and was stopped ({text})."
+            f"The statement (EXPLAIN, or a candidate index's build) took longer than the"
+            f" {session.explainer.timeout:g} s statement timeout and was stopped ({text});"
+            " raise it with 'querywatch advise --timeout' or QUERYWATCH_ADVISE_TIMEOUT."
         )
     elif (
         "no such table" in low

@@ -42,13 +42,16 @@ def _policy(path: str | None) -> Policy:
     return state.settings.escalation if state is not None else load_policy(None)
 
 
-def _incidents(store_url: str | None, escalation: str | None = None) -> Incidents:
+def _incidents(
+    store_url: str | None, escalation: str | None = None, *, create: bool = False
+) -> Incidents:
     from ..cli import _app_config
     from ..cli import _open_store
     from .manager import Incidents
 
     scale = _app_config("QUERYWATCH_ALERT_TIME_SCALE") or 1.0
-    return Incidents(_open_store(store_url), _policy(escalation), scale=float(scale))
+    store = _open_store(store_url, create=create)
+    return Incidents(store, _policy(escalation), scale=float(scale))
 
 
 def _actor(actor: str | None) -> str:
@@ -216,7 +219,7 @@ def trigger_command(
     actor: str | None,
 ) -> None:
     """Open an incident by hand (or add to the open one of that key)."""
-    manager = _incidents(store_url, escalation)
+    manager = _incidents(store_url, escalation, create=True)
     inc, opened = _run(
         lambda: manager.trigger(
             key, title, summary=summary, source="cli", alert_severity=severity, actor=_actor(actor)
@@ -237,7 +240,7 @@ def worker_command(
     app's own worker does, for deployments that run it apart)."""
     from .worker import IncidentWorker
 
-    manager = _incidents(store_url, escalation)
+    manager = _incidents(store_url, escalation, create=True)
     worker = IncidentWorker(manager.store, manager.policy, scale=manager.scale, interval=interval)
     while True:
         result = worker.run_once()
@@ -261,7 +264,7 @@ def mark_deploy_command(version: str, description: str, store_url: str | None) -
     """Record a deploy: incidents opened in the next hours cite it."""
     from ..cli import _open_store
 
-    store = _open_store(store_url)
+    store = _open_store(store_url, create=True)
     store.add_deploy(version, time.time(), description)
     click.echo(f"Deploy {version} recorded.")
 

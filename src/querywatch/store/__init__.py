@@ -26,6 +26,7 @@ from sqlalchemy.exc import OperationalError
 from ..capture import IGNORE_OPTION
 from ..capture import CallSite
 from ..config import missing_driver
+from ..config import normalize_url
 from ..exceptions import SchemaVersionError
 from ..exceptions import StoreError
 from ..stats import Aggregate
@@ -165,6 +166,7 @@ class Store:
     """Read and write querywatch's tables on one database."""
 
     def __init__(self, url: str, *, engine_options: dict[str, t.Any] | None = None) -> None:
+        url = normalize_url(url)
         self.url = url
         options: dict[str, t.Any] = {"pool_pre_ping": True}
         if url.startswith("sqlite"):
@@ -187,6 +189,19 @@ class Store:
         self._migrated = False
 
     # --- schema ------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        """Whether a querywatch store is there already (nothing is created: a SQLite file
+        that is not there is not made)."""
+        url = self.engine.url
+        if self.is_sqlite and url.database not in (None, "", ":memory:"):
+            import os
+
+            assert url.database is not None
+            if not os.path.exists(url.database):
+                return False
+        with self.engine.connect() as conn:
+            return inspect(conn).has_table(schema.meta.name)
 
     def migrate(self) -> int:
         """Create or upgrade the tables; returns the schema version now in force."""
