@@ -101,6 +101,22 @@ def test_advise_finds_the_lookup_index_and_records_it(served_shop: tuple[str, st
     assert "Suggested indexes" in result.output
     assert "ix_orders_customer_email" in result.output
 
+    # One shape alone, as a slow-query finding's fix says to ask for it.
+    result = runner.invoke(
+        cli,
+        ["advise", "--store", store_url, "--database-url", url, "--no-record", "--json"]
+        + ["--shape", lookup["fingerprint"]],
+    )
+    assert result.exit_code == 0, result.output
+    assert [q["fingerprint"] for q in json.loads(result.output)["queries"]] == [
+        lookup["fingerprint"]
+    ]
+    result = runner.invoke(
+        cli, ["advise", "--store", store_url, "--database-url", url, "--shape", "nope"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("No read query shape nope with a runnable sample")
+
 
 def test_advise_sql_file_reports_each_statement(tmp_path: t.Any) -> None:
     url = f"sqlite:///{tmp_path}/shop.db"

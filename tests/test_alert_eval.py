@@ -365,8 +365,8 @@ def test_the_lease_passes_on_when_its_holder_stops(tmp_path: t.Any) -> None:
         ),
         (
             [{"name": "l", "target": 0.99, "threshold_ms": 300, "overrides": {"GET /r": 5}}],
-            "'QUERYWATCH_OBJECTIVES[0].overrides['GET /r']' must be None or a dict of target"
-            " and threshold_ms, such as {'threshold_ms': 2000}, got 5.",
+            "'QUERYWATCH_OBJECTIVES[0].overrides['GET /r']' must be a dict of target and"
+            " threshold_ms or None, such as {'threshold_ms': 2000}, got 5.",
         ),
         (
             "availability",

@@ -331,3 +331,45 @@ def test_many_distinct_shapes_in_one_request_stay_bounded(tmp_path: t.Any) -> No
     assert record.shapes["other"].calls == 1000
     assert sum(s.calls for s in record.shapes.values()) == 3000
     engine.dispose()
+
+
+@pytest.mark.postgres
+def test_sqlalchemys_first_connect_statements_are_connection_set_up(
+    postgres_url: str, tmp_path: t.Any
+) -> None:
+    """The statements SQLAlchemy runs when an engine first connects (the server's
+    version, its default schema, ...) are not the queries of the request that happened
+    to connect: they count under "connection set-up"."""
+    import time
+
+    from querywatch.capture import SETUP_NAME
+
+    engine = create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    app = Flask(__name__, instance_path=str(tmp_path))
+
+    @app.get("/one")
+    def one() -> str:
+        with engine.connect() as conn:
+            return str(conn.execute(text("SELECT 1")).scalar())
+
+    QueryWatch(app)
+    state = app.extensions["querywatch"]
+    seen: list[t.Any] = []
+    state.listeners.append(lambda r, f: seen.append(r))
+    try:
+        assert app.test_client().get("/one").status_code == 200
+        assert app.test_client().get("/one").status_code == 200
+    finally:
+        engine.dispose()
+    first, second = seen
+    assert [q.fingerprint.shape for q in first.queries] == ["SELECT ?"]
+    assert first.query_count == second.query_count == 1
+    assert first.setup is not None
+    assert second.setup is None
+    setup_shapes = [q.fingerprint.shape.lower() for q in first.setup.queries]
+    assert any("version()" in s for s in setup_shapes), setup_shapes
+    state.flusher.flush()
+    win = state.store.window(0, time.time() + 60)
+    assert set(win.endpoints) == {"GET /one", SETUP_NAME}
+    assert win.endpoints["GET /one"].queries == 2
+    assert win.endpoints["GET /one"].requests == 2

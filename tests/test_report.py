@@ -223,3 +223,59 @@ def test_traffic_compares_with_the_window_before(tmp_path: t.Any) -> None:
         "previous_rate_per_s": 0.5,
         "change": 0.0,
     }
+
+
+def test_version_and_whole_lines_when_piped(flushed: t.Any) -> None:
+    """``querywatch --version`` prints the installed version; piped output (not a
+    terminal) writes each line whole, however long, so no figure is cut at 80 columns."""
+    import importlib.metadata
+    import io
+
+    from querywatch._console import make_console
+
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    assert result.output == f"querywatch {importlib.metadata.version('querywatch')}\n"
+
+    buf = io.StringIO()
+    console = make_console(file=buf, width=80)
+    line = "x" * 70 + " 1,234.5 ms " + "y" * 70
+    console.print(line)
+    assert buf.getvalue() == line + "\n"
+
+    url = flushed.config["QUERYWATCH_STORE_URL"]
+    result = CliRunner().invoke(cli, ["report", "--store", url], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    headline = next(
+        ln for ln in result.output.splitlines() if ln.startswith("The costliest query shape")
+    )
+    assert "find_orders_by_email (" in headline  # the figures stay on its line
+    assert len(headline) > 80
+
+
+def test_a_slow_query_finding_names_the_command_for_its_shape(tmp_path: t.Any) -> None:
+    """The slow-query fix names ``querywatch advise --shape <id>``, not the report it is
+    printed in."""
+    from querywatch.demo import shop as demo_shop
+
+    url = f"sqlite:///{tmp_path}/shop.db"
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    demo_shop.seed(engine, scale=0.002)
+    engine.dispose()
+    app = demo_shop.create_app(
+        url,
+        instance_path=str(tmp_path / "instance"),
+        config={"QUERYWATCH_SLOW_QUERY_MS": 0.001, "QUERYWATCH_ADVISE": False},
+    )
+    findings: list[t.Any] = []
+    app.extensions["querywatch"].listeners.append(lambda r, f: findings.extend(f))
+    assert (
+        app.test_client().get("/api/orders/lookup?email=customer1@example.com").status_code == 200
+    )
+    slow = [f for f in findings if f.kind == "slow_query"]
+    assert slow
+    for f in slow:
+        assert f"`querywatch advise --shape {f.fingerprint.id}`" in f.fix
+        assert "querywatch report" not in f.fix

@@ -513,7 +513,7 @@ def parse_objectives(value: t.Any) -> tuple[Objective, ...]:
             if not isinstance(spec, dict) or set(spec) - {"target", "threshold_ms"}:
                 raise ObjectiveConfigError(
                     field,
-                    "None or a dict of target and threshold_ms, such as {'threshold_ms': 2000}",
+                    "a dict of target and threshold_ms or None, such as {'threshold_ms': 2000}",
                     spec,
                 )
             out.append(

@@ -104,7 +104,7 @@ def _open_store(url: str | None, *, create: bool = False) -> Store:
 
 
 @click.group(help="querywatch: which query in which endpoint costs the database its time.")
-@click.version_option(package_name="querywatch", message="%(prog)s %(version)s")
+@click.version_option(package_name="querywatch", message="querywatch %(version)s")
 def cli() -> None:
     pass
 

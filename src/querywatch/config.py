@@ -444,6 +444,7 @@ KEYS = (
 )
 
 logger = logging.getLogger("querywatch")
+_PREFIX = len("QUERYWATCH_")
 
 
 def warn_unknown_keys(app: Flask) -> list[str]:
@@ -456,8 +457,9 @@ def warn_unknown_keys(app: Flask) -> list[str]:
     for key in sorted(k for k in app.config if isinstance(k, str) and k.startswith("QUERYWATCH_")):
         if key in known:
             continue
-        close = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
-        hint = f" Did you mean {close[0]}?" if close else ""
+        # Compared without the prefix every key shares, which would make any two close.
+        close = difflib.get_close_matches(key[_PREFIX:], [k[_PREFIX:] for k in KEYS], n=1)
+        hint = f" Did you mean QUERYWATCH_{close[0]}?" if close else ""
         msg = (
             f"querywatch does not know the config key {key}, and ignores it.{hint} The keys"
             " are listed in docs/configuration.md."
