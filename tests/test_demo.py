@@ -45,7 +45,11 @@ def _assert_the_loop_closed(
     # The page fires after 14:00 and before the fix, and the order lookup's scan is named.
     assert 0 < times["onset_to_alert"] < times["onset_to_fix"]
     assert times["onset_to_fix"] <= times["onset_to_recovery"]
-    assert times["onset_to_recovery"] < times["onset_to_incident_resolved"]
+    # querywatch resolves the alert, then the incident, after the fix (the load
+    # process's own view of the recovery is a separate measurement: on a busy machine
+    # it may come a moment after querywatch's).
+    assert times["onset_to_fix"] < times["onset_to_alert_resolved"]
+    assert times["onset_to_alert_resolved"] <= times["onset_to_incident_resolved"]
     culprit = summary["culprit"]
     assert culprit["endpoint"] == "GET /api/orders/lookup"
     assert "FROM orders WHERE orders.customer_email = ?" in culprit["shape"]
@@ -129,7 +133,7 @@ def test_ctrl_c_stops_cleanly_and_the_next_replay_closes_the_loop_on_a_busy_mach
     )
     seen = []
     assert proc.stdout is not None
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # a watchdog for a hung replay, not a measurement
     for line in proc.stdout:
         seen.append(line)
         if "order lookup takes 30% of the requests" in line:
@@ -145,7 +149,7 @@ def test_ctrl_c_stops_cleanly_and_the_next_replay_closes_the_loop_on_a_busy_mach
         assert "GET /api/products" in page.read().decode()
     time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-    rest, _ = proc.communicate(timeout=60)
+    rest, _ = proc.communicate(timeout=300)
     output = "".join(seen) + rest
     assert proc.returncode == 130, output
     assert "Interrupted: stopping the load, the server and querywatch." in output

@@ -455,3 +455,41 @@ def test_prune_bounds_what_grows_and_keeps_incidents(tmp_path: t.Any) -> None:
     assert [i.title for i in incidents.recent()] == ["Still pending", "Delivered long ago"]
     assert incidents.timeline(sent.id)
     store.dispose()
+
+
+def test_a_store_that_is_down_is_one_line_a_minute_with_its_cause(
+    app: Flask,
+    client: t.Any,
+    tmp_path: t.Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With the store's database gone (a folder in its place), the alert evaluation and
+    the flush each log one line with the cause, not a traceback, and not again within
+    the minute; every failure is counted."""
+    import logging
+
+    from querywatch import _failopen
+
+    monkeypatch.setattr(_failopen, "_last_logged", {})
+    state = app.extensions["querywatch"]
+    assert client.get("/api/products").status_code == 200
+    state.store.dispose()
+    store_dir = tmp_path / "instance"
+    shutil.rmtree(store_dir)
+    os.makedirs(store_dir / "querywatch.db")
+    before = _failopen.internal_error_counts().get("alerts.evaluate", 0)
+    with caplog.at_level(logging.WARNING, logger="querywatch"):
+        for _ in range(3):
+            assert client.get("/api/products").status_code == 200
+            assert state.flusher.flush() is False
+            assert state.flusher.evaluate_alerts(force=True) is None
+    lines = [r for r in caplog.records if r.name == "querywatch"]
+    assert [r.exc_info for r in lines] == [None, None]
+    flush, evaluate = (r.getMessage() for r in lines)
+    assert flush.startswith("querywatch could not write to its store (OperationalError: ")
+    assert evaluate.startswith("querywatch could not evaluate its alerts (OperationalError: ")
+    assert "unable to open database file" in evaluate
+    assert "\n" not in flush + evaluate
+    assert _failopen.internal_error_counts()["alerts.evaluate"] == before + 3
+    assert state.flusher.failures == 3
