@@ -134,21 +134,26 @@ def test_ctrl_c_stops_cleanly_and_the_next_replay_closes_the_loop_on_a_busy_mach
     seen = []
     assert proc.stdout is not None
     deadline = time.monotonic() + 600  # a watchdog for a hung replay, not a measurement
-    for line in proc.stdout:
-        seen.append(line)
-        if "order lookup takes 30% of the requests" in line:
-            break
-        assert time.monotonic() < deadline, "".join(seen)
-    else:
-        pytest.fail("the replay ended before 14:00:\n" + "".join(seen))
-    # The dashboard's address was printed at the start; it answers during the replay.
-    (address,) = [ln.split("Dashboard: ", 1)[1].strip() for ln in seen if "Dashboard: " in ln]
+
+    def read_until(text: str) -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            seen.append(line)
+            if text in line:
+                return
+            assert time.monotonic() < deadline, "".join(seen)
+        pytest.fail(f"the replay ended before {text!r}:\n" + "".join(seen))
+
+    # The dashboard's address is printed at the start; it answers during the calm.
+    read_until("Dashboard: ")
+    address = seen[-1].split("Dashboard: ", 1)[1].strip()
+    read_until("Calm traffic")
+    time.sleep(1.5)  # the calm's first requests reach the store
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
-    with opener.open(address, timeout=20) as page:
+    with opener.open(address, timeout=60) as page:
         assert page.status == 200
         assert "GET /api/products" in page.read().decode()
-    time.sleep(1.0)
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    read_until("order lookup takes 30% of the requests")
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does, at 14:00
     rest, _ = proc.communicate(timeout=300)
     output = "".join(seen) + rest
     assert proc.returncode == 130, output
