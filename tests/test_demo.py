@@ -1,7 +1,7 @@
 """``querywatch demo``: the seed outage replayed end to end, on SQLite and PostgreSQL, at
 high speed (an hour in 10 s) on the default shop (200,000 orders). Also Ctrl-C: a run
-interrupted at "14:00" stops its server, its load process and its threads, leaves the
-database intact, and the next run closes the loop."""
+interrupted mid-replay stops its server, its load process and its threads, leaves the
+database intact, and the next run closes the loop, on a busy machine."""
 
 from __future__ import annotations
 
@@ -68,7 +68,8 @@ def _assert_the_loop_closed(
     assert heard.index(("devops", "escalate")) < heard.index(("devops", "acknowledge"))
     assert ("backend", "resolve") in heard
     assert ("devops", "resolve") in heard
-    assert times["alert_to_level2"] >= 15 * 60 / 360 - 0.5  # 15 min at 360x
+    # Not before the policy's 15 minutes (of the replay's clock).
+    assert times["alert_to_level2"] >= 15 * 60 / summary["speed"] - 0.5
     # The index was verified by the planner, the gate failed before it and passed after.
     index = summary["index"]
     assert index["ddl"].startswith("CREATE INDEX ")
@@ -118,13 +119,16 @@ def _session_processes(sid: int) -> list[str]:
 def test_ctrl_c_stops_cleanly_and_the_next_replay_closes_the_loop_on_a_busy_machine(
     tmp_path: t.Any,
 ) -> None:
-    """A newcomer's first run (no work folder, no database) sets itself up; Ctrl-C at
-    14:00 stops it: exit 130, no process left, the database intact. The second run,
+    """A newcomer's first run (no work folder, no database) sets itself up; Ctrl-C in
+    the calm stops it: exit 130, no process left, the database intact. The second run,
     from the same folder, with two CPU-burning processes per core beside it for the
     whole replay (a busy laptop), replays the whole afternoon and closes the loop."""
     workdir = tmp_path / "first-time" / "demo"
+    # An hour in a minute: the calm lasts a minute, time enough to check the dashboard
+    # and press Ctrl-C in it however busy the machine.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "querywatch", "demo", "--workdir", str(workdir), *FAST],
+        [sys.executable, "-m", "querywatch", "demo", "--workdir", str(workdir)]
+        + ["--scale", "1", "--speed", "60"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -152,8 +156,7 @@ def test_ctrl_c_stops_cleanly_and_the_next_replay_closes_the_loop_on_a_busy_mach
     with opener.open(address, timeout=60) as page:
         assert page.status == 200
         assert "GET /api/products" in page.read().decode()
-    read_until("order lookup takes 30% of the requests")
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does, at 14:00
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does, in the calm
     rest, _ = proc.communicate(timeout=300)
     output = "".join(seen) + rest
     assert proc.returncode == 130, output
@@ -169,9 +172,11 @@ def test_ctrl_c_stops_cleanly_and_the_next_replay_closes_the_loop_on_a_busy_mach
     assert shop.seeded_version(engine) == (shop.SEED_VERSION, 1.0)
     engine.dispose()
 
+    # At the README's speed (an hour in 30 s): at 360x a page's five-minute window is
+    # one second, and a busy machine's load process can leave a second without a request.
     with busy_machine() as burners:
         assert burners == 2 * (os.cpu_count() or 1)
-        code, summary, progress = _replay(workdir)
+        code, summary, progress = _replay(workdir, "--speed", "120")
     assert code == 0, progress
     assert "Reusing the seeded shop database" in progress
     _assert_the_loop_closed(summary, progress, workdir)
