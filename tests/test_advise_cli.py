@@ -77,7 +77,7 @@ def test_advise_finds_the_lookup_index_and_records_it(served_shop: tuple[str, st
     assert served["endpoints"] == ["GET /api/orders/lookup"]
     assert served["cost_after"] <= served["cost_before"] / 2
     assert "customer1@example.com" not in result.output  # drawn values are never shown
-    lookup = next(q for q in data["queries"] if "customer_email" in q["shape"])
+    lookup = next(q for q in data["queries"] if "WHERE orders.customer_email" in q["shape"])
     assert "full_scan" in [f["kind"] for f in lookup["findings"]], lookup
 
     # The report now cites the plan finding with its verified fix.

@@ -298,6 +298,8 @@ class Replay:
         #: The part of it that is the processor's speed (not the other programs).
         self.cpu_slowdown = 1.0
         self.threshold_ms = float(THRESHOLD_MS)
+        #: What the latency thresholds are multiplied by here.
+        self.threshold_scale = 1.0
         self.live: Live | None = None
         self.closed = False
 
@@ -400,7 +402,7 @@ class Replay:
                         "target": 0.99,
                         "threshold_ms": self.threshold_ms,
                         "overrides": {
-                            ep: spec and {"threshold_ms": spec["threshold_ms"] * self.slowdown}
+                            ep: spec and {"threshold_ms": self._scaled(spec["threshold_ms"])}
                             for ep, spec in OVERRIDES.items()
                         },
                     },
@@ -498,8 +500,8 @@ class Replay:
         # or the lookup's scan on the server would stay under it.
         if make_url(self.url).get_backend_name() != "sqlite":
             slowdown = math.sqrt(slowdown)
-        # Rounded up to 5 ms, so the objective reads as one a person would write.
-        self.threshold_ms = float(math.ceil(THRESHOLD_MS * slowdown / 5) * 5)
+        self.threshold_scale = slowdown
+        self.threshold_ms = self._scaled(THRESHOLD_MS)
         self.console.print(
             f"This machine is busy or slow: this process got {min(share, 1.0):.0%} of a"
             f" core, at x{cpu:.1f} a quiet one's time for the same work. The latency"
@@ -507,6 +509,11 @@ class Replay:
             f" ({self.threshold_ms:g} ms instead of {THRESHOLD_MS} ms).",
             highlight=False,
         )
+
+    def _scaled(self, threshold_ms: float) -> float:
+        """A latency threshold for this machine, rounded up to 5 ms so that it reads as
+        one a person would write."""
+        return float(math.ceil(threshold_ms * self.threshold_scale / 5) * 5)
 
     def _hypopg(self, engine: t.Any) -> None:
         """The advisor verifies PostgreSQL indexes with HypoPG's hypothetical indexes,
@@ -606,7 +613,8 @@ class Replay:
         flusher.defer_alerts(3600)
         self.traffic = Traffic(self.port, self.sizes, self.rate, timeout=5.0)
         with self.console.status("Warming up: the load's first requests..."):
-            time.sleep(WARM_UP_SECONDS)
+            # A busy machine takes longer to open the pool's connections and settle.
+            time.sleep(WARM_UP_SECONDS * self.slowdown)
         flusher.flush()
         m.started = float(math.floor(time.time()))
         self.state.store.prune(m.started, width=1)
