@@ -381,28 +381,6 @@ def sizes(scale: float) -> dict[str, int]:
     }
 
 
-def _bulk_insert(conn: t.Any, model: t.Any, rows: list[dict[str, t.Any]]) -> None:
-    """Insert ``rows``: with PostgreSQL's COPY through psycopg 3 (ten times faster than
-    the multi-row INSERTs for the demo's 600,000 orders), else with SQLAlchemy's
-    executemany."""
-    if not rows:
-        return
-    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
-        table = model.__table__
-        columns = list(rows[0])
-        quote = conn.dialect.identifier_preparer.quote
-        sql = f"COPY {quote(table.name)} ({', '.join(quote(c) for c in columns)}) FROM STDIN"
-        cursor = conn.connection.dbapi_connection.cursor()
-        try:
-            with cursor.copy(sql) as copy:
-                for row in rows:
-                    copy.write_row([row[c] for c in columns])
-        finally:
-            cursor.close()
-        return
-    conn.execute(insert(model), rows)
-
-
 def seed(
     engine: Engine,
     scale: float = 1.0,
@@ -481,8 +459,8 @@ def seed(
                         "created_at": epoch + dt.timedelta(minutes=3 * oid),
                     }
                 )
-            _bulk_insert(conn, Order, orders)
-            _bulk_insert(conn, OrderItem, items)
+            conn.execute(insert(Order), orders)
+            conn.execute(insert(OrderItem), items)
             if progress:
                 progress(f"orders {min(start + chunk - 1, n['orders']):,}/{n['orders']:,}")
         conn.execute(
@@ -507,12 +485,6 @@ def seed(
         # (a replay's first calm seconds after seeding once had a p95 of 700 ms, and paged).
         # The checkpoint writes the load out now; it needs pg_checkpoint or a superuser.
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            # The planner's estimate for the lookup's email (20,000 values in 200,000
-            # orders per unit of scale) comes from a sample of 30,000 rows by default,
-            # and swung between runs (x98 to x219 for the same index): sample them all.
-            conn.exec_driver_sql(
-                "ALTER TABLE orders ALTER COLUMN customer_email SET STATISTICS 10000"
-            )
             conn.exec_driver_sql("VACUUM ANALYZE customers, products, orders, order_items")
             try:
                 conn.exec_driver_sql("CHECKPOINT")
