@@ -74,7 +74,9 @@ def _assert_the_loop_closed(
     index = summary["index"]
     assert index["ddl"].startswith("CREATE INDEX ")
     assert index["ddl"].endswith(" ix_orders_customer_email ON orders (customer_email);")
-    assert index["estimated_gain"] > 100
+    # The planner's estimate, from statistics it sampled (x55 to x130 seen on PostgreSQL
+    # with ANALYZE's random sample at scale 1, x18,000 and up on SQLite).
+    assert index["estimated_gain"] > 20
     assert summary["gate"]["before"]["passed"] is False
     assert "Full scan of orders" in summary["gate"]["before"]["output"]
     assert summary["gate"]["after"]["passed"] is True

@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 import typing as t
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -20,7 +21,6 @@ from conftest import _unavailable
 from querywatch.cli import cli
 from querywatch.grafana import SCHEMA_VERSION
 from test_metrics import _start_prometheus
-from test_metrics import _wait_for_value
 
 APP_MODULE = """
 from flask import Flask
@@ -209,34 +209,60 @@ def test_every_panel_query_runs_in_a_real_prometheus(
     by Prometheus, and the first-row panels and the shapes panel have data."""
     _, port = served_shop
     proc, prom_port = _start_prometheus(tmp_path, port)
+    # The mix goes on for the whole test: a rate over 1m needs two scrapes that saw
+    # different counts, and a busy machine's Prometheus may take its first scrape late.
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def traffic() -> None:
+        try:
+            while not stop.is_set():
+                for path in ("/api/products/3", "/api/orders/lookup?email=customer1@example.com",
+                             "/api/orders/recent?limit=5"):  # fmt: skip
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}") as r:
+                        assert r.status == 200
+                stop.wait(0.05)
+        except BaseException as e:  # reported by the test, not lost in the thread
+            errors.append(e)
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
     try:
-        stop = time.monotonic() + 8
-        sent = 0
-        while time.monotonic() < stop:
-            for path in ("/api/products/3", "/api/orders/lookup?email=customer1@example.com",
-                         "/api/orders/recent?limit=5"):  # fmt: skip
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}") as r:
-                    assert r.status == 200
-                sent += 1
-            time.sleep(0.05)
-        _wait_for_value(
-            prom_port,
-            'sum(http_server_request_duration_seconds_count{http_route="/api/products/<int:product_id>"})',
-            sent // 3,
-        )
-        time.sleep(2)  # another scrape, so rates have two samples
         model = _export()
-        results = {}
-        for expr in _exprs(model):
-            concrete = (
-                expr.replace("$__rate_interval", "1m")
-                .replace("$job", "shop")
-                .replace("$route", ".*")
-            )
-            body = _query(prom_port, concrete)
-            assert body["status"] == "success", (expr, body)
-            results[expr] = body["data"]["result"]
         panels = {p["title"]: p for p in _panels(model)}
+        first_row = [
+            panels[title]["targets"][0]["expr"] for title in ("Requests / s", "p95 latency")
+        ]
+
+        def evaluate() -> dict[str, t.Any]:
+            results = {}
+            for expr in _exprs(model):
+                concrete = (
+                    expr.replace("$__rate_interval", "1m")
+                    .replace("$job", "shop")
+                    .replace("$route", ".*")
+                )
+                body = _query(prom_port, concrete)
+                assert body["status"] == "success", (expr, body)
+                results[expr] = body["data"]["result"]
+            return results
+
+        def rising(results: dict[str, t.Any]) -> bool:
+            return all(results[e] and float(results[e][0]["value"][1]) > 0 for e in first_row)
+
+        # Until Prometheus listens and has scraped twice; a watchdog for one that never does.
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                results = evaluate()
+            except urllib.error.URLError:  # not listening yet: a busy machine starts it late
+                if time.monotonic() > deadline:
+                    raise
+                results = {}
+            if results and rising(results) or time.monotonic() > deadline or errors:
+                break
+            time.sleep(1)
+        assert not errors, errors
 
         def data(title: str) -> list[t.Any]:
             out = []
@@ -256,5 +282,7 @@ def test_every_panel_query_runs_in_a_real_prometheus(
         routes = {s["metric"]["http_route"] for s in data("Request time by route (top 10)")}
         assert "/api/orders/lookup" in routes
     finally:
+        stop.set()
+        sender.join(timeout=30)
         proc.terminate()
         proc.wait(timeout=10)

@@ -305,10 +305,9 @@ def advise(
 )
 @click.option(
     "--rate",
-    default=40.0,
-    show_default=True,
+    default=None,
     type=click.FloatRange(1, 2000),
-    help="Requests per second, held flat the whole run.",
+    help="Requests per second, held flat the whole run  [default: 40, lighter on a busy machine]",
 )
 @click.option(
     "--database-url",
@@ -345,7 +344,7 @@ def advise(
 def demo(
     scale: float,
     speed: float,
-    rate: float,
+    rate: float | None,
     database_url: str | None,
     fix: str,
     workdir: str,

@@ -74,8 +74,16 @@ THRESHOLD_MS = 20
 #: breaks them whatever the machine (a laptop running a browser and an IDE is 2-4 times
 #: slower).
 QUIET_SPIN_MS = 1.3
-#: Seconds the replay measures the machine for before it starts.
-BUSY_PROBE_SECONDS = 0.4
+#: Seconds the replay measures the machine for before it starts, in slices.
+BUSY_PROBE_SECONDS = 1.0
+BUSY_PROBE_SLICES = 10
+#: The shop's traffic on a quiet machine, in requests a second (``--rate`` sets another).
+#: The shop and querywatch share one Python process, which takes about a quarter of a
+#: quiet core to serve it; on a machine k times slower the traffic is k times lighter
+#: (not under :data:`MIN_RATE`), or its requests would queue behind each other and the
+#: calm would page. The objectives' windows still hold enough requests to page on.
+RATE = 40.0
+MIN_RATE = 12.0
 #: The requests that are slow by design keep their own thresholds (the N+1 endpoint: 51
 #: round trips, 50-150 ms on PostgreSQL; the write) or none (the admin overview's counts).
 OVERRIDES = {
@@ -257,7 +265,7 @@ class Replay:
         *,
         scale: float,
         speed: float,
-        rate: float,
+        rate: float | None,
         database_url: str | None,
         fix: str,
         workdir: str,
@@ -268,12 +276,14 @@ class Replay:
         if fix not in FIXES:
             msg = f"--fix must be one of {', '.join(FIXES)}, got {fix!r}."
             raise ValueError(msg)
-        if speed <= 0 or scale <= 0 or rate <= 0:
+        if speed <= 0 or scale <= 0 or (rate is not None and rate <= 0):
             msg = "--scale, --speed and --rate must be greater than 0."
             raise ValueError(msg)
         self.scale = scale
         self.speed = speed
-        self.rate = rate
+        #: None: :data:`RATE`, lighter on a busy machine (set by :meth:`_calibrate`).
+        self.rate_given = rate
+        self.rate = rate or RATE
         self.fix_kind = fix
         self.console = console
         self.quiet = quiet
@@ -297,6 +307,8 @@ class Replay:
         self.slowdown = 1.0
         #: The part of it that is the processor's speed (not the other programs).
         self.cpu_slowdown = 1.0
+        #: How much longer the shop's statement timeout is on this machine.
+        self.timeout_scale = 1.0
         self.threshold_ms = float(THRESHOLD_MS)
         #: What the latency thresholds are multiplied by here.
         self.threshold_scale = 1.0
@@ -382,7 +394,7 @@ class Replay:
         self.app = shop.create_app(
             self.url,
             instance_path=self.instance,
-            statement_timeout_ms=STATEMENT_TIMEOUT_MS * self.cpu_slowdown,
+            statement_timeout_ms=STATEMENT_TIMEOUT_MS * self.timeout_scale,
             config={
                 "QUERYWATCH_STORE_URL": f"sqlite:///{self.store_path}",
                 "QUERYWATCH_BUCKET_SECONDS": 1,
@@ -473,32 +485,48 @@ class Replay:
 
     def _calibrate(self) -> None:
         """How much slower than a quiet machine this one runs now; the latency
-        objectives are scaled by it. Two factors, from a loop of Python arithmetic run for
-        :data:`BUSY_PROBE_SECONDS`: its CPU time against a quiet machine's (a slower
-        processor), and the share of a core the thread got (other programs running; the
-        thread's own CPU time, as the process's would count its other threads too)."""
-        wall0, cpu0 = time.perf_counter(), time.thread_time()
-        rounds = 0
-        while time.perf_counter() - wall0 < BUSY_PROBE_SECONDS:
-            _spin()
-            rounds += 1
-        cpu_s = time.thread_time() - cpu0
-        share = cpu_s / (time.perf_counter() - wall0)
-        spin_ms = cpu_s / rounds * 1000
+        objectives are scaled by it, and the traffic lightened. Two factors, from a loop
+        of Python arithmetic run for :data:`BUSY_PROBE_SECONDS`: its CPU time against a
+        quiet machine's (a slower processor), and the share of a core the thread got
+        (other programs running; the thread's own CPU time, as the process's would count
+        its other threads too)."""
+        # In slices: the least share any slice got, as programs that have just started
+        # (or stop for a moment) would make the whole probe's average look quieter
+        # than the replay's next minutes.
+        shares, cpu_total, rounds = [], 0.0, 0
+        for _ in range(BUSY_PROBE_SLICES):
+            wall0, cpu0 = time.perf_counter(), time.thread_time()
+            while time.perf_counter() - wall0 < BUSY_PROBE_SECONDS / BUSY_PROBE_SLICES:
+                _spin()
+                rounds += 1
+            cpu_s = time.thread_time() - cpu0
+            cpu_total += cpu_s
+            shares.append(cpu_s / (time.perf_counter() - wall0))
+        share = min(shares)
+        spin_ms = cpu_total / rounds * 1000
         busy = 1 / min(1.0, max(share, 0.05))
         cpu = max(1.0, spin_ms / QUIET_SPIN_MS)
         slowdown = cpu * busy
         if slowdown < 1.25:
             return  # a quiet machine: the objectives as they are
         self.slowdown = slowdown
-        # The statement timeout follows the processor only: the lookup's scans must
-        # still fail past it when other programs share the machine, as the outage's did.
         self.cpu_slowdown = cpu
-        # SQLite works in this process, so a request is as much slower as the process.
-        # A database server is not slowed with it: a request's time is half ours and
-        # half the server's (in log terms), and the threshold grows by the square root,
-        # or the lookup's scan on the server would stay under it.
-        if make_url(self.url).get_backend_name() != "sqlite":
+        lighter = ""
+        if self.rate_given is None:
+            self.rate = float(max(MIN_RATE, round(RATE / slowdown)))
+            lighter = f" The traffic is {self.rate:g} requests a second instead of {RATE:g}."
+        if make_url(self.url).get_backend_name() == "sqlite":
+            # SQLite works in this process, so a request, and each of its statements,
+            # is as much slower as the process: the statement timeout too, or the
+            # calm's admin counts would fail past it; the lookup's overlapping scans
+            # still do, as in the outage.
+            self.timeout_scale = slowdown
+        else:
+            # A database server is not slowed with this process: a request's time is
+            # half ours and half the server's (in log terms), and the threshold grows
+            # by the square root, or the lookup's scan on the server would stay under
+            # it. Its statement timeout follows a slower processor only.
+            self.timeout_scale = cpu
             slowdown = math.sqrt(slowdown)
         self.threshold_scale = slowdown
         self.threshold_ms = self._scaled(THRESHOLD_MS)
@@ -506,7 +534,7 @@ class Replay:
             f"This machine is busy or slow: this process got {min(share, 1.0):.0%} of a"
             f" core, at x{cpu:.1f} a quiet one's time for the same work. The latency"
             f" objectives are x{slowdown:.1f} longer for this replay"
-            f" ({self.threshold_ms:g} ms instead of {THRESHOLD_MS} ms).",
+            f" ({self.threshold_ms:g} ms instead of {THRESHOLD_MS} ms).{lighter}",
             highlight=False,
         )
 
@@ -994,6 +1022,7 @@ class Replay:
             # machine this one answered the shop's quick requests before the replay.
             "objective_ms": self.threshold_ms,
             "slowdown": round(self.slowdown, 2),
+            "rate": self.rate,
             "times_s": {
                 "onset_to_alert": since_onset(m.alert),
                 "alert_to_level2": round(m.level2 - m.alert, 2) if m.level2 and m.alert else None,
@@ -1213,7 +1242,7 @@ def run_demo(
     *,
     scale: float = 3.0,
     speed: float = 120.0,
-    rate: float = 40.0,
+    rate: float | None = None,
     database_url: str | None = None,
     fix: str = "index",
     workdir: str = "querywatch-demo",
