@@ -710,6 +710,9 @@ class Replay:
                 )
                 self.wait(f"{AFTER_LOOKUPS} lookups measured after the fix", self._measured)
             m.ended = time.time()
+            # The replay is over: what stopping the load does to the last windows is
+            # not the shop's doing, and pages nobody.
+            self.state.flusher.defer_alerts(3600)
             self.traffic.stop()
             if self.fix_kind != "none":
                 # Once the traffic is measured: the gate's process would take the CPU
@@ -723,6 +726,10 @@ class Replay:
                 self.live = None
                 self.console.print()
         self.state.flusher.flush()
+        if self.incident_id is not None and m.incident_resolved is not None:
+            inc = incidents.get(self.incident_id)
+            if inc.status != "resolved":
+                self.findings["reopened"] = inc.title
         return self._summary(incidents)
 
     def _calm_page(self) -> t.Any:
@@ -982,7 +989,11 @@ class Replay:
             "root_cause_named": named,
             "fix_verified": fix_verified,
             "recovery_measured": bool(
-                m.recovered and m.alert_resolved and m.incident_resolved and p_after
+                m.recovered
+                and m.alert_resolved
+                and m.incident_resolved
+                and p_after
+                and not self.findings.get("reopened")
             ),
         }
 
@@ -1007,7 +1018,13 @@ class Replay:
                 )
             else:
                 why["fix_verified"] = "the gate did not fail before the index and pass after"
-        if not checks["recovery_measured"]:
+        if self.findings.get("reopened"):
+            # The shop paged again after the fix: the loop did not stay closed, and the
+            # incident's evidence (and its postmortem) now tell of that page instead.
+            why["recovery_measured"] = (
+                f"the incident reopened after it resolved: {self.findings['reopened']}"
+            )
+        elif not checks["recovery_measured"]:
             why["recovery_measured"] = "latency did not recover, or the alert or the incident"
             why["recovery_measured"] += " did not resolve"
         summary: dict[str, t.Any] = {
