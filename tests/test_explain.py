@@ -202,3 +202,28 @@ def test_ctrl_c_during_a_sqlite_statement_is_not_lost(tmp_path: t.Any) -> None:
         exc = exc.__context__
     assert any("interrupted" in c for c in chain), chain
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_parsing_the_apps_statements_leaves_its_stderr_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """SQLAlchemy sends ``show standard_conforming_strings`` when it connects to
+    PostgreSQL; sqlglot reads it as a Command and warns, and the warning reached the
+    demo's (and any app's) stderr. querywatch's own parses are quiet; the app's own use
+    of sqlglot still warns as before."""
+    import logging
+
+    import sqlglot
+
+    from querywatch.cache import statement_tables
+
+    statement = "show standard_conforming_strings"
+    with caplog.at_level(logging.WARNING, logger="sqlglot"):
+        with pytest.raises(UnsafeStatementError):
+            check_read_only(statement, "postgresql")
+        statement_tables.cache_clear()
+        statement_tables(statement)
+        assert [r for r in caplog.records if r.name == "sqlglot"] == []
+        sqlglot.parse_one(statement, read="postgres")
+    assert [r.name for r in caplog.records] == ["sqlglot"]
+    assert "Falling back to parsing as a 'Command'" in caplog.records[0].getMessage()

@@ -104,10 +104,12 @@ def statement_tables(sql: str) -> tuple[frozenset[str], frozenset[str]]:
     from sqlglot import exp
 
     from .explain import number_placeholders
+    from .explain import quiet_parse
 
     marked, _ = number_placeholders(sql)
     try:
-        tree = sqlglot.parse_one(marked)
+        with quiet_parse():
+            tree = sqlglot.parse_one(marked)
     except Exception:
         tree = None
     if tree is None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import re
 import threading
 import time
@@ -188,6 +189,36 @@ def sqlglot_dialect(dialect: str) -> str:
     return _SQLGLOT_DIALECTS.get(dialect, "")
 
 
+_parsing = threading.local()
+
+
+class _OwnParses(logging.Filter):
+    """Drops what sqlglot logs while querywatch parses one of the app's statements: one
+    it reads as a Command (SQLAlchemy's ``show standard_conforming_strings`` on connect)
+    is the app's, valid SQL, and the warning reached the app's stderr. The app's own
+    use of sqlglot is left as it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_parsing, "active", False)
+
+
+_OWN_PARSES = _OwnParses()
+
+
+@contextlib.contextmanager
+def quiet_parse() -> t.Iterator[None]:
+    """Parse with sqlglot inside this block without its warnings reaching the app."""
+    sqlglot_logger = logging.getLogger("sqlglot")
+    if _OWN_PARSES not in sqlglot_logger.filters:
+        sqlglot_logger.addFilter(_OWN_PARSES)
+    before = getattr(_parsing, "active", False)
+    _parsing.active = True
+    try:
+        yield
+    finally:
+        _parsing.active = before
+
+
 def check_read_only(sql: str, dialect: str = "") -> t.Any:
     """Parse ``sql`` and return its sqlglot tree if it is one read-only ``SELECT``;
     raise :class:`UnsafeStatementError` (or :class:`ExplainError` when it does not
@@ -198,7 +229,9 @@ def check_read_only(sql: str, dialect: str = "") -> t.Any:
 
     marked, _ = number_placeholders(sql)
     try:
-        trees = [tr for tr in sqlglot.parse(marked, read=sqlglot_dialect(dialect) or None) if tr]
+        with quiet_parse():
+            trees = sqlglot.parse(marked, read=sqlglot_dialect(dialect) or None)
+        trees = [tr for tr in trees if tr]
     except ParseError as e:
         first = str(e).splitlines()[0][:200]
         msg = f"The statement could not be parsed ({first}); it was not explained."

@@ -16,10 +16,12 @@ def _alias_map(sql: str, dialect: str) -> tuple[tuple[str, str], ...]:
     import sqlglot
     from sqlglot import exp
 
+    from . import quiet_parse
     from . import sqlglot_dialect
 
     try:
-        tree = sqlglot.parse_one(sql, read=sqlglot_dialect(dialect) or None)
+        with quiet_parse():
+            tree = sqlglot.parse_one(sql, read=sqlglot_dialect(dialect) or None)
     except Exception:
         return ()
     out = []
