@@ -1260,3 +1260,31 @@ def test_unreachable_targets_are_timeline_events_not_crashes(tmp_path: t.Any) ->
     )
     assert incidents.get(inc.id).status == "triggered"
     assert outbox.pending() == 2
+
+
+def test_an_incident_never_opens_or_resolves_before_its_alert(tmp_path: t.Any) -> None:
+    """follow_alerts takes its ``now`` before it reads the alert events, and an evaluation
+    that started after that may have written one of them (beside CPU burners the demo's
+    incident resolved 80 ms before its alert did). Its times are never before the
+    alert's own change."""
+    from querywatch.incidents.manager import follow_alerts
+    from querywatch.store import AlertChange
+
+    store = Store(f"sqlite:///{tmp_path}/qw.db")
+    t0 = float(int(time.time()))
+    key = "slo:latency:page"
+    fired = AlertChange(key, "slo", "page", "firing", t0 + 1.0, "SLO latency. Slow.", {})
+    assert store.set_alert_state(fired)
+    incidents = Incidents(store)
+    assert [a for _, _, a in follow_alerts(incidents, now=t0)] == ["opened"]
+    (inc,) = incidents.recent()
+    assert inc.created_at == t0 + 1.0
+    resolved = fired._replace(state="resolved", at=t0 + 3.0, summary="Resolved.")
+    assert store.set_alert_state(resolved)
+    assert [a for _, _, a in follow_alerts(incidents, now=t0 + 2.0)] == ["resolved"]
+    assert incidents.get(inc.id).resolved_at == t0 + 3.0
+    # A worker that reads the change later keeps its own, later, time.
+    assert store.set_alert_state(fired._replace(at=t0 + 10.0))
+    follow_alerts(incidents, now=t0 + 12.0)
+    assert incidents.get(inc.id).status == "triggered"
+    assert incidents.get(inc.id).updated_at == t0 + 12.0

@@ -703,6 +703,9 @@ def follow_alerts(
     states = store.alert_states()
     for ev in events:
         key = incident_key(ev.key)
+        # Not before the alert's own change: ``now`` was taken before the events were
+        # read, and an evaluation that started after it may have written one of them.
+        at = max(now, ev.at)
         if ev.state == "firing" and ev.severity in severities:
             impact: dict[str, t.Any] = {}
             objective = ev.evidence.get("objective")
@@ -723,7 +726,7 @@ def follow_alerts(
                 alert_severity=ev.severity,
                 impact=impact,
                 evidence=ev.evidence,
-                now=now,
+                now=at,
             )
             done.append((key, incident.id, "opened" if opened else "added"))
         elif ev.state == "resolved":
@@ -735,7 +738,7 @@ def follow_alerts(
             ]
             if open_incident is not None and not still:
                 incidents.resolve(
-                    open_incident.id, "querywatch", "Every alert of it resolved.", now=now
+                    open_incident.id, "querywatch", "Every alert of it resolved.", now=at
                 )
                 done.append((key, open_incident.id, "resolved"))
         store.set_meta("incidents_cursor", str(ev.id))
