@@ -28,10 +28,13 @@ FAST = ["--scale", "1", "--speed", "360"]
 
 
 def _replay(
-    workdir: pathlib.Path, *extra: str, fast: t.Sequence[str] = FAST
+    workdir: pathlib.Path, *extra: str, size_and_speed: t.Sequence[str] = FAST
 ) -> tuple[int, dict[str, t.Any], str]:
+    """``querywatch demo --json``; ``size_and_speed=()`` runs the README's defaults."""
     result = CliRunner().invoke(
-        cli, ["demo", "--workdir", str(workdir), "--json", *fast, *extra], catch_exceptions=False
+        cli,
+        ["demo", "--workdir", str(workdir), "--json", *size_and_speed, *extra],
+        catch_exceptions=False,
     )
     try:
         summary = json.loads(result.stdout)
@@ -136,7 +139,7 @@ def test_ctrl_c_stops_cleanly_and_the_next_replay_closes_the_loop_on_a_busy_mach
     # calm lasts a minute, time enough to check the dashboard and press Ctrl-C in it
     # however busy the machine.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "querywatch", "demo", "--workdir", str(workdir)] + ["--speed", "60"],
+        [sys.executable, "-m", "querywatch", "demo", "--workdir", str(workdir), "--speed", "60"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -190,7 +193,7 @@ def test_ctrl_c_stops_cleanly_and_the_next_replay_closes_the_loop_on_a_busy_mach
     # to the objectives, once they are scaled to a busy machine, that it may not page.
     with busy_machine() as burners:
         assert burners == 2 * (os.cpu_count() or 1)
-        code, summary, progress = _replay(workdir, fast=[])
+        code, summary, progress = _replay(workdir, size_and_speed=())
     assert code == 0, progress
     assert "Reusing the seeded shop database" in progress
     _assert_the_loop_closed(summary, progress, workdir)
@@ -209,7 +212,9 @@ def test_the_replay_on_postgresql_with_hypopg(postgres_url: str, tmp_path: t.Any
     machine's load as much as the index."""
     url = postgres_url.replace("postgresql://", "postgresql+psycopg://", 1)
     workdir = tmp_path / "demo"
-    code, summary, progress = _replay(workdir, "--database-url", url, fast=["--speed", "360"])
+    code, summary, progress = _replay(
+        workdir, "--database-url", url, size_and_speed=["--speed", "360"]
+    )
     assert code == 0, progress
     _assert_the_loop_closed(summary, progress, workdir)
     assert summary["database"] == "postgresql"
