@@ -127,6 +127,9 @@ def _session_processes(sid: int) -> list[str]:
     return left
 
 
+# The replays run one after the other on one worker: one replay measures the machine
+# before it starts, and the other's CPU burners must not start after that.
+@pytest.mark.xdist_group("replays")
 def test_ctrl_c_stops_cleanly_and_the_next_replay_closes_the_loop_on_a_busy_machine(
     tmp_path: t.Any,
 ) -> None:
@@ -205,6 +208,7 @@ def test_ctrl_c_stops_cleanly_and_the_next_replay_closes_the_loop_on_a_busy_mach
 
 
 @pytest.mark.postgres
+@pytest.mark.xdist_group("replays")
 def test_the_replay_on_postgresql_with_hypopg(postgres_url: str, tmp_path: t.Any) -> None:
     """The same afternoon on PostgreSQL: the index verified with HypoPG. On the README's
     600,000 orders: the server's scan of 200,000 takes about as long as this process's
