@@ -67,6 +67,47 @@ def busy_machine(per_core: int = 2) -> t.Iterator[int]:
             p.wait()
 
 
+@contextlib.contextmanager
+def smtp_server(handler: t.Any, **options: t.Any) -> t.Iterator[int]:
+    """A real SMTP server (aiosmtpd) on a free port of 127.0.0.1 for the block; yields the
+    port. Its connections still open at the end are closed here: aiosmtpd's own ``stop``
+    leaves them to the garbage collector, whose ResourceWarning ("unclosed transport")
+    then fails whichever test runs when it collects them."""
+    import asyncio
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    sessions: list[t.Any] = []
+
+    class _Controller(Controller):  # type: ignore[misc]
+        def factory(self) -> t.Any:
+            session = super().factory()
+            sessions.append(session)
+            return session
+
+    with socket.socket() as sock:  # a free port (the controller checks it by connecting)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    controller = _Controller(handler, hostname="127.0.0.1", port=port, **options)
+    controller.start()
+
+    async def close_connections() -> None:
+        for session in sessions:
+            # After STARTTLS the socket is the original transport's, under the TLS one.
+            transport = session._original_transport or session.transport
+            if transport is not None:
+                transport.abort()
+        for _ in range(3):  # abort() closes the socket on the loop's next turn
+            await asyncio.sleep(0)
+
+    try:
+        yield port
+    finally:
+        asyncio.run_coroutine_threadsafe(close_connections(), controller.loop).result(10)
+        controller.stop()
+
+
 @pytest.fixture(autouse=True)
 def no_background_thread_outlives_its_test() -> t.Iterator[None]:
     """An app's advisor thread wakes every 30 s; one left from an earlier test would

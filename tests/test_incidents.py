@@ -79,7 +79,7 @@ def receiver() -> t.Iterator[Receiver]:
 
 @pytest.fixture
 def smtp() -> t.Iterator[tuple[int, list[t.Any]]]:
-    from aiosmtpd.controller import Controller
+    from conftest import smtp_server
 
     mails: list[t.Any] = []
 
@@ -90,15 +90,8 @@ def smtp() -> t.Iterator[tuple[int, list[t.Any]]]:
             mails.append(email.message_from_bytes(envelope.content))
             return "250 OK"
 
-    import socket
-
-    with socket.socket() as sock:  # a free port (the controller checks it by connecting)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
-    controller.start()
-    yield port, mails
-    controller.stop()
+    with smtp_server(Handler()) as port:
+        yield port, mails
 
 
 def _hook_policy(url: str) -> t.Any:
@@ -959,14 +952,13 @@ def test_mail_over_starttls_with_authentication(tmp_path: t.Any) -> None:
     here for 127.0.0.1, trusted through the target's ``cafile``): the mail is delivered
     with the login; a wrong password is a delivery failure on the timeline, retried."""
     import shutil
-    import socket
     import ssl
     import subprocess
 
-    from aiosmtpd.controller import Controller
     from aiosmtpd.smtp import AuthResult
 
     from conftest import _unavailable
+    from conftest import smtp_server
 
     openssl = shutil.which("openssl")
     if openssl is None:
@@ -996,15 +988,11 @@ def test_mail_over_starttls_with_authentication(tmp_path: t.Any) -> None:
             logins.append(data.login.decode())
         return AuthResult(success=ok)
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    controller = Controller(
-        Handler(), hostname="127.0.0.1", port=port, tls_context=context, require_starttls=True,
-        auth_required=True, auth_require_tls=True, authenticator=authenticator,
+    server = smtp_server(
+        Handler(), tls_context=context, require_starttls=True, auth_required=True,
+        auth_require_tls=True, authenticator=authenticator,
     )  # fmt: skip
-    controller.start()
-    try:
+    with server as port:
 
         def policy(password: str) -> t.Any:
             return load_policy({
@@ -1028,8 +1016,6 @@ def test_mail_over_starttls_with_authentication(tmp_path: t.Any) -> None:
         assert failed[0].text.startswith(f"mail failed (SMTP 127.0.0.1:{port}: SMTP")
         assert failed[0].text.endswith("retrying.")
         store.dispose()
-    finally:
-        controller.stop()
 
 
 def test_the_share_of_users_affected(tmp_path: t.Any) -> None:
