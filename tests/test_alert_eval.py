@@ -540,3 +540,39 @@ def test_the_culprit_is_where_the_objectives_bad_requests_are() -> None:
     top = culprit(ev)
     assert top is not None
     assert top["fingerprint"] == "items"
+
+
+def test_a_late_page_blames_the_bad_endpoints_costliest_shape() -> None:
+    """The busy-machine replay's page fired 38 s into the outage, and its window before
+    was inside the outage too: the lookup's scan took 1.46 s in the 4 s now against 1.13 s
+    in the 3 s before, so it did not grow, while a customer page's shape went from 0 to
+    5 ms. All the bad requests are lookups, which spend 98% of their time in the
+    database: the scan is blamed, not the customer page. If the lookups' time were not
+    database time (they waited for connections), the shape that grew most would be."""
+    from querywatch.evidence import culprit
+
+    def shape(name: str, endpoint: str, now: float, before: float) -> dict[str, t.Any]:
+        return {"fingerprint": name, "endpoint": endpoint, "time_now_s": now,
+                "time_before_s": before}  # fmt: skip
+
+    lookup_ep, customer_ep = "GET /api/orders/lookup", "GET /api/customers/<int:id>/orders"
+    ev: dict[str, t.Any] = {
+        "window": {"before": [1796421334, 1796421337], "now": [1796421365, 1796421369]},
+        "shapes": [
+            shape("scan", lookup_ep, 1.461893, 1.129316),
+            shape("by-customer", customer_ep, 0.005261, 0.0),
+            shape("items", "GET /api/orders/recent", 0.05129, 0.054885),
+        ],
+        "bad_endpoints": [{"endpoint": lookup_ep, "events": 12, "bad": 7}],
+        "endpoints": [
+            {"endpoint": lookup_ep, "requests": 12, "time_s": 1.487761, "db_share": 0.9826},
+            {"endpoint": customer_ep, "requests": 3, "time_s": 0.011478, "db_share": 0.4583},
+        ],
+    }
+    top = culprit(ev)
+    assert top is not None
+    assert top["fingerprint"] == "scan"
+    ev["endpoints"][0]["db_share"] = 0.1
+    top = culprit(ev)
+    assert top is not None
+    assert top["fingerprint"] == "by-customer"

@@ -27,6 +27,9 @@ __all__ = ["culprit", "gather", "hypothesis", "windows"]
 
 #: Traffic within these ratios of the window before is "flat".
 FLAT = (0.67, 1.5)
+#: Endpoints that spend at least this share of their time in the database are slow in
+#: their own queries (not waiting for a connection held elsewhere).
+IN_DATABASE = 0.5
 
 
 def windows(
@@ -219,8 +222,10 @@ def culprit(ev: dict[str, t.Any]) -> dict[str, t.Any] | None:
     endpoint sharing the database and the interpreter, and an N+1 that grew from 1 ms
     to 3 ms a call over 450 calls can outgrow the scan that failed the requests. When
     no shape of those endpoints grew (their requests waited for a connection, held by
-    a query elsewhere), the shape that grew most anywhere is blamed."""
-    shapes = [s for s in ev["shapes"] if s["time_now_s"] > 0]
+    a query elsewhere), the costliest of their shapes is blamed if their time is
+    database time (the window before was inside the outage already), and otherwise the
+    shape that grew most anywhere."""
+    shapes: list[dict[str, t.Any]] = [s for s in ev["shapes"] if s["time_now_s"] > 0]
     if not shapes:
         return None
     window = ev.get("window") or {}
@@ -233,13 +238,25 @@ def culprit(ev: dict[str, t.Any]) -> dict[str, t.Any] | None:
         return float(s["time_now_s"] - s["time_before_s"] * stretch)
 
     bad = {b["endpoint"]: b["bad"] for b in ev.get("bad_endpoints") or [] if b["bad"]}
-    where_bad = [s for s in shapes if bad.get(s.get("endpoint")) and growth(s) > 0]
-    top: dict[str, t.Any]
-    if where_bad:
-        top = max(where_bad, key=lambda s: (growth(s) * bad[s["endpoint"]], s["time_now_s"]))
-    else:
-        top = max(shapes, key=lambda s: (growth(s), s["time_now_s"]))
-    return top
+    where_bad = [s for s in shapes if bad.get(s.get("endpoint"))]
+    grew = [s for s in where_bad if growth(s) > 0]
+    if grew:
+        return max(grew, key=lambda s: (growth(s) * bad[s["endpoint"]], s["time_now_s"]))
+    if where_bad and _database_share(ev, bad) >= IN_DATABASE:
+        # Their time is spent in their own queries, which did not grow because the
+        # window before was already slow (a page that fires late in the outage compares
+        # two windows inside it): what costs them the most now is blamed.
+        return max(where_bad, key=lambda s: (s["time_now_s"] * bad[s["endpoint"]], growth(s)))
+    return max(shapes, key=lambda s: (growth(s), s["time_now_s"]))
+
+
+def _database_share(ev: dict[str, t.Any], endpoints: t.Container[str]) -> float:
+    """The share of the ``endpoints``' request time spent in the database now (0 when the
+    evidence does not list them)."""
+    rows = [e for e in ev.get("endpoints") or [] if e["endpoint"] in endpoints]
+    total = sum(e["time_s"] for e in rows)
+    db = sum(e["time_s"] * (e["db_share"] or 0.0) for e in rows)
+    return db / total if total else 0.0
 
 
 def hypothesis(ev: dict[str, t.Any]) -> str:
