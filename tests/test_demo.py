@@ -225,6 +225,26 @@ def test_the_replay_on_postgresql_with_hypopg(postgres_url: str, tmp_path: t.Any
     assert summary["index"]["verified_by"] == "hypopg"
 
 
+def test_a_lighter_traffic_needs_fewer_bad_requests_to_page(tmp_path: t.Any) -> None:
+    """At 40 requests a second a page needs ten bad requests in its short window; at the
+    busy machine's 12 the one-hour page's window (2.5 s) holds nine lookups, so it needs
+    as many fewer (three, never under three: one statement timeout in the calm pages
+    nobody)."""
+    from rich.console import Console
+
+    from querywatch.demo.runner import Replay
+
+    def needed(rate: float | None) -> int:
+        replay = Replay(scale=1, speed=120, rate=rate, database_url=None, fix="index",
+                        workdir=str(tmp_path), console=Console(), quiet=True)  # fmt: skip
+        return replay.min_bad_events
+
+    assert needed(None) == 10
+    assert needed(12) == 3
+    assert needed(20) == 5
+    assert needed(2) == 3
+
+
 def test_bad_options_are_refused_with_the_reason(tmp_path: t.Any) -> None:
     result = CliRunner().invoke(cli, ["demo", "--fix", "rewrite", "--workdir", str(tmp_path)])
     assert result.exit_code == 2

@@ -84,6 +84,13 @@ BUSY_PROBE_SLICES = 10
 #: calm would page. The objectives' windows still hold enough requests to page on.
 RATE = 40.0
 MIN_RATE = 12.0
+#: A page needs this many bad requests in its short window at :data:`RATE`, as many
+#: fewer as the traffic is lighter, and never under :data:`MIN_BAD_FLOOR`: one statement
+#: timeout among the calm's requests is a 99.9% objective's 14x burn. At 12 requests a
+#: second the one-hour page's short window (2.5 s at the default speed) holds nine
+#: lookups, and a fixed ten would let only the six-hour page fire, late in the outage.
+MIN_BAD_EVENTS = 10
+MIN_BAD_FLOOR = 3
 #: The requests that are slow by design keep their own thresholds (the N+1 endpoint: 51
 #: round trips, 50-150 ms on PostgreSQL; the write) or none (the admin overview's counts).
 OVERRIDES = {
@@ -404,9 +411,7 @@ class Replay:
                 "QUERYWATCH_ALERT_TIME_SCALE": 1 / self.speed,
                 # The per-shape p95 rule pages nobody; the objectives tell this story.
                 "QUERYWATCH_ALERT_SHAPE_P95_MS": None,
-                # A page needs ten bad requests in its short window: one statement
-                # timeout among the calm's requests is a 99.9% objective's 14x burn.
-                "QUERYWATCH_ALERT_MIN_BAD_EVENTS": 10,
+                "QUERYWATCH_ALERT_MIN_BAD_EVENTS": self.min_bad_events,
                 "QUERYWATCH_OBJECTIVES": [
                     "availability:99.9",
                     {
@@ -537,6 +542,11 @@ class Replay:
             f" ({self.threshold_ms:g} ms instead of {THRESHOLD_MS} ms).{lighter}",
             highlight=False,
         )
+
+    @property
+    def min_bad_events(self) -> int:
+        """The bad requests a page needs in its short window at this replay's rate."""
+        return max(MIN_BAD_FLOOR, round(MIN_BAD_EVENTS * self.rate / RATE))
 
     def _scaled(self, threshold_ms: float) -> float:
         """A latency threshold for this machine, rounded up to 5 ms so that it reads as
@@ -1040,6 +1050,8 @@ class Replay:
             "objective_ms": self.threshold_ms,
             "slowdown": round(self.slowdown, 2),
             "rate": self.rate,
+            # The bad requests a page needs in its short window at that rate.
+            "min_bad_events": self.min_bad_events,
             "times_s": {
                 "onset_to_alert": since_onset(m.alert),
                 "alert_to_level2": round(m.level2 - m.alert, 2) if m.level2 and m.alert else None,
