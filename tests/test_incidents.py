@@ -566,6 +566,64 @@ def test_the_postmortem_names_the_culprit_from_the_evidence(tmp_path: t.Any) -> 
     assert "*(to fill)*" in text
 
 
+def test_a_reopen_after_the_fix_does_not_rewrite_the_root_cause(tmp_path: t.Any) -> None:
+    """Beside CPU burners the PostgreSQL replay's page reopened its incident 5 s after the
+    index was applied, blaming a customer page's shape (one request slowed while the
+    index built), and the postmortem, drawn from the incident's latest evidence, named
+    that shape as the root cause. The root cause comes from the evidence the responders
+    acted on (the last before the fix), the impact and the hypothesis "at detection"
+    from the first."""
+    from querywatch.incidents.postmortem import render
+
+    lookup = ("GET /api/orders/lookup", "SELECT id FROM orders WHERE email = ?")
+    by_customer = (
+        "GET /api/customers/<int:id>/orders",
+        "SELECT id FROM orders WHERE customer_id = ? ORDER BY created_at DESC",
+    )
+
+    def evidence(where: tuple[str, str], bad: int, events: int) -> dict[str, t.Any]:
+        endpoint, sql = where
+        hypothesis = f"Traffic is flat (x1.00); one query shape in {endpoint} takes 80% of it"
+        return {
+            "hypothesis": hypothesis,
+            "traffic": {"rate_now": 12.0, "rate_before": 12.0, "ratio": 1.0},
+            "db_share": {"now": 0.9, "before": 0.6},
+            "pools": [],
+            "objective": {"name": "latency", "events": events, "bad": bad,
+                          "bad_ratio": round(bad / events, 4)},
+            "bad_endpoints": [{"endpoint": endpoint, "events": events, "bad": bad}],
+            "shapes": [{
+                "fingerprint": endpoint, "endpoint": endpoint, "shape": sql,
+                "operation": "SELECT", "call_site": {"file": "shop.py", "function": "f",
+                                                     "line": 1},
+                "time_now_s": 1.0, "time_before_s": 0.0, "calls_now": 10, "calls_before": 0,
+                "mean_ms_now": 100.0, "mean_ms_before": None, "share_of_db_time": 0.8,
+                "flags": [], "index": None, "index_verified_by": None, "index_gain": None,
+            }],
+        }  # fmt: skip
+
+    incidents = Incidents(Store(f"sqlite:///{tmp_path}/qw.db"))
+    t0 = 1_800_000_000.0
+    inc, _ = incidents.trigger("slo", "SLO latency", evidence=evidence(lookup, 7, 12), now=t0)
+    incidents.acknowledge(inc.id, "carol", now=t0 + 5)
+    incidents.note(inc.id, "carol", "CREATE INDEX ix_orders_email ON orders (email);",
+                   kind="fix_applied", now=t0 + 10)  # fmt: skip
+    incidents.resolve(inc.id, "querywatch", now=t0 + 15)
+    again, reopened = incidents.trigger(
+        "slo", "SLO latency", evidence=evidence(by_customer, 1, 3), now=t0 + 18
+    )
+    assert (again.id, reopened) == (inc.id, True)
+    assert incidents.get(inc.id).evidence["shapes"][0]["endpoint"] == by_customer[0]
+    incidents.resolve(inc.id, "querywatch", now=t0 + 19)
+    text = render(incidents.get(inc.id), incidents.timeline(inc.id))
+    root = text.split("## Root Cause and Resolution", 1)[1]
+    assert "one query shape in `GET /api/orders/lookup` took" in root
+    assert by_customer[0] not in root
+    assert "Impact:** 58% of requests (7 of 12)" in text
+    detection = "hypothesis at detection:** Traffic is flat (x1.00); one query shape in "
+    assert detection + "GET /api/orders/lookup" in text
+
+
 def test_the_command_line_runs_the_people_side(tmp_path: t.Any) -> None:
     from click.testing import CliRunner
 

@@ -108,6 +108,22 @@ def _incident(row: t.Any) -> Incident:
     )
 
 
+def impact_of(evidence: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+    """An alert's impact from its evidence: the share of requests that missed its
+    objective (or failed), and of users where the app names them."""
+    impact: dict[str, t.Any] = {}
+    objective = evidence.get("objective")
+    if objective:
+        impact["requests_share"] = objective.get("bad_ratio")
+        if objective.get("bad_users_ratio") is not None:
+            impact["users_share"] = objective["bad_users_ratio"]
+            impact["users"] = objective.get("users")
+            impact["bad_users"] = objective.get("bad_users")
+    elif evidence.get("errors"):
+        impact["requests_share"] = evidence["errors"].get("ratio_now")
+    return impact
+
+
 def severity_from_impact(impact: t.Mapping[str, t.Any], alert_severity: str | None) -> str:
     """SEV1 when half the requests (or users) are affected, SEV2 from a tenth or for a
     paging alert, SEV3 below."""
@@ -707,16 +723,7 @@ def follow_alerts(
         # read, and an evaluation that started after it may have written one of them.
         at = max(now, ev.at)
         if ev.state == "firing" and ev.severity in severities:
-            impact: dict[str, t.Any] = {}
-            objective = ev.evidence.get("objective")
-            if objective:
-                impact["requests_share"] = objective.get("bad_ratio")
-                if objective.get("bad_users_ratio") is not None:
-                    impact["users_share"] = objective["bad_users_ratio"]
-                    impact["users"] = objective.get("users")
-                    impact["bad_users"] = objective.get("bad_users")
-            elif ev.evidence.get("errors"):
-                impact["requests_share"] = ev.evidence["errors"].get("ratio_now")
+            impact = impact_of(ev.evidence)
             title, _, rest = ev.summary.partition(". ")
             incident, opened = incidents.trigger(
                 key,

@@ -12,6 +12,7 @@ from ..evidence import culprit as blamed
 from ..report import _site_text
 from ..report import compact_shape
 from ..report import duration_text as _duration
+from .manager import impact_of
 
 if t.TYPE_CHECKING:
     from ..store import Store
@@ -29,12 +30,27 @@ def _when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%B %d, %Y, %H:%M:%S")
 
 
+def _evidence(
+    incident: Incident, timeline: t.Sequence[TimelineEvent]
+) -> tuple[dict[str, t.Any], dict[str, t.Any]]:
+    """The evidence at detection (the timeline's first), and the evidence the root cause
+    is drawn from: the last recorded before the first fix was applied, what the
+    responders acted on. The incident itself keeps its latest firing's evidence, and a
+    page that reopens it after the fix (a flap, or a request slowed by the index build)
+    must not rewrite its root cause. Without a fix, the evidence at detection."""
+    recorded = [e for e in timeline if e.kind == "evidence" and e.data]
+    detected = recorded[0].data if recorded else incident.evidence
+    fixed = next((e.at for e in timeline if e.kind == "fix_applied"), None)
+    acted_on = [e for e in recorded if fixed is not None and e.at <= fixed]
+    return detected, acted_on[-1].data if acted_on else detected
+
+
 def render(
     incident: Incident, timeline: t.Sequence[TimelineEvent], store: Store | None = None
 ) -> str:
     """Markdown of the postmortem of ``incident``. With ``store``, the culprit's index is
     the advisor's latest verified suggestion (it often comes after the incident opened)."""
-    ev = incident.evidence
+    detected, ev = _evidence(incident, timeline)
     first = timeline[0].at if timeline else incident.created_at
     end = incident.resolved_at
     lines: list[str] = [
@@ -49,9 +65,11 @@ def render(
         f"- **Duration:** {_when(incident.created_at)} - "
         + (f"{_when(end)} (UTC), {_duration(end - incident.created_at)}" if end else "ongoing"),
     ]
-    impact = incident.impact
+    # As it was when the incident opened: a reopen replaces the incident's own figures.
+    impact = impact_of(detected) if detected is not incident.evidence else incident.impact
+    impact = impact or incident.impact
     share = impact.get("requests_share")
-    objective = ev.get("objective") or {}
+    objective = detected.get("objective") or {}
     impact_text = (
         f"{share:.0%} of requests"
         + (f" ({objective.get('bad')} of {objective.get('events')})" if objective else "")
@@ -65,7 +83,7 @@ def render(
         impact_text += f"; {impact['users_share']:.0%} of users were affected" + (
             f" ({impact['bad_users']} of {impact['users']})" if impact.get("users") else ""
         )
-    bad = ev.get("bad_endpoints") or []
+    bad = detected.get("bad_endpoints") or []
     if bad:
         impact_text += ". Most affected: " + ", ".join(
             f"`{b['endpoint']}` ({b['bad']} of {b['events']})" for b in bad[:3]
@@ -201,8 +219,8 @@ def render(
         "- **Fix applied:** "
         + ("; ".join(f"{_when(e.at)} {e.actor}: {e.text}" for e in fixes) if fixes else TO_FILL)
     )
-    if ev.get("hypothesis"):
-        lines.append(f"- **querywatch's hypothesis at detection:** {ev['hypothesis']}")
+    if detected.get("hypothesis"):
+        lines.append(f"- **querywatch's hypothesis at detection:** {detected['hypothesis']}")
     lines += ["", "## Corrective and Preventative Measures", ""]
     n = 1
     if culprit is not None and culprit.get("index"):
