@@ -113,20 +113,33 @@ def _short_hash(text: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-    """A possible index: key parts (columns or expressions), optionally partial."""
+    """A possible index: key parts (columns or expressions), optionally partial.
+
+    ``table`` and ``schema`` are the names the database knows (an unquoted name folded as
+    the database folds it); keys are SQL in the dialect's own quoting, a column optionally
+    followed by ``DESC``. The DDL is built with SQLAlchemy's schema constructs, which
+    quote what the dialect needs quoted (``"user"``, ``"order"``, ``"Email"``).
+    """
 
     table: str
     keys: tuple[str, ...]
     where: str | None = None
     reason: str = ""
+    schema: str | None = None
 
     @property
     def norm(self) -> tuple[str, tuple[str, ...], str | None]:
-        return (self.table.lower(), tuple(_norm_key(k) for k in self.keys), self.where)
+        return (self.qualified.lower(), tuple(_norm_key(k) for k in self.keys), self.where)
+
+    @property
+    def qualified(self) -> str:
+        """``schema.table`` (or ``table``), as people read it."""
+        return f"{self.schema}.{self.table}" if self.schema else self.table
 
     def name(self, prefix: str = "ix") -> str:
         parts = [re.sub(r"\W+", "_", k.lower()).strip("_") for k in self.keys]
-        base = f"{prefix}_{self.table}_{'_'.join(parts)}"
+        table = re.sub(r"\W+", "_", self.table.lower()).strip("_")
+        base = f"{prefix}_{table}_{'_'.join(parts)}"
         if self.where:
             base += "_partial"
         if len(base) > 60:
@@ -136,31 +149,118 @@ class Candidate:
     def key_sql(self) -> str:
         return ", ".join(k if _IDENT_RE.fullmatch(k) else f"({k})" for k in self.keys)
 
+    def index(self, dialect: str, *, name: str | None = None, migration: bool = False) -> t.Any:
+        """The candidate as a SQLAlchemy :class:`~sqlalchemy.schema.Index` on a table of
+        just its key columns (expressions are ``text``)."""
+        from sqlalchemy import Column
+        from sqlalchemy import Index
+        from sqlalchemy import MetaData
+        from sqlalchemy import Table
+        from sqlalchemy import text
+        from sqlalchemy.sql.elements import quoted_name
+        from sqlalchemy.types import NullType
+
+        table = Table(self.table, MetaData(), schema=self.schema)
+        parts: list[t.Any] = []
+        for key in self.keys:
+            column = _key_column(key)
+            if column is None:
+                parts.append(text(f"({key})"))
+                continue
+            ident, quoted, desc = column
+            if not quoted and dialect == "postgresql":
+                ident = ident.lower()  # as PostgreSQL folds an unquoted name
+            if ident not in table.c:
+                table.append_column(
+                    Column(quoted_name(ident, True if quoted else None), NullType())
+                )
+            col = table.c[ident]
+            parts.append(col.desc() if desc else col)
+        options: dict[str, t.Any] = {}
+        if dialect == "postgresql":
+            options["postgresql_concurrently"] = migration
+            if self.where:
+                options["postgresql_where"] = text(self.where)
+        elif dialect == "sqlite" and self.where:
+            options["sqlite_where"] = text(self.where)
+        index = Index(name or self.name(), *parts, **options)
+        table.append_constraint(index)  # an index of expressions only names no table
+        return index
+
     def ddl(self, dialect: str, *, name: str | None = None, migration: bool = False) -> str:
         """``CREATE INDEX`` for ``dialect``; ``migration`` gives the form to ship
-        (``CONCURRENTLY IF NOT EXISTS`` on PostgreSQL)."""
-        name = name or self.name()
-        where = f" WHERE {self.where}" if self.where else ""
-        if dialect == "postgresql":
-            how = "CONCURRENTLY IF NOT EXISTS " if migration else ""
-            return f"CREATE INDEX {how}{name} ON {self.table} ({self.key_sql()}){where}"
-        if dialect == "sqlite":
-            how = "IF NOT EXISTS " if migration else ""
-            return f"CREATE INDEX {how}{name} ON {self.table} ({self.key_sql()}){where}"
-        return f"CREATE INDEX {name} ON {self.table} ({self.key_sql()})"
+        (``CONCURRENTLY IF NOT EXISTS`` on PostgreSQL, ``IF NOT EXISTS`` on SQLite)."""
+        from sqlalchemy.schema import CreateIndex
+
+        index = self.index(dialect, name=name, migration=migration)
+        # MySQL has no CREATE INDEX IF NOT EXISTS (MariaDB has): the plain form runs on both.
+        create = CreateIndex(index, if_not_exists=migration and dialect != "mysql")
+        return str(create.compile(dialect=_sa_dialect(dialect))).strip()
+
+    def drop_ddl(self, dialect: str, name: str) -> str:
+        """``DROP INDEX`` of the index ``name`` built from this candidate."""
+        from sqlalchemy.schema import DropIndex
+
+        drop = DropIndex(self.index(dialect, name=name))
+        return str(drop.compile(dialect=_sa_dialect(dialect))).strip()
 
     def alembic(self, dialect: str) -> str:
-        cols = ", ".join(
-            repr(k) if _IDENT_RE.fullmatch(k) else f"sa.text({k!r})" for k in self.keys
-        )
+        """The same index as an Alembic operation, inside ``autocommit_block()`` where it
+        is built ``CONCURRENTLY`` (PostgreSQL refuses that in a transaction)."""
+        cols = []
+        for key in self.keys:
+            column = _key_column(key)
+            if column is None:
+                cols.append(f"sa.text({key!r})")
+            else:
+                ident, quoted, desc = column
+                if not quoted and dialect == "postgresql":
+                    ident = ident.lower()
+                cols.append(f"sa.text({key!r})" if desc else repr(ident))
         extra = ""
+        if self.schema:
+            extra += f", schema={self.schema!r}"
         if dialect == "postgresql":
-            extra = ", postgresql_concurrently=True, if_not_exists=True"
+            extra += ", postgresql_concurrently=True, if_not_exists=True"
             if self.where:
                 extra += f", postgresql_where=sa.text({self.where!r})"
-        elif dialect == "sqlite" and self.where:
-            extra = f", sqlite_where=sa.text({self.where!r})"
-        return f"op.create_index({self.name()!r}, {self.table!r}, [{cols}]{extra})"
+        elif dialect == "sqlite":
+            extra += ", if_not_exists=True"
+            if self.where:
+                extra += f", sqlite_where=sa.text({self.where!r})"
+        op = f"op.create_index({self.name()!r}, {self.table!r}, [{', '.join(cols)}]{extra})"
+        if dialect == "postgresql":
+            return f"with op.get_context().autocommit_block():\n    {op}"
+        return op
+
+
+def _sa_dialect(dialect: str) -> t.Any:
+    from sqlalchemy.dialects import mysql
+    from sqlalchemy.dialects import postgresql
+    from sqlalchemy.dialects import sqlite
+
+    return {"postgresql": postgresql, "sqlite": sqlite, "mysql": mysql}[dialect].dialect()
+
+
+#: A key that is one column: ``email``, ``"Email"``, ```group``` and ``created_at DESC``.
+_KEY_COLUMN_RE = re.compile(
+    r'(?:(?P<plain>[A-Za-z_][A-Za-z0-9_$]*)|"(?P<dq>(?:[^"]|"")+)"|`(?P<bq>(?:[^`]|``)+)`)'
+    r"(?P<desc>\s+DESC)?(?:\s+ASC)?",
+    re.I,
+)
+
+
+def _key_column(key: str) -> tuple[str, bool, bool] | None:
+    """(column name, whether it was quoted, descending) of a key that is one column;
+    None for an expression."""
+    m = _KEY_COLUMN_RE.fullmatch(key.strip())
+    if m is None:
+        return None
+    if m.group("plain"):
+        return m.group("plain"), False, bool(m.group("desc"))
+    quoted = m.group("dq")
+    ident = quoted.replace('""', '"') if quoted is not None else m.group("bq").replace("``", "`")
+    return ident, True, bool(m.group("desc"))
 
 
 _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
@@ -400,6 +500,7 @@ class Advice:
 class _TableUse:
     table: str
     alias: str
+    schema: str | None = None
     eq: list[str] = dataclasses.field(default_factory=list)
     rng: list[str] = dataclasses.field(default_factory=list)
     join: list[str] = dataclasses.field(default_factory=list)
@@ -444,6 +545,16 @@ def _flatten_and(node: t.Any) -> list[t.Any]:
     return [node]
 
 
+def _db_name(identifier: t.Any, dialect: str) -> str:
+    """The name the database knows: PostgreSQL folds an unquoted name to lower case."""
+    if identifier is None:
+        return ""
+    name = str(identifier.name)
+    if dialect == "postgresql" and not getattr(identifier, "quoted", False):
+        return name.lower()
+    return name
+
+
 def _analyse(sql: str, dialect: str, columns_of: t.Callable[[str], set[str]]) -> _Analysis:
     from sqlglot import exp
     from sqlglot.optimizer.scope import traverse_scope
@@ -474,7 +585,8 @@ def _analyse(sql: str, dialect: str, columns_of: t.Callable[[str], set[str]]) ->
         uses: dict[str, _TableUse] = {}
         for alias, src in sources.items():
             key = src.name.lower()
-            use = out.tables.setdefault(key, _TableUse(src.name, alias))
+            table, schema = _db_name(src.this, dialect), _db_name(src.args.get("db"), dialect)
+            use = out.tables.setdefault(key, _TableUse(table, alias, schema or None))
             uses[alias] = use
 
         def resolve(col: t.Any, _uses: dict[str, _TableUse] = uses) -> _TableUse | None:
@@ -503,6 +615,12 @@ def _analyse(sql: str, dialect: str, columns_of: t.Callable[[str], set[str]]) ->
             for c in e2.find_all(exp.Column):
                 c.set("table", None)
             return str(e2.sql(dialect=gen))
+
+        def ident(col: t.Any) -> str:
+            """A column as a key part: its name, quoted as the statement quoted it."""
+            if isinstance(col, exp.Column):
+                return str(col.this.sql(dialect=gen))
+            return str(col.name)
 
         def note_placeholder(ph: t.Any, target: t.Any, op: str) -> None:
             if isinstance(ph, exp.Cast):  # psycopg's ``%(x)s::VARCHAR``
@@ -552,27 +670,27 @@ def _analyse(sql: str, dialect: str, columns_of: t.Callable[[str], set[str]]) ->
                     if pattern.this.startswith(("%", "_")):
                         out.like_leading.append((owner.table, cond.this.name))
                     else:
-                        owner.add(owner.rng, cond.this.name)
+                        owner.add(owner.rng, ident(cond.this))
                 note_placeholder(pattern, cond.this, "like")
                 continue
             if isinstance(cond, exp.In):
                 owner = resolve(cond.this)
                 if owner is not None and cond.args.get("query") is None:
-                    owner.add(owner.eq, cond.this.name)
+                    owner.add(owner.eq, ident(cond.this))
                 for e in cond.expressions:
                     note_placeholder(e, cond.this, "eq")
                 continue
             if isinstance(cond, exp.Between):
                 owner = resolve(cond.this)
                 if owner is not None:
-                    owner.add(owner.rng, cond.this.name)
+                    owner.add(owner.rng, ident(cond.this))
                 note_placeholder(cond.args.get("low"), cond.this, "ge")
                 note_placeholder(cond.args.get("high"), cond.this, "le")
                 continue
             if isinstance(cond, exp.Is) and isinstance(cond.expression, exp.Null):
                 owner = resolve(cond.this)
                 if owner is not None:
-                    owner.add(owner.eq, cond.this.name)
+                    owner.add(owner.eq, ident(cond.this))
                 continue
             if not isinstance(cond, (exp.EQ, exp.GT, exp.GTE, exp.LT, exp.LTE)):
                 continue
@@ -585,14 +703,14 @@ def _analyse(sql: str, dialect: str, columns_of: t.Callable[[str], set[str]]) ->
             op = "eq" if isinstance(cond, exp.EQ) else "range"
             if lcol is not None and rcol is not None and lcol is not rcol:
                 # A join key: both sides may want an index.
-                lcol.add(lcol.join, left.name)
-                rcol.add(rcol.join, right.name)
+                lcol.add(lcol.join, ident(left))
+                rcol.add(rcol.join, ident(right))
                 continue
             if lcol is not None:
                 if isinstance(right, exp.Literal) and op == "eq":
                     lit = right.sql(dialect=gen)
-                    lcol.add(lcol.consts, f"{left.name} = {lit}")
-                lcol.add(lcol.eq if op == "eq" else lcol.rng, left.name)
+                    lcol.add(lcol.consts, f"{ident(left)} = {lit}")
+                lcol.add(lcol.eq if op == "eq" else lcol.rng, ident(left))
                 note_placeholder(right, left, "eq" if op == "eq" else _range_op(cond))
                 continue
             owner = expr_owner(left) if not isinstance(left, exp.Column) else None
@@ -605,12 +723,12 @@ def _analyse(sql: str, dialect: str, columns_of: t.Callable[[str], set[str]]) ->
         for o in (select.args.get("order") or exp.Order()).expressions:
             owner = resolve(o.this)
             if owner is not None:
-                key = o.this.name + (" DESC" if o.args.get("desc") else "")
+                key = ident(o.this) + (" DESC" if o.args.get("desc") else "")
                 owner.add(owner.order, key)
         for g in (select.args.get("group") or exp.Group()).expressions:
             owner = resolve(g)
             if owner is not None:
-                owner.add(owner.group, g.name)
+                owner.add(owner.group, ident(g))
         # Placeholders under OR, CASE or a function: the column they meet, if any.
         for found in select.find_all(exp.Placeholder):
             if not found.name.startswith("qwp") or int(found.name[3:]) in out.placeholders:
@@ -695,13 +813,17 @@ def _candidates(
     out: list[Candidate] = []
     seen: set[t.Any] = set()
 
+    schema: str | None = None
+
     def add(c: Candidate) -> None:
+        if schema:
+            c = dataclasses.replace(c, schema=schema)
         if c.keys and c.norm not in seen:
             seen.add(c.norm)
             out.append(c)
 
     for use in an.tables.values():
-        tbl = use.table
+        tbl, schema = use.table, use.schema
         eq = list(use.eq)
         for col in eq:
             add(Candidate(tbl, (col,), reason=f"equality on {col}"))
@@ -758,7 +880,9 @@ def _candidates(
 # --- the database's indexes --------------------------------------------------------------
 
 
-def _existing_indexes(session: Session, table: str) -> list[tuple[str, tuple[str, ...], bool]]:
+def _existing_indexes(
+    session: Session, table: str, schema: str | None = None
+) -> list[tuple[str, tuple[str, ...], bool]]:
     """(name, normalized keys, partial) of every index on ``table``, primary key included."""
     d = session.dialect
     out: list[tuple[str, tuple[str, ...], bool]] = []
@@ -784,21 +908,30 @@ def _existing_indexes(session: Session, table: str) -> list[tuple[str, tuple[str
             "       FROM generate_series(1, i.indnkeyatts) AS k ORDER BY k),"
             " i.indpred IS NOT NULL"
             " FROM pg_index i WHERE i.indrelid = to_regclass(%(t)s)",
-            {"t": table},
+            {"t": _quoted_table(table, schema, d)},
         ):
             out.append((row[0], tuple(_norm_key(k) for k in row[1]), bool(row[2])))
     else:
         rows = session.run(
             "SELECT index_name, seq_in_index, column_name FROM information_schema.statistics"
-            " WHERE table_schema = DATABASE() AND table_name = %(t)s"
+            " WHERE table_schema = COALESCE(%(s)s, DATABASE()) AND table_name = %(t)s"
             " ORDER BY index_name, seq_in_index",
-            {"t": table},
+            {"t": table, "s": schema},
         ).all()
         by: dict[str, list[str]] = {}
         for name, _seq, col in rows:
             by.setdefault(name, []).append(_norm_key(str(col)))
         out.extend((n, tuple(cols), False) for n, cols in by.items())
     return out
+
+
+def _quoted_table(table: str, schema: str | None, dialect: str) -> str:
+    """``schema.table`` quoted where ``dialect`` needs it (``"user"``, ``app."Order"``)."""
+    from sqlalchemy import MetaData
+    from sqlalchemy import Table
+
+    preparer = _sa_dialect(dialect).identifier_preparer
+    return str(preparer.format_table(Table(table, MetaData(), schema=schema)))
 
 
 def _parse_index_sql(sql: str, dialect: str) -> tuple[tuple[str, ...], bool]:
@@ -943,7 +1076,7 @@ class Advisor:
             self._plan_findings(s, qa, an, values)
             candidates = []
             for c in _candidates(an, self.dialect, lambda tbl, col: self._few_values(s, tbl, col)):
-                existing = _existing_indexes(s, c.table)
+                existing = _existing_indexes(s, c.table, c.schema)
                 self._existing[c.table.lower()] = existing
                 covered = _covered(c, existing)
                 if covered is None:
@@ -1368,17 +1501,17 @@ class Advisor:
         name = c.name("qw_candidate")
         if self.dialect == "mysql":
             with contextlib.suppress(Exception):
-                s.run(f"DROP INDEX {name} ON {c.table}")
+                s.run(c.drop_ddl("mysql", name))
             s.run(c.ddl("mysql", name=name))
             try:
                 yield name
             finally:
-                s.run(f"DROP INDEX {name} ON {c.table}")
+                s.run(c.drop_ddl("mysql", name))
         else:
             with s.savepoint():
                 s.run(c.ddl(self.dialect, name=name))
                 if self.dialect == "sqlite":
-                    s.run(f"ANALYZE {name}")
+                    s.run(f'ANALYZE "{name}"')
                 yield name
 
     def _time(self, s: Session, qa: QueryAdvice, values: list[t.Any] | None) -> float | None:
