@@ -119,8 +119,17 @@ def test_one_composite_serves_several_queries(adv_url: str) -> None:
     assert {q["query"] for q in advice.suggestions[0].to_dict()["queries"]} == {"q0", "q1"}
 
 
-def test_expression(adv_url: str) -> None:
-    advice = advise(adv_url, "SELECT events.id FROM events WHERE lower(events.note) = ?")
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT events.id FROM events WHERE lower(events.note) = ?",
+        # A function on both sides: the side that reads no column is a value.
+        "SELECT events.id FROM events WHERE lower(events.note) = lower(?)",
+        "SELECT events.id FROM events WHERE lower(?) = lower(events.note)",
+    ],
+)
+def test_expression(adv_url: str, sql: str) -> None:
+    advice = advise(adv_url, sql)
     if adv_url.startswith("mysql"):
         # MariaDB cannot index an expression: it says so and names the remedy.
         assert suggested(advice) == []

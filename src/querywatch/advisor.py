@@ -695,9 +695,7 @@ def _analyse(sql: str, dialect: str, columns_of: t.Callable[[str], set[str]]) ->
             if not isinstance(cond, (exp.EQ, exp.GT, exp.GTE, exp.LT, exp.LTE)):
                 continue
             left, right = _uncast(cond.this), _uncast(cond.expression)
-            if isinstance(left, (exp.Placeholder, exp.Literal)) and not isinstance(
-                right, (exp.Placeholder, exp.Literal)
-            ):
+            if _is_value(left) and not _is_value(right):
                 left, right = right, left
             lcol, rcol = resolve(left), resolve(right)
             op = "eq" if isinstance(cond, exp.EQ) else "range"
@@ -714,7 +712,7 @@ def _analyse(sql: str, dialect: str, columns_of: t.Callable[[str], set[str]]) ->
                 note_placeholder(right, left, "eq" if op == "eq" else _range_op(cond))
                 continue
             owner = expr_owner(left) if not isinstance(left, exp.Column) else None
-            if owner is not None and isinstance(right, (exp.Placeholder, exp.Literal)):
+            if owner is not None and _is_value(right):
                 text = strip(left)
                 owner.add(owner.exprs, text)
                 for c in left.find_all(exp.Column):
@@ -778,6 +776,16 @@ def _analyse(sql: str, dialect: str, columns_of: t.Callable[[str], set[str]]) ->
                         )
                     )
     return out
+
+
+def _is_value(node: t.Any) -> bool:
+    """A side of a comparison that reads no column and runs no query: a parameter, a
+    literal, or a function of them (``lower(?)``), the same for every row."""
+    from sqlglot import exp
+
+    if isinstance(node, (exp.Column, exp.Star)):
+        return False
+    return node.find(exp.Column, exp.Select) is None
 
 
 def _reads_whole_table(node: t.Any, has_limit: bool) -> bool:
