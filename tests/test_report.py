@@ -246,6 +246,20 @@ def test_version_and_whole_lines_when_piped(flushed: t.Any) -> None:
     line = "x" * 70 + " 1,234.5 ms " + "y" * 70
     console.print(line)
     assert buf.getvalue() == line + "\n"
+    # A table (the demo's summary, the report's endpoints) is as wide as it needs: its
+    # cells were wrapped at 80 columns, "after" on one line and "48.1 ms" on the next.
+    from rich.table import Table
+
+    from querywatch._console import print_whole
+
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    figures = "before 101.0 ms, during 192.1 ms, after 48.1 ms (querywatch's own: 10.7 ms)"
+    table.add_row("  p95, all requests", figures)
+    buf = io.StringIO()
+    print_whole(make_console(file=buf, width=80), table)
+    (row,) = buf.getvalue().splitlines()
+    assert row.rstrip().endswith(figures)
+    assert len(row.rstrip()) > 80
 
     url = flushed.config["QUERYWATCH_STORE_URL"]
     result = CliRunner().invoke(cli, ["report", "--store", url], env={"COLUMNS": "80"})

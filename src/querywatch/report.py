@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ._console import make_console
+from ._console import print_whole
 from .stats import OTHER
 from .stats import OTHER_SHAPE
 from .stats import Aggregate
@@ -344,7 +345,7 @@ def render_report(
             f"{e['queries_per_request']:.1f}",
             f"{e['error_rate']:.0%}",
         )
-    console.print(et)
+    print_whole(console, et)
     console.print()
 
     if report.get("cache"):
@@ -365,7 +366,7 @@ def render_report(
                 f"{c['races']:,}",
                 f"{c['errors']:,}",
             )
-        console.print(ct)
+        print_whole(console, ct)
         console.print()
     if not report["findings"]:
         console.print("No findings in this window.")

@@ -42,6 +42,7 @@ from werkzeug.serving import WSGIRequestHandler
 from werkzeug.serving import make_server
 
 from .._console import make_console
+from .._console import print_whole
 from ..dashboard import dashboard_url
 from ..evidence import culprit
 from ..incidents.manager import Incidents
@@ -1246,7 +1247,7 @@ def print_summary(summary: dict[str, t.Any], console: Console) -> None:
         )
     if g["after"]:
         table.add_row("", "passed after it" if g["after"]["passed"] else "failed after it")
-    console.print(table)
+    print_whole(console, table)
     console.print(f"Root cause: {s['root_cause']}", highlight=False, soft_wrap=True)
     if s["postmortem"]:
         console.print(f"Postmortem: {s['postmortem']}", highlight=False)
