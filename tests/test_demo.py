@@ -226,10 +226,9 @@ def test_the_replay_on_postgresql_with_hypopg(postgres_url: str, tmp_path: t.Any
 
 
 def test_a_lighter_traffic_needs_fewer_bad_requests_to_page(tmp_path: t.Any) -> None:
-    """At 40 requests a second a page needs ten bad requests in its short window; at the
-    busy machine's 12 the one-hour page's window (2.5 s) holds nine lookups, so it needs
-    as many fewer (three, never under three: one statement timeout in the calm pages
-    nobody)."""
+    """At 40 requests a second a page needs ten bad requests in its short window; on a
+    lighter traffic as many fewer, never under five (beside CPU burners the calm's first
+    seconds hold a few slow requests, and three paged once)."""
     from rich.console import Console
 
     from querywatch.demo.runner import Replay
@@ -240,9 +239,9 @@ def test_a_lighter_traffic_needs_fewer_bad_requests_to_page(tmp_path: t.Any) -> 
         return replay.min_bad_events
 
     assert needed(None) == 10
-    assert needed(12) == 3
-    assert needed(20) == 5
-    assert needed(2) == 3
+    assert needed(28) == 7
+    assert needed(12) == 5
+    assert needed(2) == 5
 
 
 def test_bad_options_are_refused_with_the_reason(tmp_path: t.Any) -> None:
