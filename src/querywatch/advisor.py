@@ -42,6 +42,7 @@ from .explain import Plan
 from .explain import Session
 from .explain import check_read_only
 from .explain import number_placeholders
+from .explain import placeholder_values
 from .explain import render_placeholders
 from .explain import sqlglot_dialect
 from .explain.names import translate_error
@@ -397,6 +398,45 @@ def no_suggestion_reason(qa: QueryAdvice) -> str:
     return "No index would serve this plan: it reads no table by a filter, join or sort key."
 
 
+#: Plan findings whose usual remedy is an index.
+_INDEX_REMEDIED = ("full_scan", "sort_without_index", "temp_table")
+
+
+def _settle(results: list[QueryAdvice], suggestions: list[Suggestion], dialect: str) -> None:
+    """One verdict a query, the same in every output: a finding whose usual remedy is an
+    index names the verified index where there is one, and where the advisor tried
+    candidates and none improved the plan, it says so with the figures, instead of
+    sending people to index the columns anyway."""
+    served: dict[int, Suggestion] = {}
+    for chosen in suggestions:
+        for qa, _ in chosen.trials:
+            served.setdefault(id(qa), chosen)
+    for qa in results:
+        findings = [f for f in qa.findings if f.kind in _INDEX_REMEDIED and not f.by_design]
+        if not findings:
+            continue
+        sug = served.get(id(qa))
+        if sug is not None:
+            fix = f"The verified index: {sug.candidate.ddl(dialect, migration=True)};"
+        elif (
+            qa.trials
+            and not qa.errors
+            and not any(tr.note.startswith("failed") for tr in qa.trials)
+        ):
+            fix = (
+                f"No index helps. {no_suggestion_reason(qa)} Narrow the query, paginate it,"
+                " or cache its result."
+            )
+        else:
+            continue
+        for f in findings:
+            f.fix = fix
+
+
+def _any_failed(qa: QueryAdvice) -> bool:
+    return any(tr.note.startswith("failed") for tr in qa.trials)
+
+
 def _scrubbed(plan: Plan | None, values: list[t.Any] | None) -> list[str]:
     """The plan's lines with the values drawn from the data masked as ``?``: they are
     held in memory only, never shown."""
@@ -508,6 +548,10 @@ class _TableUse:
     group: list[str] = dataclasses.field(default_factory=list)
     exprs: list[str] = dataclasses.field(default_factory=list)
     consts: list[str] = dataclasses.field(default_factory=list)
+    #: Per equality column: the kinds of the literals it is compared with ("text",
+    #: "number") and the numbers of the placeholders it is compared with.
+    eq_kinds: dict[str, set[str]] = dataclasses.field(default_factory=dict)
+    eq_params: dict[str, list[int]] = dataclasses.field(default_factory=dict)
 
     def add(self, bucket: list[str], key: str) -> None:
         if key not in bucket:
@@ -708,6 +752,9 @@ def _analyse(sql: str, dialect: str, columns_of: t.Callable[[str], set[str]]) ->
                 if isinstance(right, exp.Literal) and op == "eq":
                     lit = right.sql(dialect=gen)
                     lcol.add(lcol.consts, f"{ident(left)} = {lit}")
+                    lcol.eq_kinds.setdefault(ident(left), set()).add(_literal_kind(right))
+                if isinstance(right, exp.Placeholder) and right.name.startswith("qwp"):
+                    lcol.eq_params.setdefault(ident(left), []).append(int(right.name[3:]))
                 lcol.add(lcol.eq if op == "eq" else lcol.rng, ident(left))
                 note_placeholder(right, left, "eq" if op == "eq" else _range_op(cond))
                 continue
@@ -933,6 +980,72 @@ def _existing_indexes(
     return out
 
 
+#: Kinds of values, narrowest first: a comparison converts the narrower side, and a
+#: column converted on every row (MariaDB: a text column against a number; PostgreSQL:
+#: an integer column against a decimal) can no longer use its index.
+_KIND_RANK = {"text": 0, "integer": 1, "decimal": 2}
+
+
+#: Where each database keeps its estimate of a table's rows.
+_ESTIMATED_COUNT = {
+    "postgresql": "the planner's estimate (pg_class.reltuples)",
+    "mysql": "InnoDB's estimate (information_schema.tables.table_rows)",
+    "sqlite": "the estimate ANALYZE keeps (the first number of sqlite_stat1.stat)",
+}
+
+
+def _value_kind(value: t.Any) -> str | None:
+    """The kind of a parameter's Python value; None for any other."""
+    import decimal
+
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, (float, decimal.Decimal)):
+        return "decimal"
+    return None
+
+
+def _literal_kind(literal: t.Any) -> str:
+    if literal.is_string:
+        return "text"
+    return "decimal" if re.search(r"[.eE]", str(literal.this)) else "integer"
+
+
+def _converts_column(column_kind: str | None, value_kinds: set[str]) -> bool:
+    """Whether comparing a column of ``column_kind`` with values of ``value_kinds``
+    converts the column (not the value)."""
+    if column_kind is None:
+        return False
+    rank = _KIND_RANK[column_kind]
+    return any(_KIND_RANK[k] > rank for k in value_kinds)
+
+
+def _column_kinds(session: Session, table: str, schema: str | None) -> dict[str, str]:
+    """Per column of ``table`` (normalized name): "text" or "number" where its declared
+    type is one of those (SQLAlchemy's reflection of the live table)."""
+    from sqlalchemy import inspect
+    from sqlalchemy import types
+
+    out: dict[str, str] = {}
+    try:
+        columns = inspect(session.conn).get_columns(table, schema=schema)
+    except Exception:
+        return out
+    for column in columns:
+        kind = column["type"]
+        if isinstance(kind, types.String):
+            out[_norm_key(column["name"])] = "text"
+        elif isinstance(kind, types.Integer):
+            out[_norm_key(column["name"])] = "integer"
+        elif isinstance(kind, types.Numeric):
+            out[_norm_key(column["name"])] = "decimal"
+    return out
+
+
 def _quoted_table(table: str, schema: str | None, dialect: str) -> str:
     """``schema.table`` quoted where ``dialect`` needs it (``"user"``, ``app."Order"``)."""
     from sqlalchemy import MetaData
@@ -1049,6 +1162,7 @@ class Advisor:
         except Exception as e:
             self.notes.append(f"Candidates were not tried across queries: {e}")
         suggestions = self._choose(results)
+        _settle(results, suggestions, self.dialect)
         notes_idx: list[IndexNote] = []
         if index_health and any(qa.plan is not None for qa in results):
             try:
@@ -1222,8 +1336,10 @@ class Advisor:
         """At most :data:`FEW_VALUES` distinct values in ``table.column`` (reading stops
         as soon as there are more)."""
         q = '"' if self.dialect != "mysql" else "`"
+        if column[:1] not in ('"', "`"):  # a key part keeps the statement's own quotes
+            column = f"{q}{column}{q}"
         sql = (
-            f"SELECT count(*) FROM (SELECT DISTINCT {q}{column}{q} FROM {q}{table}{q}"
+            f"SELECT count(*) FROM (SELECT DISTINCT {column} FROM {q}{table}{q}"
             f" LIMIT {FEW_VALUES + 1}) AS d"
         )
         try:
@@ -1282,7 +1398,7 @@ class Advisor:
                 big_scans.append((node, rows))
                 filtered = an.has_where or an.tables.get(node.table.lower(), _NO_USE).join
                 fix = (
-                    "An index on the filtered columns (see the suggestion), or a narrower query."
+                    "An index on the filtered columns, or a narrower query."
                     if filtered
                     else "The query reads the whole table by design: paginate it, narrow it,"
                     " or cache its result."
@@ -1337,10 +1453,15 @@ class Advisor:
                     )
                 )
         # An equality on a column that leads an index, and still a full scan: the value
-        # is of another type and the database converts the column, row by row.
+        # is of another type and the database converts the column, row by row. Claimed
+        # only where the value's type is known (a literal, or the app's own parameter)
+        # and differs from the column's: a plan reads the whole table for other reasons
+        # too (every row holds the same value).
+        given = placeholder_values(qa.query.sql, qa.query.params) if qa.query.params else None
         for use in an.tables.values():
             if use.table.lower() not in scanned:
                 continue
+            column_kinds = _column_kinds(s, use.table, use.schema)
             # Indexes that narrow the rows; one read from end to end does not count.
             used = {
                 n.index
@@ -1350,8 +1471,14 @@ class Advisor:
             existing = _existing_indexes(s, use.table)
             for col in use.eq:
                 leading = [n for n, keys, partial in existing if keys and keys[0] == _norm_key(col)]
+                kinds = set(use.eq_kinds.get(col, ()))
+                for num in use.eq_params.get(col, ()):
+                    kind = _value_kind(given[num - 1]) if given and num <= len(given) else None
+                    if kind is not None:
+                        kinds.add(kind)
                 if (
-                    leading
+                    _converts_column(column_kinds.get(_norm_key(col)), kinds)
+                    and leading
                     and not used & set(leading)
                     and not any(
                         f.kind == "function_on_column" and f.table == use.table for f in qa.findings
@@ -1414,19 +1541,26 @@ class Advisor:
                     "Paginate (LIMIT with keyset pagination) or select only what the page shows.",
                 )
             )
+        # Counting a whole large table: only where the plan reads all of it, and with no
+        # filter anywhere (Flask-SQLAlchemy's ``query.filter(...).count()`` counts a
+        # filtered subquery, which an index search answers).
         counted = [u.table for u in an.tables.values()]
-        count_rows = s.table_rows(counted[0]) if len(counted) == 1 else None
-        if an.is_count_star and not an.has_where and (count_rows or 0) >= self.scan_min_rows:
-            assert count_rows is not None
-            per = f", run {qa.query.calls:,} times" if qa.query.calls else ""
-            qa.hints.append(
-                Hint(
-                    "count_large_table",
-                    f"COUNT(*) of {counted[0]} ({count_rows:,.0f} rows){per}",
-                    "Cache the count (@qw.cached), keep a counter table, or use the"
-                    " planner's estimate (pg_class.reltuples) where exactness is not needed.",
+        from sqlglot import exp
+
+        if an.is_count_star and len(counted) == 1 and an.tree.find(exp.Where) is None:
+            count_rows = s.table_rows(counted[0])
+            reads_all = counted[0].lower() in {n.table.lower() for n, _ in big_scans if n.table}
+            if reads_all and (count_rows or 0) >= self.scan_min_rows:
+                assert count_rows is not None
+                per = f", run {qa.query.calls:,} times" if qa.query.calls else ""
+                qa.hints.append(
+                    Hint(
+                        "count_large_table",
+                        f"COUNT(*) of {counted[0]} ({count_rows:,.0f} rows){per}",
+                        "Cache the count (@qw.cached), keep a counter table, or use"
+                        f" {_ESTIMATED_COUNT[self.dialect]} where exactness is not needed.",
+                    )
                 )
-            )
 
     # --- verification ---
 
@@ -1475,13 +1609,23 @@ class Advisor:
             and index_used(n.index or "")
             for n in after.walk()
         )
-        rows = ""
+        rows, fewer, as_many = "", False, False
         if before.cost is not None and after.cost is not None:
             rows = f" (estimated rows read {before.cost:,.0f} -> {after.cost:,.0f})"
-        if scan_before and not scan_after and searched:
-            return used, True, "a full scan becomes an index search" + rows
+            fewer = after.cost * MIN_MEASURED_SPEEDUP <= before.cost
+            as_many = not fewer
         if sorts_after < sorts_before and not (scan_after and not scan_before):
             return used, True, "the sort is gone: the index gives the order" + rows
+        if as_many:
+            # A search that reads as many rows as the scan did (a table of one row, or
+            # statistics that say so) is no gain to verify.
+            return used, False, "the index reads as many rows as the plan without it" + rows
+        if scan_before and not scan_after and searched:
+            return used, True, "a full scan becomes an index search" + rows
+        if searched and fewer and not scan_after:
+            # A scan of a whole index (or a search on a worse one) becomes a search that
+            # reads fewer rows: SEARCH … USING INDEX (followed_id=?) instead of a SCAN.
+            return used, True, "an index search reads fewer rows" + rows
         return used, False, "the plan is no better (the scan or the sort remains)" + rows
 
     def _try_hypopg(

@@ -90,8 +90,7 @@ def detect(record: Record, settings: Settings) -> list[Finding]:
                 relationship=q.relationship,
                 fix=(
                     f"Ask for its plan and a verified index: `querywatch advise --shape"
-                    f" {q.fingerprint.id}`; an index on the filtered columns or a narrower"
-                    " query is the usual remedy."
+                    f" {q.fingerprint.id}`."
                 ),
             )
         else:

@@ -509,7 +509,8 @@ class PlanBook:
                 break
         remedy = next((e for e in qa.errors if e.startswith("Candidates not verified")), None)
         if remedy is None and scans:
-            remedy = "An index on the filtered columns, or a narrower query."
+            # The advisor's verdict on the scan (an index, none helps, or the usual remedy).
+            remedy = next(f.fix for f in qa.findings if f.kind == "full_scan")
         return ShapePlan(
             flags=tuple(sorted(flags)),
             scans=tuple(scans),

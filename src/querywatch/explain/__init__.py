@@ -57,6 +57,7 @@ __all__ = [
     "Session",
     "check_read_only",
     "number_placeholders",
+    "placeholder_values",
     "split_statements",
 ]
 
@@ -299,6 +300,32 @@ def number_placeholders(sql: str) -> tuple[str, int]:
         else:
             out.append(m.group(0))
     return "".join(out), n
+
+
+def placeholder_values(sql: str, params: t.Any) -> list[t.Any] | None:
+    """The value of each placeholder of ``sql`` in text order (``:qwpN`` is the N-th),
+    from the driver's ``params`` in any paramstyle; None where they do not match."""
+    from collections.abc import Mapping
+    from collections.abc import Sequence
+
+    tokens = [m.group(0) for m in _TOKEN_RE.finditer(sql) if m.lastgroup == "param"]
+    out: list[t.Any] = []
+    try:
+        for i, tok in enumerate(tokens):
+            if isinstance(params, Mapping):
+                if tok.startswith("%("):
+                    out.append(params[tok[2:-2]])
+                elif tok.startswith(":"):
+                    out.append(params[tok[1:]])
+                else:
+                    return None
+            elif isinstance(params, Sequence) and not isinstance(params, (str, bytes)):
+                out.append(params[int(tok[1:]) - 1] if tok.startswith("$") else params[i])
+            else:
+                return None
+    except (KeyError, IndexError, ValueError):
+        return None
+    return out
 
 
 _MARKER_RE = re.compile(r":qwp(\d+)\b")
