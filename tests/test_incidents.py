@@ -566,13 +566,16 @@ def test_the_postmortem_names_the_culprit_from_the_evidence(tmp_path: t.Any) -> 
     assert "*(to fill)*" in text
 
 
-def test_a_reopen_after_the_fix_does_not_rewrite_the_root_cause(tmp_path: t.Any) -> None:
+@pytest.mark.parametrize("reopened", ["after the fix", "between the ack and the fix"])
+def test_a_reopen_does_not_rewrite_the_root_cause(tmp_path: t.Any, reopened: str) -> None:
     """Beside CPU burners the PostgreSQL replay's page reopened its incident 5 s after the
     index was applied, blaming a customer page's shape (one request slowed while the
-    index built), and the postmortem, drawn from the incident's latest evidence, named
-    that shape as the root cause. The root cause comes from the evidence the responders
-    acted on (the last before the fix), the impact and the hypothesis "at detection"
-    from the first."""
+    index built); in another run it reopened while the responder analysed, from a
+    stalled moment's few requests ("Traffic fell (x0.00)"). The postmortem, drawn from
+    the incident's latest evidence, named that shape as the root cause. The root cause
+    comes from the evidence the responders acted on (the last before a person first
+    acknowledged or fixed it), the impact and the hypothesis "at detection" from the
+    first."""
     from querywatch.incidents.postmortem import render
 
     lookup = ("GET /api/orders/lookup", "SELECT id FROM orders WHERE email = ?")
@@ -606,15 +609,20 @@ def test_a_reopen_after_the_fix_does_not_rewrite_the_root_cause(tmp_path: t.Any)
     t0 = 1_800_000_000.0
     inc, _ = incidents.trigger("slo", "SLO latency", evidence=evidence(lookup, 7, 12), now=t0)
     incidents.acknowledge(inc.id, "carol", now=t0 + 5)
-    incidents.note(inc.id, "carol", "CREATE INDEX ix_orders_email ON orders (email);",
-                   kind="fix_applied", now=t0 + 10)  # fmt: skip
-    incidents.resolve(inc.id, "querywatch", now=t0 + 15)
-    again, reopened = incidents.trigger(
-        "slo", "SLO latency", evidence=evidence(by_customer, 1, 3), now=t0 + 18
-    )
-    assert (again.id, reopened) == (inc.id, True)
+    fix_at = t0 + 10 if reopened == "after the fix" else t0 + 20
+    reopen_at = t0 + 18 if reopened == "after the fix" else t0 + 8
+    for kind, at in sorted([("fix", fix_at), ("reopen", reopen_at)], key=lambda x: x[1]):
+        if kind == "fix":
+            incidents.note(inc.id, "carol", "CREATE INDEX ix_orders_email ON orders (email);",
+                           kind="fix_applied", now=at)  # fmt: skip
+        else:
+            incidents.resolve(inc.id, "querywatch", now=at - 3)
+            again, reopened_now = incidents.trigger(
+                "slo", "SLO latency", evidence=evidence(by_customer, 1, 3), now=at
+            )
+            assert (again.id, reopened_now) == (inc.id, True)
     assert incidents.get(inc.id).evidence["shapes"][0]["endpoint"] == by_customer[0]
-    incidents.resolve(inc.id, "querywatch", now=t0 + 19)
+    incidents.resolve(inc.id, "querywatch", now=t0 + 25)
     text = render(incidents.get(inc.id), incidents.timeline(inc.id))
     root = text.split("## Root Cause and Resolution", 1)[1]
     assert "one query shape in `GET /api/orders/lookup` took" in root

@@ -34,15 +34,20 @@ def _evidence(
     incident: Incident, timeline: t.Sequence[TimelineEvent]
 ) -> tuple[dict[str, t.Any], dict[str, t.Any]]:
     """The evidence at detection (the timeline's first), and the evidence the root cause
-    is drawn from: the last recorded before the first fix was applied, what the
-    responders acted on. The incident itself keeps its latest firing's evidence, and a
-    page that reopens it after the fix (a flap, or a request slowed by the index build)
-    must not rewrite its root cause. Without a fix, the evidence at detection."""
+    is drawn from: what the responders acted on, the last recorded before a person first
+    acknowledged it or applied a fix. The incident itself keeps its latest firing's
+    evidence, and a page that reopens it while people work (a flap, a stalled moment
+    whose few requests blame another page, a request slowed by the index build) must
+    not rewrite its root cause. Without such an action, the evidence at detection."""
     recorded = [e for e in timeline if e.kind == "evidence" and e.data]
     detected = recorded[0].data if recorded else incident.evidence
-    fixed = next((e.at for e in timeline if e.kind == "fix_applied"), None)
-    acted_on = [e for e in recorded if fixed is not None and e.at <= fixed]
+    acted = next((e.at for e in timeline if e.kind in _ACTED), None)
+    acted_on = [e for e in recorded if acted is not None and e.at <= acted]
     return detected, acted_on[-1].data if acted_on else detected
+
+
+#: The timeline events of people acting on an incident.
+_ACTED = ("acknowledged", "fix_applied")
 
 
 def render(
