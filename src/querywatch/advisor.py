@@ -1461,14 +1461,15 @@ class Advisor:
         for use in an.tables.values():
             if use.table.lower() not in scanned:
                 continue
-            column_kinds = _column_kinds(s, use.table, use.schema)
+            # Reflected only where an equality could be a cast.
+            column_kinds = _column_kinds(s, use.table, use.schema) if use.eq else {}
             # Indexes that narrow the rows; one read from end to end does not count.
             used = {
                 n.index
                 for n in plan.walk()
                 if n.table == use.table and n.index is not None and "index_search" in n.flags
             }
-            existing = _existing_indexes(s, use.table)
+            existing = _existing_indexes(s, use.table, use.schema)
             for col in use.eq:
                 leading = [n for n, keys, partial in existing if keys and keys[0] == _norm_key(col)]
                 kinds = set(use.eq_kinds.get(col, ()))
