@@ -4,6 +4,7 @@ data: which indexes it suggests, which it refuses to, and what it never does."""
 from __future__ import annotations
 
 import re
+import sqlite3
 import typing as t
 
 import pytest
@@ -460,6 +461,7 @@ def test_a_search_that_reads_as_many_rows_is_not_verified(tmp_path: t.Any) -> No
         PlanNode("SEARCH", "one", "qw_candidate_one_email", rows=1.0,
                  flags=frozenset({"index_search"}))
     )  # fmt: skip
+    sqlite3.connect(tmp_path / "a.db").close()
     with Advisor(f"sqlite:///{tmp_path}/a.db") as adv:
         used, improved, note = adv._judge(
             qa, Candidate("one", ("email",)), after, lambda name: name.startswith("qw_")
@@ -610,7 +612,7 @@ def test_a_stalled_timing_is_taken_again_before_the_clock_vetoes(
 
     url = f"sqlite:///{tmp_path}/adv.db"
     advisor_data.load(url)
-    with Busy(url, measure=True) as adv:
+    with Busy(url, measure=True, allow_ddl=True) as adv:
         advice = adv.advise([QueryInput("SELECT events.id FROM events WHERE events.email = ?")])
     (trial,) = [tr for tr in advice.queries[0].trials if tr.candidate.keys == ("email",)]
     if stalls == 1:

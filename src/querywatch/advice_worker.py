@@ -113,8 +113,7 @@ class AdviceWorker(Periodic):
         if state is None or self.disabled:
             return 0
         settings = state.settings
-        url = state.advise_database_url()
-        if not url:
+        if not state.advise_database_url():
             return 0
         now = time.time() if now is None else now
         self.rounds += 1
@@ -133,12 +132,16 @@ class AdviceWorker(Periodic):
                 continue
             self._remember(fp, now)
             if store.claim_for_advice(fp, now, settings.advise_ttl):
-                picked.append(self._with_sample(q, url))
+                url = state.advise_database_url(fp)
+                if url:
+                    picked.append((url, self._with_sample(q, url)))
                 if len(picked) >= settings.advise_per_round:
                     break
-        if not picked:
-            return 0
-        return self._analyse(picked, url, now)
+        # Each shape on the database that ran it (an app with binds has several).
+        by_url: dict[str, list[t.Any]] = {}
+        for url, q in picked:
+            by_url.setdefault(url, []).append(q)
+        return sum(self._analyse(qs, url, now) for url, qs in by_url.items())
 
     def analyse_now(
         self, fingerprint: str, now: float | None = None, *, timeout: float | None = None
@@ -152,7 +155,7 @@ class AdviceWorker(Periodic):
         from .exceptions import ExplainError
 
         state = self._state()
-        url = state.advise_database_url() if state is not None else None
+        url = state.advise_database_url(fingerprint) if state is not None else None
         if state is None or not url:
             msg = "No database to ask for plans: set QUERYWATCH_ADVISE_DATABASE_URL."
             raise ExplainError(msg)
@@ -196,13 +199,21 @@ class AdviceWorker(Periodic):
                 measure=False,
             )
         except ExplainError as e:
-            # An in-memory SQLite database, an unsupported dialect: say it once, stop.
-            self.disabled = str(e)
-            log_limited(
-                "advisor.disabled",
-                "querywatch's background advisor is off for this app: %s",
-                self.disabled,
-            )
+            # An in-memory SQLite database, a file that is not there, an unsupported
+            # dialect: each shape's "no suggestion" says so; the app's own database
+            # failing stops the worker, said once.
+            for q in picked:
+                if q.fingerprint is not None:
+                    self._reason(q.fingerprint, str(e))
+            if url == state.advise_database_url():
+                self.disabled = str(e)
+                log_limited(
+                    "advisor.disabled",
+                    "querywatch's background advisor is off for this app: %s",
+                    self.disabled,
+                )
+            else:
+                log_limited(f"advisor.url.{url}", "querywatch's advisor cannot plan: %s", e)
             return 0
         with advisor:
             advice = advisor.advise(picked, index_health=False)
@@ -215,10 +226,7 @@ class AdviceWorker(Periodic):
                 if fp in suggested:
                     self.reasons.pop(fp, None)
                 else:
-                    self.reasons[fp] = no_suggestion_reason(qa)
-                    self.reasons.move_to_end(fp)
-                    while len(self.reasons) > _REASONS_CAP:
-                        self.reasons.popitem(last=False)
+                    self._reason(fp, no_suggestion_reason(qa))
         for qa in advice.queries:
             for err in qa.errors:
                 log_limited(
@@ -228,6 +236,12 @@ class AdviceWorker(Periodic):
                     err,
                 )
         return len(picked)
+
+    def _reason(self, fp: str, why: str) -> None:
+        self.reasons[fp] = why
+        self.reasons.move_to_end(fp)
+        while len(self.reasons) > _REASONS_CAP:
+            self.reasons.popitem(last=False)
 
     def _remember(self, fp: str, now: float) -> None:
         self._recent[fp] = now

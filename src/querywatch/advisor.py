@@ -577,6 +577,11 @@ class _Analysis:
     has_group: bool = False
 
 
+def _strip_order(key: str) -> str:
+    """A key part without its ``ASC``/``DESC``: the expression an index sorts by."""
+    return re.sub(r"\s+(ASC|DESC)$", "", key.strip(), flags=re.I)
+
+
 def _flatten_and(node: t.Any) -> list[t.Any]:
     from sqlglot import exp
 
@@ -1120,9 +1125,11 @@ class Advisor:
         measure: bool = True,
         prefer_indexes: bool = False,
     ) -> None:
-        self.explainer = Explainer(database, timeout=timeout, prefer_indexes=prefer_indexes)
+        self.explainer = Explainer(
+            database, timeout=timeout, prefer_indexes=prefer_indexes, writable=bool(allow_ddl)
+        )
         self.dialect = self.explainer.dialect
-        self.allow_ddl = (self.dialect == "sqlite") if allow_ddl is None else allow_ddl
+        self.allow_ddl = bool(allow_ddl)
         self.scan_min_rows = scan_min_rows
         self.measure = measure
         self.notes: list[str] = []
@@ -1130,9 +1137,15 @@ class Advisor:
         self._hypopg: bool | None = None
         self._existing: dict[str, list[tuple[str, tuple[str, ...], bool]]] = {}
         self._generic_plans: bool | None = None
+        #: SQLite: the in-memory schema copy candidates are planned in (made once).
+        self._copy: t.Any = None
+        self._stats: dict[t.Any, str | None] = {}
 
     def close(self) -> None:
         self.explainer.close()
+        if self._copy is not None:
+            self._copy.close()
+            self._copy.connection.close()
 
     def __enter__(self) -> Advisor:
         return self
@@ -1220,12 +1233,15 @@ class Advisor:
             self._run_trials(qa, candidates)
 
     def _verifier(self) -> str | None:
-        """How candidates are verified here: ``hypopg``, ``ddl``, or None (cannot)."""
+        """How candidates are verified here: ``hypopg``, ``ddl``, ``copy`` (SQLite: in an
+        in-memory copy of the schema and its statistics), or None (cannot)."""
         if self.dialect == "postgresql":
             with self.explainer.session() as s:
                 if self._has_hypopg(s):
                     return "hypopg"
-        return "ddl" if self.allow_ddl else None
+        if self.allow_ddl:
+            return "ddl"
+        return "copy" if self.dialect == "sqlite" else None
 
     def _run_trials(self, qa: QueryAdvice, candidates: list[Candidate]) -> None:
         how = self._verifier()
@@ -1247,6 +1263,10 @@ class Advisor:
         if how == "ddl":
             for c in candidates:
                 qa.trials.append(self._try_built(qa, c, values))
+            return
+        if how == "copy":
+            for c in candidates:
+                qa.trials.append(self._try_copy(qa, c, values))
             return
         with self.explainer.session() as s:
             new = [self._try_hypopg(s, qa, c, values) for c in candidates]
@@ -1578,9 +1598,15 @@ class Advisor:
         return self._hypopg
 
     def _judge(
-        self, qa: QueryAdvice, c: Candidate, after: Plan, index_used: t.Callable[[str], bool]
+        self,
+        qa: QueryAdvice,
+        c: Candidate,
+        after: Plan,
+        index_used: t.Callable[[str], bool],
+        *,
+        before: Plan | None = None,
     ) -> tuple[bool, bool, str]:
-        before = qa.plan
+        before = before or qa.plan
         assert before is not None
         used = any(index_used(n.index) for n in after.walk() if n.index)
         if not used:
@@ -1647,6 +1673,49 @@ class Advisor:
             return Trial(c, before.cost, None, None, False, False, "hypopg", f"failed: {e}")
         used, improved, note = self._judge(qa, c, after, lambda name: name.startswith(f"<{oid}>"))
         return Trial(c, before.cost, after.cost, after, used, improved, "hypopg", note)
+
+    def _try_copy(self, qa: QueryAdvice, c: Candidate, values: list[t.Any] | None) -> Trial:
+        """SQLite: plan the query with the candidate in an in-memory copy of the schema
+        and its statistics (the candidate's estimated from a sample of the live rows):
+        the live file is only read, and no writer of the app waits."""
+        from .explain import sqlite as lite
+
+        before = qa.plan
+        assert before is not None
+        how = "planned on a schema copy"
+        name = c.name("qw_candidate")
+        try:
+            with self.explainer.session() as live:
+                if self._copy is None:
+                    self._copy = lite.memory_copy(live, timeout=self.explainer.timeout)
+                tables = self._tables(qa) | {c.table}
+                counts = {tb: live.table_rows(tb) for tb in tables}
+                lite.add_table_stats(self._copy, {k: v for k, v in counts.items() if v})
+                key = c.norm
+                if key not in self._stats:
+                    self._stats[key] = lite.candidate_stat(
+                        live, c.table, [_strip_order(k) for k in c.keys], c.where,
+                        counts.get(c.table) or 0.0,
+                    )  # fmt: skip
+                stat = self._stats[key]
+            with self._copy.session(writable=True) as s:
+                base = s.explain(qa.query.sql, qa.query.params, values=self._plan_values(values))
+                with s.savepoint():
+                    s.run(c.ddl("sqlite", name=name))
+                    if stat is not None:
+                        s.run("INSERT INTO sqlite_stat1 VALUES (?, ?, ?)", (c.table, name, stat))
+                    s.run("ANALYZE sqlite_master")
+                    after = s.explain(
+                        qa.query.sql, qa.query.params, values=self._plan_values(values)
+                    )
+                s.run("ANALYZE sqlite_master")
+        except Exception as e:
+            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            return Trial(c, before.cost, None, None, False, False, how, f"failed: {first}")
+        used, improved, note = self._judge(
+            qa, c, after, lambda n: n.lower() == name.lower(), before=base
+        )
+        return Trial(c, base.cost, after.cost, after, used, improved, how, note)
 
     @contextlib.contextmanager
     def _built(self, s: Session, c: Candidate) -> t.Iterator[str]:

@@ -411,6 +411,24 @@ sample_min_seconds = float("inf")
 #: Statements without a compiled object (``exec_driver_sql``), by SQL text.
 _uncompiled: dict[str, _Statement] = {}
 
+#: The URL of the engine that ran each read shape, by fingerprint, as the engine resolved
+#: it (Flask-SQLAlchemy's instance-folder SQLite path, a bind's own database): the
+#: advisor explains a shape on the database that ran it. Bounded, oldest dropped.
+shape_urls: dict[str, t.Any] = {}
+_SHAPE_URLS_CAP = 4096
+
+
+def _note_url(info: _Statement, context: t.Any) -> None:
+    """Remember the engine URL of a read shape (once per compiled statement)."""
+    if not info.select:
+        return
+    try:
+        shape_urls[info.fingerprint.id] = context.root_connection.engine.url
+        if len(shape_urls) > _SHAPE_URLS_CAP:
+            del shape_urls[next(iter(shape_urls))]
+    except Exception as e:
+        swallow("capture.shape_url", e)
+
 
 def _statement(context: t.Any, statement: str) -> _Statement:
     compiled = context.compiled
@@ -420,14 +438,17 @@ def _statement(context: t.Any, statement: str) -> _Statement:
             if len(_uncompiled) >= 2048:
                 _uncompiled.clear()
             info = _Statement(fingerprint(statement), None)
+            _note_url(info, context)
             if len(statement) <= 4096:
                 _uncompiled[statement] = info
         return info
     info = compiled.__dict__.get("_querywatch")
     if info is None:
+        # SQLAlchemy's compiled cache is the engine's own: one compiled object per engine.
         info = compiled._querywatch = _Statement(
             fingerprint(statement), _loader_relationship(context)
         )
+        _note_url(info, context)
     return info
 
 

@@ -44,6 +44,20 @@ def _app_store_url() -> str | None:
     return state.settings.store_url if state is not None else None
 
 
+def _app_database_url() -> str | None:
+    """The database the Flask app's advisor asks, when run as ``flask querywatch``:
+    ``QUERYWATCH_ADVISE_DATABASE_URL``, else the app's engine as Flask-SQLAlchemy
+    resolved it (a relative SQLite path lives in the instance folder)."""
+    app = _flask_app()
+    if app is None:
+        return None
+    state = app.extensions.get("querywatch")
+    if state is not None:
+        return t.cast("str | None", state.advise_database_url())
+    url = app.config.get("SQLALCHEMY_DATABASE_URI")
+    return url if isinstance(url, str) else None
+
+
 def _app_config(key: str) -> t.Any:
     """A config value of the Flask app, when run as ``flask querywatch``."""
     app = _flask_app()
@@ -227,7 +241,7 @@ def advise(
     from .report import parse_since
     from .report import render_advice
 
-    database_url = database_url or _app_config("SQLALCHEMY_DATABASE_URI")
+    database_url = database_url or _app_database_url()
     if not database_url:
         msg = (
             "No database to ask for plans. Pass '--database-url URL' (the application's"

@@ -63,6 +63,7 @@ class AppState:
         #: The app's name (its import name), as metrics label it.
         self.name = app.name
         self._config = app.config
+        self._app = weakref.ref(app)
         self.flusher = Flusher(self)
         self.advice_worker = AdviceWorker(self)
         #: Called with each finished record and its findings (used by test helpers).
@@ -164,10 +165,39 @@ class AppState:
                     )
         return self._cache
 
-    def advise_database_url(self) -> str | None:
-        """The database the background advisor asks for plans."""
-        url = self.settings.advise_database_url or self._config.get("SQLALCHEMY_DATABASE_URI")
+    def advise_database_url(self, fingerprint: str | None = None) -> str | None:
+        """The database the advisor asks for plans of a shape: ``QUERYWATCH_ADVISE_
+        DATABASE_URL`` when set; else the engine that ran the shape, as capture saw it
+        (a Flask-SQLAlchemy bind, a plain engine), when it is one of this app's or the
+        app names none; else the app's engine (Flask-SQLAlchemy's resolved URL: a
+        relative SQLite path lives in the instance folder); else
+        ``SQLALCHEMY_DATABASE_URI`` as written."""
+        if self.settings.advise_database_url:
+            return normalize_url(self.settings.advise_database_url)
+        engines = self.app_engines()
+        urls = [e.url for e in engines.values()]
+        seen = capture.shape_urls.get(fingerprint) if fingerprint else None
+        if seen is not None and (not urls or seen in urls):
+            return str(seen.render_as_string(hide_password=False))
+        if urls:
+            first = engines.get("default") or next(iter(engines.values()))
+            return str(first.url.render_as_string(hide_password=False))
+        url = self._config.get("SQLALCHEMY_DATABASE_URI")
         return normalize_url(url) if isinstance(url, str) else None
+
+    def app_engines(self) -> dict[str, t.Any]:
+        """The app's engines by name (``QueryWatch(engines=...)``'s, else
+        Flask-SQLAlchemy's binds); empty when they cannot be read."""
+        from .metrics import app_engines
+
+        app = self._app()
+        if app is None:
+            return {}
+        try:
+            return app_engines(app, self.engines)
+        except Exception as e:
+            swallow("advisor.engines", e)
+            return {}
 
     def new_record(self, name: str, kind: str) -> capture.Record:
         return capture.Record(name=name, kind=kind, settings=self.settings, engines=self.engines)

@@ -439,6 +439,9 @@ class Explainer:
         tiny table whole although an index exists says nothing about the big one; this
         makes plans on the few rows of a test database answer "is there an index for
         it?". SQLite uses an index whenever one serves, whatever the size.
+    :param writable: SQLite: open the file read-write (``mode=rw``) rather than read-only
+        (``mode=ro``), for indexes built to verify them. A file is never created: a path
+        that does not exist is an :class:`ExplainError`.
     """
 
     def __init__(
@@ -448,6 +451,7 @@ class Explainer:
         timeout: float = 5.0,
         allow_analyze: bool = False,
         prefer_indexes: bool = False,
+        writable: bool = True,
     ) -> None:
         if not isinstance(url, str):
             sa_url = url.url
@@ -487,10 +491,33 @@ class Explainer:
         options: dict[str, t.Any] = {"poolclass": NullPool}
         if name == "sqlite":
             options["connect_args"] = {"timeout": timeout}
+            creator = sqlite.connector(sa_url, timeout, writable=writable)
+            if creator is not None:
+                options["creator"] = creator
         self.engine = create_engine(sa_url, **options).execution_options(
             isolation_level="AUTOCOMMIT", **{IGNORE_OPTION: True}
         )
         self._server: t.Any = None
+
+    @classmethod
+    def over(cls, engine: Engine, *, timeout: float) -> Explainer:
+        """An explainer on ``engine`` itself (its pool included): for a database that
+        querywatch made, such as the in-memory schema copy that SQLite candidate indexes
+        are planned in."""
+        self = cls.__new__(cls)
+        self.url = engine.url
+        self.dialect = engine.dialect.name
+        from . import sqlite
+
+        self.module = sqlite
+        self.timeout = timeout
+        self.allow_analyze = False
+        self.prefer_indexes = False
+        self.engine = engine.execution_options(
+            isolation_level="AUTOCOMMIT", **{IGNORE_OPTION: True}
+        )
+        self._server = None
+        return self
 
     def __enter__(self) -> Explainer:
         return self

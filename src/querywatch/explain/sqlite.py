@@ -3,13 +3,15 @@
 SQLite plans a statement when it is prepared, before values are bound, so a shape's
 placeholders are bound to NULL (or the given values) and the plan is the one the app
 gets. SQLite exposes no cost. A node reading a whole table carries the table's row count
-(from ``sqlite_stat1`` after ``ANALYZE``, else counted) as its ``rows``; an index search
+(from ``sqlite_stat1`` after ``ANALYZE``, else its largest rowid) as its ``rows``; an index search
 carries the rows ``sqlite_stat1`` says one key prefix holds, divided by 4 per range term
 (the planner's own rule). The plan's ``cost`` is the rows read, summed, plus n log2 n
 for each sort of n rows: an estimate for ranking, not SQLite's own figure.
 
-Read-only sessions set ``PRAGMA query_only``; the statement timeout is a progress handler
-that interrupts the statement past its deadline.
+The database file is opened read-only (``mode=ro``) unless indexes may be built, and
+never created. Read-only sessions set ``PRAGMA query_only`` and hold no transaction open,
+so a writer of the app waits for no more than one statement; the statement timeout is a
+progress handler that interrupts the statement past its deadline.
 
 Ctrl-C: with a Python progress handler installed, the ``KeyboardInterrupt`` of a SIGINT
 that arrives while SQLite runs a statement is raised inside the callback, where the
@@ -43,6 +45,144 @@ _ACCESS_RE = re.compile(
 _INDEX_RE = re.compile(r"INDEX (?P<index>[^\s(]+)")
 
 
+def connector(url: t.Any, timeout: float, *, writable: bool) -> t.Callable[[], t.Any] | None:
+    """A DBAPI connect function for the database file of ``url`` that never creates it:
+    read-only (``mode=ro``) unless ``writable``, read-write (``mode=rw``) otherwise. A
+    file that does not exist is an :class:`ExplainError` that names it. None for a URL
+    that is already a ``file:`` URI (its own mode stands)."""
+    import os
+    import sqlite3
+    import urllib.parse
+
+    from ..exceptions import ExplainError
+
+    path = url.database or ""
+    if path.startswith("file:") or url.query.get("uri"):
+        return None
+    full = os.path.abspath(path)
+    if not os.path.isfile(full):
+        msg = (
+            f"The SQLite database file {full!r} does not exist (querywatch never creates"
+            " one). Point querywatch at the file your app uses: Flask-SQLAlchemy keeps a"
+            " relative sqlite:///name.db in the app's instance folder"
+            " (sqlite:////path/to/instance/name.db); pass --database-url or set"
+            " QUERYWATCH_ADVISE_DATABASE_URL."
+        )
+        raise ExplainError(msg)
+    uri = "file:" + urllib.parse.quote(full) + ("?mode=rw" if writable else "?mode=ro")
+
+    def connect() -> t.Any:
+        return sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
+
+    return connect
+
+
+def memory_copy(session: Session, *, timeout: float) -> t.Any:
+    """An explainer over an empty in-memory copy of the schema of ``session``'s database,
+    with its ``sqlite_stat1``: SQLite plans from the schema and those statistics only,
+    so the copy answers "would the planner use this index" without touching the live
+    file. :func:`add_table_stats` gives it the row counts of tables never analyzed."""
+    import sqlite3
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import StaticPool
+
+    from . import Explainer
+
+    mem = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    for (sql,) in session.run(
+        "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'"
+        " AND type IN ('table', 'index', 'view') ORDER BY rowid"
+    ):
+        try:
+            mem.execute(str(sql))
+        except sqlite3.Error:
+            pass  # a virtual table's shadow tables, made by the virtual table already
+    mem.execute("ANALYZE")  # creates sqlite_stat1
+    try:
+        rows = [tuple(r) for r in session.run("SELECT tbl, idx, stat FROM sqlite_stat1")]
+    except Exception:  # the live database was never analyzed
+        rows = []
+    mem.executemany("INSERT INTO sqlite_stat1 VALUES (?, ?, ?)", rows)
+    mem.execute("ANALYZE sqlite_master")
+    engine = create_engine("sqlite://", creator=lambda: mem, poolclass=StaticPool)
+    copy = Explainer.over(engine, timeout=timeout)
+    copy.analysed = {str(r[0]).lower() for r in rows}  # type: ignore[attr-defined]
+    copy.connection = mem  # type: ignore[attr-defined]
+    return copy
+
+
+def add_table_stats(copy: t.Any, rows: dict[str, float]) -> None:
+    """Give the copy the row count of each table that has no statistics yet (the live
+    database was never analyzed): SQLite plans a join by the tables' sizes."""
+    mem = copy.connection
+    new = [
+        (name, None, str(int(n))) for name, n in rows.items() if name.lower() not in copy.analysed
+    ]
+    if not new:
+        return
+    mem.executemany("INSERT INTO sqlite_stat1 VALUES (?, ?, ?)", new)
+    mem.execute("ANALYZE sqlite_master")
+    copy.analysed.update(name.lower() for name, _, _ in new)
+
+
+#: Rows read to estimate a candidate index's statistics.
+SAMPLE_ROWS = 2000
+
+
+def candidate_stat(
+    session: Session, table: str, keys: t.Sequence[str], where: str | None, rows: float
+) -> str | None:
+    """``sqlite_stat1``'s line for an index on ``keys`` of ``table`` (optionally partial),
+    as ``ANALYZE`` would write it, estimated from a sample of rows read by rowid (a few
+    thousand lookups, never a scan of a big table): the rows, then the average rows per
+    key prefix (distinct values estimated with Haas and Stokes' Duj1). None when the
+    table cannot be sampled (``WITHOUT ROWID``) or is empty."""
+    import random
+
+    if rows < 1 or not keys:
+        return None
+    quoted = '"' + table.replace('"', '""') + '"'
+    cols = ", ".join(keys)
+    cond = f"CASE WHEN ({where}) THEN 1 ELSE 0 END" if where else "1"
+    try:
+        if rows <= SAMPLE_ROWS * 5:
+            sample = [tuple(r) for r in session.run(f"SELECT {cond}, {cols} FROM {quoted}")]
+        else:
+            top = session.run(f"SELECT max(rowid) FROM {quoted}").first()
+            high = int(top[0]) if top and top[0] is not None else 0
+            if high < 1:
+                return None
+            picks = sorted(random.sample(range(1, high + 1), min(high, SAMPLE_ROWS)))
+            ids = ", ".join(map(str, picks))
+            sample = [
+                tuple(r)
+                for r in session.run(f"SELECT {cond}, {cols} FROM {quoted} WHERE rowid IN ({ids})")
+            ]
+    except Exception:
+        return None
+    if not sample:
+        return None
+    kept = [r[1:] for r in sample if r[0]]
+    total = float(max(rows, len(sample)))
+    n_index = max(1.0, round(total * len(kept) / len(sample)))
+    if not kept:
+        return f"{int(n_index)} " + " ".join("1" for _ in keys)
+    figures = [str(int(n_index))]
+    for i in range(1, len(keys) + 1):
+        counts: dict[tuple[t.Any, ...], int] = {}
+        for r in kept:
+            counts[r[:i]] = counts.get(r[:i], 0) + 1
+        n, d = len(kept), len(counts)
+        f1 = sum(1 for c in counts.values() if c == 1)
+        if n >= n_index:
+            ndv = float(d)
+        else:
+            ndv = n * d / max(1e-9, n - f1 + f1 * n / n_index)
+        figures.append(str(max(1, round(n_index / max(ndv, 1.0)))))
+    return " ".join(figures)
+
+
 def _take_sigint() -> threading.Event | None:
     """In the main thread, while Python's own Ctrl-C handler is in place: a handler that
     sets the returned flag instead of raising."""
@@ -66,8 +206,11 @@ def _give_back_sigint(pressed: threading.Event | None) -> None:
 def begin(session: Session, timeout: float) -> None:
     dbapi = session.conn.connection.dbapi_connection
     session.timeout = timeout  # type: ignore[attr-defined]
-    session.run("BEGIN")
-    if not session.writable:
+    if session.writable:
+        session.run("BEGIN")
+    else:
+        # No transaction held open: each read takes and drops its own shared lock, so a
+        # writer of a rollback-journal database waits at most for one statement.
         session.run("PRAGMA query_only = ON")
     assert dbapi is not None
     session.sigint = _take_sigint()  # type: ignore[attr-defined]
@@ -77,7 +220,8 @@ def begin(session: Session, timeout: float) -> None:
 def end(session: Session) -> None:
     dbapi = session.conn.connection.dbapi_connection
     try:
-        session.run("ROLLBACK")
+        if dbapi is None or dbapi.in_transaction:
+            session.run("ROLLBACK")
     finally:
         if dbapi is not None:
             dbapi.set_progress_handler(None, 0)
@@ -215,8 +359,14 @@ def table_rows(session: Session, table: str) -> float | None:
             return float(str(stat).split()[0])
     except Exception:  # no sqlite_stat1: the database was never analyzed
         pass
-    row = session.run(f"SELECT count(*) FROM {quoted}").first()
-    return float(row[0]) if row else None
+    try:
+        # The largest rowid: one step down the table's b-tree, where count(*) reads it
+        # whole (and holds a writer of the file back as long).
+        row = session.run(f"SELECT max(rowid) FROM {quoted}").first()
+        return float(row[0] or 0) if row else None
+    except Exception:  # WITHOUT ROWID
+        row = session.run(f"SELECT count(*) FROM {quoted}").first()
+        return float(row[0]) if row else None
 
 
 _EQ_TERM_RE = re.compile(r"^\S+\s*(=|IN\b)", re.I)
