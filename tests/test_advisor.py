@@ -621,3 +621,20 @@ def test_a_stalled_timing_is_taken_again_before_the_clock_vetoes(
     else:
         assert suggested(advice) == []
         assert trial.note.endswith("but measured 30.00 -> 60.00 ms, not faster enough")
+
+
+def test_no_index_is_tried_where_the_plan_already_serves_every_filter(adv_url: str) -> None:
+    """A second went into building (invoice_id, id) on 900,000 rows for primary-key
+    lookups. Where the plan finds every table's rows by an index that covers all its
+    filters (or by a key, one row), nothing is built or tried, and the reason says so."""
+    advice = advise(
+        adv_url,
+        "SELECT events.id, events.amount FROM events WHERE events.tagged_id = ? AND events.id = ?",
+        "SELECT events.id FROM events WHERE events.tagged_id = ?",
+    )
+    assert suggested(advice) == []
+    for qa in advice.queries:
+        assert qa.trials == []
+        assert no_suggestion_reason(qa).startswith(
+            "No index to add: the plan already finds its rows by an index"
+        )

@@ -327,6 +327,8 @@ class QueryAdvice:
     values: list[t.Any] | None = None
     #: The statement has a LIMIT (a scan in index order may stop early).
     has_limit: bool = False
+    #: Why no candidate was tried: the plan already serves every filter by an index.
+    settled: str | None = None
 
 
 @dataclasses.dataclass
@@ -379,6 +381,8 @@ def no_suggestion_reason(qa: QueryAdvice) -> str:
     its figures), or a plan that no index would serve."""
     if qa.errors:
         return qa.errors[0]
+    if qa.settled:
+        return qa.settled
     failed = [tr for tr in qa.trials if tr.note.startswith("failed")]
     if failed:
         parts = [f"{tr.candidate.name()} {tr.note.removeprefix('failed: ')}" for tr in failed]
@@ -575,6 +579,11 @@ class _Analysis:
     is_count_star: bool
     has_where: bool
     has_group: bool = False
+
+
+def _bare_name(name: str) -> str:
+    """An index name without its schema or quotes, lower case."""
+    return name.rsplit(".", 1)[-1].strip('"`').lower()
 
 
 def _strip_order(key: str) -> str:
@@ -1210,7 +1219,13 @@ class Advisor:
             qa.has_limit = an.has_limit
             self._plan_findings(s, qa, an, values)
             candidates = []
-            for c in _candidates(an, self.dialect, lambda tbl, col: self._few_values(s, tbl, col)):
+            qa.settled = self._settled(s, qa, an)
+            found = (
+                []
+                if qa.settled
+                else _candidates(an, self.dialect, lambda tbl, col: self._few_values(s, tbl, col))
+            )
+            for c in found:
                 existing = _existing_indexes(s, c.table, c.schema)
                 self._existing[c.table.lower()] = existing
                 covered = _covered(c, existing)
@@ -1231,6 +1246,49 @@ class Advisor:
             qa.values = values
         if candidates:
             self._run_trials(qa, candidates)
+
+    def _settled(self, s: Session, qa: QueryAdvice, an: _Analysis) -> str | None:
+        """Why no index is tried, when the plan already finds every table's rows by an
+        index that covers all its filters (or reads one row by a key), with no sort: a
+        build there costs time and cannot help (primary-key lookups on a big table)."""
+        plan = qa.plan
+        if plan is None or plan.sorts() or not an.tables:
+            return None
+        nodes = [n for n in plan.walk() if n.table]
+        used: list[str] = []
+        for use in an.tables.values():
+            mine = [n for n in nodes if n.table and n.table.lower() == use.table.lower()]
+            if not mine:
+                return None
+            filters = {_norm_key(k) for k in (*use.eq, *use.rng)}
+            for n in mine:
+                # PostgreSQL's bitmap heap scan names its index on the child that reads it.
+                index = n.index or next(
+                    (c.index for c in n.walk() if c.index and "index_search" in c.flags), None
+                )
+                if index is None or "index_search" not in n.flags:
+                    return None
+                if n.rows is not None and n.rows <= 1:
+                    used.append(index)
+                    continue
+                if not filters:
+                    return None
+                keys = next(
+                    (
+                        cols
+                        for name, cols, _partial in _existing_indexes(s, use.table, use.schema)
+                        if _bare_name(name) == _bare_name(index)
+                    ),
+                    None,
+                )
+                if keys is None or not filters <= set(keys[: len(filters)]):
+                    return None
+                used.append(index)
+        names = ", ".join(dict.fromkeys(used))
+        return (
+            f"No index to add: the plan already finds its rows by an index that covers"
+            f" every filter ({names}), with no sort."
+        )
 
     def _verifier(self) -> str | None:
         """How candidates are verified here: ``hypopg``, ``ddl``, ``copy`` (SQLite: in an
