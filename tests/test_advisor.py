@@ -223,12 +223,71 @@ def test_sort_without_index(adv_url: str) -> None:
 def test_unused_index_on_postgres(adv_url: str) -> None:
     if not adv_url.startswith("postgresql"):
         pytest.skip("usage statistics per index: PostgreSQL's pg_stat_user_indexes")
-    advice = advise(adv_url, "SELECT events.id FROM events WHERE events.email = ?")
+    advice = advise(
+        adv_url, "SELECT events.id FROM events WHERE events.email = ?", unused_window_days=0
+    )
     unused = {(n.table, n.index) for n in advice.index_notes if n.kind == "unused"}
     # EXPLAIN never counts as a scan, and nothing in these tests ran a query using it.
     assert ("events", "ix_events_tagged_id") in unused
     # A unique index is a constraint, never reported as unused.
     assert not any(n.index == "accounts_email_key" for n in advice.index_notes)
+
+
+def test_no_unused_index_note_before_the_statistics_cover_the_window(adv_url: str) -> None:
+    """On a freshly seeded database every idx_scan is 0: an index is called unused only
+    once the statistics cover the window (7 days by default), and the notes say why."""
+    if not adv_url.startswith("postgresql"):
+        pytest.skip("usage statistics per index: PostgreSQL's pg_stat_user_indexes")
+    engine = create_engine(adv_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT pg_stat_reset()")
+    engine.dispose()
+    advice = advise(adv_url, "SELECT events.id FROM events WHERE events.email = ?")
+    assert [n for n in advice.index_notes if n.kind == "unused"] == []
+    (note,) = [n for n in advice.notes if n.startswith("No index is called unused yet")]
+    assert "since were last reset, 0.0 days ago, less than the 7-day window" in note
+
+
+def test_never_drop_an_index_a_query_uses(adv_url: str) -> None:
+    """Seen on a fresh database: "drop ix_b_a_c, unused" beside "ix_b_a is redundant
+    because of ix_b_a_c"; following both left the lookup by a with no index. An index a
+    captured shape's plan uses is never unused, and no two notes drop every index that a
+    column leads."""
+    if not adv_url.startswith("postgresql"):
+        pytest.skip("usage statistics per index: PostgreSQL's pg_stat_user_indexes")
+    engine = create_engine(adv_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("DROP TABLE IF EXISTS ledger")
+        conn.exec_driver_sql(
+            "CREATE TABLE ledger (id serial PRIMARY KEY, a int, b int, c int, d int)"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO ledger (a, b, c, d) SELECT mod(i, 5000), mod(i, 7), mod(i, 11), mod(i, 13)"
+            " FROM generate_series(1, 20000) AS i"
+        )
+        conn.exec_driver_sql("CREATE INDEX ix_ledger_a ON ledger (a)")
+        conn.exec_driver_sql("CREATE INDEX ix_ledger_a_b ON ledger (a, b)")
+        conn.exec_driver_sql("CREATE INDEX ix_ledger_d ON ledger (d)")
+        conn.exec_driver_sql("ANALYZE ledger")
+    engine.dispose()
+    try:
+        advice = advise(
+            adv_url, "SELECT ledger.id FROM ledger WHERE ledger.a = ?", unused_window_days=0
+        )
+        plan_indexes = {n.index for n in advice.queries[0].plan.walk() if n.index}
+        notes = {(n.kind, n.index) for n in advice.index_notes if n.table == "ledger"}
+        # The lookup's plan uses one of the two indexes on a: never called unused.
+        assert not any(kind == "unused" and name in plan_indexes for kind, name in notes)
+        # ix_ledger_a is a prefix of ix_ledger_a_b; the two notes never drop both.
+        assert ("redundant", "ix_ledger_a") in notes
+        assert ("unused", "ix_ledger_a_b") not in notes
+        # An index nothing uses, on a column no other index leads, is still noted.
+        assert ("unused", "ix_ledger_d") in notes
+    finally:
+        engine = create_engine(adv_url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.exec_driver_sql("DROP TABLE IF EXISTS ledger")
+        engine.dispose()
 
 
 def test_leading_wildcard_like_gets_no_btree(adv_url: str) -> None:

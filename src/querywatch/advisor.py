@@ -1122,6 +1122,9 @@ class Advisor:
     :param prefer_indexes: plan as if scanning a whole table were very expensive (see
         :class:`~querywatch.explain.Explainer`): on the few rows of a test database a
         full scan then means that no index can serve the query.
+    :param unused_window_days: an index is called unused only once the database's usage
+        statistics cover this many days (PostgreSQL: since ``stats_reset``, else since
+        the server started): a freshly seeded or restarted database has used nothing.
     """
 
     def __init__(
@@ -1133,7 +1136,9 @@ class Advisor:
         timeout: float = 5.0,
         measure: bool = True,
         prefer_indexes: bool = False,
+        unused_window_days: float = 7.0,
     ) -> None:
+        self.unused_window_days = unused_window_days
         self.explainer = Explainer(
             database, timeout=timeout, prefer_indexes=prefer_indexes, writable=bool(allow_ddl)
         )
@@ -1187,8 +1192,17 @@ class Advisor:
         _settle(results, suggestions, self.dialect)
         notes_idx: list[IndexNote] = []
         if index_health and any(qa.plan is not None for qa in results):
+            used = {
+                _bare_name(name)
+                for qa in results
+                if qa.plan is not None
+                for n in qa.plan.walk()
+                if (name := n.index)
+            }
             try:
-                notes_idx = self._index_health({u for qa in results for u in self._tables(qa)})
+                notes_idx = self._index_health(
+                    {u for qa in results for u in self._tables(qa)}, used
+                )
             except Exception as e:
                 self.notes.append(f"Existing indexes could not be checked: {e}")
         return Advice(self.dialect, results, suggestions, notes_idx, list(self.notes))
@@ -1960,11 +1974,21 @@ class Advisor:
 
     # --- existing indexes ---
 
-    def _index_health(self, tables: set[str]) -> list[IndexNote]:
+    def _index_health(
+        self, tables: set[str], used: t.AbstractSet[str] = frozenset()
+    ) -> list[IndexNote]:
+        """Redundant indexes (a prefix of another), and on PostgreSQL unused ones: only
+        once the statistics cover :attr:`unused_window_days`, never one that a plan of
+        the analysed queries uses, and never so that the notes together drop every
+        index on a leading column."""
         notes: list[IndexNote] = []
+        leading: dict[tuple[str, str], str] = {}
         with self.explainer.session() as s:
             for table in sorted(tables):
                 existing = _existing_indexes(s, table)
+                for name, keys, _partial in existing:
+                    if keys:
+                        leading[(table, _bare_name(name))] = keys[0]
                 for name, keys, partial in existing:
                     if partial or name in ("PRIMARY KEY", "PRIMARY") or not keys:
                         continue
@@ -1988,14 +2012,14 @@ class Advisor:
                                 )
                             )
                             break
-            if self.dialect == "postgresql":
+            if self.dialect == "postgresql" and self._stats_cover_window(s):
                 for row in s.run(
                     "SELECT s.relname, s.indexrelname, s.idx_scan"
                     " FROM pg_stat_user_indexes s JOIN pg_index i USING (indexrelid)"
                     " WHERE s.idx_scan = 0 AND NOT i.indisunique AND NOT i.indisprimary"
                     " ORDER BY s.relname, s.indexrelname"
                 ):
-                    if row[0] in tables:
+                    if row[0] in tables and _bare_name(row[1]) not in used:
                         notes.append(
                             IndexNote(
                                 "unused",
@@ -2007,7 +2031,46 @@ class Advisor:
                                 f"DROP INDEX CONCURRENTLY IF EXISTS {row[1]}",
                             )
                         )
-        return notes
+        return _keep_a_leading_index(notes, leading)
+
+    def _stats_cover_window(self, s: Session) -> bool:
+        """Whether PostgreSQL's usage statistics cover the window; when not, a note says
+        since when they count and that no index is called unused before the window."""
+        row = s.run(
+            "SELECT extract(epoch FROM now() - coalesce(d.stats_reset,"
+            " pg_postmaster_start_time())) / 86400.0, d.stats_reset IS NOT NULL"
+            " FROM pg_stat_database d WHERE d.datname = current_database()"
+        ).first()
+        days = float(row[0]) if row and row[0] is not None else 0.0
+        if days >= self.unused_window_days:
+            return True
+        since = "were last reset" if row and row[1] else "the server started"
+        self.notes.append(
+            f"No index is called unused yet: usage statistics count since {since},"
+            f" {days:.1f} days ago, less than the {self.unused_window_days:g}-day window"
+            " (unused_window_days, --unused-window-days): an index a weekly job uses"
+            " would look unused."
+        )
+        return False
+
+
+def _keep_a_leading_index(
+    notes: list[IndexNote], leading: dict[tuple[str, str], str]
+) -> list[IndexNote]:
+    """The notes, less any that would, with those kept before it, drop every index that
+    a column leads (a redundant index and the unused one that made it redundant)."""
+    kept: list[IndexNote] = []
+    gone: set[tuple[str, str]] = set()
+    for note in sorted(notes, key=lambda n: n.kind != "redundant"):
+        key = (note.table, _bare_name(note.index))
+        col = leading.get(key)
+        if col is not None:
+            same = {k for k, c in leading.items() if k[0] == note.table and c == col}
+            if len(same) > 1 and same <= gone | {key}:
+                continue
+        kept.append(note)
+        gone.add(key)
+    return kept
 
 
 def _beats(longer: dict[int, Trial], shorter: dict[int, Trial]) -> bool:

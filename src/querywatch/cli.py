@@ -213,6 +213,14 @@ def report(
     help="Seconds any one statement may take.",
 )
 @click.option(
+    "--unused-window-days",
+    default=7.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Call an index unused only once the database's usage statistics cover this many"
+    " days (PostgreSQL: since stats_reset or the server's start).",
+)
+@click.option(
     "--record/--no-record",
     default=True,
     show_default=True,
@@ -229,6 +237,7 @@ def advise(
     allow_ddl: bool,
     scan_min_rows: int | None,
     timeout: float,
+    unused_window_days: float,
     record: bool,
     as_json: bool,
 ) -> None:
@@ -286,6 +295,7 @@ def advise(
             allow_ddl=True if allow_ddl else None,
             scan_min_rows=scan_min_rows,
             timeout=timeout,
+            unused_window_days=unused_window_days,
         ) as adv:
             result = adv.advise(queries)
         if store is not None and record:
