@@ -414,6 +414,12 @@ def test_postgres_without_hypopg_says_so(postgres_url: str) -> None:
             assert len(qa.errors) == 1
             assert "HypoPG is not installed" in qa.errors[0]
             assert "--allow-ddl" in qa.errors[0]
+            # The reason comes first, in the shape's verdict and in its findings.
+            why = no_suggestion_reason(qa)
+            assert why.startswith("HypoPG is not installed in this database (CREATE EXTENSION")
+            for f in qa.findings:
+                if f.kind == "full_scan":
+                    assert f.fix.startswith(f"No verified index: {why} Unverified: ")
         # With DDL allowed, the same database gets verified advice.
         advice = advise(url, "SELECT events.id FROM events WHERE events.email = ?", allow_ddl=True)
         assert suggested(advice) == [("events", ("email",))]
@@ -697,3 +703,50 @@ def test_no_index_is_tried_where_the_plan_already_serves_every_filter(adv_url: s
         assert no_suggestion_reason(qa).startswith(
             "No index to add: the plan already finds its rows by an index"
         )
+
+
+def test_a_build_past_the_timeout_says_so_first(tmp_path: t.Any) -> None:
+    """Seen: "No index to suggest: none that was tried improved a plan enough." for a
+    candidate build stopped by the statement timeout. The reason now comes first, with
+    the figure and the flag to raise it; in the findings too. (The build of an index on
+    200,000 rows takes some hundred times the 0.02 s allowed here.)"""
+    path = tmp_path / "big.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE ticket (id INTEGER PRIMARY KEY, email TEXT, body TEXT)")
+        conn.executemany(
+            "INSERT INTO ticket VALUES (?, ?, ?)",
+            ((i, f"user{i * 7919 % 200_000}@example.com", "x" * 40) for i in range(200_000)),
+        )
+    sql = "SELECT ticket.id FROM ticket WHERE ticket.email = :email"
+    with Advisor(f"sqlite:///{path}", allow_ddl=True, measure=False, timeout=0.02) as adv:
+        advice = adv.advise([QueryInput(sql, params={"email": "user5@example.com"})])
+    assert advice.suggestions == []
+    (qa,) = advice.queries
+    why = no_suggestion_reason(qa)
+    assert re.match(r"^(Timed out: |The statement )", why), why
+    assert "0.02 s statement timeout" in why
+    assert "--timeout" in why
+    for f in qa.findings:
+        assert f.fix.startswith(f"No verified index: {why}")
+        assert "see the suggestion" not in f.fix
+
+
+def test_a_missing_table_is_the_reason(tmp_path: t.Any) -> None:
+    path = tmp_path / "gone.db"
+    sqlite3.connect(path).close()
+    advice = advise(f"sqlite:///{path}", "SELECT parcel.id FROM parcel WHERE parcel.code = ?")
+    why = no_suggestion_reason(advice.queries[0])
+    assert why.startswith("A table or column the statement reads does not exist")
+    assert "parcel" in why
+
+
+def test_ddl_not_allowed_is_the_reason_on_mariadb(adv_url: str) -> None:
+    if not adv_url.startswith("mysql"):
+        pytest.skip("MariaDB/MySQL alone cannot evaluate an index without building it")
+    advice = advise(adv_url, "SELECT events.id FROM events WHERE events.email = ?", allow_ddl=False)
+    (qa,) = advice.queries
+    why = no_suggestion_reason(qa)
+    assert why.startswith("DDL is not allowed, and MariaDB/MySQL cannot evaluate an index")
+    assert "--allow-ddl" in why
+    (scan,) = [f for f in qa.findings if f.kind == "full_scan"]
+    assert scan.fix.startswith(f"No verified index: {why}")

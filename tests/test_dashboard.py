@@ -146,6 +146,19 @@ def test_actions_need_the_csrf_token_and_the_same_origin(app: Flask) -> None:
     body = r.get_json()
     assert body["suggestions"] >= 1
     assert body["advice"][0]["ddl"].startswith("CREATE INDEX")
+    assert body["reason"] is None
+    # A shape with no index to add says why, first.
+    shapes = client.get("/_querywatch/api/shapes", headers=AUTH).get_json()["shapes"]
+    product = next(
+        s["fingerprint"]
+        for s in shapes
+        if s["endpoints"] and s["endpoints"][0]["endpoint"] == "GET /api/products/<int:product_id>"
+    )
+    r = client.post(
+        f"/_querywatch/api/shapes/{product}/analyse", headers={**AUTH, "X-CSRF-Token": csrf}
+    )
+    assert r.get_json()["suggestions"] == 0
+    assert r.get_json()["reason"].startswith("No index to add: the plan already finds its rows")
     r = client.post(
         "/_querywatch/api/shapes/nosuchshape/analyse", headers={**AUTH, "X-CSRF-Token": csrf}
     )

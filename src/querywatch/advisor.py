@@ -35,7 +35,6 @@ import re
 import time
 import typing as t
 
-from .exceptions import ExplainError
 from .exceptions import QueryWatchError
 from .explain import Explainer
 from .explain import Plan
@@ -329,6 +328,8 @@ class QueryAdvice:
     has_limit: bool = False
     #: Why no candidate was tried: the plan already serves every filter by an index.
     settled: str | None = None
+    #: Existing indexes that cover candidates (which were therefore not tried).
+    covered: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -384,6 +385,12 @@ def no_suggestion_reason(qa: QueryAdvice) -> str:
     if qa.settled:
         return qa.settled
     failed = [tr for tr in qa.trials if tr.note.startswith("failed")]
+    timed_out = [tr for tr in failed if tr.note.startswith("failed: timed out")]
+    if timed_out:
+        names = ", ".join(tr.candidate.name() for tr in timed_out)
+        return (
+            "Timed out: " + timed_out[0].note.removeprefix("failed: timed out: ") + (f" ({names}).")
+        )
     if failed:
         parts = [f"{tr.candidate.name()} {tr.note.removeprefix('failed: ')}" for tr in failed]
         return "Candidate indexes could not be tried: " + "; ".join(parts)
@@ -399,6 +406,14 @@ def no_suggestion_reason(qa: QueryAdvice) -> str:
         return "No candidate index improved the plan enough: " + "; ".join(parts) + "."
     if qa.plan is None:
         return "The statement could not be planned."
+    if qa.covered:
+        return (
+            "Every candidate is covered by an existing index ("
+            + ", ".join(dict.fromkeys(qa.covered))
+            + "), which the planner does not take for this plan: its statistics say a"
+            " scan reads fewer pages (a filter most rows pass), or the value's type"
+            " differs from the column's."
+        )
     return "No index would serve this plan: it reads no table by a filter, join or sort key."
 
 
@@ -432,6 +447,11 @@ def _settle(results: list[QueryAdvice], suggestions: list[Suggestion], dialect: 
                 " or cache its result."
             )
         else:
+            # Not verified either way (a timeout, no HypoPG, DDL not allowed, a table
+            # missing): the reason first, then the usual remedy, marked as unverified.
+            why = no_suggestion_reason(qa)
+            for f in findings:
+                f.fix = f"No verified index: {why} Unverified: {f.fix}"
             continue
         for f in findings:
             f.fix = fix
@@ -1245,6 +1265,8 @@ class Advisor:
                 covered = _covered(c, existing)
                 if covered is None:
                     candidates.append(c)
+                else:
+                    qa.covered.append(covered)
             if self.dialect == "mysql":
                 for tbl, _col, expr in an.functions:
                     qa.hints.append(
@@ -1326,9 +1348,12 @@ class Advisor:
                     " Debian/Ubuntu package postgresql-<version>-hypopg)"
                 )
             else:
-                why = "MariaDB/MySQL cannot evaluate an index without building it"
+                why = (
+                    "DDL is not allowed, and MariaDB/MySQL cannot evaluate an index without"
+                    " building it"
+                )
             qa.errors.append(
-                f"Candidates not verified: {names}. {why}; rerun with --allow-ddl on a dev"
+                f"{why}: candidates not verified ({names}). Rerun with --allow-ddl on a dev"
                 " or CI database or a copy to build each one and roll it back."
             )
             return
@@ -1742,7 +1767,7 @@ class Advisor:
             finally:
                 s.run("SELECT hypopg_reset()")
         except Exception as e:
-            return Trial(c, before.cost, None, None, False, False, "hypopg", f"failed: {e}")
+            return Trial(c, before.cost, None, None, False, False, "hypopg", self._failed(e))
         used, improved, note = self._judge(qa, c, after, lambda name: name.startswith(f"<{oid}>"))
         return Trial(c, before.cost, after.cost, after, used, improved, "hypopg", note)
 
@@ -1782,12 +1807,25 @@ class Advisor:
                     )
                 s.run("ANALYZE sqlite_master")
         except Exception as e:
-            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            return Trial(c, before.cost, None, None, False, False, how, f"failed: {first}")
+            return Trial(c, before.cost, None, None, False, False, how, self._failed(e))
         used, improved, note = self._judge(
             qa, c, after, lambda n: n.lower() == name.lower(), before=base
         )
         return Trial(c, base.cost, after.cost, after, used, improved, how, note)
+
+    def _failed(self, e: Exception) -> str:
+        """A trial's note for an error: a statement stopped by the timeout says the
+        figure and how to raise it."""
+        orig = getattr(e, "orig", e)
+        first = str(orig).strip().splitlines()[0][:200] if str(orig).strip() else ""
+        low = first.lower()
+        if "interrupted" in low or "statement timeout" in low or "max_statement_time" in low:
+            return (
+                f"failed: timed out: the build took longer than the"
+                f" {self.explainer.timeout:g} s statement timeout and was stopped; raise it"
+                " with 'querywatch advise --timeout' or QUERYWATCH_ADVISE_TIMEOUT"
+            )
+        return f"failed: {first or type(e).__name__}"
 
     @contextlib.contextmanager
     def _built(self, s: Session, c: Candidate) -> t.Iterator[str]:
@@ -1866,11 +1904,8 @@ class Advisor:
                         measured_after, improved, note = self._timed_verdict(
                             s, qa, values, improved, note, measured_before
                         )
-        except ExplainError as e:
-            return Trial(c, before.cost, None, None, False, False, how, f"failed: {e}")
         except Exception as e:
-            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            return Trial(c, before.cost, None, None, False, False, how, f"failed: {first}")
+            return Trial(c, before.cost, None, None, False, False, how, self._failed(e))
         return Trial(
             c,
             before.cost,

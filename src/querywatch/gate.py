@@ -507,7 +507,7 @@ class PlanBook:
             if any(q is qa for q, _ in s.trials):
                 ddl = s.candidate.ddl(advice.dialect, migration=True) + ";"
                 break
-        remedy = next((e for e in qa.errors if e.startswith("Candidates not verified")), None)
+        remedy = next((e for e in qa.errors if "candidates not verified" in e), None)
         if remedy is None and scans:
             # The advisor's verdict on the scan (an index, none helps, or the usual remedy).
             remedy = next(f.fix for f in qa.findings if f.kind == "full_scan")

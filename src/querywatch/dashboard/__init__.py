@@ -286,7 +286,11 @@ def register(app: Flask, state: AppState) -> None:
             {"index": a.index_name, "ddl": a.ddl, "verified_by": a.verified_by}
             for a in state.store.advice([fingerprint])
         ]
-        return jsonify({"fingerprint": fingerprint, "suggestions": found, "advice": advice})
+        # Without a suggestion, why: the same sentence the report's finding starts with.
+        reason = None if found else state.advice_worker.reasons.get(fingerprint)
+        return jsonify(
+            {"fingerprint": fingerprint, "suggestions": found, "advice": advice, "reason": reason}
+        )
 
     @bp.post("/api/alertmanager")
     def api_alertmanager() -> t.Any:

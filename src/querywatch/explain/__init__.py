@@ -415,9 +415,15 @@ class Session:
         self.run("SAVEPOINT qw_sp")
         try:
             yield
-        finally:
-            self.run("ROLLBACK TO SAVEPOINT qw_sp")
-            self.run("RELEASE SAVEPOINT qw_sp")
+        except BaseException:
+            # The error stands, not the undo's: SQLite rolls the whole transaction back
+            # when a statement is interrupted, and takes the savepoint with it.
+            with contextlib.suppress(Exception):
+                self.run("ROLLBACK TO SAVEPOINT qw_sp")
+                self.run("RELEASE SAVEPOINT qw_sp")
+            raise
+        self.run("ROLLBACK TO SAVEPOINT qw_sp")
+        self.run("RELEASE SAVEPOINT qw_sp")
 
     def run(self, sql: str, params: t.Any = None) -> t.Any:
         """Run ``sql`` on the session's connection; without ``params`` the text goes to

@@ -56,9 +56,9 @@ async function runAction(button) {
     });
     const body = await response.json();
     if (status) {
-      status.textContent = response.ok
-        ? `${body.suggestions} suggestion(s); reload to see them.`
-        : body.error || `Failed (${response.status}).`;
+      if (!response.ok) status.textContent = body.error || `Failed (${response.status}).`;
+      else if (body.suggestions) status.textContent = `${body.suggestions} suggestion(s); reload to see them.`;
+      else status.textContent = `No suggestion: ${body.reason || "the advisor gave no reason."}`;
     }
   } catch (error) {
     if (status) status.textContent = `Failed: ${error}`;
