@@ -137,6 +137,13 @@ def test_advise_sql_file_reports_each_statement(tmp_path: t.Any) -> None:
     assert lookup["errors"] == []
     assert "never explained nor run" in delete["errors"][0]
     assert bad["errors"][0].startswith("The statement could not be parsed")
+    # Each shape without a suggestion says why, first; the one served says nothing.
+    assert lookup["no_suggestion"] is None
+    assert delete["no_suggestion"] == delete["errors"][0]
+    text_out = CliRunner().invoke(cli, ["advise", "--database-url", url, "--sql", str(sql)])
+    assert "No index suggested (why, for each shape)" in text_out.output
+    assert "none that was tried improved a plan enough" not in text_out.output
+    assert "never explained nor run" in text_out.output
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM orders")).scalar_one() == 10_000
     engine.dispose()

@@ -507,6 +507,7 @@ class Advice:
     notes: list[str]
 
     def to_dict(self) -> dict[str, t.Any]:
+        served = {id(qa) for s in self.suggestions for qa, _ in s.trials}
         return {
             "schema": "querywatch.advice/1",
             "dialect": self.dialect,
@@ -514,6 +515,8 @@ class Advice:
             "queries": [
                 {
                     **qa.query.to_dict(),
+                    # Why no index is suggested for it (None when one is).
+                    "no_suggestion": None if id(qa) in served else no_suggestion_reason(qa),
                     "plan": (
                         {
                             "dialect": qa.plan.dialect,

@@ -413,8 +413,6 @@ def render_advice(data: dict[str, t.Any], console: Console | None = None) -> Non
     console.print()
     if data["suggestions"]:
         console.print("[bold]Suggested indexes[/bold] (each verified against the planner)")
-    else:
-        console.print("No index to suggest: none that was tried improved a plan enough.")
     for i, s in enumerate(data["suggestions"], 1):
         console.print(Text(f"{i:>2}. {s['ddl']}", style="bold green"), highlight=False)
         console.print(Text(f"    {s['alembic']}", style="dim"), highlight=False)
@@ -447,6 +445,15 @@ def render_advice(data: dict[str, t.Any], console: Console | None = None) -> Non
                     console.print(Text(f"      plan {label_}:", style="dim"))
                     for line in lines[:6]:
                         console.print(Text(f"        {line}", style="dim"), highlight=False)
+    unserved = [q for q in queries if q.get("no_suggestion")]
+    if unserved:
+        console.print()
+        console.print("[bold]No index suggested[/bold] (why, for each shape)")
+        for q in unserved:
+            console.print(
+                Text(f"  {compact_shape(q['shape'], 100)}", style="cyan"), highlight=False
+            )
+            console.print(Text(f"    {q['no_suggestion']}"), highlight=False)
     for key, title in (
         ("findings", "[bold]Plan findings[/bold]"),
         ("hints", "[bold]Rewrite hints[/bold] (no index is the answer)"),
