@@ -71,6 +71,8 @@ MIN_COST_FALL = 0.5
 TIMING_RUNS = 3
 #: A column with at most this many distinct values may get partial indexes.
 FEW_VALUES = 32
+#: Rows read to find the value most rows of a column have.
+MCV_SAMPLE = 5000
 
 
 @dataclasses.dataclass
@@ -1174,6 +1176,8 @@ class Advisor:
         self._hypopg: bool | None = None
         self._existing: dict[str, list[tuple[str, tuple[str, ...], bool]]] = {}
         self._generic_plans: bool | None = None
+        #: The equality columns of each analysed query, by (id of its advice, table).
+        self._equalities: dict[tuple[int, str], set[str]] = {}
         #: SQLite: the in-memory schema copy candidates are planned in (made once).
         self._copy: t.Any = None
         self._stats: dict[t.Any, str | None] = {}
@@ -1256,11 +1260,22 @@ class Advisor:
             qa.has_limit = an.has_limit
             self._plan_findings(s, qa, an, values)
             candidates = []
+            for use in an.tables.values():
+                self._equalities[(id(qa), use.table.lower())] = {_norm_key(k) for k in use.eq}
             qa.settled = self._settled(s, qa, an)
             found = (
                 []
                 if qa.settled
-                else _candidates(an, self.dialect, lambda tbl, col: self._few_values(s, tbl, col))
+                else _candidates(
+                    an,
+                    self.dialect,
+                    lambda tbl, col: self._few_values(
+                        s,
+                        tbl,
+                        col,
+                        an.tables[tbl.lower()].schema if tbl.lower() in an.tables else None,
+                    ),
+                )
             )
             for c in found:
                 existing = _existing_indexes(s, c.table, c.schema)
@@ -1436,6 +1451,19 @@ class Advisor:
         _, n = number_placeholders(q.sql)
         if n == 0:
             return None
+        # The equalities on one table take their values from one row, so that together
+        # they match rows (two values drawn apart may match none: "Impossible WHERE").
+        eqs: dict[str, list[str]] = {}
+        for i in range(1, n + 1):
+            info = an.placeholders.get(i)
+            if info is not None and info[2] not in ("limit", "offset", "ge", "le"):
+                eqs.setdefault(info[0], [])
+                if info[1] not in eqs[info[0]]:
+                    eqs[info[0]].append(info[1])
+        rows: dict[str, dict[str, t.Any]] = {}
+        for table, targets in eqs.items():
+            use = an.tables.get(table.lower())
+            rows[table] = self._row(s, table, targets, use.schema if use else None)
         out: list[t.Any] = []
         for i in range(1, n + 1):
             info = an.placeholders.get(i)
@@ -1448,18 +1476,45 @@ class Advisor:
                 out.append(20)
             elif op == "offset":
                 out.append(0)
+            elif target in rows.get(table, {}):
+                out.append(rows[table][target])
             else:
-                out.append(self._sample(s, table, target, op))
+                use = an.tables.get(table.lower())
+                out.append(self._sample(s, table, target, op, use.schema if use else None))
         return out
 
-    def _few_values(self, s: Session, table: str, column: str) -> bool:
+    def _row(
+        self, s: Session, table: str, targets: list[str], schema: str | None
+    ) -> dict[str, t.Any]:
+        """Values for the equalities ``targets`` on ``table``, from one row: one that has
+        the value most rows have in the first target (see :meth:`_sample`), else one
+        from the middle of the table. Empty when the table has no such row."""
+        first = self._sample(s, table, targets[0], "eq", schema)
+        if len(targets) == 1:
+            return {targets[0]: first}
+        quoted = _quoted_table(table, schema, self.dialect)
+        style = "named" if self.dialect == "sqlite" else "pyformat"
+        sql = render_placeholders(
+            f"SELECT {', '.join(targets)} FROM {quoted} WHERE {targets[0]} = :qwp1",
+            style,
+            escape_percent=style == "pyformat",
+        )
+        try:
+            with s.savepoint():
+                row = s.run(sql + " LIMIT 1", {"qwp1": first}).first()
+        except Exception as e:
+            raise translate_error(e, s) from None
+        return dict(zip(targets, row, strict=True)) if row is not None else {targets[0]: first}
+
+    def _few_values(self, s: Session, table: str, column: str, schema: str | None = None) -> bool:
         """At most :data:`FEW_VALUES` distinct values in ``table.column`` (reading stops
         as soon as there are more)."""
         q = '"' if self.dialect != "mysql" else "`"
         if column[:1] not in ('"', "`"):  # a key part keeps the statement's own quotes
             column = f"{q}{column}{q}"
+        quoted = _quoted_table(table, schema, self.dialect)
         sql = (
-            f"SELECT count(*) FROM (SELECT DISTINCT {column} FROM {q}{table}{q}"
+            f"SELECT count(*) FROM (SELECT DISTINCT {column} FROM {quoted}"
             f" LIMIT {FEW_VALUES + 1}) AS d"
         )
         try:
@@ -1474,11 +1529,29 @@ class Advisor:
         else those drawn from the data. (Timing always uses them.)"""
         return None if self._generic_plans else values
 
-    def _sample(self, s: Session, table: str, target: str, op: str) -> t.Any:
-        """A value ``target`` holds: from the middle of the table for an equality; for a
-        range, one that keeps the newest (or oldest) tenth, as ranges usually do."""
+    def _sample(
+        self, s: Session, table: str, target: str, op: str, schema: str | None = None
+    ) -> t.Any:
+        """A value ``target`` holds: for an equality, the one most rows have (among the
+        first :data:`MCV_SAMPLE` rows: the value most requests ask for is the one most
+        rows hold far more often than one from the middle of the table), else, where
+        no value repeats, one from the middle of the table; for a range, one that keeps
+        the newest (or oldest) tenth, as ranges usually do."""
         rows = s.table_rows(table) or 0
-        quoted = f'"{table}"' if self.dialect != "mysql" else f"`{table}`"
+        quoted = _quoted_table(table, schema, self.dialect)
+        if op not in ("ge", "le"):
+            common = (
+                f"SELECT v, count(*) FROM (SELECT {target} AS v FROM {quoted}"
+                f" WHERE {target} IS NOT NULL LIMIT {MCV_SAMPLE}) AS s"
+                " GROUP BY v ORDER BY count(*) DESC LIMIT 1"
+            )
+            try:
+                with s.savepoint():
+                    row = s.run(common).first()
+            except Exception as e:
+                raise translate_error(e, s) from None
+            if row is not None and int(row[1]) > 1:
+                return row[0]
         order = ""
         offset = int(rows // 2)
         if op in ("ge", "le"):
@@ -1987,14 +2060,30 @@ class Advisor:
             most = max((len(v) for v in live.values()), default=0)
             if most == 0:
                 break
+            # A measured index comes before one only estimated, whatever its columns.
             top = sorted(
                 (k for k, v in live.items() if len(v) == most),
-                key=lambda k: (len(cands[k].keys), cands[k].key_sql()),
+                key=lambda k: (
+                    any(tr.measured_after_ms is None for tr in live[k].values()),
+                    len(cands[k].keys),
+                    cands[k].key_sql(),
+                ),
             )
             best = top[0]
             for k in top[1:]:
                 if _beats(live[k], live[best]):
                     best = k
+            if not self._serves_every_equality(cands[best], live[best]):
+                # An index that leaves an equality of the query as a filter is fast for
+                # the values most rows have and can be slower than no index for a rare
+                # one (status = 'late' walking due_date): one that holds every equality
+                # column first serves any value, and wins unless clearly slower.
+                for k in top:
+                    if self._serves_every_equality(cands[k], live[k]) and _no_worse(
+                        live[k], live[best], MIN_MEASURED_SPEEDUP
+                    ):
+                        best = k
+                        break
             items = [(qa, tr) for qa, tr in serves.pop(best) if id(qa) in uncovered]
             c = cands[best]
             keys = tuple(_norm_key(k.split(" ")[0]) for k in c.keys)
@@ -2009,6 +2098,16 @@ class Advisor:
             chosen.append(Suggestion(c, self.dialect, items, items[0][1].verified_by, replaces))
             uncovered -= {id(qa) for qa, _ in items}
         return chosen
+
+    def _serves_every_equality(self, c: Candidate, served: dict[int, Trial]) -> bool:
+        """Whether ``c`` holds every column that the queries it serves compare with ``=``
+        on its table (so no value of theirs is left to a filter after the index)."""
+        keys = {_norm_key(_strip_order(k)) for k in c.keys}
+        if c.where:  # a partial index's predicate holds its constant equalities
+            keys |= {_norm_key(m) for m in re.findall(r"([\w\"`]+)\s*=", c.where)}
+        return all(
+            self._equalities.get((qa_id, c.table.lower()), set()) <= keys for qa_id in served
+        )
 
     # --- existing indexes ---
 
@@ -2136,6 +2235,24 @@ def _beats(longer: dict[int, Trial], shorter: dict[int, Trial]) -> bool:
         if x * margin <= y:
             clearly = True
     return clearly
+
+
+def _no_worse(a: dict[int, Trial], b: dict[int, Trial], margin: float) -> bool:
+    """Whether index ``a`` is within ``margin`` of index ``b`` on every query both serve:
+    by the clock where both were timed, else by the estimate."""
+    if a.keys() != b.keys():
+        return False
+    for q, x in a.items():
+        y = b[q]
+        if x.measured_after_ms is not None and y.measured_after_ms is not None:
+            if x.measured_after_ms > max(y.measured_after_ms, MIN_TIMED_MS / 2) * margin:
+                return False
+        elif x.cost_after is not None and y.cost_after is not None:
+            if x.cost_after > y.cost_after * margin:
+                return False
+        else:
+            return False
+    return True
 
 
 #: Where the query could be timed, an index must make it at least this much faster.
