@@ -61,7 +61,7 @@ def create_app(database_url: str, *, fixed: bool = False) -> Flask:
         query = select(Author).order_by(Author.id)
         if app.config["LIBRARY_FIXED"]:
             query = query.options(selectinload(Author.books))
-        rows = db.session.scalars(query).all()
+        rows = db.session.scalars(query).all()  # gate: parents
         out = [{"name": a.name, "books": [b.title for b in a.books]} for a in rows]  # gate: n+1
         return jsonify(out)
 

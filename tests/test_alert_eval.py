@@ -50,7 +50,7 @@ def _request(
     s = LoopStats(fp, site)
     s.calls, s.total, s.min, s.max, s.rows = 1, seconds, seconds, seconds, 1
     s.hist[bucket_index(seconds)] = 1
-    r.loops[(fp.id, None)] = s
+    r.loops[(fp.id, None, None)] = s
     r.query_count = 1
     r.db_time = seconds
     r.duration = seconds + 0.002

@@ -12,6 +12,7 @@ from xml.etree import ElementTree as ET
 import pytest
 from click.testing import CliRunner
 
+from querywatch.capture import relpath
 from querywatch.cli import cli
 from querywatch.demo import shop
 
@@ -70,12 +71,15 @@ def test_the_shop_gate_fails_on_the_n_plus_one_and_the_unindexed_lookup(
         "FAILED order lookup by email",
     ]
     n1_line = _shop_line('"items": [i.product_id for i in o.items]')
+    parents_line = _shop_line("orders = db.session.scalars(query)")
     lookup_line = _shop_line("rows = db.session.scalars(", after="def find_orders_by_email")
     assert (
         "  N+1: 50 x SELECT … FROM order_items WHERE ? = order_items.order_id in GET"
         " /api/orders/recent (lazy load of Order.items).\n"
         f"      at {SHOP_FILE}:{n1_line} (<listcomp>)\n"
-        "      fix: Load Order.items eagerly in the query that loads its parents:"
+        f"      fix: 50 lazy loads of Order.items in one unit of work, triggered at"
+        f" {relpath(str(SHOP_FILE))}:{n1_line} (<listcomp>). The parents were loaded at"
+        f" {relpath(str(SHOP_FILE))}:{parents_line} (recent_orders): add"
         " .options(selectinload(Order.items)).\n"
     ) in out
     assert "  Expected to perform 20 queries or less but 51 were done.\n" in out
@@ -195,7 +199,7 @@ def test_check_flags_exactly_the_two_bad_endpoints_with_every_output(
 
     md = (elsewhere / "gate.md").read_text()
     assert "| `GET /authors` | N+1: 20 x SELECT … FROM lib_books WHERE ? =" in md
-    assert f"gate_app.py:{n1} (<listcomp>) | Load Author.books eagerly" in md
+    assert f"gate_app.py:{n1} (<listcomp>) | 20 lazy loads of Author.books in one unit" in md
     assert (elsewhere / "summary.md").read_text() == md + "\n"
 
 

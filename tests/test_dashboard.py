@@ -72,7 +72,7 @@ def app(tmp_path: t.Any) -> Flask:
     loop = LoopStats(fp, None)
     loop.calls, loop.total, loop.min, loop.max, loop.rows = 1, 1e-5, 1e-5, 1e-5, 1
     loop.hist[bucket_index(1e-5)] = 1
-    r.loops[(fp.id, None)] = loop
+    r.loops[(fp.id, None, None)] = loop
     r.query_count, r.db_time, r.duration, r.status = 1, 1e-5, 2e-5, 200
     state.stats.add(r, [])
     assert state.flusher.flush()

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import functools
+import pathlib
 import typing as t
 
 import pytest
@@ -7,6 +9,8 @@ from flask import jsonify
 from sqlalchemy import func
 from sqlalchemy import select
 
+from querywatch.capture import relpath
+from querywatch.capture import site_text
 from querywatch.demo import shop
 from querywatch.detectors import N_PLUS_ONE
 from querywatch.detectors import REPEATED_QUERY
@@ -44,6 +48,24 @@ def loop_app(sqlite_shop_url: str, tmp_path: t.Any) -> t.Any:
         d = s.scalars(q.where(shop.Product.stock >= 3)).first()
         e = s.scalars(q.where(shop.Product.stock >= 4)).first()
         return jsonify([x is not None for x in (a, b, c, d, e)])
+
+    @app.get("/lazy-and-get")
+    def lazy_and_get() -> t.Any:
+        orders = shop.db.session.scalars(select(shop.Order).order_by(shop.Order.id).limit(8)).all()
+        # One line: a lazy load of each order's customer, and a lookup of a customer by
+        # its key that library code runs (as a login loader does for current_user).
+        get = functools.partial(shop.db.session.get, shop.Customer, 10**9)
+        return jsonify([[o.customer.name, get()] for o in orders])  # lazy-and-get
+
+    @app.get("/refresh")
+    def refresh() -> t.Any:
+        s = shop.db.session
+        customer = s.get(shop.Customer, 1)
+        seen = []
+        for _ in range(3):
+            s.commit()  # the commit
+            seen.append(customer.email)  # expired by the commit: reloaded
+        return jsonify(seen)
 
     @app.get("/repeat")
     def repeat() -> t.Any:
@@ -83,8 +105,14 @@ def test_n_plus_one_names_the_relationship(client: t.Any, records: list[t.Any]) 
     assert f.site is not None
     # The comprehension has a frame of its own before Python 3.12.
     assert f.site.function in ("<listcomp>", "recent_orders")
+    # Both lines: where the lazy loads ran, and the query that loaded the orders (where
+    # selectinload goes), and N per unit of work.
+    lines = pathlib.Path(shop.__file__).read_text().splitlines()
+    parents = 1 + next(i for i, x in enumerate(lines) if "orders = db.session.scalars(query)" in x)
+    shop_file = relpath(shop.__file__)
     assert f.fix == (
-        "Load Order.items eagerly in the query that loads its parents:"
+        f"50 lazy loads of Order.items in one unit of work, triggered at {site_text(f.site)}."
+        f" The parents were loaded at {shop_file}:{parents} (recent_orders): add"
         " .options(selectinload(Order.items))."
     )
 
@@ -96,7 +124,10 @@ def test_loop_outside_the_orm_is_n_plus_one(loop_app: t.Any) -> None:
     assert f.relationship is None
     assert f.count == 8
     assert f.site.function == "count_items"
-    assert f.fix == "Batch these lookups into one query with IN (...), outside the loop."
+    assert f.fix == (
+        f"8 lookups in one unit of work at {site_text(f.site)}: batch them into one query"
+        " with IN (...), outside the loop."
+    )
 
 
 def test_one_shape_from_several_call_sites_is_not_a_loop(loop_app: t.Any) -> None:
@@ -169,3 +200,37 @@ def test_findings_are_deduplicated_with_counts(client: t.Any, app: t.Any) -> Non
     assert n1[0].queries == 150
     assert n1[0].endpoint == "GET /api/orders/recent"
     assert n1[0].first_seen <= n1[0].last_seen
+
+
+def _line_of(marker: str) -> int:
+    lines = pathlib.Path(__file__).read_text().splitlines()
+    return 1 + next(i for i, x in enumerate(lines) if x.rstrip().endswith(marker))
+
+
+def test_a_lazy_load_and_a_lookup_at_one_line_are_two_things(loop_app: t.Any) -> None:
+    """Seen: the lazy loads of a relationship and the login loader's SELECT ... WHERE
+    user.id = ? credited to one place, so an N+1 said 15 where 13 were lazy loads."""
+    findings = _findings(loop_app, "/lazy-and-get")
+    (n1,) = [f for f in findings if f.kind == N_PLUS_ONE]
+    assert n1.relationship == "Order.customer"
+    assert n1.count == 8  # the lazy loads alone
+    assert n1.fix.startswith("8 lazy loads of Order.customer in one unit of work, triggered at")
+    (again,) = [f for f in findings if f.kind == REPEATED_QUERY]
+    assert again.relationship is None
+    assert again.count == 8
+
+
+def test_a_reload_after_a_commit_is_not_a_cache_case(loop_app: t.Any) -> None:
+    """Seen: a repeated read that was SQLAlchemy reloading an object expired by a commit
+    (expire_on_commit) was told "cache it with @qw.cached". Caching ORM entities across
+    requests is wrong: the finding names the commit and the real fixes."""
+    findings = _findings(loop_app, "/refresh")
+    (f,) = [f for f in findings if f.kind == REPEATED_QUERY]
+    assert f.relationship == "Customer (refreshed after a commit)"
+    assert f.count == 4  # the first load, and three reloads
+    assert "@qw.cached" not in f.fix
+    commit = f"tests/test_detectors.py:{_line_of('# the commit')} (refresh)"
+    assert f.fix.startswith(
+        "SQLAlchemy reloads Customer after each commit expires it (expire_on_commit); the"
+        f" last commit ran at {commit}. Not a cache case:"
+    )

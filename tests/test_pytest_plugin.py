@@ -31,6 +31,7 @@ def _line(marker: str) -> int:
 
 N1_LINE = _line("n+1")
 SCAN_LINE = _line("scan")
+PARENTS_LINE = _line("parents")
 
 CONFTEST = """
 import os
@@ -119,8 +120,9 @@ def test_marker_fails_exactly_the_two_bad_endpoints_at_their_lines(
             "N+1: 20 x SELECT … FROM lib_books WHERE ? = lib_books.author_id in GET /authors"
             " (lazy load of Author.books).",
             f"    at gate_app.py:{N1_LINE} (<listcomp>)",
-            "    fix: Load Author.books eagerly in the query that loads its parents:"
-            " .options(selectinload(Author.books)).",
+            "    fix: 20 lazy loads of Author.books in one unit of work, triggered at"
+            f" gate_app.py:{N1_LINE} (<listcomp>). The parents were loaded at"
+            f" gate_app.py:{PARENTS_LINE} (authors): add .options(selectinload(Author.books)).",
         ]
     )
     result.stdout.fnmatch_lines(

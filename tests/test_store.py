@@ -41,7 +41,7 @@ def _record(endpoint: str, sql: str, calls: int, seconds: float, when: float) ->
         s.rows += 1
         i = bucket_index(seconds)
         s.hist[i] = s.hist.get(i, 0) + 1
-    r.loops[(fp.id, None)] = s
+    r.loops[(fp.id, None, None)] = s
     r.query_count = calls
     r.db_time = calls * seconds
     r.duration = calls * seconds + 0.001
@@ -243,7 +243,7 @@ def test_queue_of_many_shape_jobs_is_bounded_by_entries() -> None:
         r = _record("job:x", "SELECT 0", 1, 0.001, now)
         for i in range(1, per_job):
             fp = fingerprint(f"SELECT {j} AS c{i}")
-            r.loops[(fp.id, None)] = LoopStats(fp, None, None, 1, 0.001, 0, 0, 0.001, 0.001)
+            r.loops[(fp.id, None, None)] = LoopStats(fp, None, None, 1, 0.001, 0, 0, 0.001, 0.001)
         stats.add(r, [])
         assert stats._queued_entries <= MAX_QUEUED_ENTRIES
         assert len(stats._queue) <= MAX_QUEUED_ENTRIES // per_job

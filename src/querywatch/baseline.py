@@ -36,15 +36,15 @@ import math
 import os
 import typing as t
 
+from .capture import relpath
+from .capture import site_text
 from .detectors import N_PLUS_ONE
 from .exceptions import QueryWatchError
 from .gate import Violation
 from .gate import full_scan_violation
 from .gate import n_plus_one_violation
 from .gate import over_budget
-from .gate import relpath
 from .gate import shape_text
-from .gate import site_text
 
 if t.TYPE_CHECKING:
     from .gate import Budget

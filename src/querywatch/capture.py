@@ -32,6 +32,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.engine.cursor import _DEFAULT_FETCH
 from sqlalchemy.engine.cursor import _NO_CURSOR_DQL
 from sqlalchemy.engine.cursor import CursorFetchStrategy
+from sqlalchemy.orm import Session
 
 from ._failopen import swallow
 from .fingerprint import Fingerprint
@@ -63,6 +64,24 @@ class CallSite(t.NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.filename}:{self.lineno} in {self.function}"
+
+
+def relpath(path: str, root: str | None = None) -> str:
+    """``path`` relative to ``root`` (the current folder) when inside it."""
+    import os
+
+    try:
+        rel = os.path.relpath(path, root or os.getcwd())
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel.replace(os.sep, "/")
+
+
+def site_text(site: CallSite | None, root: str | None = None) -> str:
+    """``file:line (function)``, the file relative to ``root`` (the current folder)."""
+    if site is None:
+        return "no call site in the application's packages"
+    return f"{relpath(site.filename, root)}:{site.lineno} ({site.function})"
 
 
 class QueryInfo:
@@ -241,6 +260,7 @@ class Record:
         "packages",
         "user",
         "setup",
+        "commit_site",
     )
 
     def __init__(
@@ -269,7 +289,9 @@ class Record:
         self.db_time = 0.0
         self.errors = 0
         #: Per (shape, call site): exact counts, for the first 1,000 of them.
-        self.loops: dict[tuple[str, CallSite | None], LoopStats] = {}
+        #: Keyed by shape, call site and relationship (or refresh): a lazy load and the
+        #: same statement run by hand at one line are two things.
+        self.loops: dict[tuple[str, CallSite | None, str | None], LoopStats] = {}
         #: Per shape, the statements past the cap on :attr:`loops` (exact, without the
         #: per-site detail), up to 2,000 shapes and then under "other".
         self.overflow: dict[str, ShapeStats] = {}
@@ -287,6 +309,9 @@ class Record:
         #: SQLAlchemy's own statements of a first connection made during this unit
         #: of work (the server's version, its default schema...), apart from its own.
         self.setup: Record | None = None
+        #: Where the app last committed an ORM session in this unit of work (a commit
+        #: expires the session's objects, and reading them again reloads each one).
+        self.commit_site: CallSite | None = None
 
     def __repr__(self) -> str:
         return (
@@ -517,6 +542,33 @@ def _params_hash(parameters: t.Any) -> int:
             return 0
 
 
+#: The relationship of a reload after a commit ends with this: ``"User" + REFRESHED``.
+REFRESHED = " (refreshed after a commit)"
+
+#: The table of each relationship's parent mapper (``"Author.books"``: ``"author"``), so
+#: an N+1 finding can name the query that loaded the parents. Bounded.
+relationship_tables: dict[str, str] = {}
+
+
+def _refreshed(state: t.Any) -> str:
+    try:
+        return f"{state.class_.__name__}{REFRESHED}"
+    except Exception:
+        return f"object{REFRESHED}"
+
+
+def _after_commit(session: t.Any) -> None:
+    """An ORM session committed: remember where the app did it (see
+    :attr:`Record.commit_site`)."""
+    record = _current_record.get()
+    if record is None or record.closed or not record.packages:
+        return
+    try:
+        record.commit_site = find_call_site(record.packages)[0]
+    except Exception as e:
+        swallow("capture.commit", e)
+
+
 def _loader_relationship(context: t.Any) -> str | None:
     """``Model.attr`` when an ORM loader path issued the statement, else None: the loader
     path's last element is the relationship."""
@@ -525,10 +577,15 @@ def _loader_relationship(context: t.Any) -> str | None:
     if not path:
         return None
     prop = path[-1]
-    parent = getattr(getattr(prop, "parent", None), "class_", None)
+    mapper = getattr(prop, "parent", None)
+    parent = getattr(mapper, "class_", None)
     key = getattr(prop, "key", None)
     if parent is not None and key is not None:
-        return f"{parent.__name__}.{key}"
+        name = f"{parent.__name__}.{key}"
+        table = getattr(getattr(mapper, "local_table", None), "name", None)
+        if table and len(relationship_tables) < 4096:
+            relationship_tables[name] = str(table)
+        return name
     return None
 
 
@@ -722,7 +779,7 @@ def _aggregate(record: Record, q: QueryInfo) -> None:
     idx = (e + _EXP_OFFSET) * 4 + int((m - 0.5) * 8.0) if d > _HIST_BASE else 0
     if idx > _MAX_BUCKET:
         idx = _MAX_BUCKET
-    key = (q.fingerprint.id, q.site)
+    key = (q.fingerprint.id, q.site, q.relationship)
     loop = record.loops.get(key)
     if loop is None:
         if len(record.loops) >= _MAX_LOOP_KEYS:
@@ -842,10 +899,13 @@ def _begin(
             site = None
 
         relationship = info.relationship
+        load = options.get("_sa_orm_load_options")
         if relationship is not None:  # a loader's statement: named when it loads lazily
-            load = options.get("_sa_orm_load_options")
             if load is None or getattr(load, "_lazy_loaded_from", None) is None:
                 relationship = None
+        elif load is not None and getattr(load, "_refresh_state", None) is not None:
+            # The ORM reloading an object a commit expired (expire_on_commit).
+            relationship = _refreshed(load._refresh_state)
 
         if type(parameters) is tuple:
             try:
@@ -961,7 +1021,7 @@ def _handle_error(exception_context: ExceptionContext) -> None:
                 query.error = error
                 if not query.kept:  # already aggregated
                     record.errors += 1
-                    loop = record.loops.get((query.fingerprint.id, query.site))
+                    loop = record.loops.get((query.fingerprint.id, query.site, query.relationship))
                     if loop is not None:
                         loop.errors += 1
             return
@@ -1154,6 +1214,8 @@ def install() -> None:
             return
         for name, fn in _LISTENERS:
             event.listen(Dialect, name, fn)
+        # A session event, not a connection one: it leaves the statements' fast path be.
+        event.listen(Session, "after_commit", _after_commit)
         _installed = True
 
 
@@ -1165,4 +1227,5 @@ def uninstall() -> None:
             return
         for name, fn in _LISTENERS:
             event.remove(Dialect, name, fn)
+        event.remove(Session, "after_commit", _after_commit)
         _installed = False

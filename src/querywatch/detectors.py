@@ -18,6 +18,8 @@ import dataclasses
 import typing as t
 
 from .capture import MAX_PARAM_HASHES
+from .capture import REFRESHED
+from .capture import site_text
 
 if t.TYPE_CHECKING:
     from .capture import CallSite
@@ -49,15 +51,63 @@ class Finding:
     fix: str
 
 
-def _n_plus_one_fix(relationship: str | None, operation: str) -> str:
-    if relationship:
+def _where(site: CallSite | None) -> str:
+    return site_text(site) if site is not None else "an unknown place"
+
+
+def _n_plus_one_fix(loop: LoopStats, record: Record) -> str:
+    relationship = loop.relationship
+    n = loop.calls
+    if relationship and relationship.endswith(REFRESHED):
+        model = relationship.removesuffix(REFRESHED)
         return (
-            f"Load {relationship} eagerly in the query that loads its parents: "
-            f".options(selectinload({relationship}))."
+            f"{n} reloads of {model} in one unit of work: each commit expires the"
+            f" session's objects and SQLAlchemy reloads each one on its next read (last"
+            f" commit at {_where(record.commit_site)}). Commit once, after the loop."
         )
-    if operation == "SELECT":
-        return "Batch these lookups into one query with IN (...), outside the loop."
-    return "Send these statements as one executemany or bulk statement, outside the loop."
+    if relationship:
+        parent = _parent_site(loop, record)
+        where = (
+            f" The parents were loaded at {_where(parent)}: add"
+            if parent is not None
+            else " Add, in the query that loads the parents,"
+        )
+        return (
+            f"{n} lazy loads of {relationship} in one unit of work, triggered at"
+            f" {_where(loop.site)}.{where} .options(selectinload({relationship}))."
+        )
+    if loop.fingerprint.operation == "SELECT":
+        return (
+            f"{n} lookups in one unit of work at {_where(loop.site)}: batch them into one"
+            " query with IN (...), outside the loop."
+        )
+    return (
+        f"{n} statements in one unit of work at {_where(loop.site)}: send them as one"
+        " executemany or bulk statement, outside the loop."
+    )
+
+
+def _parent_site(loop: LoopStats, record: Record) -> CallSite | None:
+    """Where the app ran the query that loaded the parents of a lazy-loaded relationship:
+    a read of the parent's table, issued by hand (not a loader) from app code."""
+    from .cache import statement_tables
+    from .capture import relationship_tables
+
+    table = relationship_tables.get(loop.relationship or "")
+    if table is None:
+        return None
+    for other in record.loops.values():
+        if other is loop or other.relationship is not None or other.site is None:
+            continue
+        if other.fingerprint.operation != "SELECT":
+            continue
+        try:
+            read = statement_tables(other.fingerprint.sample or other.fingerprint.shape)[0]
+        except Exception:
+            continue
+        if table.lower() in {x.lower() for x in read}:
+            return other.site
+    return None
 
 
 def detect(record: Record, settings: Settings) -> list[Finding]:
@@ -74,7 +124,7 @@ def detect(record: Record, settings: Settings) -> list[Finding]:
                     total=loop.total,
                     site=loop.site,
                     relationship=loop.relationship,
-                    fix=_n_plus_one_fix(loop.relationship, loop.fingerprint.operation),
+                    fix=_n_plus_one_fix(loop, record),
                 )
             )
     slow: dict[str, Finding] = {}
@@ -123,7 +173,7 @@ def detect(record: Record, settings: Settings) -> list[Finding]:
             mean = loop.total / loop.calls
             for n in loop.params.values():
                 if n >= repeat_threshold:
-                    findings.append(_repeated(loop, n, n * mean))
+                    findings.append(_repeated(loop, n, n * mean, record))
             continue
         merged: dict[int, list[t.Any]] = {}
         for loop in loops:
@@ -139,22 +189,36 @@ def detect(record: Record, settings: Settings) -> list[Finding]:
                         entry[2], entry[3] = loop, n
         for count, total, loop, _ in merged.values():
             if count >= repeat_threshold:
-                findings.append(_repeated(loop, count, total))
+                findings.append(_repeated(loop, count, total, record))
     return findings
 
 
-def _repeated(loop: LoopStats, count: int, total: float) -> Finding:
+def _repeated(loop: LoopStats, count: int, total: float, record: Record) -> Finding:
     """A repeated-read finding, pointing at the place that ran the parameters most."""
+    rel = loop.relationship
+    if rel is not None and rel.endswith(REFRESHED):
+        # The ORM reloading an object a commit expired: caching ORM entities across
+        # requests is wrong; the commits are the cause.
+        model = rel.removesuffix(REFRESHED)
+        fix = (
+            f"SQLAlchemy reloads {model} after each commit expires it (expire_on_commit);"
+            f" the last commit ran at {_where(record.commit_site)}. Not a cache case:"
+            " commit once per request (a write such as last_seen in before_request can"
+            " go in the request's own commit), read what you need before committing, or"
+            " give that session expire_on_commit=False."
+        )
+    else:
+        fix = (
+            "Run it once and reuse the result (it returns the same rows each time); if"
+            " other requests ask for it too, cache it with @qw.cached, which a write to"
+            " its tables invalidates."
+        )
     return Finding(
         kind=REPEATED_QUERY,
         fingerprint=loop.fingerprint,
         count=count,
         total=total,
         site=loop.site,
-        relationship=None,
-        fix=(
-            "Run it once and reuse the result (it returns the same rows each time); if"
-            " other requests ask for it too, cache it with @qw.cached, which a write to"
-            " its tables invalidates."
-        ),
+        relationship=rel,
+        fix=fix,
     )

@@ -28,6 +28,7 @@ import threading
 import typing as t
 
 from . import capture
+from .capture import site_text
 from .config import Settings
 from .detectors import N_PLUS_ONE
 from .detectors import Finding
@@ -563,21 +564,6 @@ class Violation:
 
     def text(self) -> str:
         return "\n".join([self.message, *("    " + d for d in self.details)])
-
-
-def relpath(path: str, root: str | None = None) -> str:
-    """``path`` relative to ``root`` (the current folder) when inside it."""
-    try:
-        rel = os.path.relpath(path, root or os.getcwd())
-    except ValueError:
-        return path
-    return path if rel.startswith("..") else rel.replace(os.sep, "/")
-
-
-def site_text(site: CallSite | None, root: str | None = None) -> str:
-    if site is None:
-        return "no call site in the application's packages"
-    return f"{relpath(site.filename, root)}:{site.lineno} ({site.function})"
 
 
 def shape_text(fp: Fingerprint, n: int = 160) -> str:

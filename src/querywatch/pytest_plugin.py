@@ -27,6 +27,7 @@ import pytest
 from .baseline import Baseline
 from .baseline import BaselineError
 from .baseline import entry_for
+from .capture import relpath
 from .gate import FORBID
 from .gate import Budget
 from .gate import BudgetError
@@ -38,7 +39,6 @@ from .gate import evaluate
 from .gate import gate_settings
 from .gate import load_project_config
 from .gate import parse_budget
-from .gate import relpath
 from .gate_output import CaseResult
 from .gate_output import github_annotations
 from .gate_output import markdown
