@@ -111,6 +111,22 @@ def test_advise_finds_the_lookup_index_and_records_it(served_shop: tuple[str, st
     assert [q["fingerprint"] for q in json.loads(result.output)["queries"]] == [
         lookup["fingerprint"]
     ]
+    # The default takes every shape of this window; a lower --limit says how many it
+    # left out, and how to take them all.
+    shapes = len(data["queries"])
+    assert not any("left out" in n for n in data["notes"])
+    result = runner.invoke(
+        cli,
+        ["advise", "--store", store_url, "--database-url", url, "--no-record", "--json"]
+        + ["--limit", "2"],
+    )
+    assert result.exit_code == 0, result.output
+    notes = json.loads(result.output)["notes"]
+    assert notes[0] == (
+        f"{shapes - 2} cheaper read shapes of the window left out (--limit 2); pass"
+        f" --limit {shapes} to analyse every one (an index that serves several shapes shows"
+        " once all are in)."
+    )
     result = runner.invoke(
         cli, ["advise", "--store", store_url, "--database-url", url, "--shape", "nope"]
     )

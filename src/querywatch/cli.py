@@ -187,10 +187,10 @@ def report(
 )
 @click.option(
     "--limit",
-    default=10,
+    default=50,
     show_default=True,
-    type=click.IntRange(1, 200),
-    help="Costliest read shapes to analyse.",
+    type=click.IntRange(1, 1000),
+    help="Costliest read shapes to analyse (the output says how many it left out).",
 )
 @click.option(
     "--allow-ddl",
@@ -261,6 +261,7 @@ def advise(
     if scan_min_rows is None:
         scan_min_rows = int(os.environ.get("QUERYWATCH_SCAN_MIN_ROWS") or 10_000)
     store = None
+    left_out = 0
     if sql_file is not None:
         statements = split_statements(sql_file.read())
         if not statements:
@@ -280,7 +281,8 @@ def advise(
                 if q.fingerprint in wanted
             ]
         else:
-            queries = queries_from_store(store, since=start, limit=limit)
+            every = queries_from_store(store, since=start, limit=10_000)
+            queries, left_out = every[:limit], len(every) - limit
         if not queries:
             store.dispose()
             which = f"No read query shape {', '.join(shapes)}" if shapes else "No read query shapes"
@@ -298,6 +300,13 @@ def advise(
             unused_window_days=unused_window_days,
         ) as adv:
             result = adv.advise(queries)
+        if left_out > 0:
+            result.notes.insert(
+                0,
+                f"{left_out} cheaper read shape{'s' if left_out != 1 else ''} of the window"
+                f" left out (--limit {limit}); pass --limit {limit + left_out} to analyse"
+                " every one (an index that serves several shapes shows once all are in).",
+            )
         if store is not None and record:
             record_advice(store, result)
     except QueryWatchError as e:
