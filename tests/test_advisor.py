@@ -827,3 +827,87 @@ def test_a_shape_is_planned_with_the_value_most_rows_have(tmp_path: t.Any) -> No
     state, owner, id_ = three.values
     assert state == "done"
     assert owner == id_ % 97  # from one row
+
+
+def _followers_db(path: t.Any) -> str:
+    """A microblog: 200 users following 20 others each, 500 posts a user."""
+    import random
+
+    rnd = random.Random(3)
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            """
+            CREATE TABLE user (id INTEGER PRIMARY KEY, username TEXT);
+            CREATE TABLE followers (follower_id INTEGER, followed_id INTEGER);
+            CREATE INDEX ix_followers_pair ON followers (follower_id, followed_id);
+            CREATE TABLE post (id INTEGER PRIMARY KEY, body TEXT, timestamp INTEGER,
+                               user_id INTEGER);
+            CREATE INDEX ix_post_user_id ON post (user_id);
+            CREATE INDEX ix_post_timestamp ON post (timestamp);
+            """
+        )
+        conn.executemany("INSERT INTO user VALUES (?, ?)", [(i, f"u{i}") for i in range(1, 201)])
+        conn.executemany(
+            "INSERT INTO followers VALUES (?, ?)",
+            [(u, f) for u in range(1, 201) for f in rnd.sample(range(1, 201), 20)],
+        )
+        conn.executemany(
+            "INSERT INTO post VALUES (?, ?, ?, ?)",
+            [(i, "x" * 300 + str(i), i, rnd.randint(1, 200)) for i in range(1, 100_001)],
+        )
+    return f"sqlite:///{path}"
+
+
+def test_a_join_that_only_filters_gets_its_semi_join_measured(tmp_path: t.Any) -> None:
+    """The posts of the users someone follows, as a join plus GROUP BY over every
+    selected column: no index helps; the IN (subquery) rewrite is given, run beside the
+    statement with the same values, and kept because it returns the same rows faster
+    (sorting the followed users' 10,000 posts against reading the newest few)."""
+    url = _followers_db(tmp_path / "blog.db")
+    sql = (
+        "SELECT post.id, post.body, post.timestamp, post.user_id FROM post"
+        " JOIN followers ON followers.followed_id = post.user_id"
+        " WHERE followers.follower_id = ?"
+        " GROUP BY post.id, post.body, post.timestamp, post.user_id"
+        " ORDER BY post.timestamp DESC LIMIT 20"
+    )
+    advice = advise(url, sql, measure=True)
+    (hint,) = [h for h in advice.queries[0].hints if h.kind == "join_to_filter"]
+    assert hint.rewrite == (
+        "SELECT post.id, post.body, post.timestamp, post.user_id FROM post WHERE post.user_id"
+        " IN (SELECT followers.followed_id FROM followers WHERE followers.follower_id = ?)"
+        " ORDER BY post.timestamp DESC LIMIT 20"
+    )
+    assert hint.fix.endswith("ms, the same rows.")
+    # Not measured (the app's background advisor never runs a query): still given.
+    unmeasured = advise(url, sql, measure=False)
+    assert [h.kind for h in unmeasured.queries[0].hints] == ["join_to_filter"]
+
+
+def test_a_cartesian_product_is_named(tmp_path: t.Any) -> None:
+    url = _followers_db(tmp_path / "blog.db")
+    advice = advise(
+        url,
+        "SELECT post.id, user.username FROM post, user WHERE post.id = ?",
+        "SELECT post.id, user.username FROM post JOIN user ON user.id = post.user_id"
+        " WHERE post.id = ?",
+        "SELECT post.id FROM post CROSS JOIN user WHERE user.id = ?",
+    )
+    product, joined, meant = advice.queries
+    (hint,) = [h for h in product.hints if h.kind == "cartesian_product"]
+    assert hint.evidence.startswith("No condition joins user to post")
+    assert [h for h in joined.hints if h.kind == "cartesian_product"] == []
+    assert [h for h in meant.hints if h.kind == "cartesian_product"] == []
+
+
+def test_no_semi_join_where_the_group_by_merges_rows(tmp_path: t.Any) -> None:
+    """Grouped by a column that is not a key, the join's GROUP BY merges rows that the
+    IN (subquery) would return apart: no rewrite is offered, measured or not."""
+    url = _followers_db(tmp_path / "blog.db")
+    sql = (
+        "SELECT post.user_id FROM post JOIN followers ON followers.followed_id = post.user_id"
+        " WHERE followers.follower_id = ? GROUP BY post.user_id"
+    )
+    for measure in (False, True):
+        advice = advise(url, sql, measure=measure)
+        assert [h for h in advice.queries[0].hints if h.kind == "join_to_filter"] == []

@@ -296,6 +296,15 @@ class Hint:
     kind: str
     evidence: str
     fix: str
+    #: The statement rewritten (placeholders as ``?``), where the hint can write it.
+    rewrite: str | None = None
+    #: The rewrite with the advisor's numbered placeholders, for timing it (not shown).
+    _marked: str | None = dataclasses.field(default=None, repr=False)
+    #: The table the rewrite reads once, and the columns it returns of it: the rewrite
+    #: returns the same rows only where those hold a key (not shown).
+    _keyed: tuple[str, str | None, frozenset[str]] | None = dataclasses.field(
+        default=None, repr=False
+    )
 
 
 @dataclasses.dataclass
@@ -535,7 +544,10 @@ class Advice:
                     "cost": qa.plan.cost if qa.plan else None,
                     "measured_ms": qa.measured_ms,
                     "findings": [dataclasses.asdict(f) for f in qa.findings],
-                    "hints": [dataclasses.asdict(h) for h in qa.hints],
+                    "hints": [
+                        {k: v for k, v in dataclasses.asdict(h).items() if k[0] != "_"}
+                        for h in qa.hints
+                    ],
                     "candidates": [
                         {
                             "index": tr.candidate.key_sql(),
@@ -830,6 +842,9 @@ def _analyse(sql: str, dialect: str, columns_of: t.Callable[[str], set[str]]) ->
                 other = parent.this if parent.this is not ph else parent.expression
                 note_placeholder(ph, other, _range_op(parent))
         if scope.is_root:
+            # sqlglot reads "FROM a, b" as a CROSS JOIN: only the text tells them apart.
+            meant = re.search(r"\bCROSS\s+JOIN\b", marked, re.IGNORECASE) is not None
+            out.hints.extend(_join_hints(select, sources, conds, resolve, gen, meant))
             limit = select.args.get("limit")
             offset = select.args.get("offset")
             out.has_limit = limit is not None
@@ -862,6 +877,147 @@ def _analyse(sql: str, dialect: str, columns_of: t.Callable[[str], set[str]]) ->
                         )
                     )
     return out
+
+
+def _join_hints(
+    select: t.Any,
+    sources: dict[str, t.Any],
+    conds: list[t.Any],
+    resolve: t.Callable[[t.Any], _TableUse | None],
+    gen: t.Any,
+    cross_meant: bool = False,
+) -> list[Hint]:
+    """Two shapes an index does not fix: a cartesian product (a table that no condition
+    joins to the others; SQLAlchemy's from-linting warns of the same), and a join whose
+    ``GROUP BY`` (or ``DISTINCT``) over every selected column only removes the rows the
+    join repeated: a semi-join, written as ``IN (subquery)``."""
+    from sqlglot import exp
+
+    if len(sources) < 2:
+        return []
+
+    def owners(e: t.Any) -> set[str]:
+        found = set()
+        for c in e.find_all(exp.Column):
+            use = resolve(c)
+            if use is None:
+                return {"?"}
+            found.add(use.alias)
+        return found
+
+    hints: list[Hint] = []
+    group: dict[str, str] = {a: a for a in sources}
+
+    def root(a: str) -> str:
+        while group[a] != a:
+            a = group[a]
+        return a
+
+    def join(xs: t.Iterable[str]) -> None:
+        xs = [x for x in xs if x in group]
+        for x in xs[1:]:
+            group[root(x)] = root(xs[0])
+
+    first = next(iter(sources))
+    for j in select.args.get("joins") or []:
+        alias = (j.alias_or_name or "").lower()
+        if (cross_meant and (j.args.get("kind") or "").upper() == "CROSS") or j.args.get("using"):
+            join([first, alias])  # meant, or joined by its USING columns
+    for cond in conds:
+        join(sorted(owners(cond) - {"?"}))
+        if "?" in owners(cond):  # a column not placed: assume it joins what it can
+            join(list(sources))
+    alone = {root(a) for a in sources}
+    if len(alone) > 1:
+        apart = sorted(a for a in sources if root(a) != root(first))
+        names = ", ".join(sources[a].name for a in apart)
+        hints.append(
+            Hint(
+                "cartesian_product",
+                f"No condition joins {names} to {sources[first].name}: every row of one is"
+                " paired with every row of the other (a cartesian product)",
+                "Add the missing join condition (JOIN ... ON child.parent_id = parent.id);"
+                " if the product is meant, write CROSS JOIN so that it reads as meant.",
+            )
+        )
+        return hints
+
+    # The semi-join written as a join plus GROUP BY/DISTINCT.
+    joins = select.args.get("joins") or []
+    grouped = select.args.get("group")
+    if len(sources) != 2 or len(joins) != 1 or select.args.get("having") is not None:
+        return hints
+    if grouped is None and not select.args.get("distinct"):
+        return hints
+    other = (joins[0].alias_or_name or "").lower()
+    main = next((a for a in sources if a != other), None)
+    if main is None or other not in sources or (joins[0].args.get("kind") or "INNER") != "INNER":
+        return hints
+    projected = select.expressions
+    if not projected or any(
+        not isinstance(p.unalias(), exp.Column) or owners(p) != {main} for p in projected
+    ):
+        return hints
+    if grouped is not None:
+        keys = {g.sql(dialect=gen) for g in grouped.expressions}
+        if (
+            any(owners(g) != {main} for g in grouped.expressions)
+            or not {p.unalias().sql(dialect=gen) for p in projected} <= keys
+        ):
+            return hints
+    on = _flatten_and(joins[0].args.get("on"))
+    pairs = []
+    for cond in on:
+        if not isinstance(cond, exp.EQ) or owners(cond) != {main, other}:
+            return hints
+        a, b = cond.this, cond.expression
+        if not (isinstance(a, exp.Column) and isinstance(b, exp.Column)):
+            return hints
+        if owners(a) == {other}:
+            a, b = b, a
+        pairs.append((a, b))
+    where = select.args.get("where")
+    main_conds, other_conds = [], []
+    for cond in _flatten_and(where.this) if where is not None else []:
+        who = owners(cond)
+        if who <= {main}:
+            main_conds.append(cond.copy())
+        elif who == {other}:
+            other_conds.append(cond.copy())
+        else:
+            return hints
+    if len(pairs) != 1:
+        return hints
+    ((a, b),) = pairs
+    sub = exp.select(b.copy()).from_(sources[other].copy())
+    if other_conds:
+        sub = sub.where(exp.and_(*other_conds))
+    rewritten = select.copy()
+    rewritten.set("joins", None)
+    rewritten.set("group", None)
+    rewritten.set("distinct", None)
+    rewritten.set("where", exp.Where(this=exp.and_(*main_conds, a.copy().isin(query=sub))))
+    marked = rewritten.sql(dialect=gen)
+    shown = re.sub(r":qwp\d+\b", "?", marked)
+    what = "GROUP BY over every selected column" if grouped is not None else "DISTINCT"
+    hints.append(
+        Hint(
+            "join_to_filter",
+            f"JOIN {sources[other].name} with {what} of {sources[main].name}: the join only"
+            f" filters {sources[main].name}, and the {what.split(' ')[0]} removes the rows"
+            " it repeated",
+            "Filter with a semi-join instead (IN (subquery), or EXISTS): each row is read"
+            f" once, with no sort or hash to de-duplicate. Rewritten: {shown}",
+            rewrite=shown,
+            _marked=marked,
+            _keyed=(
+                resolve(projected[0].unalias()).table,  # type: ignore[union-attr]
+                resolve(projected[0].unalias()).schema,  # type: ignore[union-attr]
+                frozenset(p.unalias().name.lower() for p in projected),
+            ),
+        )
+    )
+    return hints
 
 
 def _is_value(node: t.Any) -> bool:
@@ -1257,6 +1413,9 @@ class Advisor:
             # PostgreSQL 16+, else with values drawn from the data (in memory only).
             qa.plan = s.explain(q.sql, q.params, values=self._plan_values(values))
             qa.hints.extend(an.hints)
+            qa.hints = [h for h in qa.hints if self._keeps_rows(s, h)]
+            if self.measure:
+                qa.hints = [h for h in qa.hints if self._rewrite_holds(s, qa, h, values)]
             qa.has_limit = an.has_limit
             self._plan_findings(s, qa, an, values)
             candidates = []
@@ -1300,6 +1459,74 @@ class Advisor:
             qa.values = values
         if candidates:
             self._run_trials(qa, candidates)
+
+    def _keeps_rows(self, s: Session, h: Hint) -> bool:
+        """Whether a rewrite returns the rows the statement did: the de-duplicated
+        columns must hold the table's primary key (else GROUP BY merged rows that the
+        rewrite keeps apart)."""
+        if h._keyed is None:
+            return True
+        from sqlalchemy import inspect
+
+        table, schema, columns = h._keyed
+        try:
+            with s.savepoint():
+                pk = inspect(s.conn).get_pk_constraint(table, schema=schema)
+        except Exception:
+            return False
+        keys = {str(c).lower() for c in pk.get("constrained_columns") or []}
+        return bool(keys) and keys <= columns
+
+    def _rewrite_holds(
+        self, s: Session, qa: QueryAdvice, h: Hint, values: list[t.Any] | None
+    ) -> bool:
+        """Run a hint's rewrite beside the statement (both read-only SELECTs, with the
+        same values): the hint stays only where both return the same rows and the
+        rewrite is faster by :data:`MIN_MEASURED_SPEEDUP`, with the figures; a hint
+        without a rewrite, or that cannot be run, stays as it is."""
+        if h._marked is None:
+            return True
+        q = qa.query
+        marked, n = number_placeholders(q.sql)
+        vals = values
+        if q.params is not None:
+            vals = placeholder_values(q.sql, q.params)
+        if n and (vals is None or len(vals) != n):
+            return True
+        style = "named" if self.dialect == "sqlite" else "pyformat"
+        params = {f"qwp{i + 1}": vals[i] for i in range(n)} if n and vals else None
+
+        def timed(sql: str) -> tuple[list[t.Any], float]:
+            check_read_only(sql, self.dialect)
+            text = render_placeholders(sql, style, escape_percent=style == "pyformat")
+            best, rows = float("inf"), []
+            for _ in range(TIMING_RUNS):
+                t0 = time.perf_counter()
+                rows = s.run(text, params).fetchall()
+                best = min(best, time.perf_counter() - t0)
+            return rows, best * 1000.0
+
+        try:
+            with s.savepoint():
+                before_rows, before_ms = timed(marked)
+                after_rows, after_ms = timed(h._marked)
+        except Exception:
+            return True  # not measured: the hint says what to try, as before
+        same = sorted(map(repr, before_rows)) == sorted(map(repr, after_rows))
+        if not same:
+            return False
+        for _ in range(RETIMES):  # a busy moment slows a run; a slower rewrite stays slower
+            if before_ms < MIN_TIMED_MS or after_ms * MIN_MEASURED_SPEEDUP <= before_ms:
+                break
+            try:
+                with s.savepoint():
+                    after_ms = min(after_ms, timed(h._marked)[1])
+            except Exception:
+                break
+        if before_ms >= MIN_TIMED_MS and after_ms * MIN_MEASURED_SPEEDUP > before_ms:
+            return False
+        h.fix += f" Measured {before_ms:,.2f} ms -> {after_ms:,.2f} ms, the same rows."
+        return True
 
     def _settled(self, s: Session, qa: QueryAdvice, an: _Analysis) -> str | None:
         """Why no index is tried, when the plan already finds every table's rows by an
