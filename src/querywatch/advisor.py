@@ -2114,6 +2114,23 @@ class Advisor:
         used, improved, note = self._judge(
             qa, c, after, lambda n: n.lower() == name.lower(), before=base
         )
+        share = None
+        if improved and not qa.has_limit:
+            # Counted on the live rows (a sample of a big table, by rowid).
+            vals = values
+            if qa.query.params is not None:
+                vals = placeholder_values(qa.query.sql, qa.query.params)
+            with contextlib.suppress(Exception), self.explainer.session() as live:
+                share = lite.matching_share(
+                    live, number_placeholders(qa.query.sql)[0], vals, counts.get(c.table) or 0.0
+                )
+        if improved and share is not None and share[0] >= MAX_INDEXED_SHARE:
+            # SQLite takes a range for a quarter of the rows, whatever it matches.
+            improved = False
+            note = (
+                f"the filter matches about {share[0]:.0%} of the rows (of {share[1]:,}"
+                " counted): reading them by an index is slower than the scan; " + note
+            )
         return Trial(c, base.cost, after.cost, after, used, improved, how, note)
 
     def _failed(self, e: Exception) -> str:
@@ -2481,6 +2498,10 @@ def _no_worse(a: dict[int, Trial], b: dict[int, Trial], margin: float) -> bool:
             return False
     return True
 
+
+#: An estimated index is not suggested for a filter that matches this share of the rows
+#: or more (SQLite's planner takes a range for a quarter, whatever it matches).
+MAX_INDEXED_SHARE = 0.2
 
 #: Where the query could be timed, an index must make it at least this much faster.
 MIN_MEASURED_SPEEDUP = 1.25

@@ -183,6 +183,51 @@ def candidate_stat(
     return " ".join(figures)
 
 
+def matching_share(
+    session: Session, marked: str, values: t.Sequence[t.Any] | None, rows: float
+) -> tuple[float, int] | None:
+    """The share of a one-table statement's rows that its ``WHERE`` matches, and the rows
+    it was measured on: over the whole table when it is small, else over a sample read
+    by rowid (never a scan of a big table). ``marked`` holds ``:qwpN`` placeholders for
+    ``values``. None for a statement that joins, has no ``WHERE``, or cannot be counted.
+
+    SQLite's planner takes any range for a quarter of the rows; ``amount > 0`` may match
+    them all, and then reading them by an index is slower than the scan."""
+    import random
+
+    import sqlglot
+    from sqlglot import exp
+
+    try:
+        tree = sqlglot.parse_one(marked, read="sqlite")
+    except Exception:
+        return None
+    if not isinstance(tree, exp.Select) or tree.args.get("joins"):
+        return None
+    where = tree.args.get("where")
+    tables = list(tree.find_all(exp.Table))
+    if where is None or len(tables) != 1 or where.find(exp.Select) is not None:
+        return None
+    quoted = tables[0].sql(dialect="sqlite")
+    cond = where.this.sql(dialect="sqlite")
+    params = {f"qwp{i + 1}": v for i, v in enumerate(values or ())}
+    sql = f"SELECT count(*), sum(CASE WHEN ({cond}) THEN 1 ELSE 0 END) FROM {quoted}"
+    try:
+        if rows > SAMPLE_ROWS * 5:
+            top = session.run(f"SELECT max(rowid) FROM {quoted}").first()
+            high = int(top[0]) if top and top[0] is not None else 0
+            if high < 1:
+                return None
+            picks = sorted(random.sample(range(1, high + 1), min(high, SAMPLE_ROWS)))
+            sql += f" WHERE rowid IN ({', '.join(map(str, picks))})"
+        row = session.run(sql, params or None).first()
+    except Exception:
+        return None
+    if row is None or not row[0]:
+        return None
+    return float(row[1] or 0) / float(row[0]), int(row[0])
+
+
 def _take_sigint() -> threading.Event | None:
     """In the main thread, while Python's own Ctrl-C handler is in place: a handler that
     sets the returned flag instead of raising."""
