@@ -136,6 +136,11 @@ def test_expression(adv_url: str, sql: str) -> None:
         assert suggested(advice) == []
         hints = {h.kind: h for h in advice.queries[0].hints}
         assert "generated column" in hints["expression_needs_generated_column"].fix
+        # ... first, as the reason for no suggestion.
+        assert no_suggestion_reason(advice.queries[0]).startswith(
+            "No index is the answer here: LOWER(note) on events: MariaDB/MySQL before 8.0.13"
+            " cannot index an expression."
+        )
     else:
         assert suggested(advice) == [("events", ("lower(note)",))]
         ddl = advice.suggestions[0].to_dict()["ddl"]
@@ -359,7 +364,7 @@ def test_a_select_is_only_explained_without_ddl(adv_url: str) -> None:
 
     def bounded(sql: str) -> bool:
         m = re.fullmatch(
-            r"SELECT count\(\*\), sum\(CASE WHEN \(events\.email = :qwp1\) THEN 1 ELSE 0"
+            r"SELECT count\(\*\), sum\(CASE WHEN \(\(events\.email = :qwp1\)\) THEN 1 ELSE 0"
             r" END\) FROM events WHERE rowid IN \(([\d, ]+)\)",
             sql,
         )
@@ -927,3 +932,32 @@ def test_no_semi_join_where_the_group_by_merges_rows(tmp_path: t.Any) -> None:
     for measure in (False, True):
         advice = advise(url, sql, measure=measure)
         assert [h for h in advice.queries[0].hints if h.kind == "join_to_filter"] == []
+
+
+def test_a_limit_placeholder_gets_a_number(adv_url: str) -> None:
+    """MariaDB refused the store's shape of a paginated query: its LIMIT placeholder was
+    given the string '1' (LIMIT '1' is a syntax error there)."""
+    advice = advise(adv_url, "SELECT events.id FROM events WHERE events.email = ? LIMIT ?")
+    (qa,) = advice.queries
+    assert qa.errors == []
+    assert qa.values is not None
+    assert qa.values[1] == 20
+
+
+def test_an_index_serving_more_shapes_does_not_leave_an_equality_to_a_filter(
+    adv_url: str,
+) -> None:
+    """(amount) served both "kind = ? AND amount > ?" and "amount > ?", so it won over
+    (kind, amount) by serving more shapes, and read a rare kind's rows by a filter:
+    slower than no index for it. Where an index holds every equality of a shape, one
+    that leaves an equality to a filter does not serve that shape."""
+    advice = advise(
+        adv_url,
+        "SELECT events.id FROM events WHERE events.kind = ? AND events.amount > ?",
+        "SELECT events.id FROM events WHERE events.amount > ?",
+    )
+    both, _ = advice.queries
+    serving = [s for s in advice.suggestions if any(qa is both for qa, _ in s.trials)]
+    for s in serving:
+        keys = [k.lower() for k in s.candidate.keys]
+        assert keys[0] == "kind" or "kind" in (s.candidate.where or ""), s.candidate

@@ -417,6 +417,9 @@ def no_suggestion_reason(qa: QueryAdvice) -> str:
         return "No candidate index improved the plan enough: " + "; ".join(parts) + "."
     if qa.plan is None:
         return "The statement could not be planned."
+    if qa.hints and not qa.trials:
+        h = qa.hints[0]
+        return f"No index is the answer here: {h.evidence}. {h.fix}"
     if qa.covered:
         return (
             "Every candidate is covered by an existing index ("
@@ -723,6 +726,9 @@ def _analyse(sql: str, dialect: str, columns_of: t.Callable[[str], set[str]]) ->
             if not isinstance(ph, exp.Placeholder) or not ph.name.startswith("qwp"):
                 return
             num = int(ph.name[3:])
+            if op in ("limit", "offset"):  # a number, whatever the table
+                out.placeholders[num] = ("", "", op)
+                return
             owner = expr_owner(target)
             out.placeholders[num] = (owner.table, strip(target), op) if owner else None
 
@@ -2120,9 +2126,14 @@ class Advisor:
             vals = values
             if qa.query.params is not None:
                 vals = placeholder_values(qa.query.sql, qa.query.params)
+            columns = [kc[0] for k in c.keys if (kc := _key_column(k)) is not None]
             with contextlib.suppress(Exception), self.explainer.session() as live:
                 share = lite.matching_share(
-                    live, number_placeholders(qa.query.sql)[0], vals, counts.get(c.table) or 0.0
+                    live,
+                    number_placeholders(qa.query.sql)[0],
+                    vals,
+                    counts.get(c.table) or 0.0,
+                    columns if len(columns) == len(c.keys) else None,
                 )
         if improved and share is not None and share[0] >= MAX_INDEXED_SHARE:
             # SQLite takes a range for a quarter of the rows, whatever it matches.
@@ -2289,11 +2300,19 @@ class Advisor:
         serves: dict[t.Any, list[tuple[QueryAdvice, Trial]]] = {}
         cands: dict[t.Any, Candidate] = {}
         for qa in results:
-            for tr in qa.trials:
-                if tr.improved:
-                    key = tr.candidate.norm
-                    serves.setdefault(key, []).append((qa, tr))
-                    cands.setdefault(key, tr.candidate)
+            improved = [tr for tr in qa.trials if tr.improved]
+            holding = [
+                tr for tr in improved if self._serves_every_equality(tr.candidate, {id(qa): tr})
+            ]
+            for tr in improved:
+                # Where an index holds every equality of the query, one that leaves an
+                # equality to a filter does not serve it (slower for a rare value),
+                # however many other queries it serves.
+                if holding and all(tr is not h for h in holding):
+                    continue
+                key = tr.candidate.norm
+                serves.setdefault(key, []).append((qa, tr))
+                cands.setdefault(key, tr.candidate)
         uncovered = {id(qa) for items in serves.values() for qa, _ in items}
         chosen: list[Suggestion] = []
         while uncovered:

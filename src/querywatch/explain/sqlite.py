@@ -184,12 +184,18 @@ def candidate_stat(
 
 
 def matching_share(
-    session: Session, marked: str, values: t.Sequence[t.Any] | None, rows: float
+    session: Session,
+    marked: str,
+    values: t.Sequence[t.Any] | None,
+    rows: float,
+    columns: t.Collection[str] | None = None,
 ) -> tuple[float, int] | None:
-    """The share of a one-table statement's rows that its ``WHERE`` matches, and the rows
-    it was measured on: over the whole table when it is small, else over a sample read
-    by rowid (never a scan of a big table). ``marked`` holds ``:qwpN`` placeholders for
-    ``values``. None for a statement that joins, has no ``WHERE``, or cannot be counted.
+    """The share of a one-table statement's rows that its ``WHERE`` matches (only its
+    terms on ``columns``, an index's, when given: the rows the index reads), and the
+    rows it was measured on: over the whole table when it is small, else over a sample
+    read by rowid (never a scan of a big table). ``marked`` holds ``:qwpN`` placeholders
+    for ``values``. None for a statement that joins, has no such terms, or cannot be
+    counted.
 
     SQLite's planner takes any range for a quarter of the rows; ``amount > 0`` may match
     them all, and then reading them by an index is slower than the scan."""
@@ -209,8 +215,19 @@ def matching_share(
     if where is None or len(tables) != 1 or where.find(exp.Select) is not None:
         return None
     quoted = tables[0].sql(dialect="sqlite")
-    cond = where.this.sql(dialect="sqlite")
-    params = {f"qwp{i + 1}": v for i, v in enumerate(values or ())}
+    terms = list(where.this.flatten()) if isinstance(where.this, exp.And) else [where.this]
+    if columns is not None:
+        wanted = {c.lower() for c in columns}
+        terms = [
+            x
+            for x in terms
+            if (found := {c.name.lower() for c in x.find_all(exp.Column)}) and found <= wanted
+        ]
+    if not terms:
+        return None
+    cond = " AND ".join(f"({x.sql(dialect='sqlite')})" for x in terms)
+    used = {p.name for x in terms for p in x.find_all(exp.Placeholder)}
+    params = {f"qwp{i + 1}": v for i, v in enumerate(values or ()) if f"qwp{i + 1}" in used}
     sql = f"SELECT count(*), sum(CASE WHEN ({cond}) THEN 1 ELSE 0 END) FROM {quoted}"
     try:
         if rows > SAMPLE_ROWS * 5:
