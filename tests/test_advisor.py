@@ -961,3 +961,70 @@ def test_an_index_serving_more_shapes_does_not_leave_an_equality_to_a_filter(
     for s in serving:
         keys = [k.lower() for k in s.candidate.keys]
         assert keys[0] == "kind" or "kind" in (s.candidate.where or ""), s.candidate
+
+
+def test_equality_then_range_when_the_estimate_cannot_tell(adv_url: str) -> None:
+    """PostgreSQL's estimate put (kind) and (kind, amount) level for "kind = :k AND
+    amount > :a" with a rare kind (739 and 753), and the shorter won; the longer also
+    searches by the range and reads only the rows it returns. Where an index is its
+    shorter twin plus columns the query filters by, and no worse, it is suggested."""
+    import random
+
+    from sqlalchemy import Column
+    from sqlalchemy import Integer
+    from sqlalchemy import MetaData
+    from sqlalchemy import String
+    from sqlalchemy import Table
+
+    md = MetaData()
+    sale = Table(
+        "sale",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("kind", String(20), nullable=False),
+        Column("amount", Integer, nullable=False),
+    )
+    engine = create_engine(adv_url)
+    md.drop_all(engine)
+    md.create_all(engine)
+    rnd = random.Random(5)
+    with engine.begin() as conn:
+        conn.execute(
+            sale.insert(),
+            [
+                {
+                    "id": i,
+                    "kind": "refund" if rnd.random() < 0.02 else "sale",
+                    "amount": rnd.randint(1, 10_000),
+                }
+                for i in range(1, 40_001)
+            ],
+        )
+        conn.exec_driver_sql(
+            {"postgresql": "ANALYZE sale", "sqlite": "ANALYZE", "mysql": "ANALYZE TABLE sale"}[
+                engine.dialect.name
+            ]
+        )
+    engine.dispose()
+    if adv_url.startswith("sqlite"):
+        sql, params = (
+            "SELECT sale.id FROM sale WHERE sale.kind = ? AND sale.amount > ?",
+            (
+                "refund",
+                9000,
+            ),
+        )
+    else:
+        sql = "SELECT sale.id FROM sale WHERE sale.kind = %(k)s AND sale.amount > %(a)s"
+        params = {"k": "refund", "a": 9000}  # type: ignore[assignment]
+    try:
+        kw: dict[str, t.Any] = {"allow_ddl": True} if adv_url.startswith("mysql") else {}
+        with Advisor(adv_url, measure=False, scan_min_rows=1000, **kw) as adv:
+            advice = adv.advise([QueryInput(sql, params=params)], index_health=False)
+        assert suggested(advice) == [("sale", ("kind", "amount"))], [
+            (tr.candidate.keys, tr.improved, tr.note) for tr in advice.queries[0].trials
+        ]
+    finally:
+        engine = create_engine(adv_url)
+        md.drop_all(engine)
+        engine.dispose()

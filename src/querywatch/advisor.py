@@ -1340,6 +1340,8 @@ class Advisor:
         self._generic_plans: bool | None = None
         #: The equality columns of each analysed query, by (id of its advice, table).
         self._equalities: dict[tuple[int, str], set[str]] = {}
+        #: Their equality and range columns (filters an index can search by).
+        self._filters: dict[tuple[int, str], set[str]] = {}
         #: SQLite: the in-memory schema copy candidates are planned in (made once).
         self._copy: t.Any = None
         self._stats: dict[t.Any, str | None] = {}
@@ -1427,6 +1429,9 @@ class Advisor:
             candidates = []
             for use in an.tables.values():
                 self._equalities[(id(qa), use.table.lower())] = {_norm_key(k) for k in use.eq}
+                self._filters[(id(qa), use.table.lower())] = {
+                    _norm_key(k) for k in (*use.eq, *use.rng)
+                }
             qa.settled = self._settled(s, qa, an)
             found = (
                 []
@@ -2347,6 +2352,14 @@ class Advisor:
                     ):
                         best = k
                         break
+            # Equality columns, then the range: where the estimate cannot tell (kind)
+            # from (kind, amount) for "kind = ? AND amount > ?", the one that also
+            # searches by the range reads only the rows it returns.
+            for k in top:
+                if self._extends_by_filters(cands[k], cands[best], live[k]) and _no_worse(
+                    live[k], live[best], WIDER_INDEX_MARGIN
+                ):
+                    best = k
             items = [(qa, tr) for qa, tr in serves.pop(best) if id(qa) in uncovered]
             c = cands[best]
             keys = tuple(_norm_key(k.split(" ")[0]) for k in c.keys)
@@ -2361,6 +2374,25 @@ class Advisor:
             chosen.append(Suggestion(c, self.dialect, items, items[0][1].verified_by, replaces))
             uncovered -= {id(qa) for qa, _ in items}
         return chosen
+
+    def _extends_by_filters(
+        self, longer: Candidate, shorter: Candidate, served: dict[int, Trial]
+    ) -> bool:
+        """Whether ``longer`` is ``shorter`` plus columns that every query it serves
+        filters by (an equality or a range), on the same table, neither partial."""
+        a = [_norm_key(_strip_order(k)) for k in longer.keys]
+        b = [_norm_key(_strip_order(k)) for k in shorter.keys]
+        if (
+            longer.table.lower() != shorter.table.lower()
+            or longer.where
+            or shorter.where
+            or len(a) <= len(b)
+            or a[: len(b)] != b
+        ):
+            return False
+        extra = set(a[len(b) :])
+        table = longer.table.lower()
+        return all(extra <= self._filters.get((q, table), set()) for q in served)
 
     def _serves_every_equality(self, c: Candidate, served: dict[int, Trial]) -> bool:
         """Whether ``c`` holds every column that the queries it serves compare with ``=``
@@ -2521,6 +2553,12 @@ def _no_worse(a: dict[int, Trial], b: dict[int, Trial], margin: float) -> bool:
 #: An estimated index is not suggested for a filter that matches this share of the rows
 #: or more (SQLite's planner takes a range for a quarter, whatever it matches).
 MAX_INDEXED_SHARE = 0.2
+
+#: An index that adds a column the query filters by is preferred unless its estimate
+#: (or timing) is this much worse: a wider index costs the planner a little more to
+#: read (PostgreSQL put (kind, amount) at 142.6 against 103.0 for (kind)), where reading
+#: only the rows the range keeps is the larger gain.
+WIDER_INDEX_MARGIN = 1.5
 
 #: Where the query could be timed, an index must make it at least this much faster.
 MIN_MEASURED_SPEEDUP = 1.25
