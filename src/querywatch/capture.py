@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
 import math
 import sys
 import threading
@@ -81,6 +82,14 @@ def site_text(site: CallSite | None, root: str | None = None) -> str:
     """``file:line (function)``, the file relative to ``root`` (the current folder)."""
     if site is None:
         return "no call site in the application's packages"
+    import os
+
+    return _site_text(site, root or os.getcwd())
+
+
+@functools.lru_cache(maxsize=4096)
+def _site_text(site: CallSite, root: str) -> str:
+    # Findings name their sites on every request that has them: computed once a site.
     return f"{relpath(site.filename, root)}:{site.lineno} ({site.function})"
 
 
