@@ -22,6 +22,7 @@ the statement, and the session's end raises ``KeyboardInterrupt``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import signal
@@ -94,10 +95,9 @@ def memory_copy(session: Session, *, timeout: float) -> t.Any:
         "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'"
         " AND type IN ('table', 'index', 'view') ORDER BY rowid"
     ):
-        try:
+        # A virtual table's shadow tables fail here: the virtual table made them already.
+        with contextlib.suppress(sqlite3.Error):
             mem.execute(str(sql))
-        except sqlite3.Error:
-            pass  # a virtual table's shadow tables, made by the virtual table already
     mem.execute("ANALYZE")  # creates sqlite_stat1
     try:
         rows = [tuple(r) for r in session.run("SELECT tbl, idx, stat FROM sqlite_stat1")]
