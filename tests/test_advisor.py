@@ -148,10 +148,15 @@ def test_expression(adv_url: str, sql: str) -> None:
 
 
 def test_partial_index_for_a_constant_on_a_low_cardinality_column(adv_url: str) -> None:
-    advice = advise(
-        adv_url,
-        "SELECT events.id FROM events WHERE events.kind = 'refund' AND events.amount > ?",
-    )
+    sql = "SELECT events.id FROM events WHERE events.kind = 'refund' AND events.amount > ?"
+    advice = advise(adv_url, sql)
+    if adv_url.startswith("sqlite"):
+        # From the shape alone SQLite cannot tell: at the range's widest the partial
+        # index would read all refunds, a quarter of the table (see the test below).
+        assert advice.suggestions == []
+        assert "the range's value is not known" in no_suggestion_reason(advice.queries[0])
+        with Advisor(adv_url, measure=False) as adv:
+            advice = adv.advise([QueryInput(sql, params=(9_000,))])
     (s,) = advice.suggestions
     if adv_url.startswith("mysql"):
         # No partial indexes on MariaDB: the composite does the same work.
@@ -677,6 +682,36 @@ def test_one_verdict_a_query_in_its_findings(adv_url: str) -> None:
     assert "see the suggestion" not in scan.fix
 
 
+def test_a_range_whose_value_the_shape_does_not_keep_gets_no_sqlite_index(
+    tmp_path: t.Any,
+) -> None:
+    """From the store's shape alone, ``amount > ?`` was planned with a value that keeps a
+    tenth of the rows, and (amount) was offered; the app's value was 0 (every row), and
+    SQLite reads a range by its index whatever it matches: 0.9x. A range whose value is
+    not known gets no SQLite index where its widest value matches most rows, with that
+    reason first; the same shape with the app's own value still gets the index."""
+    url = f"sqlite:///{tmp_path}/adv.db"
+    advisor_data.load(url)
+    sql = "SELECT events.id FROM events WHERE events.amount > ?"
+    advice = advise(url, sql, scan_min_rows=1000)
+    assert advice.suggestions == []
+    reason = no_suggestion_reason(advice.queries[0])
+    assert reason.startswith("No candidate index improved the plan enough"), reason
+    assert "the range's value is not known" in reason
+    assert re.search(r"about 1\d% of the rows .* a tenth, 100% at the range's widest", reason)
+    (scan,) = [f for f in advice.queries[0].findings if f.kind == "full_scan"]
+    assert scan.fix.startswith("No index helps."), scan.fix
+    with Advisor(url, measure=False, scan_min_rows=1000) as adv:
+        real = adv.advise([QueryInput(sql, params=(9_000,))])
+    assert suggested(real) == [("events", ("amount",))]
+    # A range beside an equality that narrows it is still offered from the shape.
+    both = advise(
+        url,
+        "SELECT events.id FROM events WHERE events.account_id = ? AND events.created_at >= ?",
+    )
+    assert suggested(both) == [("events", ("account_id", "created_at"))]
+
+
 @pytest.mark.parametrize("stalls", [1, 99])
 def test_a_stalled_timing_is_taken_again_before_the_clock_vetoes(
     tmp_path: t.Any, stalls: int
@@ -696,6 +731,9 @@ def test_a_stalled_timing_is_taken_again_before_the_clock_vetoes(
                 return 30.0  # the scan, before the index
             return 60.0 if Busy.calls - 1 <= stalls else 0.5
 
+        def _round_trip(self, s: t.Any) -> float | None:
+            return 0.05  # the machine's own figure is not what this test is about
+
     url = f"sqlite:///{tmp_path}/adv.db"
     advisor_data.load(url)
     with Busy(url, measure=True, allow_ddl=True) as adv:
@@ -707,6 +745,38 @@ def test_a_stalled_timing_is_taken_again_before_the_clock_vetoes(
     else:
         assert suggested(advice) == []
         assert trial.note.endswith("but measured 30.00 -> 60.00 ms, not faster enough")
+
+
+@pytest.mark.parametrize("again", [31.0, 45.0])
+def test_a_marginal_gain_is_timed_again_without_the_index(tmp_path: t.Any, again: float) -> None:
+    """``status = 'done'`` (nine rows in ten) passed as 1.3x faster with (status): its
+    one timing without the index had met a busy moment, while the timing with it is
+    taken again before a veto. Built, the index was 1.0x. A gain under 2x is timed
+    again without the index (dropped by then) before it stands: one slow moment does not
+    pass it, a real gain still does."""
+
+    class Busy(Advisor):
+        calls = 0
+
+        def _time(self, s: t.Any, qa: t.Any, values: t.Any) -> float | None:
+            Busy.calls += 1
+            return {1: 45.0, 2: 30.0}.get(Busy.calls, again)
+
+        def _round_trip(self, s: t.Any) -> float | None:
+            return 0.05
+
+    url = f"sqlite:///{tmp_path}/adv.db"
+    advisor_data.load(url)
+    with Busy(url, measure=True, allow_ddl=True) as adv:
+        advice = adv.advise([QueryInput("SELECT events.id FROM events WHERE events.email = ?")])
+    (trial,) = [tr for tr in advice.queries[0].trials if tr.candidate.keys == ("email",)]
+    if again == 31.0:  # the first timing was the slow moment: 31 -> 30 is no gain
+        assert suggested(advice) == []
+        assert trial.note.endswith("but measured 31.00 -> 30.00 ms, not faster enough")
+        assert trial.measured_before_ms == 31.0
+    else:  # 45 again: the gain is real
+        assert suggested(advice) == [("events", ("email",))]
+        assert trial.note.endswith("measured 45.00 -> 30.00 ms")
 
 
 def test_no_index_is_tried_where_the_plan_already_serves_every_filter(adv_url: str) -> None:
