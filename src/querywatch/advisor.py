@@ -1056,6 +1056,24 @@ def _uncast(node: t.Any) -> t.Any:
     return node
 
 
+def _index_columns(c: Candidate) -> list[str] | None:
+    """The columns whose terms a candidate reads its rows by (a partial index's own
+    ``WHERE`` included); None where a key is an expression (then the whole ``WHERE``)."""
+    columns = [kc[0] for k in c.keys if (kc := _key_column(k)) is not None]
+    if len(columns) < len(c.keys):
+        return None
+    return columns + (_where_columns(c.where) if c.where else [])
+
+
+def _widest_note(share: float, wide: float, note: str) -> str:
+    return (
+        f"the range's value is not known (the shape keeps none): the filter matches about"
+        f" {share:.0%} of the rows with a value that keeps a tenth, {wide:.0%} at the"
+        " range's widest, where reading them by the index is slower than the scan (the"
+        " app's own values, as the background advisor has them, decide it); " + note
+    )
+
+
 def _where_columns(where: str) -> list[str]:
     """The columns a partial index's ``WHERE`` names."""
     import sqlglot
@@ -1314,9 +1332,10 @@ class Advisor:
     """Analyse queries against one database and suggest verified indexes.
 
     :param database: the application's database (URL or engine).
-    :param allow_ddl: build real candidate indexes (rolled back or dropped again) to
-        verify them where no hypothetical index exists, and to time the query with each.
-        Default: only on SQLite.
+    :param allow_ddl: build real candidate indexes in the live database (rolled back or
+        dropped again) to verify them, and to time the query with each. Default: off;
+        then PostgreSQL verifies with HypoPG, SQLite on an in-memory copy of the schema
+        and its statistics, MariaDB/MySQL on temporary copies of the tables.
     :param scan_min_rows: a full scan of a table with at least this many rows is a finding.
     :param timeout: seconds any one statement may take.
     :param measure: time the queries where DDL is allowed.
@@ -1359,12 +1378,16 @@ class Advisor:
         #: SQLite: the in-memory schema copy candidates are planned in (made once).
         self._copy: t.Any = None
         self._stats: dict[t.Any, str | None] = {}
+        #: MariaDB/MySQL: temporary copies of tables, on one connection (made once).
+        self._temporary: t.Any = None
 
     def close(self) -> None:
         self.explainer.close()
         if self._copy is not None:
             self._copy.close()
             self._copy.connection.close()
+        if self._temporary is not None:
+            self._temporary.close()
 
     def __enter__(self) -> Advisor:
         return self
@@ -1482,7 +1505,7 @@ class Advisor:
                         )
                     )
             qa.values = values
-            if values is not None and self.dialect == "sqlite":
+            if values is not None and self.dialect in ("sqlite", "mysql"):
                 qa.widest = self._widest(s, an, values)
         if candidates:
             self._run_trials(qa, candidates)
@@ -1600,30 +1623,27 @@ class Advisor:
 
     def _verifier(self) -> str | None:
         """How candidates are verified here: ``hypopg``, ``ddl``, ``copy`` (SQLite: in an
-        in-memory copy of the schema and its statistics), or None (cannot)."""
+        in-memory copy of the schema and its statistics; MariaDB/MySQL: on temporary
+        copies of the tables), or None (PostgreSQL without HypoPG)."""
         if self.dialect == "postgresql":
             with self.explainer.session() as s:
                 if self._has_hypopg(s):
                     return "hypopg"
         if self.allow_ddl:
             return "ddl"
-        return "copy" if self.dialect == "sqlite" else None
+        if self.dialect == "postgresql":
+            return None
+        return "copy"  # SQLite: a schema copy; MariaDB/MySQL: temporary tables
 
     def _run_trials(self, qa: QueryAdvice, candidates: list[Candidate]) -> None:
         how = self._verifier()
         values = qa.values
         if how is None:
             names = ", ".join(f"{c.table}({c.key_sql()})" for c in candidates[:5])
-            if self.dialect == "postgresql":
-                why = (
-                    "HypoPG is not installed in this database (CREATE EXTENSION hypopg;"
-                    " Debian/Ubuntu package postgresql-<version>-hypopg)"
-                )
-            else:
-                why = (
-                    "DDL is not allowed, and MariaDB/MySQL cannot evaluate an index without"
-                    " building it"
-                )
+            why = (
+                "HypoPG is not installed in this database (CREATE EXTENSION hypopg;"
+                " Debian/Ubuntu package postgresql-<version>-hypopg)"
+            )
             qa.errors.append(
                 f"{why}: candidates not verified ({names}). Rerun with --allow-ddl on a dev"
                 " or CI database or a copy to build each one and roll it back."
@@ -1635,7 +1655,10 @@ class Advisor:
             return
         if how == "copy":
             for c in candidates:
-                qa.trials.append(self._try_copy(qa, c, values))
+                if self.dialect == "mysql":
+                    qa.trials.append(self._try_temporary(qa, c, values))
+                else:
+                    qa.trials.append(self._try_copy(qa, c, values))
             return
         with self.explainer.session() as s:
             new = [self._try_hypopg(s, qa, c, values) for c in candidates]
@@ -2165,12 +2188,7 @@ class Advisor:
         share = None
         marked = number_placeholders(qa.query.sql)[0]
         rows = counts.get(c.table) or 0.0
-        # The terms the index reads by (None: the whole WHERE), and a partial index's.
-        columns: list[str] | None = [kc[0] for k in c.keys if (kc := _key_column(k)) is not None]
-        if columns is not None and len(columns) < len(c.keys):
-            columns = None
-        elif columns is not None and c.where:
-            columns += _where_columns(c.where)
+        columns = _index_columns(c)
         if improved and not qa.has_limit:
             # Counted on the live rows (a sample of a big table, by rowid).
             vals = values
@@ -2191,16 +2209,52 @@ class Advisor:
             with contextlib.suppress(Exception), self.explainer.session() as live:
                 wide = lite.matching_share(live, marked, qa.widest, rows, columns)
                 if wide is not None and wide[0] >= MAX_INDEXED_SHARE:
-                    improved = False
-                    note = (
-                        "the range's value is not known (the shape keeps none): the"
-                        f" filter matches about {share[0]:.0%} of the rows with a value"
-                        f" that keeps a tenth, {wide[0]:.0%} at the range's widest, and"
-                        " SQLite reads them by the index either way, slower than the scan"
-                        " (the app's own values, as the background advisor has them,"
-                        " decide it); " + note
-                    )
+                    improved, note = False, _widest_note(share[0], wide[0], note)
         return Trial(c, base.cost, after.cost, after, used, improved, how, note)
+
+    def _try_temporary(self, qa: QueryAdvice, c: Candidate, values: list[t.Any] | None) -> Trial:
+        """MariaDB/MySQL, without DDL on the live tables: the candidate is built on a
+        temporary copy of its table (one connection's own, read once without row locks)
+        and the query planned (and, with ``measure``, timed) there, with and without it."""
+        from .explain import mysql as my
+
+        before = qa.plan
+        assert before is not None
+        how = "built on a temporary copy"
+        try:
+            if self._temporary is None:
+                self._temporary = my.TemporaryCopy(self.explainer, max_rows=my.COPY_MAX_ROWS)
+            self._temporary.shadow(c.table, c.schema)
+            s = self._temporary.session
+            base = s.explain(qa.query.sql, qa.query.params, values=self._plan_values(values))
+            before_ms = self._time(s, qa, values) if self.measure else None
+            after_ms = None
+            with self._built(s, c) as name:
+                after = s.explain(qa.query.sql, qa.query.params, values=self._plan_values(values))
+                used, improved, note = self._judge(
+                    qa, c, after, lambda n: n.lower() == name.lower(), before=base
+                )
+                text = note
+                if improved and self.measure:
+                    after_ms, improved, note = self._timed_verdict(
+                        s, qa, values, improved, note, before_ms
+                    )
+            before_ms, improved, note = self._second_look(
+                s, qa, values, improved, note, text, before_ms, after_ms
+            )
+            if improved and not qa.has_limit and qa.widest is not None:
+                # As on SQLite: a range whose value the shape does not keep may be the
+                # widest, and the index measured slower there (0.9x for amount > 0).
+                marked = number_placeholders(qa.query.sql)[0]
+                wide = self._temporary.matching_share(marked, qa.widest, _index_columns(c))
+                drawn = self._temporary.matching_share(marked, values, _index_columns(c))
+                if wide is not None and drawn is not None and wide[0] >= MAX_INDEXED_SHARE:
+                    improved, note = False, _widest_note(drawn[0], wide[0], note)
+        except Exception as e:
+            return Trial(c, before.cost, None, None, False, False, how, self._failed(e))
+        return Trial(
+            c, base.cost, after.cost, after, used, improved, how, note, before_ms, after_ms
+        )
 
     def _failed(self, e: Exception) -> str:
         """A trial's note for an error: a statement stopped by the timeout says the

@@ -354,6 +354,43 @@ def render_placeholders(marked: str, style: str, *, escape_percent: bool) -> str
     return "".join(out)
 
 
+def filter_terms(
+    marked: str, dialect: str, columns: t.Collection[str] | None = None
+) -> tuple[str, str, set[str]] | None:
+    """A one-table ``SELECT``'s table, its ``WHERE`` terms as one condition (only those
+    on ``columns``, an index's, when given) and the ``qwpN`` placeholders they use; None
+    for a statement that joins, has no such terms, or does not parse. ``marked`` holds
+    ``:qwpN`` placeholders."""
+    import sqlglot
+    from sqlglot import exp
+
+    gen = sqlglot_dialect(dialect)
+    try:
+        with quiet_parse():
+            tree = sqlglot.parse_one(marked, read=gen)
+    except Exception:
+        return None
+    if not isinstance(tree, exp.Select) or tree.args.get("joins"):
+        return None
+    where = tree.args.get("where")
+    tables = list(tree.find_all(exp.Table))
+    if where is None or len(tables) != 1 or where.find(exp.Select) is not None:
+        return None
+    terms = list(where.this.flatten()) if isinstance(where.this, exp.And) else [where.this]
+    if columns is not None:
+        wanted = {c.lower() for c in columns}
+        terms = [
+            x
+            for x in terms
+            if (found := {c.name.lower() for c in x.find_all(exp.Column)}) and found <= wanted
+        ]
+    if not terms:
+        return None
+    cond = " AND ".join(f"({x.sql(dialect=gen)})" for x in terms)
+    used = {p.name for x in terms for p in x.find_all(exp.Placeholder)}
+    return tables[0].sql(dialect=gen), cond, used
+
+
 # --- sessions ---------------------------------------------------------------------------
 
 

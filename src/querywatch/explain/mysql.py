@@ -18,6 +18,7 @@ import typing as t
 from ..exceptions import ExplainError
 from . import Plan
 from . import PlanNode
+from . import filter_terms
 from . import number_placeholders
 from . import render_placeholders
 from .names import alias_map
@@ -224,3 +225,105 @@ def is_table(session: Session, name: str) -> bool:
         {"t": name},
     ).first()
     return bool(row and row[0])
+
+
+#: The most rows of a table copied to try an index beside the live one.
+COPY_MAX_ROWS = 500_000
+
+
+class TemporaryCopy:
+    """Tables copied into ``TEMPORARY`` tables of one connection, each under its own
+    name: MariaDB/MySQL resolve a name to the connection's temporary table first, so on
+    this connection statements (and indexes built to try them) reach the copy, and the
+    live table is only read, once, by a consistent read that takes no row locks (READ
+    COMMITTED). Nothing outlives the connection: :meth:`close` ends it."""
+
+    def __init__(self, explainer: t.Any, *, max_rows: int = COPY_MAX_ROWS) -> None:
+        from . import Session
+
+        self.max_rows = max_rows
+        self._conn = explainer.engine.connect()
+        self.session = Session(explainer, self._conn, writable=True)
+        begin(self.session, explainer.timeout)
+        self.session.run("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        # Were a lock ever met, give up soon rather than queue behind the app's writers.
+        self.session.run("SET SESSION innodb_lock_wait_timeout = 2")
+        self._timeout = max(60.0, float(explainer.timeout))
+        self._copied: dict[tuple[str, str | None], str | None] = {}
+
+    def shadow(self, table: str, schema: str | None = None) -> None:
+        """Copy ``table`` once; raise :class:`ExplainError` with the reason where it
+        cannot be (too many rows, no privilege), and never leave the name on the live
+        table for what follows."""
+        key = (table.lower(), (schema or "").lower() or None)
+        if key not in self._copied:
+            try:
+                self._copied[key] = self._copy(table, schema)
+            except Exception as e:
+                first = str(getattr(e, "orig", e)).strip().splitlines()
+                self._copied[key] = (
+                    f"the table could not be copied to try an index beside it"
+                    f" ({first[0][:160] if first else type(e).__name__})"
+                )
+        why = self._copied[key]
+        if why is not None:
+            raise ExplainError(why)
+
+    def _copy(self, table: str, schema: str | None) -> str | None:
+        s = self.session
+
+        def q(name: str) -> str:
+            return "`" + name.replace("`", "``") + "`"
+
+        live = f"{q(schema)}.{q(table)}" if schema else q(table)
+        scratch = f"{q(schema)}.{q('qw_copy')}" if schema else q("qw_copy")
+        row = s.run(
+            "SELECT table_rows FROM information_schema.tables WHERE table_schema ="
+            " COALESCE(%(s)s, DATABASE()) AND table_name = %(t)s",
+            {"s": schema, "t": table},
+        ).first()
+        rows = int(row[0] or 0) if row else 0
+        if rows > self.max_rows:
+            return (
+                f"{table} has about {rows:,} rows, more than querywatch copies"
+                f" ({self.max_rows:,}) to try an index beside the live table"
+            )
+        s.run(f"DROP TEMPORARY TABLE IF EXISTS {scratch}")
+        s.run(f"CREATE TEMPORARY TABLE {scratch} LIKE {live}")
+        stmt = f"INSERT INTO {scratch} SELECT * FROM {live}"
+        if is_mariadb(s):
+            stmt = f"SET STATEMENT max_statement_time = {self._timeout:.0f} FOR {stmt}"
+        s.run(stmt)
+        s.run(f"ALTER TABLE {scratch} RENAME TO {live}")
+        # The name must now be the copy's: anything built next goes there.
+        create = s.run(f"SHOW CREATE TABLE {live}").first()
+        if create is None or "CREATE TEMPORARY TABLE" not in str(create[1]).upper():
+            msg = f"the temporary copy of {table} is not in place; nothing was built"
+            raise ExplainError(msg)
+        s.run(f"ANALYZE TABLE {live}").all()
+        return None
+
+    def matching_share(
+        self, marked: str, values: t.Sequence[t.Any] | None, columns: t.Collection[str] | None
+    ) -> tuple[float, int] | None:
+        """The share of a copied table's rows that a one-table statement's ``WHERE``
+        (its terms on ``columns`` when given) matches, counted on the copy; None where
+        it cannot be (a join, no such terms, the table not copied)."""
+        found = filter_terms(marked, "mysql", columns)
+        if found is None:
+            return None
+        table, cond, used = found
+        params = {f"qwp{i + 1}": v for i, v in enumerate(values or ()) if f"qwp{i + 1}" in used}
+        sql = render_placeholders(
+            f"SELECT count(*), sum(CASE WHEN ({cond}) THEN 1 ELSE 0 END) FROM {table}",
+            "pyformat",
+            escape_percent=True,
+        )
+        row = self.session.run(sql, params or None).first()
+        if row is None or not row[0]:
+            return None
+        return float(row[1] or 0) / float(row[0]), int(row[0])
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.close()

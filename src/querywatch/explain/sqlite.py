@@ -32,6 +32,7 @@ import typing as t
 from . import Plan
 from . import PlanNode
 from . import deadline_handler
+from . import filter_terms
 from . import number_placeholders
 from .names import alias_map
 from .names import translate_error
@@ -201,32 +202,10 @@ def matching_share(
     them all, and then reading them by an index is slower than the scan."""
     import random
 
-    import sqlglot
-    from sqlglot import exp
-
-    try:
-        tree = sqlglot.parse_one(marked, read="sqlite")
-    except Exception:
+    found = filter_terms(marked, "sqlite", columns)
+    if found is None:
         return None
-    if not isinstance(tree, exp.Select) or tree.args.get("joins"):
-        return None
-    where = tree.args.get("where")
-    tables = list(tree.find_all(exp.Table))
-    if where is None or len(tables) != 1 or where.find(exp.Select) is not None:
-        return None
-    quoted = tables[0].sql(dialect="sqlite")
-    terms = list(where.this.flatten()) if isinstance(where.this, exp.And) else [where.this]
-    if columns is not None:
-        wanted = {c.lower() for c in columns}
-        terms = [
-            x
-            for x in terms
-            if (found := {c.name.lower() for c in x.find_all(exp.Column)}) and found <= wanted
-        ]
-    if not terms:
-        return None
-    cond = " AND ".join(f"({x.sql(dialect='sqlite')})" for x in terms)
-    used = {p.name for x in terms for p in x.find_all(exp.Placeholder)}
+    quoted, cond, used = found
     params = {f"qwp{i + 1}": v for i, v in enumerate(values or ()) if f"qwp{i + 1}" in used}
     sql = f"SELECT count(*), sum(CASE WHEN ({cond}) THEN 1 ELSE 0 END) FROM {quoted}"
     try:
