@@ -103,6 +103,36 @@ def test_a_shape_of_a_bind_is_planned_on_the_bind(library: t.Any) -> None:
     assert (advice.table, advice.keys) == ("audit_event", ("actor",))
 
 
+def test_flask_querywatch_advise_plans_each_shape_on_its_bind(library: t.Any) -> None:
+    """``flask querywatch advise`` runs in a process of its own, which ran none of the
+    shapes: it planned them all on the app's default database, so the bind's shape
+    failed with "no such table". Each shape now goes to the app's engine whose database
+    holds its tables, and the answer names each database."""
+    import json
+
+    from querywatch import capture
+
+    client = library.test_client()
+    assert client.get("/books/978-000000005").status_code == 200
+    assert client.get("/audit/user3@example.com").status_code == 200
+    _shape(library, "actor")
+    capture.shape_urls.clear()  # as in another process
+    result = library.test_cli_runner().invoke(args=["querywatch", "advise", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    by_db = {pathlib.Path(d["database"]).name: d for d in data["databases"]}
+    assert set(by_db) == {"library.db", "audit.db"}
+    assert [s["name"] for s in by_db["audit.db"]["suggestions"]] == ["ix_audit_event_actor"]
+    assert "ix_book_isbn" in [s["name"] for s in by_db["library.db"]["suggestions"]]
+    for d in data["databases"]:
+        for q in d["queries"]:
+            assert not any("no such table" in e for e in q.get("errors", [])), q
+    # Text names each database before its advice.
+    text = library.test_cli_runner().invoke(args=["querywatch", "advise"])
+    assert text.exit_code == 0, text.output
+    assert text.output.count("== sqlite:///") == 2
+
+
 def test_the_override_names_the_database(library: t.Any, tmp_path: t.Any) -> None:
     state = library.extensions["querywatch"]
     client = library.test_client()

@@ -58,6 +58,21 @@ def _app_database_url() -> str | None:
     return url if isinstance(url, str) else None
 
 
+def _by_database(queries: list[t.Any], database_url: str) -> dict[str, list[t.Any]]:
+    """The queries grouped by the database each is planned on: run as ``flask querywatch
+    advise`` without ``--database-url``, each shape goes to the app's engine that holds
+    its tables (a Flask-SQLAlchemy bind's shape to the bind); else all to one."""
+    app = _flask_app()
+    state = app.extensions.get("querywatch") if app is not None else None
+    if state is None or database_url != _app_database_url():
+        return {database_url: queries}
+    out: dict[str, list[t.Any]] = {}
+    for q in queries:
+        url = state.advise_database_url(q.fingerprint, q.sql) or database_url
+        out.setdefault(url, []).append(q)
+    return out
+
+
 def _app_config(key: str) -> t.Any:
     """A config value of the Flask app, when run as ``flask querywatch``."""
     app = _flask_app()
@@ -291,34 +306,52 @@ def advise(
                 " '--since', or pass '--sql FILE'."
             )
             return
+    groups = _by_database(queries, database_url) if sql_file is None else {database_url: queries}
+    results: list[tuple[str, t.Any]] = []
     try:
-        with Advisor(
-            database_url,
-            allow_ddl=True if allow_ddl else None,
-            scan_min_rows=scan_min_rows,
-            timeout=timeout,
-            unused_window_days=unused_window_days,
-        ) as adv:
-            result = adv.advise(queries)
-        if left_out > 0:
-            result.notes.insert(
-                0,
-                f"{left_out} cheaper read shape{'s' if left_out != 1 else ''} of the window"
-                f" left out (--limit {limit}); pass --limit {limit + left_out} to analyse"
-                " every one (an index that serves several shapes shows once all are in).",
-            )
-        if store is not None and record:
-            record_advice(store, result)
+        for url, group in groups.items():
+            with Advisor(
+                url,
+                allow_ddl=True if allow_ddl else None,
+                scan_min_rows=scan_min_rows,
+                timeout=timeout,
+                unused_window_days=unused_window_days,
+            ) as adv:
+                result = adv.advise(group)
+            if left_out > 0 and not results:
+                result.notes.insert(
+                    0,
+                    f"{left_out} cheaper read shape{'s' if left_out != 1 else ''} of the"
+                    f" window left out (--limit {limit}); pass --limit {limit + left_out} to"
+                    " analyse every one (an index that serves several shapes shows once all"
+                    " are in).",
+                )
+            if store is not None and record:
+                record_advice(store, result)
+            results.append((url, result))
     except QueryWatchError as e:
         raise click.ClickException(str(e)) from None
     finally:
         if store is not None:
             store.dispose()
-    data = result.to_dict()
+    if len(results) == 1:
+        data = results[0][1].to_dict()
+        if as_json:
+            click.echo(json.dumps(data, indent=2, default=str))
+        else:
+            render_advice(data)
+        return
+    # An app with binds: one answer a database, each named (without its password).
+    from sqlalchemy.engine import make_url
+
+    named = [(make_url(url).render_as_string(hide_password=True), r) for url, r in results]
     if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
-    else:
-        render_advice(data)
+        out = [{"database": name, **r.to_dict()} for name, r in named]
+        click.echo(json.dumps({"databases": out}, indent=2, default=str))
+        return
+    for name, r in named:
+        click.echo(f"== {name}")
+        render_advice(r.to_dict())
 
 
 @cli.command()

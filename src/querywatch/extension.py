@@ -71,6 +71,8 @@ class AppState:
         self._store: Store | None = None
         self._store_lock = threading.Lock()
         self._cache: Cache | None = None
+        #: The tables of each of the app's databases, read once (one entry an engine).
+        self._tables_by_url: dict[str, frozenset[str]] = {}
         #: The QueryWatch instance registered on the app.
         self.owner: QueryWatch | None = None
         #: The app's Prometheus metrics (None when ``QUERYWATCH_METRICS_PATH`` is None).
@@ -165,13 +167,17 @@ class AppState:
                     )
         return self._cache
 
-    def advise_database_url(self, fingerprint: str | None = None) -> str | None:
+    def advise_database_url(
+        self, fingerprint: str | None = None, sql: str | None = None
+    ) -> str | None:
         """The database the advisor asks for plans of a shape: ``QUERYWATCH_ADVISE_
         DATABASE_URL`` when set; else the engine that ran the shape, as capture saw it
         (a Flask-SQLAlchemy bind, a plain engine), when it is one of this app's or the
-        app names none; else the app's engine (Flask-SQLAlchemy's resolved URL: a
-        relative SQLite path lives in the instance folder); else
-        ``SQLALCHEMY_DATABASE_URI`` as written."""
+        app names none; else, for a shape this process did not run (``flask querywatch
+        advise``), the one engine of the app whose database holds every table ``sql``
+        reads (a bind's tables live in the bind's database); else the app's engine
+        (Flask-SQLAlchemy's resolved URL: a relative SQLite path lives in the instance
+        folder); else ``SQLALCHEMY_DATABASE_URI`` as written."""
         if self.settings.advise_database_url:
             return normalize_url(self.settings.advise_database_url)
         engines = self.app_engines()
@@ -179,11 +185,49 @@ class AppState:
         seen = capture.shape_urls.get(fingerprint) if fingerprint else None
         if seen is not None and (not urls or seen in urls):
             return str(seen.render_as_string(hide_password=False))
+        if sql is not None and len(urls) > 1:
+            holder = self._engine_holding(sql, list(engines.values()))
+            if holder is not None:
+                return str(holder.url.render_as_string(hide_password=False))
         if urls:
             first = engines.get("default") or next(iter(engines.values()))
             return str(first.url.render_as_string(hide_password=False))
         url = self._config.get("SQLALCHEMY_DATABASE_URI")
         return normalize_url(url) if isinstance(url, str) else None
+
+    def _engine_holding(self, sql: str, engines: list[t.Any]) -> t.Any:
+        """The one engine whose database holds every table ``sql`` reads; None where
+        none or several do, or the statement cannot be read."""
+        from .cache import ALL_TABLES
+        from .cache import statement_tables
+
+        read, _ = statement_tables(sql)
+        if not read or ALL_TABLES in read:
+            return None
+        holders = [e for e in engines if read <= self._table_names(e)]
+        return holders[0] if len(holders) == 1 else None
+
+    def _table_names(self, engine: t.Any) -> frozenset[str]:
+        """The tables and views of an engine's database, lower case, read once (through
+        the advisor's own read-only connection: a SQLite file is never created)."""
+        key = str(engine.url)
+        if key not in self._tables_by_url:
+            from sqlalchemy import inspect
+
+            from .explain import Explainer
+
+            names: frozenset[str] = frozenset()
+            try:
+                url = engine.url.render_as_string(hide_password=False)
+                with Explainer(url, writable=False) as ex, ex.session() as s:
+                    insp = inspect(s.conn)
+                    names = frozenset(
+                        n.lower() for n in (*insp.get_table_names(), *insp.get_view_names())
+                    )
+            except Exception as e:
+                swallow("advisor.tables", e)
+            self._tables_by_url[key] = names
+        return self._tables_by_url[key]
 
     def app_engines(self) -> dict[str, t.Any]:
         """The app's engines by name (``QueryWatch(engines=...)``'s, else
