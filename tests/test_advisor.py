@@ -1033,6 +1033,71 @@ def test_a_cartesian_product_is_named(tmp_path: t.Any) -> None:
     assert [h for h in meant.hints if h.kind == "cartesian_product"] == []
 
 
+def test_a_cartesian_product_gets_the_join_its_foreign_key_names(adv_url: str) -> None:
+    """A cartesian product got "add the missing join condition" and nothing to run.
+    Where one foreign key links the table left apart to the others, the hint names the
+    condition and writes the statement with it (``JOIN … ON``), quoted as the statement
+    was (a table named ``order``), and that statement runs and returns only the linked
+    pairs. Two foreign keys would be a guess: then the hint stays general."""
+    from sqlalchemy import Column
+    from sqlalchemy import ForeignKey
+    from sqlalchemy import Integer
+    from sqlalchemy import MetaData
+    from sqlalchemy import String
+    from sqlalchemy import Table
+
+    md = MetaData()
+    Table(
+        "member",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("name", String(40), nullable=False),
+    )
+    Table(
+        "order",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("member_id", Integer, ForeignKey("member.id"), nullable=False),
+    )
+    Table(
+        "transfer",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("sender_id", Integer, ForeignKey("member.id"), nullable=False),
+        Column("receiver_id", Integer, ForeignKey("member.id"), nullable=False),
+    )
+    engine = create_engine(adv_url)
+    md.drop_all(engine)
+    md.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(md.tables["member"].insert(), [{"id": i, "name": f"m{i}"} for i in (1, 2, 3)])
+        conn.execute(md.tables["order"].insert(), [{"id": 7, "member_id": 2}])
+        conn.execute(md.tables["transfer"].insert(), [{"id": 9, "sender_id": 1, "receiver_id": 3}])
+    q = "`" if adv_url.startswith("mysql") else '"'
+    order = f"{q}order{q}"
+    try:
+        advice = advise(
+            adv_url,
+            f"SELECT {order}.id, member.name FROM {order}, member WHERE {order}.id = 7",
+            "SELECT transfer.id, member.name FROM transfer, member WHERE transfer.id = 9",
+        )
+        linked, ambiguous = advice.queries
+        (hint,) = [h for h in linked.hints if h.kind == "cartesian_product"]
+        assert hint.fix.startswith(f"Add the missing join condition, {order}.member_id = member.id")
+        assert hint.rewrite == (
+            f"SELECT {order}.id, member.name FROM {order} JOIN member ON"
+            f" {order}.member_id = member.id WHERE {order}.id = 7"
+        )
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql(hint.rewrite).all() == [(7, "m2")]
+        (general,) = [h for h in ambiguous.hints if h.kind == "cartesian_product"]
+        assert general.rewrite is None
+        assert general.fix.startswith("Add the missing join condition (JOIN ... ON")
+    finally:
+        md.drop_all(engine)
+        engine.dispose()
+
+
 def test_no_semi_join_where_the_group_by_merges_rows(tmp_path: t.Any) -> None:
     """Grouped by a column that is not a key, the join's GROUP BY merges rows that the
     IN (subquery) would return apart: no rewrite is offered, measured or not."""

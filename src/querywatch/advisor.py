@@ -42,6 +42,7 @@ from .explain import Session
 from .explain import check_read_only
 from .explain import number_placeholders
 from .explain import placeholder_values
+from .explain import quiet_parse
 from .explain import render_placeholders
 from .explain import sqlglot_dialect
 from .explain.names import translate_error
@@ -305,6 +306,12 @@ class Hint:
     _keyed: tuple[str, str | None, frozenset[str]] | None = dataclasses.field(
         default=None, repr=False
     )
+    #: A cartesian product: the statement (numbered placeholders), then (alias, table,
+    #: schema) of the tables no condition joins, and of those joined (not shown).
+    _product: (
+        tuple[str, tuple[tuple[str, str, str | None], ...], tuple[tuple[str, str, str | None], ...]]
+        | None
+    ) = dataclasses.field(default=None, repr=False)
 
 
 @dataclasses.dataclass
@@ -940,6 +947,10 @@ def _join_hints(
     if len(alone) > 1:
         apart = sorted(a for a in sources if root(a) != root(first))
         names = ", ".join(sources[a].name for a in apart)
+
+        def placed(aliases: t.Iterable[str]) -> tuple[tuple[str, str, str | None], ...]:
+            return tuple((a, sources[a].name, sources[a].db or None) for a in aliases)
+
         hints.append(
             Hint(
                 "cartesian_product",
@@ -947,6 +958,11 @@ def _join_hints(
                 " paired with every row of the other (a cartesian product)",
                 "Add the missing join condition (JOIN ... ON child.parent_id = parent.id);"
                 " if the product is meant, write CROSS JOIN so that it reads as meant.",
+                _product=(
+                    select.sql(dialect=gen),
+                    placed(apart),
+                    placed(a for a in sources if root(a) == root(first)),
+                ),
             )
         )
         return hints
@@ -1459,6 +1475,9 @@ class Advisor:
             qa.plan = s.explain(q.sql, q.params, values=self._plan_values(values))
             qa.hints.extend(an.hints)
             qa.hints = [h for h in qa.hints if self._keeps_rows(s, h)]
+            for h in qa.hints:
+                if h._product is not None:
+                    self._join_by_foreign_key(s, h)
             if self.measure:
                 qa.hints = [h for h in qa.hints if self._rewrite_holds(s, qa, h, values)]
             qa.has_limit = an.has_limit
@@ -1509,6 +1528,82 @@ class Advisor:
                 qa.widest = self._widest(s, an, values)
         if candidates:
             self._run_trials(qa, candidates)
+
+    def _join_by_foreign_key(self, s: Session, h: Hint) -> None:
+        """A cartesian product whose tables one foreign key links (and only one: two
+        would be a guess): the hint names that condition and writes the statement
+        with it, as ``JOIN … ON``. The rewrite returns fewer rows by design (the pairs
+        the key links), so it is shown, not run against the statement."""
+        import sqlglot
+        from sqlalchemy import inspect
+        from sqlglot import exp
+
+        assert h._product is not None
+        marked, apart, joined = h._product
+        edges = []
+        try:
+            with s.savepoint():
+                insp = inspect(s.conn)
+                for a_alias, a_table, a_schema in apart:
+                    for j_alias, j_table, j_schema in joined:
+                        for child, parent, fks in (
+                            (a_alias, j_alias, insp.get_foreign_keys(a_table, schema=a_schema)),
+                            (j_alias, a_alias, insp.get_foreign_keys(j_table, schema=j_schema)),
+                        ):
+                            other = j_table if child == a_alias else a_table
+                            for fk in fks:
+                                if str(fk.get("referred_table") or "").lower() == other.lower():
+                                    edges.append((a_alias, child, parent, fk))
+        except Exception:
+            return
+        if len(edges) != 1 or len(apart) != 1:
+            return
+        ((alias, child, parent, fk),) = edges
+        gen = sqlglot_dialect(self.dialect)
+        try:
+            with quiet_parse():
+                tree = sqlglot.parse_one(marked, read=gen)
+        except Exception:
+            return
+        join = next(
+            (j for j in tree.args.get("joins") or [] if (j.alias_or_name or "").lower() == alias),
+            None,
+        )
+        if join is None or join.args.get("on") is not None or join.args.get("using"):
+            return
+
+        def ident(who: str) -> t.Any:
+            for node in [tree.args.get("from_") or tree.args.get("from")] + list(
+                tree.args.get("joins") or []
+            ):
+                tb = node.this if node is not None else None
+                if isinstance(tb, exp.Table) and (tb.alias_or_name or "").lower() == who:
+                    named = tb.args.get("alias")
+                    return (named.this if named is not None else tb.this).copy()
+            return exp.to_identifier(who)
+
+        pairs = list(zip(fk["constrained_columns"], fk["referred_columns"], strict=False))
+        if not pairs:
+            return
+        on = exp.and_(
+            *(
+                exp.EQ(
+                    this=exp.Column(this=exp.to_identifier(c), table=ident(child)),
+                    expression=exp.Column(this=exp.to_identifier(r), table=ident(parent)),
+                )
+                for c, r in pairs
+            )
+        )
+        join.set("on", on)
+        join.set("kind", None)
+        shown = re.sub(r":qwp\d+\b", "?", tree.sql(dialect=gen))
+        cond = on.sql(dialect=gen)
+        h.rewrite = shown
+        h.fix = (
+            f"Add the missing join condition, {cond} (the one foreign key between them;"
+            f" the rewrite returns only the pairs it links). Rewritten: {shown} If the"
+            " product is meant, write CROSS JOIN so that it reads as meant."
+        )
 
     def _keeps_rows(self, s: Session, h: Hint) -> bool:
         """Whether a rewrite returns the rows the statement did: the de-duplicated
