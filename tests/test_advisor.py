@@ -1017,6 +1017,45 @@ def test_a_join_that_only_filters_gets_its_semi_join_measured(tmp_path: t.Any) -
     assert [h.kind for h in unmeasured.queries[0].hints] == ["join_to_filter"]
 
 
+def test_the_followed_posts_plus_ones_own_get_their_semi_join_measured(tmp_path: t.Any) -> None:
+    """The posts of the users someone follows plus their own, as the ORM writes it: an
+    inner join to the author, outer joins through followers to the follower, ``WHERE
+    follower.id = ? OR author.id = ?`` and ``GROUP BY`` every post column (26.7 ms on a
+    real app; 0.12 ms rewritten). The joins' equalities carry each filter to a column of
+    ``post``; the rewrite is run beside the statement, returns the same rows, and is
+    kept with its figures. Not run, the hint gives its advice without the statement."""
+    url = _followers_db(tmp_path / "blog.db")
+    sql = (
+        "SELECT post.id, post.body, post.timestamp, post.user_id FROM post"
+        " JOIN user AS user_1 ON user_1.id = post.user_id"
+        " LEFT OUTER JOIN followers AS followers_1 ON user_1.id = followers_1.followed_id"
+        " LEFT OUTER JOIN user AS user_2 ON user_2.id = followers_1.follower_id"
+        " WHERE user_2.id = ? OR user_1.id = ?"
+        " GROUP BY post.id, post.body, post.timestamp, post.user_id"
+        " ORDER BY post.timestamp DESC LIMIT 20"
+    )
+    with Advisor(url, measure=True) as adv:
+        advice = adv.advise([QueryInput(sql, params=(7, 7))])
+    # ``user`` joined twice is two tables, each joined: no cartesian product (it was one).
+    assert [h.kind for h in advice.queries[0].hints] == ["join_to_filter"]
+    (hint,) = advice.queries[0].hints
+    assert hint.rewrite == (
+        "SELECT post.id, post.body, post.timestamp, post.user_id FROM post WHERE post.user_id"
+        " IN (SELECT followers_1.followed_id FROM followers AS followers_1 WHERE"
+        " followers_1.follower_id = ?) OR post.user_id = ? ORDER BY post.timestamp DESC LIMIT 20"
+    )
+    assert hint.fix.endswith("ms, the same rows."), hint.fix
+    with sqlite3.connect(tmp_path / "blog.db") as conn:
+        assert conn.execute(hint.rewrite, (7, 7)).fetchall() == conn.execute(sql, (7, 7)).fetchall()
+
+    with Advisor(url, measure=False) as adv:
+        unmeasured = adv.advise([QueryInput(sql, params=(7, 7))])
+    (hint,) = [h for h in unmeasured.queries[0].hints if h.kind == "join_to_filter"]
+    assert hint.rewrite is None
+    assert "Rewritten:" not in hint.fix
+    assert hint.fix.startswith("Filter with a semi-join instead")
+
+
 def test_a_cartesian_product_is_named(tmp_path: t.Any) -> None:
     url = _followers_db(tmp_path / "blog.db")
     advice = advise(

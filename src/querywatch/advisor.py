@@ -308,6 +308,9 @@ class Hint:
     )
     #: A cartesian product: the statement (numbered placeholders), then (alias, table,
     #: schema) of the tables no condition joins, and of those joined (not shown).
+    #: The rewrite stands only where it was run beside the statement and returned the
+    #: same rows (not shown); unmeasured, the hint keeps its advice without it.
+    _measured_only: bool = dataclasses.field(default=False, repr=False)
     _product: (
         tuple[str, tuple[tuple[str, str, str | None], ...], tuple[tuple[str, str, str | None], ...]]
         | None
@@ -915,6 +918,10 @@ def _join_hints(
     def owners(e: t.Any) -> set[str]:
         found = set()
         for c in e.find_all(exp.Column):
+            named = (c.table or "").lower()
+            if named in sources:  # by alias: a table joined twice is two sources
+                found.add(named)
+                continue
             use = resolve(c)
             if use is None:
                 return {"?"}
@@ -968,36 +975,55 @@ def _join_hints(
         return hints
 
     # The semi-join written as a join plus GROUP BY/DISTINCT.
+    found = _semi_join(select, sources, owners, resolve, gen)
+    if found is None:
+        found = _semi_join_by_classes(select, sources, owners, resolve, gen)
+    if found is not None:
+        hints.append(found)
+    return hints
+
+
+def _semi_join(
+    select: t.Any,
+    sources: dict[str, t.Any],
+    owners: t.Callable[[t.Any], set[str]],
+    resolve: t.Callable[[t.Any], _TableUse | None],
+    gen: t.Any,
+) -> Hint | None:
+    """One inner join whose ``GROUP BY`` (or ``DISTINCT``) over every selected column of
+    the other table only removes the rows it repeated: ``IN (subquery)`` instead."""
+    from sqlglot import exp
+
     joins = select.args.get("joins") or []
     grouped = select.args.get("group")
     if len(sources) != 2 or len(joins) != 1 or select.args.get("having") is not None:
-        return hints
+        return None
     if grouped is None and not select.args.get("distinct"):
-        return hints
+        return None
     other = (joins[0].alias_or_name or "").lower()
     main = next((a for a in sources if a != other), None)
     if main is None or other not in sources or (joins[0].args.get("kind") or "INNER") != "INNER":
-        return hints
+        return None
     projected = select.expressions
     if not projected or any(
         not isinstance(p.unalias(), exp.Column) or owners(p) != {main} for p in projected
     ):
-        return hints
+        return None
     if grouped is not None:
         keys = {g.sql(dialect=gen) for g in grouped.expressions}
         if (
             any(owners(g) != {main} for g in grouped.expressions)
             or not {p.unalias().sql(dialect=gen) for p in projected} <= keys
         ):
-            return hints
+            return None
     on = _flatten_and(joins[0].args.get("on"))
     pairs = []
     for cond in on:
         if not isinstance(cond, exp.EQ) or owners(cond) != {main, other}:
-            return hints
+            return None
         a, b = cond.this, cond.expression
         if not (isinstance(a, exp.Column) and isinstance(b, exp.Column)):
-            return hints
+            return None
         if owners(a) == {other}:
             a, b = b, a
         pairs.append((a, b))
@@ -1010,9 +1036,9 @@ def _join_hints(
         elif who == {other}:
             other_conds.append(cond.copy())
         else:
-            return hints
+            return None
     if len(pairs) != 1:
-        return hints
+        return None
     ((a, b),) = pairs
     sub = exp.select(b.copy()).from_(sources[other].copy())
     if other_conds:
@@ -1025,24 +1051,186 @@ def _join_hints(
     marked = rewritten.sql(dialect=gen)
     shown = re.sub(r":qwp\d+\b", "?", marked)
     what = "GROUP BY over every selected column" if grouped is not None else "DISTINCT"
-    hints.append(
-        Hint(
-            "join_to_filter",
-            f"JOIN {sources[other].name} with {what} of {sources[main].name}: the join only"
-            f" filters {sources[main].name}, and the {what.split(' ')[0]} removes the rows"
-            " it repeated",
-            "Filter with a semi-join instead (IN (subquery), or EXISTS): each row is read"
-            f" once, with no sort or hash to de-duplicate. Rewritten: {shown}",
-            rewrite=shown,
-            _marked=marked,
-            _keyed=(
-                resolve(projected[0].unalias()).table,  # type: ignore[union-attr]
-                resolve(projected[0].unalias()).schema,  # type: ignore[union-attr]
-                frozenset(p.unalias().name.lower() for p in projected),
-            ),
-        )
+    return Hint(
+        "join_to_filter",
+        f"JOIN {sources[other].name} with {what} of {sources[main].name}: the join only"
+        f" filters {sources[main].name}, and the {what.split(' ')[0]} removes the rows"
+        " it repeated",
+        "Filter with a semi-join instead (IN (subquery), or EXISTS): each row is read"
+        f" once, with no sort or hash to de-duplicate. Rewritten: {shown}",
+        rewrite=shown,
+        _marked=marked,
+        _keyed=(
+            resolve(projected[0].unalias()).table,  # type: ignore[union-attr]
+            resolve(projected[0].unalias()).schema,  # type: ignore[union-attr]
+            frozenset(p.unalias().name.lower() for p in projected),
+        ),
     )
-    return hints
+
+
+def _semi_join_by_classes(
+    select: t.Any,
+    sources: dict[str, t.Any],
+    owners: t.Callable[[t.Any], set[str]],
+    resolve: t.Callable[[t.Any], _TableUse | None],
+    gen: t.Any,
+) -> Hint | None:
+    """Joins (inner or left) that only filter the ``FROM`` table, whose ``GROUP BY``
+    over every selected column removes the rows they repeated, with the filters on the
+    joined tables in any AND/OR: the posts of the users someone follows, plus their own
+    (``... LEFT JOIN followers ... LEFT JOIN user AS follower ... WHERE follower.id = ?
+    OR author.id = ? GROUP BY post.*``). The ``ON`` equalities make classes of equal
+    columns; a filter on a column equal to one of the main table's becomes a filter on
+    that column, and one on a link table's other column an ``IN (subquery)`` of it.
+    The rewrite reads each row once; it is offered only where it was run beside the
+    statement and returned the same rows (:attr:`Hint._measured_only`)."""
+    from sqlglot import exp
+
+    joins = select.args.get("joins") or []
+    grouped = select.args.get("group")
+    if not joins or select.args.get("having") is not None:
+        return None
+    if grouped is None and not select.args.get("distinct"):
+        return None
+    frm = select.args.get("from_") or select.args.get("from")
+    if frm is None or not isinstance(frm.this, exp.Table):
+        return None
+    main = (frm.this.alias_or_name or "").lower()
+    projected = select.expressions
+    if not projected or any(
+        not isinstance(p.unalias(), exp.Column) or owners(p) != {main} for p in projected
+    ):
+        return None
+    if grouped is not None and (
+        any(owners(g) != {main} for g in grouped.expressions)
+        or not {p.unalias().sql(dialect=gen) for p in projected}
+        <= {g.sql(dialect=gen) for g in grouped.expressions}
+    ):
+        return None
+    if any(owners(o.this) != {main} for o in (select.args.get("order") or exp.Order()).expressions):
+        return None
+    parent: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def find(k: tuple[str, str]) -> tuple[str, str]:
+        while parent.get(k, k) != k:
+            k = parent[k]
+        return k
+
+    def key(c: t.Any) -> tuple[str, str] | None:
+        who = owners(c)
+        return (next(iter(who)), c.name.lower()) if len(who) == 1 and "?" not in who else None
+
+    columns: dict[tuple[str, str], t.Any] = {}
+    for j in joins:
+        kind, side = (j.args.get("kind") or "").upper(), (j.args.get("side") or "").upper()
+        if kind not in ("", "INNER", "OUTER") or side not in ("", "LEFT") or j.args.get("using"):
+            return None
+        for cond in _flatten_and(j.args.get("on")):
+            if not isinstance(cond, exp.EQ):
+                return None
+            a, b = cond.this, cond.expression
+            if not (isinstance(a, exp.Column) and isinstance(b, exp.Column)):
+                return None
+            ka, kb = key(a), key(b)
+            if ka is None or kb is None:
+                return None
+            columns.setdefault(ka, a)
+            columns.setdefault(kb, b)
+            parent[find(ka)] = find(kb)
+
+    def of_main(k: tuple[str, str]) -> t.Any:
+        root = find(k)
+        for other, col in columns.items():
+            if other[0] == main and find(other) == root:
+                return col.copy()
+        return None
+
+    def mapped(node: t.Any) -> t.Any:
+        if isinstance(node, (exp.And, exp.Or)):
+            left, right = mapped(node.this), mapped(node.expression)
+            if left is None or right is None:
+                return None
+            return type(node)(this=left, expression=right)
+        if isinstance(node, exp.Paren):
+            inner = mapped(node.this)
+            return None if inner is None else exp.Paren(this=inner)
+        if not isinstance(node, (exp.EQ, exp.In)) or not isinstance(node.this, exp.Column):
+            return None
+        rest = [v for k, v in node.args.items() if k != "this" and v is not None]
+        if any(
+            not _is_value(v) for v in (x for r in rest for x in (r if isinstance(r, list) else [r]))
+        ):
+            return None
+        k = key(node.this)
+        if k is None:
+            return None
+        if k[0] == main:
+            return node.copy()
+        same = of_main(k)
+        if same is not None:
+            out = node.copy()
+            out.set("this", same)
+            return out
+        # A link table: the filtered column's table holds another column equal to one of
+        # the main table's (followers.follower_id = ?, followers.followed_id = post.user_id).
+        for link in [m for m in columns if find(m) == find(k) and m[0] != main]:
+            table = sources.get(link[0])
+            if not isinstance(table, exp.Table):
+                continue
+            for other in columns:
+                if other[0] != link[0] or other == link:
+                    continue
+                target = of_main(other)
+                if target is None:
+                    continue
+                cond = node.copy()
+                cond.set(
+                    "this",
+                    exp.Column(this=exp.to_identifier(link[1]), table=exp.to_identifier(link[0])),
+                )
+                sub = exp.select(columns[other].copy()).from_(table.copy()).where(cond)
+                return target.isin(query=sub)
+        return None
+
+    where = select.args.get("where")
+    if where is None:
+        return None
+    cond = mapped(where.this)
+    if cond is None:
+        return None
+    rewritten = select.copy()
+    rewritten.set("joins", None)
+    rewritten.set("group", None)
+    rewritten.set("distinct", None)
+    rewritten.set("where", exp.Where(this=cond))
+    marked = rewritten.sql(dialect=gen)
+    shown = re.sub(r":qwp\d+\b", "?", marked)
+    names = ", ".join(sorted({sources[a].name for a in sources if a != main}))
+    use = resolve(projected[0].unalias())
+    assert use is not None
+    return Hint(
+        "join_to_filter",
+        f"JOIN {names} with GROUP BY over every selected column of {sources[main].name}:"
+        f" the joins only filter {sources[main].name}, and the GROUP BY removes the rows"
+        " they repeated",
+        "Filter with a semi-join instead (IN (subquery), or EXISTS): each row is read"
+        f" once, with no sort or hash to de-duplicate. Rewritten: {shown}",
+        rewrite=shown,
+        _marked=marked,
+        _keyed=(use.table, use.schema, frozenset(p.unalias().name.lower() for p in projected)),
+        _measured_only=True,
+    )
+
+
+def _unmeasured(h: Hint) -> None:
+    """A rewrite that stands only once run beside the statement, not run: the hint
+    keeps its advice, without the statement it cannot vouch for."""
+    h.fix = (
+        h.fix.split(" Rewritten: ")[0] + " The rewritten statement is shown once"
+        " 'querywatch advise' has run it beside this one and seen the same rows."
+    )
+    h.rewrite = None
+    h._marked = None
 
 
 def _is_value(node: t.Any) -> bool:
@@ -1480,6 +1668,9 @@ class Advisor:
                     self._join_by_foreign_key(s, h)
             if self.measure:
                 qa.hints = [h for h in qa.hints if self._rewrite_holds(s, qa, h, values)]
+            for h in qa.hints:
+                if h._measured_only and h._marked is not None and "Measured " not in h.fix:
+                    _unmeasured(h)
             qa.has_limit = an.has_limit
             self._plan_findings(s, qa, an, values)
             candidates = []
