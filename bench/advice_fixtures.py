@@ -142,8 +142,9 @@ def seed(url: str, rows: int) -> None:
     engine.dispose()
 
 
-def captured(url: str) -> list[tuple[str, t.Any, t.Any]]:
-    """Each case's statement and parameters as the driver got them, from a Session."""
+def captured(url: str) -> list[tuple[str, t.Any, t.Any, int]]:
+    """Each case's statement and parameters as the driver got them, from a Session, and
+    the rows it returned (which the store counts, as it never keeps values)."""
     engine = create_engine(url)
     seen: list[tuple[str, t.Any]] = []
 
@@ -155,8 +156,8 @@ def captured(url: str) -> list[tuple[str, t.Any, t.Any]]:
     with Session(engine) as session:
         for name, _want, build in CASES:
             seen.clear()
-            session.execute(build()).all()
-            out.append((name, *seen[-1]))
+            got = len(session.execute(build()).all())
+            out.append((name, *seen[-1], got))
     engine.dispose()
     return out
 
@@ -229,12 +230,16 @@ def run(url: str, rows: int) -> dict[str, t.Any]:
         with_params = mode != "store shape"
         queries = [
             QueryInput(sql, params=params if with_params else None, label=name)
-            for name, sql, params in stmts
+            for name, sql, params, _ in stmts
         ]
-        if not with_params:  # the store's shape: placeholders kept, no values
+        if not with_params:  # the store's shape: placeholders kept, no values, rows counted
             queries = [
-                QueryInput(q.sql if params is None else _shape(sql, params, url), label=q.label)
-                for q, (_, sql, params) in zip(queries, stmts, strict=True)
+                QueryInput(
+                    q.sql if params is None else _shape(sql, params, url),
+                    label=q.label,
+                    rows=float(got),
+                )
+                for q, (_, sql, params, got) in zip(queries, stmts, strict=True)
             ]
         t0 = time.perf_counter()
         with Advisor(url, scan_min_rows=1000, timeout=60, **kw) as adv:  # type: ignore[arg-type]
@@ -243,7 +248,9 @@ def run(url: str, rows: int) -> dict[str, t.Any]:
         rows_out = []
         found = harmful = failed = 0
         served = {id(qa): s for s in advice.suggestions for qa, _ in s.trials}
-        for (name, want, _), (_, sql, params), qa in zip(CASES, stmts, advice.queries, strict=True):
+        for (name, want, _), (_, sql, params, _), qa in zip(
+            CASES, stmts, advice.queries, strict=True
+        ):
             sugg = served.get(id(qa))
             entry: dict[str, t.Any] = {"case": name}
             if sugg is not None:

@@ -1179,6 +1179,78 @@ def test_an_index_serving_more_shapes_does_not_leave_an_equality_to_a_filter(
         assert keys[0] == "kind" or "kind" in (s.candidate.where or ""), s.candidate
 
 
+def test_a_shape_is_planned_with_values_that_match_the_rows_its_calls_returned(
+    adv_url: str,
+) -> None:
+    """From the store's shape alone, ``kind = ? AND amount > ?`` was planned with the
+    kind most rows hold and a range that keeps a tenth: the refunds index the app needed
+    was never found, and the same shape with ``amount > 0`` would have been offered one.
+    The store counts the rows a call returned (never the values): the shape is planned
+    with the common values and range edges whose share of the table is nearest, a rare
+    kind and a narrow range for 80 rows a call, the common kind and the whole range for
+    every row."""
+    import random
+
+    from sqlalchemy import Column
+    from sqlalchemy import Integer
+    from sqlalchemy import MetaData
+    from sqlalchemy import String
+    from sqlalchemy import Table
+
+    md = MetaData()
+    sale = Table(
+        "sale",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("kind", String(20), nullable=False),
+        Column("amount", Integer, nullable=False),
+    )
+    engine = create_engine(adv_url)
+    md.drop_all(engine)
+    md.create_all(engine)
+    rnd = random.Random(5)
+    with engine.begin() as conn:
+        conn.execute(
+            sale.insert(),
+            [
+                {
+                    "id": i,
+                    "kind": "refund" if rnd.random() < 0.02 else "sale",
+                    "amount": rnd.randint(1, 10_000),
+                }
+                for i in range(1, 40_001)
+            ],
+        )
+        conn.exec_driver_sql(
+            {"postgresql": "ANALYZE sale", "sqlite": "ANALYZE", "mysql": "ANALYZE TABLE sale"}[
+                engine.dialect.name
+            ]
+        )
+    engine.dispose()
+    shape = "SELECT sale.id FROM sale WHERE sale.kind = ? AND sale.amount > ?"
+    try:
+        with Advisor(adv_url, measure=False, scan_min_rows=1000) as adv:
+            advice = adv.advise(
+                [QueryInput(shape, rows=80.0), QueryInput(shape, rows=40_000.0)],
+                index_health=False,
+            )
+        narrow, every = advice.queries
+        assert narrow.values is not None
+        assert narrow.values[0] == "refund"
+        assert 8_000 <= narrow.values[1] <= 9_500, narrow.values
+        assert every.values is not None
+        assert every.values[0] == "sale"
+        assert every.values[1] <= 10, every.values
+        served = {id(qa) for sg in advice.suggestions for qa, _ in sg.trials}
+        assert id(narrow) in served, no_suggestion_reason(narrow)
+        assert id(every) not in served
+        assert no_suggestion_reason(every)
+    finally:
+        engine = create_engine(adv_url)
+        md.drop_all(engine)
+        engine.dispose()
+
+
 def test_equality_then_range_when_the_estimate_cannot_tell(adv_url: str) -> None:
     """PostgreSQL's estimate put (kind) and (kind, amount) level for "kind = :k AND
     amount > :a" with a rare kind (739 and 753), and the shorter won; the longer also

@@ -74,6 +74,14 @@ def test_advice_on_the_instance_folder_database_leaves_it_untouched(library: t.A
         assert client.get(f"/books/978-{i:09d}").status_code == 200
     fp = _shape(library, "isbn")
     state = library.extensions["querywatch"]
+    # The store counts the rows each call returned (one book), never the values.
+    now = time.time()
+    (q,) = [
+        q
+        for q in queries_from_store(state.store, since=now - 600, until=now + 60)
+        if q.fingerprint == fp
+    ]
+    assert q.rows == 1.0
     live = pathlib.Path(library.instance_path) / "library.db"
     assert state.advise_database_url(fp) == f"sqlite:///{live}"
     before = _digest(live)

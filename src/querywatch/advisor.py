@@ -40,6 +40,7 @@ from .explain import Explainer
 from .explain import Plan
 from .explain import Session
 from .explain import check_read_only
+from .explain import filter_terms
 from .explain import number_placeholders
 from .explain import placeholder_values
 from .explain import quiet_parse
@@ -74,6 +75,8 @@ TIMING_RUNS = 3
 FEW_VALUES = 32
 #: Rows read to find the value most rows of a column have.
 MCV_SAMPLE = 5000
+#: The most common values of a column a shape's values are chosen among.
+MCV_CHOICES = 8
 
 
 @dataclasses.dataclass
@@ -90,6 +93,9 @@ class QueryInput:
     label: str | None = None
     #: Where the app issues it (from the store), for people.
     site: t.Any = None
+    #: Rows a call returned, on average, as the store counted them (no values): the
+    #: advisor picks values for a shape's placeholders that match as many.
+    rows: float | None = None
 
     @property
     def name(self) -> str:
@@ -1715,7 +1721,7 @@ class Advisor:
                         )
                     )
             qa.values = values
-            if values is not None and self.dialect in ("sqlite", "mysql"):
+            if values is not None and self.dialect in ("sqlite", "mysql") and q.rows is None:
                 qa.widest = self._widest(s, an, values)
         if candidates:
             self._run_trials(qa, candidates)
@@ -2023,6 +2029,9 @@ class Advisor:
                 eqs.setdefault(info[0], [])
                 if info[1] not in eqs[info[0]]:
                     eqs[info[0]].append(info[1])
+        matched = self._values_for_rows(s, q, an, n)
+        if matched is not None:
+            return matched
         rows: dict[str, dict[str, t.Any]] = {}
         for table, targets in eqs.items():
             use = an.tables.get(table.lower())
@@ -2045,6 +2054,80 @@ class Advisor:
                 use = an.tables.get(table.lower())
                 out.append(self._sample(s, table, target, op, use.schema if use else None))
         return out
+
+    def _values_for_rows(
+        self, s: Session, q: QueryInput, an: _Analysis, n: int
+    ) -> list[t.Any] | None:
+        """Values for a one-table filter's placeholders that match about as many rows as
+        the app's calls returned (the store counts rows, never values): among the most
+        common values of each equality and a range's widest, tenth and hundredth, the
+        combination whose share of the table (each value's share multiplied) is nearest.
+        None where the rows returned are not the rows matched (a LIMIT, a join, a
+        GROUP BY, an aggregate) or no placeholder has a choice."""
+        if q.rows is None or an.has_limit or an.has_group or an.is_count_star:
+            return None
+        if len(an.tables) != 1 or filter_terms(number_placeholders(q.sql)[0], self.dialect) is None:
+            return None
+        use = next(iter(an.tables.values()))
+        total = s.table_rows(use.table) or 0.0
+        if total < 1:
+            return None
+        quoted = _quoted_table(use.table, use.schema, self.dialect)
+        options: list[list[tuple[t.Any, float]]] = []
+        for i in range(1, n + 1):
+            info = an.placeholders.get(i)
+            if info is None or info[2] not in ("eq", "ge", "le"):
+                return None
+            _, target, op = info
+            try:
+                with s.savepoint():
+                    if op == "eq":
+                        found = s.run(
+                            f"SELECT v, count(*) FROM (SELECT {target} AS v FROM {quoted}"
+                            f" WHERE {target} IS NOT NULL LIMIT {MCV_SAMPLE}) AS s"
+                            f" GROUP BY v ORDER BY count(*) DESC LIMIT {MCV_CHOICES}"
+                        ).all()
+                        every = s.run(
+                            f"SELECT count(*) FROM (SELECT {target} FROM {quoted}"
+                            f" WHERE {target} IS NOT NULL LIMIT {MCV_SAMPLE}) AS s"
+                        ).first()
+                        sampled = int(every[0]) if every else 0
+                        if not found or int(found[0][1]) < 2 or not sampled:
+                            return None  # no value repeats: nothing to choose
+                        options.append([(r[0], int(r[1]) / sampled) for r in found])
+                    else:
+                        edge = s.run(
+                            f"SELECT {'min' if op == 'ge' else 'max'}({target}) FROM {quoted}"
+                        ).first()
+                        choice = [(edge[0], 1.0)] if edge and edge[0] is not None else []
+                        order = " DESC" if op == "ge" else ""
+                        for share in (0.1, 0.01):
+                            row = s.run(
+                                f"SELECT {target} FROM {quoted} WHERE {target} IS NOT NULL"
+                                f" ORDER BY {target}{order} LIMIT 1 OFFSET {int(total * share)}"
+                            ).first()
+                            if row is not None:
+                                choice.append((row[0], share))
+                        if not choice:
+                            return None
+                        options.append(choice)
+            except Exception:
+                return None
+        if not options or all(len(o) < 2 for o in options):
+            return None
+        import itertools
+        import math
+
+        want = max(q.rows, 0.5) / total
+        best: tuple[float, list[t.Any]] | None = None
+        for k, combo in enumerate(itertools.product(*options)):
+            if k >= 256:
+                break
+            share = math.prod(sh for _, sh in combo)
+            gap = abs(math.log(max(share, 1e-9)) - math.log(want))
+            if best is None or gap < best[0]:
+                best = (gap, [v for v, _ in combo])
+        return best[1] if best is not None else None
 
     def _widest(self, s: Session, an: _Analysis, values: list[t.Any]) -> list[t.Any] | None:
         """``values`` with each range placeholder at the column's end that keeps every
@@ -3080,6 +3163,7 @@ def queries_from_store(
                 total_s=agg.total,
                 label=shape.shape,
                 site=shape.site,
+                rows=agg.rows / agg.calls if agg.calls else None,
             )
         )
         if len(out) >= limit:
