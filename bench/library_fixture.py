@@ -33,18 +33,9 @@ from sqlalchemy import event
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
 
 import library_app  # noqa: E402
+from advice_fixtures import _timed  # noqa: E402  (this folder, as a script's)
 
 PLANTED = {"book": ("isbn",), "audit_event": ("actor",)}
-
-
-def _timed(engine: t.Any, sql: str, params: t.Any, runs: int = 5) -> float:
-    best = float("inf")
-    with engine.connect() as conn:
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            conn.exec_driver_sql(sql, params).fetchall()
-            best = min(best, time.perf_counter() - t0)
-    return best * 1000.0
 
 
 def _drop_sql(dialect: str, name: str, table: str) -> str:

@@ -1179,8 +1179,55 @@ def test_an_index_serving_more_shapes_does_not_leave_an_equality_to_a_filter(
         assert keys[0] == "kind" or "kind" in (s.candidate.where or ""), s.candidate
 
 
+@pytest.fixture
+def sale_url(adv_url: str) -> t.Any:
+    """``sale`` (40,000 rows): one refund in fifty, amounts 1 to 10,000."""
+    import random
+
+    from sqlalchemy import Column
+    from sqlalchemy import Integer
+    from sqlalchemy import MetaData
+    from sqlalchemy import String
+    from sqlalchemy import Table
+
+    md = MetaData()
+    sale = Table(
+        "sale",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("kind", String(20), nullable=False),
+        Column("amount", Integer, nullable=False),
+    )
+    engine = create_engine(adv_url)
+    md.drop_all(engine)
+    md.create_all(engine)
+    rnd = random.Random(5)
+    with engine.begin() as conn:
+        conn.execute(
+            sale.insert(),
+            [
+                {
+                    "id": i,
+                    "kind": "refund" if rnd.random() < 0.02 else "sale",
+                    "amount": rnd.randint(1, 10_000),
+                }
+                for i in range(1, 40_001)
+            ],
+        )
+        conn.exec_driver_sql(
+            {"postgresql": "ANALYZE sale", "sqlite": "ANALYZE", "mysql": "ANALYZE TABLE sale"}[
+                engine.dialect.name
+            ]
+        )
+    engine.dispose()
+    yield adv_url
+    engine = create_engine(adv_url)
+    md.drop_all(engine)
+    engine.dispose()
+
+
 def test_a_shape_is_planned_with_values_that_match_the_rows_its_calls_returned(
-    adv_url: str,
+    sale_url: str,
 ) -> None:
     """From the store's shape alone, ``kind = ? AND amount > ?`` was planned with the
     kind most rows hold and a range that keeps a tenth: the refunds index the app needed
@@ -1188,131 +1235,42 @@ def test_a_shape_is_planned_with_values_that_match_the_rows_its_calls_returned(
     The store counts the rows a call returned (never the values): the shape is planned
     with the common values and range edges whose share of the table is nearest, a rare
     kind and a narrow range for 80 rows a call, the common kind and the whole range for
-    every row."""
-    import random
-
-    from sqlalchemy import Column
-    from sqlalchemy import Integer
-    from sqlalchemy import MetaData
-    from sqlalchemy import String
-    from sqlalchemy import Table
-
-    md = MetaData()
-    sale = Table(
-        "sale",
-        md,
-        Column("id", Integer, primary_key=True),
-        Column("kind", String(20), nullable=False),
-        Column("amount", Integer, nullable=False),
-    )
-    engine = create_engine(adv_url)
-    md.drop_all(engine)
-    md.create_all(engine)
-    rnd = random.Random(5)
-    with engine.begin() as conn:
-        conn.execute(
-            sale.insert(),
-            [
-                {
-                    "id": i,
-                    "kind": "refund" if rnd.random() < 0.02 else "sale",
-                    "amount": rnd.randint(1, 10_000),
-                }
-                for i in range(1, 40_001)
-            ],
-        )
-        conn.exec_driver_sql(
-            {"postgresql": "ANALYZE sale", "sqlite": "ANALYZE", "mysql": "ANALYZE TABLE sale"}[
-                engine.dialect.name
-            ]
-        )
-    engine.dispose()
+    every row (no index: MariaDB too would read most rows by a covering index)."""
     shape = "SELECT sale.id FROM sale WHERE sale.kind = ? AND sale.amount > ?"
-    try:
-        with Advisor(adv_url, measure=False, scan_min_rows=1000) as adv:
-            advice = adv.advise(
-                [QueryInput(shape, rows=80.0), QueryInput(shape, rows=40_000.0)],
-                index_health=False,
-            )
-        narrow, every = advice.queries
-        assert narrow.values is not None
-        assert narrow.values[0] == "refund"
-        assert 8_000 <= narrow.values[1] <= 9_500, narrow.values
-        assert every.values is not None
-        assert every.values[0] == "sale"
-        assert every.values[1] <= 10, every.values
-        served = {id(qa) for sg in advice.suggestions for qa, _ in sg.trials}
-        assert id(narrow) in served, no_suggestion_reason(narrow)
-        assert id(every) not in served
-        assert no_suggestion_reason(every)
-    finally:
-        engine = create_engine(adv_url)
-        md.drop_all(engine)
-        engine.dispose()
+    with Advisor(sale_url, measure=False, scan_min_rows=1000) as adv:
+        advice = adv.advise(
+            [QueryInput(shape, rows=80.0), QueryInput(shape, rows=40_000.0)],
+            index_health=False,
+        )
+    narrow, every = advice.queries
+    assert narrow.values is not None
+    assert narrow.values[0] == "refund"
+    assert 8_000 <= narrow.values[1] <= 9_500, narrow.values
+    assert every.values is not None
+    assert every.values[0] == "sale"
+    assert every.values[1] <= 10, every.values
+    served = {id(qa) for sg in advice.suggestions for qa, _ in sg.trials}
+    assert id(narrow) in served, no_suggestion_reason(narrow)
+    assert id(every) not in served
+    assert no_suggestion_reason(every)
 
 
-def test_equality_then_range_when_the_estimate_cannot_tell(adv_url: str) -> None:
+def test_equality_then_range_when_the_estimate_cannot_tell(sale_url: str) -> None:
     """PostgreSQL's estimate put (kind) and (kind, amount) level for "kind = :k AND
     amount > :a" with a rare kind (739 and 753), and the shorter won; the longer also
     searches by the range and reads only the rows it returns. Where an index is its
     shorter twin plus columns the query filters by, and no worse, it is suggested."""
-    import random
-
-    from sqlalchemy import Column
-    from sqlalchemy import Integer
-    from sqlalchemy import MetaData
-    from sqlalchemy import String
-    from sqlalchemy import Table
-
-    md = MetaData()
-    sale = Table(
-        "sale",
-        md,
-        Column("id", Integer, primary_key=True),
-        Column("kind", String(20), nullable=False),
-        Column("amount", Integer, nullable=False),
-    )
-    engine = create_engine(adv_url)
-    md.drop_all(engine)
-    md.create_all(engine)
-    rnd = random.Random(5)
-    with engine.begin() as conn:
-        conn.execute(
-            sale.insert(),
-            [
-                {
-                    "id": i,
-                    "kind": "refund" if rnd.random() < 0.02 else "sale",
-                    "amount": rnd.randint(1, 10_000),
-                }
-                for i in range(1, 40_001)
-            ],
-        )
-        conn.exec_driver_sql(
-            {"postgresql": "ANALYZE sale", "sqlite": "ANALYZE", "mysql": "ANALYZE TABLE sale"}[
-                engine.dialect.name
-            ]
-        )
-    engine.dispose()
-    if adv_url.startswith("sqlite"):
+    if sale_url.startswith("sqlite"):
         sql, params = (
             "SELECT sale.id FROM sale WHERE sale.kind = ? AND sale.amount > ?",
-            (
-                "refund",
-                9000,
-            ),
+            ("refund", 9000),
         )
     else:
         sql = "SELECT sale.id FROM sale WHERE sale.kind = %(k)s AND sale.amount > %(a)s"
         params = {"k": "refund", "a": 9000}  # type: ignore[assignment]
-    try:
-        kw: dict[str, t.Any] = {"allow_ddl": True} if adv_url.startswith("mysql") else {}
-        with Advisor(adv_url, measure=False, scan_min_rows=1000, **kw) as adv:
-            advice = adv.advise([QueryInput(sql, params=params)], index_health=False)
-        assert suggested(advice) == [("sale", ("kind", "amount"))], [
-            (tr.candidate.keys, tr.improved, tr.note) for tr in advice.queries[0].trials
-        ]
-    finally:
-        engine = create_engine(adv_url)
-        md.drop_all(engine)
-        engine.dispose()
+    kw: dict[str, t.Any] = {"allow_ddl": True} if sale_url.startswith("mysql") else {}
+    with Advisor(sale_url, measure=False, scan_min_rows=1000, **kw) as adv:
+        advice = adv.advise([QueryInput(sql, params=params)], index_health=False)
+    assert suggested(advice) == [("sale", ("kind", "amount"))], [
+        (tr.candidate.keys, tr.improved, tr.note) for tr in advice.queries[0].trials
+    ]

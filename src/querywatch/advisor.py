@@ -989,6 +989,41 @@ def _join_hints(
     return hints
 
 
+def _only_deduplicates(
+    select: t.Any, main: str, owners: t.Callable[[t.Any], set[str]], gen: t.Any
+) -> bool:
+    """Every selected column is one of ``main``'s, and the ``GROUP BY`` (if any, else a
+    ``DISTINCT``) is over ``main``'s columns and holds every selected one: it only
+    removes the rows a join repeated."""
+    from sqlglot import exp
+
+    projected = select.expressions
+    grouped = select.args.get("group")
+    if not projected or any(
+        not isinstance(p.unalias(), exp.Column) or owners(p) != {main} for p in projected
+    ):
+        return False
+    return grouped is None or not (
+        any(owners(g) != {main} for g in grouped.expressions)
+        or not {p.unalias().sql(dialect=gen) for p in projected}
+        <= {g.sql(dialect=gen) for g in grouped.expressions}
+    )
+
+
+def _without_joins(select: t.Any, where: t.Any, gen: t.Any) -> tuple[str, str]:
+    """``select`` with no joins, ``GROUP BY`` or ``DISTINCT`` and ``where`` as its
+    ``WHERE``: the text with numbered placeholders, and as shown (``?``)."""
+    from sqlglot import exp
+
+    rewritten = select.copy()
+    rewritten.set("joins", None)
+    rewritten.set("group", None)
+    rewritten.set("distinct", None)
+    rewritten.set("where", exp.Where(this=where))
+    marked = rewritten.sql(dialect=gen)
+    return marked, re.sub(r":qwp\d+\b", "?", marked)
+
+
 def _semi_join(
     select: t.Any,
     sources: dict[str, t.Any],
@@ -1011,17 +1046,8 @@ def _semi_join(
     if main is None or other not in sources or (joins[0].args.get("kind") or "INNER") != "INNER":
         return None
     projected = select.expressions
-    if not projected or any(
-        not isinstance(p.unalias(), exp.Column) or owners(p) != {main} for p in projected
-    ):
+    if not _only_deduplicates(select, main, owners, gen):
         return None
-    if grouped is not None:
-        keys = {g.sql(dialect=gen) for g in grouped.expressions}
-        if (
-            any(owners(g) != {main} for g in grouped.expressions)
-            or not {p.unalias().sql(dialect=gen) for p in projected} <= keys
-        ):
-            return None
     on = _flatten_and(joins[0].args.get("on"))
     pairs = []
     for cond in on:
@@ -1049,13 +1075,7 @@ def _semi_join(
     sub = exp.select(b.copy()).from_(sources[other].copy())
     if other_conds:
         sub = sub.where(exp.and_(*other_conds))
-    rewritten = select.copy()
-    rewritten.set("joins", None)
-    rewritten.set("group", None)
-    rewritten.set("distinct", None)
-    rewritten.set("where", exp.Where(this=exp.and_(*main_conds, a.copy().isin(query=sub))))
-    marked = rewritten.sql(dialect=gen)
-    shown = re.sub(r":qwp\d+\b", "?", marked)
+    marked, shown = _without_joins(select, exp.and_(*main_conds, a.copy().isin(query=sub)), gen)
     what = "GROUP BY over every selected column" if grouped is not None else "DISTINCT"
     return Hint(
         "join_to_filter",
@@ -1103,15 +1123,7 @@ def _semi_join_by_classes(
         return None
     main = (frm.this.alias_or_name or "").lower()
     projected = select.expressions
-    if not projected or any(
-        not isinstance(p.unalias(), exp.Column) or owners(p) != {main} for p in projected
-    ):
-        return None
-    if grouped is not None and (
-        any(owners(g) != {main} for g in grouped.expressions)
-        or not {p.unalias().sql(dialect=gen) for p in projected}
-        <= {g.sql(dialect=gen) for g in grouped.expressions}
-    ):
+    if not _only_deduplicates(select, main, owners, gen):
         return None
     if any(owners(o.this) != {main} for o in (select.args.get("order") or exp.Order()).expressions):
         return None
@@ -1204,13 +1216,7 @@ def _semi_join_by_classes(
     cond = mapped(where.this)
     if cond is None:
         return None
-    rewritten = select.copy()
-    rewritten.set("joins", None)
-    rewritten.set("group", None)
-    rewritten.set("distinct", None)
-    rewritten.set("where", exp.Where(this=cond))
-    marked = rewritten.sql(dialect=gen)
-    shown = re.sub(r":qwp\d+\b", "?", marked)
+    marked, shown = _without_joins(select, cond, gen)
     names = ", ".join(sorted({sources[a].name for a in sources if a != main}))
     use = resolve(projected[0].unalias())
     assert use is not None
@@ -1273,6 +1279,13 @@ def _index_columns(c: Candidate) -> list[str] | None:
     if len(columns) < len(c.keys):
         return None
     return columns + (_where_columns(c.where) if c.where else [])
+
+
+def _share_note(share: tuple[float, int], note: str) -> str:
+    return (
+        f"the filter matches about {share[0]:.0%} of the rows (of {share[1]:,} counted):"
+        " reading them by an index is slower than the scan; " + note
+    )
 
 
 def _widest_note(share: float, wide: float, note: str) -> str:
@@ -2567,11 +2580,7 @@ class Advisor:
                 share = lite.matching_share(live, marked, vals, rows, columns)
         if improved and share is not None and share[0] >= MAX_INDEXED_SHARE:
             # SQLite takes a range for a quarter of the rows, whatever it matches.
-            improved = False
-            note = (
-                f"the filter matches about {share[0]:.0%} of the rows (of {share[1]:,}"
-                " counted): reading them by an index is slower than the scan; " + note
-            )
+            improved, note = False, _share_note(share, note)
         elif improved and share is not None and qa.widest is not None:
             # A shape from the store keeps no values: the app's range may be the
             # widest (``amount > 0``), and SQLite would read it all by the index.
@@ -2611,14 +2620,22 @@ class Advisor:
             before_ms, improved, note = self._second_look(
                 s, qa, values, improved, note, text, before_ms, after_ms
             )
-            if improved and not qa.has_limit and qa.widest is not None:
-                # As on SQLite: a range whose value the shape does not keep may be the
-                # widest, and the index measured slower there (0.9x for amount > 0).
+            if improved and not qa.has_limit:
+                # As on SQLite: MariaDB takes a covering index for a filter most rows
+                # pass (amount > 0: 0.9x measured), and a range whose value the shape
+                # does not keep may be the widest.
                 marked = number_placeholders(qa.query.sql)[0]
-                wide = self._temporary.matching_share(marked, qa.widest, _index_columns(c))
-                drawn = self._temporary.matching_share(marked, values, _index_columns(c))
-                if wide is not None and drawn is not None and wide[0] >= MAX_INDEXED_SHARE:
-                    improved, note = False, _widest_note(drawn[0], wide[0], note)
+                vals = values
+                if qa.query.params is not None:
+                    vals = placeholder_values(qa.query.sql, qa.query.params)
+                share = self._temporary.matching_share(marked, vals, _index_columns(c))
+                wide = None
+                if qa.widest is not None:
+                    wide = self._temporary.matching_share(marked, qa.widest, _index_columns(c))
+                if share is not None and share[0] >= MAX_INDEXED_SHARE:
+                    improved, note = False, _share_note(share, note)
+                elif share is not None and wide is not None and wide[0] >= MAX_INDEXED_SHARE:
+                    improved, note = False, _widest_note(share[0], wide[0], note)
         except Exception as e:
             return Trial(c, before.cost, None, None, False, False, how, self._failed(e))
         return Trial(
