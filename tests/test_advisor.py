@@ -1129,6 +1129,16 @@ def test_a_cartesian_product_gets_the_join_its_foreign_key_names(adv_url: str) -
         )
         with engine.connect() as conn:
             assert conn.exec_driver_sql(hint.rewrite).all() == [(7, "m2")]
+        # With timing on, both are counted (never fetched): three pairs against one.
+        timed = advise(
+            adv_url,
+            f"SELECT {order}.id, member.name FROM {order}, member WHERE {order}.id = 7",
+            measure=True,
+        )
+        (hint,) = [h for h in timed.queries[0].hints if h.kind == "cartesian_product"]
+        assert re.search(
+            r"Measured [\d,.]+ ms for 3 rows -> [\d,.]+ ms for 1 row with the join\.$", hint.fix
+        ), hint.fix
         (general,) = [h for h in ambiguous.hints if h.kind == "cartesian_product"]
         assert general.rewrite is None
         assert general.fix.startswith("Add the missing join condition (JOIN ... ON")
