@@ -333,6 +333,9 @@ WRITES = [
     "INSERT INTO events (id, account_id, kind, email, created_at, amount, note, tagged_id)"
     " VALUES (999999, 1, 'x', 'x', 1, 1, 'x', 1)",
     "SELECT * FROM events WHERE id < 100 FOR UPDATE",
+    # MariaDB runs an executable comment as SQL: this wrote a file on the server.
+    "SELECT events.id FROM events /*!INTO OUTFILE '/tmp/qw_outfile' */",
+    "SELECT events.id FROM events /*M!100000 INTO OUTFILE '/tmp/qw_outfile_m' */",
     "SELECT id; DELETE FROM events",
 ]
 

@@ -228,6 +228,18 @@ def check_read_only(sql: str, dialect: str = "") -> t.Any:
     from sqlglot import exp
     from sqlglot.errors import ParseError
 
+    if any(
+        m.lastgroup == "comment" and m.group(0).startswith(("/*!", "/*M!"))
+        for m in _TOKEN_RE.finditer(sql)
+    ):
+        # MariaDB/MySQL run the text of /*! ... */ as SQL (SELECT … /*!INTO OUTFILE …*/
+        # wrote a file on the server); a parser sees a comment. Refused on every
+        # database: a statement that carries one is not worth the doubt.
+        msg = (
+            "The statement holds a MariaDB/MySQL executable comment (/*! ... */), which"
+            " the server runs as SQL: it is never explained nor run."
+        )
+        raise UnsafeStatementError(msg)
     marked, _ = number_placeholders(sql)
     try:
         with quiet_parse():
