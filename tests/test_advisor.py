@@ -1287,3 +1287,75 @@ def test_equality_then_range_when_the_estimate_cannot_tell(sale_url: str) -> Non
     assert suggested(advice) == [("sale", ("kind", "amount"))], [
         (tr.candidate.keys, tr.improved, tr.note) for tr in advice.queries[0].trials
     ]
+
+
+def test_a_statement_whose_functions_may_write_is_planned_never_run(adv_url: str) -> None:
+    """Under --allow-ddl the timing runs executed ``SELECT touch_victim(id) …`` (a
+    function that inserts) and ``nextval``: a sequence moved by 240. A statement that
+    calls a function that may write (PostgreSQL: volatile in ``pg_proc``; MariaDB: a
+    stored function, or NEXTVAL and its kind) is planned, never run nor timed, and
+    says so; its index is still offered, from the plan."""
+    if adv_url.startswith("sqlite"):
+        pytest.skip("SQLite keeps no functions of its own")
+    pg = adv_url.startswith("postgresql")
+    engine = create_engine(adv_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("DROP TABLE IF EXISTS victim")
+        conn.exec_driver_sql("CREATE TABLE victim (x INTEGER)")
+        conn.exec_driver_sql("DROP FUNCTION IF EXISTS touch_victim" + ("(integer)" if pg else ""))
+        if pg:
+            conn.exec_driver_sql("DROP SEQUENCE IF EXISTS side_seq")
+            conn.exec_driver_sql("CREATE SEQUENCE side_seq")
+            conn.exec_driver_sql(
+                "CREATE FUNCTION touch_victim(v integer) RETURNS integer LANGUAGE sql AS"
+                " 'INSERT INTO victim VALUES (v); SELECT v'"
+            )
+        else:
+            conn.exec_driver_sql("DROP SEQUENCE IF EXISTS side_seq")
+            conn.exec_driver_sql("CREATE SEQUENCE side_seq")
+            conn.exec_driver_sql(
+                "CREATE FUNCTION touch_victim(v INT) RETURNS INT MODIFIES SQL DATA"
+                " BEGIN INSERT INTO victim VALUES (v); RETURN v; END"
+            )
+    nextval = "nextval('side_seq')" if pg else "NEXTVAL(side_seq)"
+    sqls = [
+        "SELECT events.id, touch_victim(events.id) FROM events WHERE events.email ="
+        " 'user7@example.com'",
+        f"SELECT {nextval}, events.id FROM events WHERE events.email = 'user9@example.com'",
+    ]
+    try:
+        advice = advise(adv_url, *sqls, allow_ddl=True, measure=True)
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM victim").scalar() == 0
+            if pg:
+                assert conn.exec_driver_sql("SELECT last_value FROM side_seq").scalar() == 1
+                assert conn.exec_driver_sql("SELECT is_called FROM side_seq").scalar() is False
+            else:
+                assert conn.exec_driver_sql("SELECT NEXTVAL(side_seq)").scalar() == 1
+        touch, seq = advice.queries
+        if not pg:
+            # MariaDB refuses to plan them at all inside the read-only transaction
+            # ("Cannot execute statement in a READ ONLY transaction"), which says why.
+            for qa in advice.queries:
+                assert qa.measured_ms is None
+                assert qa.not_run or "READ ONLY" in no_suggestion_reason(qa), qa
+            return
+        assert touch.not_run is not None
+        assert "touch_victim" in touch.not_run
+        assert "nextval" in (seq.not_run or "")
+        for qa in advice.queries:
+            assert qa.measured_ms is None
+        (s,) = advice.suggestions
+        assert s.candidate.keys == ("email",)
+        assert s.estimated_only
+        assert all("not timed: it calls" in tr.note for _, tr in s.trials), [
+            tr.note for _, tr in s.trials
+        ]
+    finally:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(
+                "DROP FUNCTION IF EXISTS touch_victim" + ("(integer)" if pg else "")
+            )
+            conn.exec_driver_sql("DROP SEQUENCE IF EXISTS side_seq")
+            conn.exec_driver_sql("DROP TABLE IF EXISTS victim")
+        engine.dispose()

@@ -75,6 +75,13 @@ TIMING_RUNS = 3
 FEW_VALUES = 32
 #: Rows read to find the value most rows of a column have.
 MCV_SAMPLE = 5000
+#: MariaDB/MySQL built-ins that change something or wait when called.
+_MYSQL_EFFECTS = frozenset(
+    {
+        "nextval", "setval", "lastval", "get_lock", "release_lock", "release_all_locks",
+        "sleep", "benchmark", "master_pos_wait", "master_gtid_wait", "load_file",
+    }
+)  # fmt: skip
 #: The most common values of a column a shape's values are chosen among.
 MCV_CHOICES = 8
 
@@ -360,6 +367,8 @@ class QueryAdvice:
     widest: list[t.Any] | None = None
     #: Existing indexes that cover candidates (which were therefore not tried).
     covered: list[str] = dataclasses.field(default_factory=list)
+    #: Why the statement is planned but never run (a function it calls may write).
+    not_run: str | None = None
 
 
 @dataclasses.dataclass
@@ -565,6 +574,7 @@ class Advice:
                     "plan_lines": _scrubbed(qa.plan, qa.values),
                     "cost": qa.plan.cost if qa.plan else None,
                     "measured_ms": qa.measured_ms,
+                    "not_run": qa.not_run,
                     "findings": [dataclasses.asdict(f) for f in qa.findings],
                     "hints": [
                         {k: v for k, v in dataclasses.asdict(h).items() if k[0] != "_"}
@@ -1682,6 +1692,8 @@ class Advisor:
             qa.plan = s.explain(q.sql, q.params, values=self._plan_values(values))
             qa.hints.extend(an.hints)
             qa.hints = [h for h in qa.hints if self._keeps_rows(s, h)]
+            if self.dialect != "sqlite":  # SQLite keeps no functions of its own
+                qa.not_run = self._writes_by_function(s, an)
             for h in qa.hints:
                 if h._product is not None:
                     self._join_by_foreign_key(s, h)
@@ -1816,6 +1828,48 @@ class Advisor:
             " product is meant, write CROSS JOIN so that it reads as meant."
         )
 
+    def _writes_by_function(self, s: Session, an: _Analysis) -> str | None:
+        """Why the statement must only be planned, never run: a function it calls may
+        write (``nextval``, a function that inserts). PostgreSQL: any function whose
+        ``pg_proc.provolatile`` is ``v`` (volatile; user functions are, unless declared
+        otherwise). MariaDB/MySQL: a stored function of the database, or a built-in
+        with effects (``NEXTVAL``, ``GET_LOCK``, ``SLEEP``…)."""
+        from sqlglot import exp
+
+        names = set()
+        for node in an.tree.find_all(exp.Func):
+            name = node.name if isinstance(node, exp.Anonymous) else node.sql_name()
+            if name:
+                names.add(str(name).lower())
+        if not names:
+            return None
+        try:
+            with s.savepoint():
+                if self.dialect == "postgresql":
+                    rows = s.run(
+                        "SELECT DISTINCT proname FROM pg_proc WHERE provolatile = 'v'"
+                        " AND proname = ANY(%(n)s)",
+                        {"n": sorted(names)},
+                    ).all()
+                    bad = sorted(str(r[0]) for r in rows)
+                else:
+                    rows = s.run(
+                        "SELECT routine_name FROM information_schema.routines WHERE"
+                        " routine_schema = DATABASE() AND routine_type = 'FUNCTION'"
+                    ).all()
+                    stored = {str(r[0]).lower() for r in rows}
+                    bad = sorted(names & (stored | _MYSQL_EFFECTS))
+        except Exception:
+            return "the functions it calls could not be checked for writes"
+        if not bad:
+            return None
+        return (
+            f"it calls {', '.join(bad)}, which may write (not declared IMMUTABLE or STABLE,"
+            " or a stored function): planned only, never run or timed"
+            if self.dialect == "postgresql"
+            else f"it calls {', '.join(bad)}, which may write: planned only, never run or timed"
+        )
+
     def _keeps_rows(self, s: Session, h: Hint) -> bool:
         """Whether a rewrite returns the rows the statement did: the de-duplicated
         columns must hold the table's primary key (else GROUP BY merged rows that the
@@ -1840,7 +1894,7 @@ class Advisor:
         same values): the hint stays only where both return the same rows and the
         rewrite is faster by :data:`MIN_MEASURED_SPEEDUP`, with the figures; a hint
         without a rewrite, or that cannot be run, stays as it is."""
-        if h._marked is None:
+        if h._marked is None or qa.not_run is not None:
             return True
         q = qa.query
         marked, n = number_placeholders(q.sql)
@@ -2637,7 +2691,7 @@ class Advisor:
             before_ms, improved, note = self._second_look(
                 s, qa, values, improved, note, text, before_ms, after_ms
             )
-            if improved and not qa.has_limit:
+            if improved and not qa.has_limit and qa.not_run is None:
                 # As on SQLite: MariaDB takes a covering index for a filter most rows
                 # pass (amount > 0: 0.9x measured), and a range whose value the shape
                 # does not keep may be the widest.
@@ -2693,6 +2747,8 @@ class Advisor:
                 yield name
 
     def _time(self, s: Session, qa: QueryAdvice, values: list[t.Any] | None) -> float | None:
+        if qa.not_run is not None:
+            return None  # planned only: a function it calls may write
         q = qa.query
         if q.params is not None:
             sql, params = q.sql, q.params
@@ -2782,6 +2838,8 @@ class Advisor:
         verdict. When the clock is about to veto what the plan shows, it is timed again
         (:data:`RETIMES` times, the best run counting): a busy moment only slows a run,
         and an index that is slower stays slower however often it runs."""
+        if qa.not_run is not None:
+            return None, improved, f"{note}; not timed: {qa.not_run}"
         after_ms = self._time(s, qa, values)
         round_trip = self._round_trip(s)
         for _ in range(RETIMES):
