@@ -1007,14 +1007,34 @@ def test_a_join_that_only_filters_gets_its_semi_join_measured(tmp_path: t.Any) -
         " GROUP BY post.id, post.body, post.timestamp, post.user_id"
         " ORDER BY post.timestamp DESC LIMIT 20"
     )
-    advice = advise(url, sql, measure=True)
+
+    class Clocked(Advisor):
+        """The rows are the database's; the clock is this test's (2.2x quietly, and
+        beside CPU burners once under 1.25x): the decision is what is tested."""
+
+        def _run_timed(self, s: t.Any, text: str, params: t.Any) -> tuple[list[t.Any], float]:
+            rows, _ = super()._run_timed(s, text, params)
+            return rows, 1.0 if " IN (SELECT " in text else 30.0
+
+    with Clocked(url, measure=True) as adv:
+        advice = adv.advise([QueryInput(sql)])
     (hint,) = [h for h in advice.queries[0].hints if h.kind == "join_to_filter"]
     assert hint.rewrite == (
         "SELECT post.id, post.body, post.timestamp, post.user_id FROM post WHERE post.user_id"
         " IN (SELECT followers.followed_id FROM followers WHERE followers.follower_id = ?)"
         " ORDER BY post.timestamp DESC LIMIT 20"
     )
-    assert hint.fix.endswith("ms, the same rows.")
+    assert hint.fix.endswith("Measured 30.00 ms -> 1.00 ms, the same rows."), hint.fix
+
+    # A rewrite that is not faster is not offered.
+    class Level(Advisor):
+        def _run_timed(self, s: t.Any, text: str, params: t.Any) -> tuple[list[t.Any], float]:
+            rows, _ = super()._run_timed(s, text, params)
+            return rows, 30.0
+
+    with Level(url, measure=True) as adv:
+        level = adv.advise([QueryInput(sql)])
+    assert [h.kind for h in level.queries[0].hints] == []
     # Not measured (the app's background advisor never runs a query): still given.
     unmeasured = advise(url, sql, measure=False)
     assert [h.kind for h in unmeasured.queries[0].hints] == ["join_to_filter"]

@@ -1909,12 +1909,7 @@ class Advisor:
         def timed(sql: str) -> tuple[list[t.Any], float]:
             check_read_only(sql, self.dialect)
             text = render_placeholders(sql, style, escape_percent=style == "pyformat")
-            best, rows = float("inf"), []
-            for _ in range(TIMING_RUNS):
-                t0 = time.perf_counter()
-                rows = s.run(text, params).fetchall()
-                best = min(best, time.perf_counter() - t0)
-            return rows, best * 1000.0
+            return self._run_timed(s, text, params)
 
         if h.kind == "cartesian_product":
             # Fewer rows by design: both are counted, never fetched (the product of
@@ -1953,6 +1948,16 @@ class Advisor:
             return False
         h.fix += f" Measured {before_ms:,.2f} ms -> {after_ms:,.2f} ms, the same rows."
         return True
+
+    def _run_timed(self, s: Session, text: str, params: t.Any) -> tuple[list[t.Any], float]:
+        """Run a read-only statement :data:`TIMING_RUNS` times: its rows, and its best
+        time in ms."""
+        best, rows = float("inf"), []
+        for _ in range(TIMING_RUNS):
+            t0 = time.perf_counter()
+            rows = s.run(text, params).fetchall()
+            best = min(best, time.perf_counter() - t0)
+        return rows, best * 1000.0
 
     def _settled(self, s: Session, qa: QueryAdvice, an: _Analysis) -> str | None:
         """Why no index is tried, when the plan already finds every table's rows by an
