@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import functools
 import re
+import typing as t
 
 import pytest
 from hypothesis import given
@@ -16,7 +18,12 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite
 
+from querywatch.fingerprint import MYSQL
+from querywatch.fingerprint import POSTGRESQL
+from querywatch.fingerprint import SCAN_CHARS
+from querywatch.fingerprint import STANDARD
 from querywatch.fingerprint import fingerprint
+from querywatch.fingerprint import mask_literals
 
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
 
@@ -102,8 +109,11 @@ def test_odd_input_does_not_break() -> None:
     f = fingerprint(big)
     assert HEX16.match(f.id)
     assert len(f.shape) <= 4000
-    # The id covers the whole statement, not just the displayed part.
-    assert fingerprint(big.replace("c129999", "d129999")).id != f.id
+    # The id covers what is read of the statement, not just the displayed part...
+    assert fingerprint(big.replace("c3000,", "d3000,")).id != f.id
+    # ...which is its first SCAN_CHARS characters: the work on the request is capped.
+    assert fingerprint(big.replace("c129999", "d129999")).id == f.id
+    assert fingerprint(big[: SCAN_CHARS - 1]).id != f.id  # a cut statement is told apart
 
 
 _values = st.one_of(
@@ -215,3 +225,208 @@ def test_sample_keeps_placeholders_and_masks_string_literals() -> None:
     # Two texts of one shape are one fingerprint whatever their samples.
     assert fp == fingerprint("SELECT * FROM users WHERE email = 'bob@x' AND id = %(id_1)s")
     assert fingerprint("SELECT 1 /* " + "x" * 5000 + " */").sample == ""
+
+
+# --- quotes as each database reads them, and hostile text -------------------------------
+
+SECRET = "secret-7f3a@example.com"
+
+
+@pytest.mark.parametrize(
+    ("dialect", "sql"),
+    [
+        # No backslash escapes in PostgreSQL's (standard_conforming_strings) and SQLite's
+        # strings: 'C:\' is a whole string, and the email a second one.
+        ("postgresql", f"SELECT * FROM t WHERE name = 'C:\\' OR email = '{SECRET}'"),
+        ("sqlite", f"SELECT * FROM t WHERE name = 'C:\\' OR email = '{SECRET}'"),
+        (None, f"SELECT * FROM t WHERE name = 'C:\\' OR email = '{SECRET}'"),
+        # PostgreSQL's E'' strings and dollar quotes do take their own rules.
+        ("postgresql", f"SELECT * FROM t WHERE a = E'it\\'s' OR email = '{SECRET}'"),
+        ("postgresql", f"SELECT * FROM t WHERE a = $x$it's$x$ OR email = '{SECRET}'"),
+        # MySQL and MariaDB: a backslash escapes, and "..." is a string.
+        ("mysql", f"SELECT * FROM t WHERE name = 'it\\'s' OR email = '{SECRET}'"),
+        ("mariadb", f"SELECT * FROM t WHERE name = 'C:\\\\' OR email = \"{SECRET}\""),
+        ("mysql", f"SELECT * FROM t WHERE a = 1 # '{SECRET}'\nAND b = 2"),
+        # A commented-out copy of the statement, or sqlcommenter's tags.
+        ("postgresql", f"SELECT * FROM t /* email = '{SECRET}' */ WHERE a = 1"),
+        ("postgresql", f"SELECT * FROM t WHERE email = '{SECRET}"),  # unclosed
+    ],
+)
+def test_no_value_is_read_as_sql_whatever_the_database_quoting(
+    dialect: str | None, sql: str
+) -> None:
+    """The value is masked in the shape and in the runnable sample on the database whose
+    quoting the statement follows."""
+    fp = fingerprint(sql, dialect)
+    assert "secret" not in fp.shape
+    assert "secret" not in fp.sample
+    assert "7f3a" not in fp.shape + fp.sample
+
+
+def test_the_same_statement_on_each_database_is_one_shape() -> None:
+    """Quoting rules change where values end, not the shape of the statement."""
+    sql = "SELECT * FROM t WHERE a = 'x' AND b = 2"
+    assert len({fingerprint(sql, d).id for d in ("sqlite", "postgresql", "mysql", None)}) == 1
+
+
+def test_the_quoting_comes_from_the_engines_modes() -> None:
+    """A live MariaDB session in NO_BACKSLASH_ESCAPES mode, or with ANSI_QUOTES, and
+    PostgreSQL with standard_conforming_strings off: each reads quotes its own way."""
+    from querywatch.fingerprint import Quoting
+    from querywatch.fingerprint import quoting_for
+
+    my = mysql.pymysql.dialect()  # type: ignore[attr-defined]
+    assert quoting_for(my) == MYSQL
+    my._backslash_escapes = False
+    assert quoting_for(my) == Quoting(double_quoted_strings=True, hash_comments=True)
+    my._server_ansiquotes = True
+    assert quoting_for(my) == Quoting(hash_comments=True)
+    pg = postgresql.psycopg.dialect()  # type: ignore[attr-defined]
+    assert quoting_for(pg) == POSTGRESQL
+    pg._backslash_escapes = True
+    assert quoting_for(pg).backslash
+    assert quoting_for(sqlite.dialect()) == STANDARD
+
+
+def test_plan_text_is_masked_by_position_not_by_value() -> None:
+    """Every literal of a condition is masked (including one the database folded or
+    cast), names, placeholders and digits in names are kept."""
+    cond = (
+        "((lower((customer_email)::text) = 'secret-7f3a@example.com'::text) AND"
+        " (t2.amount > '100.5'::numeric) AND (id = 42) AND (x = $1)"
+        " AND (tags @> '{a,b}'::text[]))"
+    )
+    assert mask_literals(cond, POSTGRESQL) == (
+        "((lower((customer_email)::text) = ?::text) AND (t2.amount > ?::numeric) AND"
+        " (id = ?) AND (x = $1) AND (tags @> ?::text[]))"
+    )
+    maria = "orders.customer_email = 'it\\'s secret' and orders.n > 7 and `t1`.`c2` = 3"
+    assert mask_literals(maria, MYSQL) == (
+        "orders.customer_email = ? and orders.n > ? and `t1`.`c2` = ?"
+    )
+
+
+#: Pieces hostile text is made of: unclosed and escaped quotes of every kind, dollar
+#: tags, pyformat openings, comment openings, nesting.
+_HOSTILE = ["'\\", "'", "\\", "''", '"', "`", "$t$", "$a1$", "$", "%(", "/*", "*/", "--",
+            "#", "\n", "E'", "(", ")", ",", "IN (", "1", "a", ":", "?", "::"]  # fmt: skip
+_hostile = st.lists(st.sampled_from(_HOSTILE), max_size=400).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_hostile, dialect=st.sampled_from(["sqlite", "postgresql", "mysql", None]))
+def test_property_hostile_text_never_raises(text: str, dialect: str | None) -> None:
+    f = fingerprint(text, dialect)
+    assert HEX16.match(f.id)
+    assert fingerprint(text, dialect) == f
+
+
+#: What a value may hold: every character that ends or escapes a quote somewhere.
+_content = st.text(alphabet="ab'\\\"`$/*-#\n%(?:", max_size=12)
+
+
+def _literal(dialect: str, content: str, how: int) -> str:
+    """``content`` as a string literal written the way ``dialect`` reads it."""
+    if dialect == "mysql":
+        esc = content.replace("\\", "\\\\")
+        if how % 3 == 0:
+            return "'" + esc.replace("'", "\\'") + "'"
+        if how % 3 == 1:
+            return "'" + esc.replace("'", "''") + "'"
+        return '"' + esc.replace('"', '\\"') + '"'
+    if dialect == "postgresql" and how % 3 == 1:
+        return "E'" + content.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if dialect == "postgresql" and how % 3 == 2 and "$q$" not in content + "$":
+        return "$q$" + content + "$q$"
+    return "'" + content.replace("'", "''") + "'"
+
+
+_NOT_LITERALS = ["(", ")", ",", " ", "\n", "%(p)s", "?", "$1", ":name", "::text", "x1",
+                 "/* a'b \\ */", "-- it's\n", '"na""me"', "`na``me`", "1.5",
+                 "IN (1, 2)"]  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    dialect=st.sampled_from(["sqlite", "postgresql", "mysql"]),
+    pieces=st.lists(
+        st.one_of(
+            st.sampled_from(_NOT_LITERALS).map(lambda p: ("sql", p, 0)),
+            st.tuples(st.just("value"), _content, st.integers(0, 2)),
+        ),
+        max_size=12,
+    ),
+    at=st.integers(0, 12),
+    how=st.integers(0, 2),
+)
+def test_property_a_value_among_hostile_values_is_never_kept(
+    dialect: str, pieces: list[tuple[str, str, int]], at: int, how: int
+) -> None:
+    """A statement of literals holding quotes and backslashes of every kind, written as
+    the database reads them, beside comments, quoted names and placeholders: the one
+    holding the secret is masked in the shape and in the sample."""
+    if dialect != "mysql":
+        pieces = [p for p in pieces if not p[1].startswith("`")]
+    else:
+        pieces = [p for p in pieces if not p[1].startswith('"')]
+    parts = [_literal(dialect, c, h) if kind == "value" else c for kind, c, h in pieces]
+    parts.insert(min(at, len(parts)), " = " + _literal(dialect, "it's " + SECRET + "\\", how))
+    sql = "SELECT a FROM t WHERE b " + " ".join(parts)
+    f = fingerprint(sql, dialect)
+    assert "secret" not in f.shape, sql
+    assert "secret" not in f.sample, sql
+
+
+def _best_of(n: int, fn: t.Callable[[], object]) -> float:
+    import time
+
+    best = float("inf")
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@pytest.mark.parametrize(
+    "unit",
+    ["'\\", "$t1$", "%(", "E'\\", "/*", '"', "(", "IN (1,"],
+)
+def test_hostile_text_costs_what_plain_text_of_its_length_costs(unit: str) -> None:
+    """Linear time: a statement made of one hostile piece repeated costs about what a
+    plain one of the same length does, at 8 KB and at 32 KB (a quadratic scanner took
+    0.92 s for 10 KB of ``'\\``: a thousand times a plain statement). And past
+    SCAN_CHARS, a 1 MB statement costs what its first SCAN_CHARS do."""
+    from querywatch.fingerprint import _fingerprint
+
+    plain_unit = "a, "
+    for size in (8_192, 32_000):
+        hostile = "SELECT " + unit * (size // len(unit))
+        plain = "SELECT " + plain_unit * (size // len(plain_unit))
+        for q in (STANDARD, POSTGRESQL, MYSQL):
+            ratio = _best_of(5, functools.partial(_fingerprint, hostile, q)) / _best_of(
+                5, functools.partial(_fingerprint, plain, q)
+            )
+            assert ratio < 10, (unit, size, q, ratio)
+    huge = "SELECT " + unit * (1_000_000 // len(unit))
+    plain = "SELECT " + plain_unit * (SCAN_CHARS // len(plain_unit))
+    ratio = _best_of(3, lambda: _fingerprint(huge, POSTGRESQL)) / _best_of(
+        3, lambda: _fingerprint(plain, POSTGRESQL)
+    )
+    assert ratio < 10, (unit, ratio)
+
+
+def test_a_long_statement_seen_again_is_not_read_again() -> None:
+    """Statements past the text-keyed cache are kept by a digest of their text."""
+    import importlib
+
+    fpmod = importlib.import_module("querywatch.fingerprint")
+
+    big = "SELECT * FROM t WHERE id IN (" + ", ".join(str(i) for i in range(3000)) + ") -- x"
+    assert len(big) > 4096
+    first = fingerprint(big)
+    assert any(v is first for v in fpmod._long.values())
+    assert fingerprint(big) is first
+    for i in range(fpmod._LONG_SIZE + 10):
+        fingerprint(big + str(i))
+    assert len(fpmod._long) <= fpmod._LONG_SIZE

@@ -47,6 +47,10 @@ from .explain import quiet_parse
 from .explain import render_placeholders
 from .explain import sqlglot_dialect
 from .explain.names import translate_error
+from .fingerprint import Quoting
+from .fingerprint import mask_literals
+from .fingerprint import quoting_for
+from .redact import error_line
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterable
@@ -113,12 +117,15 @@ class QueryInput:
         """The statement on one line, for people."""
         return self.label if self.fingerprint and self.label else " ".join(self.sql.split())
 
-    def to_dict(self) -> dict[str, t.Any]:
+    def to_dict(self, dialect: str = "") -> dict[str, t.Any]:
+        """For people: the statement's literals masked (it may be an app's own
+        statement with values inline)."""
+        shown = mask_literals(self.sql, quoting_for(dialect), numbers=False)
         return {
             "query": self.name,
             "fingerprint": self.fingerprint,
-            "sql": self.sql,
-            "shape": self.shape,
+            "sql": shown,
+            "shape": self.label if self.fingerprint and self.label else " ".join(shown.split()),
             "endpoints": list(self.endpoints),
         }
 
@@ -401,14 +408,14 @@ class Suggestion:
             "replaces": self.replaces,
             "queries": [
                 {
-                    **qa.query.to_dict(),
+                    **qa.query.to_dict(self.dialect),
                     "cost_before": tr.cost_before,
                     "cost_after": tr.cost_after,
                     "measured_before_ms": tr.measured_before_ms,
                     "measured_after_ms": tr.measured_after_ms,
                     "speedup": _ratio(tr.measured_before_ms, tr.measured_after_ms),
-                    "plan_before": _scrubbed(qa.plan, qa.values),
-                    "plan_after": _scrubbed(tr.plan_after, qa.values),
+                    "plan_before": _plan_lines(qa.plan),
+                    "plan_after": _plan_lines(tr.plan_after),
                 }
                 for qa, tr in self.trials
             ],
@@ -503,22 +510,17 @@ def _any_failed(qa: QueryAdvice) -> bool:
     return any(tr.note.startswith("failed") for tr in qa.trials)
 
 
-def _scrubbed(plan: Plan | None, values: list[t.Any] | None) -> list[str]:
-    """The plan's lines with the values drawn from the data masked as ``?``: they are
-    held in memory only, never shown."""
-    if plan is None:
-        return []
-    return [_scrub(line, values) for line in plan.lines()]
+def _shown_hint(h: Hint, quoting: Quoting) -> Hint:
+    return dataclasses.replace(
+        h,
+        evidence=mask_literals(h.evidence, quoting, numbers=False),
+        rewrite=mask_literals(h.rewrite, quoting, numbers=False) if h.rewrite else None,
+    )
 
 
-def _scrub(text: str, values: list[t.Any] | None) -> str:
-    """``text`` with every value of ``values`` (as the database prints it) as ``?``."""
-    if not values:
-        return text
-    for v in sorted({str(v) for v in values if v is not None and len(str(v)) > 1}, key=len)[::-1]:
-        text = text.replace(f"'{v}'", "?")
-        text = re.sub(rf"(?<![\w.]){re.escape(v)}(?![\w.])", "?", text)
-    return text
+def _plan_lines(plan: Plan | None) -> list[str]:
+    """The plan's lines (their literals masked when the plan was read)."""
+    return plan.lines() if plan is not None else []
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -556,7 +558,7 @@ class Advice:
             "suggestions": [s.to_dict() for s in self.suggestions],
             "queries": [
                 {
-                    **qa.query.to_dict(),
+                    **qa.query.to_dict(self.dialect),
                     # Why no index is suggested for it (None when one is).
                     "no_suggestion": None if id(qa) in served else no_suggestion_reason(qa),
                     "plan": (
@@ -571,7 +573,7 @@ class Advice:
                         if qa.plan
                         else None
                     ),
-                    "plan_lines": _scrubbed(qa.plan, qa.values),
+                    "plan_lines": _plan_lines(qa.plan),
                     "cost": qa.plan.cost if qa.plan else None,
                     "measured_ms": qa.measured_ms,
                     "not_run": qa.not_run,
@@ -1641,14 +1643,18 @@ class Advisor:
             except QueryWatchError as e:
                 qa.errors.append(str(e))
             except Exception as e:  # a database or parser surprise: say it, go on
-                first = str(e).splitlines()[0][:300] if str(e) else ""
-                qa.errors.append(f"{type(e).__name__}: {first}")
+                qa.errors.append(f"{type(e).__name__}: {error_line(e, 300)}")
             qa.seconds = time.perf_counter() - start
             results.append(qa)
         try:
             self._cross_trials(results)
         except Exception as e:
             self.notes.append(f"Candidates were not tried across queries: {e}")
+        # A hint quotes the statement, which may be an app's own with values inline:
+        # what is shown of it has its literals masked (its runnable form is not shown).
+        quoting = quoting_for(self.dialect)
+        for qa in results:
+            qa.hints = [_shown_hint(h, quoting) for h in qa.hints]
         suggestions = self._choose(results)
         _settle(results, suggestions, self.dialect)
         notes_idx: list[IndexNote] = []
@@ -2356,8 +2362,7 @@ class Advisor:
                     PlanFinding(
                         "full_scan",
                         node.table,
-                        f"{_scrub(node.detail, values)}: reads all {rows:,.0f} rows of"
-                        f" {node.table}",
+                        f"{node.detail}: reads all {rows:,.0f} rows of {node.table}",
                         fix,
                         rows=rows,
                         by_design=not filtered,
@@ -2370,7 +2375,7 @@ class Advisor:
                     PlanFinding(
                         "sort_without_index",
                         None,
-                        f"{_scrub(node.detail, values)}: rows are sorted after being read",
+                        f"{node.detail}: rows are sorted after being read",
                         "An index whose columns follow the WHERE equality columns with the"
                         " ORDER BY/GROUP BY columns gives the rows in order.",
                     )
@@ -2381,7 +2386,7 @@ class Advisor:
                     PlanFinding(
                         "temp_table",
                         node.table,
-                        f"{_scrub(node.detail, values)}: an intermediate result is materialized",
+                        f"{node.detail}: an intermediate result is materialized",
                         "Index the grouping/join columns, or narrow the rows first.",
                     )
                 )
@@ -2905,8 +2910,7 @@ class Advisor:
                     tr.measured_after_ms,
                 )  # fmt: skip
         except Exception as e:
-            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            tr.note += f"; not timed: {first}"
+            tr.note += f"; not timed: {error_line(e)}"
 
     # --- choosing ---
 

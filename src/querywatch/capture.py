@@ -471,7 +471,7 @@ def _statement(context: t.Any, statement: str) -> _Statement:
         if info is None:
             if len(_uncompiled) >= 2048:
                 _uncompiled.clear()
-            info = _Statement(fingerprint(statement), None)
+            info = _Statement(fingerprint(statement, context.dialect), None)
             _note_url(info, context)
             if len(statement) <= 4096:
                 _uncompiled[statement] = info
@@ -480,7 +480,7 @@ def _statement(context: t.Any, statement: str) -> _Statement:
     if info is None:
         # SQLAlchemy's compiled cache is the engine's own: one compiled object per engine.
         info = compiled._querywatch = _Statement(
-            fingerprint(statement), _loader_relationship(context)
+            fingerprint(statement, context.dialect), _loader_relationship(context)
         )
         _note_url(info, context)
     return info

@@ -10,11 +10,18 @@ of a query (``LIMIT ? OFFSET ?``, ``LIMIT ?, ?`` and ``LIMIT ?`` are one shape),
 makes the same ORM query one shape on SQLite, PostgreSQL and MariaDB. Digits inside
 identifiers are kept: ``table2`` is not ``table3``.
 
-The scanner is a single compiled regular expression rather than ``sqlglot``'s tokenizer:
-it knows every placeholder style at once (sqlglot's tokenizer is per dialect), it never
-fails on text it does not understand, and it is several times faster on the cold path.
-The hot path is a bounded LRU keyed by the raw text, so a statement seen before costs one
-dictionary hit.
+Where a string literal ends is each database's own rule (:class:`Quoting`): a backslash
+escapes a quote on MySQL and MariaDB, not on PostgreSQL or SQLite, so capture passes the
+engine's dialect. Read with the wrong rule, ``'C:\\' OR email = 'ann@example.com'`` would
+keep the email as SQL.
+
+The scanner is one compiled regular expression a quoting rule rather than ``sqlglot``'s
+tokenizer: it knows every placeholder style at once, it never fails on text it does not
+understand, and it is several times faster on the cold path. Each of its alternatives
+is linear (an unclosed quote or comment runs to the end of the text), and it reads at
+most :data:`SCAN_CHARS` characters, so no statement costs the request more than that. The
+hot path is a bounded LRU keyed by the raw text (by a digest of it for long statements),
+so a statement seen before costs one dictionary hit.
 """
 
 from __future__ import annotations
@@ -23,9 +30,19 @@ import dataclasses
 import functools
 import hashlib
 import re
+import threading
 import typing as t
 
-__all__ = ["Fingerprint", "fingerprint"]
+__all__ = [
+    "MYSQL",
+    "POSTGRESQL",
+    "STANDARD",
+    "Fingerprint",
+    "Quoting",
+    "fingerprint",
+    "mask_literals",
+    "quoting_for",
+]
 
 #: Statements longer than this are normalized each time instead of being cached, so the
 #: cache's memory stays bounded (at most ``_CACHE_SIZE * _CACHE_MAX_CHARS`` characters).
@@ -33,22 +50,131 @@ _CACHE_MAX_CHARS = 4096
 _CACHE_SIZE = 2048
 #: The shape kept for display is cut to this many characters (the id covers all of it).
 SHAPE_DISPLAY_CHARS = 4000
+#: A statement is read up to this many characters, on the request thread: longer ones
+#: are told apart by this much of their text, and their shape ends in `` …``.
+SCAN_CHARS = 32_768
 
-_TOKEN_RE = re.compile(
-    r"""
-    (?P<ws>\s+)
-    |(?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))
-    |(?P<postcompile>__\[POSTCOMPILE_[^\]]*\])
-    |(?P<dollar>\$(?P<tag>(?:[^\W\d]\w*)?)\$.*?\$(?P=tag)\$)
-    |(?P<string>[eEbBxXnNuU]?'(?:[^'\\]|''|\\.)*')
-    |(?P<qident>"(?:[^"]|"")*"|`(?:[^`]|``)*`)
-    |(?P<param>\?|%s|%\([^)]*\)s|(?<!:):[^\W\d]\w*|\$\d+|:\d+)
-    |(?P<number>(?:0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?))
-    |(?P<word>[^\W\d]\w*)
-    |(?P<op>::|<>|!=|<=|>=|\|\||->>?|\#>>?|@>|<@|&&|.)
-    """,
-    re.VERBOSE | re.DOTALL,
-)
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Quoting:
+    """How a database reads quotes and comments: where a string literal ends decides
+    what is a value, so the wrong rule reads a value as SQL and keeps it.
+
+    ``'C:\\' OR email = 'ann@example.com'`` holds two strings on PostgreSQL and SQLite,
+    which take no backslash escapes, and one on MySQL, which does."""
+
+    #: ``'...'`` takes backslash escapes (MySQL and MariaDB, unless
+    #: ``NO_BACKSLASH_ESCAPES``; PostgreSQL with ``standard_conforming_strings = off``).
+    backslash: bool = False
+    #: ``"..."`` is a string, not a name (MySQL and MariaDB without ``ANSI_QUOTES``).
+    double_quoted_strings: bool = False
+    #: ``E'...'`` takes backslash escapes and ``$tag$...$tag$`` quotes (PostgreSQL).
+    postgresql: bool = False
+    #: ``#`` starts a comment (MySQL and MariaDB).
+    hash_comments: bool = False
+
+
+#: SQLite and the SQL standard: ``''`` doubles a quote, nothing else escapes.
+STANDARD = Quoting()
+POSTGRESQL = Quoting(postgresql=True)
+MYSQL = Quoting(backslash=True, double_quoted_strings=True, hash_comments=True)
+
+
+def quoting_for(dialect: t.Any) -> Quoting:
+    """The :class:`Quoting` of a SQLAlchemy dialect (its server modes included, once a
+    connection has told them) or of a dialect name; :data:`POSTGRESQL`'s rules, which
+    read SQLite's statements too, when unknown."""
+    name = dialect if isinstance(dialect, str) else getattr(dialect, "name", "")
+    if name == "sqlite":
+        return STANDARD
+    if name in ("mysql", "mariadb"):
+        if isinstance(dialect, str):
+            return MYSQL
+        backslash = getattr(dialect, "_backslash_escapes", True) is not False
+        ansi = bool(getattr(dialect, "_server_ansiquotes", False))
+        if backslash and not ansi:
+            return MYSQL
+        return Quoting(backslash=backslash, double_quoted_strings=not ansi, hash_comments=True)
+    if name == "postgresql" and getattr(dialect, "_backslash_escapes", False) is True:
+        return Quoting(backslash=True, postgresql=True)
+    return POSTGRESQL
+
+
+def _quoted(q: str, backslash: bool) -> str:
+    """A literal quoted by ``q``: ``qq`` doubles it, ``\\`` escapes when ``backslash``.
+    An unclosed one runs to the end of the text, so it is masked whole. Written as an
+    unrolled loop: no backtracking, linear in the text's length."""
+    q = re.escape(q)
+    if backslash:
+        return rf"{q}[^{q}\\]*(?:(?:{q}{q}|\\.?)[^{q}\\]*)*(?:{q}|\Z)"
+    return rf"{q}[^{q}]*(?:{q}{q}[^{q}]*)*(?:{q}|\Z)"
+
+
+@functools.lru_cache(maxsize=16)
+def _token_re(quoting: Quoting) -> re.Pattern[str]:
+    """The scanner for ``quoting``. Every alternative is linear in the text it reads
+    (an unclosed quote or comment runs to the end instead of failing and being tried
+    again further on), so a hostile statement costs what a plain one of its length does."""
+    strings = [rf"(?:[bBxXnN]|[uU]&?)?{_quoted(chr(39), quoting.backslash)}"]
+    if quoting.postgresql:
+        strings.insert(0, rf"[eE]{_quoted(chr(39), True)}")
+    if quoting.double_quoted_strings:
+        strings.append(_quoted('"', quoting.backslash))
+    names = [_quoted("`", False)]
+    if not quoting.double_quoted_strings:
+        names.append(_quoted('"', False))
+    comment = r"--[^\n]*|/\*.*?(?:\*/|\Z)" + (r"|\#[^\n]*" if quoting.hash_comments else "")
+    dollar = (
+        r"|(?P<dollar>\$(?P<tag>(?:[^\W\d]\w*)?)\$.*?(?:\$(?P=tag)\$|\Z))"
+        if quoting.postgresql
+        else ""
+    )
+    return re.compile(
+        rf"""
+        (?P<ws>\s+)
+        |(?P<comment>{comment})
+        |(?P<postcompile>__\[POSTCOMPILE_[^\]]{{0,256}}\])
+        {dollar}
+        |(?P<string>{"|".join(strings)})
+        |(?P<qident>{"|".join(names)})
+        |(?P<param>\?|%s|%\([^)%\n]{{0,256}}\)s|(?<!:):[^\W\d]\w*|\$\d+|:\d+)
+        |(?P<number>(?:0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?))
+        |(?P<word>[^\W\d]\w*)
+        |(?P<op>::|<>|!=|<=|>=|\|\||->>?|\#>>?|@>|<@|&&|.)
+        """,
+        re.VERBOSE | re.DOTALL,
+    )
+
+
+def mask_literals(text: str, quoting: Quoting = POSTGRESQL, *, numbers: bool = True) -> str:
+    """``text`` (SQL, or a plan's conditions as the database prints them) with every
+    literal as ``?``: strings, dollar-quoted bodies and, unless ``numbers`` is False,
+    numbers. Names, operators and placeholders are kept as they are. Masks by where
+    literals stand, not by known values, so a value the database rewrote before
+    printing it (folded, cast, quoted again) is masked too."""
+    masked = ("string", "dollar", "number") if numbers else ("string", "dollar")
+    parts = []
+    for m in _token_re(quoting).finditer(text):
+        kind = m.lastgroup
+        tok = m.group()
+        if kind in masked or (kind == "qident" and not _closed(tok)):
+            parts.append("?")
+        elif kind == "comment":
+            # An optimizer hint (/*+ ... */) is part of the statement: kept, its quoted
+            # words masked. Any other comment is dropped: sqlcommenter's tags, a
+            # statement commented out, or the rest of the text after an unclosed /*.
+            parts.append(_COMMENT_QUOTED_RE.sub("?", tok) if tok.startswith("/*+") else " ")
+        else:
+            parts.append(tok)
+    return "".join(parts)
+
+
+_COMMENT_QUOTED_RE = re.compile(r"'[^']*(?:'|\Z)")
+
+
+def _closed(tok: str) -> bool:
+    return len(tok) > 1 and tok[-1] == tok[0]
+
 
 _PLAIN_IDENT_RE = re.compile(r"[a-z_][a-z0-9_$]*\Z")
 
@@ -96,11 +222,11 @@ class Fingerprint:
         return self.operation == "SELECT"
 
 
-def _tokens(sql: str) -> list[str]:
+def _tokens(sql: str, quoting: Quoting) -> list[str]:
     """Normalized tokens: values become ``?``, words fold case, quoting is dropped."""
     out: list[str] = []
     append = out.append
-    for m in _TOKEN_RE.finditer(sql):
+    for m in _token_re(quoting).finditer(sql):
         kind = m.lastgroup
         if kind == "word":
             word = m.group()
@@ -112,6 +238,9 @@ def _tokens(sql: str) -> list[str]:
             append("?")
         elif kind == "qident":
             raw = m.group()
+            if not _closed(raw):
+                append("?")  # unclosed: whatever follows may be a value
+                continue
             q = raw[0]
             inner = raw[1:-1].replace(q + q, q)
             append(inner if _PLAIN_IDENT_RE.match(inner) else '"' + inner.replace('"', '""') + '"')
@@ -148,8 +277,9 @@ def _drop_param_casts(tokens: list[str]) -> list[str]:
     return out
 
 
-def _simple_group_end(tokens: list[str], start: int) -> int:
-    """If ``tokens[start]`` opens a group of values only, the index after its ``)``."""
+def _simple_group_end(tokens: list[str], start: int, cut: bool = False) -> int:
+    """If ``tokens[start]`` opens a group of values only, the index after its ``)``
+    (or the end of ``tokens``, when the statement was ``cut`` inside the group)."""
     depth = 0
     for i in range(start, len(tokens)):
         tok = tokens[i]
@@ -161,10 +291,10 @@ def _simple_group_end(tokens: list[str], start: int) -> int:
             depth -= 1
             if depth == 0:
                 return i + 1
-    return -1
+    return len(tokens) if cut else -1
 
 
-def _collapse_lists(tokens: list[str]) -> list[str]:
+def _collapse_lists(tokens: list[str], cut: bool = False) -> list[str]:
     """``IN (?, ?, ?)`` -> ``IN (...)``; ``VALUES (?, ?), (?, ?)`` -> ``VALUES (...)``;
     ``LIMIT ?, ?`` and ``LIMIT ? OFFSET ?`` -> ``LIMIT ?``; ``INNER JOIN`` -> ``JOIN``."""
     out: list[str] = []
@@ -173,12 +303,12 @@ def _collapse_lists(tokens: list[str]) -> list[str]:
     while i < n:
         tok = tokens[i]
         if tok == "(" and out and out[-1] in ("IN", "VALUES"):
-            end = _simple_group_end(tokens, i)
+            end = _simple_group_end(tokens, i, cut)
             if end > 0:
                 out.append("(...)")
                 if out[-2] == "VALUES":
                     while end + 1 < n and tokens[end] == ",":
-                        nxt = _simple_group_end(tokens, end + 1)
+                        nxt = _simple_group_end(tokens, end + 1, cut)
                         if nxt < 0:
                             break
                         end = nxt
@@ -234,39 +364,70 @@ def _operation(tokens: list[str]) -> str:
     return ""
 
 
-def _sample(sql: str) -> str:
+def _sample(sql: str, quoting: Quoting) -> str:
     """``sql`` with its string literals masked as ``?`` (they may hold values an app
     formatted into its SQL); empty when too long to keep."""
     if len(sql) > SHAPE_DISPLAY_CHARS:
         return ""
-    if "'" not in sql and "$" not in sql:
+    if "'" not in sql and "$" not in sql and '"' not in sql:
         return sql.strip()
-    parts = []
-    for m in _TOKEN_RE.finditer(sql):
-        parts.append("?" if m.lastgroup in ("string", "dollar") else m.group())
-    return "".join(parts).strip()
+    return mask_literals(sql, quoting, numbers=False).strip()
 
 
-def _fingerprint(sql: str) -> Fingerprint:
-    tokens = _collapse_lists(_drop_param_casts(_tokens(sql)))
-    shape = _render(tokens)
+def _fingerprint(sql: str, quoting: Quoting) -> Fingerprint:
+    cut = len(sql) > SCAN_CHARS
+    tokens = _collapse_lists(_drop_param_casts(_tokens(_head(sql) if cut else sql, quoting)), cut)
+    shape = _render(tokens) + (" …" if cut else "")
     digest = hashlib.blake2b(shape.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
     return Fingerprint(
         id=digest,
         shape=shape[:SHAPE_DISPLAY_CHARS],
         operation=_operation(tokens),
-        sample=_sample(sql),
+        sample=_sample(sql, quoting),
     )
 
 
+def _head(sql: str) -> str:
+    """The first :data:`SCAN_CHARS` characters of ``sql``, cut after the word or the
+    number that straddles the cut so no name is read half."""
+    end = SCAN_CHARS
+    while end < len(sql) and end < SCAN_CHARS + 64 and (sql[end].isalnum() or sql[end] == "_"):
+        end += 1
+    return sql[:end]
+
+
 _cached_fingerprint = functools.lru_cache(maxsize=_CACHE_SIZE)(_fingerprint)
+#: Statements longer than :data:`_CACHE_MAX_CHARS`, by a digest of their text: a long
+#: statement run again costs a hash, not a scan, and the cache holds no text.
+_long: dict[tuple[bytes, Quoting], Fingerprint] = {}
+_LONG_SIZE = 256
+_long_lock = threading.Lock()
 
 
-def fingerprint(sql: str | bytes) -> Fingerprint:
+def _long_fingerprint(sql: str, quoting: Quoting) -> Fingerprint:
+    key = (hashlib.blake2b(sql.encode("utf-8", "surrogatepass"), digest_size=16).digest(), quoting)
+    found = _long.get(key)
+    if found is not None:
+        return found
+    fp = _fingerprint(sql, quoting)
+    with _long_lock:
+        _long[key] = fp
+        while len(_long) > _LONG_SIZE:
+            del _long[next(iter(_long))]
+    return fp
+
+
+def fingerprint(sql: str | bytes, dialect: t.Any = None) -> Fingerprint:
     """The :class:`Fingerprint` of ``sql``.
 
-    Never raises on odd text: bytes are decoded as UTF-8 with replacement, and a
-    statement of any length is accepted (only those up to 4,096 characters are cached).
+    ``dialect`` (a SQLAlchemy dialect, its name, or a :class:`Quoting`) says how the
+    database reads quotes, so a value is never taken for SQL; without it, PostgreSQL's
+    rules (which read SQLite's statements the same).
+
+    Never raises on odd text: bytes are decoded as UTF-8 with replacement. The work is
+    linear in the statement's length and capped: a statement is read up to its first
+    :data:`SCAN_CHARS` characters (its shape then ends in ``…``), and one seen before is a
+    cache hit.
 
     .. versionadded:: 0.1
     """
@@ -276,9 +437,10 @@ def fingerprint(sql: str | bytes) -> Fingerprint:
             if isinstance(sql, (bytes, bytearray))
             else str(sql)
         )
+    quoting = dialect if isinstance(dialect, Quoting) else quoting_for(dialect)
     if len(sql) <= _CACHE_MAX_CHARS:
-        return _cached_fingerprint(sql)
-    return _fingerprint(sql)
+        return _cached_fingerprint(sql, quoting)
+    return _long_fingerprint(sql, quoting)
 
 
 def fingerprint_cache_info() -> t.Any:

@@ -35,6 +35,7 @@ from .detectors import Finding
 from .detectors import detect
 from .exceptions import QueryWatchError
 from .fingerprint import Fingerprint
+from .redact import error_line
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
@@ -481,7 +482,6 @@ class PlanBook:
 
     def _explain(self, url: str, sql: str, params: t.Any, fp: Fingerprint) -> ShapePlan:
         from .advisor import QueryInput
-        from .advisor import _scrub
 
         adv = self._advisor(url)
         if isinstance(adv, str):
@@ -491,16 +491,16 @@ class PlanBook:
                 [QueryInput(sql=sql, params=params, fingerprint=fp.id)], index_health=False
             )
         except Exception as e:  # a planner surprise: the shape has no plan, say why
-            return ShapePlan(error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            return ShapePlan(error=f"{type(e).__name__}: {error_line(e)}")
         qa = advice.queries[0]
         if qa.plan is None:
             return ShapePlan(error="; ".join(qa.errors) or "no plan")
-        # The plan's words may quote the statement's parameters: never shown.
-        values = _values_of(params) + list(qa.values or ())
+        # The plan's literals (the statement's parameters among them) were masked when
+        # it was read.
         scans = []
         for f in qa.findings:
             if f.kind == "full_scan" and f.table:
-                scans.append(Scan(f.table, f.rows, not f.by_design, _scrub(f.evidence, values)))
+                scans.append(Scan(f.table, f.rows, not f.by_design, f.evidence))
         flags = {f"full_scan:{s.table}" for s in scans}
         flags |= {fl for fl in qa.plan.flags if fl not in ("full_scan", "index_search")}
         ddl = None
@@ -519,14 +519,6 @@ class PlanBook:
             index_ddl=ddl,
             remedy=remedy,
         )
-
-
-def _values_of(params: t.Any) -> list[t.Any]:
-    if isinstance(params, dict):
-        return list(params.values())
-    if isinstance(params, (list, tuple)):
-        return list(params)
-    return []
 
 
 def _url_shown(url: str) -> str:

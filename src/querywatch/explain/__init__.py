@@ -246,8 +246,9 @@ def check_read_only(sql: str, dialect: str = "") -> t.Any:
             trees = sqlglot.parse(marked, read=sqlglot_dialect(dialect) or None)
         trees = [tr for tr in trees if tr]
     except ParseError as e:
-        first = str(e).splitlines()[0][:200]
-        msg = f"The statement could not be parsed ({first}); it was not explained."
+        from ..redact import error_line
+
+        msg = f"The statement could not be parsed ({error_line(e)}); it was not explained."
         raise ExplainError(msg) from None
     if len(trees) != 1:
         msg = f"Expected one statement, got {len(trees)}; only a single SELECT is explained."

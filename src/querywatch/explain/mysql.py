@@ -16,6 +16,8 @@ import json
 import typing as t
 
 from ..exceptions import ExplainError
+from ..fingerprint import MYSQL
+from ..fingerprint import mask_literals
 from . import Plan
 from . import PlanNode
 from . import filter_terms
@@ -135,7 +137,7 @@ def _walk(session: Session, obj: t.Any, aliases: dict[str, str]) -> list[PlanNod
                 PlanNode(
                     operation="filesort",
                     flags=frozenset({"filesort", "temp_sort"}),
-                    detail=f"filesort ({value.get('sort_key', '')})",
+                    detail=f"filesort ({mask_literals(str(value.get('sort_key', '')), MYSQL)})",
                     children=tuple(_walk(session, value, aliases)),
                 )
             )
@@ -190,7 +192,8 @@ def _table_node(session: Session, t_: dict[str, t.Any], aliases: dict[str, str])
     if index:
         detail += f" using {index}"
     if t_.get("attached_condition"):
-        detail += f" (condition: {t_['attached_condition']})"
+        # MariaDB prints literals with backslash escapes, whatever the sql_mode.
+        detail += f" (condition: {mask_literals(str(t_['attached_condition']), MYSQL)})"
     children = tuple(
         _walk(session, {k: v for k, v in t_.items() if k in ("materialized", "subqueries")}, {})
     )

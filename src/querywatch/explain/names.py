@@ -38,8 +38,10 @@ def alias_map(sql: str, dialect: str) -> dict[str, str]:
 
 def translate_error(exc: Exception, session: Session) -> ExplainError:
     """A database error during EXPLAIN as an :class:`ExplainError` that says what to do."""
-    orig = getattr(exc, "orig", exc)
-    text = str(orig).strip().splitlines()[0][:300] if str(orig).strip() else type(orig).__name__
+    from ..redact import error_line
+
+    # The first line, its values masked: the statement may have run with an app's values.
+    text = error_line(exc, 300)
     low = text.lower()
     if "interrupted" in low or "statement timeout" in low or "max_statement_time" in low:
         msg = (

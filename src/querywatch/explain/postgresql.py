@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import typing as t
 
+from ..fingerprint import POSTGRESQL
+from ..fingerprint import mask_literals
 from . import Plan
 from . import PlanNode
 from . import number_placeholders
@@ -135,9 +137,12 @@ def _node(session: Session, n: dict[str, t.Any]) -> PlanNode:
         detail += f" using {index}"
     for key in ("Index Cond", "Hash Cond", "Recheck Cond", "Filter", "Join Filter"):
         if key in n:
-            detail += f" ({key.lower()}: {n[key]})"
+            # Every literal the plan prints is masked: a bound value appears there as
+            # the database rewrote it (cast, folded by lower()), never as it was sent.
+            detail += f" ({key.lower()}: {mask_literals(n[key], POSTGRESQL)})"
     if "Sort Key" in n:
-        detail += f" (sort key: {', '.join(n['Sort Key'])})"
+        keys = ", ".join(mask_literals(k, POSTGRESQL) for k in n["Sort Key"])
+        detail += f" (sort key: {keys})"
     table_rows = session.table_rows(table) if table and "full_scan" in flags else None
     return PlanNode(
         operation=kind,

@@ -29,6 +29,8 @@ import signal
 import threading
 import typing as t
 
+from ..fingerprint import STANDARD
+from ..fingerprint import mask_literals
 from . import Plan
 from . import PlanNode
 from . import deadline_handler
@@ -310,6 +312,8 @@ def explain(
     built: dict[int, dict[str, t.Any]] = {}
     for node_id, parent, _unused, detail in rows:
         built[node_id] = _node_fields(session, str(detail), aliases)
+        # SQLite prints ``?`` for values; a quoted word it might print is masked all the same.
+        built[node_id]["detail"] = mask_literals(str(detail), STANDARD, numbers=False)
         nodes.setdefault(parent, []).append(node_id)
         if parent == 0 or parent not in built:
             roots.append(node_id)
