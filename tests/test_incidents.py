@@ -288,6 +288,89 @@ def test_200_alerts_for_20_keys_from_4_processes_make_20_incidents(store_url: st
     store.dispose()
 
 
+def _reopen_bursts(url: str, hook: str, bursts: int, barrier: t.Any, out: t.Any) -> None:
+    store = Store(url)
+    incidents = Incidents(store, _hook_policy(hook))
+    opened = []
+    for b in range(bursts):
+        barrier.wait(60)
+        _, new = incidents.trigger(f"again-{b}", f"Alert {b}", now=1_800_000_100.0)
+        opened.append(new)
+    out.put(opened)
+    store.dispose()
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
+def any_store_url(request: pytest.FixtureRequest, tmp_path: t.Any) -> t.Iterator[str]:
+    """A store on each database querywatch keeps its store in, empty."""
+    from sqlalchemy import create_engine
+
+    from querywatch.store import schema
+
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/store.db"
+        return
+    url = request.getfixturevalue(
+        f"{request.param if request.param != 'postgresql' else 'postgres'}_url"
+    )
+    yield url
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for tbl in reversed(schema.metadata.sorted_tables):
+            conn.execute(text(f"DROP TABLE IF EXISTS {tbl.name}"))
+    engine.dispose()
+
+
+def test_an_alert_delivered_to_four_workers_at_once_reopens_once(
+    any_store_url: str, receiver: Receiver
+) -> None:
+    """An incident resolved minutes ago, its alert firing again in 4 processes at the
+    same moment (an HA Alertmanager pair posting to two workers each), 20 times: each
+    time one reopens it and sends one trigger; the others add "Fired again"."""
+    bursts = 20
+    store = Store(any_store_url)
+    incidents = Incidents(store, _hook_policy(receiver.url))
+    for b in range(bursts):
+        inc, _ = incidents.trigger(f"again-{b}", f"Alert {b}", now=1_800_000_000.0)
+        incidents.resolve(inc.id, "carol", now=1_800_000_010.0)
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    barrier = ctx.Barrier(4)
+    procs = [
+        ctx.Process(target=_reopen_bursts, args=(any_store_url, receiver.url, bursts, barrier, out))
+        for _ in range(4)
+    ]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=180) for _ in procs]
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    reopened = [sum(r[b] for r in results) for b in range(bursts)]
+    assert reopened == [1] * bursts
+    with store.engine.connect() as conn:
+        triggers = conn.execute(
+            text(
+                "SELECT incident_id, COUNT(*) FROM qw_outbox"
+                ' WHERE message LIKE \'%"action": "trigger"%\' GROUP BY incident_id'
+            )
+        ).all()
+        reopen_events = conn.execute(
+            text("SELECT COUNT(*) FROM qw_incident_events WHERE kind = 'reopened'")
+        ).scalar()
+    # One trigger when opened, one when reopened: one set of messages each time.
+    assert sorted(n for _, n in triggers) == [2] * bursts
+    assert reopen_events == bursts
+    assert len(incidents.recent(limit=100)) == bursts
+    store.dispose()
+
+
 def _deliver(url: str, hook: str, out: t.Any) -> None:
     policy = _hook_policy(hook)
     store = Store(url)

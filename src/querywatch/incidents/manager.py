@@ -47,6 +47,10 @@ REOPEN_SECONDS = 3600.0
 DEPLOY_LOOKBACK = 6 * 3600.0
 
 
+class _Raced(Exception):
+    """Another process changed the incident between this one's read and its write."""
+
+
 class IncidentError(ValueError):
     """An incident action that cannot be done (unknown id, wrong state); the message says
     why."""
@@ -339,7 +343,7 @@ class Incidents:
                     return self._trigger(
                         conn, key, title, summary, source, severity, impact, evidence, actor, now
                     )
-            except IntegrityError:
+            except (IntegrityError, _Raced):
                 continue  # another process opened it at the same moment: look again
         msg = f"Could not open or find the incident for {dedup_key!r} (concurrent writers)."
         raise IncidentError(msg)
@@ -387,10 +391,13 @@ class Incidents:
         }
         if recent is not None:
             # The new firing's figures replace the old: people must read what is
-            # happening now, not what happened before the incident was resolved.
-            conn.execute(
+            # happening now, not what happened before the incident was resolved. Only
+            # while it is still resolved: of several processes reopening it at once (an
+            # HA Alertmanager pair posting to two workers), one changes the row, and the
+            # others look again and find it open.
+            reopened = conn.execute(
                 update(tbl)
-                .where(tbl.c.id == recent.id)
+                .where(tbl.c.id == recent.id, tbl.c.status == "resolved")
                 .values(
                     acknowledged_at=None,
                     resolved_at=None,
@@ -402,6 +409,8 @@ class Incidents:
                     **fields,
                 )
             )
+            if reopened.rowcount != 1:
+                raise _Raced
             incident = self._load(conn, recent.id)
             event_id = self._event(conn, incident.id, "reopened", actor, f"Reopened: {title}", now)
             self._evidence_event(conn, incident.id, evidence, now)
