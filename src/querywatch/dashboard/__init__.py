@@ -7,8 +7,11 @@ alerts and the result cache; a JSON API (``/_querywatch/api/<page>``) behind eac
 Server-rendered HTML, SVG charts and one small script: nothing to build.
 
 Safe by default: off unless the app runs in debug mode (then for loopback clients only)
-or ``QUERYWATCH_DASHBOARD_TOKEN`` is set (then every request needs it: ``Authorization:
-Bearer <token>``, or ``?token=`` once, which becomes a cookie). Actions also need a CSRF
+or ``QUERYWATCH_DASHBOARD_TOKEN`` is set. Then every request needs it, never in the
+address (access logs keep addresses): ``Authorization: Bearer <token>``, or the cookie
+the login form sets (the token is posted, not put in the URL), or a short-lived login
+code (``?code=``, from :func:`login_code`, which ``querywatch demo`` prints) exchanged
+once for the cookie. The JSON API takes the header or the cookie. Actions also need a CSRF
 token (``X-CSRF-Token``, from the page or ``/api/csrf``) and a same-origin request. Every
 value is HTML-escaped (Jinja's autoescape), and a Content-Security-Policy allows only the
 dashboard's own script and style. A store that cannot be read gives an error page and a
@@ -70,8 +73,37 @@ _CSP = (
 )
 
 
+#: How long a login code opens the dashboard.
+LOGIN_CODE_SECONDS = 600
+#: Codes this process has exchanged (each opens the dashboard once), bounded.
+_used_codes: dict[str, None] = {}
+_USED_CODES_CAP = 1024
+
+
 def _mac(secret: bytes, what: bytes) -> str:
     return hmac.new(secret, what, hashlib.sha256).hexdigest()
+
+
+def login_code(token: str, now: float | None = None) -> str:
+    """A code that opens the dashboard once (``?code=``), for
+    :data:`LOGIN_CODE_SECONDS`: what to put in an address instead of the token, which
+    access logs would keep. Signed with the token, so every process of the app accepts
+    it without sharing state; each process accepts it once."""
+    expires = int((time.time() if now is None else now) + LOGIN_CODE_SECONDS)
+    return f"{expires}.{_mac(token.encode(), f'querywatch login {expires}'.encode())[:32]}"
+
+
+def _code_ok(token: str, code: str, now: float) -> bool:
+    expires, _, mac = code.partition(".")
+    if not expires.isdigit() or not now <= int(expires) <= now + LOGIN_CODE_SECONDS + 60:
+        return False
+    expected = _mac(token.encode(), f"querywatch login {expires}".encode())[:32]
+    if not hmac.compare_digest(mac.encode(), expected.encode()) or code in _used_codes:
+        return False
+    _used_codes[code] = None
+    while len(_used_codes) > _USED_CODES_CAP:
+        del _used_codes[next(iter(_used_codes))]
+    return True
 
 
 def register(app: Flask, state: AppState) -> None:
@@ -95,6 +127,18 @@ def register(app: Flask, state: AppState) -> None:
     def is_api() -> bool:
         return request.path.startswith(f"{path.rstrip('/')}/api/")
 
+    def logged_in(target: str) -> t.Any:
+        resp = redirect(target, code=303)
+        resp.set_cookie(
+            _COOKIE,
+            cookie,
+            httponly=True,
+            samesite="Strict",
+            secure=request.is_secure,
+            path=path.rstrip("/") or "/",
+        )
+        return resp
+
     @bp.before_request
     def guard() -> t.Any:
         receiver = request.endpoint == f"{BLUEPRINT}.api_alertmanager"
@@ -103,36 +147,36 @@ def register(app: Flask, state: AppState) -> None:
             # dashboard does not exist. The Alertmanager receiver always needs a token.
             if receiver or not current_app.debug or (request.remote_addr or "") not in _LOOPBACK:
                 abort(404)
+        elif request.endpoint == f"{BLUEPRINT}.login":
+            return None  # the form's post: the view checks the token
         else:
             given = request.headers.get("Authorization", "")
-            query = request.args.get("token", "")
-            ok = (
-                hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
-                or hmac.compare_digest(request.cookies.get(_COOKIE, "").encode(), cookie.encode())
-                or (bool(query) and hmac.compare_digest(query.encode(), token.encode()))
-            )
+            ok = hmac.compare_digest(
+                given.encode(), f"Bearer {token}".encode()
+            ) or hmac.compare_digest(request.cookies.get(_COOKIE, "").encode(), cookie.encode())
+            code = request.args.get("code", "")
+            if not ok and code and request.method == "GET" and not is_api():
+                if _code_ok(token, code, time.time()):
+                    # The code leaves the address at once; the cookie stays.
+                    args = [(k, v) for k, v in request.args.items(multi=True) if k != "code"]
+                    return logged_in(
+                        request.path + ("?" + urllib.parse.urlencode(args) if args else "")
+                    )
             if not ok:
-                return _unauthorized(is_api())
-            if query and request.method == "GET" and not is_api():
-                # Move the token from the address (history, logs) to a cookie.
-                args = [(k, v) for k, v in request.args.items(multi=True) if k != "token"]
+                # Back to the page asked for, without what must not stay in an address.
+                args = [
+                    (k, v) for k, v in request.args.items(multi=True) if k not in ("code", "token")
+                ]
                 target = request.path + ("?" + urllib.parse.urlencode(args) if args else "")
-                resp = redirect(target, code=303)
-                resp.set_cookie(
-                    _COOKIE,
-                    cookie,
-                    httponly=True,
-                    samesite="Strict",
-                    secure=request.is_secure,
-                    path=path.rstrip("/") or "/",
+                return _unauthorized(
+                    is_api(), target, path, bool(code), in_address="token" in request.args
                 )
-                return resp
         if receiver:
             # A machine's webhook: the bearer token alone (no cookie, so no CSRF).
             if not hmac.compare_digest(
                 request.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()
             ):
-                return _unauthorized(True)
+                return _unauthorized(True, "", path, False)
             return None
         if request.method == "POST":
             sent = request.headers.get("X-CSRF-Token", "")
@@ -192,6 +236,20 @@ def register(app: Flask, state: AppState) -> None:
         rule = "/" if name == "overview" else f"/{name}"
         bp.add_url_rule(rule, name, page(name), methods=["GET"])
         bp.add_url_rule(f"/api/{name}", f"api_{name}", api(name), methods=["GET"])
+
+    @bp.post("/login")
+    def login() -> t.Any:
+        """The login form's post: the token in the body, where no access log keeps it."""
+        # No origin check: a browser sends "Origin: null" under the no-referrer policy,
+        # and a post that carries the right token is the person who knows it.
+        given = request.form.get("token", "")
+        if token is None or not hmac.compare_digest(given.encode(), token.encode()):
+            return _unauthorized(False, request.form.get("next", ""), path, False, wrong=True)
+        target = request.form.get("next", "")
+        home = path.rstrip("/") + "/"
+        if not target.startswith(path.rstrip("/") + "/") or target.startswith("//"):
+            target = home
+        return logged_in(target)
 
     @bp.get("/api/csrf")
     def api_csrf() -> t.Any:
@@ -334,16 +392,39 @@ def _json_error(status: int, message: str) -> Response:
     return resp
 
 
-def _unauthorized(api: bool) -> Response:
-    message = (
-        "The querywatch dashboard needs its token: send 'Authorization: Bearer <token>', or"
-        " open this address once with '?token=<QUERYWATCH_DASHBOARD_TOKEN>'."
-    )
+def _unauthorized(
+    api: bool, target: str, path: str, code: bool, *, wrong: bool = False, in_address: bool = False
+) -> Response:
     if api:
+        message = (
+            "The querywatch dashboard's API needs its token: send 'Authorization: Bearer"
+            " <QUERYWATCH_DASHBOARD_TOKEN>' (or the cookie the dashboard's login sets)."
+        )
         resp = _json_error(401, message)
     else:
+        message = (
+            "The querywatch dashboard needs its token (QUERYWATCH_DASHBOARD_TOKEN): enter it"
+            " below, or send 'Authorization: Bearer <token>'."
+        )
+        if wrong:
+            message = "That is not the dashboard's token. " + message
+        elif in_address:
+            message = (
+                "A token in the address is not accepted: access logs and browser history"
+                " keep addresses. " + message
+            )
+        elif code:
+            message = (
+                "This login code has expired or was already used (a code opens the"
+                " dashboard once, for 10 minutes). " + message
+            )
         resp = Response(
-            render_template("querywatch/unauthorized.html", message=message),
+            render_template(
+                "querywatch/unauthorized.html",
+                message=message,
+                action=path.rstrip("/") + "/login",
+                target=target,
+            ),
             status=401,
             mimetype="text/html",
         )
@@ -591,8 +672,9 @@ def _chart(
 
 
 def dashboard_url(app: Flask, host: str, port: int, token: str | None) -> str:
-    """The dashboard's address on ``host:port`` (with the token, to open once)."""
+    """The dashboard's address on ``host:port``, with a login code (never the token)
+    that opens it once within :data:`LOGIN_CODE_SECONDS`."""
     with app.test_request_context():
         path = url_for(f"{BLUEPRINT}.overview")
-    q = f"?token={urllib.parse.quote(token)}" if token else ""
+    q = f"?code={login_code(token)}" if token else ""
     return f"http://{host}:{port}{path}{q}"

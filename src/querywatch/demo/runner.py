@@ -326,6 +326,12 @@ class Replay:
 
     # --- time ---------------------------------------------------------------------------
 
+    @property
+    def dashboard(self) -> str:
+        """The dashboard's address with a fresh login code (it opens the dashboard once,
+        within 10 minutes: each address printed is a new one)."""
+        return dashboard_url(self.app, "127.0.0.1", self.port, self._dashboard_token)
+
     def real(self, replay_seconds: float) -> float:
         return replay_seconds / self.speed
 
@@ -476,7 +482,7 @@ class Replay:
         )
         threading.Thread(target=self.server.serve_forever, name="demo-server", daemon=True).start()
         self.port = self.server.server_port
-        self.dashboard = dashboard_url(self.app, "127.0.0.1", self.port, token)
+        self._dashboard_token = token
         self.console.print(
             f"Shop API on http://127.0.0.1:{self.port}/api/products (querywatch on);"
             f" on-call webhooks at {self.inbox.url}/backend and /devops.",
