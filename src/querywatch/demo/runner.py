@@ -330,6 +330,7 @@ class Replay:
     def dashboard(self) -> str:
         """The dashboard's address with a fresh login code (it opens the dashboard once,
         within 10 minutes: each address printed is a new one)."""
+        assert self.app is not None, "the shop is not served yet"
         return dashboard_url(self.app, "127.0.0.1", self.port, self._dashboard_token)
 
     def real(self, replay_seconds: float) -> float:
