@@ -24,6 +24,20 @@ BAD_VALUES: list[tuple[str, t.Any]] = [
     ("QUERYWATCH_CACHE_MAX_BYTES", -1),
     ("QUERYWATCH_APP_PACKAGES", 5),
     ("QUERYWATCH_STORE_URL", "not a url"),
+    ("QUERYWATCH_STORE_URL", "oracle://scott:tiger@db/orcl"),
+    ("QUERYWATCH_STORE_URL", "postgresql://"),
+    ("QUERYWATCH_STORE_URL", "mysql+mysqldb://root@db/qw"),  # a driver not installed
+    ("QUERYWATCH_FLUSH_INTERVAL", "1e-9"),
+    ("QUERYWATCH_ALERT_INTERVAL", 0.001),
+    ("QUERYWATCH_INCIDENT_INTERVAL", 0),
+    ("QUERYWATCH_ADVISE_INTERVAL", -1),
+    ("QUERYWATCH_METRICS_TOKEN", ""),
+    ("QUERYWATCH_DASHBOARD_TOKEN", " " * 20),
+    ("QUERYWATCH_DASHBOARD_TOKEN", "a token with spaces in it"),
+    ("QUERYWATCH_METRICS_PATH", "/_querywatch"),
+    ("QUERYWATCH_READY_PATH", "/metrics/"),
+    ("QUERYWATCH_METRICS_PATH", "/_querywatch/metrics"),
+    ("QUERYWATCH_DASHBOARD_PATH", "/"),
     ("QUERYWATCH_ADVISE_DATABASE_URL", 42),
     ("QUERYWATCH_ADVISE_TIMEOUT", 0),
     ("QUERYWATCH_ADVISE_ALLOW_DDL", "perhaps"),
@@ -75,6 +89,8 @@ def test_every_config_error_names_the_key_what_is_accepted_an_example_and_the_va
     if "TOKEN" in key:
         assert "short" not in message
         assert message.endswith("got '<hidden>'.")
+    elif "tiger" in str(value):
+        assert "tiger" not in message  # a password is not shown
     else:
         assert message.endswith(f"got {info.value.value!r}.")
 

@@ -62,7 +62,7 @@ from querywatch.exceptions import NotInitializedError
         (
             "QUERYWATCH_FLUSH_INTERVAL",
             0,
-            "'QUERYWATCH_FLUSH_INTERVAL' must be a number greater than 0, such as 5, got 0.",
+            "'QUERYWATCH_FLUSH_INTERVAL' must be a number of at least 0.1, such as 5, got 0.",
         ),
     ],
 )

@@ -275,14 +275,38 @@ def _store_url(app: Flask) -> str:
     value = app.config.setdefault(key, default)
     if value is None:
         value = app.config[key] = default
-    return _url(key, value)
+    return _supported(key, _url(key, value), "sqlite:////var/lib/shop/querywatch.db")
 
 
 def _optional_url(app: Flask, key: str) -> str | None:
     value = app.config.setdefault(key, None)
     if value is None or value == "":
         return None
-    return _url(key, value)
+    return _supported(key, _url(key, value), "postgresql+psycopg://replica/shop")
+
+
+#: The databases querywatch keeps its store in and asks for plans.
+SUPPORTED_BACKENDS = ("sqlite", "postgresql", "mysql", "mariadb")
+
+
+def _supported(key: str, url: str, example: str) -> str:
+    """``url``, refused at start-up unless querywatch can use it: a supported database,
+    named, with its driver installed (not a warning at the first flush)."""
+    sa_url = make_url(url)
+    shown = sa_url.render_as_string(hide_password=True)
+    backend = sa_url.get_backend_name()
+    if backend not in SUPPORTED_BACKENDS:
+        expected = f"a SQLite, PostgreSQL or MariaDB/MySQL URL, such as {example!r}"
+        raise ConfigError(key, expected, shown)
+    if backend != "sqlite" and not sa_url.database:
+        named = f"{sa_url.drivername}://{sa_url.host or 'db.internal'}/querywatch"
+        expected = f"a URL that names its database, such as {named!r}"
+        raise ConfigError(key, expected, shown)
+    missing = missing_driver(url)
+    if missing is not None:
+        expected = f"a URL whose driver is installed ({missing.rstrip('.')}), such as {example!r}"
+        raise ConfigError(key, expected, shown)
+    return url
 
 
 def _redis_url(app: Flask, key: str) -> str | None:
@@ -311,19 +335,56 @@ def _path(app: Flask, key: str, default: str) -> str | None:
     value = app.config.setdefault(key, default)
     if value is None or value is False or value == "":
         return None
-    if not isinstance(value, str) or not value.startswith("/") or " " in value:
-        raise ConfigError(key, f"a URL path or None to turn it off, such as {default!r}", value)
+    if (
+        not isinstance(value, str)
+        or not value.startswith("/")
+        or value.rstrip("/") == ""
+        or any(c.isspace() for c in value)
+    ):
+        expected = f"a URL path below the root, or None to turn it off, such as {default!r}"
+        raise ConfigError(key, expected, value)
     return value
+
+
+#: The paths querywatch serves: the setting, the attribute, the default.
+_PATH_KEYS = {
+    "QUERYWATCH_METRICS_PATH": ("metrics_path", "/metrics"),
+    "QUERYWATCH_READY_PATH": ("ready_path", "/readyz"),
+    "QUERYWATCH_DASHBOARD_PATH": ("dashboard_path", "/_querywatch"),
+}
+
+
+def _check_paths(settings: Settings) -> None:
+    """No two querywatch paths the same, and none under the dashboard's (which owns
+    every path below it): one would hide the other."""
+    paths = {k: getattr(settings, a) for k, (a, _) in _PATH_KEYS.items() if getattr(settings, a)}
+    dashboard = (paths.get("QUERYWATCH_DASHBOARD_PATH") or "").rstrip("/")
+    seen: dict[str, str] = {}
+    for key, value in paths.items():
+        norm = value.rstrip("/")
+        clash = seen.get(norm)
+        if clash is None and key != "QUERYWATCH_DASHBOARD_PATH" and dashboard:
+            if norm == dashboard or norm.startswith(dashboard + "/"):
+                clash = "QUERYWATCH_DASHBOARD_PATH"
+        if clash is not None:
+            expected = (
+                f"a path apart from {clash} ({paths[clash]!r}) and below no other querywatch"
+                f" path, such as {_PATH_KEYS[key][1]!r}"
+            )
+            raise ConfigError(key, expected, value)
+        seen[norm] = key
 
 
 def _token(app: Flask, key: str) -> str | None:
     value = app.config.setdefault(key, None)
-    if value is None or value == "":
+    if value is None:
         return None
-    if not isinstance(value, str) or len(value) < 16:
+    if not isinstance(value, str) or len(value) < 16 or any(c.isspace() for c in value):
+        # An empty string is not "no token": it would leave the endpoint open without a
+        # word. None (the default) says that.
         expected = (
-            "a secret string of at least 16 characters, such as the output of"
-            " `python -c 'import secrets; print(secrets.token_urlsafe())'`"
+            "a secret of at least 16 characters and no spaces (or None for none), such as"
+            " the output of `python -c 'import secrets; print(secrets.token_urlsafe())'`"
         )
         raise ConfigError(key, expected, "<hidden>")
     return value
@@ -470,9 +531,20 @@ def warn_unknown_keys(app: Flask) -> list[str]:
     return out
 
 
+#: The shortest interval of a background loop, in seconds: a smaller one (1e-9) turns an
+#: idle worker into a busy loop.
+_MIN_INTERVAL = 0.1
+
+
 def load_settings(app: Flask) -> Settings:
     """Read and validate the ``QUERYWATCH_*`` keys, writing defaults back to
     ``app.config`` so it shows the effective values."""
+    settings = _read_settings(app)
+    _check_paths(settings)
+    return settings
+
+
+def _read_settings(app: Flask) -> Settings:
     return Settings(
         enabled=_bool(app, "QUERYWATCH_ENABLED", True),
         slow_query_seconds=_number(app, "QUERYWATCH_SLOW_QUERY_MS", 100, minimum=0, exclusive=True)
@@ -489,11 +561,11 @@ def load_settings(app: Flask) -> Settings:
         max_shapes=int(_number(app, "QUERYWATCH_MAX_SHAPES", 2000, minimum=10, integer=True)),
         app_packages=_packages(app),
         store_url=_store_url(app),
-        flush_interval=_number(app, "QUERYWATCH_FLUSH_INTERVAL", 5.0, minimum=0, exclusive=True),
+        flush_interval=_number(app, "QUERYWATCH_FLUSH_INTERVAL", 5.0, minimum=_MIN_INTERVAL),
         retention_days=_number(app, "QUERYWATCH_RETENTION_DAYS", 7, minimum=0, exclusive=True),
         advise=_bool(app, "QUERYWATCH_ADVISE", True),
         advise_database_url=_optional_url(app, "QUERYWATCH_ADVISE_DATABASE_URL"),
-        advise_interval=_number(app, "QUERYWATCH_ADVISE_INTERVAL", 30.0, minimum=0, exclusive=True),
+        advise_interval=_number(app, "QUERYWATCH_ADVISE_INTERVAL", 30.0, minimum=_MIN_INTERVAL),
         advise_ttl=_number(app, "QUERYWATCH_ADVISE_TTL", 3600.0, minimum=0),
         advise_per_round=int(
             _number(app, "QUERYWATCH_ADVISE_PER_ROUND", 2, minimum=1, integer=True)
@@ -522,7 +594,7 @@ def load_settings(app: Flask) -> Settings:
         bucket_seconds=int(_number(app, "QUERYWATCH_BUCKET_SECONDS", 60, minimum=1, integer=True)),
         objectives=_objectives(app),
         alerts=_bool(app, "QUERYWATCH_ALERTS", True),
-        alert_interval=_number(app, "QUERYWATCH_ALERT_INTERVAL", 30.0, minimum=0, exclusive=True),
+        alert_interval=_number(app, "QUERYWATCH_ALERT_INTERVAL", 30.0, minimum=_MIN_INTERVAL),
         alert_time_scale=_number(
             app, "QUERYWATCH_ALERT_TIME_SCALE", 1.0, minimum=0, exclusive=True
         ),
@@ -546,8 +618,6 @@ def load_settings(app: Flask) -> Settings:
         ),
         escalation=_escalation(app),
         incident_severities=_severities(app),
-        incident_interval=_number(
-            app, "QUERYWATCH_INCIDENT_INTERVAL", 5.0, minimum=0, exclusive=True
-        ),
+        incident_interval=_number(app, "QUERYWATCH_INCIDENT_INTERVAL", 5.0, minimum=_MIN_INTERVAL),
         user_function=_user_function(app),
     )
