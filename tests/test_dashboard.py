@@ -272,6 +272,60 @@ def test_a_store_that_is_down_fails_the_dashboard_not_the_app(app: Flask, tmp_pa
     assert _failopen.internal_error_counts().get("dashboard", 0) >= 2
 
 
+@pytest.mark.postgres
+def test_a_frozen_store_costs_a_page_seconds_not_a_worker_thread(
+    postgres_url: str, tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PostgreSQL store whose tables a migration holds locked: a page waits at most
+    READ_TIMEOUT and says the store is slow (503), pages asked for while two reads still
+    wait answer at once, the app's own requests are served, and once the lock goes the
+    dashboard answers again."""
+    from sqlalchemy import text as sql
+
+    from querywatch import _failopen
+    from querywatch import dashboard
+
+    monkeypatch.setattr(dashboard, "READ_TIMEOUT", 0.5)
+    a = _shop(tmp_path, QUERYWATCH_DASHBOARD_TOKEN=TOKEN, QUERYWATCH_STORE_URL=postgres_url,
+              QUERYWATCH_FLUSH_INTERVAL=3600)  # fmt: skip
+    client = a.test_client()
+    assert client.get(LOOKUP.format(1)).status_code == 200
+    assert client.get("/_querywatch/", headers=AUTH).status_code == 200
+    _failopen.RAISE_INTERNAL_ERRORS = False
+    locker = create_engine(postgres_url)
+    conn = locker.connect()
+    trans = conn.begin()
+    try:
+        conn.execute(sql("LOCK TABLE qw_query_stats, qw_endpoint_stats IN ACCESS EXCLUSIVE MODE"))
+        slow = [client.get("/_querywatch/", headers=AUTH) for _ in range(2)]
+        for r in slow:
+            assert r.status_code == 503
+            assert b"The querywatch store is slow: it did not answer within 0.5 s" in r.data
+        # Two reads still wait on the lock: the next page does not queue behind them.
+        r = client.get("/_querywatch/api/shapes", headers=AUTH)
+        assert r.status_code == 503
+        assert "earlier reads are still waiting" in r.get_json()["error"]
+        assert client.get(LOOKUP.format(2)).status_code == 200
+    finally:
+        trans.rollback()
+        conn.close()
+        locker.dispose()
+    deadline = time.monotonic() + 30
+    while client.get("/_querywatch/", headers=AUTH).status_code != 200:
+        assert time.monotonic() < deadline, "the dashboard did not come back"
+        time.sleep(0.1)
+    state = a.extensions["querywatch"]
+    state.flusher._stop.set()
+    state.store.dispose()
+    from querywatch.store import schema
+
+    engine = create_engine(postgres_url)
+    with engine.begin() as c:
+        for tbl in reversed(schema.metadata.sorted_tables):
+            c.execute(sql(f"DROP TABLE IF EXISTS {tbl.name}"))
+    engine.dispose()
+
+
 # --- in the browser ---------------------------------------------------------------------
 
 

@@ -963,10 +963,10 @@ from querywatch.store import Store
 url, hook, secret = sys.argv[1:4]
 policy = load_policy({"targets": {"hook": {"type": "webhook", "url": hook, "secret": secret}},
                       "levels": [{"targets": ["hook"]}]})
-outbox = Outbox(Incidents(Store(url), policy), claim_seconds=1.0)
+outbox = Outbox(Incidents(Store(url), policy), claim_seconds=float(sys.argv[4]))
 print("ready", flush=True)
 while True:
-    outbox.run_once(limit=1)
+    outbox.run_once()
     time.sleep(0.01)
 """
 
@@ -997,7 +997,9 @@ def test_a_worker_killed_while_delivering_loses_nothing(tmp_path: t.Any) -> None
 
     def start() -> subprocess.Popen[str]:
         p = subprocess.Popen(
-            [sys.executable, str(script), url, slow.url, SECRET], stdout=subprocess.PIPE, text=True
+            [sys.executable, str(script), url, slow.url, SECRET, "1.0"],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert p.stdout is not None
         assert p.stdout.readline().strip() == "ready"
@@ -1015,6 +1017,16 @@ def test_a_worker_killed_while_delivering_loses_nothing(tmp_path: t.Any) -> None
         first.stdout.close()
         delivered_before = len(slow.keys)
         assert 8 <= delivered_before < 30
+        # The dead worker held the one message in flight, not the batch it was working
+        # through: the rest can go at once.
+        with store.engine.connect() as conn:
+            held = conn.execute(
+                text(
+                    "SELECT COUNT(*) FROM qw_outbox WHERE status = 'pending'"
+                    " AND claimed_by IS NOT NULL AND claimed_until IS NOT NULL"
+                )
+            ).scalar()
+        assert held <= 1
         second = start()
         deadline = time.monotonic() + 60
         outbox = Outbox(incidents)
@@ -1035,6 +1047,123 @@ def test_a_worker_killed_while_delivering_loses_nothing(tmp_path: t.Any) -> None
     assert len(set(slow.keys)) == 30
     assert len(slow.keys) - 30 <= 1, slow.keys
     store.dispose()
+
+
+def test_a_claim_is_renewed_while_its_delivery_runs(tmp_path: t.Any) -> None:
+    """A receiver slower than the claim (1 s against 0.3 s): the worker sending renews
+    its claim, so a second worker polling all along never sends the same message."""
+    slow = Receiver()
+    original = slow.server.RequestHandlerClass.do_POST
+
+    def do_post(handler: t.Any) -> None:
+        time.sleep(1.0)
+        original(handler)
+
+    slow.server.RequestHandlerClass.do_POST = do_post  # type: ignore[method-assign]
+    store = Store(f"sqlite:///{tmp_path}/qw.db")
+    incidents = Incidents(store, _hook_policy(slow.url))
+    for i in range(3):
+        incidents.trigger(f"slow-{i}", f"Incident {i}")
+    outboxes = [Outbox(incidents, worker=f"w{n}", claim_seconds=0.3) for n in range(2)]
+    stop = threading.Event()
+
+    def work(outbox: Outbox) -> None:
+        while not stop.is_set() and outbox.pending():
+            outbox.run_once()
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=work, args=(o,)) for o in outboxes]
+    try:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+    finally:
+        stop.set()
+        slow.close()
+    assert outboxes[0].pending() == 0
+    assert len(slow.keys) == 3, slow.keys
+    assert len(set(slow.keys)) == 3
+    store.dispose()
+
+
+@pytest.mark.postgres
+def test_the_standalone_worker_rides_out_a_store_that_refuses_connections(
+    postgres_url: str, tmp_path: t.Any, receiver: Receiver
+) -> None:
+    """``querywatch worker`` on a PostgreSQL store that stops taking connections: it
+    says so in one line a failure, no traceback, waits longer each time, and delivers
+    what was triggered once the store is back."""
+    import subprocess
+    import sys
+
+    from sqlalchemy import create_engine
+
+    name = postgres_url.rsplit("/", 1)[1]
+    first = Store(postgres_url)
+    first.migrate()
+    first.dispose()
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        f'[targets.hook]\ntype = "webhook"\nurl = "{receiver.url}"\nsecret = "{SECRET}"\n'
+        '\n[[levels]]\ntargets = ["hook"]\n'
+    )
+    admin = create_engine(
+        postgres_url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "querywatch", "worker", "--store", postgres_url,
+         "--escalation", str(policy), "--interval", "0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(iter(proc.stderr.readline, "")),
+        daemon=True,  # type: ignore[union-attr]
+    )
+    reader.start()
+
+    def wait(what: str, check: t.Callable[[], bool], seconds: float = 60) -> None:
+        deadline = time.monotonic() + seconds
+        while not check():
+            assert proc.poll() is None, f"the worker exited: {''.join(lines)}"
+            assert time.monotonic() < deadline, f"no {what}: {''.join(lines)}"
+            time.sleep(0.05)
+
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = :d AND pid <> pg_backend_pid()"
+                ),
+                {"d": name},
+            )
+        wait("report of the failure", lambda: sum("the store failed" in x for x in lines) >= 3)
+        failing = [x for x in lines if "the store failed" in x]
+        waits = [float(x.split("retrying in ")[1].split(" s")[0]) for x in failing]
+        assert waits == sorted(waits)  # it backs off
+        assert waits[-1] > waits[0]
+        with admin.connect() as conn:
+            conn.execute(text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        wait("recovery", lambda: any("answers again" in x for x in lines))
+        store = Store(postgres_url)
+        Incidents(store, _hook_policy(receiver.url)).trigger("after-the-outage", "Back")
+        wait("delivery", lambda: bool(receiver.received))
+        assert receiver.received[0]["incident"]["dedup_key"] == "after-the-outage"
+        store.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        admin.dispose()
+        proc.kill()
+        proc.wait(10)
+        reader.join(10)
+        for stream in (proc.stdout, proc.stderr):
+            assert stream is not None
+            stream.close()
+    assert not any("Traceback" in x for x in lines), "".join(lines)
 
 
 def test_slack_and_pagerduty_messages(tmp_path: t.Any) -> None:

@@ -79,10 +79,12 @@ def _app_config(key: str) -> t.Any:
     return app.config.get(key) if app is not None else None
 
 
-def _open_store(url: str | None, *, create: bool = False) -> Store:
+def _open_store(url: str | None, *, create: bool = False, connect: bool = True) -> Store:
     """The store the command reads (``--store``, ``QUERYWATCH_STORE_URL``, or the Flask
     app's). A store that is not there is an error, not a new empty one, unless
-    ``create`` (commands that write the first record: trigger, worker, mark-deploy)."""
+    ``create`` (commands that write the first record: trigger, worker, mark-deploy).
+    Without ``connect``, nothing is asked of the database yet (a daemon that rides out
+    a store that is down)."""
     from sqlalchemy.engine import make_url
 
     from .store import Store
@@ -102,6 +104,8 @@ def _open_store(url: str | None, *, create: bool = False) -> Store:
         shown = url
     try:
         store = Store(url)
+        if not connect:
+            return store
         if not create and not store.exists():
             store.dispose()
             database = make_url(url).database or ""

@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import math
 import os
+import threading
 import time
 import typing as t
 import urllib.parse
@@ -67,6 +68,7 @@ DEFAULT_WINDOW = "1h"
 CHART_POINTS = 90
 _LOOPBACK = frozenset(("127.0.0.1", "::1", "localhost"))
 _COOKIE = "querywatch_dashboard"
+T = t.TypeVar("T")
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
     " connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -203,7 +205,7 @@ def register(app: Flask, state: AppState) -> None:
         def view() -> t.Any:
             window = _window()
             try:
-                data = _gather(state, name, window)
+                data = _within(_gather, state, name, window)
             except Exception as e:
                 return _store_down(e, name, window, csrf)
             return render_template(
@@ -223,10 +225,10 @@ def register(app: Flask, state: AppState) -> None:
         def view() -> t.Any:
             window = _window()
             try:
-                data = _gather(state, name, window)
+                data = _within(_gather, state, name, window)
             except Exception as e:
                 _record(e)
-                return _json_error(503, f"The querywatch store cannot be read: {_brief(e)}")
+                return _json_error(503, _unreadable(e))
             return jsonify({"page": name, "window": window, **data})
 
         view.__name__ = f"api_{name}"
@@ -261,7 +263,7 @@ def register(app: Flask, state: AppState) -> None:
 
         window = _window()
         try:
-            data = _incident_detail(state, incident_id)
+            data = _within(_incident_detail, state, incident_id)
         except IncidentError as e:
             abort(404, str(e))
         except Exception as e:
@@ -282,12 +284,12 @@ def register(app: Flask, state: AppState) -> None:
         from ..incidents import IncidentError
 
         try:
-            return jsonify(_incident_detail(state, incident_id))
+            return jsonify(_within(_incident_detail, state, incident_id))
         except IncidentError as e:
             return _json_error(404, str(e))
         except Exception as e:
             _record(e)
-            return _json_error(503, f"The querywatch store cannot be read: {_brief(e)}")
+            return _json_error(503, _unreadable(e))
 
     @bp.post("/api/incidents/<int:incident_id>/<action>")
     def api_incident_action(incident_id: int, action: str) -> t.Any:
@@ -372,6 +374,12 @@ def _window() -> str:
     return w if w in WINDOWS else DEFAULT_WINDOW
 
 
+def _unreadable(e: BaseException) -> str:
+    if isinstance(e, StoreSlowError):
+        return f"The querywatch store is slow: {e}"
+    return f"The querywatch store cannot be read: {_brief(e)}"
+
+
 def _brief(e: BaseException) -> str:
     text = str(e).splitlines()[0][:200] if str(e) else ""
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
@@ -436,7 +444,7 @@ def _store_down(e: BaseException, name: str, window: str, csrf: str) -> Response
     _record(e)
     html = render_template(
         "querywatch/error.html",
-        message=f"The querywatch store cannot be read: {_brief(e)}. The application is not"
+        message=f"{_unreadable(e)}. The application is not"
         " affected; this page will work again once the store answers.",
         page=name,
         pages=PAGES,
@@ -448,6 +456,42 @@ def _store_down(e: BaseException, name: str, window: str, csrf: str) -> Response
 
 
 # --- data -------------------------------------------------------------------------------
+
+#: Seconds a page waits for the store before it says the store is slow.
+READ_TIMEOUT = 5.0
+#: Store reads one process runs at once for the dashboard; past them a page says the
+#: store is slow at once instead of stacking worker threads behind a frozen store.
+_reads = threading.BoundedSemaphore(2)
+
+
+class StoreSlowError(RuntimeError):
+    """The store did not answer within :data:`READ_TIMEOUT`."""
+
+
+def _within(fn: t.Callable[..., T], *args: t.Any) -> T:
+    """``fn(*args)`` on a thread of its own, waited for at most :data:`READ_TIMEOUT`: a
+    frozen store (a stopped server, a held lock) costs a page seconds and a worker
+    thread nothing. The read goes on in the background and ends when the store does."""
+    if not _reads.acquire(blocking=False):
+        raise StoreSlowError("earlier reads are still waiting for the store; it is slow or frozen")
+    out: dict[str, t.Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            out["value"] = fn(*args)
+        except BaseException as e:  # handed to the page
+            out["error"] = e
+        finally:
+            _reads.release()
+            done.set()
+
+    threading.Thread(target=run, name="querywatch-dashboard-read", daemon=True).start()
+    if not done.wait(READ_TIMEOUT):
+        raise StoreSlowError(f"it did not answer within {READ_TIMEOUT:g} s; it is slow or frozen")
+    if "error" in out:
+        raise out["error"]
+    return t.cast(T, out["value"])
 
 
 def _gather(state: AppState, page: str, window: str) -> dict[str, t.Any]:

@@ -17,6 +17,9 @@ if t.TYPE_CHECKING:
 __all__ = ["register"]
 
 _STORE = click.option("--store", "store_url", metavar="URL", help="Store database URL.")
+#: The longest wait of ``querywatch worker`` between two attempts on a failing store.
+WORKER_MAX_BACKOFF = 60.0
+
 _ESCALATION = click.option(
     "--escalation",
     metavar="FILE",
@@ -43,14 +46,18 @@ def _policy(path: str | None) -> Policy:
 
 
 def _incidents(
-    store_url: str | None, escalation: str | None = None, *, create: bool = False
+    store_url: str | None,
+    escalation: str | None = None,
+    *,
+    create: bool = False,
+    connect: bool = True,
 ) -> Incidents:
     from ..cli import _app_config
     from ..cli import _open_store
     from .manager import Incidents
 
     scale = _app_config("QUERYWATCH_ALERT_TIME_SCALE") or 1.0
-    store = _open_store(store_url, create=create)
+    store = _open_store(store_url, create=create, connect=connect)
     return Incidents(store, _policy(escalation), scale=float(scale))
 
 
@@ -238,12 +245,35 @@ def worker_command(
 ) -> None:
     """Turn alerts into incidents, escalate, remind and deliver notifications (what the
     app's own worker does, for deployments that run it apart)."""
+    from ..redact import error_line
     from .worker import IncidentWorker
 
-    manager = _incidents(store_url, escalation, create=True)
+    # Connected in the loop: a store that is down at start is waited for like one that
+    # goes down later.
+    manager = _incidents(store_url, escalation, create=True, connect=False)
     worker = IncidentWorker(manager.store, manager.policy, scale=manager.scale, interval=interval)
+    failures = 0
     while True:
-        result = worker.run_once()
+        try:
+            result = worker.run_once()
+        except Exception as e:
+            # The store is down or slow: say so once a failure run, wait longer each time
+            # (up to a minute), and go on; nothing is lost, the outbox is in the store.
+            if once:
+                raise click.ClickException(f"The store failed: {error_line(e)}") from None
+            failures += 1
+            wait = min(WORKER_MAX_BACKOFF, interval * 2**failures)
+            click.echo(
+                f"querywatch worker: the store failed ({type(e).__name__}: {error_line(e)});"
+                f" retrying in {wait:g} s (failure {failures}).",
+                err=True,
+            )
+            time.sleep(wait)
+            continue
+        if failures:
+            click.echo(f"querywatch worker: the store answers again after {failures} failure(s).",
+                       err=True)  # fmt: skip
+            failures = 0
         if result is None:
             click.echo("Another process holds the incidents lease; waiting.", err=True)
         elif result["followed"] or result["ticked"] or result["sent"]:

@@ -1,28 +1,33 @@
 """The outbox worker: delivers the notifications incidents wrote, with retries.
 
-A message is claimed for a while (``claimed_until``) before it is sent, so two workers
-never send it at the same time; a worker killed while sending leaves its claim to
-expire and the message is sent again (at least once: every message carries its
-idempotency key, so a receiver keeps one). A failed delivery is retried with exponential
-backoff and jitter (15-30 s, 30-60 s, 1-2 min, ... capped at an hour, scaled), and after
-``max_attempts`` it is dead-lettered with a ``notification_failed`` event on the
-incident's timeline.
+A message is claimed just before it is sent, one at a time, for a few seconds
+(``claimed_until``, :data:`CLAIM_SECONDS`), and the claim is renewed while the delivery
+runs, so two workers never send it at the same time; a worker killed while sending
+holds that one message until its claim expires, seconds later, and it is sent again (at
+least once: every message carries its idempotency key, so a receiver keeps one). A
+failed delivery is retried with exponential backoff and jitter (15-30 s, 30-60 s, 1-2
+min, ... capped at an hour, scaled), and after ``max_attempts`` it is dead-lettered with
+a ``notification_failed`` event on the incident's timeline.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import socket
+import threading
 import time
 import typing as t
 import uuid
+from collections.abc import Iterator
 
 from sqlalchemy import or_
 from sqlalchemy import select
 from sqlalchemy import update
 
+from .._failopen import log_limited
 from ..store import schema
 from .notifiers import DeliveryError
 from .notifiers import send
@@ -35,8 +40,9 @@ __all__ = ["Outbox"]
 BASE_DELAY = 30.0
 MAX_DELAY = 3600.0
 MAX_ATTEMPTS = 8
-#: How long a claim lasts: longer than any send (timeouts are seconds).
-CLAIM_SECONDS = 120.0
+#: How long a claim lasts unless renewed; a delivery renews it every third of that while
+#: it runs. A worker killed mid-delivery holds one message this long.
+CLAIM_SECONDS = 10.0
 
 
 class Outbox:
@@ -66,11 +72,11 @@ class Outbox:
         cap = min(MAX_DELAY, BASE_DELAY * 2 ** max(attempts - 1, 0)) * self.incidents.scale
         return self.rng.uniform(cap / 2, cap)
 
-    def _claim(self, now: float, limit: int) -> list[t.Any]:
+    def _due(self, now: float, limit: int) -> list[int]:
         tbl = schema.outbox
         free = or_(tbl.c.claimed_until.is_(None), tbl.c.claimed_until < now)
         with self.store.engine.connect() as conn:
-            candidates = list(
+            return list(
                 conn.execute(
                     select(tbl.c.id)
                     .where(tbl.c.status == "pending", tbl.c.next_attempt_at <= now, free)
@@ -78,31 +84,79 @@ class Outbox:
                     .limit(limit)
                 ).scalars()
             )
-        claimed = []
-        for message_id in candidates:
-            with self.store.engine.begin() as conn:
-                n = conn.execute(
-                    update(tbl)
-                    .where(tbl.c.id == message_id, tbl.c.status == "pending", free)
-                    .values(claimed_by=self.worker, claimed_until=now + self.claim_seconds)
-                ).rowcount
-                if n == 1:
-                    claimed.append(conn.execute(select(tbl).where(tbl.c.id == message_id)).one())
-        return claimed
+
+    def _claim(self, message_id: int, now: float) -> t.Any:
+        """The message, claimed by this worker until ``now + claim_seconds``; None when
+        another worker holds it or it is no longer pending."""
+        tbl = schema.outbox
+        free = or_(tbl.c.claimed_until.is_(None), tbl.c.claimed_until < now)
+        with self.store.engine.begin() as conn:
+            n = conn.execute(
+                update(tbl)
+                .where(tbl.c.id == message_id, tbl.c.status == "pending", free)
+                .values(claimed_by=self.worker, claimed_until=now + self.claim_seconds)
+            ).rowcount
+            if n != 1:
+                return None
+            return conn.execute(select(tbl).where(tbl.c.id == message_id)).one()
+
+    @contextlib.contextmanager
+    def _renewing(self, message_id: int, now: float) -> Iterator[None]:
+        """Renew this worker's claim on the message every third of ``claim_seconds``
+        while the block runs (a slow SMTP server), so no other worker sends it too."""
+        done = threading.Event()
+        started = time.monotonic()
+        tbl = schema.outbox
+
+        def renew() -> None:
+            while not done.wait(self.claim_seconds / 3):
+                until = now + (time.monotonic() - started) + self.claim_seconds
+                try:
+                    with self.store.engine.begin() as conn:
+                        conn.execute(
+                            update(tbl)
+                            .where(
+                                tbl.c.id == message_id,
+                                tbl.c.claimed_by == self.worker,
+                                tbl.c.status == "pending",
+                            )
+                            .values(claimed_until=until)
+                        )
+                except Exception as e:  # the store is down: the claim may lapse
+                    log_limited(
+                        "outbox.renew",
+                        "querywatch could not renew its claim on a notification (%s): another"
+                        " worker may send it again, with the same idempotency key.",
+                        type(e).__name__,
+                    )
+
+        thread = threading.Thread(target=renew, name="querywatch-outbox-claim", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def run_once(self, now: float | None = None, *, limit: int = 50) -> int:
-        """Deliver what is due; returns how many messages were sent."""
+        """Deliver what is due, claiming each message just before it is sent; returns
+        how many messages were sent."""
         self.store.migrate()
-        now = time.time() if now is None else now
+        start = time.time() if now is None else now
         sent = 0
-        for row in self._claim(now, limit):
+        for message_id in self._due(start, limit):
+            at = time.time() if now is None else now
+            row = self._claim(message_id, at)
+            if row is None:
+                continue
             target = self.incidents.policy.targets.get(row.target)
             message = json.loads(row.message)
             try:
-                if target is None:
-                    msg = f"target {row.target!r} is no longer in the escalation policy"
-                    raise DeliveryError(msg)
-                send(target, message)
+                with self._renewing(row.id, at):
+                    if target is None:
+                        msg = f"target {row.target!r} is no longer in the escalation policy"
+                        raise DeliveryError(msg)
+                    send(target, message)
             except Exception as e:
                 self._failed(row, e, time.time() if now is None else now)
                 continue
