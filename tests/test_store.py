@@ -98,6 +98,42 @@ def test_write_merges_and_reads_back(store_url: str) -> None:
     store.dispose()
 
 
+def test_the_costliest_reads_are_ranked_by_the_database(store_url: str) -> None:
+    """300 read shapes over two endpoints, a write and a read without a sample among
+    them: the advisor's input is the top 5 by total time summed over endpoints and
+    minutes, with their endpoints by time, and only those 5 are loaded."""
+    from querywatch.advisor import queries_from_store
+
+    store = Store(store_url)
+    now = time.time()
+    stats = Stats(max_shapes=1000)
+    for i in range(300):
+        sql = f"SELECT * FROM t{i} WHERE id = 1"
+        stats.add(_record("GET /a", sql, 1, 0.001 * (i % 97 + 1), now), [])
+        stats.add(_record("GET /b", sql, 2, 0.001 * (i % 89 + 1), now - 60), [])
+    stats.add(_record("POST /w", "UPDATE t0 SET a = 1 WHERE id = 2", 50, 1.0, now), [])
+    long = "SELECT " + ", ".join(f"c{i}" for i in range(2000)) + " FROM wide"  # no sample
+    stats.add(_record("GET /a", long, 50, 1.0, now), [])
+    store.write(stats.drain())
+    win = store.window(now - 180, now + 60)
+    shapes = store.shapes(win.shapes)
+    expected = sorted(
+        (fp for fp, sh in shapes.items() if sh.operation == "SELECT" and sh.sample),
+        key=lambda fp: (-win.shapes[fp].total, fp),
+    )[:5]
+    top = queries_from_store(store, since=now - 180, until=now + 60, limit=5)
+    assert [q.fingerprint for q in top] == expected
+    first = win.shapes[expected[0]]
+    assert top[0].calls == first.calls == 3
+    assert top[0].total_s == pytest.approx(first.total)
+    a = win.endpoint_shapes[("GET /a", expected[0])].total
+    b = win.endpoint_shapes[("GET /b", expected[0])].total
+    assert top[0].endpoints == (("GET /a", "GET /b") if a >= b else ("GET /b", "GET /a"))
+    only = queries_from_store(store, since=now - 180, limit=5, fingerprints=[expected[3]])
+    assert [q.fingerprint for q in only] == [expected[3]]
+    store.dispose()
+
+
 def test_a_store_url_without_its_driver_says_what_to_install() -> None:
     from querywatch.config import missing_driver
     from querywatch.exceptions import StoreError

@@ -26,6 +26,8 @@ LOG_INTERVAL = 60.0
 _lock = threading.Lock()
 _counts: dict[str, int] = {}
 _last_logged: dict[str, float] = {}
+#: Keys :func:`log_limited` remembers at most.
+_LAST_LOGGED_CAP = 4096
 
 
 def internal_error_counts() -> dict[str, int]:
@@ -114,6 +116,14 @@ def log_limited(where: str, message: str, *args: object) -> bool:
         last = _last_logged.get(where)
         if last is not None and now - last < LOG_INTERVAL:
             return False
+        _last_logged.pop(where, None)
         _last_logged[where] = now
+        if len(_last_logged) > _LAST_LOGGED_CAP:
+            # Keys name shapes and URLs, so they can be many: those older than the
+            # interval suppress nothing any more, and the oldest go first.
+            for key in [k for k, at in _last_logged.items() if now - at >= LOG_INTERVAL]:
+                del _last_logged[key]
+            while len(_last_logged) > _LAST_LOGGED_CAP:
+                del _last_logged[next(iter(_last_logged))]
     logger.warning(message, *args)
     return True

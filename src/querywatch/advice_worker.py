@@ -160,13 +160,9 @@ class AdviceWorker(Periodic):
             msg = "No database to ask for plans: set QUERYWATCH_ADVISE_DATABASE_URL."
             raise ExplainError(msg)
         now = time.time() if now is None else now
-        found = [
-            q
-            for q in queries_from_store(
-                state.store, since=now - 86400, until=now + 60, limit=10_000
-            )
-            if q.fingerprint == fingerprint
-        ]
+        found = queries_from_store(
+            state.store, since=now - 86400, until=now + 60, limit=1, fingerprints=[fingerprint]
+        )
         if not found:
             msg = (
                 f"No read shape {fingerprint!r} with a runnable sample in the last day: only"

@@ -3238,38 +3238,34 @@ def _is_unique(s: Session, name: str) -> bool:
 
 
 def queries_from_store(
-    store: t.Any, *, since: float, until: float | None = None, limit: int = 10
+    store: t.Any,
+    *,
+    since: float,
+    until: float | None = None,
+    limit: int = 10,
+    fingerprints: t.Sequence[str] | None = None,
 ) -> list[QueryInput]:
-    """The costliest read shapes of a window, as the advisor's input: each with its
-    runnable sample, endpoints (costliest first), calls and total time."""
+    """The costliest read shapes of a window (of ``fingerprints`` only, when given), as
+    the advisor's input: each with its runnable sample, endpoints (costliest first),
+    calls and total time."""
     until = time.time() if until is None else until
-    win = store.window(since, until)
-    ranked = sorted(win.shapes.items(), key=lambda kv: (-kv[1].total, kv[0]))
-    shapes = store.shapes([fp for fp, _ in ranked])
-    by_fp: dict[str, list[tuple[str, float]]] = {}
-    for (ep, fp), agg in win.endpoint_shapes.items():
-        by_fp.setdefault(fp, []).append((ep, agg.total))
-    out: list[QueryInput] = []
-    for fp, agg in ranked:
-        shape = shapes.get(fp)
-        if shape is None or shape.operation != "SELECT" or not shape.sample:
-            continue
-        eps = tuple(ep for ep, _ in sorted(by_fp.get(fp, []), key=lambda x: -x[1]))
-        out.append(
-            QueryInput(
-                sql=shape.sample,
-                fingerprint=fp,
-                endpoints=eps,
-                calls=agg.calls,
-                total_s=agg.total,
-                label=shape.shape,
-                site=shape.site,
-                rows=agg.rows / agg.calls if agg.calls else None,
-            )
+    # Ranked by the store's database with a limit: a window of 80,000 shapes is not
+    # loaded to return 20.
+    return [
+        QueryInput(
+            sql=shape.sample or "",
+            fingerprint=shape.fingerprint,
+            endpoints=tuple(ep for ep, _ in endpoints),
+            calls=agg.calls,
+            total_s=agg.total,
+            label=shape.shape,
+            site=shape.site,
+            rows=agg.rows / agg.calls if agg.calls else None,
         )
-        if len(out) >= limit:
-            break
-    return out
+        for shape, agg, endpoints in store.costliest_reads(
+            since, until, limit, fingerprints=fingerprints
+        )
+    ]
 
 
 def record_advice(store: t.Any, advice: Advice, when: float | None = None) -> None:

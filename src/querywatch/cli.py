@@ -293,12 +293,9 @@ def advise(
             raise click.BadParameter(str(e), param_hint="'--since'") from None
         store = _open_store(store_url)
         if shapes:
-            wanted = set(shapes)
-            queries = [
-                q
-                for q in queries_from_store(store, since=start, limit=10_000)
-                if q.fingerprint in wanted
-            ]
+            queries = queries_from_store(
+                store, since=start, limit=len(shapes), fingerprints=list(shapes)
+            )
         else:
             every = queries_from_store(store, since=start, limit=10_000)
             queries, left_out = every[:limit], len(every) - limit

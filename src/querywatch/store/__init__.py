@@ -658,6 +658,72 @@ class Store:
                 )
         return Window(since, until, shapes, endpoint_shapes, endpoints)
 
+    def costliest_reads(
+        self,
+        since: float,
+        until: float,
+        limit: int,
+        *,
+        width: int = 60,
+        fingerprints: t.Sequence[str] | None = None,
+    ) -> list[tuple[StoredShape, Aggregate, list[tuple[str, float]]]]:
+        """The ``limit`` read shapes with a runnable sample that took the most time in
+        ``[since, until)``, costliest first, ranked by the database: each with its calls,
+        time and rows summed, and its endpoints by time. Memory is ``limit`` shapes,
+        whatever the window holds."""
+        from sqlalchemy import func
+
+        self.migrate()
+        lo = int(since // width) * width
+        qs, sh = schema.query_stats, schema.shapes
+        total = func.sum(qs.c.total_s).label("total")
+        ranked = (
+            select(
+                qs.c.fingerprint,
+                total,
+                func.sum(qs.c.calls).label("calls"),
+                func.sum(qs.c.rows).label("rows"),
+            )
+            .join(sh, sh.c.fingerprint == qs.c.fingerprint)
+            .where(
+                qs.c.minute >= lo,
+                qs.c.minute < until,
+                sh.c.operation == "SELECT",
+                sh.c.sample_sql.is_not(None),
+                sh.c.sample_sql != "",
+            )
+            .group_by(qs.c.fingerprint)
+            .order_by(total.desc(), qs.c.fingerprint)
+            .limit(limit)
+        )
+        if fingerprints is not None:
+            ranked = ranked.where(qs.c.fingerprint.in_(list(fingerprints)))
+        with self.engine.connect() as conn:
+            top = list(conn.execute(ranked))
+            fps = [r.fingerprint for r in top]
+            endpoints: dict[str, list[tuple[str, float]]] = {}
+            if fps:
+                per_endpoint = (
+                    select(qs.c.fingerprint, qs.c.endpoint, func.sum(qs.c.total_s).label("spent"))
+                    .where(qs.c.minute >= lo, qs.c.minute < until, qs.c.fingerprint.in_(fps))
+                    .group_by(qs.c.fingerprint, qs.c.endpoint)
+                )
+                for row in conn.execute(per_endpoint):
+                    endpoints.setdefault(row.fingerprint, []).append(
+                        (row.endpoint, float(row.spent or 0.0))
+                    )
+        shapes = self.shapes(fps)
+        out = []
+        for r in top:
+            shape = shapes.get(r.fingerprint)
+            if shape is None:
+                continue
+            agg = Aggregate(calls=int(r.calls or 0), total=float(r.total or 0.0),
+                            rows=int(r.rows or 0))  # fmt: skip
+            eps = sorted(endpoints.get(r.fingerprint, []), key=lambda e: (-e[1], e[0]))
+            out.append((shape, agg, eps))
+        return out
+
     def shapes(self, fingerprints: t.Iterable[str]) -> dict[str, StoredShape]:
         self.migrate()
         fps = list(fingerprints)
