@@ -321,12 +321,76 @@ def test_redis_outage_costs_no_request_and_serves_nothing_stale(
             _set_stock(1, 7)  # committed while Redis is down: its bump is lost
         assert client.get("/t/stock").get_json() == {"stock": 7}
         assert st.errors >= 3
+        backend = app.extensions["querywatch"].cache.backend
+        assert backend.breaker.trips == 1  # three failures in a row: Redis is bypassed
         proc = _start_redis(port, workdir)  # back, with the entry that says 0
-        assert client.get("/t/stock").get_json() == {"stock": 7}
+        # The breaker probes Redis once its backoff is over; until then and after, every
+        # answer is the committed value, never the entry from before the outage.
         hits = st.hits
-        assert client.get("/t/stock").get_json() == {"stock": 7}
-        assert st.hits == hits + 1  # caching resumed
+        deadline = time.monotonic() + 30
+        while st.hits == hits:
+            assert client.get("/t/stock").get_json() == {"stock": 7}
+            assert time.monotonic() < deadline, "caching did not resume"
+            time.sleep(0.05)
+        assert not backend.breaker.is_open  # caching resumed
     finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_a_frozen_redis_is_bypassed_and_serves_nothing_stale_after(
+    shared: tuple[str, str, str, str],
+) -> None:
+    """Redis frozen (SIGSTOP: connections open, nothing answers, every command waits
+    for its socket timeout): after three timeouts in a row the cache stops asking it,
+    calls compute directly, a write committed meanwhile is seen at once, and after
+    SIGCONT caching resumes without ever serving the entry from before the freeze."""
+    import signal
+
+    db_url, _, prefix, workdir = shared
+    port = _free_port()
+    proc = _start_redis(port, workdir)
+    url = f"redis://127.0.0.1:{port}/0"
+    app = _app(db_url, url, prefix, workdir)
+    client = app.test_client()
+
+    @app.get("/t/stock")
+    def view() -> t.Any:
+        return {"stock": stock(1)}
+
+    stock = _stock_fn(app)
+    cache = app.extensions["querywatch"].cache
+    st = cache.stats["stock"]
+    breaker = cache.backend.breaker
+    try:
+        assert client.get("/t/stock").get_json() == {"stock": 0}
+        assert client.get("/t/stock").get_json() == {"stock": 0}
+        assert st.hits == 1
+        proc.send_signal(signal.SIGSTOP)
+        for _ in range(20):
+            assert client.get("/t/stock").get_json() == {"stock": 0}
+        assert breaker.trips == 1
+        assert st.errors == 3  # three socket timeouts, then no more round trips
+        assert breaker.refused >= 19
+        assert st.bypassed >= 19
+        scrape = client.get("/metrics").get_data(as_text=True)
+        name = app.extensions["querywatch"].name
+        assert f'querywatch_cache_backend_up{{app="{name}"}} 0.0' in scrape
+        assert f'querywatch_cache_backend_trips_total{{app="{name}"}} 1.0' in scrape
+        with app.app_context():
+            _set_stock(1, 9)  # committed while Redis is frozen: its bump is not sent
+        assert client.get("/t/stock").get_json() == {"stock": 9}
+        proc.send_signal(signal.SIGCONT)
+        hits = st.hits
+        deadline = time.monotonic() + 30
+        while st.hits == hits:
+            assert client.get("/t/stock").get_json() == {"stock": 9}
+            assert time.monotonic() < deadline, "caching did not resume"
+            time.sleep(0.05)
+        assert not breaker.is_open
+        assert client.get("/t/stock").get_json() == {"stock": 9}
+    finally:
+        proc.send_signal(signal.SIGCONT)
         proc.kill()
         proc.wait(timeout=10)
 

@@ -53,6 +53,7 @@ import time
 import typing as t
 import uuid
 
+from ._failopen import log_limited
 from ._failopen import record_internal_error
 from .exceptions import CacheValueError
 
@@ -466,19 +467,122 @@ return 0
 """
 
 
+class Breaker:
+    """A circuit breaker for a backend that can hang: after ``failures`` failures in a
+    row it opens, and calls are refused at once for ``backoff`` seconds (doubling up to
+    ``max_backoff`` while it keeps failing); then one call probes it (half-open), and
+    its success closes it. A frozen Redis (SIGSTOP) then costs a cached call nothing
+    instead of a socket timeout per Redis command."""
+
+    def __init__(
+        self, *, failures: int = 3, backoff: float = 1.0, max_backoff: float = 30.0
+    ) -> None:
+        self.threshold = failures
+        self.base = backoff
+        self.max_backoff = max_backoff
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._backoff = backoff
+        self._open_until = 0.0
+        self._opened_at = 0.0
+        self._probing = False
+        #: Times the circuit opened, and calls refused while it was open.
+        self.trips = 0
+        self.refused = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self._open_until > 0.0
+
+    def allow_peek(self) -> bool:
+        """Whether :meth:`allow` would let a call through now, without taking the probe."""
+        return self._open_until == 0.0 or (
+            time.monotonic() >= self._open_until and not self._probing
+        )
+
+    def allow(self) -> bool:
+        """Whether a call may go to the backend now (False: refuse it at once)."""
+        if self._open_until == 0.0:
+            return True
+        with self._lock:
+            if self._open_until == 0.0:
+                return True
+            if time.monotonic() < self._open_until or self._probing:
+                self.refused += 1
+                return False
+            self._probing = True  # one caller probes; the others are refused
+            return True
+
+    def success(self) -> None:
+        if self._open_until == 0.0 and self._failures == 0:
+            return
+        with self._lock:
+            was_open = self._open_until > 0.0
+            self._failures = 0
+            self._backoff = self.base
+            self._open_until = 0.0
+            self._probing = False
+            down = time.monotonic() - self._opened_at
+        if was_open:
+            log_limited(
+                "cache.breaker.closed",
+                "querywatch's result cache: Redis answers again after %.0f s; entries from"
+                " before the outage are dropped.",
+                down,
+            )
+
+    def failure(self) -> None:
+        with self._lock:
+            self._failures += 1
+            probing, self._probing = self._probing, False
+            if not probing and self._failures < self.threshold:
+                return
+            now = time.monotonic()
+            if self._open_until == 0.0:
+                self.trips += 1
+                self._opened_at = now
+                backoff = self._backoff
+            else:  # the probe failed: wait longer
+                self._backoff = min(self.max_backoff, self._backoff * 2)
+                backoff = self._backoff
+            self._open_until = now + backoff
+        log_limited(
+            "cache.breaker.open",
+            "querywatch's result cache: Redis failed %d times in a row; it is bypassed"
+            " (calls compute directly) and probed again after %.0f s.",
+            self.threshold,
+            backoff,
+        )
+
+
+class BackendUnavailableError(RuntimeError):
+    """The backend's circuit is open: the call was not made."""
+
+
 class RedisBackend:
     """Entries and table versions in Redis, shared by every process and host: a commit
     in one invalidates the entries of all.
 
     Fails open: a Redis error reaches the cache, which computes directly and keeps
-    nothing. Versions are not trusted across an outage: the first call that succeeds after
-    one bumps every table, and a Redis that came back empty (a new incarnation) refuses
-    entries computed before it.
+    nothing. After a few failures in a row (a Redis that hangs costs a socket timeout a
+    command) the :class:`Breaker` opens: the cache is bypassed without asking Redis
+    until a probe succeeds. Versions are not trusted across an outage: the first call
+    that succeeds after one bumps every table (so a write committed meanwhile, whose
+    invalidation could not be sent, leaves nothing stale), and a Redis that came back
+    empty (a new incarnation) refuses entries computed before it.
     """
 
-    def __init__(self, url: str, *, prefix: str = "qw:", timeout: float = 0.25) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "qw:",
+        timeout: float = 0.25,
+        breaker: Breaker | None = None,
+    ) -> None:
         import redis
 
+        self.breaker = breaker or Breaker()
         self.client = redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
@@ -497,16 +601,33 @@ class RedisBackend:
     def _key(self, key: str) -> str:
         return f"{self.prefix}c:{key}"
 
+    def available(self) -> bool:
+        """False while the breaker refuses calls (counted as refused): the cache then
+        computes directly, without a round trip."""
+        if self.breaker.allow_peek():
+            return True
+        self.breaker.refused += 1
+        return False
+
     def _run(self, script: t.Any, keys: list[str], args: list[t.Any]) -> t.Any:
-        if self._outage:
-            # Writes may have committed unseen: nothing cached before is trusted.
-            self._bump(keys=[self._versions, self._epoch], args=[ALL_TABLES])
-            self._outage = False
+        return self._call(lambda: script(keys=keys, args=args))
+
+    def _call(self, call: Callable[[], t.Any]) -> t.Any:
+        if not self.breaker.allow():
+            self._outage = True
+            raise BackendUnavailableError("Redis is bypassed after repeated failures")
         try:
-            return script(keys=keys, args=args)
+            if self._outage:
+                # Writes may have committed unseen: nothing cached before is trusted.
+                self._bump(keys=[self._versions, self._epoch], args=[ALL_TABLES])
+                self._outage = False
+            out = call()
         except Exception:
             self._outage = True
+            self.breaker.failure()
             raise
+        self.breaker.success()
+        return out
 
     def epoch(self) -> t.Any:
         inc, epoch = self._run(self._epoch_script, [self._inc, self._epoch], [uuid.uuid4().hex])
@@ -535,7 +656,7 @@ class RedisBackend:
         self._run(self._bump, [self._versions, self._epoch], list(tables))
 
     def delete(self, key: str) -> bool:
-        return bool(self.client.delete(self._key(key)))
+        return bool(self._call(lambda: self.client.delete(self._key(key))))
 
     # --- one computation per key across processes ---
 
@@ -558,11 +679,7 @@ class RedisBackend:
         self._run(self._release, [f"{self.prefix}l:{key}"], [token])
 
     def _run_plain(self, call: Callable[[], t.Any]) -> t.Any:
-        try:
-            return call()
-        except Exception:
-            self._outage = True
-            raise
+        return self._call(call)
 
 
 # --- the cache ----------------------------------------------------------------------------
@@ -696,7 +813,10 @@ class Cache:
             raise CacheValueError(msg)
         name = name or key.split(":", 1)[0]
         st = self.stats.get(name) or self._stats_for(name)
-        if bypass:
+        available = getattr(self.backend, "available", None)
+        if bypass or (available is not None and not available()):
+            # Asked to, or the backend's breaker is open (a hung Redis): compute
+            # directly, without a round trip that would time out.
             st.bypassed += 1
             return fn()
         value = self._lookup(key, st)
@@ -892,8 +1012,13 @@ class Cache:
             self.backend.bump([table.lower()])
 
     def bump(self, tables: Iterable[str]) -> None:
-        """A commit wrote ``tables``: entries that read them are stale from now on."""
-        self.backend.bump(tables)
+        """A commit wrote ``tables``: entries that read them are stale from now on.
+        While the backend is bypassed the bump is not sent: the backend drops every
+        entry when it is back, so nothing stale is served."""
+        try:
+            self.backend.bump(tables)
+        except BackendUnavailableError:
+            pass
 
     # --- decorating ---
 

@@ -37,7 +37,10 @@ request anything):
   read was written while they were computed;
 * ``querywatch_cache_coalesced_total{app, function}``: callers that waited for another's
   computation;
-* ``querywatch_cache_errors_total{app, function}``.
+* ``querywatch_cache_errors_total{app, function}``;
+* ``querywatch_cache_backend_up{app}`` (0 while Redis is bypassed after repeated
+  failures), ``querywatch_cache_backend_trips_total{app}`` (times it was) and
+  ``querywatch_cache_backend_refused_total{app}`` (Redis calls not made meanwhile).
 
 Function names are bounded (200 a cache, the rest as ``other``). The collector is
 registered on ``prometheus_client``'s default registry when the first cache is made, so
@@ -156,6 +159,38 @@ class CacheCollector(Collector):
                 family.add_metric([app, name], agg[field])
         yield lookups
         yield from families.values()
+        up = GaugeMetricFamily(
+            "querywatch_cache_backend_up",
+            "1 while the result cache's shared backend (Redis) is used, 0 while it is"
+            " bypassed after repeated failures.",
+            labels=["app"],
+        )
+        trips = CounterMetricFamily(
+            "querywatch_cache_backend_trips",
+            "Times the result cache's backend was bypassed after repeated failures.",
+            labels=["app"],
+        )
+        refused = CounterMetricFamily(
+            "querywatch_cache_backend_refused",
+            "Calls to the result cache's backend not made while it was bypassed.",
+            labels=["app"],
+        )
+        seen = set()
+        for state in list(_states):
+            cache = state._cache
+            breaker = getattr(getattr(cache, "backend", None), "breaker", None)
+            if breaker is None or state.name in seen:
+                continue
+            if self.app is not None and state.name != self.app:
+                continue
+            seen.add(state.name)
+            up.add_metric([state.name], 0.0 if breaker.is_open else 1.0)
+            trips.add_metric([state.name], breaker.trips)
+            refused.add_metric([state.name], breaker.refused)
+        if seen:
+            yield up
+            yield trips
+            yield refused
 
 
 _registered = False
