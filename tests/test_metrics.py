@@ -115,6 +115,33 @@ def test_metrics_endpoint_serves_the_app_s_histograms(client: t.Any) -> None:
     assert again == http
 
 
+def test_what_an_outage_drops_is_exported(sqlite_shop_url: str, tmp_path: t.Any) -> None:
+    """Requests kept while the store cannot be written, then dropped past three hours,
+    are counted on /metrics."""
+    from querywatch.stats import MAX_PENDING_SECONDS
+
+    app = shop.create_app(
+        sqlite_shop_url,
+        instance_path=str(tmp_path / "instance"),
+        config={"QUERYWATCH_STORE_URL": f"sqlite:///{tmp_path}/gone/qw.db",
+                "QUERYWATCH_FLUSH_INTERVAL": 3600, "QUERYWATCH_BUCKET_SECONDS": 60},
+    )  # fmt: skip
+    state = app.extensions["querywatch"]
+    client = app.test_client()
+    assert client.get("/api/products/1").status_code == 200
+    assert client.get("/api/products/2").status_code == 200
+    assert state.flusher.flush() is False  # the store's folder is not there
+    # Those two requests' bucket is now more than three hours behind a new one.
+    state.stats.fold()
+    snap = state.stats.drain()
+    old = next(iter(snap.buckets.values()))
+    snap.buckets = {0: old, MAX_PENDING_SECONDS + 60: type(old)()}
+    state.stats.restore(snap)
+    scrape = client.get("/metrics").get_data(as_text=True)
+    assert 'querywatch_dropped_total{what="requests"} 2.0' in scrape
+    state.flusher._stop.set()
+
+
 def test_shape_label_is_capped(sqlite_shop_url: str, tmp_path: t.Any) -> None:
     """Past ``QUERYWATCH_METRICS_MAX_SHAPES`` shapes, statements count under ``other``."""
     app = shop.create_app(

@@ -134,6 +134,106 @@ def test_the_costliest_reads_are_ranked_by_the_database(store_url: str) -> None:
     store.dispose()
 
 
+@pytest.mark.mariadb
+def test_a_mariadb_store_gets_double_precision_times(mariadb_url: str) -> None:
+    """MariaDB's FLOAT is single precision: a Unix time to within about two minutes (a
+    lease written to last 30 s had expired on reading). Version 5 makes every time and
+    duration DOUBLE, in place, keeping the rows."""
+    engine = create_engine(mariadb_url)
+    try:
+        store = Store(mariadb_url)
+        store.migrate()
+        store.dispose()
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE qw_leases MODIFY expires FLOAT NOT NULL")
+            conn.exec_driver_sql("ALTER TABLE qw_shapes MODIFY advised_at FLOAT NULL")
+            conn.exec_driver_sql("UPDATE qw_meta SET value = '4' WHERE `key` = 'schema_version'")
+            conn.exec_driver_sql(
+                "INSERT INTO qw_leases VALUES ('old', 'h', 1800000030.0, 1800000000.0)"
+            )
+        store = Store(mariadb_url)
+        assert store.migrate() == 5
+        with engine.connect() as conn:
+            types = dict(
+                conn.exec_driver_sql(
+                    "SELECT CONCAT(table_name, '.', column_name), data_type FROM"
+                    " information_schema.columns WHERE table_schema = DATABASE() AND"
+                    " column_name IN ('expires', 'acquired', 'advised_at', 'total_s', 'at')"
+                ).all()
+            )
+        assert types
+        assert set(types.values()) == {"double"}, types
+        with engine.connect() as conn:  # the row is kept (its time as FLOAT stored it)
+            assert conn.exec_driver_sql("SELECT holder FROM qw_leases").scalars().all() == ["h"]
+        t0 = 1_800_000_000.0
+        assert store.acquire_lease("new", "a", t0, 30)
+        assert not store.acquire_lease("new", "b", t0 + 20, 30)
+        store.dispose()
+    finally:
+        with engine.begin() as conn:
+            for tbl in reversed(schema.metadata.sorted_tables):
+                conn.execute(text(f"DROP TABLE IF EXISTS {tbl.name}"))
+        engine.dispose()
+
+
+def test_a_lease_is_taken_over_on_record_and_released_at_once(
+    store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A holder that stops renewing loses its lease when it expires: the taker is
+    logged (a warning: the holder died or stalled) and ``acquired`` moves. A holder
+    that releases it (a clean exit) hands it over at the next round, not at expiry."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="querywatch")
+    store = Store(store_url)
+    t0 = 1_800_000_000.0
+    assert store.acquire_lease("alerts", "host-a:1", t0, 30)
+    assert store.acquire_lease("alerts", "host-a:1", t0 + 10, 30)  # renewed
+    assert not store.acquire_lease("alerts", "host-b:2", t0 + 20, 30)
+    assert store.acquire_lease("alerts", "host-b:2", t0 + 41, 30)  # a's expired at t0 + 40
+    with store.engine.connect() as conn:
+        row = conn.execute(select(schema.leases).where(schema.leases.c.name == "alerts")).one()
+    assert (row.holder, row.acquired) == ("host-b:2", t0 + 41)
+    (took,) = [r for r in caplog.records if "taken over" in r.getMessage()]
+    assert took.levelno == logging.WARNING
+    assert "by host-b:2 from host-a:1 (its lease expired 1.0 s ago)" in took.getMessage()
+    store.release_lease("alerts", "host-b:2")
+    assert store.lease_holder("alerts", t0 + 42) is None
+    assert store.acquire_lease("alerts", "host-a:1", t0 + 42, 30)  # at once, not at t0 + 71
+    handed = [r for r in caplog.records if "taken over" in r.getMessage()][-1]
+    assert handed.levelno == logging.INFO
+    assert "(its lease released)" in handed.getMessage()
+    store.dispose()
+
+
+def test_a_clean_exit_releases_the_leases(tmp_path: t.Any) -> None:
+    """The flusher's last stop (at exit) gives up the alerts and incidents leases this
+    process holds; the incidents lease lasts three worker intervals, no 30 s floor."""
+    from querywatch.incidents.worker import LEASE as INCIDENTS
+
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config.update(
+        QUERYWATCH_STORE_URL=f"sqlite:///{tmp_path}/qw.db",
+        QUERYWATCH_FLUSH_INTERVAL=3600,
+        QUERYWATCH_INCIDENT_INTERVAL=0.5,
+        QUERYWATCH_ESCALATION={"targets": {"log": {"type": "log"}},
+                               "levels": [{"targets": ["log"]}]},
+    )  # fmt: skip
+    QueryWatch(app)
+    state = app.extensions["querywatch"]
+    state.flusher.evaluate_alerts(force=True)
+    now = time.time()
+    assert state.incident_worker.run_once(now=now) is not None
+    store = state.store
+    assert store.lease_holder("alerts", time.time()) is not None
+    with store.engine.connect() as conn:
+        row = conn.execute(select(schema.leases).where(schema.leases.c.name == INCIDENTS)).one()
+    assert row.expires == pytest.approx(now + 1.5)
+    state.flusher.stop()
+    assert store.lease_holder("alerts", time.time()) is None
+    assert store.lease_holder(INCIDENTS, time.time()) is None
+
+
 def test_a_store_url_without_its_driver_says_what_to_install() -> None:
     from querywatch.config import missing_driver
     from querywatch.exceptions import StoreError
@@ -163,14 +263,15 @@ def test_schema_version_and_forward_migration(tmp_path: t.Any) -> None:
         Store(url).migrate()
     assert str(info.value) == (
         f"The querywatch store at sqlite:///{tmp_path}/v.db has schema version 99, newer than"
-        " this querywatch knows (4). Upgrade querywatch, or point 'QUERYWATCH_STORE_URL' at"
-        " another database."
+        f" this querywatch knows ({schema.SCHEMA_VERSION}). Upgrade querywatch, or point"
+        " 'QUERYWATCH_STORE_URL' at another database."
     )
 
 
 def test_a_version_1_store_is_upgraded_in_place(tmp_path: t.Any) -> None:
     """A store written before the advisor (version 1) gains ``sample_sql`` and
-    ``qw_advice`` (2), the alert tables (3), the incident tables (4), and keeps its rows."""
+    ``qw_advice`` (2), the alert tables (3), the incident tables (4), double precision on
+    MariaDB (5), and keeps its rows."""
     url = f"sqlite:///{tmp_path}/v1.db"
     engine = create_engine(url)
     with engine.begin() as conn:
@@ -191,8 +292,8 @@ def test_a_version_1_store_is_upgraded_in_place(tmp_path: t.Any) -> None:
             tbl.create(conn)
     engine.dispose()
     store = Store(url)
-    assert store.migrate() == 4
-    assert store.schema_version() == 4
+    assert store.migrate() == 5
+    assert store.schema_version() == 5
     assert store.shapes(["abc"])["abc"].shape == "SELECT ?"
     assert store.shapes(["abc"])["abc"].sample is None
     assert store.advice() == []
@@ -309,6 +410,65 @@ def test_failed_flush_keeps_the_data(tmp_path: t.Any) -> None:
     assert win.endpoints["job:j"].requests == 3
     state.flusher._stop.set()
     state.advice_worker.stop()
+
+
+@pytest.mark.parametrize("width", [1, 10, 60])
+def test_an_outage_keeps_hours_not_buckets(
+    width: int, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store unreachable, flushes failing and restoring: 240 s of 10 requests a
+    second are all kept whatever the bucket width (1 s buckets kept 3 minutes, and 600
+    of the 2,400 requests went unseen); past three hours the oldest go, counted and said
+    once."""
+    import logging
+
+    from querywatch import _failopen
+    from querywatch.stats import MAX_PENDING_SECONDS
+
+    monkeypatch.setattr(_failopen, "_last_logged", {})  # said once a minute, this test's
+    caplog.set_level(logging.WARNING, logger="querywatch")
+    stats = Stats(bucket_seconds=width)
+    start = 1_800_000_000.0
+    for i in range(2400):
+        stats.add(_record("GET /a", "SELECT 1", 1, 0.001, start + i / 10), [])
+        if i % 100 == 99:
+            stats.restore(stats.drain())  # a flush that failed
+    snap = stats.drain()
+    assert sum(b.endpoints["GET /a"].requests for b in snap.buckets.values()) == 2400
+    assert stats.dropped_requests == 0
+    stats.restore(snap)
+    # Four hours on, one request a minute: the first hour's buckets go, and say so.
+    later = start + 240
+    for m in range(4 * 60):
+        stats.add(_record("GET /a", "SELECT 1", 1, 0.001, later + 60 * m), [])
+        stats.restore(stats.drain())
+    snap = stats.drain()
+    newest = max(snap.buckets)
+    assert min(snap.buckets) > newest - MAX_PENDING_SECONDS
+    kept = sum(b.endpoints["GET /a"].requests for b in snap.buckets.values())
+    assert kept + stats.dropped_requests == 2400 + 4 * 60
+    assert stats.dropped_requests >= 2400
+    said = [r for r in caplog.records if "dropped the aggregates" in r.getMessage()]
+    assert len(said) == 1
+
+
+def test_an_outage_under_a_flood_of_endpoints_is_bounded_by_entries() -> None:
+    """Entries, not only time: 300 minutes' buckets of 1,000 endpoints each stay under
+    MAX_PENDING_ENTRIES (checked as each bucket opens: the newest may add its own)."""
+    from querywatch.stats import MAX_PENDING_ENTRIES
+
+    stats = Stats(bucket_seconds=60, max_endpoints=1000)
+    start = 1_800_000_000.0
+    for m in range(300):
+        for e in range(1000):
+            stats.add(_record(f"GET /e{e}", "SELECT 1", 1, 0.001, start + 60 * m), [])
+    snap = stats.drain()
+    entries = sum(len(b.queries) + len(b.endpoints) for b in snap.buckets.values())
+    newest = snap.buckets[max(snap.buckets)]
+    assert entries <= MAX_PENDING_ENTRIES + len(newest.queries) + len(newest.endpoints)
+    assert stats.dropped_requests == 300 * 1000 - sum(
+        ep.requests for b in snap.buckets.values() for ep in b.endpoints.values()
+    )
 
 
 def _traffic(client: t.Any) -> list[int]:

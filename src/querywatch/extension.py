@@ -91,6 +91,15 @@ class AppState:
                 interval=settings.incident_interval,
             )
 
+    def release_leases(self) -> None:
+        """Give up the alerts and incidents leases if this process holds them."""
+        from .alerts import LEASE
+
+        if self.incident_worker is not None:
+            self.incident_worker.release()
+        if self._evaluator is not None:
+            self.store.release_lease(LEASE, self._evaluator.holder)
+
     def new_stats(self) -> Stats:
         s = self.settings
         return Stats(
@@ -424,13 +433,18 @@ class Flusher:
             return False
 
     def stop(self) -> None:
-        """Stop the thread and flush one last time."""
+        """Stop the thread, flush one last time, and give up the store's leases this
+        process holds, so another process takes over at once (a rolling deploy)."""
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread() and thread.is_alive():
             thread.join(timeout=2 * self.interval + 1)
         with fail_open("flusher.stop"):
             self.flush()
+        with fail_open("flusher.release"):
+            state = self._state()
+            if state is not None:
+                state.release_leases()
 
 
 #: This process's id, refreshed in a forked child, so requests need not ask the OS.

@@ -12,6 +12,9 @@ the OpenTelemetry semantic conventions, as Prometheus exports them:
 * ``querywatch_request_queries{http_route}``: statements a request;
 * ``querywatch_n_plus_one_total{http_route}``, ``querywatch_slow_queries_total{http_route}``;
 * ``querywatch_internal_errors_total{where}``: querywatch's own swallowed errors;
+* ``querywatch_dropped_total{what}``: what the bounded aggregates let go of (``requests``
+  kept while the store was unreachable past three hours, ``findings``, ``users``,
+  ``shapes_folded`` into ``other``);
 * ``db_client_connection_wait_time_seconds{pool_name}`` (histogram) and
   ``db_client_connection_timeouts_total{pool_name}``: checkouts, timed by wrapping the
   pool's ``_do_get`` (no pool event fires before a checkout);
@@ -301,6 +304,7 @@ class AppMetrics(Collector):
         self.registry.register(_InternalErrors())
         self.registry.register(_PoolCollector(engines))
         self.registry.register(CacheCollector(app=name))
+        self.registry.register(_DroppedCollector(name))
         self._engines = engines
         #: prometheus_client's multiprocess mode (gunicorn and other pre-fork servers):
         #: observations also go to the shared files of ``PROMETHEUS_MULTIPROC_DIR``.
@@ -622,6 +626,37 @@ class _InternalErrors(Collector):
         )
         for where, n in sorted(internal_error_counts().items()):
             family.add_metric([where], n)
+        yield family
+
+
+class _DroppedCollector(Collector):
+    """What this app's bounded aggregates let go of, by what: requests whose buckets
+    were dropped while the store was unreachable (past three hours or the entry bound),
+    findings and users past their caps, and shapes folded into ``other``."""
+
+    def __init__(self, app: str) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Metric]:
+        from .extension import _states
+
+        family = CounterMetricFamily(
+            "querywatch_dropped",
+            "What querywatch's bounded aggregates let go of, by what (requests: kept"
+            " while the store was unreachable, then dropped).",
+            labels=["what"],
+        )
+        totals = {"requests": 0, "findings": 0, "users": 0, "shapes_folded": 0}
+        for state in list(_states):
+            if state.name != self.app:
+                continue
+            st = state.stats
+            totals["requests"] += st.dropped_requests
+            totals["findings"] += st.dropped_findings
+            totals["users"] += st.dropped_users
+            totals["shapes_folded"] += st.folded_shapes
+        for what, n in totals.items():
+            family.add_metric([what], n)
         yield family
 
 

@@ -5,8 +5,10 @@ drains the pending buckets to the store every few seconds; a failed flush puts t
 
 Memory is bounded: at most ``max_shapes`` distinct fingerprints are pending at once
 (the long tail folds into the :data:`OTHER` row until the next flush), at most
-``max_endpoints`` endpoints per bucket, :data:`MAX_PENDING_MINUTES` minutes of buckets
-while the store is unreachable, and :data:`MAX_PENDING_FINDINGS` findings.
+``max_endpoints`` endpoints per bucket, buckets of at most :data:`MAX_PENDING_SECONDS`
+(three hours, whatever the bucket width) and :data:`MAX_PENDING_ENTRIES` entries while
+the store is unreachable, and :data:`MAX_PENDING_FINDINGS` findings. What a cap drops is
+counted (:attr:`Stats.dropped_requests`), logged once and exported.
 """
 
 from __future__ import annotations
@@ -39,7 +41,12 @@ __all__ = [
 #: The fingerprint id that stands for every shape past the cap.
 OTHER = "other"
 OTHER_SHAPE = "(other query shapes, past QUERYWATCH_MAX_SHAPES)"
-MAX_PENDING_MINUTES = 180
+#: How far back pending buckets are kept while the store is unreachable, in seconds
+#: (not buckets: 1 s buckets keep three hours too).
+MAX_PENDING_SECONDS = 3 * 3600
+#: Shape and endpoint entries of all pending buckets together: the memory bound of an
+#: outage, whatever the traffic.
+MAX_PENDING_ENTRIES = 200_000
 MAX_PENDING_FINDINGS = 2000
 #: Distinct users tracked per objective and bucket; past it, new users are not counted.
 MAX_USERS_PER_BUCKET = 5000
@@ -239,7 +246,9 @@ class Stats:
         self._pending_fps: set[str] = set()
         #: Counters of what the caps folded or dropped.
         self.folded_shapes = 0
-        self.dropped_minutes = 0
+        #: Buckets dropped while the store was unreachable, and the requests they held.
+        self.dropped_buckets = 0
+        self.dropped_requests = 0
         self.dropped_findings = 0
         self.dropped_users = 0
 
@@ -309,10 +318,7 @@ class Stats:
         bucket = self._buckets.get(minute)
         if bucket is None:
             bucket = self._buckets[minute] = MinuteBucket()
-            if len(self._buckets) > MAX_PENDING_MINUTES:
-                oldest = min(self._buckets)
-                del self._buckets[oldest]
-                self.dropped_minutes += 1
+            self._bound_pending(minute)
         endpoint = name
         ep = bucket.endpoints.get(endpoint)
         if ep is None:
@@ -425,6 +431,34 @@ class Stats:
         agg.queries += f.count
         agg.total += f.total
 
+    def _bound_pending(self, newest: int) -> None:
+        """Drop the oldest pending buckets past :data:`MAX_PENDING_SECONDS` before
+        ``newest`` or past :data:`MAX_PENDING_ENTRIES` entries; count and say what went."""
+        entries = sum(len(b.queries) + len(b.endpoints) for b in self._buckets.values())
+        dropped = 0
+        while self._buckets:
+            oldest = min(self._buckets)
+            if oldest > newest - MAX_PENDING_SECONDS and entries <= MAX_PENDING_ENTRIES:
+                break
+            gone = self._buckets.pop(oldest)
+            entries -= len(gone.queries) + len(gone.endpoints)
+            dropped += sum(ep.requests for ep in gone.endpoints.values())
+            self.dropped_buckets += 1
+        if dropped:
+            self.dropped_requests += dropped
+            from ._failopen import log_limited
+
+            log_limited(
+                "stats.dropped",
+                "querywatch dropped the aggregates of %d requests, older than %d h or past"
+                " %d entries, that the store could not take (%d so far): the store has"
+                " been unreachable that long.",
+                dropped,
+                MAX_PENDING_SECONDS // 3600,
+                MAX_PENDING_ENTRIES,
+                self.dropped_requests,
+            )
+
     def drain(self) -> Snapshot:
         """Take everything pending; the caller writes it or gives it back with
         :meth:`restore`."""
@@ -463,9 +497,8 @@ class Stats:
                     cur_u = bucket.users.setdefault(objective, {})
                     for digest, bad in users.items():
                         cur_u[digest] = max(cur_u.get(digest, 0), bad)
-            while len(self._buckets) > MAX_PENDING_MINUTES:
-                del self._buckets[min(self._buckets)]
-                self.dropped_minutes += 1
+            if self._buckets:
+                self._bound_pending(max(self._buckets))
             for fp_id, info in snap.shapes.items():
                 self._shapes.setdefault(fp_id, info)
             for fkey, f in snap.findings.items():

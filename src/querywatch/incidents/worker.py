@@ -64,7 +64,9 @@ class IncidentWorker(Periodic):
         """One round if this process holds (or takes) the lease; None otherwise."""
         incidents, outbox = self._parts()
         now = time.time() if now is None else now
-        lease = max(3 * self.interval, 30.0)
+        # Three rounds: a holder that dies is replaced within three intervals (the
+        # floor of 30 s delayed escalations by as much after a host died).
+        lease = 3 * self.interval
         if not incidents.store.acquire_lease(LEASE, self.holder, now, lease):
             return None
         self.rounds += 1
@@ -77,3 +79,10 @@ class IncidentWorker(Periodic):
         super().after_fork()
         self._incidents = None
         self._outbox = None
+
+    def release(self) -> None:
+        """Stop, and give up the lease if this process holds it (a clean exit): another
+        process takes over at its next round."""
+        self.stop()
+        if self._incidents is not None:
+            self._incidents.store.release_lease(LEASE, self.holder)

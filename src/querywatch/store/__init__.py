@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import time
 import typing as t
 
@@ -39,6 +40,8 @@ from . import schema
 if t.TYPE_CHECKING:
     from sqlalchemy.engine import Connection
     from sqlalchemy.engine import Engine
+
+_log = logging.getLogger("querywatch")
 
 __all__ = [
     "AlertChange",
@@ -1209,31 +1212,57 @@ class Store:
 
     def acquire_lease(self, name: str, holder: str, now: float, ttl: float) -> bool:
         """Take or renew the lease ``name`` for ``ttl`` seconds: True for exactly one
-        holder at a time, across processes and hosts (their clocks within ``ttl``)."""
+        holder at a time, across processes and hosts (their clocks within ``ttl``).
+        Taking it from another holder (whose lease expired or was released) records
+        when (``acquired``) and logs who took it from whom."""
         self.migrate()
         tbl = schema.leases
         try:
             with self.engine.begin() as conn:
-                n = conn.execute(
+                renewed = conn.execute(
                     update(tbl)
-                    .where(
-                        tbl.c.name == name,
-                        (tbl.c.holder == holder) | (tbl.c.expires <= now),
-                    )
-                    .values(holder=holder, expires=now + ttl)
+                    .where(tbl.c.name == name, tbl.c.holder == holder)
+                    .values(expires=now + ttl)
                 ).rowcount
-                if n == 1:
+                if renewed == 1:
                     return True
-                if conn.execute(select(tbl.c.name).where(tbl.c.name == name)).first():
+                row = conn.execute(select(tbl).where(tbl.c.name == name)).first()
+                if row is None:
+                    conn.execute(
+                        tbl.insert().values(
+                            name=name, holder=holder, expires=now + ttl, acquired=now
+                        )
+                    )
+                    return True
+                if row.expires > now:
                     return False
-                conn.execute(
-                    tbl.insert().values(name=name, holder=holder, expires=now + ttl, acquired=now)
-                )
-                return True
+                # Compare and set: of two processes taking it at once, one changes it.
+                taken = conn.execute(
+                    update(tbl)
+                    .where(tbl.c.name == name, tbl.c.holder == row.holder)
+                    .values(holder=holder, expires=now + ttl, acquired=now)
+                ).rowcount
         except IntegrityError:
             return False  # another process inserted it first
+        if taken != 1:
+            return False
+        released = row.expires <= 0
+        how = "released" if released else f"expired {now - row.expires:.1f} s ago"
+        # A lease that expired is a holder that died or stalled: worth a warning.
+        _log.log(
+            logging.INFO if released else logging.WARNING,
+            "querywatch lease %r taken over by %s from %s (its lease %s).",
+            name,
+            holder,
+            row.holder,
+            how,
+        )
+        return True
 
     def release_lease(self, name: str, holder: str) -> None:
+        """Give up the lease ``name`` if ``holder`` has it: another process takes it at
+        its next round, not when it would have expired (a clean shutdown, a rolling
+        deploy)."""
         tbl = schema.leases
         with self.engine.begin() as conn:
             conn.execute(

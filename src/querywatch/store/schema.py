@@ -11,7 +11,7 @@ import typing as t
 
 from sqlalchemy import BigInteger
 from sqlalchemy import Column
-from sqlalchemy import Float
+from sqlalchemy import Double
 from sqlalchemy import Integer
 from sqlalchemy import MetaData
 from sqlalchemy import String
@@ -32,7 +32,10 @@ if t.TYPE_CHECKING:
 #: waits), ``qw_leases``, ``qw_alerts`` and ``qw_alert_events`` (alert state and changes).
 #: 4: ``qw_incidents``, ``qw_incident_events`` (the timeline), ``qw_outbox`` (notifications
 #: to deliver), ``qw_deploys`` (deploy markers) and ``qw_slo_users`` (users affected).
-SCHEMA_VERSION = 4
+#: 5: times and durations in double precision on MariaDB/MySQL too (their ``FLOAT`` is
+#: single precision: a Unix time to within about two minutes, which let a lease expire
+#: at once); nothing changes on PostgreSQL and SQLite, whose float is already double.
+SCHEMA_VERSION = 5
 
 metadata = MetaData()
 
@@ -52,11 +55,11 @@ shapes = Table(
     Column("site_file", String(512)),
     Column("site_line", Integer),
     Column("site_function", String(255)),
-    Column("first_seen", Float, nullable=False),
+    Column("first_seen", Double, nullable=False),
     # A runnable statement of the shape: placeholders kept, string literals masked.
     Column("sample_sql", Text),
     # When a process last claimed the shape for the background advisor.
-    Column("advised_at", Float),
+    Column("advised_at", Double),
 )
 
 query_stats = Table(
@@ -67,9 +70,9 @@ query_stats = Table(
     Column("fingerprint", String(32), primary_key=True),
     Column("calls", BigInteger, nullable=False),
     Column("errors", BigInteger, nullable=False),
-    Column("total_s", Float, nullable=False),
-    Column("min_s", Float, nullable=False),
-    Column("max_s", Float, nullable=False),
+    Column("total_s", Double, nullable=False),
+    Column("min_s", Double, nullable=False),
+    Column("max_s", Double, nullable=False),
     Column("rows", BigInteger, nullable=False),
     Column("hist", Text, nullable=False),
 )
@@ -81,12 +84,12 @@ endpoint_stats = Table(
     Column("endpoint", String(255), primary_key=True),
     Column("requests", BigInteger, nullable=False),
     Column("statuses", Text, nullable=False),
-    Column("total_s", Float, nullable=False),
-    Column("max_s", Float, nullable=False),
+    Column("total_s", Double, nullable=False),
+    Column("max_s", Double, nullable=False),
     Column("hist", Text, nullable=False),
     Column("queries", BigInteger, nullable=False),
     Column("max_queries", BigInteger, nullable=False),
-    Column("db_s", Float, nullable=False),
+    Column("db_s", Double, nullable=False),
     Column("db_errors", BigInteger, nullable=False),
     Column("dropped_queries", BigInteger, nullable=False),
 )
@@ -98,11 +101,11 @@ findings = Table(
     Column("kind", String(32), nullable=False),
     Column("endpoint", String(255), nullable=False),
     Column("fingerprint", String(32), nullable=False),
-    Column("first_seen", Float, nullable=False),
-    Column("last_seen", Float, nullable=False),
+    Column("first_seen", Double, nullable=False),
+    Column("last_seen", Double, nullable=False),
     Column("occurrences", BigInteger, nullable=False),
     Column("queries", BigInteger, nullable=False),
-    Column("total_s", Float, nullable=False),
+    Column("total_s", Double, nullable=False),
     Column("site_file", String(512)),
     Column("site_line", Integer),
     Column("site_function", String(255)),
@@ -125,12 +128,12 @@ advice = Table(
     Column("alembic", Text, nullable=False),
     Column("reason", Text, nullable=False),
     Column("verified_by", String(32), nullable=False),
-    Column("cost_before", Float),
-    Column("cost_after", Float),
-    Column("measured_before_ms", Float),
-    Column("measured_after_ms", Float),
-    Column("first_seen", Float, nullable=False),
-    Column("last_seen", Float, nullable=False),
+    Column("cost_before", Double),
+    Column("cost_after", Double),
+    Column("measured_before_ms", Double),
+    Column("measured_after_ms", Double),
+    Column("first_seen", Double, nullable=False),
+    Column("last_seen", Double, nullable=False),
     UniqueConstraint("fingerprint", "index_name", name="uq_qw_advice_key"),
 )
 
@@ -192,10 +195,10 @@ pool_stats = Table(
     Column("minute", BigInteger, primary_key=True, autoincrement=False),
     Column("pool", String(255), primary_key=True),
     Column("checkouts", BigInteger, nullable=False),
-    Column("wait_s", Float, nullable=False),
+    Column("wait_s", Double, nullable=False),
     Column("timeouts", BigInteger, nullable=False),
     # The highest share of the pool in use seen at a flush (0..1), or null.
-    Column("saturation", Float),
+    Column("saturation", Double),
 )
 
 #: A lease: held by one process (``holder``) until ``expires``, so one process evaluates.
@@ -204,8 +207,8 @@ leases = Table(
     metadata,
     Column("name", String(64), primary_key=True),
     Column("holder", String(255), nullable=False),
-    Column("expires", Float, nullable=False),
-    Column("acquired", Float, nullable=False),
+    Column("expires", Double, nullable=False),
+    Column("acquired", Double, nullable=False),
 )
 
 #: Each alert's current state, one row per alert key.
@@ -216,8 +219,8 @@ alerts = Table(
     Column("kind", String(32), nullable=False),
     Column("severity", String(16), nullable=False),
     Column("state", String(16), nullable=False),
-    Column("since", Float, nullable=False),
-    Column("updated", Float, nullable=False),
+    Column("since", Double, nullable=False),
+    Column("updated", Double, nullable=False),
     Column("summary", Text, nullable=False),
     Column("evidence", Text, nullable=False),
     Column("fired", BigInteger, nullable=False),
@@ -232,7 +235,7 @@ alert_events = Table(
     Column("kind", String(32), nullable=False),
     Column("severity", String(16), nullable=False),
     Column("state", String(16), nullable=False),
-    Column("at", Float, nullable=False),
+    Column("at", Double, nullable=False),
     Column("summary", Text, nullable=False),
     Column("evidence", Text, nullable=False),
 )
@@ -252,16 +255,16 @@ incidents = Table(
     Column("summary", Text, nullable=False),
     Column("owner", String(255)),
     Column("source", String(32), nullable=False),
-    Column("created_at", Float, nullable=False),
-    Column("acknowledged_at", Float),
-    Column("resolved_at", Float),
-    Column("updated_at", Float, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("acknowledged_at", Double),
+    Column("resolved_at", Double),
+    Column("updated_at", Double, nullable=False),
     # The last status update sent to the people notified (reminders count from it).
-    Column("last_update_at", Float, nullable=False),
+    Column("last_update_at", Double, nullable=False),
     # Escalation: the level notified last, rounds of the policy done, when the next is due.
     Column("level", Integer, nullable=False),
     Column("round", Integer, nullable=False),
-    Column("next_escalation_at", Float),
+    Column("next_escalation_at", Double),
     Column("impact", Text, nullable=False),
     Column("evidence", Text, nullable=False),
 )
@@ -272,7 +275,7 @@ incident_events = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("incident_id", Integer, nullable=False, index=True),
-    Column("at", Float, nullable=False),
+    Column("at", Double, nullable=False),
     Column("kind", String(32), nullable=False),
     Column("actor", String(255), nullable=False),
     Column("text", Text, nullable=False),
@@ -292,12 +295,12 @@ outbox = Table(
     Column("message", Text, nullable=False),
     Column("status", String(8), nullable=False),
     Column("attempts", Integer, nullable=False),
-    Column("next_attempt_at", Float, nullable=False, index=True),
+    Column("next_attempt_at", Double, nullable=False, index=True),
     Column("claimed_by", String(255)),
-    Column("claimed_until", Float),
+    Column("claimed_until", Double),
     Column("last_error", Text),
-    Column("created_at", Float, nullable=False),
-    Column("sent_at", Float),
+    Column("created_at", Double, nullable=False),
+    Column("sent_at", Double),
 )
 
 #: Deploy markers (``querywatch mark-deploy``): evidence for incidents.
@@ -306,7 +309,7 @@ deploys = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("version", String(255), nullable=False),
-    Column("at", Float, nullable=False),
+    Column("at", Double, nullable=False),
     Column("description", Text, nullable=False),
 )
 
@@ -350,10 +353,26 @@ def _migrate_to_4(conn: Connection) -> None:
             tbl.create(conn)
 
 
+def _migrate_to_5(conn: Connection) -> None:
+    if conn.dialect.name not in ("mysql", "mariadb"):
+        return
+    from sqlalchemy import inspect
+
+    existing = set(inspect(conn).get_table_names())
+    for tbl in metadata.sorted_tables:
+        if tbl.name not in existing:
+            continue
+        for col in tbl.columns:
+            if isinstance(col.type, Double):
+                null = "NULL" if col.nullable else "NOT NULL"
+                conn.exec_driver_sql(f"ALTER TABLE {tbl.name} MODIFY {col.name} DOUBLE {null}")
+
+
 #: ``MIGRATIONS[n]`` takes a store from version ``n - 1`` to ``n``.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _migrate_to_1,
     2: _migrate_to_2,
     3: _migrate_to_3,
     4: _migrate_to_4,
+    5: _migrate_to_5,
 }
