@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,16 +21,12 @@ import time
 from sqlalchemy import create_engine
 from sqlalchemy import select
 
+from _serve import free_port
+from _serve import wait_for_port
 from querywatch.cache import Breaker
 from querywatch.demo import shop
 
 SECONDS = 4.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_redis(port: int, workdir: str) -> subprocess.Popen[bytes]:
@@ -41,14 +36,8 @@ def start_redis(port: int, workdir: str) -> subprocess.Popen[bytes]:
          "no", "--dir", workdir],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("redis-server did not start")
+    wait_for_port(port, proc, seconds=10)
+    return proc
 
 
 def quantiles(took: list[float]) -> tuple[float, float]:

@@ -21,12 +21,15 @@ import http.client
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+
+from _serve import free_port
+from _serve import wait_for_port
+from _serve import workers_of
 
 APP = """
 import os
@@ -55,12 +58,6 @@ def soak(n):
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def rss_mb(pid: int) -> float | None:
     try:
         for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -69,13 +66,6 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
-
-
-def workers_of(master: int) -> list[int]:
-    out = subprocess.run(
-        ["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True, check=False
-    ).stdout
-    return sorted(int(p) for p in out.split())
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -122,15 +112,7 @@ def main() -> None:
          "--log-level", "warning", "soak_app:app"],
         env=env,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            if time.monotonic() > deadline or master.poll() is not None:
-                sys.exit("gunicorn did not start")
-            time.sleep(0.2)
+    wait_for_port(port, master)
 
     stop = threading.Event()
     counter = iter(range(10**12))

@@ -259,18 +259,39 @@ def records(app: t.Any) -> list[t.Any]:
     return seen
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: t.Any) -> t.Iterator[str]:
-    """A store on SQLite (a file) and on PostgreSQL (its tables dropped afterwards)."""
+def _store_on(request: pytest.FixtureRequest, tmp_path: t.Any) -> t.Iterator[str]:
+    """A store on ``request.param``'s database: a SQLite file, or a server's test
+    database whose querywatch tables are dropped afterwards."""
     from querywatch.store import schema
 
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/store.db"
         return
-    url = request.getfixturevalue("postgres_url")
+    url = request.getfixturevalue(
+        "postgres_url" if request.param == "postgresql" else "mariadb_url"
+    )
     yield url
     engine = create_engine(url)
     with engine.begin() as conn:
         for tbl in reversed(schema.metadata.sorted_tables):
             conn.execute(text(f"DROP TABLE IF EXISTS {tbl.name}"))
     engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: t.Any) -> t.Iterator[str]:
+    """A store on SQLite (a file) and on PostgreSQL (its tables dropped afterwards)."""
+    yield from _store_on(request, tmp_path)
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
+def any_store_url(request: pytest.FixtureRequest, tmp_path: t.Any) -> t.Iterator[str]:
+    """A store on each database querywatch keeps its store in (SQLite, PostgreSQL,
+    MariaDB), empty."""
+    yield from _store_on(request, tmp_path)

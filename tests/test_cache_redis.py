@@ -285,6 +285,32 @@ def _start_redis(port: int, workdir: str) -> t.Any:
     pytest.fail(f"redis-server did not start on port {port}")
 
 
+def _on_own_redis(shared: tuple[str, str, str, str]) -> tuple[t.Any, int, t.Any]:
+    """A Redis of the test's own (its process, its port) and the shop on it, with a
+    cached ``stock`` behind ``GET /t/stock``."""
+    db_url, _, prefix, workdir = shared
+    port = _free_port()
+    proc = _start_redis(port, workdir)
+    app = _app(db_url, f"redis://127.0.0.1:{port}/0", prefix, workdir)
+    stock = _stock_fn(app)
+
+    @app.get("/t/stock")
+    def view() -> t.Any:
+        return {"stock": stock(1)}
+
+    return proc, port, app
+
+
+def _until_caching_resumes(client: t.Any, st: t.Any, expected: dict[str, int]) -> None:
+    """Ask until a call is a hit again; every answer meanwhile is ``expected``."""
+    hits = st.hits
+    deadline = time.monotonic() + 30
+    while st.hits == hits:
+        assert client.get("/t/stock").get_json() == expected
+        assert time.monotonic() < deadline, "caching did not resume"
+        time.sleep(0.05)
+
+
 @pytest.mark.allow_internal_errors
 def test_redis_outage_costs_no_request_and_serves_nothing_stale(
     shared: tuple[str, str, str, str],
@@ -294,18 +320,8 @@ def test_redis_outage_costs_no_request_and_serves_nothing_stale(
     hidden by an entry from before it, and caching resumes."""
     import redis
 
-    db_url, _, prefix, workdir = shared
-    port = _free_port()
-    proc = _start_redis(port, workdir)
-    url = f"redis://127.0.0.1:{port}/0"
-    app = _app(db_url, url, prefix, workdir)
+    proc, port, app = _on_own_redis(shared)
     client = app.test_client()
-
-    @app.get("/t/stock")
-    def view() -> t.Any:
-        return {"stock": stock(1)}
-
-    stock = _stock_fn(app)
     st = app.extensions["querywatch"].cache.stats["stock"]
     try:
         assert client.get("/t/stock").get_json() == {"stock": 0}
@@ -323,16 +339,11 @@ def test_redis_outage_costs_no_request_and_serves_nothing_stale(
         assert st.errors >= 3
         backend = app.extensions["querywatch"].cache.backend
         assert backend.breaker.trips == 1  # three failures in a row: Redis is bypassed
-        proc = _start_redis(port, workdir)  # back, with the entry that says 0
+        proc = _start_redis(port, shared[3])  # back, with the entry that says 0
         # The breaker probes Redis once its backoff is over; until then and after, every
         # answer is the committed value, never the entry from before the outage.
-        hits = st.hits
-        deadline = time.monotonic() + 30
-        while st.hits == hits:
-            assert client.get("/t/stock").get_json() == {"stock": 7}
-            assert time.monotonic() < deadline, "caching did not resume"
-            time.sleep(0.05)
-        assert not backend.breaker.is_open  # caching resumed
+        _until_caching_resumes(client, st, {"stock": 7})
+        assert not backend.breaker.is_open
     finally:
         proc.kill()
         proc.wait(timeout=10)
@@ -347,18 +358,8 @@ def test_a_frozen_redis_is_bypassed_and_serves_nothing_stale_after(
     SIGCONT caching resumes without ever serving the entry from before the freeze."""
     import signal
 
-    db_url, _, prefix, workdir = shared
-    port = _free_port()
-    proc = _start_redis(port, workdir)
-    url = f"redis://127.0.0.1:{port}/0"
-    app = _app(db_url, url, prefix, workdir)
+    proc, _, app = _on_own_redis(shared)
     client = app.test_client()
-
-    @app.get("/t/stock")
-    def view() -> t.Any:
-        return {"stock": stock(1)}
-
-    stock = _stock_fn(app)
     cache = app.extensions["querywatch"].cache
     st = cache.stats["stock"]
     breaker = cache.backend.breaker
@@ -381,12 +382,7 @@ def test_a_frozen_redis_is_bypassed_and_serves_nothing_stale_after(
             _set_stock(1, 9)  # committed while Redis is frozen: its bump is not sent
         assert client.get("/t/stock").get_json() == {"stock": 9}
         proc.send_signal(signal.SIGCONT)
-        hits = st.hits
-        deadline = time.monotonic() + 30
-        while st.hits == hits:
-            assert client.get("/t/stock").get_json() == {"stock": 9}
-            assert time.monotonic() < deadline, "caching did not resume"
-            time.sleep(0.05)
+        _until_caching_resumes(client, st, {"stock": 9})
         assert not breaker.is_open
         assert client.get("/t/stock").get_json() == {"stock": 9}
     finally:

@@ -300,33 +300,6 @@ def _reopen_bursts(url: str, hook: str, bursts: int, barrier: t.Any, out: t.Any)
     store.dispose()
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgresql", marks=pytest.mark.postgres),
-        pytest.param("mariadb", marks=pytest.mark.mariadb),
-    ]
-)
-def any_store_url(request: pytest.FixtureRequest, tmp_path: t.Any) -> t.Iterator[str]:
-    """A store on each database querywatch keeps its store in, empty."""
-    from sqlalchemy import create_engine
-
-    from querywatch.store import schema
-
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/store.db"
-        return
-    url = request.getfixturevalue(
-        f"{request.param if request.param != 'postgresql' else 'postgres'}_url"
-    )
-    yield url
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        for tbl in reversed(schema.metadata.sorted_tables):
-            conn.execute(text(f"DROP TABLE IF EXISTS {tbl.name}"))
-    engine.dispose()
-
-
 def test_an_alert_delivered_to_four_workers_at_once_reopens_once(
     any_store_url: str, receiver: Receiver
 ) -> None:

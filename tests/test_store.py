@@ -49,26 +49,10 @@ def _record(endpoint: str, sql: str, calls: int, seconds: float, when: float) ->
     return r
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgresql", marks=pytest.mark.postgres),
-        pytest.param("mariadb", marks=pytest.mark.mariadb),
-    ]
-)
-def store_url(request: pytest.FixtureRequest, tmp_path: t.Any) -> t.Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/store.db"
-        return
-    url = request.getfixturevalue(
-        "postgres_url" if request.param == "postgresql" else "mariadb_url"
-    )
-    yield url
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        for tbl in reversed(schema.metadata.sorted_tables):
-            conn.execute(text(f"DROP TABLE IF EXISTS {tbl.name}"))
-    engine.dispose()
+@pytest.fixture
+def store_url(any_store_url: str) -> str:
+    """Every store database (SQLite, PostgreSQL, MariaDB), not only conftest's two."""
+    return any_store_url
 
 
 def test_write_merges_and_reads_back(store_url: str) -> None:
