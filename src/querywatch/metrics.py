@@ -178,19 +178,22 @@ class CacheCollector(Collector):
             "Calls to the result cache's backend not made while it was bypassed.",
             labels=["app"],
         )
-        seen = set()
+        # Per app name, as the counters above: bypassed if any of its caches is.
+        by_app: dict[str, list[float]] = {}
         for state in list(_states):
             cache = state._cache
             breaker = getattr(getattr(cache, "backend", None), "breaker", None)
-            if breaker is None or state.name in seen:
+            if breaker is None or (self.app is not None and state.name != self.app):
                 continue
-            if self.app is not None and state.name != self.app:
-                continue
-            seen.add(state.name)
-            up.add_metric([state.name], 0.0 if breaker.is_open else 1.0)
-            trips.add_metric([state.name], breaker.trips)
-            refused.add_metric([state.name], breaker.refused)
-        if seen:
+            cur = by_app.setdefault(state.name, [1.0, 0.0, 0.0])
+            cur[0] = min(cur[0], 0.0 if breaker.is_open else 1.0)
+            cur[1] += breaker.trips
+            cur[2] += breaker.refused
+        for app, (is_up, n_trips, n_refused) in sorted(by_app.items()):
+            up.add_metric([app], is_up)
+            trips.add_metric([app], n_trips)
+            refused.add_metric([app], n_refused)
+        if by_app:
             yield up
             yield trips
             yield refused
