@@ -551,3 +551,42 @@ def test_a_call_after_a_commit_never_takes_a_computation_begun_before_it(
         threading.Timer(0.2, release.set).start()
         assert stock(6) == base + 5
     leader.join()
+
+
+def test_the_breaker_opens_after_failures_in_a_row_and_probes_once() -> None:
+    """Three failures in a row open it; calls are refused; failures of calls begun
+    before it opened do not lengthen it; once its time is over one caller probes, the
+    others are refused; a failed probe doubles the wait, a good one closes it."""
+    from querywatch.cache import Breaker
+
+    b = Breaker(failures=3, backoff=60.0, max_backoff=300.0)
+    for _ in range(2):
+        assert b.allow()
+        b.failure()
+    assert not b.is_open
+    b.success()  # in a row: a success starts the count again
+    for _ in range(3):
+        assert b.allow()
+        b.failure()
+    assert b.is_open
+    assert b.trips == 1
+    until = b._open_until
+    b.failure()  # a call that began before it opened
+    assert b._open_until == until
+    assert not b.allow()
+    assert not b.allow_peek()
+    assert b.refused == 1
+    b._open_until = time.monotonic() - 1  # its time is over
+    assert b.allow_peek()
+    assert b.allow()  # the probe
+    assert not b.allow()  # everyone else meanwhile
+    b.failure()  # the probe failed
+    assert b.is_open
+    assert b._backoff == 120.0
+    assert b.trips == 1
+    b._open_until = time.monotonic() - 1
+    assert b.allow()
+    b.success()
+    assert not b.is_open
+    assert b.allow()
+    assert b._backoff == 60.0

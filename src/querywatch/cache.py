@@ -542,9 +542,11 @@ class Breaker:
                 self.trips += 1
                 self._opened_at = now
                 backoff = self._backoff
-            else:  # the probe failed: wait longer
+            elif probing:  # the probe failed: wait longer
                 self._backoff = min(self.max_backoff, self._backoff * 2)
                 backoff = self._backoff
+            else:  # a call begun before it opened: the open period stands
+                return
             self._open_until = now + backoff
         log_limited(
             "cache.breaker.open",
