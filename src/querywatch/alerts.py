@@ -32,6 +32,7 @@ import dataclasses
 import math
 import typing as t
 
+from .exceptions import ObjectiveConfigError
 from .report import duration_text as _duration
 from .store import AlertChange
 
@@ -390,18 +391,6 @@ DEFAULT_OBJECTIVES = (
 )
 
 _OBJECTIVE_FIELDS = ("name", "kind", "target", "threshold_ms", "endpoint", "overrides")
-
-
-class ObjectiveConfigError(ValueError):
-    """A field of an objective is malformed: ``field`` names it (``[1].threshold_ms``,
-    or ``""`` for the whole value), ``expected`` says what is accepted with an example,
-    ``value`` is what was given."""
-
-    def __init__(self, field: str, expected: str, value: t.Any) -> None:
-        self.field = field
-        self.expected = expected
-        self.value = value
-        super().__init__(f"{field or 'An objective'} must be {expected}, got {value!r}.")
 
 
 def _target(field: str, value: t.Any) -> float:

@@ -39,7 +39,7 @@ import typing as t
 from .capture import relpath
 from .capture import site_text
 from .detectors import N_PLUS_ONE
-from .exceptions import QueryWatchError
+from .exceptions import BaselineError
 from .gate import Violation
 from .gate import full_scan_violation
 from .gate import n_plus_one_violation
@@ -56,11 +56,6 @@ __all__ = ["FORMAT", "Baseline", "BaselineError"]
 #: The version of the file's format this querywatch reads and writes.
 FORMAT = 1
 _KEY = "querywatch_baseline"
-
-
-class BaselineError(QueryWatchError, ValueError):
-    """A baseline file cannot be used; the message names the file, the entry and what to
-    do."""
 
 
 def _command(path: str) -> str:

@@ -55,6 +55,7 @@ import uuid
 
 from ._failopen import log_limited
 from ._failopen import record_internal_error
+from .exceptions import BackendUnavailableError
 from .exceptions import CacheValueError
 
 if t.TYPE_CHECKING:
@@ -555,10 +556,6 @@ class Breaker:
             self.threshold,
             backoff,
         )
-
-
-class BackendUnavailableError(RuntimeError):
-    """The backend's circuit is open: the call was not made."""
 
 
 class RedisBackend:

@@ -33,10 +33,10 @@ import os
 import sys
 import typing as t
 
-from .exceptions import QueryWatchError
+from .exceptions import BudgetError
+from .exceptions import RequestsFileError
 from .gate import FORBID
 from .gate import Budget
-from .gate import BudgetError
 from .gate import Collector
 from .gate import evaluate
 from .gate import gate_settings
@@ -54,11 +54,6 @@ __all__ = ["CheckRequest", "RequestsFileError", "load_requests", "run_checks"]
 
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 _ENTRY_KEYS = ("name", "method", "path", "json", "headers", "status", "budget")
-
-
-class RequestsFileError(QueryWatchError, ValueError):
-    """A requests file is malformed; the message names the file, the entry and the
-    problem."""
 
 
 @dataclasses.dataclass(frozen=True)

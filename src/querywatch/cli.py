@@ -526,15 +526,15 @@ def check(
     from . import gate_output
     from ._console import make_console
     from .baseline import Baseline
-    from .baseline import BaselineError
-    from .check import RequestsFileError
     from .check import dispose_engines
     from .check import load_app
     from .check import load_callable
     from .check import load_requests
     from .check import run_checks
     from .check import seed_app
-    from .gate import BudgetError
+    from .exceptions import BaselineError
+    from .exceptions import BudgetError
+    from .exceptions import RequestsFileError
     from .gate import PlanBook
     from .gate import load_project_config
 

@@ -392,8 +392,8 @@ def _token(app: Flask, key: str) -> str | None:
 
 def _objectives(app: Flask) -> tuple[t.Any, ...]:
     from .alerts import DEFAULT_OBJECTIVES
-    from .alerts import ObjectiveConfigError
     from .alerts import parse_objectives
+    from .exceptions import ObjectiveConfigError
 
     key = "QUERYWATCH_OBJECTIVES"
     value = app.config.setdefault(key, [dict(o) for o in DEFAULT_OBJECTIVES])

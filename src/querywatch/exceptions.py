@@ -11,8 +11,19 @@ The hierarchy::
     │                                     a test did more with the database than allowed
     ├── ExplainError                      a statement could not be explained
     │   └── UnsafeStatementError          it is not a read-only SELECT: never explained
-    └── NotInitializedError (also a RuntimeError)
-                                          no QueryWatch is registered on the current app
+    ├── NotInitializedError (also a RuntimeError)
+    │                                     no QueryWatch is registered on the current app
+    ├── ObjectiveConfigError (ValueError) an objective's field is malformed
+    ├── PolicyError (also a ValueError)   the escalation policy is malformed
+    ├── BudgetError (also a ValueError)   a query budget is malformed
+    ├── BaselineError (also a ValueError) a baseline file cannot be used
+    ├── RequestsFileError (ValueError)    a requests file is malformed
+    ├── IncidentError (also a ValueError) an incident action cannot be done
+    ├── DeliveryError                     a notification was not delivered (retried)
+    ├── BackendUnavailableError (RuntimeError)
+    │                                     Redis is bypassed: the cache computes directly
+    ├── StoreSlowError (RuntimeError)     the store did not answer a dashboard read
+    └── DemoError                         a stage of ``querywatch demo`` did not happen
 
 Errors inside querywatch's own machinery during a request are never raised to the
 application: they are counted and logged (see ``querywatch._failopen``).
@@ -23,14 +34,24 @@ from __future__ import annotations
 import typing as t
 
 __all__ = [
+    "BackendUnavailableError",
+    "BaselineError",
+    "BudgetError",
     "CacheValueError",
     "ConfigError",
+    "DeliveryError",
+    "DemoError",
     "ExplainError",
+    "IncidentError",
     "NotInitializedError",
+    "ObjectiveConfigError",
+    "PolicyError",
     "QueryBudgetError",
     "QueryWatchError",
+    "RequestsFileError",
     "SchemaVersionError",
     "StoreError",
+    "StoreSlowError",
     "UnsafeStatementError",
 ]
 
@@ -90,3 +111,61 @@ class QueryBudgetError(QueryWatchError, AssertionError):
         super().__init__(message)
         #: The :class:`querywatch.gate.Violation` objects behind the message.
         self.violations = violations or []
+
+
+class RequestsFileError(QueryWatchError, ValueError):
+    """A requests file is malformed; the message names the file, the entry and the
+    problem."""
+
+
+class IncidentError(QueryWatchError, ValueError):
+    """An incident action that cannot be done (unknown id, wrong state); the message says
+    why."""
+
+
+class DeliveryError(QueryWatchError):
+    """A notification could not be delivered (the worker retries it)."""
+
+
+class PolicyError(QueryWatchError, ValueError):
+    """The escalation policy is malformed; ``field`` names where (``levels[1].targets``)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        super().__init__(f"Escalation policy, {field}: {problem}")
+
+
+class BudgetError(QueryWatchError, ValueError):
+    """A budget (``[tool.querywatch]``, a ``query_budget`` marker, a request file) is
+    malformed; the message names where, the key and what it expects."""
+
+
+class BaselineError(QueryWatchError, ValueError):
+    """A baseline file cannot be used; the message names the file, the entry and what to
+    do."""
+
+
+class ObjectiveConfigError(QueryWatchError, ValueError):
+    """A field of an objective is malformed: ``field`` names it (``[1].threshold_ms``,
+    or ``""`` for the whole value), ``expected`` says what is accepted with an example,
+    ``value`` is what was given."""
+
+    def __init__(self, field: str, expected: str, value: t.Any) -> None:
+        self.field = field
+        self.expected = expected
+        self.value = value
+        super().__init__(f"{field or 'An objective'} must be {expected}, got {value!r}.")
+
+
+class BackendUnavailableError(QueryWatchError, RuntimeError):
+    """The result cache's backend (Redis) is bypassed after repeated failures: the call
+    was not made. The cache computes directly; it never reaches the application."""
+
+
+class StoreSlowError(QueryWatchError, RuntimeError):
+    """The store did not answer a dashboard read within its timeout
+    (``querywatch.dashboard.READ_TIMEOUT``)."""
+
+
+class DemoError(QueryWatchError):
+    """A stage of the replay did not happen in time; the message says which."""

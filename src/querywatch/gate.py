@@ -33,6 +33,7 @@ from .config import Settings
 from .detectors import N_PLUS_ONE
 from .detectors import Finding
 from .detectors import detect
+from .exceptions import BudgetError
 from .exceptions import QueryWatchError
 from .fingerprint import Fingerprint
 from .redact import error_line
@@ -59,11 +60,6 @@ __all__ = [
 
 FORBID = "forbid"
 ALLOW = "allow"
-
-
-class BudgetError(QueryWatchError, ValueError):
-    """A budget (``[tool.querywatch]``, a ``query_budget`` marker, a request file) is
-    malformed; the message names where, the key and what it expects."""
 
 
 @dataclasses.dataclass(frozen=True)

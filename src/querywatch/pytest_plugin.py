@@ -25,12 +25,12 @@ import typing as t
 import pytest
 
 from .baseline import Baseline
-from .baseline import BaselineError
 from .baseline import entry_for
 from .capture import relpath
+from .exceptions import BaselineError
+from .exceptions import BudgetError
 from .gate import FORBID
 from .gate import Budget
-from .gate import BudgetError
 from .gate import Collector
 from .gate import Observation
 from .gate import ProjectConfig

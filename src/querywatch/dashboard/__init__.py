@@ -41,6 +41,7 @@ from flask import url_for
 
 from .._failopen import log_limited
 from .._failopen import record_internal_error
+from ..exceptions import StoreSlowError
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -259,7 +260,7 @@ def register(app: Flask, state: AppState) -> None:
 
     @bp.get("/incidents/<int:incident_id>")
     def incident(incident_id: int) -> t.Any:
-        from ..incidents import IncidentError
+        from ..exceptions import IncidentError
 
         window = _window()
         try:
@@ -281,7 +282,7 @@ def register(app: Flask, state: AppState) -> None:
 
     @bp.get("/api/incidents/<int:incident_id>")
     def api_incident(incident_id: int) -> t.Any:
-        from ..incidents import IncidentError
+        from ..exceptions import IncidentError
 
         try:
             return jsonify(_within(_incident_detail, state, incident_id))
@@ -293,7 +294,7 @@ def register(app: Flask, state: AppState) -> None:
 
     @bp.post("/api/incidents/<int:incident_id>/<action>")
     def api_incident_action(incident_id: int, action: str) -> t.Any:
-        from ..incidents import IncidentError
+        from ..exceptions import IncidentError
 
         if action not in INCIDENT_ACTIONS:
             return _json_error(
@@ -462,10 +463,6 @@ READ_TIMEOUT = 5.0
 #: Store reads one process runs at once for the dashboard; past them a page says the
 #: store is slow at once instead of stacking worker threads behind a frozen store.
 _reads = threading.BoundedSemaphore(2)
-
-
-class StoreSlowError(RuntimeError):
-    """The store did not answer within :data:`READ_TIMEOUT`."""
 
 
 def _within(fn: t.Callable[..., T], *args: t.Any) -> T:

@@ -45,6 +45,7 @@ from .._console import make_console
 from .._console import print_whole
 from ..dashboard import dashboard_url
 from ..evidence import culprit
+from ..exceptions import DemoError
 from ..incidents.manager import Incidents
 from ..incidents.postmortem import render as render_postmortem
 from ..report import _site_text
@@ -244,10 +245,6 @@ class _QuietHandler(WSGIRequestHandler):
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         return None
-
-
-class DemoError(Exception):
-    """A stage of the replay did not happen in time; the message says which."""
 
 
 @dataclasses.dataclass

@@ -14,13 +14,13 @@ drafted from the evidence.
 
 from __future__ import annotations
 
+from ..exceptions import IncidentError
+from ..exceptions import PolicyError
 from .manager import Incident
-from .manager import IncidentError
 from .manager import Incidents
 from .manager import TimelineEvent
 from .outbox import Outbox
 from .policy import Policy
-from .policy import PolicyError
 from .policy import load_policy
 
 __all__ = [

@@ -32,7 +32,7 @@ _ACTOR = click.option(
 
 def _policy(path: str | None) -> Policy:
     from ..cli import _flask_app
-    from .policy import PolicyError
+    from ..exceptions import PolicyError
     from .policy import load_policy
 
     if path:
@@ -71,7 +71,7 @@ def _actor(actor: str | None) -> str:
 
 
 def _run(fn: t.Callable[[], t.Any]) -> t.Any:
-    from .manager import IncidentError
+    from ..exceptions import IncidentError
 
     try:
         return fn()

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
+from ..exceptions import IncidentError
 from ..report import duration_text as _duration
 from ..store import schema
 from .policy import DEFAULT_POLICY
@@ -49,11 +50,6 @@ DEPLOY_LOOKBACK = 6 * 3600.0
 
 class _Raced(Exception):
     """Another process changed the incident between this one's read and its write."""
-
-
-class IncidentError(ValueError):
-    """An incident action that cannot be done (unknown id, wrong state); the message says
-    why."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,8 @@ import typing as t
 import urllib.error
 import urllib.request
 
+from ..exceptions import DeliveryError
+
 if t.TYPE_CHECKING:
     from .policy import Target
 
@@ -30,10 +32,6 @@ __all__ = ["DeliveryError", "send", "signature", "verify_signature"]
 
 logger = logging.getLogger("querywatch.incidents")
 USER_AGENT = "querywatch-incidents/1"
-
-
-class DeliveryError(Exception):
-    """A notification could not be delivered (the worker retries it)."""
 
 
 def signature(secret: str, body: bytes, timestamp: int) -> str:

@@ -28,8 +28,8 @@ from sqlalchemy import select
 from sqlalchemy import update
 
 from .._failopen import log_limited
+from ..exceptions import DeliveryError
 from ..store import schema
-from .notifiers import DeliveryError
 from .notifiers import send
 
 if t.TYPE_CHECKING:

@@ -44,7 +44,7 @@ import os
 import re
 import typing as t
 
-from ..exceptions import QueryWatchError
+from ..exceptions import PolicyError
 
 __all__ = ["Level", "Policy", "PolicyError", "Rotation", "Target", "load_policy"]
 
@@ -62,14 +62,6 @@ TARGET_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-class PolicyError(QueryWatchError, ValueError):
-    """The escalation policy is malformed; ``field`` names where (``levels[1].targets``)."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        self.field = field
-        super().__init__(f"Escalation policy, {field}: {problem}")
 
 
 @dataclasses.dataclass(frozen=True)
