@@ -39,7 +39,6 @@ from .fingerprint import Fingerprint
 from .redact import error_line
 
 if t.TYPE_CHECKING:
-    from collections.abc import Iterator
     from collections.abc import Mapping
 
     from .advisor import Advisor
@@ -721,12 +720,6 @@ def constant_queries_violation(
         details,
         site=grew[0].use.site if grew else None,
     )
-
-
-def iter_sites(violations: t.Iterable[Violation]) -> Iterator[CallSite]:
-    for v in violations:
-        if v.site is not None:
-            yield v.site
 
 
 # --- project configuration ------------------------------------------------------------
