@@ -331,7 +331,16 @@ def _optional_bool(app: Flask, key: str) -> bool | None:
     return _bool(app, key, False)
 
 
-def _path(app: Flask, key: str, default: str) -> str | None:
+#: The paths querywatch serves: the setting, the attribute, the default.
+_PATH_KEYS = {
+    "QUERYWATCH_METRICS_PATH": ("metrics_path", "/metrics"),
+    "QUERYWATCH_READY_PATH": ("ready_path", "/readyz"),
+    "QUERYWATCH_DASHBOARD_PATH": ("dashboard_path", "/_querywatch"),
+}
+
+
+def _path(app: Flask, key: str) -> str | None:
+    default = _PATH_KEYS[key][1]
     value = app.config.setdefault(key, default)
     if value is None or value is False or value == "":
         return None
@@ -344,14 +353,6 @@ def _path(app: Flask, key: str, default: str) -> str | None:
         expected = f"a URL path below the root, or None to turn it off, such as {default!r}"
         raise ConfigError(key, expected, value)
     return value
-
-
-#: The paths querywatch serves: the setting, the attribute, the default.
-_PATH_KEYS = {
-    "QUERYWATCH_METRICS_PATH": ("metrics_path", "/metrics"),
-    "QUERYWATCH_READY_PATH": ("ready_path", "/readyz"),
-    "QUERYWATCH_DASHBOARD_PATH": ("dashboard_path", "/_querywatch"),
-}
 
 
 def _check_paths(settings: Settings) -> None:
@@ -584,12 +585,12 @@ def _read_settings(app: Flask) -> Settings:
         ),
         cache_url=_redis_url(app, "QUERYWATCH_CACHE_URL"),
         cache_prefix=_prefix(app, "QUERYWATCH_CACHE_PREFIX", "qw:"),
-        metrics_path=_path(app, "QUERYWATCH_METRICS_PATH", "/metrics"),
+        metrics_path=_path(app, "QUERYWATCH_METRICS_PATH"),
         metrics_token=_token(app, "QUERYWATCH_METRICS_TOKEN"),
         metrics_max_shapes=int(
             _number(app, "QUERYWATCH_METRICS_MAX_SHAPES", 50, minimum=1, integer=True)
         ),
-        ready_path=_path(app, "QUERYWATCH_READY_PATH", "/readyz"),
+        ready_path=_path(app, "QUERYWATCH_READY_PATH"),
         ready_timeout=_number(app, "QUERYWATCH_READY_TIMEOUT", 2.0, minimum=0, exclusive=True),
         bucket_seconds=int(_number(app, "QUERYWATCH_BUCKET_SECONDS", 60, minimum=1, integer=True)),
         objectives=_objectives(app),
@@ -607,7 +608,7 @@ def _read_settings(app: Flask) -> Settings:
         ),
         alert_new_n_plus_one=_bool(app, "QUERYWATCH_ALERT_NEW_N_PLUS_ONE", True),
         alert_new_full_scan=_bool(app, "QUERYWATCH_ALERT_NEW_FULL_SCAN", True),
-        dashboard_path=_path(app, "QUERYWATCH_DASHBOARD_PATH", "/_querywatch"),
+        dashboard_path=_path(app, "QUERYWATCH_DASHBOARD_PATH"),
         dashboard_token=_token(app, "QUERYWATCH_DASHBOARD_TOKEN"),
         # In debug mode without an escalation policy, alerts go to the log only: a
         # developer clicking around opens no incident.

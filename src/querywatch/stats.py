@@ -246,8 +246,7 @@ class Stats:
         self._pending_fps: set[str] = set()
         #: Counters of what the caps folded or dropped.
         self.folded_shapes = 0
-        #: Buckets dropped while the store was unreachable, and the requests they held.
-        self.dropped_buckets = 0
+        #: Requests whose buckets were dropped while the store was unreachable.
         self.dropped_requests = 0
         self.dropped_findings = 0
         self.dropped_users = 0
@@ -443,7 +442,6 @@ class Stats:
             gone = self._buckets.pop(oldest)
             entries -= len(gone.queries) + len(gone.endpoints)
             dropped += sum(ep.requests for ep in gone.endpoints.values())
-            self.dropped_buckets += 1
         if dropped:
             self.dropped_requests += dropped
             from ._failopen import log_limited

@@ -158,19 +158,12 @@ def register(app: Flask, state: AppState) -> None:
                 given.encode(), f"Bearer {token}".encode()
             ) or hmac.compare_digest(request.cookies.get(_COOKIE, "").encode(), cookie.encode())
             code = request.args.get("code", "")
+            # The page asked for, without what must not stay in an address.
+            target = _address_without("code", "token")
             if not ok and code and request.method == "GET" and not is_api():
                 if _code_ok(token, code, time.time()):
-                    # The code leaves the address at once; the cookie stays.
-                    args = [(k, v) for k, v in request.args.items(multi=True) if k != "code"]
-                    return logged_in(
-                        request.path + ("?" + urllib.parse.urlencode(args) if args else "")
-                    )
+                    return logged_in(target)  # the code leaves the address; the cookie stays
             if not ok:
-                # Back to the page asked for, without what must not stay in an address.
-                args = [
-                    (k, v) for k, v in request.args.items(multi=True) if k not in ("code", "token")
-                ]
-                target = request.path + ("?" + urllib.parse.urlencode(args) if args else "")
                 return _unauthorized(
                     is_api(), target, path, bool(code), in_address="token" in request.args
                 )
@@ -250,9 +243,7 @@ def register(app: Flask, state: AppState) -> None:
             return _unauthorized(False, request.form.get("next", ""), path, False, wrong=True)
         target = request.form.get("next", "")
         home = path.rstrip("/") + "/"
-        if not target.startswith(path.rstrip("/") + "/") or target.startswith("//"):
-            target = home
-        return logged_in(target)
+        return logged_in(target if target.startswith(home) else home)
 
     @bp.get("/api/csrf")
     def api_csrf() -> t.Any:
@@ -375,6 +366,12 @@ def _window() -> str:
     return w if w in WINDOWS else DEFAULT_WINDOW
 
 
+def _address_without(*keys: str) -> str:
+    """The request's path and query string, without the arguments ``keys``."""
+    args = [(k, v) for k, v in request.args.items(multi=True) if k not in keys]
+    return request.path + ("?" + urllib.parse.urlencode(args) if args else "")
+
+
 def _unreadable(e: BaseException) -> str:
     if isinstance(e, StoreSlowError):
         return f"The querywatch store is slow: {e}"
@@ -460,32 +457,46 @@ def _store_down(e: BaseException, name: str, window: str, csrf: str) -> Response
 
 #: Seconds a page waits for the store before it says the store is slow.
 READ_TIMEOUT = 5.0
-#: Store reads one process runs at once for the dashboard; past them a page says the
-#: store is slow at once instead of stacking worker threads behind a frozen store.
-_reads = threading.BoundedSemaphore(2)
+#: Reads that outlived READ_TIMEOUT and still wait on the store: past this many, a page
+#: says the store is slow at once instead of stacking threads behind a frozen store.
+#: Reads of a store that answers are not limited.
+MAX_STUCK_READS = 2
+_stuck = [0]
+_stuck_lock = threading.Lock()
 
 
 def _within(fn: t.Callable[..., T], *args: t.Any) -> T:
     """``fn(*args)`` on a thread of its own, waited for at most :data:`READ_TIMEOUT`: a
     frozen store (a stopped server, a held lock) costs a page seconds and a worker
     thread nothing. The read goes on in the background and ends when the store does."""
-    if not _reads.acquire(blocking=False):
+    if _stuck[0] >= MAX_STUCK_READS:
         raise StoreSlowError("earlier reads are still waiting for the store; it is slow or frozen")
     out: dict[str, t.Any] = {}
     done = threading.Event()
+    lock = threading.Lock()  # whether the read ends first or the page gives up first
 
     def run() -> None:
         try:
             out["value"] = fn(*args)
         except BaseException as e:  # handed to the page
             out["error"] = e
-        finally:
-            _reads.release()
+        with lock:
             done.set()
+            if out.get("abandoned"):
+                with _stuck_lock:
+                    _stuck[0] -= 1
 
     threading.Thread(target=run, name="querywatch-dashboard-read", daemon=True).start()
     if not done.wait(READ_TIMEOUT):
-        raise StoreSlowError(f"it did not answer within {READ_TIMEOUT:g} s; it is slow or frozen")
+        with lock:
+            if not done.is_set():
+                out["abandoned"] = True
+                with _stuck_lock:
+                    _stuck[0] += 1
+        if out.get("abandoned"):
+            raise StoreSlowError(
+                f"it did not answer within {READ_TIMEOUT:g} s; it is slow or frozen"
+            )
     if "error" in out:
         raise out["error"]
     return t.cast(T, out["value"])

@@ -259,12 +259,13 @@ def worker_command(
         except Exception as e:
             # The store is down or slow: say so once a failure run, wait longer each time
             # (up to a minute), and go on; nothing is lost, the outbox is in the store.
+            why = error_line(e)
             if once:
-                raise click.ClickException(f"The store failed: {error_line(e)}") from None
+                raise click.ClickException(f"The store failed: {why}") from None
             failures += 1
             wait = min(WORKER_MAX_BACKOFF, interval * 2**failures)
             click.echo(
-                f"querywatch worker: the store failed ({type(e).__name__}: {error_line(e)});"
+                f"querywatch worker: the store failed ({type(e).__name__}: {why});"
                 f" retrying in {wait:g} s (failure {failures}).",
                 err=True,
             )
