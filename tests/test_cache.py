@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy import update
 
 from querywatch import QueryWatch
-from querywatch.cache import statement_tables
+from querywatch.sql import statement_tables
 from querywatch.demo import shop
 from querywatch.exceptions import CacheValueError
 

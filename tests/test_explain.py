@@ -13,8 +13,8 @@ import advisor_data
 from querywatch.exceptions import ExplainError
 from querywatch.exceptions import UnsafeStatementError
 from querywatch.explain import Explainer
-from querywatch.explain import check_read_only
-from querywatch.explain import number_placeholders
+from querywatch.sql import check_read_only
+from querywatch.sql import number_placeholders
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +230,7 @@ def test_parsing_the_apps_statements_leaves_its_stderr_alone(
 
     import sqlglot
 
-    from querywatch.cache import statement_tables
+    from querywatch.sql import statement_tables
 
     statement = "show standard_conforming_strings"
     with caplog.at_level(logging.WARNING, logger="sqlglot"):

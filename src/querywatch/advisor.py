@@ -39,18 +39,18 @@ from .exceptions import QueryWatchError
 from .explain import Explainer
 from .explain import Plan
 from .explain import Session
-from .explain import check_read_only
-from .explain import filter_terms
-from .explain import number_placeholders
-from .explain import placeholder_values
-from .explain import quiet_parse
-from .explain import render_placeholders
-from .explain import sqlglot_dialect
 from .explain.names import translate_error
 from .fingerprint import Quoting
 from .fingerprint import mask_literals
 from .fingerprint import quoting_for
 from .redact import error_line
+from .sql import check_read_only
+from .sql import filter_terms
+from .sql import number_placeholders
+from .sql import placeholder_values
+from .sql import quiet_parse
+from .sql import render_placeholders
+from .sql import sqlglot_dialect
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterable

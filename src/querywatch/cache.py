@@ -47,7 +47,6 @@ import hmac
 import json
 import json.scanner
 import pickle
-import re
 import threading
 import time
 import typing as t
@@ -57,13 +56,13 @@ from ._failopen import log_limited
 from ._failopen import record_internal_error
 from .exceptions import BackendUnavailableError
 from .exceptions import CacheValueError
+from .sql import ALL_TABLES
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable
     from collections.abc import Iterable
 
 __all__ = [
-    "ALL_TABLES",
     "Cache",
     "FunctionStats",
     "LocalVersions",
@@ -71,73 +70,13 @@ __all__ = [
     "RedisBackend",
     "dumps",
     "loads",
-    "statement_tables",
 ]
 
-#: The dependency of a computation whose statements could not all be read.
-ALL_TABLES = "*"
 #: How long a caller waits for another's computation of the same key.
 WAIT_SECONDS = 5.0
 #: Names with counters of their own, at most (functions, or ``get_or_compute`` names).
 MAX_NAMES = 200
 OTHER_NAME = "other"
-
-
-# --- which tables a statement reads and writes ------------------------------------------
-
-_FALLBACK_READ_RE = re.compile(r"\b(?:FROM|JOIN)\s+([\w.\"`]+)", re.I)
-_FALLBACK_WRITE_RE = re.compile(
-    r"^\s*(?:INSERT\s+(?:OR\s+\w+\s+)?INTO|REPLACE\s+INTO|UPDATE|DELETE\s+FROM|MERGE\s+INTO|"
-    r"TRUNCATE(?:\s+TABLE)?|(?:CREATE|ALTER|DROP)\s+(?:\w+\s+)*?TABLE(?:\s+IF\s+(?:NOT\s+)?EXISTS)?)"
-    r"\s+([\w.\"`]+)",
-    re.I,
-)
-
-
-def _name(text: str) -> str:
-    return text.replace('"', "").replace("`", "").split(".")[-1].lower()
-
-
-@functools.lru_cache(maxsize=4096)
-def statement_tables(sql: str) -> tuple[frozenset[str], frozenset[str]]:
-    """(tables read, tables written) by one statement, lower case; ``{"*"}`` when the
-    statement cannot be read (every table, to be safe)."""
-    import sqlglot
-    from sqlglot import exp
-
-    from .explain import number_placeholders
-    from .explain import quiet_parse
-
-    marked, _ = number_placeholders(sql)
-    try:
-        with quiet_parse():
-            tree = sqlglot.parse_one(marked)
-    except Exception:
-        tree = None
-    if tree is None:
-        m = _FALLBACK_WRITE_RE.match(sql)
-        if m:
-            return frozenset(), frozenset({_name(m.group(1))})
-        found = {_name(x) for x in _FALLBACK_READ_RE.findall(sql)}
-        return (frozenset(found) if found else frozenset({ALL_TABLES})), frozenset()
-    ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
-    tables = {tb.name.lower() for tb in tree.find_all(exp.Table) if tb.name} - ctes
-    written: set[str] = set()
-    for node in tree.walk():
-        if isinstance(node, (exp.Insert, exp.Update, exp.Delete, exp.Merge)):
-            target = node.this
-            if isinstance(target, exp.Schema):
-                target = target.this
-            if isinstance(target, exp.Table) and target.name:
-                written.add(target.name.lower())
-        elif isinstance(node, (exp.Create, exp.Drop, exp.Alter, exp.TruncateTable)):
-            for tb in node.find_all(exp.Table):
-                if tb.name:
-                    written.add(tb.name.lower())
-    if isinstance(tree, exp.Command):
-        m = _FALLBACK_WRITE_RE.match(sql)
-        written.add(_name(m.group(1)) if m else ALL_TABLES)
-    return frozenset(tables - written), frozenset(written)
 
 
 # --- versions -----------------------------------------------------------------------------

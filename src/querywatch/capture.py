@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 from ._failopen import swallow
 from .fingerprint import Fingerprint
 from .fingerprint import fingerprint
+from .sql import IGNORE_OPTION
 from .stats import _EXP_OFFSET
 from .stats import _HIST_BASE
 from .stats import MAX_BUCKET as _MAX_BUCKET
@@ -51,9 +52,6 @@ if t.TYPE_CHECKING:
     from .config import Settings
 
 __all__ = ["CallSite", "QueryInfo", "Record", "current_record"]
-
-#: An execution option that hides a connection's statements from capture.
-IGNORE_OPTION = "querywatch_ignore"
 
 
 class CallSite(t.NamedTuple):
@@ -1080,7 +1078,7 @@ def _note_write(context: t.Any, statement: str, info: _Statement) -> frozenset[s
     """Note the tables a write touches on its connection's transaction. Returns them when
     the write commits on its own (autocommit, or DDL on MySQL), after bumping once: the
     caller bumps again once it has run."""
-    from .cache import statement_tables
+    from .sql import statement_tables
 
     written = statement_tables(info.fingerprint.sample or statement)[1]
     if not written or _bump is None:
@@ -1168,8 +1166,8 @@ def tables_read_by(
     """Run ``fn`` and return its value with the tables its statements read (``{"*"}``
     when some statement was not kept or cannot be read). Outside a unit of work, ``fn``
     runs in a record of its own, which is then dropped."""
-    from .cache import ALL_TABLES
-    from .cache import statement_tables
+    from .sql import ALL_TABLES
+    from .sql import statement_tables
 
     record = _current_record.get()
     token = None

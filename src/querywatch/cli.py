@@ -265,9 +265,9 @@ def advise(
     from .advisor import QueryInput
     from .advisor import queries_from_store
     from .advisor import record_advice
-    from .explain import split_statements
     from .report import parse_since
     from .report import render_advice
+    from .sql import split_statements
 
     database_url = database_url or _app_database_url()
     if not database_url:

@@ -90,8 +90,8 @@ def _n_plus_one_fix(loop: LoopStats, record: Record) -> str:
 def _parent_site(loop: LoopStats, record: Record) -> CallSite | None:
     """Where the app ran the query that loaded the parents of a lazy-loaded relationship:
     a read of the parent's table, issued by hand (not a loader) from app code."""
-    from .cache import statement_tables
     from .capture import relationship_tables
+    from .sql import statement_tables
 
     table = relationship_tables.get(loop.relationship or "")
     if table is None:

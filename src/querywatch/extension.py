@@ -207,8 +207,8 @@ class AppState:
     def _engine_holding(self, sql: str, engines: list[t.Any]) -> t.Any:
         """The one engine whose database holds every table ``sql`` reads; None where
         none or several do, or the statement cannot be read."""
-        from .cache import ALL_TABLES
-        from .cache import statement_tables
+        from .sql import ALL_TABLES
+        from .sql import statement_tables
 
         read, _ = statement_tables(sql)
         if not read or ALL_TABLES in read:

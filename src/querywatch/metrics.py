@@ -760,7 +760,7 @@ def check_database(engine: t.Any, timeout: float) -> dict[str, t.Any]:
 
     from sqlalchemy import text
 
-    from .capture import IGNORE_OPTION
+    from .sql import IGNORE_OPTION
 
     result: dict[str, t.Any] = {}
 

@@ -25,22 +25,18 @@ caller drew from the data (see :func:`querywatch.advisor.sample_values`).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import logging
-import re
-import threading
-import time
 import typing as t
 
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from ..capture import IGNORE_OPTION
 from ..config import missing_driver
 from ..config import normalize_url
 from ..exceptions import ExplainError
 from ..exceptions import UnsafeStatementError
+from ..sql import IGNORE_OPTION
+from ..sql import check_read_only
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
@@ -49,360 +45,17 @@ if t.TYPE_CHECKING:
     from sqlalchemy.engine import Connection
     from sqlalchemy.engine import Engine
 
+from ._plan import FLAGS
+from ._plan import Plan
+from ._plan import PlanNode
+
 __all__ = [
     "FLAGS",
     "Explainer",
     "Plan",
     "PlanNode",
     "Session",
-    "check_read_only",
-    "number_placeholders",
-    "placeholder_values",
-    "split_statements",
 ]
-
-#: The flags a plan node may carry.
-FLAGS = frozenset(
-    {
-        "full_scan",  # every row of a table is read
-        "full_index_scan",  # every entry of an index is read (in index order)
-        "index_search",  # an index narrows the rows read
-        "temp_sort",  # rows are sorted after being read (no index gives the order)
-        "filesort",  # MariaDB/MySQL's name for temp_sort
-        "temp_table",  # an intermediate result is materialized
-        "temp_index",  # the database builds a throwaway index per query (SQLite)
-    }
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class PlanNode:
-    """One step of a plan, in the same terms on every database."""
-
-    #: The database's own name for the step: ``Seq Scan``, ``SCAN``, ``ALL``...
-    operation: str
-    #: The table read, when the step reads one (the real name, not an alias).
-    table: str | None = None
-    #: The index used, when one is.
-    index: str | None = None
-    #: Estimated rows the step returns (PostgreSQL, MariaDB), or reads (SQLite scans).
-    rows: float | None = None
-    #: Estimated cost (PostgreSQL: total cost; MariaDB: rows examined).
-    cost: float | None = None
-    flags: frozenset[str] = frozenset()
-    #: The database's own words for the step.
-    detail: str = ""
-    children: tuple[PlanNode, ...] = ()
-    #: Rows in the table read (from the database's statistics), for scans.
-    table_rows: float | None = None
-
-    def walk(self) -> Iterator[PlanNode]:
-        yield self
-        for c in self.children:
-            yield from c.walk()
-
-    def to_dict(self) -> dict[str, t.Any]:
-        return {
-            "operation": self.operation,
-            "table": self.table,
-            "index": self.index,
-            "rows": self.rows,
-            "cost": self.cost,
-            "flags": sorted(self.flags),
-            "detail": self.detail,
-            "table_rows": self.table_rows,
-            "children": [c.to_dict() for c in self.children],
-        }
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """A statement's plan: its steps, total estimated cost and what it was made from."""
-
-    dialect: str
-    nodes: tuple[PlanNode, ...]
-    #: Estimated total cost; None on SQLite, whose planner does not expose one.
-    cost: float | None
-    #: Planned without real parameter values.
-    generic: bool
-    #: The database's own output (JSON document or rows), for those who want it all.
-    raw: t.Any = None
-    #: True when the statement was run (``EXPLAIN ANALYZE``).
-    analyzed: bool = False
-
-    def walk(self) -> Iterator[PlanNode]:
-        for n in self.nodes:
-            yield from n.walk()
-
-    @property
-    def flags(self) -> frozenset[str]:
-        return frozenset(f for n in self.walk() for f in n.flags)
-
-    def full_scans(self) -> list[PlanNode]:
-        return [n for n in self.walk() if "full_scan" in n.flags]
-
-    def indexes_used(self) -> set[str]:
-        return {n.index for n in self.walk() if n.index}
-
-    def searched_tables(self) -> set[str]:
-        """Tables read through an index that narrows the rows."""
-        return {n.table for n in self.walk() if n.table and "index_search" in n.flags}
-
-    def sorts(self) -> list[PlanNode]:
-        return [n for n in self.walk() if n.flags & {"temp_sort", "filesort"}]
-
-    def lines(self) -> list[str]:
-        """The plan as indented lines, for people."""
-        out: list[str] = []
-
-        def visit(node: PlanNode, depth: int) -> None:
-            text = node.detail or node.operation
-            extra = []
-            if node.rows is not None:
-                extra.append(f"rows={node.rows:,.0f}")
-            if node.cost is not None:
-                extra.append(f"cost={node.cost:,.2f}")
-            out.append("  " * depth + text + (f"  ({', '.join(extra)})" if extra else ""))
-            for c in node.children:
-                visit(c, depth + 1)
-
-        for n in self.nodes:
-            visit(n, 0)
-        return out
-
-    def to_dict(self) -> dict[str, t.Any]:
-        return {
-            "dialect": self.dialect,
-            "cost": self.cost,
-            "generic": self.generic,
-            "analyzed": self.analyzed,
-            "flags": sorted(self.flags),
-            "nodes": [n.to_dict() for n in self.nodes],
-        }
-
-
-# --- what may be explained --------------------------------------------------------------
-
-_SQLGLOT_DIALECTS = {"sqlite": "sqlite", "postgresql": "postgres", "mysql": "mysql"}
-
-
-def sqlglot_dialect(dialect: str) -> str:
-    return _SQLGLOT_DIALECTS.get(dialect, "")
-
-
-_parsing = threading.local()
-
-
-class _OwnParses(logging.Filter):
-    """Drops what sqlglot logs while querywatch parses one of the app's statements: one
-    it reads as a Command (SQLAlchemy's ``show standard_conforming_strings`` on connect)
-    is the app's, valid SQL, and the warning reached the app's stderr. The app's own
-    use of sqlglot is left as it is."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(_parsing, "active", False)
-
-
-_OWN_PARSES = _OwnParses()
-
-
-@contextlib.contextmanager
-def quiet_parse() -> t.Iterator[None]:
-    """Parse with sqlglot inside this block without its warnings reaching the app."""
-    sqlglot_logger = logging.getLogger("sqlglot")
-    if _OWN_PARSES not in sqlglot_logger.filters:
-        sqlglot_logger.addFilter(_OWN_PARSES)
-    before = getattr(_parsing, "active", False)
-    _parsing.active = True
-    try:
-        yield
-    finally:
-        _parsing.active = before
-
-
-def check_read_only(sql: str, dialect: str = "") -> t.Any:
-    """Parse ``sql`` and return its sqlglot tree if it is one read-only ``SELECT``;
-    raise :class:`UnsafeStatementError` (or :class:`ExplainError` when it does not
-    parse) otherwise."""
-    import sqlglot
-    from sqlglot import exp
-    from sqlglot.errors import ParseError
-
-    if any(
-        m.lastgroup == "comment" and m.group(0).startswith(("/*!", "/*M!"))
-        for m in _TOKEN_RE.finditer(sql)
-    ):
-        # MariaDB/MySQL run the text of /*! ... */ as SQL (SELECT … /*!INTO OUTFILE …*/
-        # wrote a file on the server); a parser sees a comment. Refused on every
-        # database: a statement that carries one is not worth the doubt.
-        msg = (
-            "The statement holds a MariaDB/MySQL executable comment (/*! ... */), which"
-            " the server runs as SQL: it is never explained nor run."
-        )
-        raise UnsafeStatementError(msg)
-    marked, _ = number_placeholders(sql)
-    try:
-        with quiet_parse():
-            trees = sqlglot.parse(marked, read=sqlglot_dialect(dialect) or None)
-        trees = [tr for tr in trees if tr]
-    except ParseError as e:
-        from ..redact import error_line
-
-        msg = f"The statement could not be parsed ({error_line(e)}); it was not explained."
-        raise ExplainError(msg) from None
-    if len(trees) != 1:
-        msg = f"Expected one statement, got {len(trees)}; only a single SELECT is explained."
-        raise UnsafeStatementError(msg)
-    tree = trees[0]
-    statements = (exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Create, exp.Drop)
-    if not isinstance(tree, (exp.Query, *statements, exp.Alter, exp.Command, exp.Set)):
-        msg = "The statement could not be parsed as SQL; it was not explained."
-        raise ExplainError(msg)
-    if not isinstance(tree, exp.Query):
-        kind = type(tree).__name__.upper()
-        msg = (
-            f"Only SELECT and WITH ... SELECT are explained; this is {kind}."
-            " A write is never explained nor run."
-        )
-        raise UnsafeStatementError(msg)
-    for node in tree.walk():
-        if isinstance(node, (exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Create)):
-            msg = (
-                "The statement writes (a data-modifying WITH or subquery):"
-                " it is never explained nor run."
-            )
-            raise UnsafeStatementError(msg)
-        if isinstance(node, exp.Select):
-            if node.args.get("locks"):
-                msg = "SELECT ... FOR UPDATE/SHARE takes row locks: it is never explained."
-                raise UnsafeStatementError(msg)
-            if node.args.get("into"):
-                msg = "SELECT ... INTO creates a table: it is never explained."
-                raise UnsafeStatementError(msg)
-    return tree
-
-
-# --- placeholders -----------------------------------------------------------------------
-
-_TOKEN_RE = re.compile(
-    r"""
-    (?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))
-    |(?P<dollar>\$(?P<tag>(?:[^\W\d]\w*)?)\$.*?\$(?P=tag)\$)
-    |(?P<string>[eEbBxXnNuU]?'(?:[^'\\]|''|\\.)*')
-    |(?P<qident>"(?:[^"]|"")*"|`(?:[^`]|``)*`)
-    |(?P<param>\?|%s|%\([^)]*\)s|(?<![:\w]):[^\W\d]\w*|\$\d+)
-    |(?P<cast>::)
-    |(?P<other>[^'"`$?%:\-/]+|.)
-    """,
-    re.VERBOSE | re.DOTALL,
-)
-
-MARKER = "qwp"
-
-
-def number_placeholders(sql: str) -> tuple[str, int]:
-    """Rewrite every placeholder (any paramstyle) as ``:qwp1``, ``:qwp2``... in text
-    order; returns the text and how many there were. A repeated ``:name`` or ``$1`` gets
-    a number each time it appears."""
-    out: list[str] = []
-    n = 0
-    for m in _TOKEN_RE.finditer(sql):
-        if m.lastgroup == "param":
-            n += 1
-            out.append(f":{MARKER}{n}")
-        else:
-            out.append(m.group(0))
-    return "".join(out), n
-
-
-def placeholder_values(sql: str, params: t.Any) -> list[t.Any] | None:
-    """The value of each placeholder of ``sql`` in text order (``:qwpN`` is the N-th),
-    from the driver's ``params`` in any paramstyle; None where they do not match."""
-    from collections.abc import Mapping
-    from collections.abc import Sequence
-
-    tokens = [m.group(0) for m in _TOKEN_RE.finditer(sql) if m.lastgroup == "param"]
-    out: list[t.Any] = []
-    try:
-        for i, tok in enumerate(tokens):
-            if isinstance(params, Mapping):
-                if tok.startswith("%("):
-                    out.append(params[tok[2:-2]])
-                elif tok.startswith(":"):
-                    out.append(params[tok[1:]])
-                else:
-                    return None
-            elif isinstance(params, Sequence) and not isinstance(params, (str, bytes)):
-                out.append(params[int(tok[1:]) - 1] if tok.startswith("$") else params[i])
-            else:
-                return None
-    except (KeyError, IndexError, ValueError):
-        return None
-    return out
-
-
-_MARKER_RE = re.compile(r":qwp(\d+)\b")
-
-
-def render_placeholders(marked: str, style: str, *, escape_percent: bool) -> str:
-    """Turn ``:qwpN`` markers into ``style`` (``named`` ``:qwpN``, ``pyformat``
-    ``%(qwpN)s``, ``numeric_dollar`` ``$N``, ``literal`` left to the caller)."""
-    out: list[str] = []
-    for m in _TOKEN_RE.finditer(marked):
-        tok = m.group(0)
-        if m.lastgroup == "param" and _MARKER_RE.fullmatch(tok):
-            num = tok[len(MARKER) + 1 :]
-            if style == "named":
-                out.append(tok)
-            elif style == "pyformat":
-                out.append(f"%({MARKER}{num})s")
-            elif style == "numeric_dollar":
-                out.append(f"${num}")
-            else:  # pragma: no cover - programming error
-                raise ValueError(style)
-        elif escape_percent:
-            out.append(tok.replace("%", "%%"))
-        else:
-            out.append(tok)
-    return "".join(out)
-
-
-def filter_terms(
-    marked: str, dialect: str, columns: t.Collection[str] | None = None
-) -> tuple[str, str, set[str]] | None:
-    """A one-table ``SELECT``'s table, its ``WHERE`` terms as one condition (only those
-    on ``columns``, an index's, when given) and the ``qwpN`` placeholders they use; None
-    for a statement that joins, has no such terms, or does not parse. ``marked`` holds
-    ``:qwpN`` placeholders."""
-    import sqlglot
-    from sqlglot import exp
-
-    gen = sqlglot_dialect(dialect)
-    try:
-        with quiet_parse():
-            tree = sqlglot.parse_one(marked, read=gen)
-    except Exception:
-        return None
-    if not isinstance(tree, exp.Select) or tree.args.get("joins"):
-        return None
-    where = tree.args.get("where")
-    tables = list(tree.find_all(exp.Table))
-    if where is None or len(tables) != 1 or where.find(exp.Select) is not None:
-        return None
-    terms = list(where.this.flatten()) if isinstance(where.this, exp.And) else [where.this]
-    if columns is not None:
-        wanted = {c.lower() for c in columns}
-        terms = [
-            x
-            for x in terms
-            if (found := {c.name.lower() for c in x.find_all(exp.Column)}) and found <= wanted
-        ]
-    if not terms:
-        return None
-    cond = " AND ".join(f"({x.sql(dialect=gen)})" for x in terms)
-    used = {p.name for x in terms for p in x.find_all(exp.Placeholder)}
-    return tables[0].sql(dialect=gen), cond, used
-
 
 # --- sessions ---------------------------------------------------------------------------
 
@@ -584,6 +237,11 @@ class Explainer:
     def close(self) -> None:
         self.engine.dispose()
 
+    def session_on(self, conn: Connection, *, writable: bool) -> Session:
+        """A session on a connection the caller opened and closes (the dialect modules,
+        which sit below this one, make theirs here)."""
+        return Session(self, conn, writable=writable)
+
     @contextlib.contextmanager
     def session(self, *, writable: bool = False) -> Iterator[Session]:
         """A connection in one transaction (read-only unless ``writable``), rolled back
@@ -609,36 +267,3 @@ class Explainer:
         """Explain one statement in a session of its own."""
         with self.session() as s:
             return s.explain(sql, params, **kw)
-
-
-def deadline_handler(timeout: float, stop: threading.Event | None = None) -> t.Callable[[], int]:
-    """A SQLite progress handler that interrupts a statement after ``timeout`` seconds,
-    or once ``stop`` is set."""
-    end = time.monotonic() + timeout
-
-    def handler() -> int:
-        return 1 if time.monotonic() > end or (stop is not None and stop.is_set()) else 0
-
-    return handler
-
-
-def split_statements(text: str) -> list[str]:
-    """Split a SQL script on ``;`` outside strings, quoted names and comments."""
-    out: list[str] = []
-    cur: list[str] = []
-    for m in _TOKEN_RE.finditer(text):
-        tok = m.group(0)
-        if m.lastgroup == "other" and ";" in tok:
-            pieces = tok.split(";")
-            cur.append(pieces[0])
-            for p in pieces[1:]:
-                out.append("".join(cur))
-                cur = [p]
-        else:
-            cur.append(tok)
-    out.append("".join(cur))
-    return [s.strip() for s in out if s.strip() and not _only_comments(s)]
-
-
-def _only_comments(sql: str) -> bool:
-    return all(m.lastgroup == "comment" or not m.group(0).strip() for m in _TOKEN_RE.finditer(sql))

@@ -18,11 +18,11 @@ import typing as t
 from ..exceptions import ExplainError
 from ..fingerprint import MYSQL
 from ..fingerprint import mask_literals
-from . import Plan
-from . import PlanNode
-from . import filter_terms
-from . import number_placeholders
-from . import render_placeholders
+from ..sql import filter_terms
+from ..sql import number_placeholders
+from ..sql import render_placeholders
+from ._plan import Plan
+from ._plan import PlanNode
 from .names import alias_map
 from .names import translate_error
 
@@ -242,11 +242,9 @@ class TemporaryCopy:
     COMMITTED). Nothing outlives the connection: :meth:`close` ends it."""
 
     def __init__(self, explainer: t.Any, *, max_rows: int = COPY_MAX_ROWS) -> None:
-        from . import Session
-
         self.max_rows = max_rows
         self._conn = explainer.engine.connect()
-        self.session = Session(explainer, self._conn, writable=True)
+        self.session = explainer.session_on(self._conn, writable=True)
         begin(self.session, explainer.timeout)
         self.session.run("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
         # Were a lock ever met, give up soon rather than queue behind the app's writers.

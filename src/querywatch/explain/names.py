@@ -16,8 +16,8 @@ def _alias_map(sql: str, dialect: str) -> tuple[tuple[str, str], ...]:
     import sqlglot
     from sqlglot import exp
 
-    from . import quiet_parse
-    from . import sqlglot_dialect
+    from ..sql import quiet_parse
+    from ..sql import sqlglot_dialect
 
     try:
         with quiet_parse():

@@ -15,10 +15,10 @@ import typing as t
 
 from ..fingerprint import POSTGRESQL
 from ..fingerprint import mask_literals
-from . import Plan
-from . import PlanNode
-from . import number_placeholders
-from . import render_placeholders
+from ..sql import number_placeholders
+from ..sql import render_placeholders
+from ._plan import Plan
+from ._plan import PlanNode
 from .names import translate_error
 
 if t.TYPE_CHECKING:

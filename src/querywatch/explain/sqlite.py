@@ -27,20 +27,32 @@ import math
 import re
 import signal
 import threading
+import time
 import typing as t
 
 from ..fingerprint import STANDARD
 from ..fingerprint import mask_literals
-from . import Plan
-from . import PlanNode
-from . import deadline_handler
-from . import filter_terms
-from . import number_placeholders
+from ..sql import filter_terms
+from ..sql import number_placeholders
+from ._plan import Plan
+from ._plan import PlanNode
 from .names import alias_map
 from .names import translate_error
 
 if t.TYPE_CHECKING:
     from . import Session
+
+
+def deadline_handler(timeout: float, stop: threading.Event | None = None) -> t.Callable[[], int]:
+    """A SQLite progress handler that interrupts a statement after ``timeout`` seconds,
+    or once ``stop`` is set."""
+    end = time.monotonic() + timeout
+
+    def handler() -> int:
+        return 1 if time.monotonic() > end or (stop is not None and stop.is_set()) else 0
+
+    return handler
+
 
 _ACCESS_RE = re.compile(
     r"^(?P<op>SCAN|SEARCH) (?:TABLE )?(?P<name>\S+)(?: AS (?P<alias>\S+))?"
@@ -91,8 +103,6 @@ def memory_copy(session: Session, *, timeout: float) -> t.Any:
     from sqlalchemy import create_engine
     from sqlalchemy.pool import StaticPool
 
-    from . import Explainer
-
     mem = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     for (sql,) in session.run(
         "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'"
@@ -109,7 +119,8 @@ def memory_copy(session: Session, *, timeout: float) -> t.Any:
     mem.executemany("INSERT INTO sqlite_stat1 VALUES (?, ?, ?)", rows)
     mem.execute("ANALYZE sqlite_master")
     engine = create_engine("sqlite://", creator=lambda: mem, poolclass=StaticPool)
-    copy = Explainer.over(engine, timeout=timeout)
+    # The explainer's own class, from the session: this module is below it.
+    copy = type(session.explainer).over(engine, timeout=timeout)
     copy.analysed = {str(r[0]).lower() for r in rows}  # type: ignore[attr-defined]
     copy.connection = mem  # type: ignore[attr-defined]
     return copy

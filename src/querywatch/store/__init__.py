@@ -24,12 +24,12 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import OperationalError
 
-from ..capture import IGNORE_OPTION
 from ..capture import CallSite
 from ..config import missing_driver
 from ..config import normalize_url
 from ..exceptions import SchemaVersionError
 from ..exceptions import StoreError
+from ..sql import IGNORE_OPTION
 from ..stats import Aggregate
 from ..stats import EndpointAggregate
 from ..stats import FindingAggregate
