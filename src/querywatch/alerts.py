@@ -32,11 +32,14 @@ import dataclasses
 import math
 import typing as t
 
+from .exceptions import ConfigError
 from .exceptions import ObjectiveConfigError
 from .report import duration_text as _duration
 from .store import AlertChange
 
 if t.TYPE_CHECKING:
+    from flask import Flask
+
     from .store import Store
 
 __all__ = [
@@ -527,6 +530,19 @@ def parse_objectives(value: t.Any) -> tuple[Objective, ...]:
                 list(value),
             )
     return tuple(out)
+
+
+def objectives_setting(app: Flask) -> tuple[Objective, ...]:
+    """``QUERYWATCH_OBJECTIVES`` of ``app`` (the defaults written back when unset); a
+    malformed one raises :class:`~querywatch.exceptions.ConfigError` naming the field."""
+    key = "QUERYWATCH_OBJECTIVES"
+    value = app.config.setdefault(key, [dict(o) for o in DEFAULT_OBJECTIVES])
+    if value is None:
+        return ()
+    try:
+        return parse_objectives(value)
+    except ObjectiveConfigError as e:
+        raise ConfigError(f"{key}{e.field}", e.expected, e.value) from None
 
 
 # --- evaluation over the store ----------------------------------------------------------

@@ -714,7 +714,6 @@ class Cache:
         self._flushed: dict[str, dict[str, int]] = {}
         self._flights: dict[str, _Flight] = {}
         self._flights_lock = threading.Lock()
-        _register(self)
 
     # --- reading ---
 
@@ -1042,34 +1041,3 @@ def make_key(name: str, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]) -> st
         except (TypeError, ValueError):
             text = repr((args, sorted(kwargs.items())))
     return f"{name}:{hashlib.blake2b(text.encode(), digest_size=12).hexdigest()}"
-
-
-# --- every cache of the process, for the commit hook ---------------------------------------
-
-_caches: list[t.Any] = []
-_caches_lock = threading.Lock()
-
-
-def _register(cache: Cache) -> None:
-    import weakref
-
-    from .metrics import register_cache_collector
-
-    register_cache_collector()
-    with _caches_lock:
-        _caches[:] = [r for r in _caches if r() is not None]
-        _caches.append(weakref.ref(cache))
-    from . import capture
-
-    capture.track_writes(bump_all)
-
-
-def bump_all(tables: frozenset[str]) -> None:
-    """Bump ``tables`` in every cache of the process (called at commit)."""
-    for ref in list(_caches):
-        cache = ref()
-        if cache is not None:
-            try:
-                cache.bump(tables)
-            except Exception as e:
-                record_internal_error("cache.bump", e)

@@ -23,6 +23,7 @@ import math
 import sys
 import threading
 import typing as t
+import weakref
 from math import frexp
 from time import perf_counter
 from time import time as wall_time
@@ -35,6 +36,7 @@ from sqlalchemy.engine.cursor import _NO_CURSOR_DQL
 from sqlalchemy.engine.cursor import CursorFetchStrategy
 from sqlalchemy.orm import Session
 
+from ._failopen import record_internal_error
 from ._failopen import swallow
 from .fingerprint import Fingerprint
 from .fingerprint import fingerprint
@@ -1057,8 +1059,12 @@ def _query_of(context: t.Any) -> QueryInfo | None:
 # each dialect instance that ran a write (SQLAlchemy has no event after a commit: its
 # ``commit`` event fires before it). Nothing of this runs until a cache exists.
 
-#: Called with the tables a committed write touched; None while no cache exists.
+#: Called with the tables a committed write touched; None while nothing listens. A write
+#: reaches every listener of the process (two apps on one database share its tables), so
+#: this is per process: each app hands its hook to :func:`track_writes`.
 _bump: t.Callable[[frozenset[str]], None] | None = None
+_write_hooks: list[weakref.WeakMethod[t.Callable[[frozenset[str]], None]]] = []
+_write_hooks_lock = threading.Lock()
 #: Tables written in the open transaction of each DBAPI connection, by ``id``; emptied by
 #: the connection's commit or rollback.
 _pending: dict[int, set[str]] = {}
@@ -1067,11 +1073,25 @@ _DDL = frozenset({"CREATE", "ALTER", "DROP", "TRUNCATE", "RENAME"})
 
 
 def track_writes(bump: t.Callable[[frozenset[str]], None]) -> None:
-    """Call ``bump(tables)`` each time a transaction that wrote ``tables`` commits (for an
-    autocommit write: before it runs and once it has)."""
+    """Call the bound method ``bump(tables)`` each time a transaction that wrote ``tables``
+    commits (for an autocommit write: before it runs and once it has), while its object
+    lives (a weak reference: an app that is gone stops listening)."""
     global _bump
-    _bump = bump
+    with _write_hooks_lock:
+        _write_hooks[:] = [r for r in _write_hooks if r() is not None]
+        _write_hooks.append(weakref.WeakMethod(bump))
+        _bump = _bump_hooks
     install()
+
+
+def _bump_hooks(tables: frozenset[str]) -> None:
+    for ref in list(_write_hooks):
+        hook = ref()
+        if hook is not None:
+            try:
+                hook(tables)
+            except Exception as e:
+                record_internal_error("cache.bump", e)
 
 
 def _note_write(context: t.Any, statement: str, info: _Statement) -> frozenset[str] | None:

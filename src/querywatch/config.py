@@ -391,33 +391,10 @@ def _token(app: Flask, key: str) -> str | None:
     return value
 
 
-def _objectives(app: Flask) -> tuple[t.Any, ...]:
-    from .alerts import DEFAULT_OBJECTIVES
-    from .alerts import parse_objectives
-    from .exceptions import ObjectiveConfigError
-
-    key = "QUERYWATCH_OBJECTIVES"
-    value = app.config.setdefault(key, [dict(o) for o in DEFAULT_OBJECTIVES])
-    if value is None:
-        return ()
-    try:
-        return parse_objectives(value)
-    except ObjectiveConfigError as e:
-        raise ConfigError(f"{key}{e.field}", e.expected, e.value) from None
-
-
 def _optional_ms(app: Flask, key: str, default: float) -> float | None:
     if app.config.setdefault(key, default) is None:
         return None
     return _number(app, key, default, minimum=0, exclusive=True)
-
-
-def _escalation(app: Flask) -> t.Any:
-    """The escalation policy (``QUERYWATCH_ESCALATION``: a dict, a TOML file's path, or
-    None for the log only); a malformed one stops ``init_app`` with the field named."""
-    from .incidents.policy import load_policy
-
-    return load_policy(app.config.setdefault("QUERYWATCH_ESCALATION", None))
 
 
 def _user_function(app: Flask) -> t.Any:
@@ -537,15 +514,27 @@ def warn_unknown_keys(app: Flask) -> list[str]:
 _MIN_INTERVAL = 0.1
 
 
-def load_settings(app: Flask) -> Settings:
+#: Reads one setting from the app's config; given by the module that owns its model.
+Reader = t.Callable[["Flask"], t.Any]
+
+
+def load_settings(
+    app: Flask, *, objectives: Reader | None = None, escalation: Reader | None = None
+) -> Settings:
     """Read and validate the ``QUERYWATCH_*`` keys, writing defaults back to
-    ``app.config`` so it shows the effective values."""
-    settings = _read_settings(app)
+    ``app.config`` so it shows the effective values.
+
+    The objectives and the escalation policy are models of the alerts and incidents,
+    which sit above this module: their owners read them (``objectives``,
+    :func:`querywatch.alerts.objectives_setting`; ``escalation``,
+    :func:`querywatch.incidents.policy.escalation_setting`), and the extension passes
+    them in. Without them the settings hold none."""
+    settings = _read_settings(app, objectives, escalation)
     _check_paths(settings)
     return settings
 
 
-def _read_settings(app: Flask) -> Settings:
+def _read_settings(app: Flask, objectives: Reader | None, escalation: Reader | None) -> Settings:
     return Settings(
         enabled=_bool(app, "QUERYWATCH_ENABLED", True),
         slow_query_seconds=_number(app, "QUERYWATCH_SLOW_QUERY_MS", 100, minimum=0, exclusive=True)
@@ -593,7 +582,7 @@ def _read_settings(app: Flask) -> Settings:
         ready_path=_path(app, "QUERYWATCH_READY_PATH"),
         ready_timeout=_number(app, "QUERYWATCH_READY_TIMEOUT", 2.0, minimum=0, exclusive=True),
         bucket_seconds=int(_number(app, "QUERYWATCH_BUCKET_SECONDS", 60, minimum=1, integer=True)),
-        objectives=_objectives(app),
+        objectives=objectives(app) if objectives is not None else (),
         alerts=_bool(app, "QUERYWATCH_ALERTS", True),
         alert_interval=_number(app, "QUERYWATCH_ALERT_INTERVAL", 30.0, minimum=_MIN_INTERVAL),
         alert_time_scale=_number(
@@ -617,7 +606,7 @@ def _read_settings(app: Flask) -> Settings:
             "QUERYWATCH_INCIDENTS",
             not (app.debug and app.config.get("QUERYWATCH_ESCALATION") is None),
         ),
-        escalation=_escalation(app),
+        escalation=escalation(app) if escalation is not None else None,
         incident_severities=_severities(app),
         incident_interval=_number(app, "QUERYWATCH_INCIDENT_INTERVAL", 5.0, minimum=_MIN_INTERVAL),
         user_function=_user_function(app),

@@ -174,6 +174,11 @@ class AppState:
                         ),
                         secret=_secret(self._config.get("SECRET_KEY")),
                     )
+                    # A committed write bumps the tables it wrote in this cache.
+                    capture.track_writes(self._cache.bump)
+                    from .metrics import register_cache_collector
+
+                    register_cache_collector(app_states)
         return self._cache
 
     def advise_database_url(
@@ -287,6 +292,12 @@ class AppState:
 observers: list[Callable[[capture.Record, list[Finding]], None]] = []
 
 _states: weakref.WeakSet[AppState] = weakref.WeakSet()
+
+
+def app_states() -> list[AppState]:
+    """The querywatch state of every app of the process (the metrics that sum over apps
+    of one name read it)."""
+    return list(_states)
 
 
 class Flusher:
@@ -516,7 +527,10 @@ class QueryWatch:
             )
             raise RuntimeError(msg)
         warn_unknown_keys(app)
-        settings = load_settings(app)
+        from .alerts import objectives_setting
+        from .incidents.policy import escalation_setting
+
+        settings = load_settings(app, objectives=objectives_setting, escalation=escalation_setting)
         state = AppState(app, settings, self._engines)
         state.owner = self
         app.extensions[_EXTENSION_KEY] = state
@@ -745,7 +759,7 @@ def _register_views(app: Flask, state: AppState) -> None:
             )
         else:
             state.metrics = metrics.AppMetrics(
-                state.name, engines, max_shapes=settings.metrics_max_shapes
+                state.name, engines, app_states, max_shapes=settings.metrics_max_shapes
             )
             token = settings.metrics_token
 

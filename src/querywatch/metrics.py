@@ -127,12 +127,11 @@ class CacheCollector(Collector):
     """The result cache's counters of every app in the process (or of the app named
     ``app``)."""
 
-    def __init__(self, app: str | None = None) -> None:
+    def __init__(self, states: Callable[[], Iterable[t.Any]], app: str | None = None) -> None:
+        self.states = states
         self.app = app
 
     def collect(self) -> Iterator[Metric]:
-        from .extension import _states
-
         lookups = CounterMetricFamily(
             "querywatch_cache_lookups",
             "Result cache lookups, by cached function and result (hit or miss).",
@@ -147,7 +146,7 @@ class CacheCollector(Collector):
         # Summed per (app, function): two apps of one name in a process are one series.
         totals: dict[tuple[str, str], dict[str, int]] = {}
         fields = ("hits", "misses", *families)
-        for state in list(_states):
+        for state in self.states():
             cache = state._cache
             if cache is None or (self.app is not None and state.name != self.app):
                 continue
@@ -180,7 +179,7 @@ class CacheCollector(Collector):
         )
         # Per app name, as the counters above: bypassed if any of its caches is.
         by_app: dict[str, list[float]] = {}
-        for state in list(_states):
+        for state in self.states():
             cache = state._cache
             breaker = getattr(getattr(cache, "backend", None), "breaker", None)
             if breaker is None or (self.app is not None and state.name != self.app):
@@ -203,12 +202,13 @@ _registered = False
 _lock = threading.Lock()
 
 
-def register_cache_collector() -> None:
-    """Register :class:`CacheCollector` on the default registry, once per process."""
+def register_cache_collector(states: Callable[[], Iterable[t.Any]]) -> None:
+    """Register :class:`CacheCollector` over ``states`` (every app of the process) on the
+    default registry, once per process."""
     global _registered
     with _lock:
         if not _registered:
-            REGISTRY.register(CacheCollector())
+            REGISTRY.register(CacheCollector(states))
             _registered = True
 
 
@@ -272,6 +272,8 @@ class AppMetrics(Collector):
     :param name: the app's name (the cache counters' ``app`` label).
     :param engines: returns the app's engines (by bind name) when a scrape reads the
         pools.
+    :param states: returns the querywatch state of every app of the process (the cache
+        and dropped counters sum over the apps of one name).
     :param max_shapes: query shapes with a series of their own; the rest are ``other``.
     """
 
@@ -279,6 +281,7 @@ class AppMetrics(Collector):
         self,
         name: str,
         engines: Callable[[], dict[str, t.Any]],
+        states: Callable[[], Iterable[t.Any]],
         *,
         max_shapes: int = 50,
     ) -> None:
@@ -306,8 +309,8 @@ class AppMetrics(Collector):
         self.registry.register(self)
         self.registry.register(_InternalErrors())
         self.registry.register(_PoolCollector(engines))
-        self.registry.register(CacheCollector(app=name))
-        self.registry.register(_DroppedCollector(name))
+        self.registry.register(CacheCollector(states, app=name))
+        self.registry.register(_DroppedCollector(name, states))
         self._engines = engines
         #: prometheus_client's multiprocess mode (gunicorn and other pre-fork servers):
         #: observations also go to the shared files of ``PROMETHEUS_MULTIPROC_DIR``.
@@ -637,12 +640,11 @@ class _DroppedCollector(Collector):
     were dropped while the store was unreachable (past three hours or the entry bound),
     findings and users past their caps, and shapes folded into ``other``."""
 
-    def __init__(self, app: str) -> None:
+    def __init__(self, app: str, states: Callable[[], Iterable[t.Any]]) -> None:
         self.app = app
+        self.states = states
 
     def collect(self) -> Iterator[Metric]:
-        from .extension import _states
-
         family = CounterMetricFamily(
             "querywatch_dropped",
             "What querywatch's bounded aggregates let go of, by what (requests: kept"
@@ -650,7 +652,7 @@ class _DroppedCollector(Collector):
             labels=["what"],
         )
         totals = {"requests": 0, "findings": 0, "users": 0, "shapes_folded": 0}
-        for state in list(_states):
+        for state in self.states():
             if state.name != self.app:
                 continue
             st = state.stats

@@ -46,6 +46,9 @@ import typing as t
 
 from ..exceptions import PolicyError
 
+if t.TYPE_CHECKING:
+    from flask import Flask
+
 __all__ = ["Level", "Policy", "PolicyError", "Rotation", "Target", "load_policy"]
 
 #: Target types and the options each takes (required ones first).
@@ -296,3 +299,9 @@ def load_policy(value: t.Any) -> Policy:
         )
     update = _minutes("update_minutes", value.get("update_minutes", 30))
     return Policy(targets, tuple(levels), repeat, update, rotations)
+
+
+def escalation_setting(app: Flask) -> Policy:
+    """The escalation policy (``QUERYWATCH_ESCALATION``: a dict, a TOML file's path, or
+    None for the log only); a malformed one stops ``init_app`` with the field named."""
+    return load_policy(app.config.setdefault("QUERYWATCH_ESCALATION", None))
