@@ -23,9 +23,9 @@ from sqlalchemy import text
 from sqlalchemy import update
 
 from querywatch import QueryWatch
-from querywatch.sql import statement_tables
 from querywatch.demo import shop
 from querywatch.exceptions import CacheValueError
+from querywatch.sql import statement_tables
 
 
 @pytest.fixture

@@ -9,12 +9,12 @@ from flask import jsonify
 from sqlalchemy import func
 from sqlalchemy import select
 
-from querywatch.capture import relpath
-from querywatch.capture import site_text
 from querywatch.demo import shop
 from querywatch.detectors import N_PLUS_ONE
 from querywatch.detectors import REPEATED_QUERY
 from querywatch.detectors import SLOW_QUERY
+from querywatch.text import relpath
+from querywatch.text import site_text
 
 HERE = __name__.split(".")[0]
 

@@ -32,3 +32,56 @@ def test_every_error_is_a_querywatch_error_and_lives_in_exceptions() -> None:
     assert stray == []
     outside = sorted(n for n, c in found.items() if not issubclass(c, QueryWatchError))
     assert outside == []
+
+
+def test_no_module_imports_another_that_imports_it_back() -> None:
+    """No import cycle between any two modules, counting the imports made inside
+    functions (grimp's graph, as import-linter builds it; only ``TYPE_CHECKING`` blocks
+    are left out). The layers contract in ``pyproject.toml`` checks the packages; this
+    checks every module, a package's ``__init__`` and its own children included."""
+    import grimp
+
+    graph = grimp.build_graph("querywatch", exclude_type_checking_imports=True)
+    edges = {m: graph.find_modules_directly_imported_by(m) for m in graph.modules}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    assert len(graph.modules) > 50
+    assert cycles == []
+
+
+def test_the_library_never_imports_the_demo() -> None:
+    """The demo sits on top, outside the library's import graph: ``querywatch demo``
+    reaches it through the ``querywatch.commands`` entry point."""
+    import grimp
+
+    graph = grimp.build_graph("querywatch", exclude_type_checking_imports=True)
+    importers = graph.find_downstream_modules("querywatch.demo", as_package=True)
+    assert {m for m in importers if not m.startswith("querywatch.demo")} == set()

@@ -12,8 +12,8 @@ import pytest
 # Imported here, before any in-process run: pytester forgets the modules a run imported,
 # and an app thread of an earlier run may import them again half-way.
 import querywatch.advisor  # noqa: F401
-import querywatch.baseline  # noqa: F401
-import querywatch.check  # noqa: F401
+import querywatch.ci.baseline  # noqa: F401
+import querywatch.ci.check  # noqa: F401
 import querywatch.store  # noqa: F401
 import querywatch.testing  # noqa: F401
 

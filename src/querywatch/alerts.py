@@ -34,8 +34,8 @@ import typing as t
 
 from .exceptions import ConfigError
 from .exceptions import ObjectiveConfigError
-from .report import duration_text as _duration
 from .store import AlertChange
+from .text import duration_text as _duration
 
 if t.TYPE_CHECKING:
     from flask import Flask

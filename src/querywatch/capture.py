@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import functools
 import math
 import sys
 import threading
@@ -65,32 +64,6 @@ class CallSite(t.NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.filename}:{self.lineno} in {self.function}"
-
-
-def relpath(path: str, root: str | None = None) -> str:
-    """``path`` relative to ``root`` (the current folder) when inside it."""
-    import os
-
-    try:
-        rel = os.path.relpath(path, root or os.getcwd())
-    except ValueError:
-        return path
-    return path if rel.startswith("..") else rel.replace(os.sep, "/")
-
-
-def site_text(site: CallSite | None, root: str | None = None) -> str:
-    """``file:line (function)``, the file relative to ``root`` (the current folder)."""
-    if site is None:
-        return "no call site in the application's packages"
-    import os
-
-    return _site_text(site, root or os.getcwd())
-
-
-@functools.lru_cache(maxsize=4096)
-def _site_text(site: CallSite, root: str) -> str:
-    # Findings name their sites on every request that has them: computed once a site.
-    return f"{relpath(site.filename, root)}:{site.lineno} ({site.function})"
 
 
 class QueryInfo:

@@ -19,7 +19,7 @@ import typing as t
 
 from .capture import MAX_PARAM_HASHES
 from .capture import REFRESHED
-from .capture import site_text
+from .text import site_text
 
 if t.TYPE_CHECKING:
     from .capture import CallSite

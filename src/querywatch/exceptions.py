@@ -109,7 +109,7 @@ class QueryBudgetError(QueryWatchError, AssertionError):
 
     def __init__(self, message: str, violations: list[t.Any] | None = None) -> None:
         super().__init__(message)
-        #: The :class:`querywatch.gate.Violation` objects behind the message.
+        #: The :class:`querywatch.ci.gate.Violation` objects behind the message.
         self.violations = violations or []
 
 

@@ -29,6 +29,7 @@ from .config import warn_unknown_keys
 from .detectors import Finding
 from .detectors import detect
 from .exceptions import NotInitializedError
+from .signals import record_finished
 from .stats import FOLD_INTERVAL
 from .stats import Stats
 
@@ -281,15 +282,10 @@ class AppState:
                 listener(record, findings)
         if self.metrics is not None:
             self.metrics.add(record, findings)
-        if observers:
-            for observer in list(observers):
-                observer(record, findings)
+        if record_finished.receivers:
+            record_finished.send(self._app(), record=record, findings=findings)
         return findings
 
-
-#: Called with every finished record of every app and its findings (the CI gate's
-#: collectors, :mod:`querywatch.gate`).
-observers: list[Callable[[capture.Record, list[Finding]], None]] = []
 
 _states: weakref.WeakSet[AppState] = weakref.WeakSet()
 

@@ -7,9 +7,7 @@ schema, version ``querywatch.report/1``, documented in ``docs/report.md``);
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import os
 import re
 import time
 import typing as t
@@ -25,9 +23,11 @@ from .stats import OTHER_SHAPE
 from .stats import Aggregate
 from .stats import EndpointAggregate
 from .stats import percentile
+from .text import compact_shape
+from .text import site_dict as _site
+from .text import stored_site_text as _site_text
 
 if t.TYPE_CHECKING:
-    from .capture import CallSite
     from .store import Store
 
 __all__ = ["REPORT_SCHEMA", "build_report", "parse_since", "render_report"]
@@ -75,12 +75,6 @@ def _iso(ts: float) -> str:
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
-
-
-def _site(site: CallSite | None) -> dict[str, t.Any] | None:
-    if site is None:
-        return None
-    return {"file": site.filename, "line": site.lineno, "function": site.function}
 
 
 def _query_entry(
@@ -222,46 +216,6 @@ def build_report(
         "findings": findings,
         "cache": cache,
     }
-
-
-def duration_text(seconds: float) -> str:
-    """A duration for people: "42 s", "17 min", "2.5 h"."""
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _short(text: str | None, n: int) -> str:
-    if not text:
-        return "?"
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def _site_text(site: dict[str, t.Any] | None) -> str:
-    if not site:
-        return ""
-    path = site["file"]
-    with contextlib.suppress(ValueError):
-        rel = os.path.relpath(path)
-        if not rel.startswith(".."):
-            path = rel
-    return f"{path}:{site['line']} in {site['function']}"
-
-
-_SELECT_LIST_RE = re.compile(r"^SELECT (?:DISTINCT )?(.{60,}?) FROM ")
-
-
-def compact_shape(shape: str | None, n: int = 200) -> str:
-    """A shape for people: a long select list becomes ``…``, the rest is cut at ``n``."""
-    if not shape:
-        return "?"
-    m = _SELECT_LIST_RE.match(shape)
-    if m and "(" not in m.group(1):
-        shape = shape[: m.start(1)] + "…" + shape[m.end(1) :]
-    return _short(shape, n)
 
 
 def headline(report: dict[str, t.Any]) -> str:

@@ -48,10 +48,10 @@ from ..evidence import culprit
 from ..exceptions import DemoError
 from ..incidents.manager import Incidents
 from ..incidents.postmortem import render as render_postmortem
-from ..report import _site_text
-from ..report import compact_shape
-from ..report import duration_text
 from ..stats import percentile
+from ..text import compact_shape
+from ..text import duration_text
+from ..text import stored_site_text as _site_text
 from . import shop
 from .hooks import Inbox
 from .hooks import Received

@@ -14,8 +14,8 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
 from ..exceptions import IncidentError
-from ..report import duration_text as _duration
 from ..store import schema
+from ..text import duration_text as _duration
 from .policy import DEFAULT_POLICY
 from .policy import Policy
 

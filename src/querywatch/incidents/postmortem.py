@@ -9,9 +9,9 @@ import datetime as dt
 import typing as t
 
 from ..evidence import culprit as blamed
-from ..report import _site_text
-from ..report import compact_shape
-from ..report import duration_text as _duration
+from ..text import compact_shape
+from ..text import duration_text as _duration
+from ..text import stored_site_text as _site_text
 from .manager import impact_of
 
 if t.TYPE_CHECKING:

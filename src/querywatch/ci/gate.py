@@ -1,7 +1,7 @@
 """The CI gate: what a test (or a scripted request) did with the database, judged
 against a budget and against the plans of its queries.
 
-Shared by the pytest plugin (:mod:`querywatch.pytest_plugin`) and ``querywatch check``:
+Shared by the pytest plugin (:mod:`querywatch.ci.pytest_plugin`) and ``querywatch check``:
 
 * :class:`Collector` gathers every unit of work that finishes while it is open: the
   requests of apps that run querywatch (each judged on its own, as in production) and
@@ -15,7 +15,7 @@ Shared by the pytest plugin (:mod:`querywatch.pytest_plugin`) and ``querywatch c
   the shape, its count, the relationship or call site, the plan flag and the fix.
 
 Counts and plans are deterministic where timings on shared CI runners are not: budgets on
-them fail a build; timings are compared as ratios (see :mod:`querywatch.baseline`).
+them fail a build; timings are compared as ratios (see :mod:`querywatch.ci.baseline`).
 """
 
 from __future__ import annotations
@@ -27,23 +27,24 @@ import os
 import threading
 import typing as t
 
-from . import capture
-from .capture import site_text
-from .config import Settings
-from .detectors import N_PLUS_ONE
-from .detectors import Finding
-from .detectors import detect
-from .exceptions import BudgetError
-from .exceptions import QueryWatchError
-from .fingerprint import Fingerprint
-from .redact import error_line
+from .. import capture
+from ..config import Settings
+from ..detectors import N_PLUS_ONE
+from ..detectors import Finding
+from ..detectors import detect
+from ..exceptions import BudgetError
+from ..exceptions import QueryWatchError
+from ..fingerprint import Fingerprint
+from ..redact import error_line
+from ..signals import record_finished
+from ..text import site_text
 
 if t.TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from .advisor import Advisor
-    from .capture import CallSite
-    from .capture import Record
+    from ..advisor import Advisor
+    from ..capture import CallSite
+    from ..capture import Record
 
 __all__ = [
     "Budget",
@@ -279,7 +280,7 @@ _active_lock = threading.Lock()
 _saved_sample_min: list[float] = []
 
 
-def _deliver(record: Record, findings: list[Finding]) -> None:
+def _deliver(sender: t.Any, record: Record, findings: list[Finding], **_: t.Any) -> None:
     for c in list(_active):
         c.observation.add(record, findings)
 
@@ -306,12 +307,10 @@ class Collector:
         self._token: t.Any = None
 
     def __enter__(self) -> Collector:
-        from . import extension
-
         capture.install()
         with _active_lock:
             if not _active:
-                extension.observers.append(_deliver)
+                record_finished.connect(_deliver)
             _active.append(self)
             _saved_sample_min.append(capture.sample_min_seconds)
             capture.sample_min_seconds = 0.0
@@ -320,21 +319,19 @@ class Collector:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        from . import extension
-
         record = self.record
         assert record is not None
         capture.end_record(self._token)
         record.finish(500 if exc[0] is not None else 0)
         findings = detect(record, self.settings)
-        _deliver(record, findings)
+        _deliver(None, record, findings)
         with _active_lock:
             if self in _active:
                 _active.remove(self)
             if _saved_sample_min:
                 capture.sample_min_seconds = _saved_sample_min.pop()
-            if not _active and _deliver in extension.observers:
-                extension.observers.remove(_deliver)
+            if not _active:
+                record_finished.disconnect(_deliver)
 
 
 # --- plans ------------------------------------------------------------------------------
@@ -460,7 +457,7 @@ class PlanBook:
         if url in self._advisors:
             adv = self._advisors[url]
             return adv if adv is not None else self._failures[url]
-        from .advisor import Advisor
+        from ..advisor import Advisor
 
         try:
             # A test database: candidates may be built to verify them (rolled back, or
@@ -476,7 +473,7 @@ class PlanBook:
         return adv
 
     def _explain(self, url: str, sql: str, params: t.Any, fp: Fingerprint) -> ShapePlan:
-        from .advisor import QueryInput
+        from ..advisor import QueryInput
 
         adv = self._advisor(url)
         if isinstance(adv, str):
@@ -561,7 +558,7 @@ def shape_text(fp: Fingerprint, n: int = 160) -> str:
 @functools.lru_cache(maxsize=4096)
 def _compact(shape: str, n: int) -> str:
     # Cached: the same shapes come back in every test, and eliding costs a regex.
-    from .report import compact_shape
+    from ..text import compact_shape
 
     return compact_shape(shape, n)
 

@@ -36,10 +36,10 @@ import math
 import os
 import typing as t
 
-from .capture import relpath
-from .capture import site_text
-from .detectors import N_PLUS_ONE
-from .exceptions import BaselineError
+from ..detectors import N_PLUS_ONE
+from ..exceptions import BaselineError
+from ..text import relpath
+from ..text import site_text
 from .gate import Violation
 from .gate import full_scan_violation
 from .gate import n_plus_one_violation

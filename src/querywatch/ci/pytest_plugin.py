@@ -9,7 +9,7 @@ Installed with querywatch (entry point ``pytest11``); it does nothing until aske
   n_plus_one="forbid", full_scans="forbid")``, over the project's default budget in
   ``pyproject.toml`` (``[tool.querywatch]``);
 * ``--querywatch-baseline FILE``: record each test's shapes, counts, findings and plan
-  flags, and fail later runs on regressions (:mod:`querywatch.baseline`).
+  flags, and fail later runs on regressions (:mod:`querywatch.ci.baseline`).
 
 Each test's call phase is collected (not its fixtures' set-up): requests of apps that
 run querywatch as their own units, the test's other statements in one unit of its own.
@@ -24,11 +24,11 @@ import typing as t
 
 import pytest
 
+from ..exceptions import BaselineError
+from ..exceptions import BudgetError
+from ..text import relpath
 from .baseline import Baseline
 from .baseline import entry_for
-from .capture import relpath
-from .exceptions import BaselineError
-from .exceptions import BudgetError
 from .gate import FORBID
 from .gate import Budget
 from .gate import Collector
@@ -39,11 +39,11 @@ from .gate import evaluate
 from .gate import gate_settings
 from .gate import load_project_config
 from .gate import parse_budget
-from .gate_output import CaseResult
-from .gate_output import github_annotations
-from .gate_output import markdown
-from .gate_output import render_terminal
-from .gate_output import write_step_summary
+from .output import CaseResult
+from .output import github_annotations
+from .output import markdown
+from .output import render_terminal
+from .output import write_step_summary
 
 if t.TYPE_CHECKING:
     from collections.abc import Generator
@@ -55,8 +55,8 @@ if t.TYPE_CHECKING:
     from _pytest.nodes import Item
     from _pytest.terminal import TerminalReporter
 
-    from .capture import QueryInfo
-    from .detectors import Finding
+    from ..capture import QueryInfo
+    from ..detectors import Finding
 
 __all__ = ["QueryWatchFixture"]
 
@@ -103,7 +103,7 @@ def pytest_configure(config: Config) -> None:
         " full_scans='allow', full_scan_min_rows=0): what the test may do with the"
         " database (querywatch)",
     )
-    from . import config as qw_config
+    from .. import config as qw_config
     from .testing import reset_plans
 
     # The apps of a test session write to a temporary store of their own, not to the
@@ -356,7 +356,7 @@ def _result_to_dict(r: CaseResult) -> dict[str, t.Any]:
 
 
 def _result_from_dict(d: dict[str, t.Any]) -> CaseResult:
-    from .capture import CallSite
+    from ..capture import CallSite
     from .gate import Violation
 
     violations = [

@@ -33,15 +33,15 @@ import os
 import sys
 import typing as t
 
-from .exceptions import BudgetError
-from .exceptions import RequestsFileError
+from ..exceptions import BudgetError
+from ..exceptions import RequestsFileError
 from .gate import FORBID
 from .gate import Budget
 from .gate import Collector
 from .gate import evaluate
 from .gate import gate_settings
 from .gate import parse_budget
-from .gate_output import CaseResult
+from .output import CaseResult
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -243,7 +243,7 @@ def load_callable(spec: str, option: str) -> t.Callable[..., t.Any]:
 
 def dispose_engines(app: Flask) -> None:
     """Close the pooled connections of the app's Flask-SQLAlchemy engines."""
-    from .metrics import app_engines
+    from ..metrics import app_engines
 
     for engine in app_engines(app, None).values():
         engine.dispose()

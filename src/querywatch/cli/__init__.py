@@ -9,134 +9,46 @@ import typing as t
 
 import click
 
-from .config import missing_driver
-from .config import normalize_url
-from .exceptions import QueryWatchError
-
-if t.TYPE_CHECKING:
-    from .store import Store
+from ..exceptions import QueryWatchError
+from ._common import _app_database_url
+from ._common import _by_database
+from ._common import _flask_app
+from ._common import _open_store
 
 __all__ = ["cli", "main"]
 
 
-def _flask_app() -> t.Any:
-    """The Flask app, when run as ``flask querywatch``; else None."""
-    ctx = click.get_current_context(silent=True)
-    if ctx is None:
-        return None
-    try:
-        from flask.cli import ScriptInfo
-    except ImportError:  # pragma: no cover - flask is a dependency
-        return None
-    info = ctx.find_object(ScriptInfo)
-    if info is None:
-        return None
-    try:
-        return info.load_app()
-    except Exception:
-        return None
+#: The entry point group of commands that other packages add to ``querywatch`` (the
+#: demo's among them: the library does not import the demo).
+COMMANDS_GROUP = "querywatch.commands"
 
 
-def _app_store_url() -> str | None:
-    """The store URL of the Flask app, when run as ``flask querywatch``."""
-    app = _flask_app()
-    state = app.extensions.get("querywatch") if app is not None else None
-    return state.settings.store_url if state is not None else None
+class _Group(click.Group):
+    """The ``querywatch`` group, with the commands of the ``querywatch.commands`` entry
+    points, loaded only when one is listed or run."""
+
+    def _plugins(self) -> dict[str, t.Any]:
+        from importlib.metadata import entry_points
+
+        return {ep.name: ep for ep in entry_points(group=COMMANDS_GROUP)}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._plugins()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        ep = self._plugins().get(cmd_name)
+        if ep is None:
+            return None
+        loaded = ep.load()
+        return loaded if isinstance(loaded, click.Command) else None
 
 
-def _app_database_url() -> str | None:
-    """The database the Flask app's advisor asks, when run as ``flask querywatch``:
-    ``QUERYWATCH_ADVISE_DATABASE_URL``, else the app's engine as Flask-SQLAlchemy
-    resolved it (a relative SQLite path lives in the instance folder)."""
-    app = _flask_app()
-    if app is None:
-        return None
-    state = app.extensions.get("querywatch")
-    if state is not None:
-        return t.cast("str | None", state.advise_database_url())
-    url = app.config.get("SQLALCHEMY_DATABASE_URI")
-    return url if isinstance(url, str) else None
-
-
-def _by_database(queries: list[t.Any], database_url: str) -> dict[str, list[t.Any]]:
-    """The queries grouped by the database each is planned on: run as ``flask querywatch
-    advise`` without ``--database-url``, each shape goes to the app's engine that holds
-    its tables (a Flask-SQLAlchemy bind's shape to the bind); else all to one."""
-    app = _flask_app()
-    state = app.extensions.get("querywatch") if app is not None else None
-    if state is None or database_url != _app_database_url():
-        return {database_url: queries}
-    out: dict[str, list[t.Any]] = {}
-    for q in queries:
-        url = state.advise_database_url(q.fingerprint, q.sql) or database_url
-        out.setdefault(url, []).append(q)
-    return out
-
-
-def _app_config(key: str) -> t.Any:
-    """A config value of the Flask app, when run as ``flask querywatch``."""
-    app = _flask_app()
-    return app.config.get(key) if app is not None else None
-
-
-def _open_store(url: str | None, *, create: bool = False, connect: bool = True) -> Store:
-    """The store the command reads (``--store``, ``QUERYWATCH_STORE_URL``, or the Flask
-    app's). A store that is not there is an error, not a new empty one, unless
-    ``create`` (commands that write the first record: trigger, worker, mark-deploy).
-    Without ``connect``, nothing is asked of the database yet (a daemon that rides out
-    a store that is down)."""
-    from sqlalchemy.engine import make_url
-
-    from .store import Store
-
-    url = url or os.environ.get("QUERYWATCH_STORE_URL") or _app_store_url()
-    if not url:
-        msg = (
-            "No store to read. Pass '--store URL' (for example"
-            " 'sqlite:///instance/querywatch.db'), set QUERYWATCH_STORE_URL, or run"
-            " 'flask querywatch report' inside your app."
-        )
-        raise click.UsageError(msg)
-    url = normalize_url(url)
-    try:
-        shown = make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        shown = url
-    try:
-        store = Store(url)
-        if not connect:
-            return store
-        if not create and not store.exists():
-            store.dispose()
-            database = make_url(url).database or ""
-            if store.is_sqlite:
-                where = os.path.abspath(database)
-                msg = (
-                    f"No querywatch store at {shown}: the file {where} does not exist."
-                    " Check the path (sqlite:/// and three slashes is relative to the"
-                    " current folder, four slashes an absolute path); an app creates its"
-                    " store in its instance folder when it serves its first request."
-                )
-            else:
-                msg = (
-                    f"No querywatch store at {shown}: the database has no querywatch"
-                    " tables. Check the URL; an app creates them when it serves its first"
-                    " request with QUERYWATCH_STORE_URL set to it."
-                )
-            raise click.ClickException(msg)
-        store.migrate()
-    except click.ClickException:
-        raise
-    except QueryWatchError as e:
-        raise click.ClickException(str(e)) from None
-    except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        msg = f"Could not read the store at {shown}: {type(e).__name__}: {first}"
-        raise click.ClickException(msg) from None
-    return store
-
-
-@click.group(help="querywatch: which query in which endpoint costs the database its time.")
+@click.group(
+    cls=_Group, help="querywatch: which query in which endpoint costs the database its time."
+)
 @click.version_option(package_name="querywatch", message="querywatch %(version)s")
 def cli() -> None:
     pass
@@ -159,9 +71,9 @@ def report(
     store_url: str | None, since: str, endpoint: str | None, limit: int, as_json: bool
 ) -> None:
     """Top query shapes and endpoints by total time, and the findings."""
-    from .report import build_report
-    from .report import parse_since
-    from .report import render_report
+    from ..report import build_report
+    from ..report import parse_since
+    from ..report import render_report
 
     try:
         start = parse_since(since)
@@ -261,13 +173,13 @@ def advise(
     as_json: bool,
 ) -> None:
     """Index suggestions verified by the planner, plan findings and rewrite hints."""
-    from .advisor import Advisor
-    from .advisor import QueryInput
-    from .advisor import queries_from_store
-    from .advisor import record_advice
-    from .report import parse_since
-    from .report import render_advice
-    from .sql import split_statements
+    from ..advisor import Advisor
+    from ..advisor import QueryInput
+    from ..advisor import queries_from_store
+    from ..advisor import record_advice
+    from ..report import parse_since
+    from ..report import render_advice
+    from ..sql import split_statements
 
     database_url = database_url or _app_database_url()
     if not database_url:
@@ -357,102 +269,6 @@ def advise(
 
 @cli.command()
 @click.option(
-    "--scale",
-    default=3.0,
-    show_default=True,
-    type=click.FloatRange(0.001, 100),
-    help="Data size; 1.0 is 200,000 orders.",
-)
-@click.option(
-    "--speed",
-    default=120.0,
-    show_default=True,
-    type=click.FloatRange(1, 100_000),
-    help="Time compression of the replay's clock: 120 plays an hour in 30 s.",
-)
-@click.option(
-    "--rate",
-    default=None,
-    type=click.FloatRange(1, 2000),
-    help="Requests per second, held flat the whole run  [default: 40, lighter on a busy machine]",
-)
-@click.option(
-    "--database-url",
-    default=None,
-    metavar="URL",
-    help="Shop database, such as postgresql+psycopg://127.0.0.1/test"
-    " (default: SQLite in the work folder's instance/).",
-)
-@click.option(
-    "--fix",
-    type=click.Choice(["index", "cache", "none"]),
-    default="index",
-    show_default=True,
-    help="What the responder applies: the verified index, the cache, or nothing.",
-)
-@click.option(
-    "--workdir",
-    default="querywatch-demo",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Folder for the demo's files (database, store, postmortem.md).",
-)
-@click.option(
-    "--advise-timeout",
-    default=120.0,
-    show_default=True,
-    type=click.FloatRange(0.1),
-    help="Seconds any one statement of the responder's index check may take (the build of"
-    " the candidate index on the big table among them).",
-)
-@click.option("--keep-serving", is_flag=True, help="Keep the shop and dashboard up afterwards.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-@click.option("--quiet", is_flag=True, help="No progress; only the summary.")
-def demo(
-    scale: float,
-    speed: float,
-    rate: float | None,
-    database_url: str | None,
-    fix: str,
-    workdir: str,
-    advise_timeout: float,
-    keep_serving: bool,
-    as_json: bool,
-    quiet: bool,
-) -> None:
-    """Replay the outage on the reference shop app: alert, incident, escalation,
-    evidence, fix, recovery and postmortem.
-
-    Exit status: 0 when the loop closed (the alert fired, the root cause was named, the
-    fix was verified and the recovery measured), 1 when it did not, 130 on Ctrl-C.
-    """
-    from .demo.runner import run_demo
-
-    if database_url:
-        database_url = normalize_url(database_url)
-    missing = missing_driver(database_url) if database_url else None
-    if missing is not None:
-        raise click.BadParameter(missing, param_hint="'--database-url'")
-    try:
-        code = run_demo(
-            scale=scale,
-            speed=speed,
-            rate=rate,
-            database_url=database_url,
-            fix=fix,
-            workdir=workdir,
-            keep_serving=keep_serving,
-            as_json=as_json,
-            quiet=quiet,
-            advise_timeout=advise_timeout,
-        )
-    except QueryWatchError as e:
-        raise click.ClickException(str(e)) from None
-    sys.exit(code)
-
-
-@cli.command()
-@click.option(
     "--app",
     "app_spec",
     required=True,
@@ -523,20 +339,20 @@ def check(
     Exit status: 0 when every request kept its budget and baseline, 1 when one did not,
     2 on bad input.
     """
-    from . import gate_output
-    from ._console import make_console
-    from .baseline import Baseline
-    from .check import dispose_engines
-    from .check import load_app
-    from .check import load_callable
-    from .check import load_requests
-    from .check import run_checks
-    from .check import seed_app
-    from .exceptions import BaselineError
-    from .exceptions import BudgetError
-    from .exceptions import RequestsFileError
-    from .gate import PlanBook
-    from .gate import load_project_config
+    from .._console import make_console
+    from ..ci import output as gate_output
+    from ..ci.baseline import Baseline
+    from ..ci.check import dispose_engines
+    from ..ci.check import load_app
+    from ..ci.check import load_callable
+    from ..ci.check import load_requests
+    from ..ci.check import run_checks
+    from ..ci.check import seed_app
+    from ..ci.gate import PlanBook
+    from ..ci.gate import load_project_config
+    from ..exceptions import BaselineError
+    from ..exceptions import BudgetError
+    from ..exceptions import RequestsFileError
 
     try:
         project = load_project_config(config_file)
@@ -623,9 +439,9 @@ _OUTPUT_OPTION = click.option(
 
 
 def _export_objectives(specs: tuple[str, ...], app_spec: str | None) -> list[t.Any]:
-    from .alerts import DEFAULT_OBJECTIVES
-    from .alerts import parse_objective
-    from .alerts import parse_objectives
+    from ..alerts import DEFAULT_OBJECTIVES
+    from ..alerts import parse_objective
+    from ..alerts import parse_objectives
 
     if specs:
         try:
@@ -633,7 +449,7 @@ def _export_objectives(specs: tuple[str, ...], app_spec: str | None) -> list[t.A
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="'--objective'") from None
     if app_spec:
-        from .check import load_app
+        from ..ci.check import load_app
 
         app = load_app(app_spec)
     else:
@@ -666,7 +482,7 @@ def prometheus_rules_command(
     burn-rate alerts over querywatch's metrics (check them with promtool check rules)."""
     import yaml
 
-    from .alerts import prometheus_rules
+    from ..alerts import prometheus_rules
 
     try:
         rules = prometheus_rules(_export_objectives(objectives, app_spec))
@@ -692,14 +508,14 @@ def grafana_dashboard_command(
     the time, the pool, and the objectives' burn rates."""
     import json
 
-    from .grafana import dashboard
+    from ..grafana import dashboard
 
     model = dashboard(_export_objectives(objectives, app_spec), title=title, uid=uid)
     _write(json.dumps(model, indent=2) + "\n", output)
 
 
 def _register_incident_commands() -> None:
-    from .incidents.commands import register
+    from .incidents import register
 
     register(cli)
 

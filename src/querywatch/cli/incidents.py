@@ -11,8 +11,8 @@ import typing as t
 import click
 
 if t.TYPE_CHECKING:
-    from .manager import Incidents
-    from .policy import Policy
+    from ..incidents.manager import Incidents
+    from ..incidents.policy import Policy
 
 __all__ = ["register"]
 
@@ -31,9 +31,9 @@ _ACTOR = click.option(
 
 
 def _policy(path: str | None) -> Policy:
-    from ..cli import _flask_app
     from ..exceptions import PolicyError
-    from .policy import load_policy
+    from ..incidents.policy import load_policy
+    from ._common import _flask_app
 
     if path:
         try:
@@ -52,9 +52,9 @@ def _incidents(
     create: bool = False,
     connect: bool = True,
 ) -> Incidents:
-    from ..cli import _app_config
-    from ..cli import _open_store
-    from .manager import Incidents
+    from ..incidents.manager import Incidents
+    from ._common import _app_config
+    from ._common import _open_store
 
     scale = _app_config("QUERYWATCH_ALERT_TIME_SCALE") or 1.0
     store = _open_store(store_url, create=create, connect=connect)
@@ -245,8 +245,8 @@ def worker_command(
 ) -> None:
     """Turn alerts into incidents, escalate, remind and deliver notifications (what the
     app's own worker does, for deployments that run it apart)."""
+    from ..incidents.worker import IncidentWorker
     from ..redact import error_line
-    from .worker import IncidentWorker
 
     # Connected in the loop: a store that is down at start is waited for like one that
     # goes down later.
@@ -293,7 +293,7 @@ def worker_command(
 @_STORE
 def mark_deploy_command(version: str, description: str, store_url: str | None) -> None:
     """Record a deploy: incidents opened in the next hours cite it."""
-    from ..cli import _open_store
+    from ._common import _open_store
 
     store = _open_store(store_url, create=True)
     store.add_deploy(version, time.time(), description)
@@ -306,7 +306,7 @@ def mark_deploy_command(version: str, description: str, store_url: str | None) -
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True))
 def postmortem_command(incident_id: int, store_url: str | None, output: str | None) -> None:
     """Draft the incident's postmortem in Markdown (the seed report's sections)."""
-    from .postmortem import render
+    from ..incidents.postmortem import render
 
     manager = _incidents(store_url)
     inc = _run(lambda: manager.get(incident_id))
