@@ -195,7 +195,7 @@ def test_a_traffic_surge_is_called_one(tmp_path: t.Any) -> None:
     t0 = float(int(time.time()) - 3600)
     _replay(store, t0, 100, per_second=10)
     _replay(store, t0 + 100, 20, per_second=30)
-    from querywatch import evidence
+    from querywatch.alerts import evidence
 
     ev = evidence.gather(store, t0 + 119.5, 10, width=1, gap=10)
     assert ev["traffic"]["ratio"] == pytest.approx(3.0, rel=0.1)
@@ -447,7 +447,7 @@ def test_an_app_alerts_by_itself_and_survives_a_broken_store(tmp_path: t.Any) ->
 def test_pool_waits_reach_the_store_for_the_evidence(tmp_path: t.Any) -> None:
     """Checkouts, their wait and the pool's saturation go to the store at each flush,
     summed over processes, so an alert's evidence shows whether the pool ran out."""
-    from querywatch import evidence
+    from querywatch.alerts import evidence
     from querywatch.demo import shop
 
     url = f"sqlite:///{tmp_path}/shop.db"
@@ -486,7 +486,7 @@ def test_the_culprit_is_the_shape_that_grew_not_the_steady_one() -> None:
     """Seconds after the onset the new lookup has had two calls (32 ms) while the
     product page's steady shape took 40 ms in a window twice as long as the one before
     (it holds the current bucket): the lookup is blamed, the steady shape is not."""
-    from querywatch.evidence import culprit
+    from querywatch.alerts.evidence import culprit
 
     def shape(name: str, now: float, before: float) -> dict[str, t.Any]:
         return {"fingerprint": name, "time_now_s": now, "time_before_s": before}
@@ -507,7 +507,7 @@ def test_the_culprit_is_where_the_objectives_bad_requests_are() -> None:
     (0.5 s); but 82% of the objective's bad requests are lookups: the scan is blamed.
     When no shape of the bad endpoints grew (their requests waited for a connection),
     the shape that grew most is."""
-    from querywatch.evidence import culprit
+    from querywatch.alerts.evidence import culprit
 
     def shape(name: str, endpoint: str, now: float, before: float) -> dict[str, t.Any]:
         return {
@@ -549,7 +549,7 @@ def test_a_late_page_blames_the_bad_endpoints_costliest_shape() -> None:
     5 ms. All the bad requests are lookups, which spend 98% of their time in the
     database: the scan is blamed, not the customer page. If the lookups' time were not
     database time (they waited for connections), the shape that grew most would be."""
-    from querywatch.evidence import culprit
+    from querywatch.alerts.evidence import culprit
 
     def shape(name: str, endpoint: str, now: float, before: float) -> dict[str, t.Any]:
         return {"fingerprint": name, "endpoint": endpoint, "time_now_s": now,

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from conftest import _unavailable
 from querywatch.cli import cli
-from querywatch.grafana import SCHEMA_VERSION
+from querywatch.alerts.grafana import SCHEMA_VERSION
 from test_metrics import _start_prometheus
 
 APP_MODULE = """

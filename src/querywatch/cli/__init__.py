@@ -508,7 +508,7 @@ def grafana_dashboard_command(
     the time, the pool, and the objectives' burn rates."""
     import json
 
-    from ..grafana import dashboard
+    from ..alerts.grafana import dashboard
 
     model = dashboard(_export_objectives(objectives, app_spec), title=title, uid=uid)
     _write(json.dumps(model, indent=2) + "\n", output)

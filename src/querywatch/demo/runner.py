@@ -44,7 +44,7 @@ from werkzeug.serving import make_server
 from .._console import make_console
 from .._console import print_whole
 from ..dashboard import dashboard_url
-from ..evidence import culprit
+from ..alerts.evidence import culprit
 from ..exceptions import DemoError
 from ..incidents.manager import Incidents
 from ..incidents.postmortem import render as render_postmortem

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import typing as t
 
-from ..evidence import culprit as blamed
+from ..alerts.evidence import culprit as blamed
 from ..text import compact_shape
 from ..text import duration_text as _duration
 from ..text import stored_site_text as _site_text

@@ -54,7 +54,7 @@ def receive_alertmanager(
     state: AppState, payload: t.Any, now: float | None = None
 ) -> dict[str, t.Any]:
     """Apply one webhook notification; returns what was done."""
-    from .. import evidence as evidence_mod
+    from ..alerts import evidence as evidence_mod
     from .manager import Incidents
 
     p = parse_alertmanager(payload)

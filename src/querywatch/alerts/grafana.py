@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import typing as t
 
-from .alerts import DEFAULT_POLICY
-from .alerts import Objective
-from .alerts import _quote
-from .alerts import _span
+from .objectives import DEFAULT_POLICY
+from .objectives import Objective
+from .objectives import _span
+from .rules import _quote
 
 __all__ = ["SCHEMA_VERSION", "dashboard"]
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 import math
 import typing as t
 
-from .text import compact_shape
-from .text import site_dict as _site
-from .text import stored_site_text as _site_text
+from ..text import compact_shape
+from ..text import site_dict as _site
+from ..text import stored_site_text as _site_text
 
 if t.TYPE_CHECKING:
-    from .store import Store
+    from ..store import Store
 
 __all__ = ["culprit", "gather", "hypothesis", "windows"]
 
