@@ -9,20 +9,16 @@ import json
 import time
 import typing as t
 
-from sqlalchemy import select
-from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
 from ..exceptions import IncidentError
-from ..store import schema
 from ..text import duration_text as _duration
 from .policy import DEFAULT_POLICY
 from .policy import Policy
 
 if t.TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
-
     from ..store import Store
+    from ..store._incidents import IncidentTx
 
 __all__ = ["EVENT_KINDS", "Incident", "IncidentError", "Incidents", "TimelineEvent"]
 
@@ -153,9 +149,7 @@ class Incidents:
 
     def get(self, incident_id: int) -> Incident:
         self.store.migrate()
-        tbl = schema.incidents
-        with self.store.engine.connect() as conn:
-            row = conn.execute(select(tbl).where(tbl.c.id == incident_id)).first()
+        row = self.store.incident_row(incident_id)
         if row is None:
             msg = f"No incident #{incident_id}. 'querywatch incidents list' shows the incidents."
             raise IncidentError(msg)
@@ -163,37 +157,24 @@ class Incidents:
 
     def recent(self, *, open_only: bool = False, limit: int = 50) -> list[Incident]:
         self.store.migrate()
-        tbl = schema.incidents
-        stmt = select(tbl).order_by(tbl.c.id.desc()).limit(limit)
-        if open_only:
-            stmt = stmt.where(tbl.c.status != "resolved")
-        with self.store.engine.connect() as conn:
-            return [_incident(r) for r in conn.execute(stmt)]
+        return [_incident(r) for r in self.store.incident_rows(open_only=open_only, limit=limit)]
 
     def open_by_key(self, dedup_key: str) -> Incident | None:
-        tbl = schema.incidents
-        with self.store.engine.connect() as conn:
-            row = conn.execute(select(tbl).where(tbl.c.open_key == dedup_key[:255])).first()
+        row = self.store.open_incident_row(dedup_key[:255])
         return _incident(row) if row is not None else None
 
     def timeline(self, incident_id: int) -> list[TimelineEvent]:
         self.store.migrate()
-        tbl = schema.incident_events
-        with self.store.engine.connect() as conn:
-            return [
-                TimelineEvent(
-                    r.id, r.incident_id, r.at, r.kind, r.actor, r.text, json.loads(r.data)
-                )
-                for r in conn.execute(
-                    select(tbl).where(tbl.c.incident_id == incident_id).order_by(tbl.c.id)
-                )
-            ]
+        return [
+            TimelineEvent(r.id, r.incident_id, r.at, r.kind, r.actor, r.text, json.loads(r.data))
+            for r in self.store.incident_event_rows(incident_id)
+        ]
 
     # --- writing --------------------------------------------------------------------
 
     def _event(
         self,
-        conn: Connection,
+        tx: IncidentTx,
         incident_id: int,
         kind: str,
         actor: str,
@@ -202,23 +183,11 @@ class Incidents:
         data: dict[str, t.Any] | None = None,
     ) -> int:
         assert kind in EVENT_KINDS, kind
-        result = conn.execute(
-            schema.incident_events.insert().values(
-                incident_id=incident_id,
-                at=now,
-                kind=kind,
-                actor=actor[:255],
-                text=text,
-                data=json.dumps(data or {}, sort_keys=True, default=str),
-            )
-        )
-        pk = result.inserted_primary_key
-        assert pk is not None
-        return int(pk[0])
+        return tx.add_event(incident_id, kind, actor, text, now, data)
 
     def _notify(
         self,
-        conn: Connection,
+        tx: IncidentTx,
         incident: Incident,
         event_id: int,
         action: str,
@@ -232,7 +201,7 @@ class Incidents:
         n = 0
         for name in dict.fromkeys(targets):
             target = self.policy.targets.get(name)
-            kind = target.kind if target is not None else self._kind_sent(conn, incident.id, name)
+            kind = target.kind if target is not None else tx.kind_sent(incident.id, name)
             if kind is None:
                 continue  # neither this policy nor an earlier message knows the target
             key = f"querywatch-{incident.id}-{event_id}-{name}"
@@ -254,50 +223,20 @@ class Incidents:
                     "impact": incident.impact,
                 },
             }
-            conn.execute(
-                schema.outbox.insert().values(
-                    idempotency_key=key,
-                    incident_id=incident.id,
-                    event_id=event_id,
-                    target=name[:64],
-                    kind=kind,
-                    message=json.dumps(message, sort_keys=True, default=str),
-                    status="pending",
-                    attempts=0,
-                    next_attempt_at=now,
-                    created_at=now,
-                )
+            tx.queue_message(
+                key=key,
+                incident_id=incident.id,
+                event_id=event_id,
+                target=name,
+                kind=kind,
+                message=message,
+                at=now,
             )
             n += 1
         return n
 
-    def _kind_sent(self, conn: Connection, incident_id: int, target: str) -> str | None:
-        """The type of a target this incident's messages went to (an action taken where
-        the policy is not loaded, such as the command line, still reaches it: the
-        worker, which has the policy, delivers)."""
-        tbl = schema.outbox
-        row = conn.execute(
-            select(tbl.c.kind)
-            .where(tbl.c.incident_id == incident_id, tbl.c.target == target)
-            .limit(1)
-        ).first()
-        return str(row[0]) if row is not None else None
-
-    def _notified(self, conn: Connection, incident_id: int) -> list[str]:
-        """The targets an incident's messages went (or go) to, in first-notified order."""
-        rows = conn.execute(
-            select(schema.outbox.c.target)
-            .where(schema.outbox.c.incident_id == incident_id)
-            .order_by(schema.outbox.c.id)
-        )
-        return list(dict.fromkeys(r[0] for r in rows))
-
-    def _load(self, conn: Connection, incident_id: int, *, lock: bool = True) -> Incident:
-        tbl = schema.incidents
-        stmt = select(tbl).where(tbl.c.id == incident_id)
-        row = conn.execute(
-            stmt if self.store.is_sqlite or not lock else stmt.with_for_update()
-        ).first()
+    def _load(self, tx: IncidentTx, incident_id: int) -> Incident:
+        row = tx.incident(incident_id)
         if row is None:
             msg = f"No incident #{incident_id}. 'querywatch incidents list' shows the incidents."
             raise IncidentError(msg)
@@ -335,9 +274,9 @@ class Incidents:
         severity = severity_from_impact(impact, alert_severity)
         for _ in range(5):
             try:
-                with self.store.engine.begin() as conn:
+                with self.store.incident_tx() as tx:
                     return self._trigger(
-                        conn, key, title, summary, source, severity, impact, evidence, actor, now
+                        tx, key, title, summary, source, severity, impact, evidence, actor, now
                     )
             except (IntegrityError, _Raced):
                 continue  # another process opened it at the same moment: look again
@@ -346,7 +285,7 @@ class Incidents:
 
     def _trigger(
         self,
-        conn: Connection,
+        tx: IncidentTx,
         key: str,
         title: str,
         summary: str,
@@ -357,24 +296,14 @@ class Incidents:
         actor: str,
         now: float,
     ) -> tuple[Incident, bool]:
-        tbl = schema.incidents
-        row = conn.execute(select(tbl.c.id).where(tbl.c.open_key == key)).first()
-        if row is not None:
-            incident = self._load(conn, row.id)
+        open_id = tx.open_incident_id(key)
+        if open_id is not None:
+            incident = self._load(tx, open_id)
             again = "Fired again" if title == incident.title else "Also firing"
-            self._event(conn, incident.id, "alert_fired", actor, f"{again}: {title}", now)
-            conn.execute(update(tbl).where(tbl.c.id == incident.id).values(updated_at=now))
+            self._event(tx, incident.id, "alert_fired", actor, f"{again}: {title}", now)
+            tx.update_incident(incident.id, updated_at=now)
             return incident, False
-        recent = conn.execute(
-            select(tbl.c.id)
-            .where(
-                tbl.c.dedup_key == key,
-                tbl.c.status == "resolved",
-                tbl.c.resolved_at >= now - REOPEN_SECONDS * self.scale,
-            )
-            .order_by(tbl.c.id.desc())
-            .limit(1)
-        ).first()
+        recent = tx.resolved_since(key, now - REOPEN_SECONDS * self.scale)
         delay = self.policy.levels[0].delay * self.scale
         fields = {
             "open_key": key,
@@ -391,67 +320,60 @@ class Incidents:
             # while it is still resolved: of several processes reopening it at once (an
             # HA Alertmanager pair posting to two workers), one changes the row, and the
             # others look again and find it open.
-            reopened = conn.execute(
-                update(tbl)
-                .where(tbl.c.id == recent.id, tbl.c.status == "resolved")
-                .values(
-                    acknowledged_at=None,
-                    resolved_at=None,
-                    severity=severity,
-                    title=title,
-                    summary=summary,
-                    impact=json.dumps(impact, sort_keys=True, default=str),
-                    evidence=json.dumps(evidence, sort_keys=True, default=str),
-                    **fields,
-                )
+            reopened = tx.reopen(
+                recent,
+                acknowledged_at=None,
+                resolved_at=None,
+                severity=severity,
+                title=title,
+                summary=summary,
+                impact=impact,
+                evidence=evidence,
+                **fields,
             )
-            if reopened.rowcount != 1:
+            if not reopened:
                 raise _Raced
-            incident = self._load(conn, recent.id)
-            event_id = self._event(conn, incident.id, "reopened", actor, f"Reopened: {title}", now)
-            self._evidence_event(conn, incident.id, evidence, now)
+            incident = self._load(tx, recent)
+            event_id = self._event(tx, incident.id, "reopened", actor, f"Reopened: {title}", now)
+            self._evidence_event(tx, incident.id, evidence, now)
             opened_text = f"Reopened {incident.severity} #{incident.id}: {title}"
         else:
-            result = conn.execute(
-                tbl.insert().values(
-                    dedup_key=key,
-                    severity=severity,
-                    title=title,
-                    summary=summary,
-                    owner=self.policy.owner(now),
-                    source=source[:32],
-                    created_at=now,
-                    impact=json.dumps(impact, sort_keys=True, default=str),
-                    evidence=json.dumps(evidence, sort_keys=True, default=str),
-                    **fields,
-                )
+            new_id = tx.insert_incident(
+                dedup_key=key,
+                severity=severity,
+                title=title,
+                summary=summary,
+                owner=self.policy.owner(now),
+                source=source[:32],
+                created_at=now,
+                impact=impact,
+                evidence=evidence,
+                **fields,
             )
-            pk = result.inserted_primary_key
-            assert pk is not None
-            incident = self._load(conn, int(pk[0]))
+            incident = self._load(tx, new_id)
             event_id = self._event(
-                conn, incident.id, "alert_fired", actor, title, now, {"source": source}
+                tx, incident.id, "alert_fired", actor, title, now, {"source": source}
             )
-            self._evidence_event(conn, incident.id, evidence, now)
+            self._evidence_event(tx, incident.id, evidence, now)
             opened_text = f"{incident.severity} #{incident.id}: {title}"
         if incident.owner:
             opened_text += f" (owner: {incident.owner})"
         if summary:
             opened_text += f"\n{summary}"
         self._notify(
-            conn, incident, event_id, "trigger", self.policy.levels[0].targets, opened_text, now, 0
+            tx, incident, event_id, "trigger", self.policy.levels[0].targets, opened_text, now, 0
         )
         return incident, True
 
     def _evidence_event(
-        self, conn: Connection, incident_id: int, evidence: dict[str, t.Any], now: float
+        self, tx: IncidentTx, incident_id: int, evidence: dict[str, t.Any], now: float
     ) -> None:
         if not evidence:
             return
         text = evidence.get("hypothesis") or "Evidence attached."
         for d in evidence.get("deploys", [])[-1:]:
             text += f" Last deploy: {d['version']}, {_duration(now - d['at'])} before."
-        self._event(conn, incident_id, "evidence", "querywatch", text, now, evidence)
+        self._event(tx, incident_id, "evidence", "querywatch", text, now, evidence)
 
     def _has_next(self, level: int, rnd: int) -> bool:
         return level + 1 < len(self.policy.levels) or rnd + 1 < self.policy.repeat
@@ -459,40 +381,36 @@ class Incidents:
     def _act(
         self,
         incident_id: int,
-        fn: t.Callable[[Connection, Incident], t.Any],
+        fn: t.Callable[[IncidentTx, Incident], t.Any],
     ) -> t.Any:
         self.store.migrate()
-        with self.store.engine.begin() as conn:
-            incident = self._load(conn, incident_id)
-            return fn(conn, incident)
+        with self.store.incident_tx() as tx:
+            incident = self._load(tx, incident_id)
+            return fn(tx, incident)
 
     def acknowledge(self, incident_id: int, actor: str, now: float | None = None) -> Incident:
         """Stop the escalation; every target notified so far hears who took it."""
         now = time.time() if now is None else now
-        tbl = schema.incidents
 
-        def ack(conn: Connection, inc: Incident) -> Incident:
+        def ack(tx: IncidentTx, inc: Incident) -> Incident:
             if inc.status != "triggered":
                 msg = (
                     f"Incident #{inc.id} is {inc.status}; only a triggered incident is"
                     " acknowledged."
                 )
                 raise IncidentError(msg)
-            conn.execute(
-                update(tbl)
-                .where(tbl.c.id == inc.id)
-                .values(
-                    status="acknowledged",
-                    acknowledged_at=now,
-                    next_escalation_at=None,
-                    updated_at=now,
-                    owner=inc.owner or actor[:255],
-                )
+            tx.update_incident(
+                inc.id,
+                status="acknowledged",
+                acknowledged_at=now,
+                next_escalation_at=None,
+                updated_at=now,
+                owner=inc.owner or actor[:255],
             )
-            inc = self._load(conn, inc.id)
-            eid = self._event(conn, inc.id, "acknowledged", actor, f"Acknowledged by {actor}.", now)
+            inc = self._load(tx, inc.id)
+            eid = self._event(tx, inc.id, "acknowledged", actor, f"Acknowledged by {actor}.", now)
             self._notify(
-                conn, inc, eid, "acknowledge", self._notified(conn, inc.id),
+                tx, inc, eid, "acknowledge", tx.notified_targets(inc.id),
                 f"#{inc.id} acknowledged by {actor}: {inc.title}", now,
             )  # fmt: skip
             return inc
@@ -504,29 +422,25 @@ class Incidents:
     ) -> Incident:
         """Close the incident; every target notified hears it."""
         now = time.time() if now is None else now
-        tbl = schema.incidents
 
-        def res(conn: Connection, inc: Incident) -> Incident:
+        def res(tx: IncidentTx, inc: Incident) -> Incident:
             if inc.status == "resolved":
                 msg = f"Incident #{inc.id} is already resolved."
                 raise IncidentError(msg)
-            conn.execute(
-                update(tbl)
-                .where(tbl.c.id == inc.id)
-                .values(
-                    status="resolved",
-                    open_key=None,
-                    resolved_at=now,
-                    next_escalation_at=None,
-                    updated_at=now,
-                )
+            tx.update_incident(
+                inc.id,
+                status="resolved",
+                open_key=None,
+                resolved_at=now,
+                next_escalation_at=None,
+                updated_at=now,
             )
-            inc = self._load(conn, inc.id)
+            inc = self._load(tx, inc.id)
             lasted = now - inc.created_at
             body = f"Resolved by {actor} after {_duration(lasted)}." + (f" {text}" if text else "")
-            eid = self._event(conn, inc.id, "resolved", actor, body, now)
+            eid = self._event(tx, inc.id, "resolved", actor, body, now)
             self._notify(
-                conn, inc, eid, "resolve", self._notified(conn, inc.id),
+                tx, inc, eid, "resolve", tx.notified_targets(inc.id),
                 f"#{inc.id} resolved: {inc.title}. {body}", now,
             )  # fmt: skip
             return inc
@@ -549,23 +463,18 @@ class Incidents:
         if not text.strip():
             raise IncidentError("A note needs text.")
         return int(
-            self._act(
-                incident_id, lambda conn, inc: self._event(conn, inc.id, kind, actor, text, now)
-            )
+            self._act(incident_id, lambda tx, inc: self._event(tx, inc.id, kind, actor, text, now))
         )
 
     def assign(
         self, incident_id: int, actor: str, owner: str, now: float | None = None
     ) -> Incident:
         now = time.time() if now is None else now
-        tbl = schema.incidents
 
-        def assign(conn: Connection, inc: Incident) -> Incident:
-            conn.execute(
-                update(tbl).where(tbl.c.id == inc.id).values(owner=owner[:255], updated_at=now)
-            )
-            self._event(conn, inc.id, "assigned", actor, f"Assigned to {owner} by {actor}.", now)
-            return self._load(conn, inc.id)
+        def assign(tx: IncidentTx, inc: Incident) -> Incident:
+            tx.update_incident(inc.id, owner=owner[:255], updated_at=now)
+            self._event(tx, inc.id, "assigned", actor, f"Assigned to {owner} by {actor}.", now)
+            return self._load(tx, inc.id)
 
         return t.cast("Incident", self._act(incident_id, assign))
 
@@ -575,15 +484,12 @@ class Incidents:
         now = time.time() if now is None else now
         if not text.strip():
             raise IncidentError("A status update needs text.")
-        tbl = schema.incidents
 
-        def upd(conn: Connection, inc: Incident) -> int:
-            conn.execute(
-                update(tbl).where(tbl.c.id == inc.id).values(last_update_at=now, updated_at=now)
-            )
-            eid = self._event(conn, inc.id, "status_update", actor, text, now)
+        def upd(tx: IncidentTx, inc: Incident) -> int:
+            tx.update_incident(inc.id, last_update_at=now, updated_at=now)
+            eid = self._event(tx, inc.id, "status_update", actor, text, now)
             return self._notify(
-                conn, inc, eid, "update", self._notified(conn, inc.id),
+                tx, inc, eid, "update", tx.notified_targets(inc.id),
                 f"Update on #{inc.id} ({inc.status}) from {actor}: {text}", now,
             )  # fmt: skip
 
@@ -595,29 +501,12 @@ class Incidents:
         Returns (incident id, what was done)."""
         self.store.migrate()
         now = time.time() if now is None else now
-        tbl = schema.incidents
         done: list[tuple[int, str]] = []
-        with self.store.engine.connect() as conn:
-            due = [
-                r.id
-                for r in conn.execute(
-                    select(tbl.c.id).where(
-                        tbl.c.status == "triggered", tbl.c.next_escalation_at <= now
-                    )
-                )
-            ]
-            stale = [
-                r.id
-                for r in conn.execute(
-                    select(tbl.c.id).where(
-                        tbl.c.status != "resolved",
-                        tbl.c.last_update_at <= now - self.policy.update_interval * self.scale,
-                    )
-                )
-            ]
+        due = self.store.due_escalations(now)
+        stale = self.store.quiet_incidents(now - self.policy.update_interval * self.scale)
         for incident_id in due:
-            with self.store.engine.begin() as conn:
-                inc = self._load(conn, incident_id)
+            with self.store.incident_tx() as tx:
+                inc = self._load(tx, incident_id)
                 if (
                     inc.status != "triggered"
                     or inc.next_escalation_at is None
@@ -628,22 +517,17 @@ class Incidents:
                 if level >= len(self.policy.levels):
                     level, rnd = 0, rnd + 1
                 if rnd >= self.policy.repeat:
-                    conn.execute(
-                        update(tbl).where(tbl.c.id == inc.id).values(next_escalation_at=None)
-                    )
+                    tx.update_incident(inc.id, next_escalation_at=None)
                     continue
                 delay = self.policy.levels[level].delay * self.scale
-                conn.execute(
-                    update(tbl)
-                    .where(tbl.c.id == inc.id)
-                    .values(
-                        level=level,
-                        round=rnd,
-                        next_escalation_at=now + delay if self._has_next(level, rnd) else None,
-                        updated_at=now,
-                    )
+                tx.update_incident(
+                    inc.id,
+                    level=level,
+                    round=rnd,
+                    next_escalation_at=now + delay if self._has_next(level, rnd) else None,
+                    updated_at=now,
                 )
-                inc = self._load(conn, inc.id)
+                inc = self._load(tx, inc.id)
                 targets = self.policy.levels[level].targets
                 team = self.policy.levels[level].team
                 text = (
@@ -652,7 +536,7 @@ class Incidents:
                     + f": nobody acknowledged #{inc.id} in time."
                 )
                 eid = self._event(
-                    conn,
+                    tx,
                     inc.id,
                     "escalated",
                     "querywatch",
@@ -661,7 +545,7 @@ class Incidents:
                     {"level": level, "round": rnd, "targets": list(targets)},
                 )
                 self._notify(
-                    conn,
+                    tx,
                     inc,
                     eid,
                     "escalate",
@@ -672,21 +556,21 @@ class Incidents:
                 )
                 done.append((inc.id, f"escalated to level {level + 1}"))
         for incident_id in stale:
-            with self.store.engine.begin() as conn:
-                inc = self._load(conn, incident_id)
+            with self.store.incident_tx() as tx:
+                inc = self._load(tx, incident_id)
                 if (
                     inc.status == "resolved"
                     or inc.last_update_at > now - self.policy.update_interval * self.scale
                 ):
                     continue
-                conn.execute(update(tbl).where(tbl.c.id == inc.id).values(last_update_at=now))
+                tx.update_incident(inc.id, last_update_at=now)
                 who = inc.owner or "the owner"
                 text = (
                     f"No status update on #{inc.id} for {_duration(now - inc.last_update_at)}:"
                     f" {who}, please post one (querywatch incidents update {inc.id} '...')."
                 )
-                eid = self._event(conn, inc.id, "reminder", "querywatch", text, now)
-                self._notify(conn, inc, eid, "reminder", self.policy.levels[0].targets, text, now)
+                eid = self._event(tx, inc.id, "reminder", "querywatch", text, now)
+                self._notify(tx, inc, eid, "reminder", self.policy.levels[0].targets, text, now)
                 done.append((inc.id, "reminded"))
         return done
 

@@ -23,13 +23,8 @@ import typing as t
 import uuid
 from collections.abc import Iterator
 
-from sqlalchemy import or_
-from sqlalchemy import select
-from sqlalchemy import update
-
 from .._failopen import log_limited
 from ..exceptions import DeliveryError
-from ..store import schema
 from .notifiers import send
 
 if t.TYPE_CHECKING:
@@ -72,33 +67,10 @@ class Outbox:
         cap = min(MAX_DELAY, BASE_DELAY * 2 ** max(attempts - 1, 0)) * self.incidents.scale
         return self.rng.uniform(cap / 2, cap)
 
-    def _due(self, now: float, limit: int) -> list[int]:
-        tbl = schema.outbox
-        free = or_(tbl.c.claimed_until.is_(None), tbl.c.claimed_until < now)
-        with self.store.engine.connect() as conn:
-            return list(
-                conn.execute(
-                    select(tbl.c.id)
-                    .where(tbl.c.status == "pending", tbl.c.next_attempt_at <= now, free)
-                    .order_by(tbl.c.next_attempt_at, tbl.c.id)
-                    .limit(limit)
-                ).scalars()
-            )
-
     def _claim(self, message_id: int, now: float) -> t.Any:
         """The message, claimed by this worker until ``now + claim_seconds``; None when
         another worker holds it or it is no longer pending."""
-        tbl = schema.outbox
-        free = or_(tbl.c.claimed_until.is_(None), tbl.c.claimed_until < now)
-        with self.store.engine.begin() as conn:
-            n = conn.execute(
-                update(tbl)
-                .where(tbl.c.id == message_id, tbl.c.status == "pending", free)
-                .values(claimed_by=self.worker, claimed_until=now + self.claim_seconds)
-            ).rowcount
-            if n != 1:
-                return None
-            return conn.execute(select(tbl).where(tbl.c.id == message_id)).one()
+        return self.store.claim_message(message_id, self.worker, now, now + self.claim_seconds)
 
     @contextlib.contextmanager
     def _renewing(self, message_id: int, now: float) -> Iterator[None]:
@@ -106,22 +78,12 @@ class Outbox:
         while the block runs (a slow SMTP server), so no other worker sends it too."""
         done = threading.Event()
         started = time.monotonic()
-        tbl = schema.outbox
 
         def renew() -> None:
             while not done.wait(self.claim_seconds / 3):
                 until = now + (time.monotonic() - started) + self.claim_seconds
                 try:
-                    with self.store.engine.begin() as conn:
-                        conn.execute(
-                            update(tbl)
-                            .where(
-                                tbl.c.id == message_id,
-                                tbl.c.claimed_by == self.worker,
-                                tbl.c.status == "pending",
-                            )
-                            .values(claimed_until=until)
-                        )
+                    self.store.renew_claim(message_id, self.worker, until)
                 except Exception as e:  # the store is down: the claim may lapse
                     log_limited(
                         "outbox.renew",
@@ -144,7 +106,7 @@ class Outbox:
         self.store.migrate()
         start = time.time() if now is None else now
         sent = 0
-        for message_id in self._due(start, limit):
+        for message_id in self.store.due_messages(start, limit):
             at = time.time() if now is None else now
             row = self._claim(message_id, at)
             if row is None:
@@ -166,16 +128,10 @@ class Outbox:
         return sent
 
     def _sent(self, row: t.Any, at: float) -> None:
-        tbl = schema.outbox
-        with self.store.engine.begin() as conn:
-            n = conn.execute(
-                update(tbl)
-                .where(tbl.c.id == row.id, tbl.c.claimed_by == self.worker)
-                .values(status="sent", sent_at=at, attempts=row.attempts + 1, claimed_until=None)
-            ).rowcount
-            if n == 1:
+        with self.store.incident_tx() as tx:
+            if tx.mark_sent(row.id, self.worker, at, row.attempts + 1):
                 self.incidents._event(
-                    conn,
+                    tx,
                     row.incident_id,
                     "notification_sent",
                     "querywatch",
@@ -185,19 +141,14 @@ class Outbox:
                 )
 
     def _failed(self, row: t.Any, error: BaseException, now: float) -> None:
-        tbl = schema.outbox
         attempts = row.attempts + 1
         text = str(error) or type(error).__name__
         self.failed += 1
-        with self.store.engine.begin() as conn:
+        with self.store.incident_tx() as tx:
             if attempts >= self.max_attempts:
-                conn.execute(
-                    update(tbl)
-                    .where(tbl.c.id == row.id)
-                    .values(status="dead", attempts=attempts, last_error=text, claimed_until=None)
-                )
+                tx.mark_dead(row.id, attempts, text)
                 self.incidents._event(
-                    conn,
+                    tx,
                     row.incident_id,
                     "notification_failed",
                     "querywatch",
@@ -206,19 +157,10 @@ class Outbox:
                     {"target": row.target, "idempotency_key": row.idempotency_key, "dead": True},
                 )
             else:
-                conn.execute(
-                    update(tbl)
-                    .where(tbl.c.id == row.id)
-                    .values(
-                        attempts=attempts,
-                        last_error=text,
-                        next_attempt_at=now + self.backoff(attempts),
-                        claimed_until=None,
-                    )
-                )
+                tx.retry_at(row.id, attempts, text, now + self.backoff(attempts))
                 if attempts == 1:
                     self.incidents._event(
-                        conn,
+                        tx,
                         row.incident_id,
                         "notification_failed",
                         "querywatch",
@@ -228,13 +170,4 @@ class Outbox:
                     )
 
     def pending(self) -> int:
-        tbl = schema.outbox
-        from sqlalchemy import func
-
-        with self.store.engine.connect() as conn:
-            return int(
-                conn.execute(
-                    select(func.count()).select_from(tbl).where(tbl.c.status == "pending")
-                ).scalar()
-                or 0
-            )
+        return self.store.pending_messages()
