@@ -10,7 +10,7 @@ import typing as t
 import pytest
 from sqlalchemy import create_engine
 
-from querywatch.advisor import queries_from_store
+from querywatch.advice_worker import queries_from_store
 from querywatch.demo import shop
 from querywatch.report import build_report
 

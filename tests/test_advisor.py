@@ -519,8 +519,8 @@ def test_the_clock_does_not_judge_within_a_busy_machines_round_trip() -> None:
     its index lookup 3.93 ms: both were the wait for a processor. Within NOISE_TIMES a
     bare round trip timed beside them, the plan's estimate decides and the note says so;
     past it, or where no round trip was timed, the clock still vetoes."""
-    from querywatch.advisor import NOISE_TIMES
-    from querywatch.advisor import _confirm
+    from querywatch.advisor._verify import NOISE_TIMES
+    from querywatch.advisor._verify import _confirm
 
     improved, note = _confirm(True, "cost 474.0 -> 37.9", 3.10, 3.93, round_trip_ms=1.0)
     assert improved is True

@@ -17,9 +17,9 @@ from click.testing import CliRunner
 from sqlalchemy.exc import OperationalError
 
 import library_app
+from querywatch.advice_worker import queries_from_store
 from querywatch.advisor import Advisor
 from querywatch.advisor import QueryInput
-from querywatch.advisor import queries_from_store
 from querywatch.cli import cli
 from querywatch.exceptions import ExplainError
 

@@ -15,8 +15,8 @@ from sqlalchemy import create_engine
 from sqlalchemy import event
 
 from querywatch.advisor import Candidate
-from querywatch.advisor import _analyse
-from querywatch.advisor import _candidates
+from querywatch.advisor._analysis import _analyse
+from querywatch.advisor._candidates import _candidates
 
 
 @pytest.fixture(

@@ -18,8 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import _unavailable
-from querywatch.cli import cli
 from querywatch.alerts.grafana import SCHEMA_VERSION
+from querywatch.cli import cli
 from test_metrics import _start_prometheus
 
 APP_MODULE = """

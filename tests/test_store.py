@@ -86,7 +86,7 @@ def test_the_costliest_reads_are_ranked_by_the_database(store_url: str) -> None:
     """300 read shapes over two endpoints, a write and a read without a sample among
     them: the advisor's input is the top 5 by total time summed over endpoints and
     minutes, with their endpoints by time, and only those 5 are loaded."""
-    from querywatch.advisor import queries_from_store
+    from querywatch.advice_worker import queries_from_store
 
     store = Store(store_url)
     now = time.time()

@@ -29,9 +29,11 @@ from ._failopen import log_limited
 from ._worker import Periodic
 
 if t.TYPE_CHECKING:
+    from .advisor import Advice
+    from .advisor import QueryInput
     from .extension import AppState
 
-__all__ = ["AdviceWorker"]
+__all__ = ["AdviceWorker", "queries_from_store", "record_advice"]
 
 #: Shapes among the costliest of the window that count as hot.
 HOT_RANK = 5
@@ -107,7 +109,6 @@ class AdviceWorker(Periodic):
     def run_once(self, now: float | None = None) -> int:
         """One round: pick the slow or hot read shapes not analysed lately, claim them
         in the store, analyse and record. Returns how many shapes were analysed."""
-        from .advisor import queries_from_store
 
         state = self._state()
         if state is None or self.disabled:
@@ -151,7 +152,6 @@ class AdviceWorker(Periodic):
         none, :attr:`reasons` says why). ``timeout`` replaces
         ``QUERYWATCH_ADVISE_TIMEOUT`` for this analysis. Raises :class:`ExplainError`
         when there is nothing to analyse it with."""
-        from .advisor import queries_from_store
         from .exceptions import ExplainError
 
         state = self._state()
@@ -178,7 +178,6 @@ class AdviceWorker(Periodic):
     ) -> int:
         from .advisor import Advisor
         from .advisor import no_suggestion_reason
-        from .advisor import record_advice
         from .exceptions import ExplainError
 
         state = self._state()
@@ -244,3 +243,93 @@ class AdviceWorker(Periodic):
         self._recent.move_to_end(fp)
         while len(self._recent) > _RECENT_CAP:
             self._recent.popitem(last=False)
+
+
+# --- the store and the advisor (the worker and the command line) -----------------------
+
+
+def queries_from_store(
+    store: t.Any,
+    *,
+    since: float,
+    until: float | None = None,
+    limit: int = 10,
+    fingerprints: t.Sequence[str] | None = None,
+) -> list[QueryInput]:
+    """The costliest read shapes of a window (of ``fingerprints`` only, when given), as
+    the advisor's input: each with its runnable sample, endpoints (costliest first),
+    calls and total time."""
+    from .advisor import QueryInput
+
+    until = time.time() if until is None else until
+    # Ranked by the store's database with a limit: a window of 80,000 shapes is not
+    # loaded to return 20.
+    return [
+        QueryInput(
+            sql=shape.sample or "",
+            fingerprint=shape.fingerprint,
+            endpoints=tuple(ep for ep, _ in endpoints),
+            calls=agg.calls,
+            total_s=agg.total,
+            label=shape.shape,
+            site=shape.site,
+            rows=agg.rows / agg.calls if agg.calls else None,
+        )
+        for shape, agg, endpoints in store.costliest_reads(
+            since, until, limit, fingerprints=fingerprints
+        )
+    ]
+
+
+def record_advice(store: t.Any, advice: Advice, when: float | None = None) -> None:
+    """Write the suggestions and plan findings of queries that came from the store."""
+    from .store import PlanFindingRow
+    from .store import StoredAdvice
+
+    when = time.time() if when is None else when
+    rows = []
+    for sug in advice.suggestions:
+        c = sug.candidate
+        for qa, tr in sug.trials:
+            if not qa.query.fingerprint:
+                continue
+            rows.append(
+                StoredAdvice(
+                    qa.query.fingerprint,
+                    advice.dialect,
+                    c.table,
+                    c.name(),
+                    c.keys,
+                    c.ddl(advice.dialect, migration=True) + ";",
+                    c.alembic(advice.dialect),
+                    c.reason,
+                    sug.verified_by,
+                    tr.cost_before,
+                    tr.cost_after,
+                    tr.measured_before_ms,
+                    tr.measured_after_ms,
+                    when,
+                    when,
+                )
+            )
+    findings = []
+    for qa in advice.queries:
+        q = qa.query
+        if not q.fingerprint:
+            continue
+        suggestion = next(
+            (s for s in advice.suggestions if any(x is qa for x, _ in s.trials)), None
+        )
+        for f in qa.findings:
+            fix = f"{f.evidence}. {f.fix}"
+            if suggestion is not None and f.kind in ("full_scan", "sort_without_index"):
+                ddl = suggestion.candidate.ddl(advice.dialect, migration=True)
+                fix = f"{f.evidence}. Verified fix: {ddl}"
+            for ep in q.endpoints or ("",):
+                findings.append(
+                    PlanFindingRow(f.kind, ep, q.fingerprint, q.calls, q.total_s, q.site, fix)
+                )
+    if rows:
+        store.record_advice(rows)
+    if findings:
+        store.record_plan_findings(findings, when)

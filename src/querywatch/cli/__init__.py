@@ -173,10 +173,10 @@ def advise(
     as_json: bool,
 ) -> None:
     """Index suggestions verified by the planner, plan findings and rewrite hints."""
+    from ..advice_worker import queries_from_store
+    from ..advice_worker import record_advice
     from ..advisor import Advisor
     from ..advisor import QueryInput
-    from ..advisor import queries_from_store
-    from ..advisor import record_advice
     from ..report import parse_since
     from ..report import render_advice
     from ..sql import split_statements

@@ -43,8 +43,8 @@ from werkzeug.serving import make_server
 
 from .._console import make_console
 from .._console import print_whole
-from ..dashboard import dashboard_url
 from ..alerts.evidence import culprit
+from ..dashboard import dashboard_url
 from ..exceptions import DemoError
 from ..incidents.manager import Incidents
 from ..incidents.postmortem import render as render_postmortem
