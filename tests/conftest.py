@@ -113,13 +113,8 @@ def no_background_thread_outlives_its_test() -> t.Iterator[None]:
     """An app's advisor thread wakes every 30 s; one left from an earlier test would
     analyse that test's database in the middle of a later one. Its flusher and incident
     worker would go on writing and evaluating alerts on a store nobody reads, taking the
-    interpreter from the timed tests that follow (the demo's). And the process-wide
-    threshold for keeping parameter samples goes back to what it was."""
-    from querywatch import capture
-
-    threshold = capture.sample_min_seconds
+    interpreter from the timed tests that follow (the demo's)."""
     yield
-    capture.sample_min_seconds = threshold
     from querywatch.extension import _states
 
     for state in list(_states):

@@ -180,3 +180,52 @@ def test_fast_reads_keep_no_sample(app: t.Any, client: t.Any, records: list[t.An
     record, _ = records[-1]
     assert record.queries
     assert all(getattr(q, "sample", None) is None for q in record.queries)
+
+
+def test_each_app_keeps_samples_by_its_own_threshold(tmp_path: t.Any) -> None:
+    """The sample threshold is the app's own: an app that keeps every read (a tiny
+    slow-query threshold) no longer makes another app in the process keep its reads'
+    parameters, and an app that does not advise keeps none; a CI gate collector keeps
+    every read while it is open."""
+    from querywatch.ci.gate import Collector
+    from querywatch.ci.gate import gate_settings
+
+    for name in ("eager", "quiet"):
+        (tmp_path / name).mkdir()
+    eager = _shop_app(
+        tmp_path / "eager",
+        QUERYWATCH_FLUSH_INTERVAL=3600,
+        QUERYWATCH_ADVISE_INTERVAL=3600,
+        QUERYWATCH_SLOW_QUERY_MS=0.001,  # every read is "slow" here
+    )
+    quiet = _shop_app(
+        tmp_path / "quiet",
+        QUERYWATCH_FLUSH_INTERVAL=3600,
+        QUERYWATCH_ADVISE=False,
+        QUERYWATCH_SLOW_QUERY_MS=0.001,
+    )
+    seen: dict[str, list[t.Any]] = {"eager": [], "quiet": []}
+    for name, app in (("eager", eager), ("quiet", quiet)):
+        app.extensions["querywatch"].listeners.append(lambda r, f, name=name: seen[name].append(r))
+    url = "/api/orders/lookup?email=customer7@example.com"
+    assert eager.test_client().get(url).status_code == 200
+    assert quiet.test_client().get(url).status_code == 200
+    kept = {
+        name: [getattr(q, "sample", None) is not None for q in records[-1].queries]
+        for name, records in seen.items()
+    }
+    assert kept["eager"]
+    assert all(kept["eager"])
+    assert kept["quiet"]
+    assert not any(kept["quiet"])
+
+    with Collector("gate", gate_settings(("querywatch",))):
+        assert quiet.test_client().get(url).status_code == 200
+    assert seen["quiet"][-1].queries
+    assert all(getattr(q, "sample", None) is not None for q in seen["quiet"][-1].queries)
+    assert quiet.test_client().get(url).status_code == 200
+    assert not any(getattr(q, "sample", None) is not None for q in seen["quiet"][-1].queries)
+    for app in (eager, quiet):
+        state = app.extensions["querywatch"]
+        state.flusher._stop.set()
+        state.advice_worker.stop()

@@ -88,6 +88,7 @@ class QueryInfo:
         "kept",
         "sample",
         "bump",
+        "sample_min",
     )
 
     #: (statement, parameters, engine URL, the DBAPI connection of an in-memory SQLite
@@ -96,6 +97,9 @@ class QueryInfo:
     #: The tables of an autocommit write, bumped in the cache once it has run; set only
     #: then.
     bump: frozenset[str]
+    #: A timed read this slow keeps its :attr:`sample` (its record's threshold); set on
+    #: timed reads only.
+    sample_min: float
 
     def __init__(
         self,
@@ -239,6 +243,7 @@ class Record:
         "closed",
         "max_queries",
         "slow_seconds",
+        "sample_min",
         "packages",
         "user",
         "setup",
@@ -285,6 +290,14 @@ class Record:
         self.closed = False
         self.max_queries = settings.max_queries_per_request
         self.slow_seconds = settings.slow_query_seconds
+        #: A read at least this slow keeps a sample of its statement and parameters for
+        #: the advisor: this app's slow-query threshold when it advises, every read while
+        #: a CI gate collector is open (:func:`sample_every_read`).
+        self.sample_min = (
+            0.0
+            if _collectors_open
+            else (settings.slow_query_seconds if settings.advise else math.inf)
+        )
         self.packages = settings.app_packages
         #: Who made the request, when the app names its users (``QUERYWATCH_USER``).
         self.user: str | None = None
@@ -360,6 +373,20 @@ MAX_PARAM_HASHES = 64
 _MAX_SLOW_PER_RECORD = 100
 
 
+#: CI gate collectors open in the process (:mod:`querywatch.ci.gate`): while one is, every
+#: read of every record keeps its sample, so that its plan can be asked for.
+_collectors_open = 0
+_collectors_lock = threading.Lock()
+
+
+def sample_every_read(on: bool) -> None:
+    """Open (``True``) or close (``False``) one CI gate collector: records made while any
+    is open keep a sample of every read."""
+    global _collectors_open
+    with _collectors_lock:
+        _collectors_open = max(0, _collectors_open + (1 if on else -1))
+
+
 def current_record() -> Record | None:
     """The record of the unit of work running in this context, if any."""
     return _current_record.get()
@@ -410,10 +437,6 @@ class _Statement:
         #: it, ``depth`` counted from :func:`_begin`'s frame.
         self.site_memo: tuple[tuple[str, ...], int, t.Any, int, CallSite | None] | None = None
 
-
-#: A read at least this slow keeps a sample of its parameters for the background advisor
-#: (the smallest slow-query threshold of the apps in the process).
-sample_min_seconds = float("inf")
 
 #: Statements without a compiled object (``exec_driver_sql``), by SQL text.
 _uncompiled: dict[str, _Statement] = {}
@@ -686,7 +709,7 @@ class _TimedRead(QueryInfo, CursorFetchStrategy):
             end = perf_counter()
             self.done = True
             self.duration = end - self.start
-            if self.duration >= sample_min_seconds:
+            if self.duration >= self.sample_min:
                 self._keep_sample(result.context)
             if not self.kept:  # past the cap: aggregated now
                 try:
@@ -922,6 +945,7 @@ def _begin(
             record.open_dropped.append(query)
             context._querywatch_record = record
         if timed_read:
+            query.sample_min = record.sample_min
             context.cursor_fetch_strategy = query
         else:
             context.cursor = _TimedCursor(context.cursor, query, record)

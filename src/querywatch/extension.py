@@ -539,10 +539,6 @@ class QueryWatch:
             # A process that only writes must still bump the versions every other process
             # reads: the shared cache watches commits from the start.
             _ = state.cache
-        if settings.advise:
-            capture.sample_min_seconds = min(
-                capture.sample_min_seconds, settings.slow_query_seconds
-            )
         if settings.metrics_path is not None or settings.ready_path is not None:
             _register_views(app, state)
         if settings.dashboard_path is not None:

@@ -277,7 +277,6 @@ class Observation:
 #: The collectors open in this process; every finished unit of work goes to each.
 _active: list[Collector] = []
 _active_lock = threading.Lock()
-_saved_sample_min: list[float] = []
 
 
 def _deliver(sender: t.Any, record: Record, findings: list[Finding], **_: t.Any) -> None:
@@ -312,8 +311,7 @@ class Collector:
             if not _active:
                 record_finished.connect(_deliver)
             _active.append(self)
-            _saved_sample_min.append(capture.sample_min_seconds)
-            capture.sample_min_seconds = 0.0
+            capture.sample_every_read(True)
         self.record = capture.Record(name=self.name, kind="test", settings=self.settings)
         self._token = capture.start_record(self.record)
         return self
@@ -328,8 +326,7 @@ class Collector:
         with _active_lock:
             if self in _active:
                 _active.remove(self)
-            if _saved_sample_min:
-                capture.sample_min_seconds = _saved_sample_min.pop()
+            capture.sample_every_read(False)
             if not _active:
                 record_finished.disconnect(_deliver)
 
