@@ -50,13 +50,21 @@ def main() -> int:
 
     from querywatch import extension
     from querywatch import stats
+    from querywatch.capture import _record
+    from querywatch.capture import _timing
 
-    parts: dict[str, tuple[t.Any, str]] = {
-        "aggregation": (capture, "_aggregate"),
-        "detectors": (extension, "detect"),
-        "stats": (stats.Stats, "add"),
+    # Each part is patched where it is called: aggregation where records fold their
+    # statements and where a read past the cap folds itself.
+    parts: dict[str, list[tuple[t.Any, str]]] = {
+        "aggregation": [(_record, "_aggregate"), (_timing, "_aggregate")],
+        "detectors": [(extension, "detect")],
+        "stats": [(stats.Stats, "add")],
     }
-    originals = {name: getattr(owner, attr) for name, (owner, attr) in parts.items()}
+    originals = {
+        (name, i): getattr(owner, attr)
+        for name, places in parts.items()
+        for i, (owner, attr) in enumerate(places)
+    }
     variants: dict[str, dict[str, t.Any] | None] = {
         "off": None,
         "full": {},
@@ -66,15 +74,16 @@ def main() -> int:
     }
 
     def set_mode(patches: dict[str, t.Any] | None) -> None:
-        for name, (owner, attr) in parts.items():
-            setattr(owner, attr, originals[name])
+        for name, places in parts.items():
+            for i, (owner, attr) in enumerate(places):
+                setattr(owner, attr, originals[name, i])
         if patches is None:
             capture.uninstall()
             return
         capture.install()
         for name, fn in patches.items():
-            owner, attr = parts[name]
-            setattr(owner, attr, fn)
+            for owner, attr in parts[name]:
+                setattr(owner, attr, fn)
 
     results: dict[str, list[float]] = {name: [] for name in variants}
     rng = random.Random(3)

@@ -9,7 +9,7 @@ from sqlalchemy import create_engine
 from sqlalchemy import text
 
 from querywatch import QueryWatch
-from querywatch.capture import _TimedCursor
+from querywatch.capture._timing import _TimedCursor
 from querywatch.demo import shop
 
 
@@ -208,7 +208,7 @@ def test_odd_statements_and_parameters_do_not_break_capture(tmp_path: t.Any) -> 
 
 def test_unhashable_parameters_are_hashed_by_repr() -> None:
     """Lists and dicts as parameters (PostgreSQL arrays, JSON) still get a stable hash."""
-    from querywatch.capture import _params_hash
+    from querywatch.capture._sites import _params_hash
 
     assert _params_hash({"a": [1, 2]}) == _params_hash({"a": [1, 2]})
     assert _params_hash({"a": [1, 2]}) != _params_hash({"a": [1, 3]})
@@ -342,7 +342,7 @@ def test_sqlalchemys_first_connect_statements_are_connection_set_up(
     to connect: they count under "connection set-up"."""
     import time
 
-    from querywatch.capture import SETUP_NAME
+    from querywatch.capture._listeners import SETUP_NAME
 
     engine = create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://", 1))
     app = Flask(__name__, instance_path=str(tmp_path))
