@@ -590,3 +590,15 @@ def test_the_breaker_opens_after_failures_in_a_row_and_probes_once() -> None:
     assert not b.is_open
     assert b.allow()
     assert b._backoff == 60.0
+
+
+def test_a_misspelt_cache_option_is_refused_by_name(app: t.Any) -> None:
+    """The options are written once (``CacheOptions``) for ``@qw.cached`` and
+    ``@cached_query``; a misspelt one is still refused, by name, at decoration."""
+    from querywatch import cached_query
+
+    qw = app.extensions["querywatch"].owner
+    with pytest.raises(TypeError, match="tabels"):
+        qw.cached(tabels=["orders"])
+    with pytest.raises(TypeError, match="stale_while_revalidat\\b"):
+        cached_query(ttl=5, stale_while_revalidat=True)

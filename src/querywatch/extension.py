@@ -41,9 +41,11 @@ if t.TYPE_CHECKING:
     from flask import Flask
     from flask import Response
     from sqlalchemy.engine import Engine
+    from typing_extensions import Unpack
 
     from .alerts import Evaluator
     from .cache import Cache
+    from .cache import CacheOptions
     from .incidents.worker import IncidentWorker
     from .metrics import AppMetrics
     from .store import Store
@@ -623,13 +625,7 @@ class QueryWatch:
     def cached(
         self,
         ttl: float | None = None,
-        *,
-        key: Callable[..., str] | None = None,
-        tables: Iterable[str] = (),
-        name: str | None = None,
-        pickle: bool = False,
-        stale_while_revalidate: bool = False,
-        invalidate: bool = True,
+        **options: Unpack[CacheOptions],
     ) -> Callable[[Callable[..., t.Any]], Callable[..., t.Any]]:
         """Cache a function's result until a table it read is written, or ``ttl``
         seconds (``QUERYWATCH_CACHE_TTL`` by default)::
@@ -653,16 +649,7 @@ class QueryWatch:
             state = self._state(ctx.app if ctx is not None else None)
             return state.cache if state.settings.enabled else None
 
-        return cached_with(
-            current_cache,
-            ttl,
-            key=key,
-            tables=tables,
-            name=name,
-            pickle=pickle,
-            stale_while_revalidate=stale_while_revalidate,
-            invalidate=invalidate,
-        )
+        return cached_with(current_cache, ttl, **options)
 
 
 def _request_hooks(
@@ -785,13 +772,7 @@ def _register_views(app: Flask, state: AppState) -> None:
 
 def cached_query(
     ttl: float | None = None,
-    *,
-    key: Callable[..., str] | None = None,
-    tables: Iterable[str] = (),
-    name: str | None = None,
-    pickle: bool = False,
-    stale_while_revalidate: bool = False,
-    invalidate: bool = True,
+    **options: Unpack[CacheOptions],
 ) -> Callable[[Callable[..., t.Any]], Callable[..., t.Any]]:
     """``@qw.cached`` for modules that do not hold the ``QueryWatch`` instance: the
     cache is the current app's, looked up at each call::
@@ -814,13 +795,4 @@ def cached_query(
         cache: Cache = state.cache
         return cache
 
-    return cached_with(
-        current_cache,
-        ttl,
-        key=key,
-        tables=tables,
-        name=name,
-        pickle=pickle,
-        stale_while_revalidate=stale_while_revalidate,
-        invalidate=invalidate,
-    )
+    return cached_with(current_cache, ttl, **options)
