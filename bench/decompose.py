@@ -48,16 +48,16 @@ def main() -> int:
     )
     client = app.test_client()
 
-    from querywatch import extension
     from querywatch import stats
     from querywatch.capture import _record
     from querywatch.capture import _timing
+    from querywatch.extension import _state as extension_state
 
     # Each part is patched where it is called: aggregation where records fold their
     # statements and where a read past the cap folds itself.
     parts: dict[str, list[tuple[t.Any, str]]] = {
         "aggregation": [(_record, "_aggregate"), (_timing, "_aggregate")],
-        "detectors": [(extension, "detect")],
+        "detectors": [(extension_state, "detect")],
         "stats": [(stats.Stats, "add")],
     }
     originals = {

@@ -115,7 +115,7 @@ def no_background_thread_outlives_its_test() -> t.Iterator[None]:
     worker would go on writing and evaluating alerts on a store nobody reads, taking the
     interpreter from the timed tests that follow (the demo's)."""
     yield
-    from querywatch.extension import _states
+    from querywatch.extension._state import _states
 
     for state in list(_states):
         state.advice_worker._stop.set()

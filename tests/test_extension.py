@@ -170,12 +170,12 @@ def test_internal_error_fails_open(
     client: t.Any, app: Flask, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A bug inside querywatch never reaches the request: it is counted and logged once."""
-    from querywatch import extension
+    from querywatch.extension import _state
 
     def broken(*args: object) -> t.NoReturn:
         raise ZeroDivisionError("bug")
 
-    monkeypatch.setattr(extension, "detect", broken)
+    monkeypatch.setattr(_state, "detect", broken)
     before = _failopen.internal_error_counts().get("extension.teardown_request", 0)
     with caplog.at_level(logging.WARNING, logger="querywatch"):
         statuses = [client.get("/api/products").status_code for _ in range(3)]

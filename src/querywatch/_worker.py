@@ -15,6 +15,19 @@ from ._failopen import unavailable
 
 __all__ = ["Periodic"]
 
+#: This process's id, refreshed in a forked child: :meth:`Periodic.ensure_started` runs
+#: on every request, and asks the operating system nothing.
+_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class Periodic(abc.ABC):
     """Subclasses define :meth:`run_once`; ``thread_name`` and ``where`` (how failures
@@ -39,13 +52,16 @@ class Periodic(abc.ABC):
         return False
 
     def ensure_started(self) -> None:
-        if self._thread is not None and self._pid == os.getpid():
+        if self._thread is not None and self._pid == _pid:
             return
+        self._start()
+
+    def _start(self) -> None:
         with self._lock:
             thread = self._thread
-            if thread is not None and self._pid == os.getpid() and thread.is_alive():
+            if thread is not None and self._pid == _pid and thread.is_alive():
                 return
-            self._pid = os.getpid()
+            self._pid = _pid
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
             self._thread.start()
@@ -55,11 +71,12 @@ class Periodic(abc.ABC):
         self._thread = None
         self._lock = threading.Lock()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread, waiting up to ``timeout`` seconds for its round to end."""
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread() and thread.is_alive():
-            thread.join(timeout=5)
+            thread.join(timeout=timeout)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -31,7 +31,7 @@ from ._worker import Periodic
 if t.TYPE_CHECKING:
     from .advisor import Advice
     from .advisor import QueryInput
-    from .extension import AppState
+    from .extension._state import AppState
 
 __all__ = ["AdviceWorker", "queries_from_store", "record_advice"]
 

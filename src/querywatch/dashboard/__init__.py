@@ -46,7 +46,7 @@ from ..exceptions import StoreSlowError
 if t.TYPE_CHECKING:
     from flask import Flask
 
-    from ..extension import AppState
+    from ..extension._state import AppState
 
 __all__ = ["BLUEPRINT", "register"]
 

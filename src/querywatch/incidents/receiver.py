@@ -12,7 +12,7 @@ import time
 import typing as t
 
 if t.TYPE_CHECKING:
-    from ..extension import AppState
+    from ..extension._state import AppState
 
 __all__ = ["parse_alertmanager", "receive_alertmanager"]
 

@@ -1,0 +1,140 @@
+"""What ``init_app`` adds to a Flask app: the request hooks that open and finish a record,
+and the ``/metrics`` and readiness views."""
+
+from __future__ import annotations
+
+import typing as t
+import weakref
+
+from flask import request
+
+from .. import capture
+from .._failopen import log_limited
+from .._failopen import swallow
+from ._state import app_states
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from flask import Flask
+    from flask import Response
+
+    from ._state import AppState
+
+
+def _request_hooks(
+    state: AppState,
+) -> tuple[
+    Callable[[], None],
+    Callable[[Response], Response],
+    Callable[[BaseException | None], None],
+]:
+    """The three request hooks of one app; they close over its state, which spares a
+    ``current_app`` lookup per hook."""
+
+    settings = state.settings
+    current = capture.current_record
+    from ..metrics import OWN_PREFIX
+
+    def _before_request() -> None:
+        try:
+            req = request._get_current_object()  # type: ignore[attr-defined]
+            rule = req.url_rule
+            if rule is not None and rule.endpoint.startswith(OWN_PREFIX):
+                return  # querywatch's own endpoints are not the app's traffic
+            name = f"{req.method} {rule.rule if rule is not None else '<unmatched>'}"
+            record = state.new_record(name, "request")
+            record.token = capture.start_record(record)
+        except Exception as e:
+            swallow("extension.before_request", e)
+
+    # The record travels in capture's context variable, not in ``g``: a proxy lookup
+    # costs more than all the rest of a hook. A record is this app's when it was made
+    # with this app's settings.
+    user_function = settings.user_function
+
+    def _after_request(response: Response) -> Response:
+        try:
+            record = current()
+            if record is not None and record.settings is settings and record.token is not None:
+                record.status = response.status_code
+                if user_function is not None:
+                    user = user_function(request._get_current_object())  # type: ignore[attr-defined]
+                    record.user = str(user)[:255] if user is not None else None
+        except Exception as e:
+            swallow("extension.after_request", e)
+        return response
+
+    def _teardown_request(exc: BaseException | None) -> None:
+        try:
+            record = current()
+            if record is None or record.settings is not settings or record.token is None:
+                return
+            token, record.token = record.token, None
+            capture.end_record(token)
+            state.finish(record, 500 if exc is not None else (record.status or 200))
+        except Exception as e:
+            swallow("extension.teardown_request", e)
+
+    return _before_request, _after_request, _teardown_request
+
+
+def _register_views(app: Flask, state: AppState) -> None:
+    """``/metrics`` and ``/readyz`` (their paths as configured), unless the app already
+    routes those paths."""
+    import hmac
+
+    from flask import Response as FlaskResponse
+    from flask import jsonify
+
+    from .. import metrics
+
+    settings = state.settings
+    app_ref = weakref.ref(app)
+    explicit = state.engines
+
+    def engines() -> dict[str, t.Any]:
+        a = app_ref()
+        return metrics.app_engines(a, explicit) if a is not None else {}
+
+    taken = {r.rule for r in app.url_map.iter_rules()}
+    if settings.metrics_path is not None:
+        if settings.metrics_path in taken:
+            log_limited(
+                "metrics.path",
+                "querywatch did not add %s: the app already routes it. Set"
+                " QUERYWATCH_METRICS_PATH to another path (or None).",
+                settings.metrics_path,
+            )
+        else:
+            state.metrics = metrics.AppMetrics(
+                state.name, engines, app_states, max_shapes=settings.metrics_max_shapes
+            )
+            token = settings.metrics_token
+
+            def metrics_view() -> FlaskResponse:
+                from prometheus_client import CONTENT_TYPE_LATEST
+
+                if token is not None:
+                    given = request.headers.get("Authorization", "")
+                    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                        return FlaskResponse(
+                            "A bearer token is required (QUERYWATCH_METRICS_TOKEN).\n",
+                            status=401,
+                            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+                            mimetype="text/plain",
+                        )
+                m = state.metrics
+                assert m is not None
+                return FlaskResponse(m.exposition(), content_type=CONTENT_TYPE_LATEST)
+
+            app.add_url_rule(
+                settings.metrics_path, metrics.METRICS_ENDPOINT, metrics_view, methods=["GET"]
+            )
+    if settings.ready_path is not None and settings.ready_path not in taken:
+
+        def ready_view() -> tuple[FlaskResponse, int]:
+            report, ok = metrics.readiness(engines(), settings.ready_timeout)
+            return jsonify(report), 200 if ok else 503
+
+        app.add_url_rule(settings.ready_path, metrics.READY_ENDPOINT, ready_view, methods=["GET"])

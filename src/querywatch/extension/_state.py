@@ -1,0 +1,313 @@
+"""One app's querywatch state: its settings, aggregates, store, cache, metrics and
+workers, what it does when a unit of work ends, and the per-process hook that starts
+them clean in a forked child."""
+
+from __future__ import annotations
+
+import os
+import threading
+import typing as t
+import weakref
+
+from .. import capture
+from .._failopen import log_limited
+from .._failopen import swallow
+from ..advice_worker import AdviceWorker
+from ..config import Settings
+from ..config import normalize_url
+from ..detectors import Finding
+from ..detectors import detect
+from ..signals import record_finished
+from ..stats import Stats
+from ._flusher import Flusher
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from flask import Flask
+    from sqlalchemy.engine import Engine
+
+    from ..alerts import Evaluator
+    from ..cache import Cache
+    from ..incidents.worker import IncidentWorker
+    from ..metrics import AppMetrics
+    from ..store import Store
+    from . import QueryWatch
+
+
+_EXTENSION_KEY = "querywatch"
+
+
+class AppState:
+    """What querywatch keeps for one app, at ``app.extensions["querywatch"]``."""
+
+    def __init__(self, app: Flask, settings: Settings, engines: frozenset[Engine] | None) -> None:
+        self.settings = settings
+        self.engines = engines
+        self.stats = self.new_stats()
+        self.instance_path = app.instance_path
+        #: The app's name (its import name), as metrics label it.
+        self.name = app.name
+        self._config = app.config
+        self._app = weakref.ref(app)
+        self.flusher = Flusher(self)
+        self.advice_worker = AdviceWorker(self)
+        #: Called with each finished record and its findings (used by test helpers).
+        self.listeners: list[Callable[[capture.Record, list[Finding]], None]] = []
+        self._store: Store | None = None
+        self._store_lock = threading.Lock()
+        self._cache: Cache | None = None
+        #: The tables of each of the app's databases, read once (one entry an engine).
+        self._tables_by_url: dict[str, frozenset[str]] = {}
+        #: The QueryWatch instance registered on the app.
+        self.owner: QueryWatch | None = None
+        #: The app's Prometheus metrics (None when ``QUERYWATCH_METRICS_PATH`` is None).
+        self.metrics: AppMetrics | None = None
+        self._evaluator: Evaluator | None = None
+        #: Turns alerts into incidents, escalates, delivers notifications.
+        self.incident_worker: IncidentWorker | None = None
+        if settings.incidents and settings.alerts:
+            from ..incidents.worker import IncidentWorker
+
+            self.incident_worker = IncidentWorker(
+                lambda: self.store,
+                settings.escalation,
+                scale=settings.alert_time_scale,
+                severities=settings.incident_severities,
+                interval=settings.incident_interval,
+            )
+
+    def release_leases(self) -> None:
+        """Give up the alerts and incidents leases if this process holds them."""
+        from ..alerts import LEASE
+
+        if self.incident_worker is not None:
+            self.incident_worker.release()
+        if self._evaluator is not None:
+            self.store.release_lease(LEASE, self._evaluator.holder)
+
+    def new_stats(self) -> Stats:
+        s = self.settings
+        return Stats(
+            max_shapes=s.max_shapes, bucket_seconds=s.bucket_seconds, objectives=s.objectives
+        )
+
+    @property
+    def evaluator(self) -> Evaluator:
+        """The app's alert evaluator (it evaluates only while holding the store's lease)."""
+        if self._evaluator is None:
+            from ..alerts import AlertRules
+            from ..alerts import Evaluator
+
+            s = self.settings
+            rules = AlertRules(
+                objectives=s.objectives,
+                scale=s.alert_time_scale,
+                shape_p95_ms=s.alert_shape_p95_ms,
+                shape_min_calls=s.alert_shape_min_calls,
+                new_n_plus_one=s.alert_new_n_plus_one,
+                new_full_scan=s.alert_new_full_scan,
+                bucket_seconds=s.bucket_seconds,
+                min_bad_events=s.alert_min_bad_events,
+            )
+            self._evaluator = Evaluator(self.store, rules)
+        return self._evaluator
+
+    @property
+    def store(self) -> Store:
+        """The store, opened on first use."""
+        if self._store is None:
+            with self._store_lock:
+                if self._store is None:
+                    from ..store import Store
+
+                    if self.settings.store_url.startswith("sqlite:///" + self.instance_path):
+                        os.makedirs(self.instance_path, exist_ok=True)
+                    self._store = Store(self.settings.store_url)
+        return self._store
+
+    @property
+    def cache(self) -> Cache:
+        """The app's result cache, made on first use."""
+        if self._cache is None:
+            with self._store_lock:
+                if self._cache is None:
+                    from ..cache import Cache
+                    from ..cache import MemoryBackend
+                    from ..cache import RedisBackend
+
+                    s = self.settings
+                    backend: MemoryBackend | RedisBackend
+                    if s.cache_url:
+                        backend = RedisBackend(s.cache_url, prefix=s.cache_prefix)
+                    else:
+                        backend = MemoryBackend(
+                            max_entries=s.cache_max_entries, max_bytes=s.cache_max_bytes
+                        )
+                        if _forked or int(os.environ.get("WEB_CONCURRENCY", "1") or 1) > 1:
+                            log_limited(
+                                "cache.memory",
+                                "querywatch's result cache is in memory, and this app runs"
+                                " in several processes: a write invalidates the entries of"
+                                " its own process only. Set QUERYWATCH_CACHE_URL to a"
+                                " Redis URL to share entries and invalidations.",
+                            )
+                    self._cache = Cache(
+                        backend,
+                        default_ttl=s.cache_ttl,
+                        track=lambda fn: capture.tables_read_by(
+                            fn, lambda: self.new_record("job:cache", "job")
+                        ),
+                        secret=_secret(self._config.get("SECRET_KEY")),
+                    )
+                    # A committed write bumps the tables it wrote in this cache.
+                    capture.track_writes(self._cache.bump)
+                    from ..metrics import register_cache_collector
+
+                    register_cache_collector(app_states)
+        return self._cache
+
+    def advise_database_url(
+        self, fingerprint: str | None = None, sql: str | None = None
+    ) -> str | None:
+        """The database the advisor asks for plans of a shape: ``QUERYWATCH_ADVISE_
+        DATABASE_URL`` when set; else the engine that ran the shape, as capture saw it
+        (a Flask-SQLAlchemy bind, a plain engine), when it is one of this app's or the
+        app names none; else, for a shape this process did not run (``flask querywatch
+        advise``), the one engine of the app whose database holds every table ``sql``
+        reads (a bind's tables live in the bind's database); else the app's engine
+        (Flask-SQLAlchemy's resolved URL: a relative SQLite path lives in the instance
+        folder); else ``SQLALCHEMY_DATABASE_URI`` as written."""
+        if self.settings.advise_database_url:
+            return normalize_url(self.settings.advise_database_url)
+        engines = self.app_engines()
+        urls = [e.url for e in engines.values()]
+        seen = capture.shape_urls.get(fingerprint) if fingerprint else None
+        if seen is not None and (not urls or seen in urls):
+            return str(seen.render_as_string(hide_password=False))
+        if sql is not None and len(urls) > 1:
+            holder = self._engine_holding(sql, list(engines.values()))
+            if holder is not None:
+                return str(holder.url.render_as_string(hide_password=False))
+        if urls:
+            first = engines.get("default") or next(iter(engines.values()))
+            return str(first.url.render_as_string(hide_password=False))
+        url = self._config.get("SQLALCHEMY_DATABASE_URI")
+        return normalize_url(url) if isinstance(url, str) else None
+
+    def _engine_holding(self, sql: str, engines: list[t.Any]) -> t.Any:
+        """The one engine whose database holds every table ``sql`` reads; None where
+        none or several do, or the statement cannot be read."""
+        from ..sql import ALL_TABLES
+        from ..sql import statement_tables
+
+        read, _ = statement_tables(sql)
+        if not read or ALL_TABLES in read:
+            return None
+        holders = [e for e in engines if read <= self._table_names(e)]
+        return holders[0] if len(holders) == 1 else None
+
+    def _table_names(self, engine: t.Any) -> frozenset[str]:
+        """The tables and views of an engine's database, lower case, read once (through
+        the advisor's own read-only connection: a SQLite file is never created)."""
+        key = str(engine.url)
+        if key not in self._tables_by_url:
+            from sqlalchemy import inspect
+
+            from ..explain import Explainer
+
+            names: frozenset[str] = frozenset()
+            try:
+                url = engine.url.render_as_string(hide_password=False)
+                with Explainer(url, writable=False) as ex, ex.session() as s:
+                    insp = inspect(s.conn)
+                    names = frozenset(
+                        n.lower() for n in (*insp.get_table_names(), *insp.get_view_names())
+                    )
+            except Exception as e:
+                swallow("advisor.tables", e)
+            self._tables_by_url[key] = names
+        return self._tables_by_url[key]
+
+    def app_engines(self) -> dict[str, t.Any]:
+        """The app's engines by name (``QueryWatch(engines=...)``'s, else
+        Flask-SQLAlchemy's binds); empty when they cannot be read."""
+        from ..metrics import app_engines
+
+        app = self._app()
+        if app is None:
+            return {}
+        try:
+            return app_engines(app, self.engines)
+        except Exception as e:
+            swallow("advisor.engines", e)
+            return {}
+
+    def new_record(self, name: str, kind: str) -> capture.Record:
+        return capture.Record(name=name, kind=kind, settings=self.settings, engines=self.engines)
+
+    def finish(self, record: capture.Record, status: int) -> list[Finding]:
+        """End a unit of work: findings, aggregates, and the flusher woken if needed."""
+        record.finish(status)
+        findings = detect(record, self.settings)
+        self.stats.add(record, findings)
+        if record.setup is not None:
+            # SQLAlchemy's statements of a first connection: their own unit of work.
+            record.setup.finish(0)
+            self.stats.add(record.setup, [])
+        self.flusher.ensure_started()
+        if self.incident_worker is not None:
+            self.incident_worker.ensure_started()
+        if self.settings.advise:
+            if record.slow:
+                self.advice_worker.offer(record.slow)
+            self.advice_worker.ensure_started()
+        if self.listeners:
+            for listener in list(self.listeners):
+                listener(record, findings)
+        if self.metrics is not None:
+            self.metrics.add(record, findings)
+        if record_finished.receivers:
+            record_finished.send(self._app(), record=record, findings=findings)
+        return findings
+
+
+_states: weakref.WeakSet[AppState] = weakref.WeakSet()
+
+
+def app_states() -> list[AppState]:
+    """The querywatch state of every app of the process (the metrics that sum over apps
+    of one name read it)."""
+    return list(_states)
+
+
+def _secret(value: t.Any) -> bytes | None:
+    """The app's SECRET_KEY as bytes, to sign pickled cache values with."""
+    if isinstance(value, bytes):
+        return value or None
+    if isinstance(value, str):
+        return value.encode() or None
+    return None
+
+
+#: True in a process forked after querywatch was set up (a gunicorn worker, say).
+_forked = False
+
+
+def _after_fork_in_child() -> None:
+    # The parent's thread does not exist in the child, and what the parent had pending is
+    # the parent's to write: start clean.
+    global _forked
+    _forked = True
+    for state in list(_states):
+        state.stats = state.new_stats()
+        state.flusher.after_fork()
+        state.advice_worker.after_fork()
+        if state.incident_worker is not None:
+            state.incident_worker.after_fork()
+        if state.metrics is not None:
+            state.metrics.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
