@@ -6,6 +6,12 @@ import typing as t
 import uuid
 
 import pytest
+
+# The dialects the tests connect with, imported before any in-process pytester run:
+# pytester forgets the modules a run imported, and importing the PostgreSQL dialect a
+# second time registers its SQL functions again (an SAWarning, an error here).
+import sqlalchemy.dialects.mysql.pymysql  # noqa: F401
+import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 from sqlalchemy import create_engine
 from sqlalchemy import text
 
