@@ -231,12 +231,12 @@ def test_a_lighter_traffic_needs_fewer_bad_requests_to_page(tmp_path: t.Any) -> 
     seconds hold a few slow requests, and three paged once)."""
     from rich.console import Console
 
-    from querywatch.demo.runner import Replay
+    from querywatch.demo.options import DemoOptions
+    from querywatch.demo.replay import Replay
 
     def needed(rate: float | None) -> int:
-        replay = Replay(scale=1, speed=120, rate=rate, database_url=None, fix="index",
-                        workdir=str(tmp_path), console=Console(), quiet=True)  # fmt: skip
-        return replay.min_bad_events
+        options = DemoOptions(scale=1, speed=120, rate=rate, workdir=str(tmp_path), quiet=True)
+        return Replay(options, console=Console()).min_bad_events
 
     assert needed(None) == 10
     assert needed(28) == 7

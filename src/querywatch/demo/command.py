@@ -4,12 +4,15 @@ the ``querywatch.commands`` entry point (the library never imports the demo)."""
 from __future__ import annotations
 
 import sys
+import typing as t
 
 import click
 
 from ..config import missing_driver
 from ..config import normalize_url
 from ..exceptions import QueryWatchError
+from .options import FIXES
+from .options import DemoOptions
 
 __all__ = ["demo"]
 
@@ -17,14 +20,14 @@ __all__ = ["demo"]
 @click.command()
 @click.option(
     "--scale",
-    default=3.0,
+    default=DemoOptions.scale,
     show_default=True,
     type=click.FloatRange(0.001, 100),
     help="Data size; 1.0 is 200,000 orders.",
 )
 @click.option(
     "--speed",
-    default=120.0,
+    default=DemoOptions.speed,
     show_default=True,
     type=click.FloatRange(1, 100_000),
     help="Time compression of the replay's clock: 120 plays an hour in 30 s.",
@@ -44,21 +47,21 @@ __all__ = ["demo"]
 )
 @click.option(
     "--fix",
-    type=click.Choice(["index", "cache", "none"]),
-    default="index",
+    type=click.Choice(FIXES),
+    default=DemoOptions.fix,
     show_default=True,
     help="What the responder applies: the verified index, the cache, or nothing.",
 )
 @click.option(
     "--workdir",
-    default="querywatch-demo",
+    default=DemoOptions.workdir,
     show_default=True,
     type=click.Path(file_okay=False),
     help="Folder for the demo's files (database, store, postmortem.md).",
 )
 @click.option(
     "--advise-timeout",
-    default=120.0,
+    default=DemoOptions.advise_timeout,
     show_default=True,
     type=click.FloatRange(0.1),
     help="Seconds any one statement of the responder's index check may take (the build of"
@@ -67,18 +70,7 @@ __all__ = ["demo"]
 @click.option("--keep-serving", is_flag=True, help="Keep the shop and dashboard up afterwards.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress; only the summary.")
-def demo(
-    scale: float,
-    speed: float,
-    rate: float | None,
-    database_url: str | None,
-    fix: str,
-    workdir: str,
-    advise_timeout: float,
-    keep_serving: bool,
-    as_json: bool,
-    quiet: bool,
-) -> None:
+def demo(keep_serving: bool, as_json: bool, **options: t.Any) -> None:
     """Replay the outage on the reference shop app: alert, incident, escalation,
     evidence, fix, recovery and postmortem.
 
@@ -87,24 +79,14 @@ def demo(
     """
     from .runner import run_demo
 
+    database_url = options["database_url"]
     if database_url:
-        database_url = normalize_url(database_url)
-    missing = missing_driver(database_url) if database_url else None
-    if missing is not None:
-        raise click.BadParameter(missing, param_hint="'--database-url'")
+        options["database_url"] = normalize_url(database_url)
+        missing = missing_driver(options["database_url"])
+        if missing is not None:
+            raise click.BadParameter(missing, param_hint="'--database-url'")
     try:
-        code = run_demo(
-            scale=scale,
-            speed=speed,
-            rate=rate,
-            database_url=database_url,
-            fix=fix,
-            workdir=workdir,
-            keep_serving=keep_serving,
-            as_json=as_json,
-            quiet=quiet,
-            advise_timeout=advise_timeout,
-        )
+        code = run_demo(DemoOptions(**options), keep_serving=keep_serving, as_json=as_json)
     except QueryWatchError as e:
         raise click.ClickException(str(e)) from None
     sys.exit(code)

@@ -1,0 +1,126 @@
+"""The users' side of the replay: a load process that requests the shop at a steady rate
+and reports each request as it comes back (:class:`Traffic`)."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import subprocess
+import sys
+import threading
+import typing as t
+
+from .options import KEEP_SAMPLES
+
+if t.TYPE_CHECKING:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    at: float  # wall clock, when the request left
+    phase: str
+    route: str
+    status: int
+    seconds: float
+
+    @property
+    def failed(self) -> bool:
+        return self.status == 0 or self.status >= 500
+
+
+def _spin(n: int = 20_000) -> int:
+    """Python arithmetic, the measure of the machine's speed (no I/O, no allocation)."""
+    x = 0
+    for i in range(n):
+        x += i * i
+    return x
+
+
+def p95_ms(samples: t.Sequence[Sample]) -> float | None:
+    if not samples:
+        return None
+    xs = sorted(s.seconds for s in samples)
+    return round(xs[min(len(xs) - 1, int(0.95 * len(xs)))] * 1000, 2)
+
+
+class Traffic:
+    """The load process and what it measured (a bounded list of samples)."""
+
+    def __init__(self, port: int, sizes: dict[str, int], rate: float, timeout: float) -> None:
+        self.samples: collections.deque[Sample] = collections.deque(maxlen=KEEP_SAMPLES)
+        self.lock = threading.Lock()
+        self.sent = 0
+        cmd = [
+            sys.executable,
+            "-m",
+            "querywatch.demo.load",
+            str(port),
+            "--rate",
+            str(rate),
+            "--customers",
+            str(sizes["customers"]),
+            "--products",
+            str(sizes["products"]),
+            "--timeout",
+            str(timeout),
+        ]
+        self.proc = subprocess.Popen(  # noqa: S603 (our own module, our own arguments)
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        self.reader = threading.Thread(target=self._read, name="demo-load-reader", daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                at, phase, route, status, seconds = json.loads(line)
+            except ValueError:
+                continue
+            with self.lock:
+                self.samples.append(Sample(at, phase, route, int(status), float(seconds)))
+                self.sent += 1
+
+    def command(self, word: str) -> None:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(word + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+
+    def between(
+        self, since: float, until: float | None = None, route: str | None = None
+    ) -> list[Sample]:
+        with self.lock:
+            return [
+                s
+                for s in self.samples
+                if s.at >= since
+                and (until is None or s.at < until)
+                and (route is None or s.route == route)
+            ]
+
+    def stop(self) -> None:
+        """Stop the process (it finishes what is in flight) and wait for it."""
+        if self.proc.poll() is None:
+            self.command("stop")
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
