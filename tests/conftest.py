@@ -46,6 +46,18 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+def on_finished(app: t.Any, fn: t.Callable[[t.Any, list[t.Any]], None]) -> None:
+    """Call ``fn(record, findings)`` for every unit of work ``app`` finishes: a receiver
+    of querywatch's ``record_finished`` signal for this app (held strongly; blinker drops
+    it with the app)."""
+    from querywatch.signals import record_finished
+
+    def receiver(sender: t.Any, record: t.Any, findings: list[t.Any], **_: t.Any) -> None:
+        fn(record, findings)
+
+    record_finished.connect(receiver, sender=app, weak=False)
+
+
 def _unavailable(service: str, reason: str) -> t.NoReturn:
     msg = f"{service} is not reachable ({reason})."
     if REQUIRE_SERVICES:
@@ -121,9 +133,9 @@ def no_background_thread_outlives_its_test() -> t.Iterator[None]:
     worker would go on writing and evaluating alerts on a store nobody reads, taking the
     interpreter from the timed tests that follow (the demo's)."""
     yield
-    from querywatch.extension._state import _states
+    from querywatch.extension._state import PROCESS
 
-    for state in list(_states):
+    for state in PROCESS.states():
         state.advice_worker._stop.set()
         state.flusher._stop.set()
         if state.incident_worker is not None:
@@ -256,7 +268,7 @@ def client(app: t.Any) -> t.Any:
 def records(app: t.Any) -> list[t.Any]:
     """Every (record, findings) the app finishes during the test."""
     seen: list[t.Any] = []
-    app.extensions["querywatch"].listeners.append(lambda r, f: seen.append((r, f)))
+    on_finished(app, lambda r, f: seen.append((r, f)))
     return seen
 
 

@@ -8,6 +8,7 @@ from flask import Flask
 from sqlalchemy import create_engine
 from sqlalchemy import text
 
+from conftest import on_finished
 from querywatch import QueryWatch
 from querywatch.capture._timing import _TimedCursor
 from querywatch.demo import shop
@@ -355,7 +356,7 @@ def test_sqlalchemys_first_connect_statements_are_connection_set_up(
     QueryWatch(app)
     state = app.extensions["querywatch"]
     seen: list[t.Any] = []
-    state.listeners.append(lambda r, f: seen.append(r))
+    on_finished(app, lambda r, f: seen.append(r))
     try:
         assert app.test_client().get("/one").status_code == 200
         assert app.test_client().get("/one").status_code == 200

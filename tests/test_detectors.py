@@ -9,6 +9,7 @@ from flask import jsonify
 from sqlalchemy import func
 from sqlalchemy import select
 
+from conftest import on_finished
 from querywatch.demo import shop
 from querywatch.detectors import N_PLUS_ONE
 from querywatch.detectors import REPEATED_QUERY
@@ -87,7 +88,7 @@ def loop_app(sqlite_shop_url: str, tmp_path: t.Any) -> t.Any:
 
 def _findings(app: t.Any, path: str) -> list[t.Any]:
     seen: list[t.Any] = []
-    app.extensions["querywatch"].listeners.append(lambda r, f: seen.append(f))
+    on_finished(app, lambda r, f: seen.append(f))
     assert app.test_client().get(path).status_code == 200
     return seen[-1]
 
@@ -162,7 +163,7 @@ def test_slow_query_threshold(sqlite_shop_url: str, tmp_path: t.Any) -> None:
         config={"QUERYWATCH_SLOW_QUERY_MS": 0.0001},
     )
     seen: list[t.Any] = []
-    app.extensions["querywatch"].listeners.append(lambda r, f: seen.append(f))
+    on_finished(app, lambda r, f: seen.append(f))
     assert (
         app.test_client().get("/api/orders/lookup?email=customer1@example.com").status_code == 200
     )
@@ -181,7 +182,7 @@ def test_n_plus_one_threshold_is_configurable(sqlite_shop_url: str, tmp_path: t.
         config={"QUERYWATCH_N_PLUS_ONE_THRESHOLD": 51},
     )
     seen: list[t.Any] = []
-    app.extensions["querywatch"].listeners.append(lambda r, f: seen.append(f))
+    on_finished(app, lambda r, f: seen.append(f))
     assert app.test_client().get("/api/orders/recent").status_code == 200
     assert [f for f in seen[-1] if f.kind == N_PLUS_ONE] == []
     with app.app_context():

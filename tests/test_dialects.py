@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy import select
 
+from conftest import on_finished
 from querywatch.demo import shop
 from querywatch.detectors import N_PLUS_ONE
 
@@ -28,7 +29,7 @@ def _observe(url: str, instance: str) -> dict[str, t.Any]:
     engine.dispose()
     app = shop.create_app(url, instance_path=instance, config={"TESTING": True})
     seen: list[t.Any] = []
-    app.extensions["querywatch"].listeners.append(lambda r, f: seen.append((r, f)))
+    on_finished(app, lambda r, f: seen.append((r, f)))
     client = app.test_client()
     # The first connection runs the dialect's own set-up statements (server version,
     # schema); they are real work of that request, and not what is compared here.
@@ -110,7 +111,7 @@ def test_the_shop_takes_orders_after_seeding(shop_url: str, tmp_path: t.Any) -> 
     after the seeded rows), and the writes are captured."""
     app = shop.create_app(shop_url, instance_path=str(tmp_path / "i"))
     seen: list[t.Any] = []
-    app.extensions["querywatch"].listeners.append(lambda r, f: seen.append(r))
+    on_finished(app, lambda r, f: seen.append(r))
     client = app.test_client()
     ids = []
     for customer in (1, 2):

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import typing as t
 
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.registry import REGISTRY
 from sqlalchemy import select
@@ -424,3 +425,39 @@ def test_pool_waits_and_timeouts(sqlite_shop_url: str, tmp_path: t.Any) -> None:
     assert waited[(("pool_name", "default"),)] >= 0.9  # the timeout, 1 s
     with app.app_context():
         shop.db.engine.dispose()
+
+
+@pytest.mark.allow_internal_errors
+def test_finished_records_reach_every_receiver_even_past_one_that_raises(
+    app: t.Any, client: t.Any
+) -> None:
+    """A finished unit of work is announced one way, querywatch's ``record_finished``
+    signal, which the app's metrics receive too. A receiver that raises is counted and
+    skipped: the request succeeds and the metrics and later receivers still get it."""
+    from querywatch import _failopen
+    from querywatch.signals import record_finished
+
+    def broken(sender: t.Any, **_: t.Any) -> None:
+        raise ZeroDivisionError("bug")
+
+    seen: list[tuple[t.Any, str, int]] = []
+
+    def receiver(sender: t.Any, record: t.Any, findings: list[t.Any], **_: t.Any) -> None:
+        seen.append((sender, record.name, len(findings)))
+
+    record_finished.connect(broken, sender=app)
+    record_finished.connect(receiver, sender=app)
+    try:
+        before = _failopen.internal_error_counts().get("signals.record_finished", 0)
+        assert client.get("/api/products/3").status_code == 200
+        assert seen == [(app, "GET /api/products/<int:product_id>", 0)]
+        assert _failopen.internal_error_counts()["signals.record_finished"] == before + 1
+        text = client.get("/metrics").get_data(as_text=True)
+        http = _samples(text, "http_server_request_duration_seconds_count")
+        assert http == {
+            (("http_request_method", "GET"), ("http_response_status_code", "200"),
+             ("http_route", "/api/products/<int:product_id>")): 1.0,
+        }  # fmt: skip
+    finally:
+        record_finished.disconnect(broken)
+        record_finished.disconnect(receiver)

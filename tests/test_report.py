@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 from flask import Flask
 
+from conftest import on_finished
 from querywatch.cli import cli
 from querywatch.config import load_settings
 from querywatch.report import REPORT_SCHEMA
@@ -289,7 +290,7 @@ def test_a_slow_query_finding_names_the_command_for_its_shape(tmp_path: t.Any) -
         config={"QUERYWATCH_SLOW_QUERY_MS": 0.001, "QUERYWATCH_ADVISE": False},
     )
     findings: list[t.Any] = []
-    app.extensions["querywatch"].listeners.append(lambda r, f: findings.extend(f))
+    on_finished(app, lambda r, f: findings.extend(f))
     assert (
         app.test_client().get("/api/orders/lookup?email=customer1@example.com").status_code == 200
     )

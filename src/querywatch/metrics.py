@@ -388,6 +388,12 @@ class AppMetrics(Collector):
         registry.register(_PoolCollector(self._engines))
         return bytes(generate_latest(registry))
 
+    def record_finished(
+        self, sender: t.Any, record: Record, findings: Iterable[Finding], **_: t.Any
+    ) -> None:
+        """The :data:`querywatch.signals.record_finished` receiver of the app's metrics."""
+        self.add(record, findings)
+
     def add(self, record: Record, findings: Iterable[Finding]) -> None:
         """Queue a finished unit of work (an append; observed by :meth:`fold`)."""
         n1 = slow = 0

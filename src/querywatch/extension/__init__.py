@@ -19,8 +19,8 @@ from ..exceptions import NotInitializedError
 from ._hooks import _register_views
 from ._hooks import _request_hooks
 from ._state import _EXTENSION_KEY
+from ._state import PROCESS
 from ._state import AppState
-from ._state import _states
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable
@@ -77,7 +77,7 @@ class QueryWatch:
         state.owner = self
         app.extensions[_EXTENSION_KEY] = state
         self._apps.add(app)
-        _states.add(state)
+        PROCESS.add(state)
         if not settings.enabled:
             return
         capture.install()

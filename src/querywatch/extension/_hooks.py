@@ -11,7 +11,8 @@ from flask import request
 from .. import capture
 from .._failopen import log_limited
 from .._failopen import swallow
-from ._state import app_states
+from ..signals import record_finished
+from ._state import PROCESS
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable
@@ -108,8 +109,10 @@ def _register_views(app: Flask, state: AppState) -> None:
             )
         else:
             state.metrics = metrics.AppMetrics(
-                state.name, engines, app_states, max_shapes=settings.metrics_max_shapes
+                state.name, engines, PROCESS.states, max_shapes=settings.metrics_max_shapes
             )
+            # The app's finished records reach its metrics through the signal.
+            record_finished.connect(state.metrics.record_finished, sender=app)
             token = settings.metrics_token
 
             def metrics_view() -> FlaskResponse:

@@ -22,8 +22,6 @@ from ..stats import Stats
 from ._flusher import Flusher
 
 if t.TYPE_CHECKING:
-    from collections.abc import Callable
-
     from flask import Flask
     from sqlalchemy.engine import Engine
 
@@ -52,8 +50,6 @@ class AppState:
         self._app = weakref.ref(app)
         self.flusher = Flusher(self)
         self.advice_worker = AdviceWorker(self)
-        #: Called with each finished record and its findings (used by test helpers).
-        self.listeners: list[Callable[[capture.Record, list[Finding]], None]] = []
         self._store: Store | None = None
         self._store_lock = threading.Lock()
         self._cache: Cache | None = None
@@ -144,7 +140,7 @@ class AppState:
                         backend = MemoryBackend(
                             max_entries=s.cache_max_entries, max_bytes=s.cache_max_bytes
                         )
-                        if _forked or int(os.environ.get("WEB_CONCURRENCY", "1") or 1) > 1:
+                        if PROCESS.forked or int(os.environ.get("WEB_CONCURRENCY", "1") or 1) > 1:
                             log_limited(
                                 "cache.memory",
                                 "querywatch's result cache is in memory, and this app runs"
@@ -164,7 +160,7 @@ class AppState:
                     capture.track_writes(self._cache.bump)
                     from ..metrics import register_cache_collector
 
-                    register_cache_collector(app_states)
+                    register_cache_collector(PROCESS.states)
         return self._cache
 
     def advise_database_url(
@@ -262,23 +258,55 @@ class AppState:
             if record.slow:
                 self.advice_worker.offer(record.slow)
             self.advice_worker.ensure_started()
-        if self.listeners:
-            for listener in list(self.listeners):
-                listener(record, findings)
-        if self.metrics is not None:
-            self.metrics.add(record, findings)
+        # Announced one way: the app's metrics, the CI gate and anyone else listen. Each
+        # receiver on its own: one that raises does not keep the record from the rest.
         if record_finished.receivers:
-            record_finished.send(self._app(), record=record, findings=findings)
+            app = self._app()
+            for receiver in record_finished.receivers_for(app):
+                try:
+                    receiver(app, record=record, findings=findings)
+                except Exception as e:
+                    swallow("signals.record_finished", e)
         return findings
 
 
-_states: weakref.WeakSet[AppState] = weakref.WeakSet()
+class Process:
+    """What is truly per process, in one place: the apps that run querywatch here (a
+    forked child starts each of them clean; prometheus_client's default registry, which
+    is per process, sums their cache counters), and whether the process was forked after
+    they were set up. Everything else is the state of the app that owns it."""
+
+    def __init__(self) -> None:
+        self._apps: weakref.WeakSet[AppState] = weakref.WeakSet()
+        #: True in a process forked after querywatch was set up (a gunicorn worker).
+        self.forked = False
+
+    def add(self, state: AppState) -> None:
+        self._apps.add(state)
+
+    def states(self) -> list[AppState]:
+        """The querywatch state of every app of the process."""
+        return list(self._apps)
+
+    def after_fork_in_child(self) -> None:
+        # The parent's threads do not exist in the child, and what the parent had pending
+        # is the parent's to write: start clean.
+        self.forked = True
+        for state in self.states():
+            state.stats = state.new_stats()
+            state.flusher.after_fork()
+            state.advice_worker.after_fork()
+            if state.incident_worker is not None:
+                state.incident_worker.after_fork()
+            if state.metrics is not None:
+                state.metrics.after_fork()
 
 
-def app_states() -> list[AppState]:
-    """The querywatch state of every app of the process (the metrics that sum over apps
-    of one name read it)."""
-    return list(_states)
+#: This process.
+PROCESS = Process()
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=PROCESS.after_fork_in_child)
 
 
 def _secret(value: t.Any) -> bytes | None:
@@ -288,26 +316,3 @@ def _secret(value: t.Any) -> bytes | None:
     if isinstance(value, str):
         return value.encode() or None
     return None
-
-
-#: True in a process forked after querywatch was set up (a gunicorn worker, say).
-_forked = False
-
-
-def _after_fork_in_child() -> None:
-    # The parent's thread does not exist in the child, and what the parent had pending is
-    # the parent's to write: start clean.
-    global _forked
-    _forked = True
-    for state in list(_states):
-        state.stats = state.new_stats()
-        state.flusher.after_fork()
-        state.advice_worker.after_fork()
-        if state.incident_worker is not None:
-            state.incident_worker.after_fork()
-        if state.metrics is not None:
-            state.metrics.after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
