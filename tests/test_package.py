@@ -85,3 +85,14 @@ def test_the_library_never_imports_the_demo() -> None:
     graph = grimp.build_graph("querywatch", exclude_type_checking_imports=True)
     importers = graph.find_downstream_modules("querywatch.demo", as_package=True)
     assert {m for m in importers if not m.startswith("querywatch.demo")} == set()
+
+
+def test_no_module_is_over_800_lines() -> None:
+    """One concern a module: a module that grows past 800 lines is split along its
+    concerns before it grows further (docs/architecture.md)."""
+    import pathlib
+
+    root = pathlib.Path(querywatch.__file__).parent
+    sizes = {str(p.relative_to(root)): len(p.read_text().splitlines()) for p in root.rglob("*.py")}
+    assert len(sizes) > 80
+    assert {name: n for name, n in sizes.items() if n > 800} == {}
