@@ -45,12 +45,14 @@ if t.TYPE_CHECKING:
     from sqlalchemy.engine import Connection
     from sqlalchemy.engine import Engine
 
+from ._dialect import Dialect
 from ._plan import FLAGS
 from ._plan import Plan
 from ._plan import PlanNode
 
 __all__ = [
     "FLAGS",
+    "Dialect",
     "Explainer",
     "Plan",
     "PlanNode",
@@ -112,7 +114,9 @@ class Session:
         """Undo whatever the block did (an index built, a failed statement) when it ends.
         (MariaDB/MySQL: DDL commits there, so the block must undo its own DDL.)"""
         if self.dialect == "mysql":
-            with self.module.savepoint(self):
+            from . import mysql
+
+            with mysql.savepoint(self):
                 yield
             return
         self.run("SAVEPOINT qw_sp")
@@ -188,12 +192,12 @@ class Explainer:
         from . import postgresql
         from . import sqlite
 
-        modules = {"sqlite": sqlite, "postgresql": postgresql, "mysql": mysql}
+        modules: dict[str, Dialect] = {"sqlite": sqlite, "postgresql": postgresql, "mysql": mysql}
         if name not in modules:
             msg = f"EXPLAIN is supported on SQLite, PostgreSQL and MariaDB/MySQL, not {name!r}."
             raise ExplainError(msg)
         self.dialect = name
-        self.module: t.Any = modules[name]
+        self.module: Dialect = modules[name]
         self.timeout = timeout
         self.allow_analyze = allow_analyze
         self.prefer_indexes = prefer_indexes
