@@ -11,9 +11,12 @@ from time import perf_counter
 
 from sqlalchemy import event
 from sqlalchemy.engine import Dialect
-from sqlalchemy.engine.cursor import _DEFAULT_FETCH
 from sqlalchemy.orm import Session
 
+from .._compat import DEFAULT_FETCH
+from .._compat import FAST
+from .._compat import ORM_LOAD_OPTIONS
+from .._compat import server_side
 from .._failopen import swallow
 from ..sql import IGNORE_OPTION
 from ._record import QueryInfo
@@ -93,7 +96,7 @@ def _begin(
             site = None
 
         relationship = info.relationship
-        load = options.get("_sa_orm_load_options")
+        load = options.get(ORM_LOAD_OPTIONS)
         if relationship is not None:  # a loader's statement: named when it loads lazily
             if load is None or getattr(load, "_lazy_loaded_from", None) is None:
                 relationship = None
@@ -114,8 +117,9 @@ def _begin(
         # and streamed reads through a wrapper of the cursor.
         timed_read = (
             info.select
-            and context.cursor_fetch_strategy is _DEFAULT_FETCH
-            and not context._is_server_side
+            and FAST.reads
+            and context.cursor_fetch_strategy is DEFAULT_FETCH
+            and not server_side(context)
             and not options.get("stream_results")
         )
         query = (_TimedRead if timed_read else QueryInfo)(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 import typing as t
 
+from .._compat import compile_options
 from .._failopen import swallow
 from ..fingerprint import Fingerprint
 from ..fingerprint import fingerprint
@@ -190,8 +191,8 @@ def _after_commit(session: t.Any) -> None:
 def _loader_relationship(context: t.Any) -> str | None:
     """``Model.attr`` when an ORM loader path issued the statement, else None: the loader
     path's last element is the relationship."""
-    compile_options = getattr(context.invoked_statement, "_compile_options", None)
-    path = getattr(compile_options, "_current_path", None)
+    options = compile_options(context.invoked_statement)
+    path = getattr(options, "_current_path", None)
     if not path:
         return None
     prop = path[-1]

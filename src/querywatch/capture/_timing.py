@@ -7,9 +7,9 @@ from __future__ import annotations
 import typing as t
 from time import perf_counter
 
-from sqlalchemy.engine.cursor import _NO_CURSOR_DQL
-from sqlalchemy.engine.cursor import CursorFetchStrategy
-
+from .._compat import NO_CURSOR_DQL
+from .._compat import CursorFetchStrategy
+from .._compat import soft_close
 from .._failopen import swallow
 from ._record import QueryInfo
 from ._record import Record
@@ -106,7 +106,7 @@ class _TimedRead(QueryInfo, CursorFetchStrategy):
     __slots__ = ()
 
     def soft_close(self, result: t.Any, dbapi_cursor: t.Any) -> None:
-        result.cursor_strategy = _NO_CURSOR_DQL
+        result.cursor_strategy = NO_CURSOR_DQL
         if not self.done:
             end = perf_counter()
             self.done = True
@@ -146,7 +146,7 @@ class _TimedRead(QueryInfo, CursorFetchStrategy):
             row = dbapi_cursor.fetchone()
             self.last_activity = perf_counter()
             if row is None:
-                result._soft_close(hard=hard_close)
+                soft_close(result, hard=hard_close)
             else:
                 self.rows += 1
             return row
@@ -159,7 +159,7 @@ class _TimedRead(QueryInfo, CursorFetchStrategy):
             self.last_activity = perf_counter()
             self.rows += len(rows)
             if not rows:
-                result._soft_close()
+                soft_close(result)
             return rows
         except BaseException as e:
             self.handle_exception(result, dbapi_cursor, e)
@@ -168,7 +168,7 @@ class _TimedRead(QueryInfo, CursorFetchStrategy):
         try:
             rows = dbapi_cursor.fetchall()
             self.rows += len(rows)
-            result._soft_close()
+            soft_close(result)
             return rows
         except BaseException as e:
             self.handle_exception(result, dbapi_cursor, e)

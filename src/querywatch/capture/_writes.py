@@ -7,6 +7,11 @@ import threading
 import typing as t
 import weakref
 
+from sqlalchemy import event
+
+from .._compat import FAST
+from .._compat import autocommit
+from .._compat import wrap_commit
 from .._failopen import record_internal_error
 from .._failopen import swallow
 from ..sql import IGNORE_OPTION
@@ -62,11 +67,14 @@ def _note_write(context: t.Any, statement: str, info: _Statement) -> frozenset[s
         return None
     conn = context.root_connection
     dialect = context.dialect
-    if conn._is_autocommit_isolation() or (
+    if autocommit(conn) or (
         dialect.name in ("mysql", "mariadb") and info.fingerprint.operation in _DDL
     ):
         _bump(written)
         return written
+    if not FAST.commit:
+        _note_for_checkin(conn, written)
+        return None
     # Keyed as the dialect's do_commit/do_rollback will see it: the pool's proxy of the
     # DBAPI connection.
     proxy = conn.connection
@@ -75,6 +83,53 @@ def _note_write(context: t.Any, statement: str, info: _Statement) -> frozenset[s
     if "_qw_commit" not in dialect.__dict__:
         _wrap_commit(dialect)
     return None
+
+
+# The fallback (:mod:`querywatch._compat`): on an SQLAlchemy whose ``do_commit`` is not
+# known to be safe to wrap, a commit's tables are bumped by public events: noted at the
+# connection's ``commit`` (which fires before the commit), dropped at its ``rollback``,
+# and bumped at the pool's ``checkin``, once the connection goes back after the commit.
+# Keyed by the DBAPI connection, as the pool event sees it.
+_committed: dict[int, set[str]] = {}
+
+
+def _note_for_checkin(conn: t.Any, written: frozenset[str]) -> None:
+    key = id(conn.connection.dbapi_connection)
+    with _pending_lock:
+        _pending.setdefault(key, set()).update(written)
+    engine = conn.engine
+    if not getattr(engine, "_qw_checkin", False):
+        with _pending_lock:
+            if getattr(engine, "_qw_checkin", False):
+                return
+            event.listen(engine, "commit", _on_commit)
+            event.listen(engine, "rollback", _on_rollback)
+            event.listen(engine.pool, "checkin", _on_checkin)
+            engine._qw_checkin = True
+
+
+def _on_commit(conn: t.Any) -> None:
+    key = id(conn.connection.dbapi_connection)
+    with _pending_lock:
+        tables = _pending.pop(key, None)
+        if tables:
+            _committed.setdefault(key, set()).update(tables)
+
+
+def _on_rollback(conn: t.Any) -> None:
+    with _pending_lock:
+        _pending.pop(id(conn.connection.dbapi_connection), None)
+
+
+def _on_checkin(dbapi_connection: t.Any, connection_record: t.Any) -> None:
+    with _pending_lock:
+        tables = _committed.pop(id(dbapi_connection), None)
+        _pending.pop(id(dbapi_connection), None)
+    if tables and _write_hooks:
+        try:
+            _bump(frozenset(tables))
+        except Exception as e:
+            swallow("capture.commit", e)
 
 
 def _write_outside_record(context: t.Any, statement: str) -> None:
@@ -95,26 +150,23 @@ def _wrap_commit(dialect: t.Any) -> None:
     with _pending_lock:
         if "_qw_commit" in dialect.__dict__:
             return
-        commit, rollback = dialect.do_commit, dialect.do_rollback
-
-        def do_commit(dbapi_connection: t.Any) -> None:
-            commit(dbapi_connection)
-            with _pending_lock:
-                tables = _pending.pop(id(dbapi_connection), None)
-            if tables and _write_hooks:
-                try:
-                    _bump(frozenset(tables))
-                except Exception as e:
-                    swallow("capture.commit", e)
-
-        def do_rollback(dbapi_connection: t.Any) -> None:
-            with _pending_lock:
-                _pending.pop(id(dbapi_connection), None)
-            rollback(dbapi_connection)
-
-        dialect.do_commit = do_commit
-        dialect.do_rollback = do_rollback
+        wrap_commit(dialect, _after_commit, _before_rollback)
         dialect._qw_commit = True
+
+
+def _after_commit(dbapi_connection: t.Any) -> None:
+    with _pending_lock:
+        tables = _pending.pop(id(dbapi_connection), None)
+    if tables and _write_hooks:
+        try:
+            _bump(frozenset(tables))
+        except Exception as e:
+            swallow("capture.commit", e)
+
+
+def _before_rollback(dbapi_connection: t.Any) -> None:
+    with _pending_lock:
+        _pending.pop(id(dbapi_connection), None)
 
 
 class _CursorProxy:

@@ -8,9 +8,9 @@ import weakref
 
 from flask import current_app
 from flask import has_app_context
-from flask.globals import _cv_app
 
 from .. import capture
+from .._compat import current_app as current_app_object
 from .._failopen import fail_open
 from .._failopen import log_limited
 from ..config import load_settings
@@ -189,8 +189,7 @@ class QueryWatch:
         from ..cache import cached_with
 
         def current_cache() -> Cache | None:
-            ctx = _cv_app.get(None)  # current_app without the proxy: this is a hot path
-            state = self._state(ctx.app if ctx is not None else None)
+            state = self._state(current_app_object())
             return state.cache if state.settings.enabled else None
 
         return cached_with(current_cache, ttl, **options)
@@ -211,11 +210,11 @@ def cached_query(
     from ..cache import cached_with
 
     def current_cache() -> Cache | None:
-        ctx = _cv_app.get(None)  # what current_app reads, without the proxy
-        if ctx is None:
+        app = current_app_object()
+        if app is None:
             msg = "A cached_query function was called outside an app context."
             raise NotInitializedError(msg)
-        state = ctx.app.extensions.get(_EXTENSION_KEY)
+        state = app.extensions.get(_EXTENSION_KEY)
         if state is None or not state.settings.enabled:
             return None  # no querywatch here: the function runs uncached
         cache: Cache = state.cache

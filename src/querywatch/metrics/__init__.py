@@ -63,6 +63,8 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.registry import CollectorRegistry
 
+from .._compat import FAST
+from .._compat import wrap_checkout
 from ._collectors import CacheCollector
 from ._collectors import _DroppedCollector
 from ._collectors import _InternalErrors
@@ -333,7 +335,7 @@ class AppMetrics(Collector):
         yet: a pool is made anew when its engine is disposed)."""
         try:
             now = monotonic()
-            if now - self._pools_checked >= POOL_CHECK_INTERVAL:  # an app context each
+            if FAST.pool_wait and now - self._pools_checked >= POOL_CHECK_INTERVAL:
                 self._pools_checked = now
                 for name, engine in self._engines().items():
                     if not getattr(engine.pool, "_querywatch_timed", False):
@@ -394,17 +396,16 @@ class AppMetrics(Collector):
 
         from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-        do_get = pool._do_get
         key = (name,)
         with self._pool_lock:
             self.pool_wait.entry(key)
             self.pool_timeouts.setdefault(name, 0)
         m = self  # read at each call: a forked worker replaces them
 
-        def _do_get() -> t.Any:
+        def timed(get: t.Callable[[], t.Any]) -> t.Any:
             start = perf_counter()
             try:
-                return do_get()
+                return get()
             except PoolTimeout:
                 with m._pool_lock:
                     m.pool_timeouts[name] = m.pool_timeouts.get(name, 0) + 1
@@ -416,7 +417,7 @@ class AppMetrics(Collector):
                     entry[0][bisect_left(DB_BUCKETS, waited)] += 1
                     entry[1] += waited
 
-        pool._do_get = _do_get
+        wrap_checkout(pool, timed)
         pool._querywatch_timed = True
 
     def _shape_label(self, fp_id: str) -> str:
