@@ -84,7 +84,6 @@ class MemoryBackend:
         self._data: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
-        self.evictions = 0
 
     def get(self, key: str) -> _Entry | None:
         entry = self._data.get(key)
@@ -108,7 +107,6 @@ class MemoryBackend:
             while len(self._data) > self.max_entries or self._bytes > self.max_bytes:
                 k, e = self._data.popitem(last=False)
                 self._bytes -= len(e.data) + len(k)
-                self.evictions += 1
 
     def delete(self, key: str) -> bool:
         with self._lock:

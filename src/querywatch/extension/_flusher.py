@@ -36,7 +36,6 @@ class Flusher(Periodic):
         self._next_flush = 0.0
         #: Flushes that failed because the store was unreachable, read-only or full.
         self.failures = 0
-        self.flushes = 0
         self._atexit = False
 
     def _start(self) -> None:
@@ -112,7 +111,6 @@ class Flusher(Periodic):
             if pools:
                 store.write_pool_stats(bucket, pools)
                 pools = {}
-            self.flushes += 1
             now = time.time()
             if now - self._last_prune > 3600:
                 self._last_prune = now

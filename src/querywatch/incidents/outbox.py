@@ -59,8 +59,6 @@ class Outbox:
         #: How long a claimed message is this worker's before another may send it.
         self.claim_seconds = claim_seconds
         self.rng = rng or random.Random()
-        self.sent = 0
-        self.failed = 0
 
     def backoff(self, attempts: int) -> float:
         """Seconds before attempt ``attempts + 1``: full jitter over an exponential cap."""
@@ -124,7 +122,6 @@ class Outbox:
                 continue
             self._sent(row, time.time())
             sent += 1
-        self.sent += sent
         return sent
 
     def _sent(self, row: t.Any, at: float) -> None:
@@ -143,7 +140,6 @@ class Outbox:
     def _failed(self, row: t.Any, error: BaseException, now: float) -> None:
         attempts = row.attempts + 1
         text = str(error) or type(error).__name__
-        self.failed += 1
         with self.store.incident_tx() as tx:
             if attempts >= self.max_attempts:
                 tx.mark_dead(row.id, attempts, text)

@@ -231,31 +231,20 @@ class IncidentTables(Base):
                 conn.execute(select(tbl).where(tbl.c.incident_id == incident_id).order_by(tbl.c.id))
             )
 
+    def _incident_ids(self, *where: t.Any) -> list[int]:
+        tbl = schema.incidents
+        with self.engine.connect() as conn:
+            return [int(r.id) for r in conn.execute(select(tbl.c.id).where(*where))]
+
     def due_escalations(self, now: float) -> list[int]:
         """Triggered incidents whose next escalation is due."""
         tbl = schema.incidents
-        with self.engine.connect() as conn:
-            return [
-                int(r.id)
-                for r in conn.execute(
-                    select(tbl.c.id).where(
-                        tbl.c.status == "triggered", tbl.c.next_escalation_at <= now
-                    )
-                )
-            ]
+        return self._incident_ids(tbl.c.status == "triggered", tbl.c.next_escalation_at <= now)
 
     def quiet_incidents(self, since: float) -> list[int]:
         """Open incidents without a status update since ``since``."""
         tbl = schema.incidents
-        with self.engine.connect() as conn:
-            return [
-                int(r.id)
-                for r in conn.execute(
-                    select(tbl.c.id).where(
-                        tbl.c.status != "resolved", tbl.c.last_update_at <= since
-                    )
-                )
-            ]
+        return self._incident_ids(tbl.c.status != "resolved", tbl.c.last_update_at <= since)
 
     # --- the outbox ---
 
