@@ -10,6 +10,7 @@ apart so its writes do not land in one run and not the other. Instructions are n
 a change to capture made it do less.
 
     python bench/instructions.py [--extra 200] [--endpoints 10-query,51-query]
+    python bench/instructions.py --compare ../before/.venv/bin/python   # before/after
 """
 
 from __future__ import annotations
@@ -43,18 +44,31 @@ else:
 client = app.test_client()
 for _ in range(30):
     client.get(path)
+if config != "none":
+    # The background threads fold and write on the wall clock, which valgrind stretches
+    # fiftyfold: stopped after the warm-up, so the count is the request path's alone
+    # (their cost is overhead.py's to measure).
+    state = app.extensions["querywatch"]
+    for worker in (state.flusher, state.advice_worker, state.incident_worker):
+        if worker is not None:
+            worker._stop.set()
+            if worker._thread is not None:
+                worker._thread.join()
+            worker.ensure_started = lambda: None
 for _ in range(int(n)):
     assert client.get(path).status_code == 200
 """
 
 
-def count(config: str, db_url: str, workdir: str, path: str, n: int) -> int:
+def count(
+    config: str, db_url: str, workdir: str, path: str, n: int, python: str = sys.executable
+) -> int:
     out = subprocess.run(
         [
             "valgrind",
             "--tool=callgrind",
             "--callgrind-out-file=/dev/null",
-            sys.executable,
+            python,
             "-c",
             SERVE,
             config,
@@ -79,6 +93,12 @@ def main() -> int:
     parser.add_argument("--base", type=int, default=20)
     parser.add_argument("--extra", type=int, default=200)
     parser.add_argument("--endpoints", default=",".join(ENDPOINTS))
+    parser.add_argument(
+        "--compare",
+        metavar="PYTHON",
+        help="Also count querywatch under this interpreter (another checkout's virtualenv):"
+        " a before/after on one database, in one run.",
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
@@ -95,31 +115,44 @@ def main() -> int:
     engine.dispose()
 
     endpoints = [e for e in args.endpoints.split(",") if e]
+    pythons = {"none": sys.executable, "querywatch": sys.executable}
+    if args.compare:
+        pythons["compared"] = args.compare
     jobs = [
         (config, ep, n)
         for ep in endpoints
-        for config in ("none", "querywatch")
+        for config in pythons
         for n in (args.base, args.base + args.extra)
     ]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        counts = dict(
-            zip(
-                jobs,
-                pool.map(lambda j: count(j[0], db_url, workdir, ENDPOINTS[j[1]][0], j[2]), jobs),
-                strict=True,
-            )
+
+    def run(job: tuple[str, str, int]) -> int:
+        config, ep, n = job
+        mode = "none" if config == "none" else "querywatch"
+        return count(
+            mode, db_url, tempfile.mkdtemp(dir=workdir), ENDPOINTS[ep][0], n, pythons[config]
         )
-    print(f"{'endpoint':<12}{'none':>14}{'querywatch':>14}{'added':>12}{'':>8}")
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        counts = dict(zip(jobs, pool.map(run, jobs), strict=True))
+    head = f"{'endpoint':<12}{'none':>14}{'querywatch':>14}{'added':>12}{'':>8}"
+    if args.compare:
+        head += f"{'compared':>14}{'added':>12}{'this/compared':>15}"
+    print(head)
     for ep in endpoints:
         per = {
             c: (counts[(c, ep, args.base + args.extra)] - counts[(c, ep, args.base)]) / args.extra
-            for c in ("none", "querywatch")
+            for c in pythons
         }
         added = per["querywatch"] - per["none"]
-        print(
+        line = (
             f"{ep:<12}{per['none']:>14,.0f}{per['querywatch']:>14,.0f}{added:>12,.0f}"
             f"{added / per['none']:>8.1%}"
         )
+        if args.compare:
+            other = per["compared"] - per["none"]
+            ratio = per["querywatch"] / per["compared"]
+            line += f"{per['compared']:>14,.0f}{other:>12,.0f}{ratio:>15.3f}"
+        print(line)
     print("instructions a request")
     return 0
 
