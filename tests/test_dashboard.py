@@ -282,11 +282,47 @@ def test_a_frozen_store_costs_a_page_seconds_not_a_worker_thread(
     dashboard answers again."""
     from sqlalchemy import text as sql
 
+    from querywatch import _failopen
+    from querywatch import dashboard
+
     a = _shop(tmp_path, QUERYWATCH_DASHBOARD_TOKEN=TOKEN, QUERYWATCH_STORE_URL=postgres_url,
               QUERYWATCH_FLUSH_INTERVAL=3600)  # fmt: skip
+    client = a.test_client()
     try:
-        _frozen_store_pages(a, postgres_url, monkeypatch)
+        assert client.get(LOOKUP.format(1)).status_code == 200
+        # The first page (the store's first connection) with the usual time allowed; the
+        # short one only while the store is held, so a busy machine cannot fail the page.
+        assert client.get("/_querywatch/", headers=AUTH).status_code == 200
+        default_timeout = dashboard.READ_TIMEOUT
+        monkeypatch.setattr(dashboard, "READ_TIMEOUT", 0.5)
+        _failopen.RAISE_INTERNAL_ERRORS = False
+        locker = create_engine(postgres_url)
+        conn = locker.connect()
+        trans = conn.begin()
+        try:
+            conn.execute(
+                sql("LOCK TABLE qw_query_stats, qw_endpoint_stats IN ACCESS EXCLUSIVE MODE")
+            )
+            slow = [client.get("/_querywatch/", headers=AUTH) for _ in range(2)]
+            for r in slow:
+                assert r.status_code == 503
+                assert b"The querywatch store is slow: it did not answer within 0.5 s" in r.data
+            # Two reads still wait on the lock: the next page does not queue behind them.
+            r = client.get("/_querywatch/api/shapes", headers=AUTH)
+            assert r.status_code == 503
+            assert "earlier reads are still waiting" in r.get_json()["error"]
+            assert client.get(LOOKUP.format(2)).status_code == 200
+        finally:
+            trans.rollback()
+            conn.close()
+            locker.dispose()
+        monkeypatch.setattr(dashboard, "READ_TIMEOUT", default_timeout)
+        deadline = time.monotonic() + 30
+        while client.get("/_querywatch/", headers=AUTH).status_code != 200:
+            assert time.monotonic() < deadline, "the dashboard did not come back"
+            time.sleep(0.1)
     finally:
+        # Whatever happened, the store's connections go, so none outlives the test.
         state = a.extensions["querywatch"]
         state.flusher._stop.set()
         state.store.dispose()
@@ -297,45 +333,6 @@ def test_a_frozen_store_costs_a_page_seconds_not_a_worker_thread(
             for tbl in reversed(schema.metadata.sorted_tables):
                 c.execute(sql(f"DROP TABLE IF EXISTS {tbl.name}"))
         engine.dispose()
-
-
-def _frozen_store_pages(a: t.Any, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sqlalchemy import text as sql
-
-    from querywatch import _failopen
-    from querywatch import dashboard
-
-    client = a.test_client()
-    assert client.get(LOOKUP.format(1)).status_code == 200
-    # The first page (the store's first connection) with the usual time allowed; the
-    # short one only while the store is held, so a busy machine cannot fail the page.
-    assert client.get("/_querywatch/", headers=AUTH).status_code == 200
-    default_timeout = dashboard.READ_TIMEOUT
-    monkeypatch.setattr(dashboard, "READ_TIMEOUT", 0.5)
-    _failopen.RAISE_INTERNAL_ERRORS = False
-    locker = create_engine(postgres_url)
-    conn = locker.connect()
-    trans = conn.begin()
-    try:
-        conn.execute(sql("LOCK TABLE qw_query_stats, qw_endpoint_stats IN ACCESS EXCLUSIVE MODE"))
-        slow = [client.get("/_querywatch/", headers=AUTH) for _ in range(2)]
-        for r in slow:
-            assert r.status_code == 503
-            assert b"The querywatch store is slow: it did not answer within 0.5 s" in r.data
-        # Two reads still wait on the lock: the next page does not queue behind them.
-        r = client.get("/_querywatch/api/shapes", headers=AUTH)
-        assert r.status_code == 503
-        assert "earlier reads are still waiting" in r.get_json()["error"]
-        assert client.get(LOOKUP.format(2)).status_code == 200
-    finally:
-        trans.rollback()
-        conn.close()
-        locker.dispose()
-    monkeypatch.setattr(dashboard, "READ_TIMEOUT", default_timeout)
-    deadline = time.monotonic() + 30
-    while client.get("/_querywatch/", headers=AUTH).status_code != 200:
-        assert time.monotonic() < deadline, "the dashboard did not come back"
-        time.sleep(0.1)
 
 
 # --- in the browser ---------------------------------------------------------------------
