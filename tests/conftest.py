@@ -46,15 +46,19 @@ def redis_url() -> str:
     return REDIS_URL
 
 
-def on_finished(app: t.Any, fn: t.Callable[[t.Any, list[t.Any]], None]) -> None:
+def on_finished(app: t.Any, fn: t.Callable[[t.Any, t.Any], None], *, live: bool = False) -> None:
     """Call ``fn(record, findings)`` for every unit of work ``app`` finishes: a receiver
     of querywatch's ``record_finished`` signal for this app (held strongly; blinker drops
-    it with the app)."""
+    it with the app). It is handed the read-only views a user's receiver gets, or with
+    ``live=True`` querywatch's working record, for tests of its internals."""
     from querywatch.signals import record_finished
+    from querywatch.signals import takes_live_record
 
-    def receiver(sender: t.Any, record: t.Any, findings: list[t.Any], **_: t.Any) -> None:
+    def receiver(sender: t.Any, record: t.Any, findings: t.Any, **_: t.Any) -> None:
         fn(record, findings)
 
+    if live:
+        takes_live_record(receiver)
     record_finished.connect(receiver, sender=app, weak=False)
 
 

@@ -141,7 +141,7 @@ def test_slow_reads_lend_their_real_parameters(tmp_path: t.Any) -> None:
     )
     state = app.extensions["querywatch"]
     records: list[t.Any] = []
-    on_finished(app, lambda r, f: records.append(r))
+    on_finished(app, lambda r, f: records.append(r), live=True)
     client = app.test_client()
     assert client.get("/api/orders/lookup?email=customer42@example.com").status_code == 200
     (lookup,) = [q for q in records[-1].queries if "customer_email" in q.fingerprint.shape]
@@ -207,7 +207,7 @@ def test_each_app_keeps_samples_by_its_own_threshold(tmp_path: t.Any) -> None:
     )
     seen: dict[str, list[t.Any]] = {"eager": [], "quiet": []}
     for name, app in (("eager", eager), ("quiet", quiet)):
-        on_finished(app, lambda r, f, name=name: seen[name].append(r))
+        on_finished(app, lambda r, f, name=name: seen[name].append(r), live=True)
     url = "/api/orders/lookup?email=customer7@example.com"
     assert eager.test_client().get(url).status_code == 200
     assert quiet.test_client().get(url).status_code == 200

@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from conftest import on_finished
 from querywatch import QueryWatch
+from querywatch.capture import current_record
 from querywatch.capture._timing import _TimedCursor
 from querywatch.demo import shop
 
@@ -32,7 +33,7 @@ def test_request_records_every_statement(client: t.Any, records: list[t.Any]) ->
     assert q.site is not None
     assert q.site.filename.endswith("querywatch/demo/shop.py")
     assert q.site.function == "customer_orders"
-    assert findings == []
+    assert findings == ()
 
 
 def test_duration_includes_fetching_rows(tmp_path: t.Any) -> None:
@@ -95,7 +96,10 @@ def test_cursor_wrapper_is_transparent(tmp_path: t.Any) -> None:
         r = conn.exec_driver_sql("SELECT v FROM t")
         # Reads are timed through SQLAlchemy's fetch strategy, the cursor left as it is:
         # the recorded statement is the strategy.
-        assert r.cursor_strategy is record.queries[-1]
+        live = current_record()
+        assert live is not None
+        assert r.cursor_strategy is live.queries[-1]
+        assert record.queries[-1].fingerprint is live.queries[-1].fingerprint
         assert type(r.cursor).__module__ == "sqlite3"
         assert r.cursor.description[0][0] == "v"
         assert r.scalar() == 6
@@ -164,16 +168,19 @@ def test_big_request_keeps_bounded_memory_and_exact_aggregates(tmp_path: t.Any) 
     app.config["QUERYWATCH_MAX_QUERIES_PER_REQUEST"] = 500
     qw = QueryWatch(app)
     with engine.connect() as conn, qw.capture("big") as record:
+        live = current_record()
         for i in range(15_000):
             conn.execute(text("SELECT :i"), {"i": i}).scalar()
+    assert live is not None
     assert record.query_count == 15_000
     assert len(record.queries) == 500
     assert record.dropped == 14_500
     (shape,) = record.shapes.values()
     assert shape.calls == 15_000
-    assert sum(shape.hist.values()) == 15_000
-    assert len(record.loops) == 1
-    (loop,) = record.loops.values()
+    (live_shape,) = live.shapes.values()
+    assert sum(live_shape.hist.values()) == 15_000
+    assert len(live.loops) == 1
+    (loop,) = live.loops.values()
     assert loop.calls == 15_000
     assert len(loop.params) <= 64
     engine.dispose()
@@ -325,9 +332,11 @@ def test_many_distinct_shapes_in_one_request_stay_bounded(tmp_path: t.Any) -> No
     app = Flask(__name__, instance_path=str(tmp_path / "instance"))
     qw = QueryWatch(app)
     with engine.connect() as conn, qw.capture("shapes") as record:
+        live = current_record()
         for i in range(3000):
             conn.exec_driver_sql(f"SELECT {i} AS c{i}").all()
-    assert len(record.loops) == 1000
+    assert live is not None
+    assert len(live.loops) == 1000
     assert len(record.shapes) == 2001
     assert record.shapes["other"].calls == 1000
     assert sum(s.calls for s in record.shapes.values()) == 3000
@@ -356,7 +365,7 @@ def test_sqlalchemys_first_connect_statements_are_connection_set_up(
     QueryWatch(app)
     state = app.extensions["querywatch"]
     seen: list[t.Any] = []
-    on_finished(app, lambda r, f: seen.append(r))
+    on_finished(app, lambda r, f: seen.append(r), live=True)
     try:
         assert app.test_client().get("/one").status_code == 200
         assert app.test_client().get("/one").status_code == 200

@@ -38,7 +38,7 @@ def test_the_fast_paths_run_only_on_the_releases_they_were_written_for(
 
 def _lookup(app: t.Any, seen: list[t.Any]) -> t.Any:
     """One request to a read of 10 orders; its record."""
-    on_finished(app, lambda r, f: seen.append(r))
+    on_finished(app, lambda r, f: seen.append(r), live=True)
     assert app.test_client().get("/api/orders/recent?limit=10").status_code == 200
     return seen[-1]
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import typing as t
+import warnings
+
 from .capture import CallSite
-from .capture import QueryInfo
-from .capture import Record
+from .capture import QueryView
+from .capture import RecordView
+from .capture import ShapeView
 from .detectors import Finding
 from .exceptions import CacheValueError
 from .exceptions import ConfigError
@@ -20,10 +24,28 @@ __all__ = [
     "ConfigError",
     "Finding",
     "Fingerprint",
-    "QueryInfo",
+    "QueryView",
     "QueryWatch",
     "QueryWatchError",
-    "Record",
+    "RecordView",
+    "ShapeView",
     "cached_query",
     "fingerprint",
 ]
+
+#: Names that were exported before the read-only views, and what replaced them.
+_RENAMED = {"Record": "RecordView", "QueryInfo": "QueryView"}
+
+
+def __getattr__(name: str) -> t.Any:
+    new = _RENAMED.get(name)
+    if new is None:
+        msg = f"module 'querywatch' has no attribute {name!r}"
+        raise AttributeError(msg)
+    warnings.warn(
+        f"'querywatch.{name}' is now the read-only 'querywatch.{new}'; import that"
+        " instead. The old name goes in the next minor release.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return globals()[new]

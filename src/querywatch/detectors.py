@@ -35,9 +35,10 @@ SLOW_QUERY = "slow_query"
 REPEATED_QUERY = "repeated_query"
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Finding:
-    """One problem seen in one unit of work."""
+    """One problem seen in one unit of work (frozen: receivers of the findings share
+    them)."""
 
     kind: str
     fingerprint: Fingerprint
@@ -127,26 +128,31 @@ def detect(record: Record, settings: Settings) -> list[Finding]:
                     fix=_n_plus_one_fix(loop, record),
                 )
             )
-    slow: dict[str, Finding] = {}
-    for q in record.slow:
-        f = slow.get(q.fingerprint.id)
-        if f is None:
-            slow[q.fingerprint.id] = Finding(
-                kind=SLOW_QUERY,
-                fingerprint=q.fingerprint,
-                count=1,
-                total=q.duration,
-                site=q.site,
-                relationship=q.relationship,
-                fix=(
-                    f"Ask for its plan and a verified index: `querywatch advise --shape"
-                    f" {q.fingerprint.id}`."
-                ),
+    if record.slow:
+        # Per shape: the first slow statement, how many, how long together.
+        slow: dict[str, list[t.Any]] = {}
+        for q in record.slow:
+            acc = slow.get(q.fingerprint.id)
+            if acc is None:
+                slow[q.fingerprint.id] = [q, 1, q.duration]
+            else:
+                acc[1] += 1
+                acc[2] += q.duration
+        for q, count, total in slow.values():
+            findings.append(
+                Finding(
+                    kind=SLOW_QUERY,
+                    fingerprint=q.fingerprint,
+                    count=count,
+                    total=total,
+                    site=q.site,
+                    relationship=q.relationship,
+                    fix=(
+                        f"Ask for its plan and a verified index: `querywatch advise"
+                        f" --shape {q.fingerprint.id}`."
+                    ),
+                )
             )
-        else:
-            f.count += 1
-            f.total += q.duration
-    findings.extend(slow.values())
     # Repeated reads: the same parameters of one shape, over every place that issued it.
     # Most shapes come from one place, and most parameter sets run once: the counts of
     # one loop entry are checked as they are, and only a shape issued from several

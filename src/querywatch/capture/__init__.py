@@ -15,15 +15,15 @@ a wrapper of the DBAPI cursor the result is built on.
 
 The package: :mod:`._record` (the record model and the current record),
 :mod:`._sites` (statements, call sites, parameters), :mod:`._timing` (timing reads and
-writes), :mod:`._writes` (the tables each commit wrote, for the result cache) and
-:mod:`._listeners` (the SQLAlchemy events, installed once per process).
+writes), :mod:`._writes` (the tables each commit wrote, for the result cache),
+:mod:`._listeners` (the SQLAlchemy events, installed once per process) and
+:mod:`._views` (the read-only views users are handed).
 """
 
 from __future__ import annotations
 
 from ._listeners import install
 from ._listeners import track_writes
-from ._listeners import uninstall
 from ._record import MAX_PARAM_HASHES
 from ._record import CallSite
 from ._record import LoopStats
@@ -38,6 +38,9 @@ from ._sites import REFRESHED
 from ._sites import find_call_site
 from ._sites import relationship_tables
 from ._sites import shape_urls
+from ._views import QueryView
+from ._views import RecordView
+from ._views import ShapeView
 from ._writes import tables_read_by
 
 __all__ = [
@@ -46,8 +49,11 @@ __all__ = [
     "CallSite",
     "LoopStats",
     "QueryInfo",
+    "QueryView",
     "Record",
+    "RecordView",
     "ShapeStats",
+    "ShapeView",
     "current_record",
     "end_record",
     "find_call_site",
@@ -58,5 +64,4 @@ __all__ = [
     "start_record",
     "tables_read_by",
     "track_writes",
-    "uninstall",
 ]

@@ -19,6 +19,7 @@ from ..stats import _EXP_OFFSET
 from ..stats import _HIST_BASE
 from ..stats import MAX_BUCKET as _MAX_BUCKET
 from ..stats import bucket_index
+from ._views import RecordView
 
 if t.TYPE_CHECKING:
     from ..config import Settings
@@ -217,6 +218,7 @@ class Record:
         "user",
         "setup",
         "commit_site",
+        "_view",
     )
 
     def __init__(
@@ -276,12 +278,20 @@ class Record:
         #: Where the app last committed an ORM session in this unit of work (a commit
         #: expires the session's objects, and reading them again reloads each one).
         self.commit_site: CallSite | None = None
+        self._view: RecordView | None = None
 
     def __repr__(self) -> str:
         return (
             f"<Record {self.name!r} {self.query_count} queries"
             f" {self.db_time * 1000:.1f} ms in the database>"
         )
+
+    def view(self) -> RecordView:
+        """The read-only view of this record that users are handed (one per record)."""
+        view = self._view
+        if view is None:
+            view = self._view = RecordView(self)
+        return view
 
     @property
     def shapes(self) -> dict[str, ShapeStats]:

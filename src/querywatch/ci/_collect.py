@@ -14,6 +14,7 @@ from ..detectors import Finding
 from ..detectors import detect
 from ..fingerprint import Fingerprint
 from ..signals import record_finished
+from ..signals import takes_live_record
 
 if t.TYPE_CHECKING:
     from ..capture import CallSite
@@ -111,6 +112,7 @@ _active: list[Collector] = []
 _active_lock = threading.Lock()
 
 
+@takes_live_record
 def _deliver(sender: t.Any, record: Record, findings: list[Finding], **_: t.Any) -> None:
     for c in list(_active):
         c.observation.add(record, findings)

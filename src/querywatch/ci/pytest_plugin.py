@@ -55,7 +55,7 @@ if t.TYPE_CHECKING:
     from _pytest.nodes import Item
     from _pytest.terminal import TerminalReporter
 
-    from ..capture import QueryInfo
+    from ..capture import QueryView
     from ..detectors import Finding
 
 __all__ = ["QueryWatchFixture"]
@@ -403,9 +403,11 @@ class QueryWatchFixture:
         return self.observation.query_count
 
     @property
-    def queries(self) -> list[QueryInfo]:
-        """The statements of the test's finished units of work, in order."""
-        return [q for r in self.observation.records for q in r.queries]
+    def queries(self) -> list[QueryView]:
+        """The statements of the test's finished units of work, in order (frozen)."""
+        from ..capture import QueryView
+
+        return [QueryView.of(q) for r in self.observation.records for q in r.queries]
 
     @property
     def findings(self) -> list[Finding]:

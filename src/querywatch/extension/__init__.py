@@ -126,20 +126,23 @@ class QueryWatch:
         return t.cast("AppState", app.extensions[_EXTENSION_KEY])
 
     @contextlib.contextmanager
-    def capture(self, name: str, *, app: Flask | None = None) -> Iterator[capture.Record]:
+    def capture(self, name: str, *, app: Flask | None = None) -> Iterator[capture.RecordView]:
         """Capture the statements of work outside a request (CLI command, task)::
 
-            with qw.capture("nightly-sync"):
+            with qw.capture("nightly-sync") as record:
                 sync()
+            print(record.query_count, record.db_time)
 
-        The work is reported as the endpoint ``job:<name>``. Yields the record.
+        The work is reported as the endpoint ``job:<name>``. Yields a read-only
+        :class:`~querywatch.RecordView` of it: the work so far inside the block, final
+        after it.
         """
         state = self._state(app)
         record = state.new_record(f"job:{name}", "job")
         token = capture.start_record(record)
         status = 0
         try:
-            yield record
+            yield record.view()
         except BaseException:
             status = 500
             raise

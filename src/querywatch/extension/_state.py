@@ -17,6 +17,7 @@ from ..config import Settings
 from ..config import normalize_url
 from ..detectors import Finding
 from ..detectors import detect
+from ..signals import LIVE_RECORD
 from ..signals import record_finished
 from ..stats import Stats
 from ._flusher import Flusher
@@ -260,11 +261,20 @@ class AppState:
             self.advice_worker.ensure_started()
         # Announced one way: the app's metrics, the CI gate and anyone else listen. Each
         # receiver on its own: one that raises does not keep the record from the rest.
+        # querywatch's own receivers read the working record; everyone else is handed
+        # read-only views, built once and only when someone else listens.
         if record_finished.receivers:
             app = self._app()
+            view: capture.RecordView | None = None
+            frozen: tuple[Finding, ...] = ()
             for receiver in record_finished.receivers_for(app):
                 try:
-                    receiver(app, record=record, findings=findings)
+                    if getattr(receiver, LIVE_RECORD, False):
+                        receiver(app, record=record, findings=findings)
+                        continue
+                    if view is None:
+                        view, frozen = record.view(), tuple(findings)
+                    receiver(app, record=view, findings=frozen)
                 except Exception as e:
                     swallow("signals.record_finished", e)
         return findings

@@ -81,6 +81,7 @@ if t.TYPE_CHECKING:
     from ..capture import Record
     from ..detectors import Finding
 
+from ..signals import takes_live_record
 from ._collectors import register_cache_collector
 from ._health import METRICS_ENDPOINT
 from ._health import OWN_PREFIX
@@ -299,6 +300,7 @@ class AppMetrics(Collector):
         registry.register(_PoolCollector(self._engines))
         return bytes(generate_latest(registry))
 
+    @takes_live_record
     def record_finished(
         self, sender: t.Any, record: Record, findings: Iterable[Finding], **_: t.Any
     ) -> None:
