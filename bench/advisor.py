@@ -64,7 +64,7 @@ def _summary(times: list[float]) -> dict[str, float]:
 
 
 def run(url: str, scale: float, requests: int, workdir: str, rounds: int = 5) -> dict[str, t.Any]:
-    from querywatch.advice_worker import queries_from_store
+    from querywatch._advice_worker import queries_from_store
     from querywatch.advisor import Advisor
     from querywatch.demo import shop
     from querywatch.store import Store

@@ -41,7 +41,7 @@ INCIDENT_MINUTES = 20
 
 
 def fill(store: t.Any, now: float) -> None:
-    from querywatch.stats import bucket_index
+    from querywatch._stats import bucket_index
     from querywatch.store import PlanFindingRow
     from querywatch.store import StoredAdvice
     from querywatch.store import schema

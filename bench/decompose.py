@@ -48,7 +48,7 @@ def main() -> int:
     )
     client = app.test_client()
 
-    from querywatch import stats
+    from querywatch import _stats as stats
     from querywatch.capture import _record
     from querywatch.capture import _timing
     from querywatch.extension import _state as extension_state

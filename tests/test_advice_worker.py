@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import create_engine
 
 from conftest import on_finished
-from querywatch.advice_worker import queries_from_store
+from querywatch._advice_worker import queries_from_store
+from querywatch._report import build_report
 from querywatch.demo import shop
-from querywatch.report import build_report
 
 
 def _shop_app(tmp_path: t.Any, **config: t.Any) -> t.Any:

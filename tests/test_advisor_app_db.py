@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from sqlalchemy.exc import OperationalError
 
 import library_app
-from querywatch.advice_worker import queries_from_store
+from querywatch._advice_worker import queries_from_store
 from querywatch.advisor import Advisor
 from querywatch.advisor import QueryInput
 from querywatch.cli import cli

@@ -13,6 +13,9 @@ from flask import Flask
 from sqlalchemy import create_engine
 
 from querywatch import QueryWatch
+from querywatch._config import load_settings
+from querywatch._stats import Stats
+from querywatch._stats import bucket_index
 from querywatch.alerts import LEASE
 from querywatch.alerts import AlertRules
 from querywatch.alerts import Evaluator
@@ -21,11 +24,8 @@ from querywatch.alerts import parse_objectives
 from querywatch.capture import CallSite
 from querywatch.capture import LoopStats
 from querywatch.capture import Record
-from querywatch.config import load_settings
 from querywatch.exceptions import ConfigError
 from querywatch.fingerprint import fingerprint
-from querywatch.stats import Stats
-from querywatch.stats import bucket_index
 from querywatch.store import PlanFindingRow
 from querywatch.store import Store
 from querywatch.store import StoredAdvice
@@ -253,7 +253,7 @@ def test_per_shape_rules(tmp_path: t.Any) -> None:
     )
     stats = Stats(bucket_seconds=1)
     loop_rec = _request("GET /authors", "SELECT * FROM books WHERE author_id = 1", 0.001, t0 + 55)
-    from querywatch.detectors import Finding
+    from querywatch._detectors import Finding
 
     n1 = Finding(
         "n_plus_one", fingerprint("SELECT * FROM books WHERE author_id = 1"), 20, 0.02,

@@ -23,9 +23,9 @@ from sqlalchemy import text
 from sqlalchemy import update
 
 from querywatch import QueryWatch
+from querywatch._sql import statement_tables
 from querywatch.demo import shop
 from querywatch.exceptions import CacheValueError
-from querywatch.sql import statement_tables
 
 
 @pytest.fixture
@@ -348,7 +348,7 @@ def test_random_interleavings_agree_with_uncached_runs(
 
 
 def test_counts_reach_the_store_and_the_report(app: t.Any, qw: QueryWatch) -> None:
-    from querywatch.report import build_report
+    from querywatch._report import build_report
 
     @qw.cached(name="report.stock")
     def stock(pid: int) -> int:

@@ -257,9 +257,9 @@ def test_histogram_buckets_hold_their_values() -> None:
     """Every duration falls inside its bucket's bounds, so percentiles are within 12.5%."""
     import random
 
-    from querywatch.stats import MAX_BUCKET
-    from querywatch.stats import bucket_bounds
-    from querywatch.stats import bucket_index
+    from querywatch._stats import MAX_BUCKET
+    from querywatch._stats import bucket_bounds
+    from querywatch._stats import bucket_index
 
     rng = random.Random(3)
     for _ in range(20_000):

@@ -12,9 +12,9 @@ from xml.etree import ElementTree as ET
 import pytest
 from click.testing import CliRunner
 
+from querywatch._text import relpath
 from querywatch.cli import cli
 from querywatch.demo import shop
-from querywatch.text import relpath
 
 HERE = pathlib.Path(__file__).parent
 SHOP_FILE = pathlib.Path(shop.__file__)

@@ -13,7 +13,7 @@ from flask import Flask
 
 from querywatch import ConfigError
 from querywatch import QueryWatch
-from querywatch import config
+from querywatch import _config as config
 
 #: One malformed value for each validator of ``load_settings``.
 BAD_VALUES: list[tuple[str, t.Any]] = [

@@ -53,9 +53,9 @@ def app(tmp_path: t.Any) -> Flask:
     """The shop with a token, some traffic (the lookup is the costliest shape), an index
     suggestion from the advisor, and a request whose endpoint and query text carry
     markup."""
+    from querywatch._stats import bucket_index
     from querywatch.capture import LoopStats
     from querywatch.capture import Record
-    from querywatch.stats import bucket_index
 
     a = _shop(tmp_path, QUERYWATCH_DASHBOARD_TOKEN=TOKEN)
     client = a.test_client()

@@ -10,12 +10,12 @@ from sqlalchemy import func
 from sqlalchemy import select
 
 from conftest import on_finished
+from querywatch._detectors import N_PLUS_ONE
+from querywatch._detectors import REPEATED_QUERY
+from querywatch._detectors import SLOW_QUERY
+from querywatch._text import relpath
+from querywatch._text import site_text
 from querywatch.demo import shop
-from querywatch.detectors import N_PLUS_ONE
-from querywatch.detectors import REPEATED_QUERY
-from querywatch.detectors import SLOW_QUERY
-from querywatch.text import relpath
-from querywatch.text import site_text
 
 HERE = __name__.split(".")[0]
 

@@ -9,8 +9,8 @@ from sqlalchemy import create_engine
 from sqlalchemy import select
 
 from conftest import on_finished
+from querywatch._detectors import N_PLUS_ONE
 from querywatch.demo import shop
-from querywatch.detectors import N_PLUS_ONE
 
 GET_ENDPOINTS = [
     "/api/products?category=books",

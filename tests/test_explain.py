@@ -10,11 +10,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 import advisor_data
+from querywatch._sql import check_read_only
+from querywatch._sql import number_placeholders
 from querywatch.exceptions import ExplainError
 from querywatch.exceptions import UnsafeStatementError
 from querywatch.explain import Explainer
-from querywatch.sql import check_read_only
-from querywatch.sql import number_placeholders
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +230,7 @@ def test_parsing_the_apps_statements_leaves_its_stderr_alone(
 
     import sqlglot
 
-    from querywatch.sql import statement_tables
+    from querywatch._sql import statement_tables
 
     statement = "show standard_conforming_strings"
     with caplog.at_level(logging.WARNING, logger="sqlglot"):

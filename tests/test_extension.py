@@ -83,7 +83,7 @@ def test_malformed_config_fails_at_init_app(
 def test_defaults_are_written_back(tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """app.config shows the effective values after init_app; strings are accepted. Out
     of a test session, the store is a file in the instance folder."""
-    from querywatch import config
+    from querywatch import _config as config
 
     monkeypatch.setattr(config, "IN_TEST_SESSION", False)
     app = Flask("myapp.web", instance_path=str(tmp_path))

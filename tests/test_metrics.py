@@ -119,7 +119,7 @@ def test_metrics_endpoint_serves_the_app_s_histograms(client: t.Any) -> None:
 def test_what_an_outage_drops_is_exported(sqlite_shop_url: str, tmp_path: t.Any) -> None:
     """Requests kept while the store cannot be written, then dropped past three hours,
     are counted on /metrics."""
-    from querywatch.stats import MAX_PENDING_SECONDS
+    from querywatch._stats import MAX_PENDING_SECONDS
 
     app = shop.create_app(
         sqlite_shop_url,

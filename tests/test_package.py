@@ -96,3 +96,28 @@ def test_no_module_is_over_800_lines() -> None:
     sizes = {str(p.relative_to(root)): len(p.read_text().splitlines()) for p in root.rglob("*.py")}
     assert len(sizes) > 80
     assert {name: n for name, n in sizes.items() if n > 800} == {}
+
+
+def test_top_level_implementation_modules_are_private_by_name() -> None:
+    """Users import what has no leading ``_`` (httpx's convention): at the top of the
+    package that is these modules and the packages' faces, nothing else."""
+    modules = {m.name for m in pkgutil.iter_modules(querywatch.__path__) if not m.ispkg}
+    public = sorted(m for m in modules if not m.startswith("_"))
+    assert public == ["exceptions", "fingerprint", "signals", "testing"]
+    assert {"_config", "_sql", "_text", "_stats", "_detectors", "_report"} <= modules
+
+
+def test_the_public_names_hand_out_no_working_state() -> None:
+    """What ``querywatch`` exports of a unit of work is read-only: the record and its
+    statements are views, frozen or without setters."""
+    import dataclasses
+
+    for name in ("QueryView", "ShapeView", "Finding", "Fingerprint"):
+        cls = getattr(querywatch, name)
+        assert dataclasses.is_dataclass(cls), name
+        assert cls.__dataclass_params__.frozen, name
+    view = querywatch.RecordView
+    settable = [n for n, v in vars(view).items() if isinstance(v, property) and v.fset is not None]
+    assert settable == []
+    assert view.__slots__ == ("_record",)
+    assert not {"Record", "QueryInfo"} & set(querywatch.__all__)

@@ -288,7 +288,7 @@ def test_a_database_error_keeps_its_names_and_loses_its_values(
     them names the table, column or key, never the value."""
     from sqlalchemy.exc import DBAPIError
 
-    from querywatch.redact import error_line
+    from querywatch._redact import error_line
 
     url = request.getfixturevalue("postgres_url" if db == "postgresql" else "mariadb_url")
     strict = {"init_command": "SET SESSION sql_mode = 'STRICT_ALL_TABLES'"}

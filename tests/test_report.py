@@ -10,11 +10,11 @@ from click.testing import CliRunner
 from flask import Flask
 
 from conftest import on_finished
+from querywatch._config import load_settings
+from querywatch._report import REPORT_SCHEMA
+from querywatch._report import build_report
+from querywatch._report import parse_since
 from querywatch.cli import cli
-from querywatch.config import load_settings
-from querywatch.report import REPORT_SCHEMA
-from querywatch.report import build_report
-from querywatch.report import parse_since
 
 QUERY_KEYS = {
     "fingerprint",
@@ -202,8 +202,8 @@ def test_parse_since() -> None:
 def test_traffic_compares_with_the_window_before(tmp_path: t.Any) -> None:
     """Request rates come from disjoint windows: a flat rate reads as no change, and a
     minute is never counted in both windows."""
+    from querywatch._stats import Stats
     from querywatch.capture import Record
-    from querywatch.stats import Stats
     from querywatch.store import Store
 
     settings = load_settings(Flask(__name__))

@@ -13,16 +13,16 @@ from sqlalchemy import select
 from sqlalchemy import text
 
 from querywatch import QueryWatch
+from querywatch._config import load_settings
+from querywatch._stats import MAX_QUEUED
+from querywatch._stats import MAX_QUEUED_ENTRIES
+from querywatch._stats import OTHER
+from querywatch._stats import Stats
+from querywatch._stats import bucket_index
 from querywatch.capture import LoopStats
 from querywatch.capture import Record
-from querywatch.config import load_settings
 from querywatch.exceptions import SchemaVersionError
 from querywatch.fingerprint import fingerprint
-from querywatch.stats import MAX_QUEUED
-from querywatch.stats import MAX_QUEUED_ENTRIES
-from querywatch.stats import OTHER
-from querywatch.stats import Stats
-from querywatch.stats import bucket_index
 from querywatch.store import Store
 from querywatch.store import schema
 
@@ -86,7 +86,7 @@ def test_the_costliest_reads_are_ranked_by_the_database(store_url: str) -> None:
     """300 read shapes over two endpoints, a write and a read without a sample among
     them: the advisor's input is the top 5 by total time summed over endpoints and
     minutes, with their endpoints by time, and only those 5 are loaded."""
-    from querywatch.advice_worker import queries_from_store
+    from querywatch._advice_worker import queries_from_store
 
     store = Store(store_url)
     now = time.time()
@@ -219,7 +219,7 @@ def test_a_clean_exit_releases_the_leases(tmp_path: t.Any) -> None:
 
 
 def test_a_store_url_without_its_driver_says_what_to_install() -> None:
-    from querywatch.config import missing_driver
+    from querywatch._config import missing_driver
     from querywatch.exceptions import StoreError
 
     with pytest.raises(StoreError) as e:
@@ -407,7 +407,7 @@ def test_an_outage_keeps_hours_not_buckets(
     import logging
 
     from querywatch import _failopen
-    from querywatch.stats import MAX_PENDING_SECONDS
+    from querywatch._stats import MAX_PENDING_SECONDS
 
     monkeypatch.setattr(_failopen, "_last_logged", {})  # said once a minute, this test's
     caplog.set_level(logging.WARNING, logger="querywatch")
@@ -439,7 +439,7 @@ def test_an_outage_keeps_hours_not_buckets(
 def test_an_outage_under_a_flood_of_endpoints_is_bounded_by_entries() -> None:
     """Entries, not only time: 300 minutes' buckets of 1,000 endpoints each stay under
     MAX_PENDING_ENTRIES (checked as each bucket opens: the newest may add its own)."""
-    from querywatch.stats import MAX_PENDING_ENTRIES
+    from querywatch._stats import MAX_PENDING_ENTRIES
 
     stats = Stats(bucket_seconds=60, max_endpoints=1000)
     start = 1_800_000_000.0

@@ -5,11 +5,11 @@ from __future__ import annotations
 import typing as t
 import warnings
 
+from ._detectors import Finding
 from .capture import CallSite
 from .capture import QueryView
 from .capture import RecordView
 from .capture import ShapeView
-from .detectors import Finding
 from .exceptions import CacheValueError
 from .exceptions import ConfigError
 from .exceptions import QueryWatchError

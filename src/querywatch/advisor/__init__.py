@@ -32,16 +32,16 @@ import re
 import time
 import typing as t
 
+from .._redact import error_line
+from .._sql import check_read_only
+from .._sql import number_placeholders
+from .._sql import placeholder_values
+from .._sql import quiet_parse
+from .._sql import render_placeholders
+from .._sql import sqlglot_dialect
 from ..exceptions import QueryWatchError
 from ..explain import Session
 from ..fingerprint import quoting_for
-from ..redact import error_line
-from ..sql import check_read_only
-from ..sql import number_placeholders
-from ..sql import placeholder_values
-from ..sql import quiet_parse
-from ..sql import render_placeholders
-from ..sql import sqlglot_dialect
 from ._analysis import _analyse
 from ._analysis import _Analysis
 from ._analysis import _bare_name

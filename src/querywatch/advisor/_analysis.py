@@ -8,9 +8,9 @@ import dataclasses
 import re
 import typing as t
 
-from ..sql import check_read_only
-from ..sql import number_placeholders
-from ..sql import sqlglot_dialect
+from .._sql import check_read_only
+from .._sql import number_placeholders
+from .._sql import sqlglot_dialect
 from ._indexes import _literal_kind
 from ._model import Hint
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import typing as t
 
+from .._sql import placeholder_values
 from ..explain import Session
-from ..sql import placeholder_values
 from ._analysis import _NO_USE
 from ._analysis import _Analysis
 from ._analysis import _reads_whole_table

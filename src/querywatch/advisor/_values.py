@@ -6,11 +6,11 @@ from __future__ import annotations
 import contextlib
 import typing as t
 
+from .._sql import filter_terms
+from .._sql import number_placeholders
+from .._sql import render_placeholders
 from ..explain import Session
 from ..explain.names import translate_error
-from ..sql import filter_terms
-from ..sql import number_placeholders
-from ..sql import render_placeholders
 from ._analysis import _Analysis
 from ._base import AdvisorBase
 from ._indexes import _quoted_table

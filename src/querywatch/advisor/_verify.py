@@ -7,13 +7,13 @@ import contextlib
 import time
 import typing as t
 
+from .._redact import error_line
+from .._sql import check_read_only
+from .._sql import number_placeholders
+from .._sql import placeholder_values
+from .._sql import render_placeholders
 from ..explain import Plan
 from ..explain import Session
-from ..redact import error_line
-from ..sql import check_read_only
-from ..sql import number_placeholders
-from ..sql import placeholder_values
-from ..sql import render_placeholders
 from ._analysis import _bare_name
 from ._analysis import _reads_whole_table
 from ._analysis import _strip_order

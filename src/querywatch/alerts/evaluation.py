@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
+from .._text import duration_text as _duration
 from ..store import AlertChange
-from ..text import duration_text as _duration
 from .objectives import DEFAULT_POLICY
 from .objectives import BurnWindow
 from .objectives import Objective

@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 import typing as t
 
-from ..text import compact_shape
-from ..text import site_dict as _site
-from ..text import stored_site_text as _site_text
+from .._text import compact_shape
+from .._text import site_dict as _site
+from .._text import stored_site_text as _site_text
 
 if t.TYPE_CHECKING:
     from ..store import Store

@@ -12,8 +12,8 @@ import typing as t
 import uuid
 
 from .._failopen import log_limited
+from .._sql import ALL_TABLES
 from ..exceptions import BackendUnavailableError
-from ..sql import ALL_TABLES
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable

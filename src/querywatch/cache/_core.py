@@ -13,9 +13,9 @@ import time
 import typing as t
 
 from .._failopen import record_internal_error
+from .._sql import ALL_TABLES
 from ..exceptions import BackendUnavailableError
 from ..exceptions import CacheValueError
-from ..sql import ALL_TABLES
 from ._backends import MemoryBackend
 from ._backends import RedisBackend
 from ._codec import _KEY_ENCODER

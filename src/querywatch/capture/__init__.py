@@ -3,7 +3,7 @@ of work (a request or a job) into a :class:`Record` held in a
 :class:`contextvars.ContextVar`.
 
 When no unit of work is open the listeners cost one ``ContextVar.get``. No I/O happens
-here: records are handed to :mod:`querywatch.stats` when the unit of work ends, and the
+here: records are handed to :mod:`querywatch._stats` when the unit of work ends, and the
 store is written later by a background thread.
 
 A statement's duration runs from just before the DBAPI ``execute`` until its result is

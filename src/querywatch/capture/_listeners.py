@@ -18,7 +18,7 @@ from .._compat import FAST
 from .._compat import ORM_LOAD_OPTIONS
 from .._compat import server_side
 from .._failopen import swallow
-from ..sql import IGNORE_OPTION
+from .._sql import IGNORE_OPTION
 from ._record import QueryInfo
 from ._record import Record
 from ._record import _current_record

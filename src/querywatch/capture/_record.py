@@ -14,15 +14,15 @@ from time import time as wall_time
 
 from sqlalchemy.engine import Engine
 
+from .._stats import _EXP_OFFSET
+from .._stats import _HIST_BASE
+from .._stats import MAX_BUCKET as _MAX_BUCKET
+from .._stats import bucket_index
 from ..fingerprint import Fingerprint
-from ..stats import _EXP_OFFSET
-from ..stats import _HIST_BASE
-from ..stats import MAX_BUCKET as _MAX_BUCKET
-from ..stats import bucket_index
 from ._views import RecordView
 
 if t.TYPE_CHECKING:
-    from ..config import Settings
+    from .._config import Settings
 
 
 class CallSite(t.NamedTuple):
@@ -157,7 +157,7 @@ class LoopStats:
         self.rows = rows
         self.min = min
         self.max = max
-        #: Latency histogram, bucket index (:func:`querywatch.stats.bucket_index`) to count.
+        #: Latency histogram, bucket index (:func:`querywatch._stats.bucket_index`) to count.
         self.hist: dict[int, int] = {} if hist is None else hist
         #: Hash of each distinct parameter set -> executions with it, up to
         #: :data:`MAX_PARAM_HASHES` sets: the input of the N+1 detector (how many distinct)
@@ -179,7 +179,7 @@ class ShapeStats:
     min: float = float("inf")
     max: float = 0.0
     rows: int = 0
-    #: Latency histogram, bucket index (:func:`querywatch.stats.bucket_index`) to count.
+    #: Latency histogram, bucket index (:func:`querywatch._stats.bucket_index`) to count.
     hist: dict[int, int] = dataclasses.field(default_factory=dict)
     site: CallSite | None = None
 

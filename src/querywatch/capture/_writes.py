@@ -14,7 +14,7 @@ from .._compat import autocommit
 from .._compat import wrap_commit
 from .._failopen import record_internal_error
 from .._failopen import swallow
-from ..sql import IGNORE_OPTION
+from .._sql import IGNORE_OPTION
 from ._record import Record
 from ._record import _current_record
 from ._record import end_record
@@ -60,7 +60,7 @@ def _note_write(context: t.Any, statement: str, info: _Statement) -> frozenset[s
     """Note the tables a write touches on its connection's transaction. Returns them when
     the write commits on its own (autocommit, or DDL on MySQL), after bumping once: the
     caller bumps again once it has run."""
-    from ..sql import statement_tables
+    from .._sql import statement_tables
 
     written = statement_tables(info.fingerprint.sample or statement)[1]
     if not written or not _write_hooks:
@@ -213,8 +213,8 @@ def tables_read_by(
     """Run ``fn`` and return its value with the tables its statements read (``{"*"}``
     when some statement was not kept or cannot be read). Outside a unit of work, ``fn``
     runs in a record of its own, which is then dropped."""
-    from ..sql import ALL_TABLES
-    from ..sql import statement_tables
+    from .._sql import ALL_TABLES
+    from .._sql import statement_tables
 
     record = _current_record.get()
     token = None

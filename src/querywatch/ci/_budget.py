@@ -8,7 +8,7 @@ import difflib
 import os
 import typing as t
 
-from ..config import Settings
+from .._config import Settings
 from ..exceptions import BudgetError
 
 if t.TYPE_CHECKING:

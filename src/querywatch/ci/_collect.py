@@ -8,10 +8,10 @@ import threading
 import typing as t
 
 from .. import capture
-from ..config import Settings
-from ..detectors import N_PLUS_ONE
-from ..detectors import Finding
-from ..detectors import detect
+from .._config import Settings
+from .._detectors import N_PLUS_ONE
+from .._detectors import Finding
+from .._detectors import detect
 from ..fingerprint import Fingerprint
 from ..signals import record_finished
 from ..signals import takes_live_record

@@ -8,9 +8,9 @@ import os
 import threading
 import typing as t
 
+from .._redact import error_line
 from ..exceptions import QueryWatchError
 from ..fingerprint import Fingerprint
-from ..redact import error_line
 from ._collect import ShapeUse
 
 if t.TYPE_CHECKING:

@@ -36,10 +36,10 @@ import math
 import os
 import typing as t
 
-from ..detectors import N_PLUS_ONE
+from .._detectors import N_PLUS_ONE
+from .._text import relpath
+from .._text import site_text
 from ..exceptions import BaselineError
-from ..text import relpath
-from ..text import site_text
 from .gate import Violation
 from .gate import full_scan_violation
 from .gate import n_plus_one_violation

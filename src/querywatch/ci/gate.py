@@ -24,10 +24,10 @@ import dataclasses
 import functools
 import typing as t
 
-from ..detectors import Finding
+from .._detectors import Finding
+from .._text import site_text
 from ..exceptions import BudgetError
 from ..fingerprint import Fingerprint
-from ..text import site_text
 from ._budget import ALLOW
 from ._budget import BUDGET_KEYS
 from ._budget import FORBID
@@ -104,7 +104,7 @@ def shape_text(fp: Fingerprint, n: int = 160) -> str:
 @functools.lru_cache(maxsize=4096)
 def _compact(shape: str, n: int) -> str:
     # Cached: the same shapes come back in every test, and eliding costs a regex.
-    from ..text import compact_shape
+    from .._text import compact_shape
 
     return compact_shape(shape, n)
 

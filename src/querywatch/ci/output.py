@@ -9,7 +9,7 @@ import os
 import typing as t
 from xml.etree import ElementTree as ET
 
-from ..text import relpath
+from .._text import relpath
 
 if t.TYPE_CHECKING:
     from rich.console import Console

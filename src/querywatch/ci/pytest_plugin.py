@@ -24,9 +24,9 @@ import typing as t
 
 import pytest
 
+from .._text import relpath
 from ..exceptions import BaselineError
 from ..exceptions import BudgetError
-from ..text import relpath
 from .baseline import Baseline
 from .baseline import entry_for
 from .gate import FORBID
@@ -55,8 +55,8 @@ if t.TYPE_CHECKING:
     from _pytest.nodes import Item
     from _pytest.terminal import TerminalReporter
 
+    from .._detectors import Finding
     from ..capture import QueryView
-    from ..detectors import Finding
 
 __all__ = ["QueryWatchFixture"]
 
@@ -103,7 +103,7 @@ def pytest_configure(config: Config) -> None:
         " full_scans='allow', full_scan_min_rows=0): what the test may do with the"
         " database (querywatch)",
     )
-    from .. import config as qw_config
+    from .. import _config as qw_config
     from .testing import reset_plans
 
     # The apps of a test session write to a temporary store of their own, not to the

@@ -41,7 +41,7 @@ if t.TYPE_CHECKING:
     from collections.abc import Iterable
     from collections.abc import Iterator
 
-    from ..config import Settings
+    from .._config import Settings
 
 __all__ = [
     "assert_constant_queries",

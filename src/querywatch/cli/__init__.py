@@ -71,9 +71,9 @@ def report(
     store_url: str | None, since: str, endpoint: str | None, limit: int, as_json: bool
 ) -> None:
     """Top query shapes and endpoints by total time, and the findings."""
-    from ..report import build_report
-    from ..report import parse_since
-    from ..report import render_report
+    from .._report import build_report
+    from .._report import parse_since
+    from .._report import render_report
 
     try:
         start = parse_since(since)
@@ -173,13 +173,13 @@ def advise(
     as_json: bool,
 ) -> None:
     """Index suggestions verified by the planner, plan findings and rewrite hints."""
-    from ..advice_worker import queries_from_store
-    from ..advice_worker import record_advice
+    from .._advice_worker import queries_from_store
+    from .._advice_worker import record_advice
+    from .._report import parse_since
+    from .._report import render_advice
+    from .._sql import split_statements
     from ..advisor import Advisor
     from ..advisor import QueryInput
-    from ..report import parse_since
-    from ..report import render_advice
-    from ..sql import split_statements
 
     database_url = database_url or _app_database_url()
     if not database_url:

@@ -8,7 +8,7 @@ import typing as t
 
 import click
 
-from ..config import normalize_url
+from .._config import normalize_url
 from ..exceptions import QueryWatchError
 
 if t.TYPE_CHECKING:

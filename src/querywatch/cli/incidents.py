@@ -245,8 +245,8 @@ def worker_command(
 ) -> None:
     """Turn alerts into incidents, escalate, remind and deliver notifications (what the
     app's own worker does, for deployments that run it apart)."""
+    from .._redact import error_line
     from ..incidents.worker import IncidentWorker
-    from ..redact import error_line
 
     # Connected in the loop: a store that is down at start is waited for like one that
     # goes down later.

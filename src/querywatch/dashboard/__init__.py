@@ -504,7 +504,7 @@ def _within(fn: t.Callable[..., T], *args: t.Any) -> T:
 
 def _gather(state: AppState, page: str, window: str) -> dict[str, t.Any]:
     """What a page shows (the API returns the same)."""
-    from ..report import build_report
+    from .._report import build_report
 
     # This process's pending aggregates first, so the page is current.
     state.flusher.flush()
@@ -584,10 +584,10 @@ def _shapes(state: AppState, queries: list[dict[str, t.Any]]) -> list[dict[str, 
 def _overview(
     state: AppState, report: dict[str, t.Any], since: float, now: float
 ) -> dict[str, t.Any]:
-    from ..report import headline
-    from ..report import traffic_sentence
-    from ..stats import EndpointAggregate
-    from ..stats import percentile
+    from .._report import headline
+    from .._report import traffic_sentence
+    from .._stats import EndpointAggregate
+    from .._stats import percentile
 
     width = state.settings.bucket_seconds
     buckets = state.store.timeline(since, now + width)

@@ -8,8 +8,8 @@ import typing as t
 
 import click
 
-from ..config import missing_driver
-from ..config import normalize_url
+from .._config import missing_driver
+from .._config import normalize_url
 from ..exceptions import QueryWatchError
 from .options import FIXES
 from .options import DemoOptions

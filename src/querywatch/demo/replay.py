@@ -24,11 +24,11 @@ from sqlalchemy.engine import make_url
 from werkzeug.serving import WSGIRequestHandler
 from werkzeug.serving import make_server
 
+from .._text import duration_text
 from ..alerts.evidence import culprit
 from ..dashboard import dashboard_url
 from ..exceptions import DemoError
 from ..incidents.manager import Incidents
-from ..text import duration_text
 from . import shop
 from .hooks import Inbox
 from .hooks import Received

@@ -12,12 +12,12 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 
 from .._console import print_whole
+from .._stats import percentile
+from .._text import compact_shape
+from .._text import duration_text
+from .._text import stored_site_text as _site_text
 from ..incidents.manager import Incidents
 from ..incidents.postmortem import render as render_postmortem
-from ..stats import percentile
-from ..text import compact_shape
-from ..text import duration_text
-from ..text import stored_site_text as _site_text
 from .load import LOOKUP_ROUTE
 from .options import CULPRIT_ENDPOINT
 from .traffic import Sample

@@ -31,12 +31,12 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from ..config import missing_driver
-from ..config import normalize_url
+from .._config import missing_driver
+from .._config import normalize_url
+from .._sql import IGNORE_OPTION
+from .._sql import check_read_only
 from ..exceptions import ExplainError
 from ..exceptions import UnsafeStatementError
-from ..sql import IGNORE_OPTION
-from ..sql import check_read_only
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator

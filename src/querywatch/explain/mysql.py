@@ -15,12 +15,12 @@ import contextlib
 import json
 import typing as t
 
+from .._sql import filter_terms
+from .._sql import number_placeholders
+from .._sql import render_placeholders
 from ..exceptions import ExplainError
 from ..fingerprint import MYSQL
 from ..fingerprint import mask_literals
-from ..sql import filter_terms
-from ..sql import number_placeholders
-from ..sql import render_placeholders
 from ._plan import Plan
 from ._plan import PlanNode
 from .names import alias_map

@@ -16,8 +16,8 @@ def _alias_map(sql: str, dialect: str) -> tuple[tuple[str, str], ...]:
     import sqlglot
     from sqlglot import exp
 
-    from ..sql import quiet_parse
-    from ..sql import sqlglot_dialect
+    from .._sql import quiet_parse
+    from .._sql import sqlglot_dialect
 
     try:
         with quiet_parse():
@@ -38,7 +38,7 @@ def alias_map(sql: str, dialect: str) -> dict[str, str]:
 
 def translate_error(exc: Exception, session: Session) -> ExplainError:
     """A database error during EXPLAIN as an :class:`ExplainError` that says what to do."""
-    from ..redact import error_line
+    from .._redact import error_line
 
     # The first line, its values masked: the statement may have run with an app's values.
     text = error_line(exc, 300)

@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import typing as t
 
+from .._sql import number_placeholders
+from .._sql import render_placeholders
 from ..fingerprint import POSTGRESQL
 from ..fingerprint import mask_literals
-from ..sql import number_placeholders
-from ..sql import render_placeholders
 from ._plan import Plan
 from ._plan import PlanNode
 from .names import translate_error

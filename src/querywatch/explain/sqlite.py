@@ -30,10 +30,10 @@ import threading
 import time
 import typing as t
 
+from .._sql import filter_terms
+from .._sql import number_placeholders
 from ..fingerprint import STANDARD
 from ..fingerprint import mask_literals
-from ..sql import filter_terms
-from ..sql import number_placeholders
 from ._plan import Plan
 from ._plan import PlanNode
 from .names import alias_map

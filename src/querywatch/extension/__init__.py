@@ -11,10 +11,10 @@ from flask import has_app_context
 
 from .. import capture
 from .._compat import current_app as current_app_object
+from .._config import load_settings
+from .._config import warn_unknown_keys
 from .._failopen import fail_open
 from .._failopen import log_limited
-from ..config import load_settings
-from ..config import warn_unknown_keys
 from ..exceptions import NotInitializedError
 from ._hooks import _register_views
 from ._hooks import _request_hooks

@@ -12,8 +12,8 @@ from .._failopen import fail_open
 from .._failopen import log_limited
 from .._failopen import record_internal_error
 from .._failopen import unavailable
+from .._stats import FOLD_INTERVAL
 from .._worker import Periodic
-from ..stats import FOLD_INTERVAL
 
 if t.TYPE_CHECKING:
     from ._state import AppState

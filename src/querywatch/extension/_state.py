@@ -10,16 +10,16 @@ import typing as t
 import weakref
 
 from .. import capture
+from .._advice_worker import AdviceWorker
+from .._config import Settings
+from .._config import normalize_url
+from .._detectors import Finding
+from .._detectors import detect
 from .._failopen import log_limited
 from .._failopen import swallow
-from ..advice_worker import AdviceWorker
-from ..config import Settings
-from ..config import normalize_url
-from ..detectors import Finding
-from ..detectors import detect
+from .._stats import Stats
 from ..signals import LIVE_RECORD
 from ..signals import record_finished
-from ..stats import Stats
 from ._flusher import Flusher
 
 if t.TYPE_CHECKING:
@@ -195,8 +195,8 @@ class AppState:
     def _engine_holding(self, sql: str, engines: list[t.Any]) -> t.Any:
         """The one engine whose database holds every table ``sql`` reads; None where
         none or several do, or the statement cannot be read."""
-        from ..sql import ALL_TABLES
-        from ..sql import statement_tables
+        from .._sql import ALL_TABLES
+        from .._sql import statement_tables
 
         read, _ = statement_tables(sql)
         if not read or ALL_TABLES in read:

@@ -11,8 +11,8 @@ import typing as t
 
 from sqlalchemy.exc import IntegrityError
 
+from .._text import duration_text as _duration
 from ..exceptions import IncidentError
-from ..text import duration_text as _duration
 from .policy import DEFAULT_POLICY
 from .policy import Policy
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import datetime as dt
 import typing as t
 
+from .._text import compact_shape
+from .._text import duration_text as _duration
+from .._text import stored_site_text as _site_text
 from ..alerts.evidence import culprit as blamed
-from ..text import compact_shape
-from ..text import duration_text as _duration
-from ..text import stored_site_text as _site_text
 from .manager import impact_of
 
 if t.TYPE_CHECKING:

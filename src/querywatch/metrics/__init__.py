@@ -78,8 +78,8 @@ if t.TYPE_CHECKING:
 
     from prometheus_client.core import Metric
 
+    from .._detectors import Finding
     from ..capture import Record
-    from ..detectors import Finding
 
 from ..signals import takes_live_record
 from ._collectors import register_cache_collector

@@ -42,7 +42,7 @@ def check_database(engine: t.Any, timeout: float) -> dict[str, t.Any]:
 
     from sqlalchemy import text
 
-    from ..sql import IGNORE_OPTION
+    from .._sql import IGNORE_OPTION
 
     result: dict[str, t.Any] = {}
 

@@ -16,10 +16,10 @@ import typing as t
 from sqlalchemy import create_engine
 from sqlalchemy import event
 
-from ..config import missing_driver
-from ..config import normalize_url
+from .._config import missing_driver
+from .._config import normalize_url
+from .._sql import IGNORE_OPTION
 from ..exceptions import StoreError
-from ..sql import IGNORE_OPTION
 
 if t.TYPE_CHECKING:
     from sqlalchemy.engine import Connection

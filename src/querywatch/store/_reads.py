@@ -8,8 +8,8 @@ import typing as t
 
 from sqlalchemy import select
 
-from ..stats import Aggregate
-from ..stats import EndpointAggregate
+from .._stats import Aggregate
+from .._stats import EndpointAggregate
 from . import schema
 from ._base import Base
 from ._rows import StoredFinding

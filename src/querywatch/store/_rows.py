@@ -7,9 +7,9 @@ import typing as t
 
 from sqlalchemy import bindparam
 
+from .._stats import Aggregate
+from .._stats import EndpointAggregate
 from ..capture import CallSite
-from ..stats import Aggregate
-from ..stats import EndpointAggregate
 
 if t.TYPE_CHECKING:
     from sqlalchemy.engine import Connection

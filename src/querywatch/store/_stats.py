@@ -10,11 +10,11 @@ import typing as t
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from ..stats import Aggregate
-from ..stats import EndpointAggregate
-from ..stats import FindingAggregate
-from ..stats import ShapeInfo
-from ..stats import Snapshot
+from .._stats import Aggregate
+from .._stats import EndpointAggregate
+from .._stats import FindingAggregate
+from .._stats import ShapeInfo
+from .._stats import Snapshot
 from . import schema
 from ._base import Base
 from ._rows import _KNOWN_SHAPES_CAP

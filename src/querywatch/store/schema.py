@@ -2,7 +2,7 @@
 
 Every table is prefixed ``qw_`` so the store may share a database with the application.
 Durations are stored in seconds; ``minute`` is the Unix time of the minute's start.
-Histograms are JSON objects of bucket index to count (see :mod:`querywatch.stats`).
+Histograms are JSON objects of bucket index to count (see :mod:`querywatch._stats`).
 """
 
 from __future__ import annotations

@@ -21,12 +21,12 @@ import threading
 import typing as t
 
 if t.TYPE_CHECKING:
+    from ._detectors import Finding
     from .alerts import Objective
     from .capture import CallSite
     from .capture import LoopStats
     from .capture import Record
     from .capture import ShapeStats
-    from .detectors import Finding
 
 __all__ = [
     "OTHER",

@@ -12,9 +12,9 @@ import re
 import threading
 import typing as t
 
+from ._redact import error_line
 from .exceptions import ExplainError
 from .exceptions import UnsafeStatementError
-from .redact import error_line
 
 #: The execution option that marks querywatch's own statements: capture skips them.
 IGNORE_OPTION = "querywatch_ignore"

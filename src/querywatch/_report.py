@@ -18,14 +18,14 @@ from rich.text import Text
 
 from ._console import make_console
 from ._console import print_whole
-from .stats import OTHER
-from .stats import OTHER_SHAPE
-from .stats import Aggregate
-from .stats import EndpointAggregate
-from .stats import percentile
-from .text import compact_shape
-from .text import site_dict as _site
-from .text import stored_site_text as _site_text
+from ._stats import OTHER
+from ._stats import OTHER_SHAPE
+from ._stats import Aggregate
+from ._stats import EndpointAggregate
+from ._stats import percentile
+from ._text import compact_shape
+from ._text import site_dict as _site
+from ._text import stored_site_text as _site_text
 
 if t.TYPE_CHECKING:
     from .store import Store
