@@ -403,6 +403,87 @@ def test_a_bad_policy_is_refused_naming_the_field(policy: t.Any, message: str) -
     assert str(info.value) == message
 
 
+@pytest.fixture
+def registry() -> t.Iterator[dict[str, t.Any]]:
+    """The notifier registry, as it was once the test ends."""
+    from querywatch.incidents import notifiers
+
+    before = dict(notifiers.NOTIFIERS)
+    yield notifiers.NOTIFIERS
+    notifiers.NOTIFIERS.clear()
+    notifiers.NOTIFIERS.update(before)
+
+
+def test_a_notifier_kind_is_one_registered_class(
+    tmp_path: t.Any, registry: dict[str, t.Any]
+) -> None:
+    """A new kind of target is a Notifier subclass added to the registry: the policy
+    checks its options by its rules and the outbox delivers through it, with the same
+    retries; a kind cannot be taken twice."""
+    from querywatch.incidents import notifiers
+
+    delivered: list[tuple[str, dict[str, t.Any]]] = []
+    fail = [True]
+
+    @notifiers.register
+    class Pager(notifiers.Notifier):
+        kind = "pager"
+        required = ("channel",)
+        optional = ("timeout",)
+
+        @classmethod
+        def check(cls, field: str, options: dict[str, t.Any]) -> dict[str, t.Any]:
+            if not str(options["channel"]).startswith("#"):
+                raise PolicyError(f"{field}.channel", "expected a channel such as '#ops'.")
+            return options
+
+        def deliver(self, message: dict[str, t.Any]) -> None:
+            if fail[0]:
+                raise notifiers.DeliveryError("the pager is down")
+            delivered.append((self.options["channel"], message))
+
+    def policy(**options: t.Any) -> t.Any:
+        return load_policy(
+            {"targets": {"p": {"type": "pager", **options}}, "levels": [{"targets": ["p"]}]}
+        )
+
+    with pytest.raises(PolicyError) as info:
+        policy(channel="ops")
+    assert str(info.value) == (
+        "Escalation policy, targets.p.channel: expected a channel such as '#ops'."
+    )
+    with pytest.raises(PolicyError) as info:
+        policy(channel="#ops", url="http://x")
+    assert str(info.value) == (
+        "Escalation policy, targets.p.url: a pager target takes channel, timeout."
+    )
+    with pytest.raises(PolicyError) as info:
+        policy(channel="#ops", timeout=0)
+    assert str(info.value) == "Escalation policy, targets.p.timeout: expected seconds, got 0."
+    store = Store(f"sqlite:///{tmp_path}/qw.db")
+    incidents = Incidents(store, policy(channel="#ops"))
+    outbox = Outbox(incidents)
+    t0 = 1_800_000_000.0
+    (incident, _) = incidents.trigger("k", "Checkout is slow", now=t0)
+    assert outbox.run_once(now=t0) == 0
+    failed = [e for e in incidents.timeline(incident.id) if e.kind == "notification_failed"]
+    assert "the pager is down" in failed[0].text
+    fail[0] = False
+    assert outbox.run_once(now=t0 + 3600) == 1
+    ((channel, message),) = delivered
+    assert channel == "#ops"
+    assert message["incident"]["id"] == incident.id
+    assert message["action"] == "trigger"
+
+    class Other(notifiers.Notifier):
+        kind = "pager"
+
+    with pytest.raises(ValueError, match="A notifier of kind 'pager' is registered already"):
+        notifiers.register(Other)
+    assert registry["pager"] is Pager
+    store.dispose()
+
+
 def test_a_policy_from_a_toml_file(tmp_path: t.Any) -> None:
     path = tmp_path / "escalation.toml"
     path.write_text(

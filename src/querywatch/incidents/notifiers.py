@@ -1,4 +1,5 @@
-"""Notifiers: one small interface, ``send(target, message)``, raising on failure.
+"""Notifiers: a registry of classes, one a kind of target, each validating its options at
+start-up and delivering a message, raising :class:`DeliveryError` on failure.
 
 - ``webhook``: the message as JSON, with ``Idempotency-Key`` and, when the target has a
   ``secret``, ``X-Querywatch-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of
@@ -10,6 +11,9 @@
 - ``pagerduty``: Events API v2, ``trigger``/``acknowledge``/``resolve`` with the
   incident's ``dedup_key``;
 - ``log``: the ``querywatch.incidents`` logger.
+
+A new kind is a :class:`Notifier` subclass with a ``kind``, its options and ``deliver``,
+added with :func:`register`; the escalation policy accepts it from then on.
 """
 
 from __future__ import annotations
@@ -24,14 +28,93 @@ import urllib.error
 import urllib.request
 
 from ..exceptions import DeliveryError
+from ..exceptions import PolicyError
 
 if t.TYPE_CHECKING:
     from .policy import Target
 
-__all__ = ["DeliveryError", "send", "signature", "verify_signature"]
+__all__ = [
+    "NOTIFIERS",
+    "DeliveryError",
+    "Notifier",
+    "register",
+    "send",
+    "signature",
+    "verify_signature",
+]
 
 logger = logging.getLogger("querywatch.incidents")
 USER_AGENT = "querywatch-incidents/1"
+PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
+
+_N = t.TypeVar("_N", bound="type[Notifier]")
+
+#: The notifier class of each kind of target, by kind.
+NOTIFIERS: dict[str, type[Notifier]] = {}
+
+
+def register(cls: _N) -> _N:
+    """Add a notifier class under its ``kind`` (a class decorator); a kind is taken once."""
+    kind = cls.kind
+    if kind in NOTIFIERS and NOTIFIERS[kind] is not cls:
+        msg = f"A notifier of kind {kind!r} is registered already ({NOTIFIERS[kind]!r})."
+        raise ValueError(msg)
+    NOTIFIERS[kind] = cls
+    return cls
+
+
+class Notifier:
+    """One kind of target: the options it takes, how they are checked, how a message is
+    delivered. Made for each delivery, with the target's validated options."""
+
+    #: The ``type`` of the policy's targets of this kind.
+    kind: t.ClassVar[str]
+    #: Options a target must set, and those it may.
+    required: t.ClassVar[tuple[str, ...]] = ()
+    optional: t.ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, options: dict[str, t.Any]) -> None:
+        self.options = options
+        self.timeout = float(options.get("timeout", 10))
+
+    @classmethod
+    def validate(cls, field: str, options: dict[str, t.Any]) -> dict[str, t.Any]:
+        """The target's options, checked (a :class:`PolicyError` names the field) and
+        completed with defaults."""
+        for key in cls.required:
+            if options.get(key) in (None, "", []):
+                raise PolicyError(f"{field}.{key}", f"a {cls.kind} target needs '{key}'.")
+        unknown = sorted(set(options) - set(cls.required) - set(cls.optional))
+        if unknown:
+            raise PolicyError(
+                f"{field}.{unknown[0]}",
+                f"a {cls.kind} target takes"
+                f" {', '.join(cls.required + cls.optional) or 'no options'}.",
+            )
+        options = cls.check(field, dict(options))
+        if "timeout" in options:
+            timeout = options["timeout"]
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+                raise PolicyError(f"{field}.timeout", f"expected seconds, got {timeout!r}.")
+        return options
+
+    @classmethod
+    def check(cls, field: str, options: dict[str, t.Any]) -> dict[str, t.Any]:
+        """What this kind checks beyond required and unknown options."""
+        return options
+
+    def deliver(self, message: dict[str, t.Any]) -> None:
+        """Deliver ``message`` (an outbox message); raise :class:`DeliveryError`."""
+        raise NotImplementedError
+
+
+def send(target: Target, message: dict[str, t.Any]) -> None:
+    """Deliver ``message`` (an outbox message) to ``target``; raises
+    :class:`DeliveryError`."""
+    cls = NOTIFIERS.get(target.kind)
+    if cls is None:
+        raise DeliveryError(f"Unknown target type {target.kind!r}.")
+    cls(target.options).deliver(message)
 
 
 def signature(secret: str, body: bytes, timestamp: int) -> str:
@@ -74,6 +157,13 @@ def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Non
         raise DeliveryError(f"{url} is unreachable: {reason}") from None
 
 
+def _check_url(field: str, options: dict[str, t.Any]) -> None:
+    if "url" in options:
+        url = options["url"]
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise PolicyError(f"{field}.url", f"expected an http(s) URL, got {url!r}.")
+
+
 def _subject(m: dict[str, t.Any]) -> str:
     inc = m["incident"]
     verb = {
@@ -87,23 +177,45 @@ def _subject(m: dict[str, t.Any]) -> str:
     return f"[querywatch {inc['severity']}] {verb} #{inc['id']}: {inc['title']}"
 
 
-def send(target: Target, message: dict[str, t.Any]) -> None:
-    """Deliver ``message`` (an outbox message) to ``target``; raises
-    :class:`DeliveryError`."""
-    opts = target.options
-    timeout = float(opts.get("timeout", 10))
-    key = message["idempotency_key"]
-    if target.kind == "log":
-        logger.warning("%s\n%s", _subject(message), message["text"])
-        return
-    if target.kind == "webhook":
+@register
+class WebhookNotifier(Notifier):
+    kind = "webhook"
+    required = ("url",)
+    optional = ("secret", "timeout")
+
+    @classmethod
+    def check(cls, field: str, options: dict[str, t.Any]) -> dict[str, t.Any]:
+        _check_url(field, options)
+        if "secret" in options:
+            secret = options["secret"]
+            if not isinstance(secret, str) or len(secret) < 16:
+                raise PolicyError(f"{field}.secret", "expected a secret of 16 characters or more.")
+        return options
+
+    def deliver(self, message: dict[str, t.Any]) -> None:
+        opts = self.options
         body = json.dumps(message, sort_keys=True).encode()
-        headers = {"Idempotency-Key": key, "X-Querywatch-Action": message["action"]}
+        headers = {
+            "Idempotency-Key": message["idempotency_key"],
+            "X-Querywatch-Action": message["action"],
+        }
         if opts.get("secret"):
             headers["X-Querywatch-Signature"] = signature(opts["secret"], body, int(time.time()))
-        _post(opts["url"], body, headers, timeout)
-        return
-    if target.kind == "slack":
+        _post(opts["url"], body, headers, self.timeout)
+
+
+@register
+class SlackNotifier(Notifier):
+    kind = "slack"
+    required = ("url",)
+    optional = ("timeout",)
+
+    @classmethod
+    def check(cls, field: str, options: dict[str, t.Any]) -> dict[str, t.Any]:
+        _check_url(field, options)
+        return options
+
+    def deliver(self, message: dict[str, t.Any]) -> None:
         inc = message["incident"]
         fields = [f"*Severity* {inc['severity']}", f"*Status* {inc['status']}"]
         if inc.get("owner"):
@@ -122,15 +234,87 @@ def send(target: Target, message: dict[str, t.Any]) -> None:
                 },
             )
         body = json.dumps({"text": _subject(message), "blocks": blocks}).encode()
-        _post(opts["url"], body, {}, timeout)
-        return
-    if target.kind == "pagerduty":
+        _post(self.options["url"], body, {}, self.timeout)
+
+
+@register
+class EmailNotifier(Notifier):
+    kind = "email"
+    required = ("to", "host")
+    optional = ("port", "from", "starttls", "ssl", "username", "password", "cafile", "timeout")
+
+    @classmethod
+    def check(cls, field: str, options: dict[str, t.Any]) -> dict[str, t.Any]:
+        to = options["to"]
+        if isinstance(to, str):
+            to = [to]
+        if not isinstance(to, list) or not all(isinstance(a, str) and "@" in a for a in to):
+            raise PolicyError(f"{field}.to", f"expected e-mail addresses, got {options['to']!r}.")
+        options["to"] = to
+        port = options.get("port", 25)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise PolicyError(f"{field}.port", f"expected a port number, got {port!r}.")
+        if bool(options.get("username")) != bool(options.get("password")):
+            raise PolicyError(f"{field}.password", "'username' and 'password' go together.")
+        return options
+
+    def deliver(self, message: dict[str, t.Any]) -> None:
+        import smtplib
+        import ssl
+        from email.message import EmailMessage
+
+        opts = self.options
+        mail = EmailMessage()
+        mail["Subject"] = _subject(message)
+        mail["From"] = opts.get("from", "querywatch@localhost")
+        mail["To"] = ", ".join(opts["to"])
+        mail["Message-ID"] = f"<{message['idempotency_key']}@querywatch>"
+        mail["X-Querywatch-Idempotency-Key"] = message["idempotency_key"]
+        inc = message["incident"]
+        body = message["text"]
+        if inc.get("hypothesis"):
+            body += f"\n\nEvidence: {inc['hypothesis']}"
+        mail.set_content(body)
+        host, port = opts["host"], int(opts.get("port", 25))
+        try:
+            # Certificates are verified, against the system's CAs or ``cafile`` (a private
+            # CA).
+            context = ssl.create_default_context(cafile=opts.get("cafile"))
+            if opts.get("ssl"):
+                smtp: smtplib.SMTP = smtplib.SMTP_SSL(
+                    host, port, timeout=self.timeout, context=context
+                )
+            else:
+                smtp = smtplib.SMTP(host, port, timeout=self.timeout)
+            with smtp:
+                if opts.get("starttls"):
+                    smtp.starttls(context=context)
+                if opts.get("username"):
+                    smtp.login(opts["username"], opts["password"])
+                smtp.send_message(mail)
+        except (smtplib.SMTPException, OSError) as e:
+            raise DeliveryError(f"SMTP {host}:{port}: {type(e).__name__}: {e}") from None
+
+
+@register
+class PagerDutyNotifier(Notifier):
+    kind = "pagerduty"
+    required = ("routing_key",)
+    optional = ("url", "timeout")
+
+    @classmethod
+    def check(cls, field: str, options: dict[str, t.Any]) -> dict[str, t.Any]:
+        _check_url(field, options)
+        options.setdefault("url", PAGERDUTY_URL)
+        return options
+
+    def deliver(self, message: dict[str, t.Any]) -> None:
         inc = message["incident"]
         action = {"acknowledge": "acknowledge", "resolve": "resolve"}.get(
             message["action"], "trigger"
         )
         event: dict[str, t.Any] = {
-            "routing_key": opts["routing_key"],
+            "routing_key": self.options["routing_key"],
             "event_action": action,
             "dedup_key": f"querywatch-{inc['id']}",
         }
@@ -142,46 +326,15 @@ def send(target: Target, message: dict[str, t.Any]) -> None:
                 "custom_details": {
                     "text": message["text"],
                     "hypothesis": inc.get("hypothesis"),
-                    "idempotency_key": key,
+                    "idempotency_key": message["idempotency_key"],
                 },
             }
-        _post(opts["url"], json.dumps(event).encode(), {}, timeout)
-        return
-    if target.kind == "email":
-        _send_mail(opts, message, timeout)
-        return
-    raise DeliveryError(f"Unknown target type {target.kind!r}.")
+        _post(self.options["url"], json.dumps(event).encode(), {}, self.timeout)
 
 
-def _send_mail(opts: dict[str, t.Any], message: dict[str, t.Any], timeout: float) -> None:
-    import smtplib
-    import ssl
-    from email.message import EmailMessage
+@register
+class LogNotifier(Notifier):
+    kind = "log"
 
-    mail = EmailMessage()
-    mail["Subject"] = _subject(message)
-    mail["From"] = opts.get("from", "querywatch@localhost")
-    mail["To"] = ", ".join(opts["to"])
-    mail["Message-ID"] = f"<{message['idempotency_key']}@querywatch>"
-    mail["X-Querywatch-Idempotency-Key"] = message["idempotency_key"]
-    inc = message["incident"]
-    body = message["text"]
-    if inc.get("hypothesis"):
-        body += f"\n\nEvidence: {inc['hypothesis']}"
-    mail.set_content(body)
-    host, port = opts["host"], int(opts.get("port", 25))
-    try:
-        # Certificates are verified, against the system's CAs or ``cafile`` (a private CA).
-        context = ssl.create_default_context(cafile=opts.get("cafile"))
-        if opts.get("ssl"):
-            smtp: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=timeout, context=context)
-        else:
-            smtp = smtplib.SMTP(host, port, timeout=timeout)
-        with smtp:
-            if opts.get("starttls"):
-                smtp.starttls(context=context)
-            if opts.get("username"):
-                smtp.login(opts["username"], opts["password"])
-            smtp.send_message(mail)
-    except (smtplib.SMTPException, OSError) as e:
-        raise DeliveryError(f"SMTP {host}:{port}: {type(e).__name__}: {e}") from None
+    def deliver(self, message: dict[str, t.Any]) -> None:
+        logger.warning("%s\n%s", _subject(message), message["text"])

@@ -45,31 +45,22 @@ import re
 import typing as t
 
 from ..exceptions import PolicyError
+from .notifiers import NOTIFIERS
 
 if t.TYPE_CHECKING:
     from flask import Flask
 
 __all__ = ["Level", "Policy", "PolicyError", "Rotation", "Target", "load_policy"]
 
-#: Target types and the options each takes (required ones first).
-TARGET_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "webhook": (("url",), ("secret", "timeout")),
-    "slack": (("url",), ("timeout",)),
-    "email": (
-        ("to", "host"),
-        ("port", "from", "starttls", "ssl", "username", "password", "cafile", "timeout"),
-    ),
-    "pagerduty": (("routing_key",), ("url", "timeout")),
-    "log": ((), ()),
-}
-PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """Where a notification goes: ``kind`` is a key of :data:`TARGET_TYPES`."""
+    """Where a notification goes: ``kind`` is a key of
+    :data:`querywatch.incidents.notifiers.NOTIFIERS`, ``options`` what its notifier
+    checked."""
 
     name: str
     kind: str
@@ -147,48 +138,11 @@ def _target(name: str, spec: t.Any) -> Target:
     if not isinstance(spec, dict):
         raise PolicyError(field, f"expected a table with a 'type', got {spec!r}.")
     kind = spec.get("type")
-    if kind not in TARGET_TYPES:
-        raise PolicyError(
-            f"{field}.type", f"expected one of {', '.join(TARGET_TYPES)}, got {kind!r}."
-        )
-    required, optional = TARGET_TYPES[kind]
+    notifier = NOTIFIERS.get(kind) if isinstance(kind, str) else None
+    if notifier is None:
+        raise PolicyError(f"{field}.type", f"expected one of {', '.join(NOTIFIERS)}, got {kind!r}.")
     options = {k: v for k, v in spec.items() if k != "type"}
-    for key in required:
-        if options.get(key) in (None, "", []):
-            raise PolicyError(f"{field}.{key}", f"a {kind} target needs '{key}'.")
-    unknown = sorted(set(options) - set(required) - set(optional))
-    if unknown:
-        raise PolicyError(
-            f"{field}.{unknown[0]}",
-            f"a {kind} target takes {', '.join(required + optional) or 'no options'}.",
-        )
-    if kind in ("webhook", "slack", "pagerduty") and "url" in options:
-        url = options["url"]
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise PolicyError(f"{field}.url", f"expected an http(s) URL, got {url!r}.")
-    if kind == "webhook" and "secret" in options:
-        secret = options["secret"]
-        if not isinstance(secret, str) or len(secret) < 16:
-            raise PolicyError(f"{field}.secret", "expected a secret of 16 characters or more.")
-    if kind == "email":
-        to = options["to"]
-        if isinstance(to, str):
-            to = [to]
-        if not isinstance(to, list) or not all(isinstance(a, str) and "@" in a for a in to):
-            raise PolicyError(f"{field}.to", f"expected e-mail addresses, got {options['to']!r}.")
-        options["to"] = to
-        port = options.get("port", 25)
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise PolicyError(f"{field}.port", f"expected a port number, got {port!r}.")
-        if bool(options.get("username")) != bool(options.get("password")):
-            raise PolicyError(f"{field}.password", "'username' and 'password' go together.")
-    if "timeout" in options:
-        timeout = options["timeout"]
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise PolicyError(f"{field}.timeout", f"expected seconds, got {timeout!r}.")
-    if kind == "pagerduty":
-        options.setdefault("url", PAGERDUTY_URL)
-    return Target(name, kind, options)
+    return Target(name, notifier.kind, notifier.validate(field, options))
 
 
 def _rotation(team: str, spec: t.Any) -> Rotation:
