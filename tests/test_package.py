@@ -121,3 +121,39 @@ def test_the_public_names_hand_out_no_working_state() -> None:
     assert settable == []
     assert view.__slots__ == ("_record",)
     assert not {"Record", "QueryInfo"} & set(querywatch.__all__)
+
+
+def test_the_benchmarks_use_only_names_that_exist() -> None:
+    """``bench/`` runs rarely and outside the suite: every querywatch name it imports,
+    and every attribute it reads of a querywatch module, must still be there."""
+    import ast
+    import pathlib
+
+    missing = []
+    for path in sorted((pathlib.Path(__file__).parent.parent / "bench").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        modules = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("querywatch"):
+                base = importlib.import_module(node.module or "")
+                for alias in node.names:
+                    if not hasattr(base, alias.name):
+                        try:
+                            importlib.import_module(f"{node.module}.{alias.name}")
+                        except ImportError:
+                            missing.append(f"{path.name}: {node.module}.{alias.name}")
+                            continue
+                    value = getattr(base, alias.name, None) or importlib.import_module(
+                        f"{node.module}.{alias.name}"
+                    )
+                    if inspect.ismodule(value):
+                        modules[alias.asname or alias.name] = value
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in modules
+                and not hasattr(modules[node.value.id], node.attr)
+            ):
+                missing.append(f"{path.name}:{node.lineno}: {node.value.id}.{node.attr}")
+    assert missing == []

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from ._listeners import install
 from ._listeners import track_writes
+from ._listeners import uninstall
 from ._record import MAX_PARAM_HASHES
 from ._record import CallSite
 from ._record import LoopStats
@@ -64,4 +65,5 @@ __all__ = [
     "start_record",
     "tables_read_by",
     "track_writes",
+    "uninstall",
 ]

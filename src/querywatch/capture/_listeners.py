@@ -275,6 +275,18 @@ def install() -> None:
         _installed = True
 
 
+def uninstall() -> None:
+    """Remove the listeners (the benchmarks measure capture by switching it off)."""
+    global _installed
+    with _install_lock:
+        if not _installed:
+            return
+        for name, fn in _LISTENERS:
+            event.remove(Dialect, name, fn)
+        event.remove(Session, "after_commit", _after_commit)
+        _installed = False
+
+
 def track_writes(bump: t.Callable[[frozenset[str]], None]) -> None:
     """Call the bound method ``bump(tables)`` each time a transaction that wrote ``tables``
     commits (for an autocommit write: before it runs and once it has), while its object
