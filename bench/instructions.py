@@ -8,8 +8,13 @@ in a process of its own under ``valgrind --tool=callgrind``; the difference divi
 apart so its writes do not land in one run and not the other. Instructions are not time
 (cache misses are not counted), so report time from overhead.py; use this to see whether
 a change to capture made it do less. No statement counts as slow here (valgrind slows
-each fiftyfold), and the background threads are stopped after the warm-up: the count is
-the request path's, the same from run to run.
+each fiftyfold), the background threads are stopped after the warm-up and every module
+is compiled before counting: the count is the request path's. It still moves with where
+the process's objects land in memory (CPython's method cache is indexed by the address
+of each attribute name, so a different layout misses it more or less often): two trees
+that differ by one module can differ by 2-3% on layout alone, and disabling address
+randomization only fixes one arbitrary layout. So each count is the median of
+``--repeat`` runs under randomization; the spread is printed beside it.
 
     python bench/instructions.py [--extra 200] [--endpoints 10-query,51-query]
     python bench/instructions.py --compare ../before/.venv/bin/python   # before/after
@@ -21,6 +26,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -99,6 +105,9 @@ def main() -> int:
     parser.add_argument("--extra", type=int, default=200)
     parser.add_argument("--endpoints", default=",".join(ENDPOINTS))
     parser.add_argument(
+        "--repeat", type=int, default=3, help="Runs a count; the median is reported."
+    )
+    parser.add_argument(
         "--compare",
         metavar="PYTHON",
         help="Also count querywatch under this interpreter (another checkout's virtualenv):"
@@ -124,14 +133,15 @@ def main() -> int:
     if args.compare:
         pythons["compared"] = args.compare
     jobs = [
-        (config, ep, n)
+        (config, ep, n, r)
+        for r in range(args.repeat)
         for ep in endpoints
         for config in pythons
         for n in (args.base, args.base + args.extra)
     ]
 
-    def run(job: tuple[str, str, int]) -> int:
-        config, ep, n = job
+    def run(job: tuple[str, str, int, int]) -> int:
+        config, ep, n, _ = job
         mode = "none" if config == "none" else "querywatch"
         return count(
             mode, db_url, tempfile.mkdtemp(dir=workdir), ENDPOINTS[ep][0], n, pythons[config]
@@ -148,16 +158,22 @@ def main() -> int:
                 warm = [python, "-c", SERVE, mode, db_url, tempfile.mkdtemp(dir=workdir)]
                 subprocess.run([*warm, path, "0"], capture_output=True, check=True)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        counts = dict(zip(jobs, pool.map(run, jobs), strict=True))
+        raw = dict(zip(jobs, pool.map(run, jobs), strict=True))
+    # A request's count in each run (its pair of counts), then the median over the runs.
+    runs = {
+        (c, ep): sorted(
+            (raw[(c, ep, args.base + args.extra, r)] - raw[(c, ep, args.base, r)]) / args.extra
+            for r in range(args.repeat)
+        )
+        for c in pythons
+        for ep in endpoints
+    }
     head = f"{'endpoint':<12}{'none':>14}{'querywatch':>14}{'added':>12}{'':>8}"
     if args.compare:
         head += f"{'compared':>14}{'added':>12}{'this/compared':>15}"
     print(head)
     for ep in endpoints:
-        per = {
-            c: (counts[(c, ep, args.base + args.extra)] - counts[(c, ep, args.base)]) / args.extra
-            for c in pythons
-        }
+        per = {c: statistics.median(runs[(c, ep)]) for c in pythons}
         added = per["querywatch"] - per["none"]
         line = (
             f"{ep:<12}{per['none']:>14,.0f}{per['querywatch']:>14,.0f}{added:>12,.0f}"
@@ -168,7 +184,9 @@ def main() -> int:
             ratio = per["querywatch"] / per["compared"]
             line += f"{per['compared']:>14,.0f}{other:>12,.0f}{ratio:>15.3f}"
         print(line)
-    print("instructions a request")
+    print(f"instructions a request, the median of {args.repeat} runs; each run's:")
+    for (c, ep), values in runs.items():
+        print(f"  {ep:<10}{c:<12}" + "  ".join(f"{v:,.0f}" for v in values))
     return 0
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from .._compat import DEFAULT_FETCH
 from .._compat import FAST
 from .._compat import ORM_LOAD_OPTIONS
-from .._compat import server_side
+from .._compat import SERVER_SIDE
 from .._failopen import swallow
 from .._sql import IGNORE_OPTION
 from ._record import QueryInfo
@@ -119,7 +119,7 @@ def _begin(
             info.select
             and FAST.reads
             and context.cursor_fetch_strategy is DEFAULT_FETCH
-            and not server_side(context)
+            and not getattr(context, SERVER_SIDE, False)
             and not options.get("stream_results")
         )
         query = (_TimedRead if timed_read else QueryInfo)(

@@ -9,6 +9,7 @@ from time import perf_counter
 
 from .._compat import NO_CURSOR_DQL
 from .._compat import CursorFetchStrategy
+from .._compat import hard_close as _hard_close
 from .._compat import soft_close
 from .._failopen import swallow
 from ._record import QueryInfo
@@ -146,7 +147,7 @@ class _TimedRead(QueryInfo, CursorFetchStrategy):
             row = dbapi_cursor.fetchone()
             self.last_activity = perf_counter()
             if row is None:
-                soft_close(result, hard=hard_close)
+                (_hard_close if hard_close else soft_close)(result)
             else:
                 self.rows += 1
             return row
