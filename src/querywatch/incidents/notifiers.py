@@ -18,6 +18,7 @@ added with :func:`register`; the escalation policy accepts it from then on.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import hmac
 import json
@@ -63,7 +64,7 @@ def register(cls: _N) -> _N:
     return cls
 
 
-class Notifier:
+class Notifier(abc.ABC):
     """One kind of target: the options it takes, how they are checked, how a message is
     delivered. Made for each delivery, with the target's validated options."""
 
@@ -103,9 +104,9 @@ class Notifier:
         """What this kind checks beyond required and unknown options."""
         return options
 
+    @abc.abstractmethod
     def deliver(self, message: dict[str, t.Any]) -> None:
         """Deliver ``message`` (an outbox message); raise :class:`DeliveryError`."""
-        raise NotImplementedError
 
 
 def send(target: Target, message: dict[str, t.Any]) -> None:
