@@ -17,9 +17,11 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
+from ._sql import statement_tables
 from ._text import site_text
 from .capture import MAX_PARAM_HASHES
 from .capture import REFRESHED
+from .capture import relationship_tables
 
 if t.TYPE_CHECKING:
     from ._config import Settings
@@ -91,9 +93,6 @@ def _n_plus_one_fix(loop: LoopStats, record: Record) -> str:
 def _parent_site(loop: LoopStats, record: Record) -> CallSite | None:
     """Where the app ran the query that loaded the parents of a lazy-loaded relationship:
     a read of the parent's table, issued by hand (not a loader) from app code."""
-    from ._sql import statement_tables
-    from .capture import relationship_tables
-
     table = relationship_tables.get(loop.relationship or "")
     if table is None:
         return None
