@@ -8,6 +8,7 @@ import os
 import threading
 import typing as t
 import weakref
+from types import MethodType
 
 from .. import capture
 from .._advice_worker import AdviceWorker
@@ -18,7 +19,7 @@ from .._detectors import detect
 from .._failopen import log_limited
 from .._failopen import swallow
 from .._stats import Stats
-from ..signals import LIVE_RECORD
+from ..signals import Receivers
 from ..signals import record_finished
 from ._flusher import Flusher
 
@@ -49,6 +50,8 @@ class AppState:
         self.name = app.name
         self._config = app.config
         self._app = weakref.ref(app)
+        #: The app's receivers of ``record_finished``, kept between requests.
+        self.receivers = Receivers(self._app)
         self.flusher = Flusher(self)
         self.advice_worker = AdviceWorker(self)
         self._store: Store | None = None
@@ -263,13 +266,19 @@ class AppState:
         # receiver on its own: one that raises does not keep the record from the rest.
         # querywatch's own receivers read the working record; everyone else is handed
         # read-only views, built once and only when someone else listens.
-        if record_finished.receivers:
+        if record_finished.receivers and not record_finished.is_muted:
             app = self._app()
             view: capture.RecordView | None = None
             frozen: tuple[Finding, ...] = ()
-            for receiver in record_finished.receivers_for(app):
+            for ref, method, live in self.receivers.current():
+                receiver = ref()
+                if receiver is None:
+                    self.receivers.stale()
+                    continue
+                if method is not None:
+                    receiver = MethodType(method, receiver)
                 try:
-                    if getattr(receiver, LIVE_RECORD, False):
+                    if live:
                         receiver(app, record=record, findings=findings)
                         continue
                     if view is None:

@@ -304,11 +304,8 @@ class AppMetrics(Collector):
     def record_finished(
         self, sender: t.Any, record: Record, findings: Iterable[Finding], **_: t.Any
     ) -> None:
-        """The :data:`querywatch.signals.record_finished` receiver of the app's metrics."""
-        self.add(record, findings)
-
-    def add(self, record: Record, findings: Iterable[Finding]) -> None:
-        """Queue a finished unit of work (an append; observed by :meth:`fold`)."""
+        """The :data:`querywatch.signals.record_finished` receiver of the app's metrics:
+        queue a finished unit of work (an append; observed by :meth:`fold`)."""
         n1 = slow = 0
         for f in findings:
             if f.kind == "n_plus_one":
