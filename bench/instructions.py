@@ -9,14 +9,23 @@ apart so its writes do not land in one run and not the other. Instructions are n
 (cache misses are not counted), so report time from overhead.py; use this to see whether
 a change to capture made it do less. No statement counts as slow here (valgrind slows
 each fiftyfold), the background threads are stopped after the warm-up and every module
-is compiled before counting: the count is the request path's. It still moves with where
-the process's objects land in memory (CPython's method cache is indexed by the address
-of each attribute name, so a different layout misses it more or less often): two trees
-that differ by one module can differ by 2-3% on layout alone, and disabling address
-randomization only fixes one arbitrary layout. So each count is the median of
-``--repeat`` runs under randomization; the spread is printed beside it.
+is compiled before counting: the count is the request path's. What the warm-up left
+is frozen out of the cyclic collector's sight (``gc.freeze()``): a full collection walks
+the whole heap, and whether one falls inside a run's window moved a 51-query count by
+10%. The young collections that a request's own garbage triggers are still counted.
 
-    python bench/instructions.py [--extra 200] [--endpoints 10-query,51-query]
+It still moves with where the process's objects land in memory. CPython's method cache
+hashes each type's version tag with the address of the attribute's name, so which
+lookups miss it (and search the class's MRO) depends on the layout. Address
+randomization does not vary that (obmalloc places objects at the same offsets in their
+arenas), so one tree always gets one arbitrary layout, and two trees that differ by one
+module differ by up to 4% on layout alone. So each run shifts the layout by a seed of
+its own before anything is imported: a few objects of every small size class (where
+later objects land) and a few classes (which version tags later types get). The runs of
+every configuration use the same seeds, and each count is the median over them; each
+run's count is printed, so the spread shows.
+
+    python bench/instructions.py [--repeat 5] [--endpoints 10-query,51-query]
     python bench/instructions.py --compare ../before/.venv/bin/python   # before/after
 """
 
@@ -32,16 +41,27 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
+#: Each endpoint's path and, by default, how many requests a count is taken over (fewer
+#: for the longer requests: each is counted over as many instructions).
 ENDPOINTS = {
-    "1-query": ("/api/products/3", 1),
-    "10-query": ("/api/admin/overview", 10),
-    "51-query": ("/api/orders/recent", 51),
+    "1-query": ("/api/products/3", 200),
+    "10-query": ("/api/admin/overview", 100),
+    "51-query": ("/api/orders/recent", 40),
 }
 
 SERVE = """
+import gc
+import random
 import sys
+config, db_url, workdir, path, n, seed = sys.argv[1:7]
+if int(seed):
+    # This run's layout (the module's docstring): where later objects land in each of
+    # obmalloc's size classes, and which version tags later types get.
+    rnd = random.Random(int(seed))
+    shifted = [bytes(size) for size in range(1, 512, 8) for _ in range(rnd.randrange(64))]
+    for i in range(rnd.randrange(256)):
+        getattr(type(f"_Shift{i}", (), {}), "x", None)
 from querywatch.demo import shop
-config, db_url, workdir, path, n = sys.argv[1:6]
 if config == "none":
     app = shop.create_app(db_url, querywatch=False)
 else:
@@ -66,13 +86,23 @@ if config != "none":
             if worker._thread is not None:
                 worker._thread.join()
             worker.ensure_started = lambda: None
+# What the warm-up left is moved out of the collector's sight: a full collection walks
+# the whole heap, tens of millions of instructions landing in one run's window or not.
+gc.collect()
+gc.freeze()
 for _ in range(int(n)):
     assert client.get(path).status_code == 200
 """
 
 
 def count(
-    config: str, db_url: str, workdir: str, path: str, n: int, python: str = sys.executable
+    config: str,
+    db_url: str,
+    workdir: str,
+    path: str,
+    n: int,
+    python: str = sys.executable,
+    seed: int = 0,
 ) -> int:
     out = subprocess.run(
         [
@@ -87,6 +117,7 @@ def count(
             workdir,
             path,
             str(n),
+            str(seed),
         ],
         capture_output=True,
         text=True,
@@ -102,10 +133,17 @@ def count(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", type=int, default=20)
-    parser.add_argument("--extra", type=int, default=200)
+    parser.add_argument(
+        "--extra",
+        type=int,
+        help="Requests a count is taken over (default: 200, 100 and 40 by endpoint).",
+    )
     parser.add_argument("--endpoints", default=",".join(ENDPOINTS))
     parser.add_argument(
-        "--repeat", type=int, default=3, help="Runs a count; the median is reported."
+        "--repeat",
+        type=int,
+        default=5,
+        help="Runs a count, each with a layout of its own; the median is reported.",
     )
     parser.add_argument(
         "--compare",
@@ -129,6 +167,7 @@ def main() -> int:
     engine.dispose()
 
     endpoints = [e for e in args.endpoints.split(",") if e]
+    extra = {ep: args.extra or ENDPOINTS[ep][1] for ep in endpoints}
     pythons = {"none": sys.executable, "querywatch": sys.executable}
     if args.compare:
         pythons["compared"] = args.compare
@@ -137,15 +176,15 @@ def main() -> int:
         for r in range(args.repeat)
         for ep in endpoints
         for config in pythons
-        for n in (args.base, args.base + args.extra)
+        for n in (args.base, args.base + extra[ep])
     ]
 
     def run(job: tuple[str, str, int, int]) -> int:
-        config, ep, n, _ = job
+        config, ep, n, r = job
         mode = "none" if config == "none" else "querywatch"
-        return count(
-            mode, db_url, tempfile.mkdtemp(dir=workdir), ENDPOINTS[ep][0], n, pythons[config]
-        )
+        workdir_ = tempfile.mkdtemp(dir=workdir)
+        # Run r of every configuration has layout seed r + 1 (0 would leave it unshifted).
+        return count(mode, db_url, workdir_, ENDPOINTS[ep][0], n, pythons[config], r + 1)
 
     # Each interpreter serves once natively first, so every module it imports is compiled
     # and its bytecode cached: a count that compiled a module and its pair that did not
@@ -156,15 +195,15 @@ def main() -> int:
             for ep in endpoints:
                 path = ENDPOINTS[ep][0]
                 warm = [python, "-c", SERVE, mode, db_url, tempfile.mkdtemp(dir=workdir)]
-                subprocess.run([*warm, path, "0"], capture_output=True, check=True)
+                subprocess.run([*warm, path, "0", "0"], capture_output=True, check=True)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         raw = dict(zip(jobs, pool.map(run, jobs), strict=True))
     # A request's count in each run (its pair of counts), then the median over the runs.
     runs = {
-        (c, ep): sorted(
-            (raw[(c, ep, args.base + args.extra, r)] - raw[(c, ep, args.base, r)]) / args.extra
+        (c, ep): [
+            (raw[(c, ep, args.base + extra[ep], r)] - raw[(c, ep, args.base, r)]) / extra[ep]
             for r in range(args.repeat)
-        )
+        ]
         for c in pythons
         for ep in endpoints
     }
@@ -184,7 +223,10 @@ def main() -> int:
             ratio = per["querywatch"] / per["compared"]
             line += f"{per['compared']:>14,.0f}{other:>12,.0f}{ratio:>15.3f}"
         print(line)
-    print(f"instructions a request, the median of {args.repeat} runs; each run's:")
+    print(
+        f"instructions a request, the median of {args.repeat} runs, a layout each;"
+        " each run's, by layout seed:"
+    )
     for (c, ep), values in runs.items():
         print(f"  {ep:<10}{c:<12}" + "  ".join(f"{v:,.0f}" for v in values))
     return 0

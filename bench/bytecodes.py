@@ -1,0 +1,146 @@
+"""Python bytecodes querywatch adds to a request, counted with ``sys.settrace``.
+
+The instruction counts of instructions.py move with the process's memory layout by more
+than a change to capture is worth (its docstring says why); the bytecodes a request
+executes do not. Each configuration serves one endpoint 30 times to warm up (its
+background threads then stopped), then ``--requests`` times with an opcode tracer, in a
+process of its own. Bytecodes are not instructions (a call or a dict lookup is one
+bytecode of very different cost), so this tells whether a change made the request path
+do more or less Python work, and which functions: ``--top`` lists the functions whose
+counts differ between this checkout and ``--compare``'s.
+
+    python bench/bytecodes.py [--endpoints 1-query] [--compare ../before/.venv/bin/python]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+
+ENDPOINTS = {
+    "1-query": "/api/products/3",
+    "10-query": "/api/admin/overview",
+    "51-query": "/api/orders/recent",
+}
+
+SERVE = """
+import collections
+import json
+import sys
+from querywatch.demo import shop
+config, db_url, workdir, path, n = sys.argv[1:6]
+if config == "none":
+    app = shop.create_app(db_url, querywatch=False)
+else:
+    app = shop.create_app(db_url, instance_path=workdir + "/instance", config={
+        "QUERYWATCH_STORE_URL": f"sqlite:///{workdir}/qw.db",
+        "QUERYWATCH_FLUSH_INTERVAL": 3600,
+        # Traced, every statement is slow: none may pass for slow, or which ones do (a
+        # sample kept, a finding) would vary from run to run.
+        "QUERYWATCH_SLOW_QUERY_MS": 1e9,
+    })
+client = app.test_client()
+for _ in range(30):
+    client.get(path)
+if config != "none":
+    state = app.extensions["querywatch"]
+    for worker in (state.flusher, state.advice_worker, state.incident_worker):
+        if worker is not None:
+            worker._stop.set()
+            if worker._thread is not None:
+                worker._thread.join()
+            worker.ensure_started = lambda: None
+counts = collections.Counter()
+names = {}
+
+def name(code):
+    # querywatch's functions by name alone, so two checkouts whose modules moved compare.
+    path = code.co_filename
+    where = "querywatch" if "/querywatch/" in path else path.rpartition("site-packages/")[2]
+    return where + ":" + code.co_qualname
+
+def trace(frame, event, arg):
+    frame.f_trace_opcodes = True
+    if event == "opcode":
+        code = frame.f_code
+        key = names.get(code)
+        if key is None:
+            key = names[code] = name(code)
+        counts[key] += 1
+    return trace
+
+sys.settrace(trace)
+for _ in range(int(n)):
+    assert client.get(path).status_code == 200
+sys.settrace(None)
+print(json.dumps(counts))
+"""
+
+
+def count(python: str, config: str, db_url: str, path: str, n: int) -> dict[str, float]:
+    workdir = tempfile.mkdtemp(prefix="qw-bytecodes-")
+    out = subprocess.run(
+        [python, "-c", SERVE, config, db_url, workdir, path, str(n)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {k: v / n for k, v in json.loads(out.stdout.splitlines()[-1]).items()}
+
+
+def _querywatch(counts: dict[str, float]) -> float:
+    return sum(v for k, v in counts.items() if k.startswith("querywatch:"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--endpoints", default=",".join(ENDPOINTS))
+    parser.add_argument("--compare", metavar="PYTHON", help="Another checkout's interpreter.")
+    parser.add_argument("--top", type=int, default=0, help="Functions that differ most.")
+    args = parser.parse_args()
+
+    from sqlalchemy import create_engine
+
+    from querywatch.demo import shop
+
+    workdir = tempfile.mkdtemp(prefix="qw-bytecodes-")
+    db_url = f"sqlite:///{workdir}/shop.db"
+    engine = create_engine(db_url)
+    shop.seed(engine, 0.05)
+    engine.dispose()
+
+    head = f"{'endpoint':<12}{'none':>12}{'querywatch':>12}{'added':>10}{'':>8}{'in qw':>8}"
+    if args.compare:
+        head += f"{'compared':>12}{'added':>10}{'in qw':>8}{'this/compared':>15}"
+    print(head)
+    for ep in (e for e in args.endpoints.split(",") if e):
+        path = ENDPOINTS[ep]
+        none = sum(count(sys.executable, "none", db_url, path, args.requests).values())
+        now = count(sys.executable, "querywatch", db_url, path, args.requests)
+        total = sum(now.values())
+        line = (
+            f"{ep:<12}{none:>12,.0f}{total:>12,.0f}{total - none:>10,.0f}"
+            f"{(total - none) / none:>8.1%}{_querywatch(now):>8,.0f}"
+        )
+        if args.compare:
+            other = count(args.compare, "querywatch", db_url, path, args.requests)
+            o_total = sum(other.values())
+            line += (
+                f"{o_total:>12,.0f}{o_total - none:>10,.0f}{_querywatch(other):>8,.0f}"
+                f"{total / o_total:>15.4f}"
+            )
+        print(line)
+        if args.compare and args.top:
+            diff = {k: now.get(k, 0) - other.get(k, 0) for k in now.keys() | other.keys()}
+            for k in sorted(diff, key=lambda k: -abs(diff[k]))[: args.top]:
+                print(f"    {diff[k]:+10.1f}  {k}")
+    print(f"bytecodes a request, over {args.requests} requests after 30 to warm up")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
