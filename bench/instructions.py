@@ -10,9 +10,9 @@ apart so its writes do not land in one run and not the other. Instructions are n
 a change to capture made it do less. No statement counts as slow here (valgrind slows
 each fiftyfold), the background threads are stopped after the warm-up and every module
 is compiled before counting: the count is the request path's. What the warm-up left
-is frozen out of the cyclic collector's sight (``gc.freeze()``): a full collection walks
-the whole heap, and whether one falls inside a run's window moved a 51-query count by
-10%. The young collections that a request's own garbage triggers are still counted.
+is frozen out of the cyclic collector's sight (``gc.freeze()``), so a full collection
+walks what the counted requests left, not the whole heap; the young collections that a
+request's own garbage triggers are counted.
 
 It still moves with where the process's objects land in memory. CPython's method cache
 hashes each type's version tag with the address of the attribute's name, so which
@@ -86,8 +86,8 @@ if config != "none":
             if worker._thread is not None:
                 worker._thread.join()
             worker.ensure_started = lambda: None
-# What the warm-up left is moved out of the collector's sight: a full collection walks
-# the whole heap, tens of millions of instructions landing in one run's window or not.
+# What the warm-up left is moved out of the collector's sight: a full collection in the
+# counted window walks what the counted requests left, not the whole heap.
 gc.collect()
 gc.freeze()
 for _ in range(int(n)):
