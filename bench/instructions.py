@@ -146,6 +146,13 @@ def main() -> int:
         help="Runs a count, each with a layout of its own; the median is reported.",
     )
     parser.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="The first run's layout seed (the next runs take the next ones): runs with"
+        " other seeds add layouts to pool with an earlier run's.",
+    )
+    parser.add_argument(
         "--compare",
         metavar="PYTHON",
         help="Also count querywatch under this interpreter (another checkout's virtualenv):"
@@ -183,8 +190,9 @@ def main() -> int:
         config, ep, n, r = job
         mode = "none" if config == "none" else "querywatch"
         workdir_ = tempfile.mkdtemp(dir=workdir)
-        # Run r of every configuration has layout seed r + 1 (0 would leave it unshifted).
-        return count(mode, db_url, workdir_, ENDPOINTS[ep][0], n, pythons[config], r + 1)
+        # Run r of every configuration has the same layout seed (0 would leave it as is).
+        seed = args.seed + r
+        return count(mode, db_url, workdir_, ENDPOINTS[ep][0], n, pythons[config], seed)
 
     # Each interpreter serves once natively first, so every module it imports is compiled
     # and its bytecode cached: a count that compiled a module and its pair that did not
@@ -225,7 +233,7 @@ def main() -> int:
         print(line)
     print(
         f"instructions a request, the median of {args.repeat} runs, a layout each;"
-        " each run's, by layout seed:"
+        f" each run's, by layout seed from {args.seed}:"
     )
     for (c, ep), values in runs.items():
         print(f"  {ep:<10}{c:<12}" + "  ".join(f"{v:,.0f}" for v in values))
