@@ -20,39 +20,20 @@ import subprocess
 import sys
 import tempfile
 
-ENDPOINTS = {
-    "1-query": "/api/products/3",
-    "10-query": "/api/admin/overview",
-    "51-query": "/api/orders/recent",
-}
+import instructions
 
-SERVE = """
+#: Each endpoint's path, as instructions.py serves it.
+ENDPOINTS = {ep: path for ep, (path, _) in instructions.ENDPOINTS.items()}
+
+SERVE = (
+    """
 import collections
 import json
 import sys
-from querywatch.demo import shop
 config, db_url, workdir, path, n = sys.argv[1:6]
-if config == "none":
-    app = shop.create_app(db_url, querywatch=False)
-else:
-    app = shop.create_app(db_url, instance_path=workdir + "/instance", config={
-        "QUERYWATCH_STORE_URL": f"sqlite:///{workdir}/qw.db",
-        "QUERYWATCH_FLUSH_INTERVAL": 3600,
-        # Traced, every statement is slow: none may pass for slow, or which ones do (a
-        # sample kept, a finding) would vary from run to run.
-        "QUERYWATCH_SLOW_QUERY_MS": 1e9,
-    })
-client = app.test_client()
-for _ in range(30):
-    client.get(path)
-if config != "none":
-    state = app.extensions["querywatch"]
-    for worker in (state.flusher, state.advice_worker, state.incident_worker):
-        if worker is not None:
-            worker._stop.set()
-            if worker._thread is not None:
-                worker._thread.join()
-            worker.ensure_started = lambda: None
+"""
+    + instructions.WARM
+    + """
 counts = collections.Counter()
 names = {}
 
@@ -78,6 +59,7 @@ for _ in range(int(n)):
 sys.settrace(None)
 print(json.dumps(counts))
 """
+)
 
 
 def count(python: str, config: str, db_url: str, path: str, n: int) -> dict[str, float]:

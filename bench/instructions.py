@@ -49,7 +49,39 @@ ENDPOINTS = {
     "51-query": ("/api/orders/recent", 40),
 }
 
-SERVE = """
+#: The shop app, served 30 times to warm up, its background threads then stopped: the
+#: part of a counting script that bytecodes.py shares, with ``config``, ``db_url``,
+#: ``workdir`` and ``path`` already bound.
+WARM = """
+from querywatch.demo import shop
+if config == "none":
+    app = shop.create_app(db_url, querywatch=False)
+else:
+    app = shop.create_app(db_url, instance_path=workdir + "/instance", config={
+        "QUERYWATCH_STORE_URL": f"sqlite:///{workdir}/qw.db",
+        "QUERYWATCH_FLUSH_INTERVAL": 3600,
+        # Under valgrind or a tracer every statement is many times slower: no read may
+        # pass for slow, or which ones do (a sample kept, a finding) would vary by run.
+        "QUERYWATCH_SLOW_QUERY_MS": 1e9,
+    })
+client = app.test_client()
+for _ in range(30):
+    client.get(path)
+if config != "none":
+    # The background threads fold and write on the wall clock, which the counting
+    # stretches many times over: stopped after the warm-up, so the count is the request
+    # path's alone (their cost is overhead.py's to measure).
+    state = app.extensions["querywatch"]
+    for worker in (state.flusher, state.advice_worker, state.incident_worker):
+        if worker is not None:
+            worker._stop.set()
+            if worker._thread is not None:
+                worker._thread.join()
+            worker.ensure_started = lambda: None
+"""
+
+SERVE = (
+    """
 import gc
 import random
 import sys
@@ -61,31 +93,9 @@ if int(seed):
     shifted = [bytes(size) for size in range(1, 512, 8) for _ in range(rnd.randrange(64))]
     for i in range(rnd.randrange(256)):
         getattr(type(f"_Shift{i}", (), {}), "x", None)
-from querywatch.demo import shop
-if config == "none":
-    app = shop.create_app(db_url, querywatch=False)
-else:
-    app = shop.create_app(db_url, instance_path=workdir + "/instance", config={
-        "QUERYWATCH_STORE_URL": f"sqlite:///{workdir}/qw.db",
-        "QUERYWATCH_FLUSH_INTERVAL": 3600,
-        # Under valgrind every statement is ~50 times slower: no read may pass for
-        # slow, or which ones do (a sample kept, a finding) would vary from run to run.
-        "QUERYWATCH_SLOW_QUERY_MS": 1e9,
-    })
-client = app.test_client()
-for _ in range(30):
-    client.get(path)
-if config != "none":
-    # The background threads fold and write on the wall clock, which valgrind stretches
-    # fiftyfold: stopped after the warm-up, so the count is the request path's alone
-    # (their cost is overhead.py's to measure).
-    state = app.extensions["querywatch"]
-    for worker in (state.flusher, state.advice_worker, state.incident_worker):
-        if worker is not None:
-            worker._stop.set()
-            if worker._thread is not None:
-                worker._thread.join()
-            worker.ensure_started = lambda: None
+"""
+    + WARM
+    + """
 # What the warm-up left is moved out of the collector's sight: a full collection in the
 # counted window walks what the counted requests left, not the whole heap.
 gc.collect()
@@ -93,6 +103,7 @@ gc.freeze()
 for _ in range(int(n)):
     assert client.get(path).status_code == 200
 """
+)
 
 
 def count(
