@@ -99,6 +99,8 @@ class Settings:
     incident_interval: float = 5.0
     #: Names the user of a request (``request -> str | None``), to count users affected.
     user_function: t.Any = None
+    #: The guard's configuration (:class:`querywatch.guard.GuardConfig`; None: no guard).
+    guard: t.Any = None
 
 
 def _bool(app: Flask, key: str, default: bool) -> bool:
@@ -480,6 +482,7 @@ KEYS = (
     "QUERYWATCH_INCIDENT_SEVERITIES",
     "QUERYWATCH_INCIDENT_INTERVAL",
     "QUERYWATCH_USER",
+    "QUERYWATCH_GUARD",
 )
 
 logger = logging.getLogger("querywatch")
@@ -519,7 +522,11 @@ Reader = t.Callable[["Flask"], t.Any]
 
 
 def load_settings(
-    app: Flask, *, objectives: Reader | None = None, escalation: Reader | None = None
+    app: Flask,
+    *,
+    objectives: Reader | None = None,
+    escalation: Reader | None = None,
+    guard: Reader | None = None,
 ) -> Settings:
     """Read and validate the ``QUERYWATCH_*`` keys, writing defaults back to
     ``app.config`` so it shows the effective values.
@@ -527,14 +534,17 @@ def load_settings(
     The objectives and the escalation policy are models of the alerts and incidents,
     which sit above this module: their owners read them (``objectives``,
     :func:`querywatch.alerts.objectives_setting`; ``escalation``,
-    :func:`querywatch.incidents.policy.escalation_setting`), and the extension passes
-    them in. Without them the settings hold none."""
-    settings = _read_settings(app, objectives, escalation)
+    :func:`querywatch.incidents.policy.escalation_setting`; the guard's, ``guard``,
+    :func:`querywatch.guard.guard_setting`), and the extension passes them in. Without
+    them the settings hold none."""
+    settings = _read_settings(app, objectives, escalation, guard)
     _check_paths(settings)
     return settings
 
 
-def _read_settings(app: Flask, objectives: Reader | None, escalation: Reader | None) -> Settings:
+def _read_settings(
+    app: Flask, objectives: Reader | None, escalation: Reader | None, guard: Reader | None
+) -> Settings:
     return Settings(
         enabled=_bool(app, "QUERYWATCH_ENABLED", True),
         slow_query_seconds=_number(app, "QUERYWATCH_SLOW_QUERY_MS", 100, minimum=0, exclusive=True)
@@ -610,4 +620,5 @@ def _read_settings(app: Flask, objectives: Reader | None, escalation: Reader | N
         incident_severities=_severities(app),
         incident_interval=_number(app, "QUERYWATCH_INCIDENT_INTERVAL", 5.0, minimum=_MIN_INTERVAL),
         user_function=_user_function(app),
+        guard=guard(app) if guard is not None else None,
     )

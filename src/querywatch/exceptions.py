@@ -15,6 +15,7 @@ The hierarchy::
     │                                     no QueryWatch is registered on the current app
     ├── ObjectiveConfigError (ValueError) an objective's field is malformed
     ├── PolicyError (also a ValueError)   the escalation policy is malformed
+    ├── GuardConfigError (ValueError)     the guard's configuration is malformed
     ├── BudgetError (also a ValueError)   a query budget is malformed
     ├── BaselineError (also a ValueError) a baseline file cannot be used
     ├── RequestsFileError (ValueError)    a requests file is malformed
@@ -42,6 +43,7 @@ __all__ = [
     "DeliveryError",
     "DemoError",
     "ExplainError",
+    "GuardConfigError",
     "IncidentError",
     "NotInitializedError",
     "ObjectiveConfigError",
@@ -133,6 +135,15 @@ class PolicyError(QueryWatchError, ValueError):
     def __init__(self, field: str, problem: str) -> None:
         self.field = field
         super().__init__(f"Escalation policy, {field}: {problem}")
+
+
+class GuardConfigError(QueryWatchError, ValueError):
+    """The guard's configuration (``QUERYWATCH_GUARD``) is malformed; ``field`` names
+    where (``endpoints."GET /api/orders".statement_timeout_ms``)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        super().__init__(f"QUERYWATCH_GUARD, {field}: {problem}")
 
 
 class BudgetError(QueryWatchError, ValueError):

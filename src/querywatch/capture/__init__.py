@@ -31,6 +31,7 @@ from ._record import LoopStats
 from ._record import QueryInfo
 from ._record import Record
 from ._record import ShapeStats
+from ._record import StatementBudget
 from ._record import current_record
 from ._record import end_record
 from ._record import sample_every_read
@@ -55,6 +56,7 @@ __all__ = [
     "RecordView",
     "ShapeStats",
     "ShapeView",
+    "StatementBudget",
     "current_record",
     "end_record",
     "find_call_site",

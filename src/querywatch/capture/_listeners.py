@@ -67,6 +67,9 @@ def _begin(
             # SQLAlchemy's dialect set-up on an engine's first connection (it runs them
             # on a Connection that never begins a transaction): not the app's queries.
             record = record.setup or _setup_record(record)
+        budget = record.budget
+        if budget is not None:
+            budget.apply(cursor, context)
         compiled = context.compiled
         info = compiled.__dict__.get("_querywatch") if compiled is not None else None
         if info is None:
@@ -213,7 +216,10 @@ def _handle_error(exception_context: ExceptionContext) -> None:
         query = _query_of(context)
         if query is None:
             return
-        error = type(exception_context.original_exception).__name__
+        original = exception_context.original_exception
+        error = type(original).__name__
+        if record.budget is not None:
+            record.budget.failed(query.fingerprint.id, original)
         if query.done:
             # The statement ran; its fetch failed. It counts once, as an error.
             if query.error is None:

@@ -184,6 +184,15 @@ class ShapeStats:
     site: CallSite | None = None
 
 
+class StatementBudget(t.Protocol):
+    """What capture asks of a statement budget (the guard's): set it on the statement's
+    connection before the statement runs, and hear of a statement that failed."""
+
+    def apply(self, cursor: t.Any, context: t.Any) -> None: ...
+
+    def failed(self, shape: str, exc: BaseException) -> None: ...
+
+
 class Record:
     """Everything captured during one request or job.
 
@@ -218,6 +227,7 @@ class Record:
         "user",
         "setup",
         "commit_site",
+        "budget",
         "_view",
     )
 
@@ -278,6 +288,8 @@ class Record:
         #: Where the app last committed an ORM session in this unit of work (a commit
         #: expires the session's objects, and reading them again reloads each one).
         self.commit_site: CallSite | None = None
+        #: The endpoint's statement budget (the guard's), applied before each statement.
+        self.budget: StatementBudget | None = None
         self._view: RecordView | None = None
 
     def __repr__(self) -> str:

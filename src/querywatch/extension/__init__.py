@@ -70,9 +70,15 @@ class QueryWatch:
             raise RuntimeError(msg)
         warn_unknown_keys(app)
         from ..alerts import objectives_setting
+        from ..guard import guard_setting
         from ..incidents.policy import escalation_setting
 
-        settings = load_settings(app, objectives=objectives_setting, escalation=escalation_setting)
+        settings = load_settings(
+            app,
+            objectives=objectives_setting,
+            escalation=escalation_setting,
+            guard=guard_setting,
+        )
         state = AppState(app, settings, self._engines)
         state.owner = self
         app.extensions[_EXTENSION_KEY] = state

@@ -113,6 +113,8 @@ def _register_views(app: Flask, state: AppState) -> None:
             )
             # The app's finished records reach its metrics through the signal.
             record_finished.connect(state.metrics.record_finished, sender=app)
+            if state.guard is not None:
+                state.metrics.registry.register(state.guard)
             token = settings.metrics_token
 
             def metrics_view() -> FlaskResponse:

@@ -29,6 +29,7 @@ if t.TYPE_CHECKING:
 
     from ..alerts import Evaluator
     from ..cache import Cache
+    from ..guard import Guard
     from ..incidents.worker import IncidentWorker
     from ..metrics import AppMetrics
     from ..store import Store
@@ -76,6 +77,12 @@ class AppState:
                 severities=settings.incident_severities,
                 interval=settings.incident_interval,
             )
+        #: The guard (statement budgets), when ``QUERYWATCH_GUARD`` configures one.
+        self.guard: Guard | None = None
+        if settings.guard is not None:
+            from ..guard import Guard
+
+            self.guard = Guard(app, settings.guard)
 
     def release_leases(self) -> None:
         """Give up the alerts and incidents leases if this process holds them."""
@@ -244,7 +251,10 @@ class AppState:
             return {}
 
     def new_record(self, name: str, kind: str) -> capture.Record:
-        return capture.Record(name=name, kind=kind, settings=self.settings, engines=self.engines)
+        record = capture.Record(name=name, kind=kind, settings=self.settings, engines=self.engines)
+        if self.guard is not None and kind == "request":
+            record.budget = self.guard.budget(name)
+        return record
 
     def finish(self, record: capture.Record, status: int) -> list[Finding]:
         """End a unit of work: findings, aggregates, and the flusher woken if needed."""

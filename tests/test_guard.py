@@ -1,0 +1,281 @@
+"""The guard's statement budgets, on each database, in a Flask-SQLAlchemy app."""
+
+from __future__ import annotations
+
+import typing as t
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask import jsonify
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+from sqlalchemy.orm import relationship
+
+from conftest import on_finished
+from querywatch import QueryWatch
+from querywatch.exceptions import GuardConfigError
+from querywatch.guard import is_cancelled
+from querywatch.guard import load_guard
+
+#: A statement each database runs for far longer than a 50 ms budget: half a second of
+#: sleep on the servers, five million rows of a recursive CTE on SQLite.
+SLOW = {
+    "sqlite": "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r"
+    " WHERE n < 5000000) SELECT count(*) FROM r",
+    "postgresql": "SELECT 1 FROM pg_sleep(0.5)",
+    "mariadb": "SELECT SLEEP(0.5)",
+}
+#: What it answers when it runs to the end.
+ANSWER = {"sqlite": 5000000, "postgresql": 1, "mariadb": 0}
+
+
+def make_app(url: str, dialect: str, tmp_path: t.Any, guard: t.Any) -> tuple[Flask, SQLAlchemy]:
+    """A shop as Flask-SQLAlchemy apps are written: customers and their orders (a table
+    named ``order``), one pooled connection so every request reuses it."""
+
+    class Base(DeclarativeBase):  # one a test: its models are its own
+        pass
+
+    db = SQLAlchemy(model_class=Base)
+
+    class Customer(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "user"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        email: Mapped[str] = mapped_column(sa.String(100))
+        orders: Mapped[list[Order]] = relationship(back_populates="customer")
+
+    class Order(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "order"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        user_id: Mapped[int] = mapped_column(sa.ForeignKey("user.id"))
+        customer: Mapped[Customer] = relationship(back_populates="orders")
+
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=url,
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0},
+        QUERYWATCH_STORE_URL=f"sqlite:///{tmp_path}/qw.db",
+        QUERYWATCH_FLUSH_INTERVAL=3600,
+        QUERYWATCH_GUARD=guard,
+    )
+    db.init_app(app)
+    slow = sa.text(SLOW[dialect])
+
+    @app.get("/report")
+    def report() -> t.Any:
+        return jsonify(n=db.session.execute(slow).scalar())
+
+    @app.get("/export")
+    def export() -> t.Any:
+        return jsonify(n=db.session.execute(slow).scalar())
+
+    @app.get("/orders/<int:user_id>")
+    def orders(user_id: int) -> t.Any:
+        customer = db.session.get(Customer, user_id)
+        return jsonify(ids=[o.id for o in customer.orders] if customer else [])
+
+    @app.post("/orders/<int:user_id>")
+    def new_order(user_id: int) -> t.Any:
+        order = Order(user_id=user_id)
+        db.session.add(order)
+        db.session.commit()
+        return jsonify(id=order.id), 201
+
+    @app.errorhandler(DBAPIError)
+    def database_error(e: DBAPIError) -> t.Any:
+        # What the app's own handler sees: the driver's error, wrapped by SQLAlchemy.
+        return jsonify(error=type(e.orig).__name__, cancelled=is_cancelled(e.orig)), 503
+
+    with app.app_context():
+        db.drop_all()
+        db.create_all()
+        db.session.add(Customer(id=1, email="a@example.com", orders=[Order(), Order()]))
+        db.session.commit()
+    QueryWatch(app)
+    return app, db
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
+def dialect_url(request: pytest.FixtureRequest, tmp_path: t.Any) -> tuple[str, str]:
+    if request.param == "sqlite":
+        return "sqlite", f"sqlite:///{tmp_path}/app.db"
+    fixture = "postgres_url" if request.param == "postgresql" else "mariadb_url"
+    return request.param, request.getfixturevalue(fixture)
+
+
+def _shutdown(app: Flask, db: SQLAlchemy) -> None:
+    state = app.extensions["querywatch"]
+    state.flusher._stop.set()
+    state.advice_worker.stop()
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_a_statement_over_its_endpoints_budget_is_cancelled_and_counted(
+    dialect_url: tuple[str, str], tmp_path: t.Any
+) -> None:
+    dialect, url = dialect_url
+    app, db = make_app(
+        url,
+        dialect,
+        tmp_path,
+        {
+            "endpoints": {
+                "GET /report": {"statement_timeout_ms": 50},
+                "POST /orders/<int:user_id>": {"statement_timeout_ms": 50},
+            }
+        },
+    )
+    seen: list[t.Any] = []
+    on_finished(app, lambda record, findings: seen.append(record), live=True)
+    try:
+        client = app.test_client()
+        # The budgeted endpoint: the database cancels its statement, and the app's own
+        # handler gets the driver's error for it.
+        res = client.get("/report")
+        assert res.status_code == 503
+        assert res.json["cancelled"] is True
+        expected = {"sqlite": "OperationalError", "postgresql": "QueryCanceled"}
+        assert res.json["error"] == expected.get(dialect, "OperationalError")
+        # A budgeted endpoint whose transaction commits, then the same statement on an
+        # endpoint without a budget, on the same pooled connection: it runs to the end
+        # (nothing of the budget outlived its request).
+        assert client.post("/orders/1").json == {"id": 3}
+        assert client.get("/export").json == {"n": ANSWER[dialect]}
+        assert client.get("/orders/1").json == {"ids": [1, 2, 3]}
+        # Again on the budgeted one: cancelled again, and counted by route and shape.
+        assert client.get("/report").status_code == 503
+        guard = app.extensions["querywatch"].guard
+        counts = guard.cancellations.snapshot()
+        assert list(counts.values()) == [2]
+        ((route, shape),) = counts
+        assert route == "GET /report"
+        # The shape is the slow statement's, as the request's record has it.
+        failed = [q for r in seen if r.name == "GET /report" for q in r.queries if q.error]
+        assert [q.fingerprint.id for q in failed] == [shape, shape]
+        metrics = client.get("/metrics").text
+        line = (
+            "querywatch_guard_statements_cancelled_total{db_query_shape="
+            f'"{shape}",http_request_method="GET",http_route="/report"}} 2.0'
+        )
+        assert line in metrics
+    finally:
+        _shutdown(app, db)
+
+
+def test_a_default_budget_holds_every_endpoint_but_those_exempted(tmp_path: t.Any) -> None:
+    app, db = make_app(
+        f"sqlite:///{tmp_path}/app.db",
+        "sqlite",
+        tmp_path,
+        {"statement_timeout_ms": 50, "endpoints": {"GET /export": {"statement_timeout_ms": 0}}},
+    )
+    try:
+        client = app.test_client()
+        assert client.get("/report").json["cancelled"] is True
+        assert client.get("/export").json == {"n": 5000000}
+        assert client.get("/orders/1").json == {"ids": [1, 2]}
+        # Work outside a request is not an endpoint's: no budget.
+        qw = app.extensions["querywatch"].owner
+        with app.app_context(), qw.capture("nightly"):
+            assert db.session.execute(sa.text(SLOW["sqlite"])).scalar() == 5000000
+        guard = app.extensions["querywatch"].guard
+        assert [route for route, _ in guard.cancellations.snapshot()] == ["GET /report"]
+    finally:
+        _shutdown(app, db)
+
+
+def test_without_a_guard_no_record_carries_a_budget(tmp_path: t.Any) -> None:
+    app, db = make_app(f"sqlite:///{tmp_path}/app.db", "sqlite", tmp_path, None)
+    try:
+        state = app.extensions["querywatch"]
+        assert state.guard is None
+        assert app.test_client().get("/export").json == {"n": 5000000}
+        with app.test_request_context("/report"):
+            assert state.new_record("GET /report", "request").budget is None
+    finally:
+        _shutdown(app, db)
+
+
+def test_an_endpoint_the_app_does_not_serve_is_named_with_the_closest_one(
+    tmp_path: t.Any,
+) -> None:
+    app, db = make_app(
+        f"sqlite:///{tmp_path}/app.db",
+        "sqlite",
+        tmp_path,
+        {"endpoints": {"GET /reports": {"statement_timeout_ms": 50}}},
+    )
+    try:
+        guard = app.extensions["querywatch"].guard
+        assert guard.unknown_endpoints() == [
+            "QUERYWATCH_GUARD names the endpoint 'GET /reports', which the app does not"
+            " serve. Did you mean 'GET /report'?"
+        ]
+    finally:
+        _shutdown(app, db)
+
+
+@pytest.mark.parametrize(
+    ("value", "field", "words"),
+    [
+        ([1, 2], "(top)", "expected a table"),
+        ({"statement_timeout": 5}, "statement_timeout", "not a setting of the guard"),
+        ({"statement_timeout_ms": -1}, "statement_timeout_ms", "whole number of milliseconds"),
+        ({"statement_timeout_ms": 2.5}, "statement_timeout_ms", "whole number"),
+        ({"statement_timeout_ms": True}, "statement_timeout_ms", "whole number"),
+        ({"endpoints": []}, "endpoints", "a table of endpoints"),
+        ({"endpoints": {"/report": {}}}, "endpoints.'/report'", "its method and URL rule"),
+        ({"endpoints": {"GET /r": 5}}, "endpoints.'GET /r'", "expected a table"),
+        (
+            {"endpoints": {"GET /r": {"timeout_ms": 5}}},
+            "endpoints.'GET /r'.timeout_ms",
+            "not a setting of an endpoint",
+        ),
+        (
+            {"endpoints": {"GET /r": {"statement_timeout_ms": "200"}}},
+            "endpoints.'GET /r'.statement_timeout_ms",
+            "whole number",
+        ),
+    ],
+)
+def test_a_malformed_guard_stops_start_up_naming_the_field(
+    value: t.Any, field: str, words: str, tmp_path: t.Any
+) -> None:
+    with pytest.raises(GuardConfigError) as info:
+        load_guard(value)
+    assert info.value.field == field
+    assert words in str(info.value)
+    # And through init_app: nothing starts.
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config["QUERYWATCH_GUARD"] = value
+    with pytest.raises(GuardConfigError):
+        QueryWatch(app)
+    assert "querywatch" not in app.extensions
+
+
+def test_the_guard_reads_a_toml_file(tmp_path: t.Any) -> None:
+    path = tmp_path / "guard.toml"
+    path.write_text(
+        'statement_timeout_ms = 5000\n\n[endpoints."GET /api/orders/lookup"]\n'
+        "statement_timeout_ms = 200\n"
+    )
+    config = load_guard(str(path))
+    assert config is not None
+    assert config.statement_timeout("GET /api/orders/lookup") == 200
+    assert config.statement_timeout("GET /api/products") == 5000
+    path.write_text("statement_timeout_ms = \n")
+    with pytest.raises(GuardConfigError, match="is not valid TOML"):
+        load_guard(str(path))
+    with pytest.raises(GuardConfigError, match="cannot be read"):
+        load_guard(str(tmp_path / "missing.toml"))
