@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import typing as t
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
@@ -17,7 +19,9 @@ from sqlalchemy.orm import relationship
 
 from conftest import on_finished
 from querywatch import QueryWatch
+from querywatch import _failopen
 from querywatch.exceptions import GuardConfigError
+from querywatch.guard import Bulkhead
 from querywatch.guard import is_cancelled
 from querywatch.guard import load_guard
 
@@ -33,7 +37,18 @@ SLOW = {
 ANSWER = {"sqlite": 5000000, "postgresql": 1, "mariadb": 0}
 
 
-def make_app(url: str, dialect: str, tmp_path: t.Any, guard: t.Any) -> tuple[Flask, SQLAlchemy]:
+class Hold:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.inside = 0
+        self.peak = 0
+        self.entered = threading.Semaphore(0)
+        self.gate = threading.Event()
+
+
+def make_app(
+    url: str, dialect: str, tmp_path: t.Any, guard: t.Any, pool_size: int = 1
+) -> tuple[Flask, SQLAlchemy]:
     """A shop as Flask-SQLAlchemy apps are written: customers and their orders (a table
     named ``order``), one pooled connection so every request reuses it."""
 
@@ -57,7 +72,7 @@ def make_app(url: str, dialect: str, tmp_path: t.Any, guard: t.Any) -> tuple[Fla
     app = Flask(__name__, instance_path=str(tmp_path / "instance"))
     app.config.update(
         SQLALCHEMY_DATABASE_URI=url,
-        SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 1, "max_overflow": 0},
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_size": pool_size, "max_overflow": 0},
         QUERYWATCH_STORE_URL=f"sqlite:///{tmp_path}/qw.db",
         QUERYWATCH_FLUSH_INTERVAL=3600,
         QUERYWATCH_GUARD=guard,
@@ -84,6 +99,21 @@ def make_app(url: str, dialect: str, tmp_path: t.Any, guard: t.Any) -> tuple[Fla
         db.session.add(order)
         db.session.commit()
         return jsonify(id=order.id), 201
+
+    # An endpoint whose requests hold a pooled connection until the test lets them go.
+    hold = app.extensions["test.hold"] = Hold()
+
+    @app.get("/hold")
+    def held() -> t.Any:
+        db.session.execute(sa.text("SELECT 1"))
+        with hold.lock:
+            hold.inside += 1
+            hold.peak = max(hold.peak, hold.inside)
+        hold.entered.release()
+        assert hold.gate.wait(60)
+        with hold.lock:
+            hold.inside -= 1
+        return jsonify(ok=True)
 
     @app.errorhandler(DBAPIError)
     def database_error(e: DBAPIError) -> t.Any:
@@ -247,6 +277,26 @@ def test_an_endpoint_the_app_does_not_serve_is_named_with_the_closest_one(
             "endpoints.'GET /r'.statement_timeout_ms",
             "whole number",
         ),
+        (
+            {"endpoints": {"GET /r": {"max_concurrent": 0}}},
+            "endpoints.'GET /r'.max_concurrent",
+            "at least 1",
+        ),
+        (
+            {"endpoints": {"GET /r": {"max_concurrent": "4"}}},
+            "endpoints.'GET /r'.max_concurrent",
+            "at least 1",
+        ),
+        (
+            {"endpoints": {"GET /r": {"max_wait_ms": 50}}},
+            "endpoints.'GET /r'.max_wait_ms",
+            "set max_concurrent with it",
+        ),
+        (
+            {"endpoints": {"GET /r": {"max_concurrent": 2, "max_wait_ms": -5}}},
+            "endpoints.'GET /r'.max_wait_ms",
+            "whole number",
+        ),
     ],
 )
 def test_a_malformed_guard_stops_start_up_naming_the_field(
@@ -279,3 +329,137 @@ def test_the_guard_reads_a_toml_file(tmp_path: t.Any) -> None:
         load_guard(str(path))
     with pytest.raises(GuardConfigError, match="cannot be read"):
         load_guard(str(tmp_path / "missing.toml"))
+
+
+def test_a_bulkhead_holds_an_endpoint_to_its_limit_under_50_concurrent_requests(
+    tmp_path: t.Any,
+) -> None:
+    app, db = make_app(
+        f"sqlite:///{tmp_path}/app.db",
+        "sqlite",
+        tmp_path,
+        {"endpoints": {"GET /hold": {"max_concurrent": 3, "max_wait_ms": 20}}},
+        pool_size=5,
+    )
+    hold = app.extensions["test.hold"]
+    bulkhead = app.extensions["querywatch"].guard.bulkheads["GET /hold"]
+    try:
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            futures = [pool.submit(lambda: app.test_client().get("/hold")) for _ in range(50)]
+            # Three hold their permits (and connections) until let go; every other
+            # request found the endpoint full, waited its 20 ms and was shed.
+            for _ in range(3):
+                assert hold.entered.acquire(timeout=60)
+            _until(lambda: sum(f.done() for f in futures) >= 47)
+            shed = [f.result() for f in futures if f.done()]
+            assert [r.status_code for r in shed] == [503] * 47
+            # Meanwhile the rest of the app has its threads and connections.
+            client = app.test_client()
+            assert [client.get("/orders/1").status_code for _ in range(10)] == [200] * 10
+            # A browser is answered in HTML.
+            page = client.get("/hold", headers={"Accept": "text/html,*/*;q=0.8"})
+            assert page.status_code == 503
+            assert page.mimetype == "text/html"
+            assert b"GET /hold is at its limit of 3 requests at once" in page.data
+            assert (bulkhead.in_flight, bulkhead.shed) == (3, 48)
+            hold.gate.set()
+            responses = [f.result(timeout=60) for f in futures]
+        codes = sorted(r.status_code for r in responses)
+        assert codes == [200] * 3 + [503] * 47
+        assert hold.peak == 3
+        for r in responses:
+            if r.status_code == 503:
+                assert r.headers["Retry-After"] == "1"
+                assert r.json == {
+                    "error": "overloaded",
+                    "message": "GET /hold is at its limit of 3 requests at once; retry in 1 s.",
+                    "retry_after": 1,
+                }
+        assert (bulkhead.in_flight, bulkhead.waited, bulkhead.shed) == (0, 48, 48)
+        metrics = app.test_client().get("/metrics").text
+        for line in (
+            'querywatch_guard_limit{http_request_method="GET",http_route="/hold"} 3.0',
+            'querywatch_guard_in_flight{http_request_method="GET",http_route="/hold"} 0.0',
+            'querywatch_guard_waited_total{http_request_method="GET",http_route="/hold"} 48.0',
+            'querywatch_guard_shed_total{http_request_method="GET",http_route="/hold"} 48.0',
+        ):
+            assert line in metrics
+    finally:
+        hold.gate.set()
+        _shutdown(app, db)
+
+
+def _until(condition: t.Callable[[], bool]) -> None:
+    """Wait for a state other threads reach (a minute at most, for a broken build)."""
+    for _ in range(12_000):
+        if condition():
+            return
+        threading.Event().wait(0.005)
+    raise AssertionError("the state was not reached")
+
+
+def test_a_waiting_request_takes_the_permit_a_finished_one_gives_back(tmp_path: t.Any) -> None:
+    app, db = make_app(
+        f"sqlite:///{tmp_path}/app.db",
+        "sqlite",
+        tmp_path,
+        {"endpoints": {"GET /hold": {"max_concurrent": 1, "max_wait_ms": 60_000}}},
+        pool_size=3,
+    )
+    hold = app.extensions["test.hold"]
+    bulkhead = app.extensions["querywatch"].guard.bulkheads["GET /hold"]
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            first = pool.submit(lambda: app.test_client().get("/hold"))
+            assert hold.entered.acquire(timeout=60)
+            second = pool.submit(lambda: app.test_client().get("/hold"))
+            _until(lambda: bulkhead.waited == 1)  # the second found the endpoint full
+            assert not second.done()
+            assert hold.peak == 1
+            hold.gate.set()
+            assert [first.result(60).status_code, second.result(60).status_code] == [200, 200]
+        assert hold.peak == 1
+        assert (bulkhead.in_flight, bulkhead.waited, bulkhead.shed) == (0, 1, 0)
+    finally:
+        hold.gate.set()
+        _shutdown(app, db)
+
+
+@pytest.mark.allow_internal_errors
+def test_an_error_inside_the_bulkhead_sheds_nothing(
+    tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, db = make_app(
+        f"sqlite:///{tmp_path}/app.db",
+        "sqlite",
+        tmp_path,
+        {"endpoints": {"GET /orders/<int:user_id>": {"max_concurrent": 1, "max_wait_ms": 0}}},
+    )
+
+    def broken(self: Bulkhead) -> bool:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(Bulkhead, "enter", broken)
+    before = _failopen.internal_error_counts().get("guard.admit", 0)
+    try:
+        client = app.test_client()
+        assert [client.get("/orders/1").status_code for _ in range(5)] == [200] * 5
+        assert _failopen.internal_error_counts()["guard.admit"] == before + 5
+    finally:
+        _shutdown(app, db)
+
+
+def test_a_limit_is_never_below_one_and_a_raised_one_admits_the_waiting() -> None:
+    bulkhead = Bulkhead("GET /x", 0, 60_000)
+    assert bulkhead.limit == 1
+    assert bulkhead.enter()
+    results: list[bool] = []
+    waiter = threading.Thread(target=lambda: results.append(bulkhead.enter()))
+    waiter.start()
+    _until(lambda: bulkhead.waited == 1)
+    bulkhead.set_limit(2)
+    waiter.join(60)
+    assert results == [True]
+    assert bulkhead.in_flight == 2
+    bulkhead.set_limit(-3)
+    assert bulkhead.limit == 1

@@ -228,6 +228,7 @@ class Record:
         "setup",
         "commit_site",
         "budget",
+        "held",
         "_view",
     )
 
@@ -290,6 +291,9 @@ class Record:
         self.commit_site: CallSite | None = None
         #: The endpoint's statement budget (the guard's), applied before each statement.
         self.budget: StatementBudget | None = None
+        #: What the guard holds for this unit of work (a bulkhead's permit), given back
+        #: when it ends.
+        self.held: t.Any = None
         self._view: RecordView | None = None
 
     def __repr__(self) -> str:

@@ -37,17 +37,24 @@ def _request_hooks(
     current = capture.current_record
     from ..metrics import OWN_PREFIX
 
-    def _before_request() -> None:
+    guard = state.guard
+
+    def _before_request() -> t.Any:
         try:
             req = request._get_current_object()  # type: ignore[attr-defined]
             rule = req.url_rule
             if rule is not None and rule.endpoint.startswith(OWN_PREFIX):
-                return  # querywatch's own endpoints are not the app's traffic
+                return None  # querywatch's own endpoints are not the app's traffic
             name = f"{req.method} {rule.rule if rule is not None else '<unmatched>'}"
             record = state.new_record(name, "request")
             record.token = capture.start_record(record)
+            if guard is not None:
+                # A response here (the bulkhead's 503) is the request's: Flask runs
+                # neither the app's other hooks nor the view.
+                return guard.admit(record)
         except Exception as e:
             swallow("extension.before_request", e)
+        return None
 
     # The record travels in capture's context variable, not in ``g``: a proxy lookup
     # costs more than all the rest of a hook. A record is this app's when it was made
@@ -72,6 +79,8 @@ def _request_hooks(
             if record is None or record.settings is not settings or record.token is None:
                 return
             token, record.token = record.token, None
+            if record.held is not None:
+                guard.release(record)  # type: ignore[union-attr]
             capture.end_record(token)
             state.finish(record, 500 if exc is not None else (record.status or 200))
         except Exception as e:

@@ -12,11 +12,14 @@ import typing as t
 import weakref
 
 from .._failopen import log_limited
+from .._failopen import swallow
 from ._budgets import OTHER
 from ._budgets import Budget
 from ._budgets import Cancellations
 from ._budgets import install
 from ._budgets import is_cancelled
+from ._bulkhead import Bulkhead
+from ._bulkhead import shed_response
 from ._config import EndpointRule
 from ._config import GuardConfig
 from ._config import load_guard
@@ -28,6 +31,7 @@ if t.TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
 __all__ = [
+    "Bulkhead",
     "EndpointRule",
     "Guard",
     "GuardConfig",
@@ -58,6 +62,35 @@ class Guard:
         self._checked = False
         if config.budgets:
             install()
+        #: Each endpoint's bulkhead, by route (those with ``max_concurrent``).
+        self.bulkheads = {
+            route: Bulkhead(route, rule.max_concurrent, rule.max_wait_ms)
+            for route, rule in config.endpoints.items()
+            if rule.max_concurrent is not None
+        }
+
+    def admit(self, record: t.Any) -> t.Any:
+        """At the start of a request: take its endpoint's bulkhead permit (held on the
+        record until :meth:`release`), or the 503 that sheds it. Fails open: an error
+        of querywatch's own admits the request."""
+        bulkhead = self.bulkheads.get(record.name)
+        if bulkhead is None:
+            return None
+        try:
+            if bulkhead.enter():
+                record.held = bulkhead
+                return None
+        except Exception as e:
+            swallow("guard.admit", e)
+            return None
+        return shed_response(bulkhead)
+
+    @staticmethod
+    def release(record: t.Any) -> None:
+        """At the end of a request: give its permit back."""
+        held, record.held = record.held, None
+        if held is not None:
+            held.leave()
 
     def budget(self, route: str) -> Budget | None:
         """The statement budget of a request to ``route`` (``"GET /api/orders"``)."""
@@ -104,13 +137,47 @@ class Guard:
     def collect(self) -> Iterator[Metric]:
         """The guard's counters, for the app's Prometheus registry."""
         from prometheus_client.core import CounterMetricFamily
+        from prometheus_client.core import GaugeMetricFamily
 
         fam = CounterMetricFamily(
             "querywatch_guard_statements_cancelled",
             "Statements cancelled by their endpoint's statement budget (QUERYWATCH_GUARD).",
             labels=["http_request_method", "http_route", "db_query_shape"],
         )
+        families = (
+            ("querywatch_guard_limit", "Requests of the endpoint allowed at once.", "limit"),
+            (
+                "querywatch_guard_in_flight",
+                "Requests of the endpoint holding a permit.",
+                "in_flight",
+            ),
+        )
+        for name, doc, attr in families:
+            gauge = GaugeMetricFamily(name, doc, labels=["http_request_method", "http_route"])
+            for route, bulkhead in sorted(self.bulkheads.items()):
+                gauge.add_metric(list(_method_route(route)), getattr(bulkhead, attr))
+            yield gauge
+        counters = (
+            (
+                "querywatch_guard_waited",
+                "Requests that found the endpoint at its limit and waited.",
+                "waited",
+            ),
+            ("querywatch_guard_shed", "Requests answered 503 by the endpoint's bulkhead.", "shed"),
+        )
+        for name, doc, attr in counters:
+            counter = CounterMetricFamily(name, doc, labels=["http_request_method", "http_route"])
+            for route, bulkhead in sorted(self.bulkheads.items()):
+                counter.add_metric(list(_method_route(route)), getattr(bulkhead, attr))
+            yield counter
         for (route, shape), n in sorted(self.cancellations.snapshot().items()):
-            method, _, path = route.partition(" ") if route != OTHER else ("_OTHER", "", OTHER)
-            fam.add_metric([method, path, shape], n)
+            fam.add_metric([*_method_route(route), shape], n)
         yield fam
+
+
+def _method_route(route: str) -> tuple[str, str]:
+    """``("GET", "/api/orders")`` of ``"GET /api/orders"``."""
+    if route == OTHER:
+        return "_OTHER", OTHER
+    method, _, path = route.partition(" ")
+    return method, path

@@ -27,7 +27,9 @@ from ..exceptions import GuardConfigError
 #: ``"GET /api/orders/<int:id>"``: a method and a URL rule.
 _ENDPOINT = re.compile(r"^[A-Z]+ /\S*$")
 _TOP_KEYS = ("statement_timeout_ms", "endpoints")
-_ENDPOINT_KEYS = ("statement_timeout_ms",)
+_ENDPOINT_KEYS = ("statement_timeout_ms", "max_concurrent", "max_wait_ms")
+#: How long a request waits for a bulkhead's permit, unless its endpoint says.
+DEFAULT_MAX_WAIT_MS = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +38,10 @@ class EndpointRule:
 
     #: Each statement's budget in milliseconds; 0 for none; ``None`` for the default.
     statement_timeout_ms: int | None = None
+    #: The bulkhead: at most this many of the endpoint's requests at once (None: no
+    #: limit); one more waits up to ``max_wait_ms``, then is answered 503.
+    max_concurrent: int | None = None
+    max_wait_ms: int = DEFAULT_MAX_WAIT_MS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,9 +137,27 @@ def load_guard(value: t.Any) -> GuardConfig | None:
                 f"not a setting of an endpoint; they are {', '.join(_ENDPOINT_KEYS)}.",
             )
         ms = spec.get("statement_timeout_ms")
+        limit = spec.get("max_concurrent")
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
+            raise GuardConfigError(
+                f"{field}.max_concurrent",
+                f"expected a whole number of requests of at least 1, such as 4, got {limit!r}.",
+            )
+        wait = spec.get("max_wait_ms")
+        if wait is not None and limit is None:
+            raise GuardConfigError(
+                f"{field}.max_wait_ms",
+                "is the wait for the bulkhead's permit: set max_concurrent with it.",
+            )
         endpoints[name] = EndpointRule(
             statement_timeout_ms=None
             if ms is None
-            else _milliseconds(f"{field}.statement_timeout_ms", ms)
+            else _milliseconds(f"{field}.statement_timeout_ms", ms),
+            max_concurrent=limit,
+            max_wait_ms=DEFAULT_MAX_WAIT_MS
+            if wait is None
+            else _milliseconds(f"{field}.max_wait_ms", wait),
         )
     return GuardConfig(statement_timeout_ms=default, endpoints=MappingProxyType(endpoints))
