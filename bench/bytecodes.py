@@ -83,6 +83,12 @@ def main() -> int:
     parser.add_argument("--endpoints", default=",".join(ENDPOINTS))
     parser.add_argument("--compare", metavar="PYTHON", help="Another checkout's interpreter.")
     parser.add_argument("--top", type=int, default=0, help="Functions that differ most.")
+    parser.add_argument(
+        "--guard",
+        action="store_true",
+        help="Also count querywatch with a guard configured but not engaged, and what it"
+        " adds to querywatch alone.",
+    )
     args = parser.parse_args()
 
     from sqlalchemy import create_engine
@@ -116,6 +122,14 @@ def main() -> int:
                 f"{total / o_total:>15.4f}"
             )
         print(line)
+        if args.guard:
+            guarded = count(sys.executable, "guard", db_url, path, args.requests)
+            g_total = sum(guarded.values())
+            print(f"    with a guard configured: {g_total:,.0f} ({g_total - total:+,.0f})")
+            if args.top:
+                diff = {k: guarded.get(k, 0) - now.get(k, 0) for k in now.keys() | guarded.keys()}
+                for k in sorted(diff, key=lambda k: -abs(diff[k]))[: args.top]:
+                    print(f"    {diff[k]:+10.1f}  {k}")
         if args.compare and args.top:
             diff = {k: now.get(k, 0) - other.get(k, 0) for k in now.keys() | other.keys()}
             for k in sorted(diff, key=lambda k: -abs(diff[k]))[: args.top]:

@@ -44,8 +44,23 @@ ENDPOINTS = {
     "51-query (N+1)": ("/api/orders/recent", 51),
 }
 CONFIGS = ("none", "querywatch", "opentelemetry", "sentry-sdk")
+#: Also measured when asked for (``--configs``): querywatch with a guard configured
+#: (a statement budget and a bulkhead on an endpoint none of the three is), not engaged.
+EXTRA_CONFIGS = ("querywatch+guard",)
+#: querywatch's configurations: their listeners also cost the bare twin's statements.
+QUERYWATCH = ("querywatch", "querywatch+guard")
 #: Configurations measured against a bare twin in the same process.
-PAIRED = ("querywatch", "opentelemetry")
+PAIRED = ("querywatch", "querywatch+guard", "opentelemetry")
+#: The guard of "querywatch+guard": every mechanism set up, on the support team's lookup.
+GUARD = {
+    "endpoints": {
+        "GET /api/orders/lookup": {
+            "statement_timeout_ms": 200,
+            "max_concurrent": 2,
+            "max_wait_ms": 50,
+        }
+    }
+}
 
 
 class Worker:
@@ -77,7 +92,7 @@ class Worker:
         self.bare = shop.create_app(db_url, querywatch=False)
         if config == "none":
             return
-        if config == "querywatch":
+        if config in QUERYWATCH:
             self.app = shop.create_app(
                 db_url,
                 instance_path=os.path.join(workdir, f"instance-qw-{os.getpid()}"),
@@ -90,6 +105,7 @@ class Worker:
                         if os.environ.get("QW_BENCH_METRICS") == "0"
                         else {}
                     ),
+                    **({"QUERYWATCH_GUARD": GUARD} if config == "querywatch+guard" else {}),
                 },
             )
             return
@@ -184,7 +200,7 @@ def _worker(config: str, db_url: str, workdir: str, conn: t.Any) -> None:
                 timed(bare, path)
             if inst is not None:
                 timed(inst, path)
-    idle = w.idle_listener_cost() if config == "querywatch" else 0.0
+    idle = w.idle_listener_cost() if config in QUERYWATCH else 0.0
     conn.send(("ready", idle))
     while True:
         msg = conn.recv()
@@ -225,7 +241,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--scale", type=float, default=0.05)
-    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument(
+        "--configs",
+        default=",".join(CONFIGS),
+        help=f"of {', '.join(CONFIGS + EXTRA_CONFIGS)}",
+    )
     parser.add_argument(
         "--procs",
         type=int,
@@ -236,6 +256,9 @@ def main() -> int:
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args()
     configs = [c for c in args.configs.split(",") if c]
+    unknown = sorted(set(configs) - set(CONFIGS + EXTRA_CONFIGS))
+    if unknown:
+        parser.error(f"unknown configuration {unknown[0]!r}: {', '.join(CONFIGS + EXTRA_CONFIGS)}")
     if "sentry-sdk" in configs and "none" not in configs:
         parser.error("sentry-sdk is compared with the 'none' workers: add none to --configs")
 
@@ -262,7 +285,7 @@ def main() -> int:
         status, idle = conn.recv()
         if status != "ready":
             raise RuntimeError(f"{key} worker failed to start")
-        if key[0] == "querywatch":
+        if key[0] in QUERYWATCH:
             idle_costs.append(idle)
 
     keys = [(c, e) for c in configs for e in ENDPOINTS]
@@ -330,7 +353,7 @@ def main() -> int:
     for c in configs:
         if c in PAIRED:
             # querywatch: plus what its listeners cost the twin's statements as well.
-            extra = idle if c == "querywatch" else 0.0
+            extra = idle if c in QUERYWATCH else 0.0
             added[c] = {ep: med(diffs[(c, ep)]) + extra * q for ep, (_, q) in ENDPOINTS.items()}
             base_of[c] = {ep: med(bare[(c, ep)]) for ep in ENDPOINTS}
             spread[c] = {}

@@ -16,7 +16,6 @@ from .._failopen import swallow
 from ._budgets import OTHER
 from ._budgets import Budget
 from ._budgets import Cancellations
-from ._budgets import install
 from ._budgets import is_cancelled
 from ._bulkhead import Bulkhead
 from ._bulkhead import shed_response
@@ -60,8 +59,6 @@ class Guard:
         self._budgets: dict[str, Budget | None] = {}
         self._lock = threading.Lock()
         self._checked = False
-        if config.budgets:
-            install()
         #: Each endpoint's bulkhead, by route (those with ``max_concurrent``).
         self.bulkheads = {
             route: Bulkhead(route, rule.max_concurrent, rule.max_wait_ms)

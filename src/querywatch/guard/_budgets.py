@@ -8,10 +8,9 @@ database's own mechanism, and a statement cancelled for it is counted by route a
 - MariaDB: the session's ``max_statement_time``; MySQL: ``max_execution_time`` (which
   MySQL applies to SELECTs only). Set when a guarded request's statement needs another
   value than the connection has, and set back to the server's default when the
-  connection returns to the pool.
-- SQLite: a progress handler on the connection that interrupts a statement past its
-  deadline, which each guarded statement sets; cleared when the connection returns to
-  the pool.
+  connection returns to the pool (a check-in listener on the pools a budget was set on).
+- SQLite: a progress handler on the connection that interrupts a guarded statement past
+  the deadline it set when it began.
 
 The cancelled statement raises what the driver raises for it (``QueryCanceled``,
 ``OperationalError``...), wrapped by SQLAlchemy as usual: the app's own error handling
@@ -23,9 +22,11 @@ from __future__ import annotations
 import math
 import threading
 import typing as t
+import weakref
 from time import perf_counter
 
 from .._failopen import log_limited
+from ..capture import current_record
 
 #: Where a connection remembers what the guard set on it (the pool record's ``info``).
 _APPLIED = "querywatch.guard.budget"
@@ -124,6 +125,9 @@ def _mysql(budget: Budget, cursor: t.Any, context: t.Any) -> None:
     applied = info.get(_APPLIED)
     if applied is not None and applied[0] == budget.ms:
         return
+    pool = context.root_connection.engine.pool
+    if pool not in _reset_pools:
+        _listen_checkin(pool)
     if context.dialect.is_mariadb:
         var, value = "max_statement_time", repr(budget.seconds)
     else:
@@ -139,7 +143,13 @@ def _sqlite(budget: Budget, cursor: t.Any, context: t.Any) -> None:
         deadline = info[_APPLIED] = [math.inf]
 
         def progress() -> int:
-            return 1 if perf_counter() > deadline[0] else 0
+            # Only a guarded statement is interrupted: one of a request without a budget
+            # (or of no request) on this connection runs on, whatever deadline an
+            # earlier statement left here. A guarded one always sets its own first.
+            if perf_counter() <= deadline[0]:
+                return 0
+            record = current_record()
+            return 1 if record is not None and record.budget is not None else 0
 
         cursor.connection.set_progress_handler(progress, SQLITE_PROGRESS_STEPS)
     deadline[0] = perf_counter() + budget.seconds
@@ -154,42 +164,36 @@ _APPLIERS: dict[str, t.Callable[[Budget, t.Any, t.Any], None]] = {
 
 
 def _checkin(dbapi_connection: t.Any, record: t.Any) -> None:
-    """A connection back in the pool: what the guard set on its session is undone."""
+    """A MariaDB or MySQL connection back in the pool: its session's statement time limit
+    is set back to the server's default."""
     info = record.info if record is not None else None
     if not info or _APPLIED not in info:
         return
     try:
-        applied = info[_APPLIED]
-        if isinstance(applied, list):  # SQLite's deadline
-            applied[0] = math.inf
-            return
-        del info[_APPLIED]
+        _, var = info.pop(_APPLIED)
         if dbapi_connection is not None:
             cursor = dbapi_connection.cursor()
             try:
-                cursor.execute(f"SET SESSION {applied[1]} = DEFAULT")
+                cursor.execute(f"SET SESSION {var} = DEFAULT")
             finally:
                 cursor.close()
     except Exception as e:
-        # The pool resets the connection next; one left with a budget would cancel an
-        # unguarded statement, so it is dropped instead of reused.
+        # One left with a budget would cancel an unguarded statement: dropped instead
+        # of reused.
         record.invalidate(e)
         log_limited("guard.checkin", "querywatch could not undo a statement budget: %r", e)
 
 
-_installed = False
-_install_lock = threading.Lock()
+#: The pools whose check-ins undo a session budget (only those a budget was set on: the
+#: others' check-ins pay nothing for the guard).
+_reset_pools: weakref.WeakSet[t.Any] = weakref.WeakSet()
+_reset_lock = threading.Lock()
 
 
-def install() -> None:
-    """Listen for connections returning to any pool, once per process (a pool event: the
-    statements' fast path is left alone)."""
-    global _installed
-    with _install_lock:
-        if _installed:
-            return
-        from sqlalchemy import event
-        from sqlalchemy.pool import Pool
+def _listen_checkin(pool: t.Any) -> None:
+    from sqlalchemy import event
 
-        event.listen(Pool, "checkin", _checkin)
-        _installed = True
+    with _reset_lock:
+        if pool not in _reset_pools:
+            event.listen(pool, "checkin", _checkin)
+            _reset_pools.add(pool)

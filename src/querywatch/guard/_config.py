@@ -63,13 +63,6 @@ class GuardConfig:
             ms = self.statement_timeout_ms
         return ms or None
 
-    @property
-    def budgets(self) -> bool:
-        """Whether any endpoint has a statement budget."""
-        return bool(self.statement_timeout_ms) or any(
-            r.statement_timeout_ms for r in self.endpoints.values()
-        )
-
 
 def _milliseconds(field: str, value: t.Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
