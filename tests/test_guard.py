@@ -93,6 +93,14 @@ def make_app(
         customer = db.session.get(Customer, user_id)
         return jsonify(ids=[o.id for o in customer.orders] if customer else [])
 
+    @app.get("/stream")
+    def stream() -> t.Any:
+        # A server-side cursor on PostgreSQL and MariaDB: the budget must not go through it.
+        rows = db.session.execute(
+            sa.select(Order.id).order_by(Order.id), execution_options={"stream_results": True}
+        )
+        return jsonify(ids=[r.id for r in rows])
+
     @app.post("/orders/<int:user_id>")
     def new_order(user_id: int) -> t.Any:
         order = Order(user_id=user_id)
@@ -162,7 +170,10 @@ def test_a_statement_over_its_endpoints_budget_is_cancelled_and_counted(
         {
             "endpoints": {
                 "GET /report": {"statement_timeout_ms": 50},
-                "POST /orders/<int:user_id>": {"statement_timeout_ms": 50},
+                # A budget no insert comes near, however loaded the server: what is
+                # checked is that it does not outlive the request's transaction.
+                "POST /orders/<int:user_id>": {"statement_timeout_ms": 2000},
+                "GET /stream": {"statement_timeout_ms": 2000},
             }
         },
     )
@@ -183,6 +194,7 @@ def test_a_statement_over_its_endpoints_budget_is_cancelled_and_counted(
         assert client.post("/orders/1").json == {"id": 3}
         assert client.get("/export").json == {"n": ANSWER[dialect]}
         assert client.get("/orders/1").json == {"ids": [1, 2, 3]}
+        assert client.get("/stream").json == {"ids": [1, 2, 3]}
         # Again on the budgeted one: cancelled again, and counted by route and shape.
         assert client.get("/report").status_code == 503
         guard = app.extensions["querywatch"].guard
@@ -296,6 +308,14 @@ def test_an_endpoint_the_app_does_not_serve_is_named_with_the_closest_one(
             {"endpoints": {"GET /r": {"max_concurrent": 2, "max_wait_ms": -5}}},
             "endpoints.'GET /r'.max_wait_ms",
             "whole number",
+        ),
+        ({"containment": "on"}, "containment", "one of off, shadow, enforce"),
+        ({"culprit_share": 1.5}, "culprit_share", "a share between 0 and 1"),
+        ({"max_shed_share": 0}, "max_shed_share", "a share between 0 and 1"),
+        (
+            {"endpoints": {"GET /r": {"never_shed": "yes"}}},
+            "endpoints.'GET /r'.never_shed",
+            "true or false",
         ),
     ],
 )
@@ -463,3 +483,69 @@ def test_a_limit_is_never_below_one_and_a_raised_one_admits_the_waiting() -> Non
     assert bulkhead.in_flight == 2
     bulkhead.set_limit(-3)
     assert bulkhead.limit == 1
+
+
+def test_a_head_request_is_held_to_its_gets_budget_and_bulkhead(tmp_path: t.Any) -> None:
+    app, db = make_app(
+        f"sqlite:///{tmp_path}/app.db",
+        "sqlite",
+        tmp_path,
+        {
+            "endpoints": {
+                "GET /report": {"statement_timeout_ms": 50},
+                "GET /hold": {"max_concurrent": 1, "max_wait_ms": 0},
+            }
+        },
+        pool_size=3,
+    )
+    hold = app.extensions["test.hold"]
+    guard = app.extensions["querywatch"].guard
+    try:
+        client = app.test_client()
+        # Flask runs the GET view for a HEAD: the same statement, cancelled the same way.
+        assert client.head("/report").status_code == 503
+        assert [route for route, _ in guard.cancellations.snapshot()] == ["HEAD /report"]
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            holder = pool.submit(lambda: app.test_client().get("/hold"))
+            assert hold.entered.acquire(timeout=60)
+            assert client.head("/hold").status_code == 503
+            hold.gate.set()
+            assert holder.result(60).status_code == 200
+        assert guard.bulkheads["GET /hold"].shed == 1
+        assert guard.unknown_endpoints() == []
+    finally:
+        hold.gate.set()
+        _shutdown(app, db)
+
+
+def test_a_teardown_of_the_app_that_raises_does_not_keep_the_permit(tmp_path: t.Any) -> None:
+    app, db = make_app(
+        f"sqlite:///{tmp_path}/app.db",
+        "sqlite",
+        tmp_path,
+        {"endpoints": {"GET /orders/<int:user_id>": {"max_concurrent": 1, "max_wait_ms": 0}}},
+    )
+    broken = [True]
+
+    @app.teardown_request
+    def flaky(exc: BaseException | None) -> None:
+        # Registered after QueryWatch, so Flask runs it first; raising, it stops the rest.
+        if broken[0]:
+            broken[0] = False
+            raise RuntimeError("a teardown of the app's own")
+
+    bulkhead = app.extensions["querywatch"].guard.bulkheads["GET /orders/<int:user_id>"]
+    seen: list[t.Any] = []
+    on_finished(app, lambda record, findings: seen.append(record), live=True)
+    try:
+        client = app.test_client()
+        with pytest.raises(RuntimeError, match="a teardown of the app's own"):
+            client.get("/orders/1")
+        # The permit came back and the record was finished all the same.
+        assert bulkhead.in_flight == 0
+        assert [r.name for r in seen] == ["GET /orders/<int:user_id>"]
+        assert [client.get("/orders/1").status_code for _ in range(3)] == [200] * 3
+        assert (bulkhead.in_flight, bulkhead.shed) == (0, 0)
+        assert len(seen) == 4
+    finally:
+        _shutdown(app, db)

@@ -109,6 +109,19 @@ class QueryWatch:
         app.before_request_funcs.setdefault(None, []).insert(0, before)
         app.after_request_funcs.setdefault(None, []).append(after)
         app.teardown_request_funcs.setdefault(None, []).append(teardown)
+        if state.guard is not None:
+            # Flask stops at the first teardown_request hook that raises, so one of the
+            # app's could keep ours from giving a bulkhead's permit back, for good. The
+            # app context's teardown runs whatever happened: there, a request record
+            # still open is ended (once: the hook sees it ended already otherwise).
+            current = capture.current_record
+
+            def backstop(exc: BaseException | None) -> None:
+                record = current()
+                if record is not None and record.kind == "request":
+                    teardown(exc)
+
+            app.teardown_appcontext_funcs.append(backstop)
 
         from .. import cli
 

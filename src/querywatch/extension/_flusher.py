@@ -74,7 +74,17 @@ class Flusher(Periodic):
         interval = state.settings.alert_interval
         self._next_eval = now + interval
         try:
-            return state.evaluator.run(lease_seconds=max(3 * interval, 2 * self.flush_interval))
+            changes = state.evaluator.run(lease_seconds=max(3 * interval, 2 * self.flush_interval))
+            if state.guard is not None:
+                # The lease holder decides containment; every process applies it.
+                with fail_open("guard.contain"):
+                    state.guard.contain(
+                        state.store,
+                        leader=changes is not None,
+                        now=time.time(),
+                        width=state.settings.bucket_seconds,
+                    )
+            return changes
         except Exception as e:
             record_internal_error("alerts.evaluate", e, log=not unavailable(e))
             log_limited(

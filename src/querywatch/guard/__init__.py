@@ -17,11 +17,18 @@ from ._budgets import OTHER
 from ._budgets import Budget
 from ._budgets import Cancellations
 from ._budgets import is_cancelled
+from ._bulkhead import UNLIMITED
 from ._bulkhead import Bulkhead
 from ._bulkhead import shed_response
 from ._config import EndpointRule
 from ._config import GuardConfig
 from ._config import load_guard
+from ._containment import Containment
+from ._containment import Policy
+from ._containment import adapt
+from ._containment import dumps
+from ._containment import engage
+from ._containment import loads
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
@@ -31,6 +38,7 @@ if t.TYPE_CHECKING:
 
 __all__ = [
     "Bulkhead",
+    "Containment",
     "EndpointRule",
     "Guard",
     "GuardConfig",
@@ -41,6 +49,12 @@ __all__ = [
 
 #: Routes whose budget is remembered (an app has as many as its URL rules, and one more).
 _MAX_ROUTES = 10_000
+#: The store's ``qw_meta`` key of the containments in force, which every process reads.
+STATE_KEY = "guard.containment"
+#: How long a request of a contained endpoint waits for a permit, in milliseconds.
+CONTAIN_WAIT_MS = 50
+#: Firing alerts judged (engaged or not), remembered so each is judged once.
+_MAX_JUDGED = 1_000
 
 
 def guard_setting(app: Flask) -> GuardConfig | None:
@@ -59,12 +73,24 @@ class Guard:
         self._budgets: dict[str, Budget | None] = {}
         self._lock = threading.Lock()
         self._checked = False
-        #: Each endpoint's bulkhead, by route (those with ``max_concurrent``).
+        #: Each endpoint's bulkhead, by route: those with ``max_concurrent``, and those
+        #: containment put under a limit.
         self.bulkheads = {
             route: Bulkhead(route, rule.max_concurrent, rule.max_wait_ms)
             for route, rule in config.endpoints.items()
             if rule.max_concurrent is not None
         }
+        self.policy = Policy(
+            mode=config.containment,
+            culprit_share=config.culprit_share,
+            max_shed_share=config.max_shed_share,
+            never_shed=frozenset(r for r, rule in config.endpoints.items() if rule.never_shed),
+        )
+        #: The containments this process applies (what the store said last).
+        self.contained: dict[str, Containment] = {}
+        #: What containment said, newest last (bounded).
+        self.events: list[str] = []
+        self._judged: dict[str, float] = {}
 
     def admit(self, record: t.Any) -> t.Any:
         """At the start of a request: take its endpoint's bulkhead permit (held on the
@@ -72,7 +98,11 @@ class Guard:
         of querywatch's own admits the request."""
         bulkhead = self.bulkheads.get(record.name)
         if bulkhead is None:
-            return None
+            if not record.name.startswith("HEAD "):
+                return None
+            bulkhead = self.bulkheads.get(_rule(record.name))
+            if bulkhead is None:
+                return None
         try:
             if bulkhead.enter():
                 record.held = bulkhead
@@ -97,12 +127,87 @@ class Guard:
             pass
         if not self._checked:
             self.unknown_endpoints()
-        ms = self.config.statement_timeout(route)
+        ms = self.config.statement_timeout(_rule(route))
         budget = Budget(route, ms, self.cancellations) if ms else None
         with self._lock:
             if len(self._budgets) < _MAX_ROUTES:
                 self._budgets[route] = budget
         return budget
+
+    def contain(self, store: t.Any, *, leader: bool, now: float, width: float) -> list[str]:
+        """One round of containment, after the alerts' evaluation. The lease holder
+        (``leader``) decides and writes the store; every process then applies what the
+        store holds. Returns what the round decided, in words."""
+        if self.policy.mode == "off":
+            return []
+        events: list[str] = []
+        if leader:
+            events = self._decide(store, now, width)
+        self.apply(loads(store.meta_value(STATE_KEY)))
+        return events
+
+    def _decide(self, store: t.Any, now: float, width: float) -> list[str]:
+        policy = self.policy
+        state = loads(store.meta_value(STATE_KEY))
+        firing = {
+            k: a
+            for k, a in store.alert_states().items()
+            if a.state == "firing" and a.severity == "page"
+        }
+        events: list[str] = []
+        new: dict[str, Containment] = {}
+        bucket = (now // width) * width
+        for endpoint, c in state.items():
+            latency = None
+            if c.shape is not None:
+                total, calls = store.shape_time(endpoint, c.shape, bucket - width, bucket + width)
+                latency = total / calls * 1000 if calls else None
+            d = adapt(policy, c, alert_firing=c.alert in firing, latency_ms=latency, now=now)
+            if d.containment is not None:
+                new[endpoint] = d.containment
+            if d.event:
+                events.append(d.event)
+        for key, alert in sorted(firing.items()):
+            if self._judged.get(key) == alert.since or any(c.alert == key for c in new.values()):
+                continue
+            self._judged[key] = alert.since
+            if len(self._judged) > _MAX_JUDGED:
+                del self._judged[next(iter(self._judged))]
+            d = engage(policy, key, alert.evidence, now)
+            if d.containment is not None and d.containment.endpoint not in new:
+                new[d.containment.endpoint] = d.containment
+            if d.event:
+                events.append(d.event)
+        if new != state:
+            store.set_meta(STATE_KEY, dumps(new))
+        for event in events:
+            log_limited(f"guard.event:{event}", "%s", event)
+        self.events.extend(events)
+        del self.events[:-100]
+        return events
+
+    def apply(self, state: t.Mapping[str, Containment]) -> None:
+        """Put each contained endpoint under its limit (enforce) or count what it would
+        shed (shadow), and lift the others, in this process."""
+        for route, c in state.items():
+            rule = self.config.endpoints.get(route)
+            static = rule.max_concurrent if rule is not None else None
+            bulkhead = self.bulkheads.get(route)
+            if bulkhead is None:
+                bulkhead = Bulkhead(route, UNLIMITED, CONTAIN_WAIT_MS)
+            if c.mode == "enforce":
+                bulkhead.set_limit(min(c.limit, static) if static else c.limit)
+            else:
+                bulkhead.set_limit(static or UNLIMITED, shadow=c.limit)
+            self.bulkheads[route] = bulkhead
+        for route in set(self.contained) - set(state):
+            rule = self.config.endpoints.get(route)
+            if rule is not None and rule.max_concurrent is not None:
+                self.bulkheads[route].set_limit(rule.max_concurrent)
+            else:
+                # A request still holding a permit gives it back to the object it holds.
+                self.bulkheads.pop(route, None)
+        self.contained = dict(state)
 
     def unknown_endpoints(self) -> list[str]:
         """Warn once about each configured endpoint that no URL rule of the app serves
@@ -151,7 +256,9 @@ class Guard:
         )
         for name, doc, attr in families:
             gauge = GaugeMetricFamily(name, doc, labels=["http_request_method", "http_route"])
-            for route, bulkhead in sorted(self.bulkheads.items()):
+            for route, bulkhead in sorted(list(self.bulkheads.items())):
+                if attr == "limit" and bulkhead.limit >= UNLIMITED:
+                    continue
                 gauge.add_metric(list(_method_route(route)), getattr(bulkhead, attr))
             yield gauge
         counters = (
@@ -161,10 +268,15 @@ class Guard:
                 "waited",
             ),
             ("querywatch_guard_shed", "Requests answered 503 by the endpoint's bulkhead.", "shed"),
+            (
+                "querywatch_guard_would_shed",
+                "Requests containment in shadow mode would have shed (admitted).",
+                "would_shed",
+            ),
         )
         for name, doc, attr in counters:
             counter = CounterMetricFamily(name, doc, labels=["http_request_method", "http_route"])
-            for route, bulkhead in sorted(self.bulkheads.items()):
+            for route, bulkhead in sorted(list(self.bulkheads.items())):
                 counter.add_metric(list(_method_route(route)), getattr(bulkhead, attr))
             yield counter
         for (route, shape), n in sorted(self.cancellations.snapshot().items()):
@@ -178,3 +290,9 @@ def _method_route(route: str) -> tuple[str, str]:
         return "_OTHER", OTHER
     method, _, path = route.partition(" ")
     return method, path
+
+
+def _rule(route: str) -> str:
+    """The endpoint whose rules a request follows: a HEAD runs the GET view (Flask's),
+    so it is held to the GET's budget and bulkhead."""
+    return "GET " + route[5:] if route.startswith("HEAD ") else route

@@ -26,6 +26,7 @@ import weakref
 from time import perf_counter
 
 from .._failopen import log_limited
+from .._failopen import record_internal_error
 from ..capture import current_record
 
 #: Where a connection remembers what the guard set on it (the pool record's ``info``).
@@ -83,19 +84,59 @@ class Budget:
         self.cancellations = cancellations
 
     def apply(self, cursor: t.Any, context: t.Any) -> None:
+        engine = context.root_connection.engine
+        if engine in _unsupported:
+            return
         applier = _APPLIERS.get(context.dialect.name)
         if applier is None:
-            log_limited(
-                "guard.dialect",
-                "querywatch's statement budgets do not support %s: its statements run without one.",
-                context.dialect.name,
+            _give_up(
+                engine, f"the {context.dialect.name} dialect has no statement timeout it knows"
             )
             return
-        applier(self, cursor, context)
+        try:
+            applier(self, cursor, context)
+        except _Unsupported as e:
+            _give_up(engine, str(e))
+        except Exception as e:
+            # Set on a cursor of its own, the budget cannot break the app's statement;
+            # a driver or server that refuses it gets no budget from now on.
+            record_internal_error("guard.budget", e, log=False)
+            _give_up(
+                engine, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            )
 
     def failed(self, shape: str, exc: BaseException) -> None:
         if is_cancelled(exc):
             self.cancellations.add(self.route, shape)
+
+
+class _Unsupported(Exception):
+    """The connection's driver has no way to set a budget."""
+
+
+#: Engines whose statements run without a budget: their driver or server refused one.
+_unsupported: weakref.WeakSet[t.Any] = weakref.WeakSet()
+
+
+def _give_up(engine: t.Any, why: str) -> None:
+    _unsupported.add(engine)
+    log_limited(
+        f"guard.unsupported:{id(engine)}",
+        "querywatch's statement budgets are off for %s: %s. Its statements run without one.",
+        engine.url.render_as_string(hide_password=True),
+        why,
+    )
+
+
+def _execute(dbapi_connection: t.Any, sql: str) -> t.Any:
+    """Run ``sql`` on a plain cursor of its own (the app's may be a server-side one,
+    which would wrap it in DECLARE ... CURSOR FOR); returns its first row, if any."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(sql)
+        return cursor.fetchone() if cursor.description else None
+    finally:
+        cursor.close()
 
 
 def _postgresql(budget: Budget, cursor: t.Any, context: t.Any) -> None:
@@ -110,13 +151,17 @@ def _postgresql(budget: Budget, cursor: t.Any, context: t.Any) -> None:
     info = getattr(dbapi, "info", None)
     if info is not None and hasattr(info, "transaction_status"):  # psycopg 3
         idle = info.transaction_status == 0
-    else:  # psycopg2
+    elif hasattr(dbapi, "get_transaction_status"):  # psycopg2
         idle = dbapi.get_transaction_status() == 0
+    else:
+        raise _Unsupported(
+            f"the {type(dbapi).__module__} driver does not tell its transaction state"
+        )
     conn = context.root_connection
     # Idle: this statement opens the transaction, so the budget goes first. In one,
     # it was set already if this checkout's guarded statement opened it.
     if idle or getattr(conn, _PG_ATTR, None) != budget.ms:
-        cursor.execute(f"SET LOCAL statement_timeout = {budget.ms}")
+        _execute(dbapi, f"SET LOCAL statement_timeout = {budget.ms}")
         setattr(conn, _PG_ATTR, budget.ms)
 
 
@@ -132,26 +177,32 @@ def _mysql(budget: Budget, cursor: t.Any, context: t.Any) -> None:
         var, value = "max_statement_time", repr(budget.seconds)
     else:
         var, value = "max_execution_time", str(budget.ms)
-    cursor.execute(f"SET SESSION {var} = {value}")
-    info[_APPLIED] = (budget.ms, var)
+    dbapi = cursor.connection
+    # What the session had (the server's default, or the app's own), restored at check-in.
+    original = applied[2] if applied is not None else _execute(dbapi, f"SELECT @@session.{var}")[0]
+    _execute(dbapi, f"SET SESSION {var} = {value}")
+    info[_APPLIED] = (budget.ms, var, original)
 
 
 def _sqlite(budget: Budget, cursor: t.Any, context: t.Any) -> None:
     info = context.root_connection.connection.info
     deadline = info.get(_APPLIED)
     if deadline is None:
-        deadline = info[_APPLIED] = [math.inf]
+        deadline = [math.inf]
 
         def progress() -> int:
-            # Only a guarded statement is interrupted: one of a request without a budget
-            # (or of no request) on this connection runs on, whatever deadline an
-            # earlier statement left here. A guarded one always sets its own first.
+            # Only a guarded request's statement is interrupted: one of a request without
+            # a budget (or of no request) runs on, whatever deadline an earlier statement
+            # left on this connection. A guarded statement sets its own when it begins
+            # (the later batches of one bulk insert share the first one's); the deadline
+            # counts the time between its fetches too.
             if perf_counter() <= deadline[0]:
                 return 0
             record = current_record()
             return 1 if record is not None and record.budget is not None else 0
 
         cursor.connection.set_progress_handler(progress, SQLITE_PROGRESS_STEPS)
+        info[_APPLIED] = deadline
     deadline[0] = perf_counter() + budget.seconds
 
 
@@ -165,18 +216,15 @@ _APPLIERS: dict[str, t.Callable[[Budget, t.Any, t.Any], None]] = {
 
 def _checkin(dbapi_connection: t.Any, record: t.Any) -> None:
     """A MariaDB or MySQL connection back in the pool: its session's statement time limit
-    is set back to the server's default."""
+    is set back to what it was before the guard set it."""
     info = record.info if record is not None else None
     if not info or _APPLIED not in info:
         return
     try:
-        _, var = info.pop(_APPLIED)
+        _, var, original = info.pop(_APPLIED)
         if dbapi_connection is not None:
-            cursor = dbapi_connection.cursor()
-            try:
-                cursor.execute(f"SET SESSION {var} = DEFAULT")
-            finally:
-                cursor.close()
+            value = int(original) if var == "max_execution_time" else float(original)
+            _execute(dbapi_connection, f"SET SESSION {var} = {value!r}")
     except Exception as e:
         # One left with a budget would cancel an unguarded statement: dropped instead
         # of reused.

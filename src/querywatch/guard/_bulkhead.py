@@ -15,6 +15,8 @@ from time import monotonic
 
 #: Seconds a shed request is told to wait before it retries (``Retry-After``).
 RETRY_AFTER = 1
+#: The limit of a bulkhead that only counts (containment in shadow mode).
+UNLIMITED = 2**31
 
 
 class Bulkhead:
@@ -33,10 +35,16 @@ class Bulkhead:
         self.waited = 0
         #: Requests answered 503: no permit within the wait.
         self.shed = 0
+        #: Containment in shadow mode: the limit it would set, and the requests it would
+        #: have shed (admitted all the same).
+        self.shadow_limit: int | None = None
+        self.would_shed = 0
 
     def enter(self) -> bool:
         """Take a permit, waiting for one up to the endpoint's wait; False: shed."""
         with self._cond:
+            if self.shadow_limit is not None and self.in_flight >= self.shadow_limit:
+                self.would_shed += 1
             if self.in_flight < self.limit:
                 self.in_flight += 1
                 return True
@@ -57,10 +65,12 @@ class Bulkhead:
             self.in_flight -= 1
             self._cond.notify()
 
-    def set_limit(self, limit: int) -> None:
-        """Change the limit (never below 1); waiting requests see a raised one at once."""
+    def set_limit(self, limit: int, *, shadow: int | None = None) -> None:
+        """Change the limit (never below 1) and the shadow one; waiting requests see a
+        raised limit at once."""
         with self._cond:
             self.limit = max(1, int(limit))
+            self.shadow_limit = None if shadow is None else max(1, int(shadow))
             self._cond.notify_all()
 
 

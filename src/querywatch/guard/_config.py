@@ -26,8 +26,9 @@ from ..exceptions import GuardConfigError
 
 #: ``"GET /api/orders/<int:id>"``: a method and a URL rule.
 _ENDPOINT = re.compile(r"^[A-Z]+ /\S*$")
-_TOP_KEYS = ("statement_timeout_ms", "endpoints")
-_ENDPOINT_KEYS = ("statement_timeout_ms", "max_concurrent", "max_wait_ms")
+_TOP_KEYS = ("statement_timeout_ms", "endpoints", "containment", "culprit_share", "max_shed_share")
+_ENDPOINT_KEYS = ("statement_timeout_ms", "max_concurrent", "max_wait_ms", "never_shed")
+_MODES = ("off", "shadow", "enforce")
 #: How long a request waits for a bulkhead's permit, unless its endpoint says.
 DEFAULT_MAX_WAIT_MS = 100
 
@@ -42,6 +43,8 @@ class EndpointRule:
     #: limit); one more waits up to ``max_wait_ms``, then is answered 503.
     max_concurrent: int | None = None
     max_wait_ms: int = DEFAULT_MAX_WAIT_MS
+    #: Never limited by containment (health checks, checkout).
+    never_shed: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +57,12 @@ class GuardConfig:
     endpoints: t.Mapping[str, EndpointRule] = dataclasses.field(
         default_factory=lambda: MappingProxyType({})
     )
+    #: Automatic containment: ``off``, ``shadow`` (counts what it would shed) or
+    #: ``enforce``; the share of bad requests that implicates one endpoint; the most of
+    #: the app's traffic it may shed.
+    containment: str = "shadow"
+    culprit_share: float = 0.8
+    max_shed_share: float = 0.3
 
     def statement_timeout(self, endpoint: str) -> int | None:
         """The budget of ``endpoint``'s statements in milliseconds, ``None`` for none."""
@@ -106,6 +115,17 @@ def load_guard(value: t.Any) -> GuardConfig | None:
         raise GuardConfigError(
             unknown[0], f"not a setting of the guard; they are {', '.join(_TOP_KEYS)}."
         )
+    mode = value.get("containment", "shadow")
+    if mode not in _MODES:
+        raise GuardConfigError("containment", f"expected one of {', '.join(_MODES)}, got {mode!r}.")
+    shares = {}
+    for key, dflt in (("culprit_share", 0.8), ("max_shed_share", 0.3)):
+        v = value.get(key, dflt)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+            raise GuardConfigError(
+                key, f"expected a share between 0 and 1 such as {dflt}, got {v!r}."
+            )
+        shares[key] = float(v)
     default = value.get("statement_timeout_ms")
     if default is not None:
         default = _milliseconds("statement_timeout_ms", default)
@@ -152,5 +172,17 @@ def load_guard(value: t.Any) -> GuardConfig | None:
             max_wait_ms=DEFAULT_MAX_WAIT_MS
             if wait is None
             else _milliseconds(f"{field}.max_wait_ms", wait),
+            never_shed=_flag(f"{field}.never_shed", spec.get("never_shed", False)),
         )
-    return GuardConfig(statement_timeout_ms=default, endpoints=MappingProxyType(endpoints))
+    return GuardConfig(
+        statement_timeout_ms=default,
+        endpoints=MappingProxyType(endpoints),
+        containment=mode,
+        **shares,
+    )
+
+
+def _flag(field: str, value: t.Any) -> bool:
+    if not isinstance(value, bool):
+        raise GuardConfigError(field, f"expected true or false, got {value!r}.")
+    return value

@@ -266,6 +266,25 @@ class StatsReads(Base):
         picked = {(d[0], d[1]): d for d in grown + costliest}
         return sorted(picked.values(), key=lambda d: (d[4] - d[2], d[0], d[1]))
 
+    def shape_time(
+        self, endpoint: str, fingerprint: str, since: float, until: float
+    ) -> tuple[float, int]:
+        """(total seconds, calls) of one endpoint's query shape in the buckets starting in
+        ``[since, until)``."""
+        self.migrate()
+        from sqlalchemy import func
+
+        tbl = schema.query_stats
+        query = select(func.sum(tbl.c.total_s), func.sum(tbl.c.calls)).where(
+            (tbl.c.endpoint == endpoint)
+            & (tbl.c.fingerprint == fingerprint)
+            & (tbl.c.minute >= since)
+            & (tbl.c.minute < until)
+        )
+        with self.engine.connect() as conn:
+            total, calls = conn.execute(query).one()
+        return float(total or 0.0), int(calls or 0)
+
     def slow_shapes(
         self, since: float, until: float, threshold: float
     ) -> dict[tuple[str, str], Aggregate]:

@@ -1,0 +1,260 @@
+"""Automatic containment: which firing alerts engage it, how its limit follows the culprit
+query, when it lifts, and how every process applies the lease holder's decision."""
+
+from __future__ import annotations
+
+import copy
+import typing as t
+
+import pytest
+from flask import Flask
+
+from querywatch.guard import STATE_KEY
+from querywatch.guard import Guard
+from querywatch.guard import load_guard
+from querywatch.guard._containment import Containment
+from querywatch.guard._containment import Policy
+from querywatch.guard._containment import adapt
+from querywatch.guard._containment import engage
+from querywatch.store import AlertChange
+from querywatch.store import Store
+
+LOOKUP = "GET /api/orders/lookup"
+PAGE = "slo:latency:page"
+
+#: The evidence of the outage as the alert evaluation gathers it: traffic flat, 90% of
+#: the objective's bad requests on the support team's lookup (10% of the traffic), its
+#: query from 19 ms to 185 ms a call.
+EVIDENCE: dict[str, t.Any] = {
+    "window": {"before": [0, 600], "now": [900, 1560], "seconds": 600, "at": 1560},
+    "traffic": {"ratio": 1.02, "requests_now": 6000, "requests_before": 5880},
+    "errors": {"ratio_now": 0.01, "ratio_before": 0.0},
+    "objective": {"name": "latency", "bad": 500},
+    "bad_endpoints": [
+        {"endpoint": LOOKUP, "bad": 450},
+        {"endpoint": "GET /api/products/<int:id>", "bad": 50},
+    ],
+    "endpoints": [
+        {"endpoint": LOOKUP, "requests": 600, "time_s": 111.0, "db_share": 0.95, "errors": 60},
+        {
+            "endpoint": "GET /api/products/<int:id>",
+            "requests": 5400,
+            "time_s": 162.0,
+            "db_share": 0.4,
+            "errors": 0,
+        },
+    ],
+    "shapes": [
+        {
+            "fingerprint": "f-lookup",
+            "endpoint": LOOKUP,
+            "time_now_s": 111.0,
+            "time_before_s": 11.4,
+            "calls_now": 600,
+            "calls_before": 600,
+            "mean_ms_now": 185.0,
+            "mean_ms_before": 19.0,
+        },
+        {
+            "fingerprint": "f-product",
+            "endpoint": "GET /api/products/<int:id>",
+            "time_now_s": 30.0,
+            "time_before_s": 27.0,
+            "calls_now": 5400,
+            "calls_before": 5300,
+            "mean_ms_now": 5.6,
+            "mean_ms_before": 5.1,
+        },
+    ],
+    "pools": [],
+}
+
+
+def evidence(**changes: t.Any) -> dict[str, t.Any]:
+    ev = copy.deepcopy(EVIDENCE)
+    for path, value in changes.items():
+        node = ev
+        *parents, last = path.split("__")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return ev
+
+
+def test_a_page_with_flat_traffic_and_one_endpoint_to_blame_engages() -> None:
+    d = engage(Policy(mode="enforce"), PAGE, EVIDENCE, 1560.0)
+    c = d.containment
+    assert c is not None
+    assert (c.endpoint, c.mode, c.alert, c.shape) == (LOOKUP, "enforce", PAGE, "f-lookup")
+    # One request a second at 19 ms when calm: 0.019 in flight, twice over, at least 1.
+    assert c.limit == 1
+    assert (c.baseline_ms, c.latency_ms) == (19.0, 185.0)
+    assert d.event == (
+        "guard engaged on GET /api/orders/lookup: at most 1 at once (90% of the bad requests"
+        " are its; it is 10% of the traffic)."
+    )
+    # More traffic at its calm latency, a higher limit: 20 a second x 19 ms x 2.
+    busy = evidence(endpoints=[{**EVIDENCE["endpoints"][0], "requests": 12000}])
+    c2 = engage(Policy(mode="enforce", max_shed_share=1.0), PAGE, busy, 1560.0).containment
+    assert c2 is not None
+    assert c2.limit == 1 + int(2 * 20 * 0.019)
+
+
+@pytest.mark.parametrize(
+    ("changes", "policy", "why"),
+    [
+        ({"traffic__ratio": 2.4}, Policy(), "traffic is not flat (x2.40)"),
+        ({"traffic__ratio": None}, Policy(), "traffic is not flat (unknown)"),
+        (
+            {
+                "bad_endpoints": [
+                    {"endpoint": LOOKUP, "bad": 300},
+                    {"endpoint": "GET /x", "bad": 200},
+                ]
+            },
+            Policy(),
+            "60% of the bad requests are GET /api/orders/lookup, under the 80%",
+        ),
+        ({}, Policy(never_shed=frozenset({LOOKUP})), "is marked never_shed"),
+        (
+            {
+                "endpoints": [
+                    {**EVIDENCE["endpoints"][0], "requests": 5400},
+                    EVIDENCE["endpoints"][1],
+                ]
+            },
+            Policy(),
+            "is 50% of the app's traffic, and containment may shed at most 30% of it",
+        ),
+        ({"bad_endpoints": []}, Policy(), "names no endpoint with bad requests"),
+    ],
+)
+def test_every_no_says_why(changes: dict[str, t.Any], policy: Policy, why: str) -> None:
+    d = engage(policy, PAGE, evidence(**changes), 1560.0)
+    assert d.containment is None
+    assert d.event is not None
+    assert d.event.startswith("guard not engaged: ")
+    assert why in d.event
+
+
+def _engaged(limit: int = 8) -> Containment:
+    return Containment(LOOKUP, "enforce", limit, PAGE, "f-lookup", 19.0, 185.0, 0.0, 0.0)
+
+
+def test_the_limit_follows_the_culprits_latency_and_never_falls_below_one() -> None:
+    policy = Policy(mode="enforce")
+    c = _engaged(8)
+    # Slow: down by the latency gradient (1.5 x 19 / 57 = 0.5).
+    c = adapt(policy, c, alert_firing=True, latency_ms=57.0, now=1.0).containment
+    assert c is not None
+    assert c.limit == 4
+    # Very slow: at most halved a round, and never below 1.
+    for expected in (2, 1, 1):
+        c = adapt(policy, c, alert_firing=True, latency_ms=500.0, now=2.0).containment
+        assert c is not None
+        assert c.limit == expected
+    # Calm: one more a round; after three calm rounds in a row it lifts itself.
+    c = adapt(policy, c, alert_firing=True, latency_ms=20.0, now=3.0).containment
+    assert c is not None
+    assert (c.limit, c.calm_rounds) == (2, 1)
+    c = adapt(policy, c, alert_firing=True, latency_ms=300.0, now=4.0).containment
+    assert c is not None
+    assert c.calm_rounds == 0
+    for _ in range(2):
+        c = adapt(policy, c, alert_firing=True, latency_ms=20.0, now=5.0).containment
+        assert c is not None
+    d = adapt(policy, c, alert_firing=True, latency_ms=20.0, now=6.0)
+    assert d.containment is None
+    assert d.event == (
+        "guard lifted on GET /api/orders/lookup: its query is back to 20 ms (calm: 19 ms)"
+        " for 3 rounds."
+    )
+
+
+def test_it_lifts_when_the_alert_resolves_unless_pinned() -> None:
+    policy = Policy(mode="enforce")
+    d = adapt(policy, _engaged(), alert_firing=False, latency_ms=185.0, now=1.0)
+    assert d == (None, "guard lifted on GET /api/orders/lookup: the alert resolved.")
+    pinned = Containment(LOOKUP, "enforce", 3, PAGE, "f-lookup", 19.0, 185.0, 0.0, 0.0, pinned=True)
+    assert adapt(policy, pinned, alert_firing=False, latency_ms=20.0, now=1.0) == (pinned, None)
+
+
+def _page(store: Store, state: str, ev: dict[str, t.Any], at: float) -> None:
+    store.set_alert_states([AlertChange(PAGE, "slo", "page", state, at, "latency", ev)])
+
+
+def _guard(mode: str, **extra: t.Any) -> Guard:
+    config = load_guard({"containment": mode, **extra})
+    assert config is not None
+    return Guard(Flask(__name__), config)
+
+
+@pytest.mark.parametrize("mode", ["enforce", "shadow"])
+def test_the_lease_holder_decides_and_every_process_applies(tmp_path: t.Any, mode: str) -> None:
+    store = Store(f"sqlite:///{tmp_path}/qw.db")
+    leader, follower = _guard(mode), _guard(mode)
+    try:
+        # Nothing fires: nothing is contained anywhere.
+        assert leader.contain(store, leader=True, now=1560.0, width=60) == []
+        follower.contain(store, leader=False, now=1560.0, width=60)
+        assert LOOKUP not in follower.bulkheads
+        _page(store, "firing", EVIDENCE, 1560.0)
+        # A process that does not hold the lease decides nothing.
+        assert follower.contain(store, leader=False, now=1561.0, width=60) == []
+        assert store.meta_value(STATE_KEY) is None
+        events = leader.contain(store, leader=True, now=1562.0, width=60)
+        assert len(events) == 1
+        assert LOOKUP in events[0]
+        # The follower reads the decision at its next round.
+        follower.contain(store, leader=False, now=1563.0, width=60)
+        bulkhead = follower.bulkheads[LOOKUP]
+        if mode == "enforce":
+            assert (bulkhead.limit, bulkhead.shadow_limit) == (1, None)
+            assert bulkhead.enter()
+            assert not bulkhead.enter()  # a second at once is shed
+            assert bulkhead.shed == 1
+        else:
+            assert bulkhead.shadow_limit == 1
+            assert bulkhead.enter()
+            assert bulkhead.enter()
+            assert (bulkhead.shed, bulkhead.would_shed) == (0, 1)
+        # A second round does not engage the same alert again.
+        assert leader.contain(store, leader=True, now=1564.0, width=60) == []
+        # The alert resolves: the leader lifts, and the follower at its next round.
+        _page(store, "resolved", EVIDENCE, 1600.0)
+        assert leader.contain(store, leader=True, now=1601.0, width=60) == [
+            "guard lifted on GET /api/orders/lookup: the alert resolved."
+        ]
+        follower.contain(store, leader=False, now=1602.0, width=60)
+        assert LOOKUP not in follower.bulkheads
+        assert follower.contained == {}
+    finally:
+        store.engine.dispose()
+
+
+def test_a_configured_bulkhead_keeps_its_own_limit_under_and_after_containment(
+    tmp_path: t.Any,
+) -> None:
+    store = Store(f"sqlite:///{tmp_path}/qw.db")
+    guard = _guard("enforce", endpoints={LOOKUP: {"max_concurrent": 4}})
+    try:
+        _page(store, "firing", EVIDENCE, 1560.0)
+        guard.contain(store, leader=True, now=1561.0, width=60)
+        assert guard.bulkheads[LOOKUP].limit == 1  # the lower of the two
+        _page(store, "resolved", EVIDENCE, 1600.0)
+        guard.contain(store, leader=True, now=1601.0, width=60)
+        assert guard.bulkheads[LOOKUP].limit == 4
+    finally:
+        store.engine.dispose()
+
+
+def test_off_decides_and_applies_nothing(tmp_path: t.Any) -> None:
+    store = Store(f"sqlite:///{tmp_path}/qw.db")
+    guard = _guard("off")
+    try:
+        _page(store, "firing", EVIDENCE, 1560.0)
+        assert guard.contain(store, leader=True, now=1561.0, width=60) == []
+        assert store.meta_value(STATE_KEY) is None
+        assert guard.bulkheads == {}
+    finally:
+        store.engine.dispose()
