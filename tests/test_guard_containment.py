@@ -258,3 +258,72 @@ def test_off_decides_and_applies_nothing(tmp_path: t.Any) -> None:
         assert guard.bulkheads == {}
     finally:
         store.engine.dispose()
+
+
+def test_a_new_lease_holder_carries_on_from_the_store(tmp_path: t.Any) -> None:
+    """The process holding the lease dies while the guard is engaged: the next one reads
+    the containment from the store and goes on adapting and lifting it."""
+    store = Store(f"sqlite:///{tmp_path}/qw.db")
+    try:
+        _page(store, "firing", EVIDENCE, 1560.0)
+        first = _guard("enforce")
+        first.contain(store, leader=True, now=1561.0, width=60)
+        assert first.contained[LOOKUP].limit == 1
+        del first  # gone, without a word
+        second = _guard("enforce")
+        assert second.contain(store, leader=True, now=1562.0, width=60) == []
+        # Not lost, not engaged twice: the same containment, carried on.
+        carried = second.contained[LOOKUP]
+        assert (carried.since, carried.limit, carried.alert) == (1561.0, 1, PAGE)
+        assert carried.updated == 1562.0
+        assert second.bulkheads[LOOKUP].limit == 1
+        _page(store, "resolved", EVIDENCE, 1600.0)
+        assert second.contain(store, leader=True, now=1601.0, width=60) == [
+            "guard lifted on GET /api/orders/lookup: the alert resolved."
+        ]
+    finally:
+        store.engine.dispose()
+
+
+def test_a_person_sees_lifts_and_pins_it_from_the_command_line(tmp_path: t.Any) -> None:
+    from click.testing import CliRunner
+
+    from querywatch.cli import cli
+
+    url = f"sqlite:///{tmp_path}/qw.db"
+    store = Store(url)
+    store.migrate()
+    runner = CliRunner()
+    leader = _guard("enforce")
+    try:
+        result = runner.invoke(cli, ["guard", "status", "--store", url])
+        assert (result.exit_code, result.output) == (0, "No endpoint is contained.\n")
+        _page(store, "firing", EVIDENCE, 1560.0)
+        leader.contain(store, leader=True, now=1561.0, width=60)
+        result = runner.invoke(cli, ["guard", "status", "--store", url])
+        assert result.exit_code == 0
+        assert result.output.startswith("GET /api/orders/lookup: enforce, at most 1 at once")
+        assert "(alert slo:latency:page); its query 185 ms (calm: 19 ms)" in result.output
+        # Lifted by hand: gone, and the alert, still firing, does not engage it again.
+        result = runner.invoke(cli, ["guard", "lift", LOOKUP, "--store", url])
+        assert result.exit_code == 0, result.output
+        assert leader.contain(store, leader=True, now=1562.0, width=60) == []
+        other = _guard("enforce")  # nor does another lease holder
+        assert other.contain(store, leader=True, now=1563.0, width=60) == []
+        assert other.contained == {}
+        result = runner.invoke(cli, ["guard", "lift", LOOKUP, "--store", url])
+        assert result.exit_code == 1
+        assert "GET /api/orders/lookup is not contained" in result.output
+        # Pinned with a limit: enforced everywhere, and the resolved alert keeps it.
+        result = runner.invoke(cli, ["guard", "pin", LOOKUP, "--limit", "2", "--store", url])
+        assert result.exit_code == 0, result.output
+        _page(store, "resolved", EVIDENCE, 1600.0)
+        assert other.contain(store, leader=True, now=1601.0, width=60) == []
+        assert other.bulkheads[LOOKUP].limit == 2
+        result = runner.invoke(cli, ["guard", "pin", "GET /x", "--store", url])
+        assert result.exit_code == 1
+        assert "Give --limit to put it under one." in result.output
+        result = runner.invoke(cli, ["guard", "pin", LOOKUP, "--limit", "0", "--store", url])
+        assert result.exit_code == 2
+    finally:
+        store.engine.dispose()

@@ -515,9 +515,11 @@ def grafana_dashboard_command(
 
 
 def _register_incident_commands() -> None:
+    from .guard import guard_group
     from .incidents import register
 
     register(cli)
+    cli.add_command(guard_group)
 
 
 _register_incident_commands()

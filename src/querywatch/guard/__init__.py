@@ -26,9 +26,11 @@ from ._config import load_guard
 from ._containment import Containment
 from ._containment import Policy
 from ._containment import adapt
-from ._containment import dumps
 from ._containment import engage
-from ._containment import loads
+from ._state import STATE_KEY
+from ._state import lifted
+from ._state import read
+from ._state import write
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
@@ -37,6 +39,7 @@ if t.TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
 __all__ = [
+    "STATE_KEY",
     "Bulkhead",
     "Containment",
     "EndpointRule",
@@ -49,8 +52,6 @@ __all__ = [
 
 #: Routes whose budget is remembered (an app has as many as its URL rules, and one more).
 _MAX_ROUTES = 10_000
-#: The store's ``qw_meta`` key of the containments in force, which every process reads.
-STATE_KEY = "guard.containment"
 #: How long a request of a contained endpoint waits for a permit, in milliseconds.
 CONTAIN_WAIT_MS = 50
 #: Firing alerts judged (engaged or not), remembered so each is judged once.
@@ -143,12 +144,13 @@ class Guard:
         events: list[str] = []
         if leader:
             events = self._decide(store, now, width)
-        self.apply(loads(store.meta_value(STATE_KEY)))
+        self.apply(read(store))
         return events
 
     def _decide(self, store: t.Any, now: float, width: float) -> list[str]:
         policy = self.policy
-        state = loads(store.meta_value(STATE_KEY))
+        state = read(store)
+        by_hand = lifted(store)
         firing = {
             k: a
             for k, a in store.alert_states().items()
@@ -168,7 +170,11 @@ class Guard:
             if d.event:
                 events.append(d.event)
         for key, alert in sorted(firing.items()):
-            if self._judged.get(key) == alert.since or any(c.alert == key for c in new.values()):
+            if (
+                self._judged.get(key) == alert.since
+                or by_hand.get(key) == alert.since
+                or any(c.alert == key for c in new.values())
+            ):
                 continue
             self._judged[key] = alert.since
             if len(self._judged) > _MAX_JUDGED:
@@ -179,7 +185,7 @@ class Guard:
             if d.event:
                 events.append(d.event)
         if new != state:
-            store.set_meta(STATE_KEY, dumps(new))
+            write(store, new)
         for event in events:
             log_limited(f"guard.event:{event}", "%s", event)
         self.events.extend(events)
