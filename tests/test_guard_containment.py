@@ -327,3 +327,35 @@ def test_a_person_sees_lifts_and_pins_it_from_the_command_line(tmp_path: t.Any) 
         assert result.exit_code == 2
     finally:
         store.engine.dispose()
+
+
+def test_each_decision_goes_on_the_alerts_incident_and_to_its_targets(tmp_path: t.Any) -> None:
+    from querywatch.incidents.manager import Incidents
+    from querywatch.incidents.manager import follow_alerts
+
+    store = Store(f"sqlite:///{tmp_path}/qw.db")
+    incidents = Incidents(store)
+    guard = _guard("enforce")
+    guard.on_event = lambda key, text: incidents.guard_event(key, text) is not None
+    try:
+        _page(store, "firing", EVIDENCE, 1560.0)
+        # Engaged before the incident worker opened the alert's incident: the event waits.
+        guard.contain(store, leader=True, now=1561.0, width=60)
+        assert incidents.recent() == []
+        follow_alerts(incidents, now=1562.0)
+        (inc,) = incidents.recent()
+        queued = len(store.due_messages(1e12, 1000))
+        guard.contain(store, leader=True, now=1563.0, width=60)
+        _page(store, "resolved", EVIDENCE, 1600.0)
+        guard.contain(store, leader=True, now=1601.0, width=60)
+        said = [(e.kind, e.actor, e.text) for e in incidents.timeline(inc.id) if e.kind == "guard"]
+        assert said == [
+            ("guard", "querywatch", guard.events[0]),
+            ("guard", "querywatch", "guard lifted on GET /api/orders/lookup: the alert resolved."),
+        ]
+        assert guard.events[0].startswith("guard engaged on GET /api/orders/lookup: at most 1")
+        # Each went to the one target the incident had notified (the policy's log).
+        assert len(store.due_messages(1e12, 1000)) == queued + 2
+        assert guard._untold == []
+    finally:
+        store.engine.dispose()

@@ -56,6 +56,8 @@ _MAX_ROUTES = 10_000
 CONTAIN_WAIT_MS = 50
 #: Firing alerts judged (engaged or not), remembered so each is judged once.
 _MAX_JUDGED = 1_000
+#: Rounds an event waits for its alert's incident to open before it is dropped.
+_MAX_TRIES = 20
 
 
 def guard_setting(app: Flask) -> GuardConfig | None:
@@ -92,6 +94,11 @@ class Guard:
         #: What containment said, newest last (bounded).
         self.events: list[str] = []
         self._judged: dict[str, float] = {}
+        #: Tells the alert's incident what the guard decided (``on_event(alert_key,
+        #: text)``, returning whether it was told: the incident may not be open yet); the
+        #: extension hands it over when incidents are on.
+        self.on_event: t.Callable[[str, str], bool] | None = None
+        self._untold: list[tuple[str, str, int]] = []
 
     def admit(self, record: t.Any) -> t.Any:
         """At the start of a request: take its endpoint's bulkhead permit (held on the
@@ -157,6 +164,7 @@ class Guard:
             if a.state == "firing" and a.severity == "page"
         }
         events: list[str] = []
+        told: list[tuple[str, str]] = []
         new: dict[str, Containment] = {}
         bucket = (now // width) * width
         for endpoint, c in state.items():
@@ -169,6 +177,7 @@ class Guard:
                 new[endpoint] = d.containment
             if d.event:
                 events.append(d.event)
+                told.append((c.alert, d.event))
         for key, alert in sorted(firing.items()):
             if (
                 self._judged.get(key) == alert.since
@@ -184,13 +193,31 @@ class Guard:
                 new[d.containment.endpoint] = d.containment
             if d.event:
                 events.append(d.event)
+                told.append((key, d.event))
         if new != state:
             write(store, new)
         for event in events:
             log_limited(f"guard.event:{event}", "%s", event)
         self.events.extend(events)
         del self.events[:-100]
+        self._tell([(key, text, 0) for key, text in told])
         return events
+
+    def _tell(self, new: list[tuple[str, str, int]]) -> None:
+        """Hand each event to the alert's incident; one whose incident is not open yet
+        (the incident worker opens it within its interval) is tried again next rounds."""
+        if self.on_event is None:
+            return
+        untold = []
+        for key, text, tries in self._untold + new:
+            try:
+                done = self.on_event(key, text)
+            except Exception as e:
+                swallow("guard.tell", e)
+                done = False
+            if not done and tries < _MAX_TRIES:
+                untold.append((key, text, tries + 1))
+        self._untold = untold[-_MAX_JUDGED:]
 
     def apply(self, state: t.Mapping[str, Containment]) -> None:
         """Put each contained endpoint under its limit (enforce) or count what it would

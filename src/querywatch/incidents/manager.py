@@ -37,6 +37,7 @@ EVENT_KINDS = (
     "fix_applied",
     "resolved",
     "reopened",
+    "guard",
 )
 #: A resolved incident whose alert fires again within this long (scaled) is reopened.
 REOPEN_SECONDS = 3600.0
@@ -465,6 +466,24 @@ class Incidents:
         return int(
             self._act(incident_id, lambda tx, inc: self._event(tx, inc.id, kind, actor, text, now))
         )
+
+    def guard_event(self, alert_key: str, text: str, now: float | None = None) -> int | None:
+        """What the guard did about an alert (engaged, changed, lifted, or why not) on the
+        timeline of the alert's open incident, sent to every target notified so far.
+        Returns the event's id, or None when the alert has no open incident (yet)."""
+        now = time.time() if now is None else now
+        inc = self.open_by_key(incident_key(alert_key))
+        if inc is None:
+            return None
+
+        def add(tx: IncidentTx, inc: Incident) -> int:
+            eid = self._event(tx, inc.id, "guard", "querywatch", text, now)
+            self._notify(
+                tx, inc, eid, "update", tx.notified_targets(inc.id), f"#{inc.id}: {text}", now,
+            )  # fmt: skip
+            return eid
+
+        return int(self._act(inc.id, add))
 
     def assign(
         self, incident_id: int, actor: str, owner: str, now: float | None = None
