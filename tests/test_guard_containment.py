@@ -359,3 +359,65 @@ def test_each_decision_goes_on_the_alerts_incident_and_to_its_targets(tmp_path: 
         assert guard._untold == []
     finally:
         store.engine.dispose()
+
+
+def test_the_dashboard_shows_lifts_and_pins_with_token_and_csrf(tmp_path: t.Any) -> None:
+    from sqlalchemy import create_engine
+
+    from querywatch.demo import shop
+    from querywatch.guard._state import read
+
+    token = "dashboard-token-0123456789"
+    auth = {"Authorization": f"Bearer {token}"}
+    url = f"sqlite:///{tmp_path}/shop.db"
+    engine = create_engine(url)
+    shop.seed(engine, scale=0.002)
+    engine.dispose()
+    app = shop.create_app(
+        url,
+        instance_path=str(tmp_path / "instance"),
+        config={
+            "QUERYWATCH_ADVISE": False,
+            "QUERYWATCH_FLUSH_INTERVAL": 3600,
+            "QUERYWATCH_DASHBOARD_TOKEN": token,
+            "QUERYWATCH_GUARD": {"containment": "enforce"},
+        },
+    )
+    state = app.extensions["querywatch"]
+    try:
+        store = state.store
+        _page(store, "firing", EVIDENCE, 1560.0)
+        state.guard.contain(store, leader=True, now=1561.0, width=60)
+        client = app.test_client()
+        page = client.get("/_querywatch/alerts", headers=auth)
+        assert page.status_code == 200
+        html = page.get_data(as_text=True)
+        assert '<table id="guard">' in html
+        assert "<code>GET /api/orders/lookup</code></td><td>enforce</td>" in html
+        lift = "/_querywatch/api/guard/lift"
+        body = {"endpoint": LOOKUP}
+        assert client.post(lift, json=body, headers=auth).status_code == 403
+        csrf = client.get("/_querywatch/api/csrf", headers=auth).get_json()["csrf"]
+        headers = {**auth, "X-CSRF-Token": csrf}
+        assert client.post(lift, json=body, headers={"X-CSRF-Token": csrf}).status_code == 401
+        r = client.post(lift, json=body, headers=headers)
+        assert (r.status_code, r.get_json()) == (200, {"guard": []})
+        assert read(store) == {}
+        assert client.post(lift, json=body, headers=headers).status_code == 409
+        pin = "/_querywatch/api/guard/pin"
+        assert client.post(pin, json={**body, "limit": 0}, headers=headers).status_code == 400
+        assert client.post(pin, json=body, headers=headers).status_code == 409
+        r = client.post(pin, json={**body, "limit": 2}, headers=headers)
+        assert r.status_code == 200
+        assert [(c["endpoint"], c["limit"], c["pinned"]) for c in r.get_json()["guard"]] == [
+            (LOOKUP, 2, True)
+        ]
+        r = client.post("/_querywatch/api/guard/shed", json=body, headers=headers)
+        assert r.status_code == 404
+        assert "the actions are lift, pin" in r.get_json()["error"]
+    finally:
+        state.flusher._stop.set()
+        state.advice_worker.stop()
+        with app.app_context():
+            shop.db.engine.dispose()
+        store.engine.dispose()

@@ -321,6 +321,13 @@ def register(app: Flask, state: AppState) -> None:
             return _json_error(503, f"The incident could not be changed: {_brief(e)}")
         return jsonify(_incident_detail(state, incident_id))
 
+    @bp.post("/api/guard/<action>")
+    def api_guard_action(action: str) -> t.Any:
+        from ._guard import act
+
+        status, payload = act(state, action, request.get_json(silent=True))
+        return jsonify(payload), status
+
     @bp.post("/api/shapes/<fingerprint>/analyse")
     def api_analyse(fingerprint: str) -> t.Any:
         from ..exceptions import ExplainError
@@ -671,7 +678,17 @@ def _alerts(state: AppState) -> dict[str, t.Any]:
             }
             for e in events
         ],  # fmt: skip
+        "guard": _guard_rows(state),
     }
+
+
+def _guard_rows(state: AppState) -> list[dict[str, t.Any]] | None:
+    """The containments in force (None: no guard configured)."""
+    if state.guard is None:
+        return None
+    from ._guard import rows
+
+    return rows(state.store)
 
 
 _COLORS = ("#2b6cb0", "#dd6b20", "#c53030", "#2f855a")
