@@ -46,11 +46,13 @@ ENDPOINTS = {
 CONFIGS = ("none", "querywatch", "opentelemetry", "sentry-sdk")
 #: Also measured when asked for (``--configs``): querywatch with a guard configured
 #: (a statement budget and a bulkhead on an endpoint none of the three is), not engaged.
-EXTRA_CONFIGS = ("querywatch+guard",)
+#: "guard": the same, against a twin with querywatch and no guard in the same process, so
+#: its figure is what configuring the guard alone adds.
+EXTRA_CONFIGS = ("querywatch+guard", "guard")
 #: querywatch's configurations: their listeners also cost the bare twin's statements.
 QUERYWATCH = ("querywatch", "querywatch+guard")
 #: Configurations measured against a bare twin in the same process.
-PAIRED = ("querywatch", "querywatch+guard", "opentelemetry")
+PAIRED = ("querywatch", "querywatch+guard", "guard", "opentelemetry")
 #: The guard of "querywatch+guard": every mechanism set up, on the support team's lookup.
 GUARD = {
     "endpoints": {
@@ -88,6 +90,10 @@ class Worker:
                 transport=DropTransport,
             )
             self.app = shop.create_app(db_url, querywatch=False)
+            return
+        if config == "guard":
+            self.bare = self._querywatch(db_url, workdir, "bare", {})
+            self.app = self._querywatch(db_url, workdir, "guard", {"QUERYWATCH_GUARD": GUARD})
             return
         self.bare = shop.create_app(db_url, querywatch=False)
         if config == "none":
@@ -135,6 +141,20 @@ class Worker:
                 raise RuntimeError("the bare twin's engine was instrumented")
             return
         raise ValueError(config)
+
+    @staticmethod
+    def _querywatch(db_url: str, workdir: str, name: str, config: dict[str, t.Any]) -> t.Any:
+        from querywatch.demo import shop
+
+        return shop.create_app(
+            db_url,
+            instance_path=os.path.join(workdir, f"instance-{name}-{os.getpid()}"),
+            config={
+                "QUERYWATCH_STORE_URL": f"sqlite:///{workdir}/qw-store.db",
+                "QUERYWATCH_FLUSH_INTERVAL": float(os.environ.get("QW_BENCH_FLUSH", "5")),
+                **config,
+            },
+        )
 
     def idle_listener_cost(self, blocks: int = 10, n: int = 200_000) -> float:
         """µs a statement that querywatch's listeners cost outside any request or job.
