@@ -549,3 +549,40 @@ def test_a_teardown_of_the_app_that_raises_does_not_keep_the_permit(tmp_path: t.
         assert len(seen) == 4
     finally:
         _shutdown(app, db)
+
+
+@pytest.mark.postgres
+def test_a_transaction_opened_without_the_budget_gets_it_at_its_first_guarded_statement(
+    postgres_url: str, tmp_path: t.Any
+) -> None:
+    """Plain SQLAlchemy, one connection across a commit: the next transaction is opened by
+    a statement that carries no budget (querywatch_ignore), and the guarded statement
+    after it still gets its own."""
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config.update(
+        QUERYWATCH_STORE_URL=f"sqlite:///{tmp_path}/qw.db",
+        QUERYWATCH_FLUSH_INTERVAL=3600,
+        QUERYWATCH_GUARD={"endpoints": {"GET /plain": {"statement_timeout_ms": 50}}},
+    )
+    engine = sa.create_engine(postgres_url)
+
+    @app.get("/plain")
+    def plain() -> t.Any:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))  # opens a transaction, with the budget
+            conn.commit()
+            conn.execute(sa.text("SELECT 2").execution_options(querywatch_ignore=True))
+            try:
+                conn.execute(sa.text(SLOW["postgresql"]))
+            except DBAPIError as e:
+                return jsonify(cancelled=is_cancelled(e.orig))
+        return jsonify(cancelled=False)
+
+    QueryWatch(app)
+    state = app.extensions["querywatch"]
+    try:
+        assert app.test_client().get("/plain").json == {"cancelled": True}
+    finally:
+        state.flusher._stop.set()
+        state.advice_worker.stop()
+        engine.dispose()

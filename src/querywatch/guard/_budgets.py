@@ -31,8 +31,8 @@ from ..capture import current_record
 
 #: Where a connection remembers what the guard set on it (the pool record's ``info``).
 _APPLIED = "querywatch.guard.budget"
-#: The attribute of a SQLAlchemy ``Connection`` (one checkout) that holds the budget its
-#: current PostgreSQL transaction was given.
+#: The attribute of a SQLAlchemy ``Connection`` (one checkout) that holds the transaction
+#: (a weak reference) a budget was set in, and the budget.
 _PG_ATTR = "_querywatch_budget"
 #: Routes and shapes counted apart; the rest are counted under "other".
 MAX_SERIES = 1_000
@@ -158,11 +158,14 @@ def _postgresql(budget: Budget, cursor: t.Any, context: t.Any) -> None:
             f"the {type(dbapi).__module__} driver does not tell its transaction state"
         )
     conn = context.root_connection
-    # Idle: this statement opens the transaction, so the budget goes first. In one,
-    # it was set already if this checkout's guarded statement opened it.
-    if idle or getattr(conn, _PG_ATTR, None) != budget.ms:
+    tx = conn.get_transaction()
+    # Idle: this statement opens the transaction, so the budget goes first. In one, it
+    # was set already if a guarded statement set it in this same transaction (one opened
+    # by a statement without a budget, after a commit, has none yet).
+    marker = getattr(conn, _PG_ATTR, None)
+    if idle or marker is None or marker[1] != budget.ms or marker[0]() is not tx:
         _execute(dbapi, f"SET LOCAL statement_timeout = {budget.ms}")
-        setattr(conn, _PG_ATTR, budget.ms)
+        setattr(conn, _PG_ATTR, (weakref.ref(tx), budget.ms) if tx is not None else None)
 
 
 def _mysql(budget: Budget, cursor: t.Any, context: t.Any) -> None:
