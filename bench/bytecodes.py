@@ -77,6 +77,13 @@ def _querywatch(counts: dict[str, float]) -> float:
     return sum(v for k, v in counts.items() if k.startswith("querywatch:"))
 
 
+def _print_top(this: dict[str, float], that: dict[str, float], n: int) -> None:
+    """The ``n`` functions whose counts differ most between two runs, this minus that."""
+    diff = {k: this.get(k, 0) - that.get(k, 0) for k in this.keys() | that.keys()}
+    for k in sorted(diff, key=lambda k: -abs(diff[k]))[:n]:
+        print(f"    {diff[k]:+10.1f}  {k}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=20)
@@ -126,14 +133,9 @@ def main() -> int:
             guarded = count(sys.executable, "guard", db_url, path, args.requests)
             g_total = sum(guarded.values())
             print(f"    with a guard configured: {g_total:,.0f} ({g_total - total:+,.0f})")
-            if args.top:
-                diff = {k: guarded.get(k, 0) - now.get(k, 0) for k in now.keys() | guarded.keys()}
-                for k in sorted(diff, key=lambda k: -abs(diff[k]))[: args.top]:
-                    print(f"    {diff[k]:+10.1f}  {k}")
-        if args.compare and args.top:
-            diff = {k: now.get(k, 0) - other.get(k, 0) for k in now.keys() | other.keys()}
-            for k in sorted(diff, key=lambda k: -abs(diff[k]))[: args.top]:
-                print(f"    {diff[k]:+10.1f}  {k}")
+            _print_top(guarded, now, args.top)
+        if args.compare:
+            _print_top(now, other, args.top)
     print(f"bytecodes a request, over {args.requests} requests after 30 to warm up")
     return 0
 

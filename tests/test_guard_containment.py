@@ -361,20 +361,16 @@ def test_each_decision_goes_on_the_alerts_incident_and_to_its_targets(tmp_path: 
         store.engine.dispose()
 
 
-def test_the_dashboard_shows_lifts_and_pins_with_token_and_csrf(tmp_path: t.Any) -> None:
-    from sqlalchemy import create_engine
-
+def test_the_dashboard_shows_lifts_and_pins_with_token_and_csrf(
+    sqlite_shop_url: str, tmp_path: t.Any
+) -> None:
     from querywatch.demo import shop
     from querywatch.guard._state import read
 
     token = "dashboard-token-0123456789"
     auth = {"Authorization": f"Bearer {token}"}
-    url = f"sqlite:///{tmp_path}/shop.db"
-    engine = create_engine(url)
-    shop.seed(engine, scale=0.002)
-    engine.dispose()
     app = shop.create_app(
-        url,
+        sqlite_shop_url,
         instance_path=str(tmp_path / "instance"),
         config={
             "QUERYWATCH_ADVISE": False,

@@ -279,39 +279,47 @@ class Guard:
             "Statements cancelled by their endpoint's statement budget (QUERYWATCH_GUARD).",
             labels=["http_request_method", "http_route", "db_query_shape"],
         )
+        # Each bulkhead's figures, one family each: (name, kind, help, attribute).
         families = (
-            ("querywatch_guard_limit", "Requests of the endpoint allowed at once.", "limit"),
+            (
+                "querywatch_guard_limit",
+                GaugeMetricFamily,
+                "Requests of the endpoint allowed at once.",
+                "limit",
+            ),
             (
                 "querywatch_guard_in_flight",
+                GaugeMetricFamily,
                 "Requests of the endpoint holding a permit.",
                 "in_flight",
             ),
-        )
-        for name, doc, attr in families:
-            gauge = GaugeMetricFamily(name, doc, labels=["http_request_method", "http_route"])
-            for route, bulkhead in sorted(list(self.bulkheads.items())):
-                if attr == "limit" and bulkhead.limit >= UNLIMITED:
-                    continue
-                gauge.add_metric(list(_method_route(route)), getattr(bulkhead, attr))
-            yield gauge
-        counters = (
             (
                 "querywatch_guard_waited",
+                CounterMetricFamily,
                 "Requests that found the endpoint at its limit and waited.",
                 "waited",
             ),
-            ("querywatch_guard_shed", "Requests answered 503 by the endpoint's bulkhead.", "shed"),
+            (
+                "querywatch_guard_shed",
+                CounterMetricFamily,
+                "Requests answered 503 by the endpoint's bulkhead.",
+                "shed",
+            ),
             (
                 "querywatch_guard_would_shed",
+                CounterMetricFamily,
                 "Requests containment in shadow mode would have shed (admitted).",
                 "would_shed",
             ),
         )
-        for name, doc, attr in counters:
-            counter = CounterMetricFamily(name, doc, labels=["http_request_method", "http_route"])
-            for route, bulkhead in sorted(list(self.bulkheads.items())):
-                counter.add_metric(list(_method_route(route)), getattr(bulkhead, attr))
-            yield counter
+        bulkheads = sorted(list(self.bulkheads.items()))
+        for name, kind, doc, attr in families:
+            family = kind(name, doc, labels=["http_request_method", "http_route"])
+            for route, bulkhead in bulkheads:
+                if attr == "limit" and bulkhead.limit >= UNLIMITED:
+                    continue  # shadow only: no limit is enforced
+                family.add_metric(list(_method_route(route)), getattr(bulkhead, attr))
+            yield family
         for (route, shape), n in sorted(self.cancellations.snapshot().items()):
             fam.add_metric([*_method_route(route), shape], n)
         yield fam
