@@ -117,14 +117,20 @@ def test_a_page_with_flat_traffic_and_one_endpoint_to_blame_engages() -> None:
         ),
         ({}, Policy(never_shed=frozenset({LOOKUP})), "is marked never_shed"),
         (
+            # Half the traffic, and so slow now that one at a time sheds 94% of it.
             {
                 "endpoints": [
                     {**EVIDENCE["endpoints"][0], "requests": 5400},
                     EVIDENCE["endpoints"][1],
-                ]
+                ],
+                "shapes": [
+                    {**EVIDENCE["shapes"][0], "mean_ms_now": 1850.0},
+                    EVIDENCE["shapes"][1],
+                ],
             },
             Policy(),
-            "is 50% of the app's traffic, and containment may shed at most 30% of it",
+            "is 50% of the app's traffic, and 1 at once would shed about 47% of it, over the"
+            " 30% containment may shed",
         ),
         ({"bad_endpoints": []}, Policy(), "names no endpoint with bad requests"),
     ],
@@ -137,6 +143,82 @@ def test_every_no_says_why(changes: dict[str, t.Any], policy: Policy, why: str) 
     assert why in d.event
 
 
+def test_the_shed_cap_weighs_what_the_limit_would_shed_not_the_whole_endpoint() -> None:
+    # Half the traffic, at 185 ms: one at a time sheds 1 - 1 / (9 a second x 0.185 s),
+    # 40% of its requests, 20% of the app's: under the cap.
+    half = evidence(
+        endpoints=[{**EVIDENCE["endpoints"][0], "requests": 5400}, EVIDENCE["endpoints"][1]]
+    )
+    c = engage(Policy(mode="enforce"), PAGE, half, 1560.0).containment
+    assert c is not None
+    assert c.limit == 1
+    # The evidence lists only the costliest endpoints: the share is of every request the
+    # objective counted, not of the listed ones.
+    listed = evidence(
+        objective={"name": "latency", "bad": 500, "events": 20000},
+        bad_endpoints=[
+            {"endpoint": LOOKUP, "bad": 450, "events": 600},
+            {"endpoint": "GET /api/products/<int:id>", "bad": 50, "events": 5400},
+        ],
+    )
+    d = engage(Policy(mode="enforce"), PAGE, listed, 1560.0)
+    assert d.event is not None
+    assert "it is 3% of the traffic" in d.event
+
+
+def test_a_query_with_no_calm_latency_starts_at_one_and_learns_its_best() -> None:
+    """New in the window (no calm latency to aim at): the limit starts at 1 and aims at
+    the best latency the query has had while limited, up to what Little's law gives
+    there. It lifts when the query runs at half its best or less (a fix did that, not
+    the limit), three rounds in a row."""
+    new = evidence(shapes=[{**EVIDENCE["shapes"][0], "mean_ms_before": None, "calls_before": 0}])
+    policy = Policy(mode="enforce")
+    c = engage(policy, PAGE, new, 1560.0).containment
+    assert c is not None
+    assert (c.limit, c.baseline_ms) == (1, None)
+    # 40 ms while limited, 20 a second: it may grow to 2 x 20 x 0.04 = 2, one a round.
+    for expected in (2, 2, 2):
+        c = adapt(policy, c, paging=True, latency_ms=40.0, now=1.0, rate=20.0).containment
+        assert c is not None
+        assert (c.limit, c.floor_ms, c.calm_rounds) == (expected, 40.0, 0)
+    # Slower than 1.5 x its best: down by the gradient.
+    c = adapt(policy, c, paging=True, latency_ms=120.0, now=2.0, rate=20.0).containment
+    assert c is not None
+    assert c.limit == 1
+    # At its best while limited the query is still slow: the page goes on, so does the
+    # limit, however long.
+    for _ in range(5):
+        c = adapt(policy, c, paging=True, latency_ms=40.0, now=3.0, rate=20.0).containment
+        assert c is not None
+        assert c.calm_rounds == 0
+    # The fix: 1 ms, under half its best. Three rounds in a row, then it lifts.
+    for rounds in (1, 2):
+        c = adapt(policy, c, paging=True, latency_ms=1.0, now=4.0, rate=20.0).containment
+        assert c is not None
+        assert c.calm_rounds == rounds
+    d = adapt(policy, c, paging=True, latency_ms=1.0, now=5.0, rate=20.0)
+    assert d == (
+        None,
+        "guard lifted on GET /api/orders/lookup: its query is down to 1 ms, from 40 ms at"
+        " best while limited, 3 rounds in a row.",
+    )
+
+
+def test_over_the_shed_cap_the_limit_doubles_whatever_the_latency() -> None:
+    policy = Policy(mode="enforce", max_shed_share=0.3)
+    d = adapt(policy, _engaged(2), paging=True, latency_ms=500.0, now=1.0, shed_share=0.35)
+    assert d.containment is not None
+    assert d.containment.limit == 4
+    assert d.event == (
+        "guard on GET /api/orders/lookup: at most 4 at once (it shed 35% of the app's"
+        " traffic, over the 30% cap)."
+    )
+    # Under the cap, the latency decides again.
+    d = adapt(policy, _engaged(2), paging=True, latency_ms=500.0, now=1.0, shed_share=0.2)
+    assert d.containment is not None
+    assert d.containment.limit == 1
+
+
 def _engaged(limit: int = 8) -> Containment:
     return Containment(LOOKUP, "enforce", limit, PAGE, "f-lookup", 19.0, 185.0, 0.0, 0.0)
 
@@ -145,42 +227,63 @@ def test_the_limit_follows_the_culprits_latency_and_never_falls_below_one() -> N
     policy = Policy(mode="enforce")
     c = _engaged(8)
     # Slow: down by the latency gradient (1.5 x 19 / 57 = 0.5).
-    c = adapt(policy, c, alert_firing=True, latency_ms=57.0, now=1.0).containment
+    c = adapt(policy, c, paging=True, latency_ms=57.0, now=1.0).containment
     assert c is not None
     assert c.limit == 4
     # Very slow: at most halved a round, and never below 1.
     for expected in (2, 1, 1):
-        c = adapt(policy, c, alert_firing=True, latency_ms=500.0, now=2.0).containment
+        c = adapt(policy, c, paging=True, latency_ms=500.0, now=2.0).containment
         assert c is not None
         assert c.limit == expected
     # Calm: one more a round; after three calm rounds in a row it lifts itself.
-    c = adapt(policy, c, alert_firing=True, latency_ms=20.0, now=3.0).containment
+    c = adapt(policy, c, paging=True, latency_ms=20.0, now=3.0).containment
     assert c is not None
     assert (c.limit, c.calm_rounds) == (2, 1)
-    c = adapt(policy, c, alert_firing=True, latency_ms=300.0, now=4.0).containment
+    c = adapt(policy, c, paging=True, latency_ms=300.0, now=4.0).containment
     assert c is not None
     assert c.calm_rounds == 0
     for _ in range(2):
-        c = adapt(policy, c, alert_firing=True, latency_ms=20.0, now=5.0).containment
+        c = adapt(policy, c, paging=True, latency_ms=20.0, now=5.0).containment
         assert c is not None
-    d = adapt(policy, c, alert_firing=True, latency_ms=20.0, now=6.0)
+    d = adapt(policy, c, paging=True, latency_ms=20.0, now=6.0)
     assert d.containment is None
     assert d.event == (
-        "guard lifted on GET /api/orders/lookup: its query is back to 20 ms (calm: 19 ms)"
-        " for 3 rounds."
+        "guard lifted on GET /api/orders/lookup: its query is back to 20 ms (calm: 19 ms),"
+        " 3 rounds in a row."
     )
 
 
-def test_it_lifts_when_the_alert_resolves_unless_pinned() -> None:
+def test_it_lifts_three_rounds_after_the_last_page_resolves_unless_pinned() -> None:
+    """The limit may be what ended the page (the lookups stopped timing out): lifting
+    at the first quiet round would bring the page back. A page firing again starts the
+    count over."""
     policy = Policy(mode="enforce")
-    d = adapt(policy, _engaged(), alert_firing=False, latency_ms=185.0, now=1.0)
-    assert d == (None, "guard lifted on GET /api/orders/lookup: the alert resolved.")
+    c: Containment | None = _engaged()
+    for paging, rounds in ((False, 1), (False, 2), (True, 0), (False, 1), (False, 2)):
+        assert c is not None
+        c = adapt(policy, c, paging=paging, latency_ms=185.0, now=1.0).containment
+        assert c is not None
+        assert c.calm_rounds == rounds
+    d = adapt(policy, c, paging=False, latency_ms=185.0, now=1.0)
+    assert d == (None, "guard lifted on GET /api/orders/lookup: no page fires, 3 rounds in a row.")
     pinned = Containment(LOOKUP, "enforce", 3, PAGE, "f-lookup", 19.0, 185.0, 0.0, 0.0, pinned=True)
-    assert adapt(policy, pinned, alert_firing=False, latency_ms=20.0, now=1.0) == (pinned, None)
+    assert adapt(policy, pinned, paging=False, latency_ms=20.0, now=1.0) == (pinned, None)
 
 
 def _page(store: Store, state: str, ev: dict[str, t.Any], at: float) -> None:
     store.set_alert_states([AlertChange(PAGE, "slo", "page", state, at, "latency", ev)])
+
+
+LIFTED = "guard lifted on GET /api/orders/lookup: no page fires, 3 rounds in a row."
+
+
+def _quiet(guard: Guard, store: Store, start: float) -> list[str]:
+    """Three rounds of the lease holder, a second apart, with no page firing: what they
+    said (the lift, at the third)."""
+    said: list[str] = []
+    for i in range(3):
+        said += guard.contain(store, leader=True, now=start + i, width=60)
+    return said
 
 
 def _guard(mode: str, **extra: t.Any) -> Guard:
@@ -222,9 +325,7 @@ def test_the_lease_holder_decides_and_every_process_applies(tmp_path: t.Any, mod
         assert leader.contain(store, leader=True, now=1564.0, width=60) == []
         # The alert resolves: the leader lifts, and the follower at its next round.
         _page(store, "resolved", EVIDENCE, 1600.0)
-        assert leader.contain(store, leader=True, now=1601.0, width=60) == [
-            "guard lifted on GET /api/orders/lookup: the alert resolved."
-        ]
+        assert _quiet(leader, store, 1601.0) == [LIFTED]
         follower.contain(store, leader=False, now=1602.0, width=60)
         assert LOOKUP not in follower.bulkheads
         assert follower.contained == {}
@@ -242,7 +343,7 @@ def test_a_configured_bulkhead_keeps_its_own_limit_under_and_after_containment(
         guard.contain(store, leader=True, now=1561.0, width=60)
         assert guard.bulkheads[LOOKUP].limit == 1  # the lower of the two
         _page(store, "resolved", EVIDENCE, 1600.0)
-        guard.contain(store, leader=True, now=1601.0, width=60)
+        _quiet(guard, store, 1601.0)
         assert guard.bulkheads[LOOKUP].limit == 4
     finally:
         store.engine.dispose()
@@ -278,9 +379,7 @@ def test_a_new_lease_holder_carries_on_from_the_store(tmp_path: t.Any) -> None:
         assert carried.updated == 1562.0
         assert second.bulkheads[LOOKUP].limit == 1
         _page(store, "resolved", EVIDENCE, 1600.0)
-        assert second.contain(store, leader=True, now=1601.0, width=60) == [
-            "guard lifted on GET /api/orders/lookup: the alert resolved."
-        ]
+        assert _quiet(second, store, 1601.0) == [LIFTED]
     finally:
         store.engine.dispose()
 
@@ -318,7 +417,7 @@ def test_a_person_sees_lifts_and_pins_it_from_the_command_line(tmp_path: t.Any) 
         result = runner.invoke(cli, ["guard", "pin", LOOKUP, "--limit", "2", "--store", url])
         assert result.exit_code == 0, result.output
         _page(store, "resolved", EVIDENCE, 1600.0)
-        assert other.contain(store, leader=True, now=1601.0, width=60) == []
+        assert _quiet(other, store, 1601.0) == []
         assert other.bulkheads[LOOKUP].limit == 2
         result = runner.invoke(cli, ["guard", "pin", "GET /x", "--store", url])
         assert result.exit_code == 1
@@ -336,7 +435,7 @@ def test_each_decision_goes_on_the_alerts_incident_and_to_its_targets(tmp_path: 
     store = Store(f"sqlite:///{tmp_path}/qw.db")
     incidents = Incidents(store)
     guard = _guard("enforce")
-    guard.on_event = lambda key, text: incidents.guard_event(key, text) is not None
+    guard.on_event = lambda key, text, at: incidents.guard_event(key, text, at) is not None
     try:
         _page(store, "firing", EVIDENCE, 1560.0)
         # Engaged before the incident worker opened the alert's incident: the event waits.
@@ -347,16 +446,44 @@ def test_each_decision_goes_on_the_alerts_incident_and_to_its_targets(tmp_path: 
         queued = len(store.due_messages(1e12, 1000))
         guard.contain(store, leader=True, now=1563.0, width=60)
         _page(store, "resolved", EVIDENCE, 1600.0)
-        guard.contain(store, leader=True, now=1601.0, width=60)
-        said = [(e.kind, e.actor, e.text) for e in incidents.timeline(inc.id) if e.kind == "guard"]
+        _quiet(guard, store, 1601.0)
+        said = [(e.at, e.actor, e.text) for e in incidents.timeline(inc.id) if e.kind == "guard"]
+        # Each at the moment the guard decided, the engage before its incident opened.
         assert said == [
-            ("guard", "querywatch", guard.events[0]),
-            ("guard", "querywatch", "guard lifted on GET /api/orders/lookup: the alert resolved."),
+            (1561.0, "querywatch", guard.events[0]),
+            (1603.0, "querywatch", LIFTED),
         ]
         assert guard.events[0].startswith("guard engaged on GET /api/orders/lookup: at most 1")
         # Each went to the one target the incident had notified (the policy's log).
         assert len(store.due_messages(1e12, 1000)) == queued + 2
         assert guard._untold == []
+    finally:
+        store.engine.dispose()
+
+
+def test_a_lift_told_after_the_incident_resolved_goes_on_its_timeline(tmp_path: t.Any) -> None:
+    from querywatch.incidents.manager import Incidents
+    from querywatch.incidents.manager import follow_alerts
+
+    store = Store(f"sqlite:///{tmp_path}/qw.db")
+    incidents = Incidents(store)
+    guard = _guard("enforce")
+    guard.on_event = lambda key, text, at: incidents.guard_event(key, text, at) is not None
+    try:
+        _page(store, "firing", EVIDENCE, 1560.0)
+        follow_alerts(incidents, now=1561.0)
+        guard.contain(store, leader=True, now=1562.0, width=60)
+        _page(store, "resolved", EVIDENCE, 1600.0)
+        # The incident worker resolves the incident before the guard's round lifts it.
+        follow_alerts(incidents, now=1600.5)
+        (inc,) = incidents.recent()
+        assert inc.status == "resolved"
+        _quiet(guard, store, 1601.0)
+        texts = [e.text for e in incidents.timeline(inc.id) if e.kind == "guard"]
+        assert texts[-1] == LIFTED
+        assert guard._untold == []
+        # Long after, an event finds no incident to go on, and waits its turns out.
+        assert incidents.guard_event(PAGE, "late", 1601.0 + 3600) is None
     finally:
         store.engine.dispose()
 

@@ -86,13 +86,13 @@ class AppState:
             if self.incident_worker is not None:
                 self.guard.on_event = self._tell_incident
 
-    def _tell_incident(self, alert_key: str, text: str) -> bool:
+    def _tell_incident(self, alert_key: str, text: str, at: float) -> bool:
         """Put what the guard did on the alert's incident and notify its targets."""
         from ..incidents.manager import Incidents
 
         settings = self.settings
         incidents = Incidents(self.store, settings.escalation, scale=settings.alert_time_scale)
-        return incidents.guard_event(alert_key, text) is not None
+        return incidents.guard_event(alert_key, text, at) is not None
 
     def release_leases(self) -> None:
         """Give up the alerts and incidents leases if this process holds them."""

@@ -58,6 +58,9 @@ CONTAIN_WAIT_MS = 50
 _MAX_JUDGED = 1_000
 #: Rounds an event waits for its alert's incident to open before it is dropped.
 _MAX_TRIES = 20
+#: Requests a contained endpoint must have had since the last measure for its shed share
+#: to be taken (fewer say too little).
+_MIN_ARRIVALS = 20
 
 
 def guard_setting(app: Flask) -> GuardConfig | None:
@@ -95,10 +98,13 @@ class Guard:
         self.events: list[str] = []
         self._judged: dict[str, float] = {}
         #: Tells the alert's incident what the guard decided (``on_event(alert_key,
-        #: text)``, returning whether it was told: the incident may not be open yet); the
-        #: extension hands it over when incidents are on.
-        self.on_event: t.Callable[[str, str], bool] | None = None
-        self._untold: list[tuple[str, str, int]] = []
+        #: text, at)``, ``at`` when it decided; returning whether it was told: the
+        #: incident may not be open yet); the extension hands it over when incidents
+        #: are on.
+        self.on_event: t.Callable[[str, str, float], bool] | None = None
+        self._untold: list[tuple[str, str, float, int]] = []
+        #: Each contained endpoint's (arrived, shed) when its shed share was last taken.
+        self._counted: dict[str, tuple[int, int]] = {}
 
     def admit(self, record: t.Any) -> t.Any:
         """At the start of a request: take its endpoint's bulkhead permit (held on the
@@ -167,12 +173,28 @@ class Guard:
         told: list[tuple[str, str]] = []
         new: dict[str, Containment] = {}
         bucket = (now // width) * width
+        # The last two whole buckets: each endpoint's rate, and its share of the traffic.
+        totals = store.endpoint_totals(bucket - 2 * width, bucket) if state else {}
+        everyone = sum(e.requests for e in totals.values())
         for endpoint, c in state.items():
             latency = None
-            if c.shape is not None:
+            # A window that began before the limit was set says nothing of the limit.
+            if c.shape is not None and bucket - width >= c.since:
                 total, calls = store.shape_time(endpoint, c.shape, bucket - width, bucket + width)
                 latency = total / calls * 1000 if calls else None
-            d = adapt(policy, c, alert_firing=c.alert in firing, latency_ms=latency, now=now)
+            ep = totals.get(endpoint)
+            shed = self._shed_since(endpoint, c.mode)
+            d = adapt(
+                policy,
+                c,
+                paging=bool(firing),
+                latency_ms=latency,
+                now=now,
+                rate=ep.requests / (2 * width) if ep is not None else 0.0,
+                shed_share=shed * ep.requests / everyone
+                if shed is not None and ep is not None and everyone
+                else None,
+            )
             if d.containment is not None:
                 new[endpoint] = d.containment
             if d.event:
@@ -189,7 +211,9 @@ class Guard:
             if len(self._judged) > _MAX_JUDGED:
                 del self._judged[next(iter(self._judged))]
             d = engage(policy, key, alert.evidence, now)
-            if d.containment is not None and d.containment.endpoint not in new:
+            if d.containment is not None:
+                if d.containment.endpoint in new:
+                    continue  # another page contained it already
                 new[d.containment.endpoint] = d.containment
             if d.event:
                 events.append(d.event)
@@ -200,23 +224,42 @@ class Guard:
             log_limited(f"guard.event:{event}", "%s", event)
         self.events.extend(events)
         del self.events[:-100]
-        self._tell([(key, text, 0) for key, text in told])
+        self._tell([(key, text, now, 0) for key, text in told])
         return events
 
-    def _tell(self, new: list[tuple[str, str, int]]) -> None:
+    def _shed_since(self, route: str, mode: str) -> float | None:
+        """The share of ``route``'s requests this process shed (or, in shadow mode, would
+        have) since the last round; None under :data:`_MIN_ARRIVALS`. The lease holder's
+        share stands for every process's: a load balancer spreads an endpoint's requests
+        evenly."""
+        bulkhead = self.bulkheads.get(route)
+        if bulkhead is None:
+            return None
+        now = (bulkhead.arrived, bulkhead.shed if mode == "enforce" else bulkhead.would_shed)
+        before = self._counted.get(route)
+        if before is None or before[0] > now[0]:
+            self._counted[route] = now
+            return None
+        arrived = now[0] - before[0]
+        if arrived < _MIN_ARRIVALS:
+            return None
+        self._counted[route] = now
+        return (now[1] - before[1]) / arrived
+
+    def _tell(self, new: list[tuple[str, str, float, int]]) -> None:
         """Hand each event to the alert's incident; one whose incident is not open yet
         (the incident worker opens it within its interval) is tried again next rounds."""
         if self.on_event is None:
             return
         untold = []
-        for key, text, tries in self._untold + new:
+        for key, text, at, tries in self._untold + new:
             try:
-                done = self.on_event(key, text)
+                done = self.on_event(key, text, at)
             except Exception as e:
                 swallow("guard.tell", e)
                 done = False
             if not done and tries < _MAX_TRIES:
-                untold.append((key, text, tries + 1))
+                untold.append((key, text, at, tries + 1))
         self._untold = untold[-_MAX_JUDGED:]
 
     def apply(self, state: t.Mapping[str, Containment]) -> None:
@@ -234,6 +277,7 @@ class Guard:
                 bulkhead.set_limit(static or UNLIMITED, shadow=c.limit)
             self.bulkheads[route] = bulkhead
         for route in set(self.contained) - set(state):
+            self._counted.pop(route, None)
             rule = self.config.endpoints.get(route)
             if rule is not None and rule.max_concurrent is not None:
                 self.bulkheads[route].set_limit(rule.max_concurrent)

@@ -31,6 +31,8 @@ class Bulkhead:
         self._cond = threading.Condition(threading.Lock())
         #: Requests holding a permit now.
         self.in_flight = 0
+        #: Requests that asked for a permit.
+        self.arrived = 0
         #: Requests that found the endpoint at its limit and waited for a permit.
         self.waited = 0
         #: Requests answered 503: no permit within the wait.
@@ -43,6 +45,7 @@ class Bulkhead:
     def enter(self) -> bool:
         """Take a permit, waiting for one up to the endpoint's wait; False: shed."""
         with self._cond:
+            self.arrived += 1
             if self.shadow_limit is not None and self.in_flight >= self.shadow_limit:
                 self.would_shed += 1
             if self.in_flight < self.limit:

@@ -58,6 +58,9 @@ class Containment:
     updated: float
     calm_rounds: int = 0
     pinned: bool = False
+    #: The culprit's best latency while limited: what the limit aims at when the query
+    #: has no calm latency (new in the window).
+    floor_ms: float | None = None
 
     def to_json(self) -> dict[str, t.Any]:
         return dataclasses.asdict(self)
@@ -114,16 +117,9 @@ def engage(policy: Policy, key: str, evidence: t.Mapping[str, t.Any], now: float
         return Decision(None, f"guard not engaged: {endpoint} is marked never_shed.")
     rows = {e["endpoint"]: e for e in evidence.get("endpoints") or []}
     row = rows.get(endpoint)
-    all_requests = sum(e["requests"] for e in rows.values())
-    if row is None or not all_requests:
+    if row is None or not row["requests"]:
         return Decision(None, f"guard not engaged: no traffic of {endpoint} in the evidence.")
-    traffic_share = row["requests"] / all_requests
-    if traffic_share > policy.max_shed_share:
-        return Decision(
-            None,
-            f"guard not engaged: {endpoint} is {traffic_share:.0%} of the app's traffic, and"
-            f" containment may shed at most {policy.max_shed_share:.0%} of it.",
-        )
+    traffic_share = _traffic_share(evidence, top, row)
     shapes = [s for s in evidence.get("shapes") or [] if s.get("endpoint") == endpoint]
     blamed = culprit(dict(evidence))
     if blamed is None or blamed.get("endpoint") != endpoint:
@@ -133,10 +129,19 @@ def engage(policy: Policy, key: str, evidence: t.Mapping[str, t.Any], now: float
     window = evidence.get("window") or {}
     seconds = window.get("seconds") or 0
     rate = row["requests"] / seconds if seconds else 0.0
-    calm_s = (baseline if baseline else (row["time_s"] / row["requests"]) * 1000) / 1000.0
     # The requests in flight the endpoint needs at its calm latency for the traffic it
-    # has (Little's law), twice over for headroom; never below 1.
-    limit = max(1, math.ceil(2 * rate * calm_s))
+    # has (Little's law), twice over for headroom; never below 1. A query new in this
+    # window has no calm latency: it starts at 1, and the limit learns from there.
+    limit = ceiling(rate, baseline)
+    now_ms = latency or (row["time_s"] / row["requests"]) * 1000
+    sheds = traffic_share * shed_fraction(limit, rate, now_ms)
+    if sheds > policy.max_shed_share:
+        return Decision(
+            None,
+            f"guard not engaged: {endpoint} is {traffic_share:.0%} of the app's traffic, and"
+            f" {limit} at once would shed about {sheds:.0%} of it, over the"
+            f" {policy.max_shed_share:.0%} containment may shed.",
+        )
     c = Containment(
         endpoint=endpoint,
         mode=policy.mode,
@@ -156,34 +161,100 @@ def engage(policy: Policy, key: str, evidence: t.Mapping[str, t.Any], now: float
     )
 
 
+def _traffic_share(
+    evidence: t.Mapping[str, t.Any], top: t.Mapping[str, t.Any], row: t.Mapping[str, t.Any]
+) -> float:
+    """The endpoint's share of the app's requests: of the objective's events where the
+    evidence counts them per endpoint, else of the window's requests (the evidence lists
+    only the costliest endpoints)."""
+    events = (evidence.get("objective") or {}).get("events")
+    if events and top.get("events"):
+        return float(top["events"] / events)
+    listed = sum(e["requests"] for e in evidence.get("endpoints") or [])
+    counted = (evidence.get("traffic") or {}).get("requests_now") or 0
+    return float(row["requests"] / max(listed, counted, 1))
+
+
+def ceiling(rate: float, latency_ms: float | None) -> int:
+    """The requests in flight an endpoint needs for ``rate`` a second at ``latency_ms``
+    (Little's law), twice over; 1 when the latency is unknown."""
+    if not latency_ms or rate <= 0:
+        return 1
+    return max(1, math.ceil(2 * rate * latency_ms / 1000))
+
+
+def shed_fraction(limit: int, rate: float, latency_ms: float | None) -> float:
+    """The share of an endpoint's requests a limit sheds if its latency stays as it is
+    (Little's law; its latency falls once it is limited, so this is the most it sheds)."""
+    needed = rate * (latency_ms or 0) / 1000
+    return max(0.0, 1 - limit / needed) if needed > limit else 0.0
+
+
 def adapt(
-    policy: Policy, c: Containment, *, alert_firing: bool, latency_ms: float | None, now: float
+    policy: Policy,
+    c: Containment,
+    *,
+    paging: bool,
+    latency_ms: float | None,
+    now: float,
+    rate: float = 0.0,
+    shed_share: float | None = None,
 ) -> Decision:
-    """The next round of a containment: its new limit, or None when it lifts."""
+    """The next round of a containment: its new limit, or None when it lifts.
+
+    ``paging`` is whether a paging alert fires, ``rate`` the endpoint's requests a second
+    and ``shed_share`` the share of the app's traffic the limit shed since the last round
+    (None: not known here).
+
+    The limit aims at the culprit's calm latency, or, for a query with none, the best it
+    has done while limited: one more a round while within :attr:`Policy.calm_ratio` of
+    it (up to what Little's law gives at that latency, twice over), down by the latency
+    gradient (at most halved) while slower. Over the shed cap, it doubles, whatever the
+    latency.
+
+    It lifts after :attr:`Policy.lift_after` rounds in a row with no page firing, or with
+    the culprit's latency back: within :attr:`Policy.calm_ratio` of its calm latency, or,
+    for a query with none, at half its best while limited or less (a fix, not the limit,
+    does that). A limit that ends the page does not lift itself at once: the page it
+    ended would come back.
+    """
     if c.pinned:
         return Decision(c, None)
-    if not alert_firing:
-        return Decision(None, f"guard lifted on {c.endpoint}: the alert resolved.")
-    if c.baseline_ms is None or latency_ms is None:
-        return Decision(dataclasses.replace(c, updated=now), None)
-    calm = latency_ms <= policy.calm_ratio * c.baseline_ms
-    if calm:
-        rounds = c.calm_rounds + 1
-        if rounds >= policy.lift_after:
-            return Decision(
-                None,
-                f"guard lifted on {c.endpoint}: its query is back to {latency_ms:.0f} ms"
-                f" (calm: {c.baseline_ms:.0f} ms) for {rounds} rounds.",
-            )
-        limit = c.limit + 1
+    back = None
+    if not paging:
+        back = "no page fires"
+    elif latency_ms is not None and c.baseline_ms is not None:
+        if latency_ms <= policy.calm_ratio * c.baseline_ms:
+            back = f"its query is back to {latency_ms:.0f} ms (calm: {c.baseline_ms:.0f} ms)"
+    elif latency_ms is not None and c.floor_ms is not None and latency_ms <= c.floor_ms / 2:
+        back = (
+            f"its query is down to {latency_ms:.0f} ms, from {c.floor_ms:.0f} ms at best"
+            " while limited"
+        )
+    rounds = c.calm_rounds + 1 if back else 0
+    if back and rounds >= policy.lift_after:
+        return Decision(None, f"guard lifted on {c.endpoint}: {back}, {rounds} rounds in a row.")
+    if latency_ms is None:
+        return Decision(dataclasses.replace(c, calm_rounds=rounds, updated=now), None)
+    # The best while limited: a round counted towards the lift (a fix) does not lower it.
+    floor = c.floor_ms if back and c.floor_ms is not None else latency_ms
+    if c.floor_ms is not None:
+        floor = min(c.floor_ms, floor)
+    target = c.baseline_ms or floor
+    why = f"its query: {latency_ms:.0f} ms"
+    if shed_share is not None and shed_share > policy.max_shed_share:
+        limit = max(c.limit + 1, 2 * c.limit)
+        cap = policy.max_shed_share
+        why = f"it shed {shed_share:.0%} of the app's traffic, over the {cap:.0%} cap"
+    elif latency_ms <= policy.calm_ratio * target:
+        limit = max(c.limit, min(c.limit + 1, ceiling(rate, target))) if rate else c.limit + 1
     else:
-        rounds = 0
-        gradient = max(0.5, policy.calm_ratio * c.baseline_ms / latency_ms)
+        gradient = max(0.5, policy.calm_ratio * target / latency_ms)
         limit = max(1, math.floor(c.limit * gradient))
     new = dataclasses.replace(
-        c, limit=limit, latency_ms=latency_ms, calm_rounds=rounds, updated=now
+        c, limit=limit, latency_ms=latency_ms, floor_ms=floor, calm_rounds=rounds, updated=now
     )
     event = None
     if limit != c.limit:
-        event = f"guard on {c.endpoint}: at most {limit} at once (its query: {latency_ms:.0f} ms)."
+        event = f"guard on {c.endpoint}: at most {limit} at once ({why})."
     return Decision(new, event)

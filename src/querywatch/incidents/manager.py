@@ -41,6 +41,9 @@ EVENT_KINDS = (
 )
 #: A resolved incident whose alert fires again within this long (scaled) is reopened.
 REOPEN_SECONDS = 3600.0
+#: How long after its incident resolved a guard event still goes on its timeline (a lift
+#: decided as the alert resolved), in seconds of the incidents' clock.
+GUARD_LATE_SECONDS = 600.0
 #: Deploys this long (scaled) before an incident opens are part of its evidence.
 DEPLOY_LOOKBACK = 6 * 3600.0
 
@@ -470,11 +473,18 @@ class Incidents:
     def guard_event(self, alert_key: str, text: str, now: float | None = None) -> int | None:
         """What the guard did about an alert (engaged, changed, lifted, or why not) on the
         timeline of the alert's open incident, sent to every target notified so far.
-        Returns the event's id, or None when the alert has no open incident (yet)."""
+        A lift comes as the alert resolves, and may find its incident just resolved: it
+        goes on that one's timeline. ``now`` is when the guard decided (it may be told
+        later). Returns the event's id, or None when the alert has no incident (yet)."""
         now = time.time() if now is None else now
-        inc = self.open_by_key(incident_key(alert_key))
+        key = incident_key(alert_key)
+        inc = self.open_by_key(key)
         if inc is None:
-            return None
+            with self.store.incident_tx() as tx:
+                found = tx.resolved_since(key, now - GUARD_LATE_SECONDS * self.scale)
+            if found is None:
+                return None
+            inc = self.get(found)
 
         def add(tx: IncidentTx, inc: Incident) -> int:
             eid = self._event(tx, inc.id, "guard", "querywatch", text, now)
