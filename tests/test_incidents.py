@@ -701,6 +701,42 @@ def test_the_postmortem_names_the_culprit_from_the_evidence(tmp_path: t.Any) -> 
     assert "QUERYWATCH_ALERT_SHAPE_P95_MS" in text
     assert "Deploy before it:** v2.14.0" in text
     assert "*(to fill)*" in text
+    # No guard: no containment to tell of, and the measures say how to have one.
+    assert "## Containment" not in text
+    assert 'QUERYWATCH_GUARD = {"containment": "enforce"}' in text
+    # With the guard's decisions on the timeline: a section of their own, before the
+    # root cause, and no advice to set up what was there.
+    from querywatch.incidents.manager import TimelineEvent
+
+    said = [
+        (onset + 31, "guard engaged on GET /api/orders/lookup: at most 1 at once (100% of the"
+                     " bad requests are its; it is 10% of the traffic)."),
+        (onset + 40, "guard on GET /api/orders/lookup: at most 2 at once (its query: 40 ms)."),
+        (end + 2, "guard lifted on GET /api/orders/lookup: its query is down to 1 ms, from"
+                  " 40 ms at best while limited, 3 rounds in a row."),
+    ]  # fmt: skip
+    guarded = [
+        *incidents.timeline(inc.id),
+        *(TimelineEvent(0, inc.id, at, "guard", "querywatch", text, {}) for at, text in said),
+    ]
+    text = render(incidents.get(inc.id), guarded)
+    section = text.split("## Containment", 1)[1].split("## Root Cause and Resolution", 1)[0]
+    assert "- **Engaged:** " in section
+    assert "after detection: guard engaged on GET /api/orders/lookup: at most 1 at once" in section
+    assert "- **Adjusted:** 1 time(s)" in section
+    assert "- **Lifted:** " in section
+    assert "its query is down to 1 ms" in section
+    assert "QUERYWATCH_GUARD = " not in text
+    # Not engaged: the reason, first.
+    refused = [
+        *incidents.timeline(inc.id),
+        TimelineEvent(0, inc.id, onset + 31, "guard", "querywatch",
+                      "guard not engaged: traffic is not flat (x2.40), so no one endpoint is"
+                      " to blame.", {}),
+    ]  # fmt: skip
+    text = render(incidents.get(inc.id), refused)
+    section = text.split("## Containment", 1)[1].split("## Root Cause and Resolution", 1)[0]
+    assert section.strip().startswith("- **Not contained:** guard not engaged: traffic is not flat")
 
 
 @pytest.mark.parametrize("reopened", ["after the fix", "between the ack and the fix"])

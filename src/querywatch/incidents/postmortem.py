@@ -143,6 +143,9 @@ def render(
     lines.append(
         f"{sent} notifications were delivered" + (f", {failed} failed" if failed else "") + "."
     )
+    guard = [e for e in timeline if e.kind == "guard"]
+    if guard:
+        lines += ["", "## Containment", "", *_containment(guard, first, end)]
     lines += ["", "## Root Cause and Resolution", ""]
     # The shape the hypothesis blamed.
     culprit = blamed(ev) if ev.get("shapes") else None
@@ -257,9 +260,44 @@ def render(
         + f" after {len(escalations)} escalation(s). {TO_FILL}: was that fast enough?"
     )
     n += 1
+    if not guard:
+        lines.append(
+            f"{n}. Contain the next one while people fix it: `QUERYWATCH_GUARD ="
+            ' {"containment": "enforce"}` limits the endpoint a page\'s evidence blames, so'
+            " the rest of the app keeps its objectives (docs/guard.md)."
+        )
+        n += 1
     lines.append(f"{n}. {TO_FILL}: what else would have prevented or shortened it.")
     lines.append("")
     return "\n".join(lines)
+
+
+def _containment(
+    events: t.Sequence[TimelineEvent], detected: float, resolved: float | None
+) -> list[str]:
+    """What the guard did, in order: engaged (or why not), each new limit, lifted."""
+    engaged = next((e for e in events if e.text.startswith("guard engaged")), None)
+    lifted = next((e for e in events if e.text.startswith("guard lifted")), None)
+    lines = []
+    if engaged is None:
+        lines.append(f"- **Not contained:** {events[0].text}")
+    else:
+        lines.append(
+            f"- **Engaged:** {_when(engaged.at)} (UTC),"
+            f" {_duration(max(0.0, engaged.at - detected))} after detection: {engaged.text}"
+        )
+        limits = [e for e in events if e.text.startswith("guard on ")]
+        if limits:
+            lines.append(
+                f"- **Adjusted:** {len(limits)} time(s); last at {_when(limits[-1].at)}:"
+                f" {limits[-1].text}"
+            )
+        if lifted is not None:
+            lines.append(f"- **Lifted:** {_when(lifted.at)} (UTC): {lifted.text}")
+        elif resolved is None:
+            lines.append("- **Lifted:** not yet: the endpoint is still limited.")
+    lines.append(f"- **What it cost and spared:** {TO_FILL}: the users of the limited endpoint.")
+    return lines
 
 
 def _detection(incident: Incident, timeline: t.Sequence[TimelineEvent]) -> str:
