@@ -537,3 +537,82 @@ def test_incident_actions_through_the_api(app: Flask) -> None:
     assert [e["kind"] for e in detail["timeline"]] == [
         "alert_fired", "acknowledged", "assigned", "resolved"
     ]  # fmt: skip
+
+
+def test_a_person_pins_and_lifts_a_containment_from_the_alerts_page(
+    sqlite_shop_url: str, tmp_path: t.Any, browser: t.Any
+) -> None:
+    """The guard's table on the alerts page, in Chromium: Pin with a limit pins it there
+    (every process reads it from the store), Lift lifts it, and a lift that finds the
+    endpoint already lifted elsewhere says so in the row instead of failing silently."""
+    from werkzeug.serving import make_server
+
+    from querywatch.guard._state import lift
+    from querywatch.guard._state import read
+    from querywatch.store import AlertChange
+    from test_guard_containment import EVIDENCE
+
+    endpoint = "GET /api/orders/lookup"
+    app = shop.create_app(
+        sqlite_shop_url,
+        instance_path=str(tmp_path / "instance"),
+        config={
+            "QUERYWATCH_ADVISE": False,
+            "QUERYWATCH_FLUSH_INTERVAL": 3600,
+            "QUERYWATCH_DASHBOARD_TOKEN": TOKEN,
+            "QUERYWATCH_GUARD": {"containment": "enforce"},
+        },
+    )
+    state = app.extensions["querywatch"]
+    store = state.store
+    page_alert = AlertChange(
+        "slo:latency:page", "slo", "page", "firing", 1560.0, "latency", EVIDENCE
+    )
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    served = f"http://127.0.0.1:{server.server_port}"
+    try:
+        store.set_alert_states([page_alert])
+        state.guard.contain(store, leader=True, now=1561.0, width=60)
+        assert read(store)[endpoint].limit == 1
+        page = browser.new_context().new_page()
+        problems: list[str] = []
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(f"{served}/_querywatch/alerts")
+        page.fill("input[name=token]", TOKEN)
+        with page.expect_navigation():
+            page.click("button[type=submit]")
+        page.goto(f"{served}/_querywatch/alerts")
+        row = page.locator("#guard tbody tr")
+        assert row.locator("td").nth(2).inner_text() == "1"
+        row.locator("input[name=limit]").fill("3")
+        with page.expect_navigation():
+            row.locator("button", has_text="Pin").click()
+        c = read(store)[endpoint]
+        assert (c.limit, c.pinned, c.mode) == (3, True, "enforce")
+        row = page.locator("#guard tbody tr")
+        assert row.locator("td").nth(2).inner_text() == "3"
+        assert row.locator("td").nth(4).inner_text() == "pinned"
+        with page.expect_navigation():
+            row.locator("button", has_text="Lift").click()
+        assert read(store) == {}
+        assert page.inner_text("#guard tbody") == "No endpoint is contained."
+        # Contained again, then lifted from the command line while the page is open.
+        store.set_alert_states([page_alert._replace(state="resolved", at=1600.0)])
+        store.set_alert_states([page_alert._replace(at=1700.0)])
+        state.guard.contain(store, leader=True, now=1701.0, width=60)
+        page.reload()
+        lift(store, endpoint, 1700.0)
+        row = page.locator("#guard tbody tr")
+        row.locator("button", has_text="Lift").click()
+        result = row.locator(".result")
+        result.filter(has_text="not contained").wait_for()
+        assert result.inner_text() == "GET /api/orders/lookup is not contained."
+        assert problems == []
+    finally:
+        server.shutdown()
+        state.flusher._stop.set()
+        state.advice_worker.stop()
+        with app.app_context():
+            shop.db.engine.dispose()
+        store.engine.dispose()

@@ -92,7 +92,41 @@ async function incidentAction(form, button) {
   }
 }
 
+async function guardAction(form, button) {
+  // Lift or pin a containment: the endpoint is the form's, a limit only for a pin.
+  const status = form.querySelector(".result");
+  const body = { endpoint: form.dataset.endpoint };
+  const limit = new FormData(form).get("limit");
+  if (button.textContent === "Pin" && limit) body.limit = parseInt(limit, 10);
+  button.disabled = true;
+  try {
+    const response = await fetch(button.dataset.url, {
+      method: "POST",
+      headers: { "X-CSRF-Token": csrfToken(), "Content-Type": "application/json" },
+      credentials: "same-origin",
+      body: JSON.stringify(body),
+    });
+    const result = await response.json();
+    if (response.ok) {
+      window.location.reload();
+    } else if (status) {
+      status.textContent = result.error || `Failed (${response.status}).`;
+    }
+  } catch (error) {
+    if (status) status.textContent = `Failed: ${error}`;
+  } finally {
+    button.disabled = false;
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  for (const form of document.querySelectorAll("form.guard-action")) {
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const button = event.submitter || form.querySelector("button");
+      if (form.reportValidity()) guardAction(form, button);
+    });
+  }
   for (const form of document.querySelectorAll("form.incident-action")) {
     form.addEventListener("submit", (event) => {
       event.preventDefault();
