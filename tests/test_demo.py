@@ -102,6 +102,26 @@ def _assert_the_loop_closed(
     assert "FROM orders WHERE orders.customer_email = ?" in root
     assert index["ddl"] in root
     assert "not a traffic surge" in root
+    # The guard (enforce, the default) limited the lookup when the page fired, and
+    # lifted the limit once the fix had made the lookup fast; the postmortem tells it.
+    guard = summary["guard"]
+    assert guard["mode"] == "enforce"
+    assert guard["events"][0] == guard["engaged"], guard["events"]
+    assert guard["engaged"].startswith("guard engaged on GET /api/orders/lookup: at most ")
+    assert guard["page_to_engaged_s"] >= 0
+    assert guard["lifted"].startswith("guard lifted on GET /api/orders/lookup: ")
+    assert guard["fix_to_lifted_s"] > 0
+    section = text.split("## Containment", 1)[1].split("## Root Cause", 1)[0]
+    assert "- **Engaged:** " in section
+    assert "- **Lifted:** " in section
+    # Every request of the outage is counted on one side of the lookup or the other,
+    # and every user who got an error is counted among the users.
+    out, lookups, users = guard["outside_culprit"], guard["culprit"], guard["users"]
+    assert out["requests"] > 0
+    assert lookups["requests"] > 0
+    assert lookups["shed"] <= lookups["requests"] - lookups["succeeded"]
+    assert 0 < users["used_culprit"] <= users["seen"]
+    assert users["affected"] <= users["seen"]
     # The one sentence: flat traffic, shape, endpoint, call site, index, both gains.
     sentence = summary["root_cause"]
     assert sentence.startswith("Traffic was flat (x")
@@ -223,6 +243,10 @@ def test_the_replay_on_postgresql_with_hypopg(postgres_url: str, tmp_path: t.Any
     _assert_the_loop_closed(summary, progress, workdir)
     assert summary["database"] == "postgresql"
     assert summary["index"]["verified_by"] == "hypopg"
+    # Outside the lookup nobody got an error the lookup's users did not also get: the
+    # share of users affected is no more than the share who used the lookup.
+    users = summary["guard"]["users"]
+    assert users["affected_ratio"] <= users["used_culprit_ratio"], users
 
 
 def test_a_lighter_traffic_needs_fewer_bad_requests_to_page(tmp_path: t.Any) -> None:
@@ -248,6 +272,9 @@ def test_bad_options_are_refused_with_the_reason(tmp_path: t.Any) -> None:
     result = CliRunner().invoke(cli, ["demo", "--fix", "rewrite", "--workdir", str(tmp_path)])
     assert result.exit_code == 2
     assert "'rewrite' is not one of 'index', 'cache', 'none'" in result.output
+    result = CliRunner().invoke(cli, ["demo", "--guard", "on", "--workdir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "'on' is not one of 'enforce', 'shadow', 'off'" in result.output
     result = CliRunner().invoke(cli, ["demo", "--speed", "0", "--workdir", str(tmp_path)])
     assert result.exit_code == 2
     assert "--speed" in result.output
@@ -289,3 +316,64 @@ def test_the_shops_statement_timeout_fails_the_slow_request_only(tmp_path: t.Any
         relaxed.test_client().get("/api/orders/lookup?email=customer7@example.com").status_code
         == 200
     )
+
+
+def test_the_summary_sets_the_guard_beside_the_last_run_without_it(tmp_path: t.Any) -> None:
+    """Each run keeps its guard figures in the work folder; the next run of the other
+    mode on the same database prints them beside its own."""
+    import types
+
+    from rich.console import Console
+
+    from querywatch.demo import containment
+
+    def run(mode: str) -> types.SimpleNamespace:
+        return types.SimpleNamespace(
+            workdir=str(tmp_path), options=types.SimpleNamespace(guard=mode)
+        )
+
+    def figures(mode: str, outside: float, affected: int) -> dict[str, t.Any]:
+        return {
+            "mode": mode,
+            "outside_culprit": {
+                "success_ratio": outside,
+                "latency_ok_ratio": outside,
+                "objectives": {"latency": {"met_ratio": outside}},
+            },
+            "culprit": {"endpoint": "GET /api/orders/lookup", "success_ratio": 0.5, "shed": 7},
+            "users": {
+                "affected": affected,
+                "seen": 300,
+                "affected_ratio": affected / 300,
+                "used_culprit_ratio": 0.2,
+            },
+            "engaged": "guard engaged on GET /api/orders/lookup: at most 1 at once (...)."
+            if mode != "off"
+            else None,
+            "page_to_engaged_s": 0.02,
+            "lifted": "guard lifted on GET /api/orders/lookup: ...",
+            "fix_to_lifted_s": 2.5,
+            "events": [],
+        }
+
+    assert containment.the_other_run(run("enforce"), "sqlite") is None
+    off = figures("off", 0.95, 60)
+    containment.remember(run("off"), off, "sqlite")
+    assert containment.the_other_run(run("enforce"), "sqlite") == {**off, "database": "sqlite"}
+    assert containment.the_other_run(run("enforce"), "postgresql") is None
+    console = Console(record=True, width=200)
+    containment.print_figures(figures("enforce", 0.999, 12), off, console)
+    text = " ".join(console.export_text().split())
+    assert (
+        "guard engaged on GET /api/orders/lookup: at most 1 at once (...). 0.02 s after the page;"
+        in text
+    )
+    assert "lifted 2.5 s after the fix" in text
+    assert "outside GET /api/orders/lookup 99.9% succeeded; 99.9% met the latency objective" in text
+    assert "4.0% got an error (12 of 300); 20.0% used the lookup" in text
+    assert "last --guard off run" in text
+    assert "95.0% succeeded; 95.0% met the latency objective" in text
+    assert "20.0% got an error (60 of 300)" in text
+    # A file that is not the figures is no run to compare with.
+    (tmp_path / "guard-off.json").write_text("{not json")
+    assert containment.the_other_run(run("enforce"), "sqlite") is None

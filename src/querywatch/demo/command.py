@@ -12,6 +12,7 @@ from .._config import missing_driver
 from .._config import normalize_url
 from ..exceptions import QueryWatchError
 from .options import FIXES
+from .options import GUARD_MODES
 from .options import DemoOptions
 
 __all__ = ["demo"]
@@ -51,6 +52,14 @@ __all__ = ["demo"]
     default=DemoOptions.fix,
     show_default=True,
     help="What the responder applies: the verified index, the cache, or nothing.",
+)
+@click.option(
+    "--guard",
+    type=click.Choice(GUARD_MODES),
+    default=DemoOptions.guard,
+    show_default=True,
+    help="The shop's guard when the page fires: limit the culprit endpoint (enforce), only"
+    " count what it would shed (shadow), or run without a guard (off, the outage as it was).",
 )
 @click.option(
     "--workdir",

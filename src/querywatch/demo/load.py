@@ -4,8 +4,12 @@ The load is open loop: requests leave at a flat rate whether or not the server k
 as real users do not wait for each other. ``calm`` is the shop's everyday mix; after
 ``incident`` on standard input, the support team's order lookup takes
 :data:`LOOKUP_SHARE` of the requests and the total rate stays the same. Each answer is a
-JSON line on standard output: ``[unix time sent, phase, route, status, seconds]``
-(status 0 when the request timed out or could not connect). ``stop`` or the end of
+JSON line on standard output: ``[unix time sent, phase, route, status, seconds, user]``
+(status 0 when the request timed out or could not connect).
+
+Each request is one of the shop's customers' (the ``X-User`` header, which the shop names
+its users by): a random one of :data:`ACTIVE_USERS` for the everyday requests, and for a
+lookup the customer whose ticket it serves. ``stop`` or the end of
 standard input ends it; Ctrl-C is the parent's to handle (the parent stops this process).
 
 Run by :mod:`querywatch.demo.runner` as ``python -m querywatch.demo.load PORT ...``.
@@ -45,6 +49,8 @@ LOOKUP_ROUTE = "GET /api/orders/lookup"
 LOOKUP_SHARE = 0.30
 #: The customers with open support tickets: the lookup's emails.
 TICKETS = 60
+#: The customers using the shop this hour (the ticket holders among them).
+ACTIVE_USERS = 500
 #: Requests in flight at most; past it a request counts as failed (the client's pool is
 #: full), so a stalled server cannot make this process grow without bound.
 MAX_IN_FLIGHT = 64
@@ -69,12 +75,19 @@ def _pick(rng: random.Random, mix: t.Sequence[tuple[float, str, str, str]]) -> t
 
 
 def _request(
-    port: int, method: str, path: str, body: dict[str, t.Any] | None, timeout: float
+    port: int,
+    method: str,
+    path: str,
+    body: dict[str, t.Any] | None,
+    timeout: float,
+    user: str,
 ) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         payload = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if payload else {}
+        headers = {"X-User": user}
+        if payload:
+            headers["Content-Type"] = "application/json"
         conn.request(method, path, body=payload, headers=headers)
         resp = conn.getresponse()
         resp.read()
@@ -104,6 +117,8 @@ class Load:
         self.timeout = timeout
         self.rng = random.Random(seed)
         self.tickets = [self.rng.randint(1, customers) for _ in range(TICKETS)]
+        others = [self.rng.randint(1, customers) for _ in range(ACTIVE_USERS - TICKETS)]
+        self.users = [*self.tickets, *others]
         self.phase = "calm"
         self.stopped = threading.Event()
         self.out = out
@@ -142,12 +157,16 @@ class Load:
                 n += 1
                 phase = self.phase
                 method, template, route = _pick(self.rng, mixes[phase])
+                ticket = self.rng.choice(self.tickets)
                 path = template.format(
                     category=self.rng.choice(CATEGORIES),
                     product=self.rng.randint(1, self.products),
                     customer=self.rng.randint(1, self.customers),
-                    email=f"customer{self.rng.choice(self.tickets)}@example.com",
+                    email=f"customer{ticket}@example.com",
                 )
+                # The lookup serves the ticket's customer; the rest, whoever browses.
+                who = ticket if route == LOOKUP_ROUTE else self.rng.choice(self.users)
+                user = f"customer{who}"
                 body = None
                 if method == "POST":
                     body = {
@@ -155,9 +174,9 @@ class Load:
                         "items": [{"product_id": self.rng.randint(1, self.products)}],
                     }
                 if not self.slots.acquire(blocking=False):
-                    self._emit([round(time.time(), 4), phase, route, 0, 0.0])
+                    self._emit([round(time.time(), 4), phase, route, 0, 0.0, user])
                     continue
-                pool.submit(self._one, phase, method, path, route, body)
+                pool.submit(self._one, phase, method, path, route, body, user)
 
     def _one(
         self,
@@ -166,13 +185,14 @@ class Load:
         path: str,
         route: str,
         body: dict[str, t.Any] | None,
+        user: str,
     ) -> None:
         try:
             sent = time.time()
             t0 = time.perf_counter()
-            status = _request(self.port, method, path, body, self.timeout)
+            status = _request(self.port, method, path, body, self.timeout, user)
             took = time.perf_counter() - t0
-            self._emit([round(sent, 4), phase, route, status, round(took, 6)])
+            self._emit([round(sent, 4), phase, route, status, round(took, 6), user])
         finally:
             self.slots.release()
 

@@ -13,6 +13,9 @@ if t.TYPE_CHECKING:
 
 
 FIXES = ("index", "cache", "none")
+#: What the shop's guard does when the page fires (``QUERYWATCH_GUARD``'s containment):
+#: limit the culprit endpoint, only count what it would shed, or no guard at all.
+GUARD_MODES = ("enforce", "shadow", "off")
 CULPRIT_ENDPOINT = LOOKUP_ROUTE
 #: The shop's latency objective on a quiet machine: its everyday requests take 1-3 ms at
 #: the demo's size. A slower or busier machine scales it (see :data:`QUIET_SPIN_MS`).
@@ -94,6 +97,8 @@ class DemoOptions:
     database_url: str | None = None
     #: What the responder applies (one of :data:`FIXES`).
     fix: str = "index"
+    #: The guard's containment (one of :data:`GUARD_MODES`).
+    guard: str = "enforce"
     #: Folder for the demo's files (database, store, postmortem.md).
     workdir: str = "querywatch-demo"
     #: Seconds any one statement of the responder's index check may take.
@@ -104,6 +109,9 @@ class DemoOptions:
     def __post_init__(self) -> None:
         if self.fix not in FIXES:
             msg = f"--fix must be one of {', '.join(FIXES)}, got {self.fix!r}."
+            raise ValueError(msg)
+        if self.guard not in GUARD_MODES:
+            msg = f"--guard must be one of {', '.join(GUARD_MODES)}, got {self.guard!r}."
             raise ValueError(msg)
         if self.speed <= 0 or self.scale <= 0 or (self.rate is not None and self.rate <= 0):
             msg = "--scale, --speed and --rate must be greater than 0."

@@ -81,6 +81,8 @@ class Moments:
     level1: float | None = None
     level2: float | None = None
     ack: float | None = None
+    #: The responder starts applying the fix (the index build, or the cache switched on).
+    fixing: float | None = None
     fix: float | None = None
     recovered: float | None = None
     alert_resolved: float | None = None
@@ -278,6 +280,12 @@ class Replay:
                 # The advisor is asked by the responder (below), not on a timer.
                 "QUERYWATCH_ADVISE_INTERVAL": 24 * 3600,
                 "QUERYWATCH_DASHBOARD_TOKEN": token,
+                # The shop's guard; --guard sets what containment does (off: no guard).
+                "QUERYWATCH_GUARD": (
+                    None
+                    if self.options.guard == "off"
+                    else {**shop.GUARD, "containment": self.options.guard}
+                ),
             },  # fmt: skip
         )
         self.state = self.app.extensions["querywatch"]
@@ -507,7 +515,6 @@ class Replay:
             culprit = self._culprit(inc.evidence)
             self.findings["culprit"] = culprit
             advice = self._analyse(incidents, culprit)
-            self.findings["gate_before"] = self._gate(None)
             if self.fix_kind == "none":
                 self.say("--fix=none: nobody fixes it; watching it burn.")
                 burn_end = time.time() + self.real(3600)
@@ -536,9 +543,11 @@ class Replay:
             # not the shop's doing, and pages nobody.
             self.state.flusher.defer_alerts(3600)
             self.traffic.stop()
+            # Once the traffic is measured: the gate's process would take the CPU the
+            # shop's requests are timed with (during the outage too, where the requests
+            # outside the culprit measure the guard).
+            self.findings["gate_before"] = self._gate(None)
             if self.fix_kind != "none":
-                # Once the traffic is measured: the gate's process would take the CPU
-                # the shop's requests after the fix are timed with.
                 self.findings["gate_after"] = self._gate(
                     _migration(advice) if self.fix_kind == "index" and advice else None
                 )
@@ -680,6 +689,7 @@ class Replay:
     def _apply_fix(self, incidents: Incidents, advice: t.Any) -> None:
         assert self.app is not None
         assert self.incident_id is not None
+        self.moments.fixing = time.time()
         if self.fix_kind == "index":
             if advice is None:
                 reason = self.findings.get("advice_reason") or "the advisor gave no reason"

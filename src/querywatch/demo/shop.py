@@ -246,6 +246,23 @@ def register_routes(app: Flask) -> None:
         return jsonify({"ok": True})
 
 
+#: The shop's guard (``QUERYWATCH_GUARD``), less its containment mode, which the demo's
+#: ``--guard`` sets: checkout and the health check are never shed.
+GUARD: dict[str, t.Any] = {
+    "endpoints": {
+        "POST /api/orders": {"never_shed": True},
+        "GET /healthz": {"never_shed": True},
+    },
+}
+
+
+def request_user(req: t.Any) -> str | None:
+    """The customer a request is made for: the shop's sign-in is out of the demo's scope,
+    so its clients name the customer in ``X-User``."""
+    user: str | None = req.headers.get("X-User")
+    return user
+
+
 def create_app(
     database_url: str = "sqlite://",
     *,
@@ -275,6 +292,8 @@ def create_app(
         {"pool_size": 10} if not database_url.startswith("sqlite") else {}
     )
     app.config["QUERYWATCH_APP_PACKAGES"] = ["querywatch.demo"]
+    # Who made each request: the share of users an incident affects.
+    app.config["QUERYWATCH_USER"] = request_user
     if statement_timeout_ms is not None:
         timeout = max(1, int(statement_timeout_ms))
         if database_url.startswith("postgresql"):

@@ -18,6 +18,7 @@ from .._text import duration_text
 from .._text import stored_site_text as _site_text
 from ..incidents.manager import Incidents
 from ..incidents.postmortem import render as render_postmortem
+from . import containment
 from .load import LOOKUP_ROUTE
 from .options import CULPRIT_ENDPOINT
 from .traffic import Sample
@@ -221,6 +222,19 @@ def summarize(replay: Replay, incidents: Incidents) -> dict[str, t.Any]:
         "dashboard_url": replay.dashboard,
         "store": replay.store_path,
     }
+    # The outage before the fix: until the responder starts applying it.
+    until = m.fixing or m.ended
+    summary["guard"] = containment.figures(
+        replay,
+        tr.between(m.onset, until),
+        timeline,
+        since=m.onset,
+        until=until,
+        alert_at=m.alert,
+        fix_at=m.fix,
+    )
+    containment.remember(replay, summary["guard"], summary["database"])
+    summary["guard_other_run"] = containment.the_other_run(replay, summary["database"])
     summary["root_cause"] = _sentence(replay, summary)
     return summary
 
@@ -321,6 +335,7 @@ def print_summary(summary: dict[str, t.Any], console: Console) -> None:
     if g["after"]:
         table.add_row("", "passed after it" if g["after"]["passed"] else "failed after it")
     print_whole(console, table)
+    containment.print_figures(s["guard"], s.get("guard_other_run"), console)
     console.print(f"Root cause: {s['root_cause']}", highlight=False, soft_wrap=True)
     if s["postmortem"]:
         console.print(f"Postmortem: {s['postmortem']}", highlight=False)

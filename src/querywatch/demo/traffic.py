@@ -24,6 +24,8 @@ class Sample:
     route: str
     status: int
     seconds: float
+    #: The customer it was made for (``X-User``).
+    user: str = ""
 
     @property
     def failed(self) -> bool:
@@ -80,11 +82,13 @@ class Traffic:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             try:
-                at, phase, route, status, seconds = json.loads(line)
+                at, phase, route, status, seconds, user = json.loads(line)
             except ValueError:
                 continue
             with self.lock:
-                self.samples.append(Sample(at, phase, route, int(status), float(seconds)))
+                self.samples.append(
+                    Sample(at, phase, route, int(status), float(seconds), str(user))
+                )
                 self.sent += 1
 
     def command(self, word: str) -> None:
