@@ -16,6 +16,7 @@ from querywatch.guard._containment import Containment
 from querywatch.guard._containment import Policy
 from querywatch.guard._containment import adapt
 from querywatch.guard._containment import engage
+from querywatch.guard._state import read as read_state
 from querywatch.store import AlertChange
 from querywatch.store import Store
 
@@ -380,6 +381,66 @@ def test_a_new_lease_holder_carries_on_from_the_store(tmp_path: t.Any) -> None:
         assert second.bulkheads[LOOKUP].limit == 1
         _page(store, "resolved", EVIDENCE, 1600.0)
         assert _quiet(second, store, 1601.0) == [LIFTED]
+    finally:
+        store.engine.dispose()
+
+
+def test_the_lease_holder_killed_while_engaged_another_takes_over_and_the_limit_survives(
+    tmp_path: t.Any,
+) -> None:
+    """A real process holds the alert evaluation's lease, engages containment and is
+    killed (SIGKILL: no release, no goodbye). While its lease lasts, another process
+    only applies what the store holds; once it expires, that process takes the lease and
+    carries the containment on (the same one, not engaged a second time)."""
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    from querywatch.alerts.evaluation import LEASE
+
+    url = f"sqlite:///{tmp_path}/qw.db"
+    store = Store(url)
+    try:
+        _page(store, "firing", EVIDENCE, 1560.0)
+        script = textwrap.dedent(
+            f"""
+            import time
+            from flask import Flask
+            from querywatch.alerts.evaluation import LEASE
+            from querywatch.guard import Guard, load_guard
+            from querywatch.store import Store
+            store = Store({url!r})
+            guard = Guard(Flask("first"), load_guard({{"containment": "enforce"}}))
+            assert store.acquire_lease(LEASE, "first", time.time(), 2.0)
+            print(guard.contain(store, leader=True, now=time.time(), width=60), flush=True)
+            time.sleep(600)
+            """
+        )
+        first = subprocess.Popen(  # noqa: S603 (our own script)
+            [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
+        )
+        assert first.stdout is not None
+        said = first.stdout.readline()
+        assert "guard engaged on GET /api/orders/lookup: at most 1 at once" in said, said
+        engaged = read_state(store)[LOOKUP]
+        first.kill()
+        first.wait()
+        first.stdout.close()
+        second = _guard("enforce")
+        if not store.acquire_lease(LEASE, "second", time.time(), 2.0):
+            # The dead process's lease still runs: the survivor applies, decides nothing.
+            assert second.contain(store, leader=False, now=time.time(), width=60) == []
+            assert second.bulkheads[LOOKUP].limit == 1
+        deadline = time.monotonic() + 120  # a watchdog, not a measurement
+        while not store.acquire_lease(LEASE, "second", time.time(), 2.0):
+            assert time.monotonic() < deadline, "the dead process's lease never expired"
+            time.sleep(0.1)
+        assert second.contain(store, leader=True, now=time.time(), width=60) == []
+        carried = second.contained[LOOKUP]
+        assert (carried.since, carried.limit, carried.alert) == (engaged.since, 1, PAGE)
+        assert carried.updated > engaged.updated
+        assert second.bulkheads[LOOKUP].limit == 1
     finally:
         store.engine.dispose()
 
