@@ -141,12 +141,17 @@ def make_app(
     params=[
         "sqlite",
         pytest.param("postgresql", marks=pytest.mark.postgres),
+        # The other PostgreSQL driver: its transaction state and cancel error differ.
+        pytest.param("psycopg2", marks=pytest.mark.postgres),
         pytest.param("mariadb", marks=pytest.mark.mariadb),
     ]
 )
 def dialect_url(request: pytest.FixtureRequest, tmp_path: t.Any) -> tuple[str, str]:
     if request.param == "sqlite":
         return "sqlite", f"sqlite:///{tmp_path}/app.db"
+    if request.param == "psycopg2":
+        url = sa.engine.make_url(request.getfixturevalue("postgres_url"))
+        return "postgresql", url.set(drivername="postgresql+psycopg2").render_as_string(False)
     fixture = "postgres_url" if request.param == "postgresql" else "mariadb_url"
     return request.param, request.getfixturevalue(fixture)
 

@@ -605,3 +605,43 @@ def test_the_dashboard_shows_lifts_and_pins_with_token_and_csrf(
         with app.app_context():
             shop.db.engine.dispose()
         store.engine.dispose()
+
+
+def test_a_change_of_the_limit_says_what_it_spares_the_rest_of_the_app(tmp_path: t.Any) -> None:
+    """Each new limit tells the incident what it costs the endpoint and whether the rest
+    of the app is within its objectives, from the store's last two whole buckets."""
+    import time
+
+    from querywatch.fingerprint import fingerprint
+    from querywatch.guard._state import write
+    from test_alert_eval import AVAILABILITY
+    from test_alert_eval import LATENCY
+    from test_alert_eval import LOOKUP_SQL
+    from test_alert_eval import _replay
+
+    store = Store(f"sqlite:///{tmp_path}/qw.db")
+    try:
+        start = float(int(time.time()) - 120)
+        onset = start + 60
+        # Lookups take 2 s and half of them fail from the onset; products stay fine.
+        _replay(store, start, 100, incident=(onset, start + 100))
+        guard = _guard("enforce")
+        guard.objectives = ((AVAILABILITY.name, 0.999), (LATENCY.name, 0.99))
+        _page(store, "firing", EVIDENCE, onset + 5)
+        shape = fingerprint(LOOKUP_SQL).id
+        write(store, {LOOKUP: Containment(LOOKUP, "enforce", 4, PAGE, shape, 19.0, None,
+                                          onset + 10, onset + 10)})  # fmt: skip
+        events = guard.contain(store, leader=True, now=start + 90.5, width=1)
+        assert events == [
+            "guard on GET /api/orders/lookup: at most 2 at once (its query: 2000 ms); the"
+            " rest of the app is within its objectives."
+        ]
+        # Had it limited the products instead, the lookups outside it (one in three fails,
+        # each over 300 ms) miss both.
+        status = guard._status(store, "GET /api/products/<int:id>", 0.38, start + 90, 1)
+        assert status == (
+            "; 38% of its requests shed; outside it, availability 66.7% (objective 99.9%),"
+            " latency 0.0% (objective 99.0%)"
+        )
+    finally:
+        store.engine.dispose()

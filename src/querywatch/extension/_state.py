@@ -83,6 +83,7 @@ class AppState:
             from ..guard import Guard
 
             self.guard = Guard(app, settings.guard)
+            self.guard.objectives = tuple((o.name, o.target) for o in settings.objectives)
             if self.incident_worker is not None:
                 self.guard.on_event = self._tell_incident
 

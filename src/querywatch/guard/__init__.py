@@ -105,6 +105,9 @@ class Guard:
         self._untold: list[tuple[str, str, float, int]] = []
         #: Each contained endpoint's (arrived, shed) when its shed share was last taken.
         self._counted: dict[str, tuple[int, int]] = {}
+        #: The app's objectives, as (name, target): a change of a limit says whether the
+        #: rest of the app is within them. The extension hands them over.
+        self.objectives: tuple[tuple[str, float], ...] = ()
 
     def admit(self, record: t.Any) -> t.Any:
         """At the start of a request: take its endpoint's bulkhead permit (held on the
@@ -195,11 +198,15 @@ class Guard:
                 if shed is not None and ep is not None and everyone
                 else None,
             )
+            event = d.event
+            if event and d.containment is not None:
+                # A change: what the limit costs the endpoint, and what it spares the rest.
+                event = event[:-1] + self._status(store, endpoint, shed, bucket, width) + "."
             if d.containment is not None:
                 new[endpoint] = d.containment
-            if d.event:
-                events.append(d.event)
-                told.append((c.alert, d.event))
+            if event:
+                events.append(event)
+                told.append((c.alert, event))
         for key, alert in sorted(firing.items()):
             if (
                 self._judged.get(key) == alert.since
@@ -226,6 +233,30 @@ class Guard:
         del self.events[:-100]
         self._tell([(key, text, now, 0) for key, text in told])
         return events
+
+    def _status(
+        self, store: t.Any, endpoint: str, shed: float | None, bucket: float, width: float
+    ) -> str:
+        """``"; 38% of its requests shed; the rest of the app is within its objectives"``,
+        from the last two whole buckets (each part only when it is known)."""
+        parts = []
+        if shed is not None:
+            verb = "shed" if self.policy.mode == "enforce" else "would have been shed"
+            parts.append(f"{shed:.0%} of its requests {verb}")
+        missed = []
+        for name, target in self.objectives:
+            rows = store.slo_endpoints(name, bucket - 2 * width - 1, bucket - 1, 1000)
+            events = sum(n for ep, n, _ in rows if ep != endpoint)
+            bad = sum(b for ep, _, b in rows if ep != endpoint)
+            if events and (events - bad) / events < target:
+                missed.append(f"{name} {(events - bad) / events:.1%} (objective {target:.1%})")
+        if self.objectives:
+            parts.append(
+                "outside it, " + ", ".join(missed)
+                if missed
+                else "the rest of the app is within its objectives"
+            )
+        return "".join(f"; {p}" for p in parts)
 
     def _shed_since(self, route: str, mode: str) -> float | None:
         """The share of ``route``'s requests this process shed (or, in shadow mode, would
