@@ -280,6 +280,9 @@ class Replay:
                 # The advisor is asked by the responder (below), not on a timer.
                 "QUERYWATCH_ADVISE_INTERVAL": 24 * 3600,
                 "QUERYWATCH_DASHBOARD_TOKEN": token,
+                # Who made each request (the load names a customer): the share of
+                # users an incident affects.
+                "QUERYWATCH_USER": shop.request_user,
                 # The shop's guard; --guard sets what containment does (off: no guard).
                 "QUERYWATCH_GUARD": (
                     None

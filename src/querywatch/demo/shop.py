@@ -292,8 +292,6 @@ def create_app(
         {"pool_size": 10} if not database_url.startswith("sqlite") else {}
     )
     app.config["QUERYWATCH_APP_PACKAGES"] = ["querywatch.demo"]
-    # Who made each request: the share of users an incident affects.
-    app.config["QUERYWATCH_USER"] = request_user
     if statement_timeout_ms is not None:
         timeout = max(1, int(statement_timeout_ms))
         if database_url.startswith("postgresql"):
