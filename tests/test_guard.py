@@ -150,6 +150,11 @@ def dialect_url(request: pytest.FixtureRequest, tmp_path: t.Any) -> tuple[str, s
     if request.param == "sqlite":
         return "sqlite", f"sqlite:///{tmp_path}/app.db"
     if request.param == "psycopg2":
+        # Not in the dev extras: with psycopg2 installed, postgresql:// URLs would go to
+        # it instead of psycopg 3, which the configuration tests check.
+        pytest.importorskip(
+            "psycopg2", reason="psycopg2 is not installed (pip install psycopg2-binary)"
+        )
         url = sa.engine.make_url(request.getfixturevalue("postgres_url"))
         return "postgresql", url.set(drivername="postgresql+psycopg2").render_as_string(False)
     fixture = "postgres_url" if request.param == "postgresql" else "mariadb_url"
