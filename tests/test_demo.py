@@ -102,18 +102,25 @@ def _assert_the_loop_closed(
     assert "FROM orders WHERE orders.customer_email = ?" in root
     assert index["ddl"] in root
     assert "not a traffic surge" in root
-    # The guard (enforce, the default) limited the lookup when the page fired, and
-    # lifted the limit once the fix had made the lookup fast; the postmortem tells it.
     guard = summary["guard"]
-    assert guard["mode"] == "enforce"
-    assert guard["events"][0] == guard["engaged"], guard["events"]
-    assert guard["engaged"].startswith("guard engaged on GET /api/orders/lookup: at most ")
-    assert guard["page_to_engaged_s"] >= 0
-    assert guard["lifted"].startswith("guard lifted on GET /api/orders/lookup: ")
-    assert guard["fix_to_lifted_s"] > 0
-    section = text.split("## Containment", 1)[1].split("## Root Cause", 1)[0]
-    assert "- **Engaged:** " in section
-    assert "- **Lifted:** " in section
+    section = text.split("## Root Cause", 1)[0]
+    if guard["mode"] == "enforce":
+        # The guard (the default) limited the lookup when the page fired, and lifted
+        # the limit once the fix had made the lookup fast; the postmortem tells it.
+        assert guard["events"][0] == guard["engaged"], guard["events"]
+        assert guard["engaged"].startswith("guard engaged on GET /api/orders/lookup: at most ")
+        assert guard["page_to_engaged_s"] >= 0
+        assert guard["lifted"].startswith("guard lifted on GET /api/orders/lookup: ")
+        assert guard["fix_to_lifted_s"] > 0
+        section = section.split("## Containment", 1)[1]
+        assert "- **Engaged:** " in section
+        assert "- **Lifted:** " in section
+    else:
+        # No guard: nothing contained, and the postmortem says how to have one.
+        assert guard["mode"] == "off"
+        assert (guard["events"], guard["engaged"], guard["culprit"]["shed"]) == ([], None, 0)
+        assert "## Containment" not in text
+        assert 'QUERYWATCH_GUARD = {"containment": "enforce"}' in text
     # Every request of the outage is counted on one side of the lookup or the other,
     # and every user who got an error is counted among the users.
     out, lookups, users = guard["outside_culprit"], guard["culprit"], guard["users"]
@@ -230,23 +237,23 @@ def test_ctrl_c_stops_cleanly_and_the_next_replay_closes_the_loop_on_a_busy_mach
 @pytest.mark.postgres
 @pytest.mark.xdist_group("replays")
 def test_the_replay_on_postgresql_with_hypopg(postgres_url: str, tmp_path: t.Any) -> None:
-    """The same afternoon on PostgreSQL: the index verified with HypoPG. On the README's
+    """The same afternoon on PostgreSQL, without the guard: the index verified with
+    HypoPG. On the README's
     600,000 orders: the server's scan of 200,000 takes about as long as this process's
     own share of a request on a busy machine, and the fix's measured gain would be the
     machine's load as much as the index."""
     url = postgres_url.replace("postgresql://", "postgresql+psycopg://", 1)
     workdir = tmp_path / "demo"
+    # Without the guard: the outage as it was, whose lookups the fix makes many times
+    # faster (with the guard the lookups run one at a time during the outage, and the
+    # ratio measures the guard as much as the fix).
     code, summary, progress = _replay(
-        workdir, "--database-url", url, size_and_speed=["--speed", "360"]
+        workdir, "--database-url", url, "--guard", "off", size_and_speed=["--speed", "360"]
     )
     assert code == 0, progress
     _assert_the_loop_closed(summary, progress, workdir)
     assert summary["database"] == "postgresql"
     assert summary["index"]["verified_by"] == "hypopg"
-    # Outside the lookup nobody got an error the lookup's users did not also get: the
-    # share of users affected is no more than the share who used the lookup.
-    users = summary["guard"]["users"]
-    assert users["affected_ratio"] <= users["used_culprit_ratio"], users
 
 
 def test_a_lighter_traffic_needs_fewer_bad_requests_to_page(tmp_path: t.Any) -> None:
