@@ -518,6 +518,7 @@ class Replay:
             culprit = self._culprit(inc.evidence)
             self.findings["culprit"] = culprit
             advice = self._analyse(incidents, culprit)
+            self.findings["gate_before"] = self._gate(None)
             if self.fix_kind == "none":
                 self.say("--fix=none: nobody fixes it; watching it burn.")
                 burn_end = time.time() + self.real(3600)
@@ -546,11 +547,9 @@ class Replay:
             # not the shop's doing, and pages nobody.
             self.state.flusher.defer_alerts(3600)
             self.traffic.stop()
-            # Once the traffic is measured: the gate's process would take the CPU the
-            # shop's requests are timed with (during the outage too, where the requests
-            # outside the culprit measure the guard).
-            self.findings["gate_before"] = self._gate(None)
             if self.fix_kind != "none":
+                # Once the traffic is measured: the gate's process would take the CPU
+                # the shop's requests after the fix are timed with.
                 self.findings["gate_after"] = self._gate(
                     _migration(advice) if self.fix_kind == "index" and advice else None
                 )
