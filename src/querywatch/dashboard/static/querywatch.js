@@ -67,10 +67,10 @@ async function runAction(button) {
   }
 }
 
-async function incidentAction(form, button) {
+async function postForm(form, button, body) {
+  // A dashboard action from a form: POST its JSON with the CSRF header, reload on
+  // success, say why in the form's result otherwise.
   const status = form.querySelector(".result");
-  const data = new FormData(form);
-  const body = { actor: data.get("actor"), text: data.get("text"), owner: data.get("owner") };
   button.disabled = true;
   try {
     const response = await fetch(button.dataset.url, {
@@ -92,47 +92,31 @@ async function incidentAction(form, button) {
   }
 }
 
-async function guardAction(form, button) {
+function incidentAction(form, button) {
+  const data = new FormData(form);
+  return postForm(form, button, {
+    actor: data.get("actor"), text: data.get("text"), owner: data.get("owner"),
+  });
+}
+
+function guardAction(form, button) {
   // Lift or pin a containment: the endpoint is the form's, a limit only for a pin.
-  const status = form.querySelector(".result");
   const body = { endpoint: form.dataset.endpoint };
   const limit = new FormData(form).get("limit");
   if (button.textContent === "Pin" && limit) body.limit = parseInt(limit, 10);
-  button.disabled = true;
-  try {
-    const response = await fetch(button.dataset.url, {
-      method: "POST",
-      headers: { "X-CSRF-Token": csrfToken(), "Content-Type": "application/json" },
-      credentials: "same-origin",
-      body: JSON.stringify(body),
-    });
-    const result = await response.json();
-    if (response.ok) {
-      window.location.reload();
-    } else if (status) {
-      status.textContent = result.error || `Failed (${response.status}).`;
-    }
-  } catch (error) {
-    if (status) status.textContent = `Failed: ${error}`;
-  } finally {
-    button.disabled = false;
-  }
+  return postForm(form, button, body);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  for (const form of document.querySelectorAll("form.guard-action")) {
-    form.addEventListener("submit", (event) => {
-      event.preventDefault();
-      const button = event.submitter || form.querySelector("button");
-      if (form.reportValidity()) guardAction(form, button);
-    });
-  }
-  for (const form of document.querySelectorAll("form.incident-action")) {
-    form.addEventListener("submit", (event) => {
-      event.preventDefault();
-      const button = event.submitter || form.querySelector("button");
-      if (form.reportValidity()) incidentAction(form, button);
-    });
+  for (const [selector, act] of [["form.guard-action", guardAction],
+                                  ["form.incident-action", incidentAction]]) {
+    for (const form of document.querySelectorAll(selector)) {
+      form.addEventListener("submit", (event) => {
+        event.preventDefault();
+        const button = event.submitter || form.querySelector("button");
+        if (form.reportValidity()) act(form, button);
+      });
+    }
   }
   for (const table of document.querySelectorAll("table.sortable")) {
     for (const th of table.querySelectorAll("th[data-sort]")) {
