@@ -241,6 +241,33 @@ def sqlite_shop_url(tmp_path: t.Any) -> str:
     return url
 
 
+#: The token of :func:`guarded_shop`'s dashboard.
+GUARDED_TOKEN = "dashboard-token-0123456789"
+
+
+@pytest.fixture
+def guarded_shop(sqlite_shop_url: str, tmp_path: t.Any) -> t.Any:
+    """The shop app with the guard enforcing containment and the dashboard on
+    (:data:`GUARDED_TOKEN`), its background threads held."""
+    a = shop.create_app(
+        sqlite_shop_url,
+        instance_path=str(tmp_path / "instance"),
+        config={
+            "QUERYWATCH_ADVISE": False,
+            "QUERYWATCH_FLUSH_INTERVAL": 3600,
+            "QUERYWATCH_DASHBOARD_TOKEN": GUARDED_TOKEN,
+            "QUERYWATCH_GUARD": {"containment": "enforce"},
+        },
+    )
+    yield a
+    state = a.extensions["querywatch"]
+    state.flusher._stop.set()
+    state.advice_worker.stop()
+    with a.app_context():
+        shop.db.engine.dispose()
+    state.store.engine.dispose()
+
+
 @pytest.fixture
 def app(sqlite_shop_url: str, tmp_path: t.Any) -> t.Any:
     """The shop app on SQLite with querywatch on and a store in its instance folder."""

@@ -14,6 +14,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import create_engine
 
+from conftest import GUARDED_TOKEN
 from conftest import _unavailable
 from querywatch import QueryWatch
 from querywatch.demo import shop
@@ -540,7 +541,7 @@ def test_incident_actions_through_the_api(app: Flask) -> None:
 
 
 def test_a_person_pins_and_lifts_a_containment_from_the_alerts_page(
-    sqlite_shop_url: str, tmp_path: t.Any, browser: t.Any
+    guarded_shop: Flask, browser: t.Any
 ) -> None:
     """The guard's table on the alerts page, in Chromium: Pin with a limit pins it there
     (every process reads it from the store), Lift lifts it, and a lift that finds the
@@ -553,16 +554,7 @@ def test_a_person_pins_and_lifts_a_containment_from_the_alerts_page(
     from test_guard_containment import EVIDENCE
 
     endpoint = "GET /api/orders/lookup"
-    app = shop.create_app(
-        sqlite_shop_url,
-        instance_path=str(tmp_path / "instance"),
-        config={
-            "QUERYWATCH_ADVISE": False,
-            "QUERYWATCH_FLUSH_INTERVAL": 3600,
-            "QUERYWATCH_DASHBOARD_TOKEN": TOKEN,
-            "QUERYWATCH_GUARD": {"containment": "enforce"},
-        },
-    )
+    app = guarded_shop
     state = app.extensions["querywatch"]
     store = state.store
     page_alert = AlertChange(
@@ -579,7 +571,7 @@ def test_a_person_pins_and_lifts_a_containment_from_the_alerts_page(
         problems: list[str] = []
         page.on("pageerror", lambda e: problems.append(str(e)))
         page.goto(f"{served}/_querywatch/alerts")
-        page.fill("input[name=token]", TOKEN)
+        page.fill("input[name=token]", GUARDED_TOKEN)
         with page.expect_navigation():
             page.click("button[type=submit]")
         page.goto(f"{served}/_querywatch/alerts")
@@ -611,8 +603,3 @@ def test_a_person_pins_and_lifts_a_containment_from_the_alerts_page(
         assert problems == []
     finally:
         server.shutdown()
-        state.flusher._stop.set()
-        state.advice_worker.stop()
-        with app.app_context():
-            shop.db.engine.dispose()
-        store.engine.dispose()

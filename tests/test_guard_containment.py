@@ -549,62 +549,43 @@ def test_a_lift_told_after_the_incident_resolved_goes_on_its_timeline(tmp_path: 
         store.engine.dispose()
 
 
-def test_the_dashboard_shows_lifts_and_pins_with_token_and_csrf(
-    sqlite_shop_url: str, tmp_path: t.Any
-) -> None:
-    from querywatch.demo import shop
+def test_the_dashboard_shows_lifts_and_pins_with_token_and_csrf(guarded_shop: Flask) -> None:
+    from conftest import GUARDED_TOKEN
     from querywatch.guard._state import read
 
-    token = "dashboard-token-0123456789"
-    auth = {"Authorization": f"Bearer {token}"}
-    app = shop.create_app(
-        sqlite_shop_url,
-        instance_path=str(tmp_path / "instance"),
-        config={
-            "QUERYWATCH_ADVISE": False,
-            "QUERYWATCH_FLUSH_INTERVAL": 3600,
-            "QUERYWATCH_DASHBOARD_TOKEN": token,
-            "QUERYWATCH_GUARD": {"containment": "enforce"},
-        },
-    )
+    auth = {"Authorization": f"Bearer {GUARDED_TOKEN}"}
+    app = guarded_shop
     state = app.extensions["querywatch"]
-    try:
-        store = state.store
-        _page(store, "firing", EVIDENCE, 1560.0)
-        state.guard.contain(store, leader=True, now=1561.0, width=60)
-        client = app.test_client()
-        page = client.get("/_querywatch/alerts", headers=auth)
-        assert page.status_code == 200
-        html = page.get_data(as_text=True)
-        assert '<table id="guard">' in html
-        assert "<code>GET /api/orders/lookup</code></td><td>enforce</td>" in html
-        lift = "/_querywatch/api/guard/lift"
-        body = {"endpoint": LOOKUP}
-        assert client.post(lift, json=body, headers=auth).status_code == 403
-        csrf = client.get("/_querywatch/api/csrf", headers=auth).get_json()["csrf"]
-        headers = {**auth, "X-CSRF-Token": csrf}
-        assert client.post(lift, json=body, headers={"X-CSRF-Token": csrf}).status_code == 401
-        r = client.post(lift, json=body, headers=headers)
-        assert (r.status_code, r.get_json()) == (200, {"guard": []})
-        assert read(store) == {}
-        assert client.post(lift, json=body, headers=headers).status_code == 409
-        pin = "/_querywatch/api/guard/pin"
-        assert client.post(pin, json={**body, "limit": 0}, headers=headers).status_code == 400
-        assert client.post(pin, json=body, headers=headers).status_code == 409
-        r = client.post(pin, json={**body, "limit": 2}, headers=headers)
-        assert r.status_code == 200
-        assert [(c["endpoint"], c["limit"], c["pinned"]) for c in r.get_json()["guard"]] == [
-            (LOOKUP, 2, True)
-        ]
-        r = client.post("/_querywatch/api/guard/shed", json=body, headers=headers)
-        assert r.status_code == 404
-        assert "the actions are lift, pin" in r.get_json()["error"]
-    finally:
-        state.flusher._stop.set()
-        state.advice_worker.stop()
-        with app.app_context():
-            shop.db.engine.dispose()
-        store.engine.dispose()
+    store = state.store
+    _page(store, "firing", EVIDENCE, 1560.0)
+    state.guard.contain(store, leader=True, now=1561.0, width=60)
+    client = app.test_client()
+    page = client.get("/_querywatch/alerts", headers=auth)
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert '<table id="guard">' in html
+    assert "<code>GET /api/orders/lookup</code></td><td>enforce</td>" in html
+    lift = "/_querywatch/api/guard/lift"
+    body = {"endpoint": LOOKUP}
+    assert client.post(lift, json=body, headers=auth).status_code == 403
+    csrf = client.get("/_querywatch/api/csrf", headers=auth).get_json()["csrf"]
+    headers = {**auth, "X-CSRF-Token": csrf}
+    assert client.post(lift, json=body, headers={"X-CSRF-Token": csrf}).status_code == 401
+    r = client.post(lift, json=body, headers=headers)
+    assert (r.status_code, r.get_json()) == (200, {"guard": []})
+    assert read(store) == {}
+    assert client.post(lift, json=body, headers=headers).status_code == 409
+    pin = "/_querywatch/api/guard/pin"
+    assert client.post(pin, json={**body, "limit": 0}, headers=headers).status_code == 400
+    assert client.post(pin, json=body, headers=headers).status_code == 409
+    r = client.post(pin, json={**body, "limit": 2}, headers=headers)
+    assert r.status_code == 200
+    assert [(c["endpoint"], c["limit"], c["pinned"]) for c in r.get_json()["guard"]] == [
+        (LOOKUP, 2, True)
+    ]
+    r = client.post("/_querywatch/api/guard/shed", json=body, headers=headers)
+    assert r.status_code == 404
+    assert "the actions are lift, pin" in r.get_json()["error"]
 
 
 def test_a_change_of_the_limit_says_what_it_spares_the_rest_of_the_app(tmp_path: t.Any) -> None:
