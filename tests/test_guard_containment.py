@@ -224,6 +224,37 @@ def _engaged(limit: int = 8) -> Containment:
     return Containment(LOOKUP, "enforce", limit, PAGE, "f-lookup", 19.0, 185.0, 0.0, 0.0)
 
 
+def test_while_the_rest_of_the_app_misses_its_objectives_the_limit_halves_not_grows() -> None:
+    """Under overload the limited query may run at its best while the statements it
+    crowds out (the rest of the app's) are slow: a limit grows only while the rest is
+    within its objectives, and halves (never under 1) while it is not."""
+    policy = Policy(mode="enforce")
+    c = _engaged(8)
+    # The culprit at its calm latency: alone, that would let the limit grow.
+    grown = adapt(policy, c, paging=True, latency_ms=19.0, now=1.0, rate=1000.0).containment
+    assert grown is not None
+    assert grown.limit == 9
+    d = adapt(policy, c, paging=True, latency_ms=19.0, now=1.0, rate=1000.0, rest_missed=True)
+    assert d.containment is not None
+    assert d.containment.limit == 4
+    assert d.event == (
+        "guard on GET /api/orders/lookup: at most 4 at once (the rest of the app misses its"
+        " objectives)."
+    )
+    # Its query back at its calm latency does not lift it either while the rest misses
+    # its objectives: the limit may be what keeps it there.
+    c = d.containment
+    for _ in range(4):
+        c = adapt(policy, c, paging=True, latency_ms=19.0, now=2.0, rest_missed=True).containment
+        assert c is not None
+    assert c.limit == 1
+    assert c.calm_rounds == 0
+    # The shed cap still wins: containment may not shed more than its share.
+    d = adapt(policy, c, paging=True, latency_ms=19.0, now=3.0, shed_share=0.4, rest_missed=True)
+    assert d.containment is not None
+    assert d.containment.limit == 2
+
+
 def test_the_limit_follows_the_culprits_latency_and_never_falls_below_one() -> None:
     policy = Policy(mode="enforce")
     c = _engaged(8)
@@ -330,6 +361,43 @@ def test_the_lease_holder_decides_and_every_process_applies(tmp_path: t.Any, mod
         follower.contain(store, leader=False, now=1602.0, width=60)
         assert LOOKUP not in follower.bulkheads
         assert follower.contained == {}
+    finally:
+        store.engine.dispose()
+
+
+def test_a_second_page_blaming_the_contained_endpoint_says_nothing(tmp_path: t.Any) -> None:
+    """The availability page contained the lookup; the latency page that follows blames
+    it too, but by then the clients' retries of the lookup make it most of the traffic:
+    it would be refused, and saying "not engaged" of an endpoint under a limit would
+    mislead. A page blaming another endpoint is still judged."""
+    store = Store(f"sqlite:///{tmp_path}/qw.db")
+    guard = _guard("enforce")
+    try:
+        _page(store, "firing", EVIDENCE, 1560.0)
+        assert guard.contain(store, leader=True, now=1561.0, width=60)[0].startswith(
+            "guard engaged on GET /api/orders/lookup"
+        )
+        retried = evidence()
+        retried["endpoints"][0]["requests"] = 6000
+        retried["endpoints"][1]["requests"] = 500
+        refused = engage(Policy(mode="enforce"), "slo:availability:page", retried, 1562.0)
+        assert refused.containment is None
+        assert "over the 30%" in (refused.event or "")
+        other = evidence(bad_endpoints=[{"endpoint": "GET /api/products/<int:id>", "bad": 5}])
+        store.set_alert_states(
+            [
+                AlertChange("slo:availability:page", "slo", "page", "firing", 1562.0,
+                            "availability", retried),
+                AlertChange("errors:page", "errors", "page", "firing", 1562.0, "errors",
+                            other),
+            ]
+        )  # fmt: skip
+        events = guard.contain(store, leader=True, now=1563.0, width=60)
+        assert [e for e in events if "not engaged" in e] == [
+            "guard not engaged: 1% of the bad requests are GET /api/products/<int:id>, under"
+            " the 80% that implicates one endpoint."
+        ]
+        assert read_state(store)[LOOKUP].limit == 1
     finally:
         store.engine.dispose()
 
@@ -619,7 +687,8 @@ def test_a_change_of_the_limit_says_what_it_spares_the_rest_of_the_app(tmp_path:
         ]
         # Had it limited the products instead, the lookups outside it (one in three fails,
         # each over 300 ms) miss both.
-        status = guard._status(store, "GET /api/products/<int:id>", 0.38, start + 90, 1)
+        missed = guard._missed(store, "GET /api/products/<int:id>", start + 90, 1)
+        status = guard._status(0.38, missed)
         assert status == (
             "; 38% of its requests shed; outside it, availability 66.7% (objective 99.9%),"
             " latency 0.0% (objective 99.0%)"

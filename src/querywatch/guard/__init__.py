@@ -26,6 +26,7 @@ from ._config import load_guard
 from ._containment import Containment
 from ._containment import Policy
 from ._containment import adapt
+from ._containment import blamed
 from ._containment import engage
 from ._state import STATE_KEY
 from ._state import lifted
@@ -187,6 +188,7 @@ class Guard:
                 latency = total / calls * 1000 if calls else None
             ep = totals.get(endpoint)
             shed = self._shed_since(endpoint, c.mode)
+            missed = self._missed(store, endpoint, bucket, width)
             d = adapt(
                 policy,
                 c,
@@ -197,11 +199,12 @@ class Guard:
                 shed_share=shed * ep.requests / everyone
                 if shed is not None and ep is not None and everyone
                 else None,
+                rest_missed=bool(missed),
             )
             event = d.event
             if event and d.containment is not None:
                 # A change: what the limit costs the endpoint, and what it spares the rest.
-                event = event[:-1] + self._status(store, endpoint, shed, bucket, width) + "."
+                event = event[:-1] + self._status(shed, missed) + "."
             if d.containment is not None:
                 new[endpoint] = d.containment
             if event:
@@ -218,6 +221,8 @@ class Guard:
             if len(self._judged) > _MAX_JUDGED:
                 del self._judged[next(iter(self._judged))]
             d = engage(policy, key, alert.evidence, now)
+            if d.containment is None and blamed(alert.evidence) in new:
+                continue  # another page contained it already: nothing to refuse
             if d.containment is not None:
                 if d.containment.endpoint in new:
                     continue  # another page contained it already
@@ -234,15 +239,9 @@ class Guard:
         self._tell([(key, text, now, 0) for key, text in told])
         return events
 
-    def _status(
-        self, store: t.Any, endpoint: str, shed: float | None, bucket: float, width: float
-    ) -> str:
-        """``"; 38% of its requests shed; the rest of the app is within its objectives"``,
-        from the last two whole buckets (each part only when it is known)."""
-        parts = []
-        if shed is not None:
-            verb = "shed" if self.policy.mode == "enforce" else "would have been shed"
-            parts.append(f"{shed:.0%} of its requests {verb}")
+    def _missed(self, store: t.Any, endpoint: str, bucket: float, width: float) -> list[str]:
+        """The objectives the rest of the app (every endpoint but ``endpoint``) missed in
+        the last two whole buckets, in words (``"latency 92.9% (objective 99.0%)"``)."""
         missed = []
         for name, target in self.objectives:
             rows = store.slo_endpoints(name, bucket - 2 * width - 1, bucket - 1, 1000)
@@ -250,6 +249,15 @@ class Guard:
             bad = sum(b for ep, _, b in rows if ep != endpoint)
             if events and (events - bad) / events < target:
                 missed.append(f"{name} {(events - bad) / events:.1%} (objective {target:.1%})")
+        return missed
+
+    def _status(self, shed: float | None, missed: t.Sequence[str]) -> str:
+        """``"; 38% of its requests shed; the rest of the app is within its objectives"``
+        (each part only when it is known)."""
+        parts = []
+        if shed is not None:
+            verb = "shed" if self.policy.mode == "enforce" else "would have been shed"
+            parts.append(f"{shed:.0%} of its requests {verb}")
         if self.objectives:
             parts.append(
                 "outside it, " + ", ".join(missed)

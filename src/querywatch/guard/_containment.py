@@ -101,11 +101,11 @@ def engage(policy: Policy, key: str, evidence: t.Mapping[str, t.Any], now: float
     objective = evidence.get("objective") or {}
     bad = [b for b in evidence.get("bad_endpoints") or [] if b.get("bad")]
     total = objective.get("bad") or sum(b["bad"] for b in bad)
-    if not bad or not total:
+    top = _top(evidence)
+    if top is None or not total:
         return Decision(
             None, "guard not engaged: the evidence names no endpoint with bad requests."
         )
-    top = max(bad, key=lambda b: b["bad"])
     endpoint, share = top["endpoint"], top["bad"] / total
     if share < policy.culprit_share:
         return Decision(
@@ -161,6 +161,18 @@ def engage(policy: Policy, key: str, evidence: t.Mapping[str, t.Any], now: float
     )
 
 
+def _top(evidence: t.Mapping[str, t.Any]) -> t.Mapping[str, t.Any] | None:
+    """The evidence's endpoint with the most bad requests (None: none has any)."""
+    bad = [b for b in evidence.get("bad_endpoints") or [] if b.get("bad")]
+    return max(bad, key=lambda b: b["bad"]) if bad else None
+
+
+def blamed(evidence: t.Mapping[str, t.Any]) -> str | None:
+    """The endpoint an alert's evidence puts the most bad requests on, if any."""
+    top = _top(evidence)
+    return str(top["endpoint"]) if top is not None else None
+
+
 def _traffic_share(
     evidence: t.Mapping[str, t.Any], top: t.Mapping[str, t.Any], row: t.Mapping[str, t.Any]
 ) -> float:
@@ -199,30 +211,36 @@ def adapt(
     now: float,
     rate: float = 0.0,
     shed_share: float | None = None,
+    rest_missed: bool = False,
 ) -> Decision:
     """The next round of a containment: its new limit, or None when it lifts.
 
-    ``paging`` is whether a paging alert fires, ``rate`` the endpoint's requests a second
-    and ``shed_share`` the share of the app's traffic the limit shed since the last round
-    (None: not known here).
+    ``paging`` is whether a paging alert fires, ``rate`` the endpoint's requests a second,
+    ``shed_share`` the share of the app's traffic the limit shed since the last round
+    (None: not known here) and ``rest_missed`` whether the rest of the app (every other
+    endpoint) missed one of its objectives over the last round.
 
     The limit aims at the culprit's calm latency, or, for a query with none, the best it
     has done while limited: one more a round while within :attr:`Policy.calm_ratio` of
     it (up to what Little's law gives at that latency, twice over), down by the latency
-    gradient (at most halved) while slower. Over the shed cap, it doubles, whatever the
-    latency.
+    gradient (at most halved) while slower. While the rest of the app misses its
+    objectives the limit is halved whatever the culprit's latency (its own query may be
+    fast while the statements it crowds out are not): a limit grows only while it spares
+    the rest. Over the shed cap, it doubles, whatever the latency.
 
     It lifts after :attr:`Policy.lift_after` rounds in a row with no page firing, or with
-    the culprit's latency back: within :attr:`Policy.calm_ratio` of its calm latency, or,
-    for a query with none, at half its best while limited or less (a fix, not the limit,
-    does that). A limit that ends the page does not lift itself at once: the page it
-    ended would come back.
+    the culprit's latency back while the rest of the app meets its objectives: within
+    :attr:`Policy.calm_ratio` of its calm latency, or, for a query with none, at half its
+    best while limited or less (a fix, not the limit, does that). A limit that ends the
+    page does not lift itself at once: the page it ended would come back.
     """
     if c.pinned:
         return Decision(c, None)
     back = None
     if not paging:
         back = "no page fires"
+    elif rest_missed:
+        pass  # the limit may be what keeps the query fast; lifted, the rest would suffer more
     elif latency_ms is not None and c.baseline_ms is not None:
         if latency_ms <= policy.calm_ratio * c.baseline_ms:
             back = f"its query is back to {latency_ms:.0f} ms (calm: {c.baseline_ms:.0f} ms)"
@@ -246,6 +264,9 @@ def adapt(
         limit = max(c.limit + 1, 2 * c.limit)
         cap = policy.max_shed_share
         why = f"it shed {shed_share:.0%} of the app's traffic, over the {cap:.0%} cap"
+    elif rest_missed:
+        limit = max(1, c.limit // 2)
+        why = "the rest of the app misses its objectives"
     elif latency_ms <= policy.calm_ratio * target:
         limit = max(c.limit, min(c.limit + 1, ceiling(rate, target))) if rate else c.limit + 1
     else:
