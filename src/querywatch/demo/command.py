@@ -62,6 +62,14 @@ __all__ = ["demo"]
     " count what it would shed (shadow), or run without a guard (off, the outage as it was).",
 )
 @click.option(
+    "--retries",
+    default=DemoOptions.retries,
+    show_default=True,
+    type=click.IntRange(0, 10),
+    help="How many times the shop's clients retry a failed GET, as urllib3's Retry does"
+    " (at once, then backing off; a 503's Retry-After waited). 3 is the common recipe's.",
+)
+@click.option(
     "--workdir",
     default=DemoOptions.workdir,
     show_default=True,

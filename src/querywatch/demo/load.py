@@ -12,6 +12,12 @@ its users by): a random one of :data:`ACTIVE_USERS` for the everyday requests, a
 lookup the customer whose ticket it serves. ``stop`` or the end of
 standard input ends it; Ctrl-C is the parent's to handle (the parent stops this process).
 
+With ``--retries N`` the clients retry as the recipe most Python services copy does
+(requests with urllib3's ``Retry(total=3, backoff_factor=0.3, status_forcelist=(500, 502,
+503, 504))``, N=3): a GET that failed or timed out is sent again at once, then after
+0.6 s, 1.2 s..., and after a 503's ``Retry-After`` when it has one; a POST is never
+retried. A request's line is its last answer and the time from its first try.
+
 Run by :mod:`querywatch.demo.runner` as ``python -m querywatch.demo.load PORT ...``.
 """
 
@@ -54,6 +60,14 @@ ACTIVE_USERS = 500
 #: Requests in flight at most; past it a request counts as failed (the client's pool is
 #: full), so a stalled server cannot make this process grow without bound.
 MAX_IN_FLIGHT = 64
+#: The clients' retries of a failed GET by default (``--retries`` sets how many; the
+#: recipe's are 3), the statuses retried (0: timed out or refused) and the backoff factor
+#: (urllib3's: the first retry at once, then 0.6 s, 1.2 s...).
+RETRIES = 0
+RETRY_STATUSES = frozenset((0, 500, 502, 503, 504))
+BACKOFF = 0.3
+#: The longest ``Retry-After`` a client waits.
+MAX_RETRY_AFTER = 5.0
 CATEGORIES = ("books", "garden", "kitchen", "toys", "tools", "sports", "music", "games")
 
 
@@ -81,7 +95,8 @@ def _request(
     body: dict[str, t.Any] | None,
     timeout: float,
     user: str,
-) -> int:
+) -> tuple[int, float]:
+    """One try: (status, the seconds its ``Retry-After`` asks to wait, 0 without one)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         payload = json.dumps(body).encode() if body is not None else None
@@ -91,9 +106,13 @@ def _request(
         conn.request(method, path, body=payload, headers=headers)
         resp = conn.getresponse()
         resp.read()
-        return resp.status
+        try:
+            wait = float(resp.getheader("Retry-After") or 0)
+        except ValueError:
+            wait = 0.0  # an HTTP date: the shop never sends one
+        return resp.status, wait
     except (TimeoutError, OSError, http.client.HTTPException):
-        return 0  # timed out, refused or cut off: what a user sees as an error
+        return 0, 0.0  # timed out, refused or cut off: what a user sees as an error
     finally:
         conn.close()
 
@@ -107,6 +126,7 @@ class Load:
         customers: int,
         products: int,
         timeout: float,
+        retries: int = RETRIES,
         seed: int = 7,
         out: t.TextIO = sys.stdout,
     ) -> None:
@@ -115,6 +135,7 @@ class Load:
         self.customers = customers
         self.products = products
         self.timeout = timeout
+        self.retries = retries
         self.rng = random.Random(seed)
         self.tickets = [self.rng.randint(1, customers) for _ in range(TICKETS)]
         others = [self.rng.randint(1, customers) for _ in range(ACTIVE_USERS - TICKETS)]
@@ -190,11 +211,30 @@ class Load:
         try:
             sent = time.time()
             t0 = time.perf_counter()
-            status = _request(self.port, method, path, body, self.timeout, user)
+            status = self._tries(method, path, body, user)
             took = time.perf_counter() - t0
             self._emit([round(sent, 4), phase, route, status, round(took, 6), user])
         finally:
             self.slots.release()
+
+    def _tries(self, method: str, path: str, body: dict[str, t.Any] | None, user: str) -> int:
+        """A request and its retries; the last answer's status."""
+        tries = 0
+        while True:
+            status, wait = _request(self.port, method, path, body, self.timeout, user)
+            if (
+                method != "GET"
+                or status not in RETRY_STATUSES
+                or tries >= self.retries
+                or self.stopped.is_set()
+            ):
+                return status
+            tries += 1
+            # Retry-After when the answer has one, else urllib3's backoff (none before the
+            # first retry).
+            pause = min(wait, MAX_RETRY_AFTER) if wait else BACKOFF * 2 ** (tries - 1)
+            if tries > 1 or wait:
+                self.stopped.wait(pause)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--customers", type=int, required=True)
     parser.add_argument("--products", type=int, required=True)
     parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--retries", type=int, default=RETRIES)
     args = parser.parse_args(argv)
     # The parent stops this process (stdin closed or "stop"); Ctrl-C reaches the whole
     # process group, and the parent decides what it means.
@@ -214,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         customers=args.customers,
         products=args.products,
         timeout=args.timeout,
+        retries=args.retries,
     )
     threading.Thread(target=load.commands, args=(sys.stdin,), daemon=True).start()
     load.run()

@@ -7,6 +7,7 @@ import dataclasses
 import typing as t
 
 from .load import LOOKUP_ROUTE
+from .load import RETRIES
 
 if t.TYPE_CHECKING:
     pass
@@ -99,6 +100,8 @@ class DemoOptions:
     fix: str = "index"
     #: The guard's containment (one of :data:`GUARD_MODES`).
     guard: str = "enforce"
+    #: How many times the clients retry a failed GET (urllib3's ``Retry``; 0: never).
+    retries: int = RETRIES
     #: Folder for the demo's files (database, store, postmortem.md).
     workdir: str = "querywatch-demo"
     #: Seconds any one statement of the responder's index check may take.
@@ -112,6 +115,9 @@ class DemoOptions:
             raise ValueError(msg)
         if self.guard not in GUARD_MODES:
             msg = f"--guard must be one of {', '.join(GUARD_MODES)}, got {self.guard!r}."
+            raise ValueError(msg)
+        if not 0 <= self.retries <= 10:
+            msg = f"--retries must be from 0 to 10, got {self.retries}."
             raise ValueError(msg)
         if self.speed <= 0 or self.scale <= 0 or (self.rate is not None and self.rate <= 0):
             msg = "--scale, --speed and --rate must be greater than 0."

@@ -472,7 +472,9 @@ class Replay:
         # alerts held, and are pruned from the store.
         flusher = self.state.flusher
         flusher.defer_alerts(3600)
-        self.traffic = Traffic(self.port, self.sizes, self.rate, timeout=5.0)
+        self.traffic = Traffic(
+            self.port, self.sizes, self.rate, timeout=5.0, retries=self.options.retries
+        )
         with self.console.status("Warming up: the load's first requests..."):
             # A busy machine takes longer to open the pool's connections and settle.
             time.sleep(WARM_UP_SECONDS * self.slowdown)

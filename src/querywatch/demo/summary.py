@@ -157,6 +157,7 @@ def summarize(replay: Replay, incidents: Incidents) -> dict[str, t.Any]:
         "objective_ms": replay.threshold_ms,
         "slowdown": round(replay.slowdown, 2),
         "rate": replay.rate,
+        "retries": replay.options.retries,
         # The bad requests a page needs in its short window at that rate.
         "min_bad_events": replay.min_bad_events,
         "times_s": {

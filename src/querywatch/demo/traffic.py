@@ -50,7 +50,9 @@ def p95_ms(samples: t.Sequence[Sample]) -> float | None:
 class Traffic:
     """The load process and what it measured (a bounded list of samples)."""
 
-    def __init__(self, port: int, sizes: dict[str, int], rate: float, timeout: float) -> None:
+    def __init__(
+        self, port: int, sizes: dict[str, int], rate: float, timeout: float, retries: int
+    ) -> None:
         self.samples: collections.deque[Sample] = collections.deque(maxlen=KEEP_SAMPLES)
         self.lock = threading.Lock()
         self.sent = 0
@@ -67,6 +69,8 @@ class Traffic:
             str(sizes["products"]),
             "--timeout",
             str(timeout),
+            "--retries",
+            str(retries),
         ]
         self.proc = subprocess.Popen(  # noqa: S603 (our own module, our own arguments)
             cmd,
