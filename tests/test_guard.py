@@ -495,6 +495,24 @@ def test_a_limit_is_never_below_one_and_a_raised_one_admits_the_waiting() -> Non
     assert bulkhead.limit == 1
 
 
+def test_a_shed_clients_retry_is_told_from_a_new_request() -> None:
+    """A client shed on an endpoint and back within the retry window is counted as a
+    retry (and, shed again, as a retry shed), so the shed share can leave it out; a
+    client not named is always a new request."""
+    bulkhead = Bulkhead("GET /x", 1, 0)
+    assert bulkhead.enter("a")  # holds the permit
+    assert not bulkhead.enter("b")
+    assert not bulkhead.enter("b")  # b's retry, shed again
+    assert not bulkhead.enter("c")
+    assert not bulkhead.enter(None)
+    assert not bulkhead.enter(None)
+    counts = (bulkhead.arrived, bulkhead.shed, bulkhead.retried, bulkhead.shed_retried)
+    assert counts == (6, 5, 1, 1)
+    bulkhead.leave()
+    assert bulkhead.enter("c")  # c's retry, admitted
+    assert (bulkhead.retried, bulkhead.shed_retried, bulkhead.shed) == (2, 1, 5)
+
+
 def test_a_head_request_is_held_to_its_gets_budget_and_bulkhead(tmp_path: t.Any) -> None:
     app, db = make_app(
         f"sqlite:///{tmp_path}/app.db",

@@ -255,6 +255,37 @@ def test_while_the_rest_of_the_app_misses_its_objectives_the_limit_halves_not_gr
     assert d.containment.limit == 2
 
 
+def test_the_shed_share_counts_a_request_its_client_retried_once() -> None:
+    """Clients that retry a shed request (urllib3's Retry, after the Retry-After) send it
+    up to four times: counted at each try, a limit turning away half the lookups looked
+    like 80% of them, and their retries made the lookup most of the app's traffic. The
+    share leaves the retries out (the app names its users)."""
+    from querywatch.guard import _app_share
+
+    guard = _guard("enforce")
+    guard.apply({LOOKUP: _engaged(1)})
+    bulkhead = guard.bulkheads[LOOKUP]
+    assert guard._shed_since(LOOKUP, "enforce") == (None, 0.0)  # the first round counts
+    for i in range(20):
+        assert bulkhead.enter(f"admitted{i}")
+        bulkhead.leave()
+    assert bulkhead.enter("holder")
+    for i in range(19):
+        for _ in range(4):  # the first try and three retries, all shed
+            assert not bulkhead.enter(f"shed{i}")
+    bulkhead.leave()
+    # 21 admitted (the holder among them), 19 turned away at each of their four tries:
+    # 97 arrivals, 40 of them first tries.
+    assert (bulkhead.arrived, bulkhead.shed, bulkhead.retried) == (97, 76, 57)
+    shed, retried = guard._shed_since(LOOKUP, "enforce")
+    assert shed == pytest.approx(19 / 40)
+    assert retried == pytest.approx(57 / 97)
+    # Of an app of 200 requests, 97 of them the lookup's: 19 of 143 first tries shed.
+    assert _app_share(shed, retried, 97, 200) == pytest.approx(19 / 143)
+    # Counted at each try, it would be 76 of 200, over the 30% cap.
+    assert 76 / 200 > 0.3 > _app_share(shed, retried, 97, 200)
+
+
 def test_the_limit_follows_the_culprits_latency_and_never_falls_below_one() -> None:
     policy = Policy(mode="enforce")
     c = _engaged(8)

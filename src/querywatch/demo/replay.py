@@ -487,7 +487,11 @@ class Replay:
             self.live = Live(self._table("calm"), console=self.console, refresh_per_second=4)
             self.live.start()
         try:
-            self.say(f"Calm traffic, {self.rate:.0f} requests a second.")
+            retries = self.options.retries
+            self.say(
+                f"Calm traffic, {self.rate:.0f} requests a second"
+                + (f"; the clients retry a failed GET up to {retries} times." if retries else ".")
+            )
             calm_end = m.started + self.real(CALM_MINUTES * 60)
             self.wait(
                 "calm",

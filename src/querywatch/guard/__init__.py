@@ -104,11 +104,15 @@ class Guard:
         #: are on.
         self.on_event: t.Callable[[str, str, float], bool] | None = None
         self._untold: list[tuple[str, str, float, int]] = []
-        #: Each contained endpoint's (arrived, shed) when its shed share was last taken.
-        self._counted: dict[str, tuple[int, int]] = {}
+        #: Each contained endpoint's (arrived, shed, retried, shed again) when its shed
+        #: share was last taken.
+        self._counted: dict[str, tuple[int, int, int, int]] = {}
         #: The app's objectives, as (name, target): a change of a limit says whether the
         #: rest of the app is within them. The extension hands them over.
         self.objectives: tuple[tuple[str, float], ...] = ()
+        #: Who makes a request (``QUERYWATCH_USER``), when the app names its users: a
+        #: contained endpoint tells a client's retry of a shed request from a new one.
+        self.user_function: t.Callable[[t.Any], t.Any] | None = None
 
     def admit(self, record: t.Any) -> t.Any:
         """At the start of a request: take its endpoint's bulkhead permit (held on the
@@ -122,13 +126,22 @@ class Guard:
             if bulkhead is None:
                 return None
         try:
-            if bulkhead.enter():
+            if bulkhead.enter(self._client() if bulkhead.route in self.contained else None):
                 record.held = bulkhead
                 return None
         except Exception as e:
             swallow("guard.admit", e)
             return None
         return shed_response(bulkhead)
+
+    def _client(self) -> str | None:
+        """The user making the current request, if the app names its users."""
+        if self.user_function is None:
+            return None
+        from flask import request
+
+        user = self.user_function(request._get_current_object())  # type: ignore[attr-defined]
+        return str(user)[:255] if user is not None else None
 
     @staticmethod
     def release(record: t.Any) -> None:
@@ -187,7 +200,7 @@ class Guard:
                 total, calls = store.shape_time(endpoint, c.shape, bucket - width, bucket + width)
                 latency = total / calls * 1000 if calls else None
             ep = totals.get(endpoint)
-            shed = self._shed_since(endpoint, c.mode)
+            shed, retried = self._shed_since(endpoint, c.mode)
             missed = self._missed(store, endpoint, bucket, width)
             d = adapt(
                 policy,
@@ -196,7 +209,7 @@ class Guard:
                 latency_ms=latency,
                 now=now,
                 rate=ep.requests / (2 * width) if ep is not None else 0.0,
-                shed_share=shed * ep.requests / everyone
+                shed_share=_app_share(shed, retried, ep.requests, everyone)
                 if shed is not None and ep is not None and everyone
                 else None,
                 rest_missed=bool(missed),
@@ -266,24 +279,32 @@ class Guard:
             )
         return "".join(f"; {p}" for p in parts)
 
-    def _shed_since(self, route: str, mode: str) -> float | None:
+    def _shed_since(self, route: str, mode: str) -> tuple[float | None, float]:
         """The share of ``route``'s requests this process shed (or, in shadow mode, would
-        have) since the last round; None under :data:`_MIN_ARRIVALS`. The lease holder's
-        share stands for every process's: a load balancer spreads an endpoint's requests
+        have) since the last round, and the share of its arrivals that were retries of
+        shed ones (left out of the first: a client that retries is turned away once, not
+        at each try); (None, 0) under :data:`_MIN_ARRIVALS`. The lease holder's shares
+        stand for every process's: a load balancer spreads an endpoint's requests
         evenly."""
         bulkhead = self.bulkheads.get(route)
         if bulkhead is None:
-            return None
-        now = (bulkhead.arrived, bulkhead.shed if mode == "enforce" else bulkhead.would_shed)
+            return None, 0.0
+        enforce = mode == "enforce"
+        now = (
+            bulkhead.arrived,
+            bulkhead.shed if enforce else bulkhead.would_shed,
+            bulkhead.retried if enforce else 0,
+            bulkhead.shed_retried if enforce else 0,
+        )
         before = self._counted.get(route)
         if before is None or before[0] > now[0]:
             self._counted[route] = now
-            return None
-        arrived = now[0] - before[0]
-        if arrived < _MIN_ARRIVALS:
-            return None
+            return None, 0.0
+        arrived, shed, retried, shed_retried = (a - b for a, b in zip(now, before, strict=True))
+        if arrived - retried < _MIN_ARRIVALS:
+            return None, 0.0
         self._counted[route] = now
-        return (now[1] - before[1]) / arrived
+        return (shed - shed_retried) / (arrived - retried), retried / arrived
 
     def _tell(self, new: list[tuple[str, str, float, int]]) -> None:
         """Hand each event to the alert's incident; one whose incident is not open yet
@@ -406,6 +427,14 @@ class Guard:
         for (route, shape), n in sorted(self.cancellations.snapshot().items()):
             fam.add_metric([*_method_route(route), shape], n)
         yield fam
+
+
+def _app_share(shed: float, retried: float, requests: int, everyone: int) -> float:
+    """The share of the app's requests a limit sheds: ``shed`` of the endpoint's
+    ``requests`` (of the app's ``everyone``), where ``retried`` of them were retries of
+    shed requests, counted in neither."""
+    first = requests * (1 - retried)
+    return shed * first / max(1.0, everyone - requests + first)
 
 
 def _method_route(route: str) -> tuple[str, str]:

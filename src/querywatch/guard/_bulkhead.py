@@ -10,11 +10,18 @@ and the statements it runs at once.
 
 from __future__ import annotations
 
+import collections
 import threading
 from time import monotonic
 
 #: Seconds a shed request is told to wait before it retries (``Retry-After``).
 RETRY_AFTER = 1
+#: A request from a client shed on the same endpoint this many seconds before or less is
+#: taken for that client's retry (urllib3's ``Retry`` tries three times more, each after
+#: the ``Retry-After``).
+RETRY_WINDOW = 4 * RETRY_AFTER + 1
+#: Clients remembered per bulkhead for that (the most recently shed).
+MAX_SHED_CLIENTS = 10_000
 #: The limit of a bulkhead that only counts (containment in shadow mode).
 UNLIMITED = 2**31
 
@@ -41,11 +48,26 @@ class Bulkhead:
         #: have shed (admitted all the same).
         self.shadow_limit: int | None = None
         self.would_shed = 0
+        #: Requests taken for a retry of a shed one (their client was shed here within
+        #: :data:`RETRY_WINDOW`), and those of them shed again: the shed share of the
+        #: endpoint's requests leaves them out, or clients that retry would count one
+        #: request turned away as up to four.
+        self.retried = 0
+        self.shed_retried = 0
+        self._shed_clients: collections.OrderedDict[str, float] = collections.OrderedDict()
 
-    def enter(self) -> bool:
-        """Take a permit, waiting for one up to the endpoint's wait; False: shed."""
+    def enter(self, client: str | None = None) -> bool:
+        """Take a permit, waiting for one up to the endpoint's wait; False: shed.
+        ``client`` names who asks (the app's user), so that a retry of a shed request
+        is told from a new one; None: not known."""
         with self._cond:
             self.arrived += 1
+            retry = False
+            if client is not None:
+                last = self._shed_clients.get(client)
+                if last is not None and monotonic() - last <= RETRY_WINDOW:
+                    retry = True
+                    self.retried += 1
             if self.shadow_limit is not None and self.in_flight >= self.shadow_limit:
                 self.would_shed += 1
             if self.in_flight < self.limit:
@@ -57,10 +79,21 @@ class Bulkhead:
                 remaining = deadline - monotonic()
                 if remaining <= 0:
                     self.shed += 1
+                    if retry:
+                        self.shed_retried += 1
+                    if client is not None:
+                        self._remember(client)
                     return False
                 self._cond.wait(remaining)
             self.in_flight += 1
             return True
+
+    def _remember(self, client: str) -> None:
+        shed = self._shed_clients
+        shed[client] = monotonic()
+        shed.move_to_end(client)
+        while len(shed) > MAX_SHED_CLIENTS:
+            shed.popitem(last=False)
 
     def leave(self) -> None:
         """Give the permit back (once per :meth:`enter` that returned True)."""
