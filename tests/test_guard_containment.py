@@ -4,6 +4,7 @@ query, when it lifts, and how every process applies the lease holder's decision.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import typing as t
 
 import pytest
@@ -249,6 +250,17 @@ def test_while_the_rest_of_the_app_misses_its_objectives_the_limit_halves_not_gr
         assert c is not None
     assert c.limit == 1
     assert c.calm_rounds == 0
+    # A query new in the window, at half its best while limited: a fix did that, not the
+    # limit, so it lifts after three rounds even while the rest still misses.
+    new = dataclasses.replace(c, baseline_ms=None, floor_ms=40.0)
+    for _ in range(2):
+        new = adapt(policy, new, paging=True, latency_ms=1.0, now=2.5, rest_missed=True).containment
+        assert new is not None
+    assert adapt(policy, new, paging=True, latency_ms=1.0, now=2.6, rest_missed=True) == (
+        None,
+        "guard lifted on GET /api/orders/lookup: its query is down to 1 ms, from 40 ms at best"
+        " while limited, 3 rounds in a row.",
+    )
     # The shed cap still wins: containment may not shed more than its share.
     d = adapt(policy, c, paging=True, latency_ms=19.0, now=3.0, shed_share=0.4, rest_missed=True)
     assert d.containment is not None

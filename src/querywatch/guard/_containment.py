@@ -229,20 +229,21 @@ def adapt(
     the rest. Over the shed cap, it doubles, whatever the latency.
 
     It lifts after :attr:`Policy.lift_after` rounds in a row with no page firing, or with
-    the culprit's latency back while the rest of the app meets its objectives: within
-    :attr:`Policy.calm_ratio` of its calm latency, or, for a query with none, at half its
-    best while limited or less (a fix, not the limit, does that). A limit that ends the
-    page does not lift itself at once: the page it ended would come back.
+    the culprit's latency back: within :attr:`Policy.calm_ratio` of its calm latency
+    while the rest of the app meets its objectives (the limit may be what brought it
+    back), or, for a query with none, at half its best while limited or less (a fix,
+    not the limit, does that). A limit that ends the page does not lift itself at once:
+    the page it ended would come back.
     """
     if c.pinned:
         return Decision(c, None)
     back = None
     if not paging:
         back = "no page fires"
-    elif rest_missed:
-        pass  # the limit may be what keeps the query fast; lifted, the rest would suffer more
     elif latency_ms is not None and c.baseline_ms is not None:
-        if latency_ms <= policy.calm_ratio * c.baseline_ms:
+        # Not while the rest of the app misses its objectives: the limit may be what
+        # brought the query back to its calm latency, and lifted, the rest would suffer.
+        if latency_ms <= policy.calm_ratio * c.baseline_ms and not rest_missed:
             back = f"its query is back to {latency_ms:.0f} ms (calm: {c.baseline_ms:.0f} ms)"
     elif latency_ms is not None and c.floor_ms is not None and latency_ms <= c.floor_ms / 2:
         back = (
