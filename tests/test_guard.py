@@ -614,3 +614,65 @@ def test_a_transaction_opened_without_the_budget_gets_it_at_its_first_guarded_st
         state.flusher._stop.set()
         state.advice_worker.stop()
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_contained_endpoints_statements_run_without_parallel_workers(
+    postgres_url: str, tmp_path: t.Any
+) -> None:
+    """While containment limits an endpoint (enforce), its statements run with no parallel
+    workers, in their own transaction only: a limit of one then holds its scans to one
+    server process, where a parallel plan's scan takes three. Its statement timeout
+    stays; other endpoints, shadow mode and a lifted endpoint keep the server's plan."""
+    from querywatch.guard import Containment
+
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config.update(
+        QUERYWATCH_STORE_URL=f"sqlite:///{tmp_path}/qw.db",
+        QUERYWATCH_FLUSH_INTERVAL=3600,
+        QUERYWATCH_GUARD={
+            "containment": "enforce",
+            "endpoints": {"GET /lookup": {"statement_timeout_ms": 3000}},
+        },
+    )
+    engine = sa.create_engine(postgres_url)
+
+    def settings() -> t.Any:
+        with engine.connect() as conn:
+            workers = conn.execute(sa.text("SHOW max_parallel_workers_per_gather")).scalar()
+            timeout = conn.execute(sa.text("SHOW statement_timeout")).scalar()
+        return jsonify(workers=workers, timeout=timeout)
+
+    app.add_url_rule("/lookup", "lookup", settings)
+    app.add_url_rule("/other", "other", settings)
+    QueryWatch(app)
+    state = app.extensions["querywatch"]
+    guard = state.guard
+    client = app.test_client()
+
+    def contain(mode: str) -> None:
+        c = Containment("GET /lookup", mode, 1, "slo:latency:page", None, None, None, 0, 0)
+        guard.apply({"GET /lookup": c})
+
+    try:
+        server = client.get("/other").json
+        assert server["workers"] != "0"
+        assert client.get("/lookup").json == {"workers": server["workers"], "timeout": "3s"}
+        contain("enforce")
+        assert client.get("/lookup").json == {"workers": "0", "timeout": "3s"}
+        assert client.get("/other").json == server
+        # The setting ended with the transaction: the pooled connection is as it was.
+        with engine.connect() as conn:
+            assert (
+                conn.execute(sa.text("SHOW max_parallel_workers_per_gather")).scalar()
+                == (server["workers"])
+            )
+        contain("shadow")
+        assert client.get("/lookup").json["workers"] == server["workers"]
+        contain("enforce")
+        guard.apply({})
+        assert client.get("/lookup").json["workers"] == server["workers"]
+    finally:
+        state.flusher._stop.set()
+        state.advice_worker.stop()
+        engine.dispose()

@@ -95,6 +95,9 @@ class Guard:
         )
         #: The containments this process applies (what the store said last).
         self.contained: dict[str, Containment] = {}
+        #: The budgets of the endpoints containment limits (enforce): their statements
+        #: run without parallel workers.
+        self._serial: dict[str, Budget] = {}
         #: What containment said, newest last (bounded).
         self.events: list[str] = []
         self._judged: dict[str, float] = {}
@@ -151,7 +154,13 @@ class Guard:
             held.leave()
 
     def budget(self, route: str) -> Budget | None:
-        """The statement budget of a request to ``route`` (``"GET /api/orders"``)."""
+        """The statement budget of a request to ``route`` (``"GET /api/orders"``): its
+        statement timeout, and while containment limits the endpoint, no parallel
+        workers."""
+        if self._serial:
+            serial = self._serial.get(_rule(route))
+            if serial is not None:
+                return serial
         try:
             return self._budgets[route]
         except KeyError:
@@ -336,6 +345,16 @@ class Guard:
             else:
                 bulkhead.set_limit(static or UNLIMITED, shadow=c.limit)
             self.bulkheads[route] = bulkhead
+        self._serial = {
+            route: Budget(
+                route,
+                self.config.statement_timeout(_rule(route)),
+                self.cancellations,
+                serial=True,
+            )
+            for route, c in state.items()
+            if c.mode == "enforce"
+        }
         for route in set(self.contained) - set(state):
             self._counted.pop(route, None)
             rule = self.config.endpoints.get(route)

@@ -73,14 +73,22 @@ class Cancellations:
 
 class Budget:
     """One endpoint's statement budget, handed to capture on each of its records: capture
-    calls :meth:`apply` before each statement and :meth:`failed` when one fails."""
+    calls :meth:`apply` before each statement and :meth:`failed` when one fails.
 
-    __slots__ = ("route", "ms", "seconds", "cancellations")
+    ``ms`` is the statement timeout (None: none); ``serial`` runs the statements without
+    parallel workers (PostgreSQL's ``max_parallel_workers_per_gather = 0``), as they run
+    while containment limits the endpoint: a limit of N requests at once then holds its
+    statements to N server processes, where each scan of a parallel plan takes three."""
 
-    def __init__(self, route: str, ms: int, cancellations: Cancellations) -> None:
+    __slots__ = ("route", "ms", "seconds", "serial", "cancellations")
+
+    def __init__(
+        self, route: str, ms: int | None, cancellations: Cancellations, *, serial: bool = False
+    ) -> None:
         self.route = route
         self.ms = ms
-        self.seconds = ms / 1000.0
+        self.seconds = ms / 1000.0 if ms is not None else None
+        self.serial = serial
         self.cancellations = cancellations
 
     def apply(self, cursor: t.Any, context: t.Any) -> None:
@@ -106,7 +114,7 @@ class Budget:
             )
 
     def failed(self, shape: str, exc: BaseException) -> None:
-        if is_cancelled(exc):
+        if self.ms is not None and is_cancelled(exc):
             self.cancellations.add(self.route, shape)
 
 
@@ -163,12 +171,18 @@ def _postgresql(budget: Budget, cursor: t.Any, context: t.Any) -> None:
     # was set already if a guarded statement set it in this same transaction (one opened
     # by a statement without a budget, after a commit, has none yet).
     marker = getattr(conn, _PG_ATTR, None)
-    if idle or marker is None or marker[1] != budget.ms or marker[0]() is not tx:
-        _execute(dbapi, f"SET LOCAL statement_timeout = {budget.ms}")
-        setattr(conn, _PG_ATTR, (weakref.ref(tx), budget.ms) if tx is not None else None)
+    key = (budget.ms, budget.serial)
+    if idle or marker is None or marker[1] != key or marker[0]() is not tx:
+        if budget.ms is not None:
+            _execute(dbapi, f"SET LOCAL statement_timeout = {budget.ms}")
+        if budget.serial:
+            _execute(dbapi, "SET LOCAL max_parallel_workers_per_gather = 0")
+        setattr(conn, _PG_ATTR, (weakref.ref(tx), key) if tx is not None else None)
 
 
 def _mysql(budget: Budget, cursor: t.Any, context: t.Any) -> None:
+    if budget.ms is None:
+        return  # MariaDB and MySQL run a statement on one thread: nothing to make serial
     info = context.root_connection.connection.info
     applied = info.get(_APPLIED)
     if applied is not None and applied[0] == budget.ms:
@@ -188,6 +202,8 @@ def _mysql(budget: Budget, cursor: t.Any, context: t.Any) -> None:
 
 
 def _sqlite(budget: Budget, cursor: t.Any, context: t.Any) -> None:
+    if budget.seconds is None:
+        return  # SQLite runs a statement on one thread: nothing to make serial
     info = context.root_connection.connection.info
     deadline = info.get(_APPLIED)
     if deadline is None:
@@ -202,7 +218,8 @@ def _sqlite(budget: Budget, cursor: t.Any, context: t.Any) -> None:
             if perf_counter() <= deadline[0]:
                 return 0
             record = current_record()
-            return 1 if record is not None and record.budget is not None else 0
+            budget = record.budget if record is not None else None
+            return 1 if isinstance(budget, Budget) and budget.seconds is not None else 0
 
         cursor.connection.set_progress_handler(progress, SQLITE_PROGRESS_STEPS)
         info[_APPLIED] = deadline
