@@ -175,7 +175,7 @@ def test_a_query_with_no_calm_latency_starts_at_one_and_learns_its_best() -> Non
     the limit), three rounds in a row."""
     new = evidence(shapes=[{**EVIDENCE["shapes"][0], "mean_ms_before": None, "calls_before": 0}])
     policy = Policy(mode="enforce")
-    c = engage(policy, PAGE, new, 1560.0).containment
+    c = engage(policy, PAGE, new, 0.0).containment
     assert c is not None
     assert (c.limit, c.baseline_ms) == (1, None)
     # 40 ms while limited, 20 a second: it may grow to 2 x 20 x 0.04 = 2, one a round.
@@ -265,6 +265,29 @@ def test_while_the_rest_of_the_app_misses_its_objectives_the_limit_halves_not_gr
     d = adapt(policy, c, paging=True, latency_ms=19.0, now=3.0, shed_share=0.4, rest_missed=True)
     assert d.containment is not None
     assert d.containment.limit == 2
+
+
+def test_a_limit_grows_only_once_a_whole_window_has_measured_it() -> None:
+    """The rest's objectives are read over two buckets, the rounds come every half
+    bucket: grown at each round, the limit went from 1 to 3 before the rest could say
+    that 2 was already too many. It grows once a window has passed since it was set;
+    it falls at once."""
+    policy = Policy(mode="enforce")
+    c = dataclasses.replace(_engaged(1), changed=10.0)
+    held = adapt(policy, c, paging=True, latency_ms=19.0, now=10.5, window=2.0)
+    assert held.containment is not None
+    assert held.containment.limit == 1
+    assert held.event is None
+    grown = adapt(policy, held.containment, paging=True, latency_ms=19.0, now=12.0, window=2.0)
+    assert grown.containment is not None
+    assert (grown.containment.limit, grown.containment.changed) == (2, 12.0)
+    # Half a bucket later the rest misses its objectives: back to 1 at once.
+    fallen = adapt(
+        policy, grown.containment, paging=True, latency_ms=19.0, now=12.5, window=2.0,
+        rest_missed=True,
+    )  # fmt: skip
+    assert fallen.containment is not None
+    assert (fallen.containment.limit, fallen.containment.changed) == (1, 12.5)
 
 
 def test_the_shed_share_counts_a_request_its_client_retried_once() -> None:

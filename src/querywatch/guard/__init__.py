@@ -222,6 +222,7 @@ class Guard:
                 if shed is not None and ep is not None and everyone
                 else None,
                 rest_missed=bool(missed),
+                window=2 * width,
             )
             event = d.event
             if event and d.containment is not None:

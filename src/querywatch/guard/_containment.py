@@ -61,6 +61,8 @@ class Containment:
     #: The culprit's best latency while limited: what the limit aims at when the query
     #: has no calm latency (new in the window).
     floor_ms: float | None = None
+    #: When the limit was last set (engaged or changed).
+    changed: float = 0.0
 
     def to_json(self) -> dict[str, t.Any]:
         return dataclasses.asdict(self)
@@ -152,6 +154,7 @@ def engage(policy: Policy, key: str, evidence: t.Mapping[str, t.Any], now: float
         latency_ms=latency,
         since=now,
         updated=now,
+        changed=now,
     )
     verb = "engaged" if policy.mode == "enforce" else "engaged in shadow mode"
     return Decision(
@@ -212,13 +215,15 @@ def adapt(
     rate: float = 0.0,
     shed_share: float | None = None,
     rest_missed: bool = False,
+    window: float = 0.0,
 ) -> Decision:
     """The next round of a containment: its new limit, or None when it lifts.
 
     ``paging`` is whether a paging alert fires, ``rate`` the endpoint's requests a second,
     ``shed_share`` the share of the app's traffic the limit shed since the last round
-    (None: not known here) and ``rest_missed`` whether the rest of the app (every other
-    endpoint) missed one of its objectives over the last round.
+    (None: not known here), ``rest_missed`` whether the rest of the app (every other
+    endpoint) missed one of its objectives over the last round, and ``window`` the
+    seconds those are measured over.
 
     The limit aims at the culprit's calm latency, or, for a query with none, the best it
     has done while limited: one more a round while within :attr:`Policy.calm_ratio` of
@@ -226,7 +231,9 @@ def adapt(
     gradient (at most halved) while slower. While the rest of the app misses its
     objectives the limit is halved whatever the culprit's latency (its own query may be
     fast while the statements it crowds out are not): a limit grows only while it spares
-    the rest. Over the shed cap, it doubles, whatever the latency.
+    the rest, and only once a whole ``window`` has measured it (grown at each round, it
+    went from 1 to 3 before the rest's objectives could tell). Over the shed cap, it
+    doubles, whatever the latency.
 
     It lifts after :attr:`Policy.lift_after` rounds in a row with no page firing, or with
     the culprit's latency back: within :attr:`Policy.calm_ratio` of its calm latency
@@ -269,12 +276,23 @@ def adapt(
         limit = max(1, c.limit // 2)
         why = "the rest of the app misses its objectives"
     elif latency_ms <= policy.calm_ratio * target:
-        limit = max(c.limit, min(c.limit + 1, ceiling(rate, target))) if rate else c.limit + 1
+        if now - c.changed < window:
+            limit = c.limit  # not measured long enough at this limit to grow it
+        elif rate:
+            limit = max(c.limit, min(c.limit + 1, ceiling(rate, target)))
+        else:
+            limit = c.limit + 1
     else:
         gradient = max(0.5, policy.calm_ratio * target / latency_ms)
         limit = max(1, math.floor(c.limit * gradient))
     new = dataclasses.replace(
-        c, limit=limit, latency_ms=latency_ms, floor_ms=floor, calm_rounds=rounds, updated=now
+        c,
+        limit=limit,
+        latency_ms=latency_ms,
+        floor_ms=floor,
+        calm_rounds=rounds,
+        updated=now,
+        changed=now if limit != c.limit else c.changed,
     )
     event = None
     if limit != c.limit:
