@@ -761,3 +761,29 @@ def test_a_change_of_the_limit_says_what_it_spares_the_rest_of_the_app(tmp_path:
         )
     finally:
         store.engine.dispose()
+
+
+@pytest.mark.allow_internal_errors
+def test_a_user_function_that_fails_leaves_the_limit_in_force() -> None:
+    """The app's QUERYWATCH_USER raising while an endpoint is contained: the request is
+    counted as a new one and the limit still holds (it is shed, not let through)."""
+    import types
+
+    from querywatch import _failopen
+
+    guard = _guard("enforce")
+
+    def broken(request: t.Any) -> str:
+        raise LookupError("no session")
+
+    guard.user_function = broken
+    guard.apply({LOOKUP: _engaged(1)})
+    assert guard.bulkheads[LOOKUP].enter("holder")
+    before = _failopen.internal_error_counts().get("guard.user", 0)
+    record = types.SimpleNamespace(name=LOOKUP, held=None)
+    with Flask(__name__).test_request_context("/api/orders/lookup"):
+        response = guard.admit(record)
+    assert response is not None
+    assert response.status_code == 503
+    assert record.held is None
+    assert _failopen.internal_error_counts()["guard.user"] == before + 1

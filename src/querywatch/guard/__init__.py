@@ -138,12 +138,18 @@ class Guard:
         return shed_response(bulkhead)
 
     def _client(self) -> str | None:
-        """The user making the current request, if the app names its users."""
+        """The user making the current request, if the app names its users (None when
+        the app's function fails: the request is then counted as a new one, and the
+        limit still holds)."""
         if self.user_function is None:
             return None
         from flask import request
 
-        user = self.user_function(request._get_current_object())  # type: ignore[attr-defined]
+        try:
+            user = self.user_function(request._get_current_object())  # type: ignore[attr-defined]
+        except Exception as e:
+            swallow("guard.user", e)
+            return None
         return str(user)[:255] if user is not None else None
 
     @staticmethod
