@@ -202,6 +202,78 @@ def test_a_traffic_surge_is_called_one(tmp_path: t.Any) -> None:
     assert ev["hypothesis"].startswith("Traffic rose (x3.")
 
 
+def test_requests_still_running_are_traffic_not_a_fall(tmp_path: t.Any) -> None:
+    """An alert reads traffic while requests are slow: those of the last buckets are
+    still running. Counted as they end, a flat 10 a second read "Traffic fell (x0.65)";
+    counted as they arrive, it is flat."""
+
+    def run(path: str, *, arrivals: bool) -> dict[str, t.Any]:
+        store = Store(f"sqlite:///{tmp_path}/{path}")
+        t0 = float(int(time.time()) - 3600)
+        stats = Stats(bucket_seconds=1, objectives=(LATENCY,))
+        for s in range(30):
+            for i in range(10):
+                at = t0 + s + i / 10
+                if arrivals:
+                    stats.arrive(at)
+                # The last five seconds: 7 in 10 requests have not ended yet.
+                if s < 25 or i < 3:
+                    stats.add(_request("GET /api/products/<int:id>", PRODUCT_SQL, 0.002, at), [])
+        store.write(stats.drain())
+        from querywatch.alerts import evidence
+
+        ev = evidence.gather(store, t0 + 30.5, 10, width=1, gap=10)
+        store.dispose()
+        return ev
+
+    ended = run("ended.db", arrivals=False)
+    assert ended["traffic"]["counted"] == "ended"
+    assert ended["traffic"]["ratio"] == pytest.approx(0.65)
+    assert ended["hypothesis"].startswith("Traffic fell (x0.65)")
+    arrived = run("arrived.db", arrivals=True)
+    assert arrived["traffic"]["counted"] == "arrived"
+    assert arrived["traffic"]["requests_now"] == arrived["traffic"]["requests_before"] == 100
+    assert arrived["hypothesis"].startswith("Traffic is flat (x1.00)")
+
+
+def test_retries_are_told_from_a_surge_by_users(tmp_path: t.Any) -> None:
+    """Where the app names its users, requests that double while the users stay the
+    same are clients retrying, and the hypothesis says so; twice the users is a surge."""
+
+    def run(path: str, *, users_now: int) -> dict[str, t.Any]:
+        store = Store(f"sqlite:///{tmp_path}/{path}")
+        t0 = float(int(time.time()) - 3600)
+        stats = Stats(bucket_seconds=1, objectives=(LATENCY,))
+        for s in range(30):
+            if 10 <= s < 20:
+                continue
+            for i in range(20 if s >= 20 else 10):
+                at = t0 + s + i / 20
+                r = _request("GET /api/products/<int:id>", PRODUCT_SQL, 0.002, at)
+                # Before: 10 users a second; now each sends its request twice, or
+                # twice as many users come.
+                n = 10 if s < 20 else users_now
+                r.user = f"u{s}-{i % n}"
+                stats.arrive(at)
+                stats.add(r, [])
+        store.write(stats.drain())
+        from querywatch.alerts import evidence
+
+        ev = evidence.gather(store, t0 + 30.5, 10, width=1, gap=10, objective="latency")
+        store.dispose()
+        return ev
+
+    retries = run("retries.db", users_now=10)
+    assert retries["traffic"]["ratio"] == pytest.approx(2.0)
+    assert retries["traffic"]["users_ratio"] == pytest.approx(1.0)
+    assert retries["hypothesis"].startswith(
+        "Requests rose (x2.00) but users did not (x1.00): clients retrying, not a surge"
+    )
+    surge = run("surge.db", users_now=20)
+    assert surge["traffic"]["users_ratio"] == pytest.approx(2.0)
+    assert surge["hypothesis"].startswith("Traffic rose (x2.00)")
+
+
 def test_an_override_is_its_own_objective(tmp_path: t.Any) -> None:
     """The report endpoint may take 2 s: its slow requests burn its own budget, not the
     general latency objective's."""

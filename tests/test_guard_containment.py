@@ -103,10 +103,34 @@ def test_a_page_with_flat_traffic_and_one_endpoint_to_blame_engages() -> None:
 
 
 @pytest.mark.parametrize(
+    "traffic",
+    [
+        # Clients retry what the lookup fails: requests x1.90, the same users.
+        {"ratio": 1.9, "users_ratio": 1.02},
+        # Users give up on a slow app: fewer requests, and the lookup still to blame.
+        {"ratio": 0.55},
+        {"ratio": 0.6, "users_ratio": 0.58},
+    ],
+)
+def test_retries_and_users_giving_up_are_no_surge(traffic: dict[str, float]) -> None:
+    """The seed's team read a slow query as a surge. Requests that climb while the users
+    do not are retries, and traffic that fell is users leaving: neither is a reason to
+    leave the slow endpoint unlimited."""
+    d = engage(Policy(mode="enforce"), PAGE, evidence(traffic=traffic), 1560.0)
+    assert d.containment is not None, d.event
+    assert d.containment.endpoint == LOOKUP
+
+
+@pytest.mark.parametrize(
     ("changes", "policy", "why"),
     [
-        ({"traffic__ratio": 2.4}, Policy(), "traffic is not flat (x2.40)"),
-        ({"traffic__ratio": None}, Policy(), "traffic is not flat (unknown)"),
+        ({"traffic__ratio": 2.4}, Policy(), "traffic rose (x2.40), a surge"),
+        (
+            {"traffic": {"ratio": 1.9, "users_ratio": 1.6}},
+            Policy(),
+            "users rose (x1.60), a surge",
+        ),
+        ({"traffic__ratio": None}, Policy(), "no traffic in the window before to compare"),
         (
             {
                 "bad_endpoints": [

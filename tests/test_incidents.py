@@ -731,12 +731,12 @@ def test_the_postmortem_names_the_culprit_from_the_evidence(tmp_path: t.Any) -> 
     refused = [
         *incidents.timeline(inc.id),
         TimelineEvent(0, inc.id, onset + 31, "guard", "querywatch",
-                      "guard not engaged: traffic is not flat (x2.40), so no one endpoint is"
-                      " to blame.", {}),
+                      "guard not engaged: traffic rose (x2.40), a surge, so no one endpoint"
+                      " is to blame.", {}),
     ]  # fmt: skip
     text = render(incidents.get(inc.id), refused)
     section = text.split("## Containment", 1)[1].split("## Root Cause and Resolution", 1)[0]
-    assert section.strip().startswith("- **Not contained:** guard not engaged: traffic is not flat")
+    assert section.strip().startswith("- **Not contained:** guard not engaged: traffic rose")
 
 
 @pytest.mark.parametrize("reopened", ["after the fix", "between the ack and the fix"])

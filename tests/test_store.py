@@ -82,6 +82,31 @@ def test_write_merges_and_reads_back(store_url: str) -> None:
     store.dispose()
 
 
+def test_requests_count_as_they_arrive_in_the_bucket_they_started_in(store_url: str) -> None:
+    """A request counts as traffic when it starts, before it ends: two processes' arrivals
+    add up per bucket, a failed flush gives them back, and ending the request does not
+    count it twice."""
+    store = Store(store_url)
+    width = 10
+    base = 1_800_000_000.0
+    for _ in range(2):
+        stats = Stats(bucket_seconds=width)
+        for k in range(3):
+            stats.arrive(base + k)  # bucket `base`
+        stats.arrive(base + width + 1)  # the next bucket, still running
+        snap = stats.drain()
+        stats.restore(snap)  # as after a failed flush
+        stats.arrive(base + width + 2)
+        stats.add(_record("GET /a", "SELECT 1", 1, 0.001, base + 1), [])  # one has ended
+        store.write(stats.drain())
+    assert store.arrivals(base, base + width) == 6
+    assert store.arrivals(base + width, base + 2 * width) == 4
+    assert store.arrivals(base, base + 2 * width) == 10
+    assert store.arrivals(base + 2 * width, base + 3 * width) is None
+    assert store.window(base, base + 2 * width, width=width).endpoints["GET /a"].requests == 2
+    store.dispose()
+
+
 def test_the_costliest_reads_are_ranked_by_the_database(store_url: str) -> None:
     """300 read shapes over two endpoints, a write and a read without a sample among
     them: the advisor's input is the top 5 by total time summed over endpoints and
@@ -136,7 +161,7 @@ def test_a_mariadb_store_gets_double_precision_times(mariadb_url: str) -> None:
                 "INSERT INTO qw_leases VALUES ('old', 'h', 1800000030.0, 1800000000.0)"
             )
         store = Store(mariadb_url)
-        assert store.migrate() == 5
+        assert store.migrate() == schema.SCHEMA_VERSION
         with engine.connect() as conn:
             types = dict(
                 conn.exec_driver_sql(
@@ -255,7 +280,7 @@ def test_schema_version_and_forward_migration(tmp_path: t.Any) -> None:
 def test_a_version_1_store_is_upgraded_in_place(tmp_path: t.Any) -> None:
     """A store written before the advisor (version 1) gains ``sample_sql`` and
     ``qw_advice`` (2), the alert tables (3), the incident tables (4), double precision on
-    MariaDB (5), and keeps its rows."""
+    MariaDB (5), the arrivals (6), and keeps its rows."""
     url = f"sqlite:///{tmp_path}/v1.db"
     engine = create_engine(url)
     with engine.begin() as conn:
@@ -276,8 +301,9 @@ def test_a_version_1_store_is_upgraded_in_place(tmp_path: t.Any) -> None:
             tbl.create(conn)
     engine.dispose()
     store = Store(url)
-    assert store.migrate() == 5
-    assert store.schema_version() == 5
+    assert store.migrate() == 6
+    assert store.schema_version() == 6
+    assert store.arrivals(0, 1e12) is None
     assert store.shapes(["abc"])["abc"].shape == "SELECT ?"
     assert store.shapes(["abc"])["abc"].sample is None
     assert store.advice() == []
@@ -372,6 +398,45 @@ def test_queue_of_many_shape_jobs_is_bounded_by_entries() -> None:
     assert sum(a.calls for b in snap.buckets.values() for a in b.queries.values()) == (
         (MAX_QUEUED_ENTRIES // per_job + 1) * per_job
     )
+
+
+def test_a_request_still_running_is_traffic_already(tmp_path: t.Any) -> None:
+    """The app's request counts as it starts (in the store at the next flush, while it
+    still runs) and once as it ends; querywatch's own endpoints are not traffic."""
+    import threading
+
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config["QUERYWATCH_STORE_URL"] = f"sqlite:///{tmp_path}/store.db"
+    app.config["QUERYWATCH_FLUSH_INTERVAL"] = 3600
+    qw = QueryWatch(app)
+    started, release = threading.Event(), threading.Event()
+
+    @app.get("/slow")
+    def slow() -> str:
+        started.set()
+        release.wait(30)
+        return "done"
+
+    client = app.test_client()
+    assert client.get("/metrics").status_code == 200
+    t0 = time.time()
+    worker = threading.Thread(target=client.get, args=("/slow",))
+    worker.start()
+    try:
+        assert started.wait(30)
+        assert qw.flush() is True
+        store = app.extensions["querywatch"].store
+        assert store.arrivals(t0 - 120, t0 + 120) == 1
+        assert store.endpoint_totals(t0 - 120, t0 + 120) == {}
+    finally:
+        release.set()
+        worker.join(30)
+    assert qw.flush() is True
+    assert store.arrivals(t0 - 120, t0 + 120) == 1
+    assert store.endpoint_totals(t0 - 120, t0 + 120)["GET /slow"].requests == 1
+    state = app.extensions["querywatch"]
+    state.flusher._stop.set()
+    state.advice_worker.stop()
 
 
 def test_failed_flush_keeps_the_data(tmp_path: t.Any) -> None:

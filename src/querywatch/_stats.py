@@ -196,6 +196,9 @@ class MinuteBucket:
     #: objective -> user digest -> 1 if one of the user's requests was bad, else 0
     #: (bounded: :data:`MAX_USERS_PER_BUCKET` users an objective).
     users: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    #: Requests that started in the bucket, counted as each starts (see
+    #: :meth:`Stats.arrive`): the traffic, with the requests still running.
+    arrivals: int = 0
 
 
 @dataclasses.dataclass(slots=True)
@@ -238,6 +241,8 @@ class Stats:
         self._lock = threading.Lock()
         #: Finished units of work not folded in yet (see :meth:`add`).
         self._queue: collections.deque[tuple[t.Any, ...]] = collections.deque()
+        #: Start times of requests that arrived since the last fold.
+        self._arrivals: collections.deque[float] = collections.deque()
         self._queued_entries = 0
         self._buckets: dict[int, MinuteBucket] = {}
         self._shapes: dict[str, ShapeInfo] = {}
@@ -281,6 +286,16 @@ class Stats:
         if len(self._queue) >= MAX_QUEUED or self._queued_entries >= MAX_QUEUED_ENTRIES:
             self.fold()
 
+    def arrive(self, started_wall: float) -> None:
+        """Count a request as it starts. Requests are counted again when they end, in
+        the bucket they started in; a count of arrivals also holds the ones still
+        running, so the traffic an alert compares does not seem to fall while requests
+        are slow (which is when it is read)."""
+        arrivals = self._arrivals
+        arrivals.append(started_wall)
+        if len(arrivals) >= MAX_QUEUED:
+            self.fold()
+
     def fold(self) -> None:
         """Fold the queued units of work into the minute aggregates."""
         with self._lock:
@@ -289,6 +304,19 @@ class Stats:
     def _fold_queue(self) -> None:
         queue = self._queue
         self._queued_entries = 0
+        arrivals = self._arrivals
+        width = self.bucket_seconds
+        while True:
+            try:
+                started = arrivals.popleft()  # thread-safe against appends
+            except IndexError:
+                break
+            minute = int(started // width) * width
+            bucket = self._buckets.get(minute)
+            if bucket is None:
+                bucket = self._buckets[minute] = MinuteBucket()
+                self._bound_pending(minute)
+            bucket.arrivals += 1
         while True:
             try:
                 item = queue.popleft()  # thread-safe against appends
@@ -495,6 +523,7 @@ class Stats:
                     cur_u = bucket.users.setdefault(objective, {})
                     for digest, bad in users.items():
                         cur_u[digest] = max(cur_u.get(digest, 0), bad)
+                bucket.arrivals += old.arrivals
             if self._buckets:
                 self._bound_pending(max(self._buckets))
             for fp_id, info in snap.shapes.items():

@@ -84,6 +84,15 @@ def gather(
         events = sum(n for _, n, _ in rows)
         bad_events = sum(b for _, _, b in rows)
         users, bad_users = store.users_affected(objective, now - span - width, now)
+        # Where the app names its users, traffic is also counted in users: requests
+        # that climb while users do not are clients retrying, not a surge.
+        before, before_end, start, end = windows(now, span, width, gap)
+        users_now = store.users_affected(objective, start - width, end - width)[0]
+        users_before = store.users_affected(objective, before - width, before_end - width)[0]
+        out["traffic"] = dict(out["traffic"])
+        out["traffic"]["users_now"] = users_now
+        out["traffic"]["users_before"] = users_before
+        out["traffic"]["users_ratio"] = round(users_now / users_before, 3) if users_before else None
         out["objective"] = {
             "name": objective,
             "events": events,
@@ -124,6 +133,15 @@ def _gather(
     req_n, err_n, time_n, db_n = sums(eps_now)
     req_b, err_b, time_b, db_b = sums(eps_before)
     req_rate = sums(eps_rate)[0]
+    # Traffic is what arrived: a request counts as it starts, so the window now does
+    # not come up short by the slow requests still running in its last buckets (an
+    # overload read as "traffic fell"). A store without arrivals in the window before
+    # (written by an older querywatch) compares the requests that ended.
+    counted = "ended"
+    arrived_before = store.arrivals(before, before_end)
+    if arrived_before is not None:
+        counted = "arrived"
+        req_rate, req_b = store.arrivals(start, end) or 0, arrived_before
     rate_n, rate_b = _rate(req_rate, seconds), _rate(req_b, seconds)
     deltas = store.shape_deltas((start, current), (before, before_end), limit=limit)
     fps = {d[1] for d in deltas}
@@ -186,6 +204,7 @@ def _gather(
             "rate_now": round(rate_n, 4),
             "rate_before": round(rate_b, 4),
             "ratio": round(rate_n / rate_b, 3) if rate_b else None,
+            "counted": counted,
         },
         "errors": {
             "ratio_now": round(err_n / req_n, 4) if req_n else 0.0,
@@ -265,8 +284,14 @@ def hypothesis(ev: dict[str, t.Any]) -> str:
     (...)"."""
     parts = []
     ratio = ev["traffic"]["ratio"]
+    users = ev["traffic"].get("users_ratio")
     if ratio is None:
         parts.append("No traffic in the window before to compare with")
+    elif ratio >= FLAT[1] and users is not None and users < FLAT[1]:
+        parts.append(
+            f"Requests rose (x{ratio:.2f}) but users did not (x{users:.2f}): clients"
+            " retrying, not a surge"
+        )
     elif ratio >= FLAT[1]:
         parts.append(f"Traffic rose (x{ratio:.2f})")
     elif ratio <= FLAT[0]:

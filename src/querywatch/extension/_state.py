@@ -264,8 +264,10 @@ class AppState:
 
     def new_record(self, name: str, kind: str) -> capture.Record:
         record = capture.Record(name=name, kind=kind, settings=self.settings, engines=self.engines)
-        if self.guard is not None and kind == "request":
-            record.budget = self.guard.budget(name)
+        if kind == "request":
+            self.stats.arrive(record.started_wall)
+            if self.guard is not None:
+                record.budget = self.guard.budget(name)
         return record
 
     def finish(self, record: capture.Record, status: int) -> list[Finding]:

@@ -1,7 +1,8 @@
 """Automatic containment: the decisions, as functions of what the store says.
 
-When a paging alert fires, traffic is flat and its evidence puts most of the objective's
-bad requests on one endpoint, that endpoint is put under a concurrency limit derived from
+When a paging alert fires, traffic did not rise (in users where the app names them:
+retries are not a surge) and its evidence puts most of the objective's bad requests on
+one endpoint, that endpoint is put under a concurrency limit derived from
 its culprit query's calm latency (Little's law: the requests a second it serves, times the
 time a request takes when calm, with headroom). Each round after, the limit follows the
 culprit's latency (AIMD, as in Netflix's concurrency-limits): multiplied down by the
@@ -93,12 +94,25 @@ class Decision(t.NamedTuple):
 def engage(policy: Policy, key: str, evidence: t.Mapping[str, t.Any], now: float) -> Decision:
     """The containment a firing paging alert's evidence calls for, or None with why not
     (every "no" says why)."""
-    ratio = (evidence.get("traffic") or {}).get("ratio")
-    if ratio is None or not FLAT[0] < ratio < FLAT[1]:
-        what = "unknown" if ratio is None else f"x{ratio:.2f}"
+    traffic = evidence.get("traffic") or {}
+    # A surge is more users where the app names them: requests that climb while users
+    # do not are clients retrying what the slow endpoint fails (the seed's team scaled
+    # servers for such a "surge"). Traffic that fell is no surge either: users give up
+    # on a slow app, and its slow endpoint is still to blame.
+    users = traffic.get("users_ratio")
+    ratio = users if users is not None else traffic.get("ratio")
+    if ratio is None:
         return Decision(
             None,
-            f"guard not engaged: traffic is not flat ({what}), so no one endpoint is to blame.",
+            "guard not engaged: no traffic in the window before to compare with, so a surge"
+            " cannot be told from one slow endpoint.",
+        )
+    if ratio >= FLAT[1]:
+        what = "users" if users is not None else "traffic"
+        return Decision(
+            None,
+            f"guard not engaged: {what} rose (x{ratio:.2f}), a surge, so no one endpoint is"
+            " to blame.",
         )
     objective = evidence.get("objective") or {}
     bad = [b for b in evidence.get("bad_endpoints") or [] if b.get("bad")]

@@ -57,6 +57,7 @@ class StatsWrites(Base):
                         self._merge_endpoints(conn, minute, bucket.endpoints)
                         self._merge_slo(conn, minute, bucket.slo)
                         self._merge_users(conn, minute, bucket.users)
+                        self._merge_arrivals(conn, minute, bucket.arrivals)
                     self._merge_findings(conn, snap.findings)
                 break
             except IntegrityError:
@@ -309,6 +310,31 @@ class StatsWrites(Base):
             ]
             _write_rows(conn, tbl, ("objective", "minute", "user_digest"), inserts, updates)
 
+    def _merge_arrivals(self, conn: Connection, minute: int, n: int) -> None:
+        if not n:
+            return
+        tbl = schema.arrivals
+        old = conn.execute(
+            self._lock_rows(select(tbl.c.requests).where(tbl.c.minute == minute))
+        ).scalar()
+        if old is None:
+            conn.execute(tbl.insert().values(minute=minute, requests=n))
+        else:
+            conn.execute(tbl.update().where(tbl.c.minute == minute).values(requests=old + n))
+
+    def arrivals(self, since: float, until: float) -> int | None:
+        """The requests that started in the buckets of ``[since, until)`` (bucket
+        starts), those still running included; None when no bucket of it counted any
+        (a store written by an older querywatch, or no traffic)."""
+        from sqlalchemy import func
+
+        self.migrate()
+        tbl = schema.arrivals
+        stmt = select(func.sum(tbl.c.requests)).where(tbl.c.minute >= since, tbl.c.minute < until)
+        with self.engine.connect() as conn:
+            n = conn.execute(stmt).scalar()
+        return int(n) if n else None
+
     def users_affected(self, objective: str, since: float, until: float) -> tuple[int, int]:
         """(distinct users, distinct users with a bad request) of an objective in the
         buckets that overlap ``(since, until]``."""
@@ -385,6 +411,7 @@ class StatsWrites(Base):
                 schema.slo_stats,
                 schema.slo_totals,
                 schema.slo_users,
+                schema.arrivals,
                 schema.pool_stats,
                 schema.cache_stats,
             ):

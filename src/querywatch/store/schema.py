@@ -35,7 +35,8 @@ if t.TYPE_CHECKING:
 #: 5: times and durations in double precision on MariaDB/MySQL too (their ``FLOAT`` is
 #: single precision: a Unix time to within about two minutes, which let a lease expire
 #: at once); nothing changes on PostgreSQL and SQLite, whose float is already double.
-SCHEMA_VERSION = 5
+#: 6: ``qw_arrivals`` (requests counted as they start, the ones still running too).
+SCHEMA_VERSION = 6
 
 metadata = MetaData()
 
@@ -186,6 +187,16 @@ slo_users = Table(
     Column("minute", BigInteger, primary_key=True, autoincrement=False),
     Column("user_digest", String(16), primary_key=True),
     Column("bad", Integer, nullable=False),
+)
+
+#: Per bucket, the requests that started in it, counted as each starts: the traffic an
+#: alert's evidence compares, which must not seem to fall while requests are slow and
+#: still running (``qw_endpoint_stats`` counts a request once it has ended).
+arrivals = Table(
+    "qw_arrivals",
+    metadata,
+    Column("minute", BigInteger, primary_key=True, autoincrement=False),
+    Column("requests", BigInteger, nullable=False),
 )
 
 #: Per bucket and pool: checkouts, the time they waited, and the ones that timed out.
@@ -368,6 +379,13 @@ def _migrate_to_5(conn: Connection) -> None:
                 conn.exec_driver_sql(f"ALTER TABLE {tbl.name} MODIFY {col.name} DOUBLE {null}")
 
 
+def _migrate_to_6(conn: Connection) -> None:
+    from sqlalchemy import inspect
+
+    if not inspect(conn).has_table(arrivals.name):
+        arrivals.create(conn)
+
+
 #: ``MIGRATIONS[n]`` takes a store from version ``n - 1`` to ``n``.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _migrate_to_1,
@@ -375,4 +393,5 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     3: _migrate_to_3,
     4: _migrate_to_4,
     5: _migrate_to_5,
+    6: _migrate_to_6,
 }
