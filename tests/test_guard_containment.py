@@ -787,6 +787,66 @@ def test_a_change_of_the_limit_says_what_it_spares_the_rest_of_the_app(tmp_path:
         store.engine.dispose()
 
 
+def test_a_page_refused_at_first_is_judged_again_while_it_fires(tmp_path: t.Any) -> None:
+    """Seconds after the onset the overload has not sorted the culprit from what it slows
+    (the page's evidence: 60% of the bad requests on the lookup). While the page fires
+    and nothing is contained, each round gathers its evidence again; the refusal is said
+    once, and the guard engages once the store puts the bad requests on the lookup."""
+    import time
+
+    from querywatch.alerts import evidence as gather_evidence
+    from test_alert_eval import _replay
+
+    store = Store(f"sqlite:///{tmp_path}/qw.db")
+    try:
+        start = float(int(time.time()) - 120)
+        onset = start + 60
+        _replay(store, start, 100, incident=(onset, start + 100))
+        at_page = gather_evidence.gather(
+            store, onset + 10.5, 10, width=1, gap=10, objective="latency"
+        )
+        assert at_page["bad_endpoints"][0]["endpoint"] == LOOKUP
+        # As at the page: the lookup's share not sorted out yet.
+        at_page["bad_endpoints"] = [
+            {"endpoint": LOOKUP, "events": 30, "bad": 30},
+            {"endpoint": "GET /api/products/<int:id>", "events": 70, "bad": 20},
+        ]
+        at_page["objective"] = {**at_page["objective"], "bad": 50}
+        _page(store, "firing", at_page, onset + 10.5)
+        guard = _guard("enforce")
+        first = guard.contain(store, leader=True, now=onset + 11, width=1)
+        assert first == [
+            "guard not engaged: 60% of the bad requests are GET /api/orders/lookup, under the"
+            " 80% that implicates one endpoint."
+        ]
+        assert guard.contained == {}
+        # The next round reads the store: every bad request is the lookup's.
+        second = guard.contain(store, leader=True, now=onset + 12, width=1)
+        assert len(second) == 1
+        assert second[0].startswith("guard engaged on GET /api/orders/lookup: at most 1 at once")
+        assert guard.contained[LOOKUP].alert == PAGE
+        assert guard.bulkheads[LOOKUP].limit == 1
+    finally:
+        store.engine.dispose()
+
+
+def test_a_refusal_that_still_holds_is_said_once(tmp_path: t.Any) -> None:
+    """A page whose endpoint is never_shed is judged again each round, and says nothing
+    more."""
+    store = Store(f"sqlite:///{tmp_path}/qw.db")
+    guard = _guard("enforce", endpoints={LOOKUP: {"never_shed": True}})
+    try:
+        _page(store, "firing", EVIDENCE, 1560.0)
+        assert guard.contain(store, leader=True, now=1561.0, width=60) == [
+            "guard not engaged: GET /api/orders/lookup is marked never_shed."
+        ]
+        for i in range(3):
+            assert guard.contain(store, leader=True, now=1562.0 + i, width=60) == []
+        assert guard.contained == {}
+    finally:
+        store.engine.dispose()
+
+
 @pytest.mark.allow_internal_errors
 def test_a_user_function_that_fails_leaves_the_limit_in_force() -> None:
     """The app's QUERYWATCH_USER raising while an endpoint is contained: the request is
