@@ -830,6 +830,59 @@ def test_a_page_refused_at_first_is_judged_again_while_it_fires(tmp_path: t.Any)
         store.engine.dispose()
 
 
+def test_a_limit_lifted_by_a_fix_is_not_engaged_again_while_its_page_fires(
+    tmp_path: t.Any,
+) -> None:
+    """The fix brings the lookup down to 1 ms and the limit lifts itself while the page
+    still fires (its windows still hold the slow lookups of before the fix). Judged
+    again on that evidence, the page would engage the lookup again: it does not, nor for
+    a lease holder that takes over."""
+    import time
+
+    from querywatch._stats import Stats
+    from querywatch.alerts import evidence as gather_evidence
+    from querywatch.fingerprint import fingerprint
+    from querywatch.guard._state import write
+    from test_alert_eval import LATENCY
+    from test_alert_eval import LOOKUP_SQL
+    from test_alert_eval import _replay
+    from test_alert_eval import _request
+
+    store = Store(f"sqlite:///{tmp_path}/qw.db")
+    try:
+        start = float(int(time.time()) - 120)
+        onset = start + 60
+        fixed = start + 100
+        _replay(store, start, 100, incident=(onset, fixed))
+        stats = Stats(bucket_seconds=1, objectives=(LATENCY,))
+        for k in range(12):  # after the fix: three lookups a second, 1 ms each
+            stats.add(_request(LOOKUP, LOOKUP_SQL, 0.001, fixed + k / 3), [])
+        store.write(stats.drain())
+        ev = gather_evidence.gather(store, onset + 10.5, 10, width=1, gap=10, objective="latency")
+        _page(store, "firing", ev, onset + 10.5)
+        # Still firing after the fix, the page's evidence blames the lookup.
+        again = gather_evidence.gather(store, fixed + 3.5, 10, width=1, gap=10, objective="latency")
+        assert engage(Policy(mode="enforce"), PAGE, again, fixed + 3.5).containment is not None
+        shape = fingerprint(LOOKUP_SQL).id
+        write(store, {LOOKUP: Containment(LOOKUP, "enforce", 1, PAGE, shape, None, 2000.0,
+                                          onset + 11, fixed, calm_rounds=2, floor_ms=2000.0,
+                                          changed=onset + 11)})  # fmt: skip
+        guard = _guard("enforce")
+        guard._judged[PAGE] = onset + 10.5  # it engaged this page
+        said = guard.contain(store, leader=True, now=fixed + 3.5, width=1)
+        assert said == [
+            "guard lifted on GET /api/orders/lookup: its query is down to 1 ms, from 2000 ms"
+            " at best while limited, 3 rounds in a row."
+        ]
+        for k in range(3):
+            assert guard.contain(store, leader=True, now=fixed + 4.5 + k, width=1) == []
+        successor = _guard("enforce")
+        assert successor.contain(store, leader=True, now=fixed + 8.5, width=1) == []
+        assert read_state(store) == {}
+    finally:
+        store.engine.dispose()
+
+
 def test_a_refusal_that_still_holds_is_said_once(tmp_path: t.Any) -> None:
     """A page whose endpoint is never_shed is judged again each round, and says nothing
     more."""

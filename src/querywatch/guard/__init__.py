@@ -31,6 +31,7 @@ from ._containment import engage
 from ._state import STATE_KEY
 from ._state import lifted
 from ._state import read
+from ._state import remember_lifted
 from ._state import write
 
 if t.TYPE_CHECKING:
@@ -217,7 +218,7 @@ class Guard:
     def _decide(self, store: t.Any, now: float, width: float) -> list[str]:
         policy = self.policy
         state = read(store)
-        by_hand = lifted(store)
+        lifted_alerts = lifted(store)
         firing = {
             k: a
             for k, a in store.alert_states().items()
@@ -258,11 +259,16 @@ class Guard:
                 event = event[:-1] + self._status(shed, missed) + "."
             if d.containment is not None:
                 new[endpoint] = d.containment
+            elif c.alert in firing:
+                # Lifted (a fix) while its page still fires: the page's evidence still
+                # holds the bad requests of before the fix, and would engage it again.
+                remember_lifted(store, c.alert, firing[c.alert].since)
+                lifted_alerts[c.alert] = firing[c.alert].since
             if event:
                 events.append(event)
                 told.append((c.alert, event))
         for key, alert in sorted(firing.items()):
-            if by_hand.get(key) == alert.since or any(c.alert == key for c in new.values()):
+            if lifted_alerts.get(key) == alert.since or any(c.alert == key for c in new.values()):
                 continue
             # A page is judged on its evidence when it fires, and again each round while
             # it fires and nothing is contained: seconds after the onset, the overload

@@ -14,8 +14,8 @@ from ._containment import loads
 if t.TYPE_CHECKING:
     from ..store import Store
 
-#: ``qw_meta`` keys: the containments in force, and the alerts whose containment a person
-#: lifted (not engaged again while they keep firing).
+#: ``qw_meta`` keys: the containments in force, and the alerts whose containment was
+#: lifted, by a person or by itself (not engaged again while they keep firing).
 STATE_KEY = "guard.containment"
 LIFTED_KEY = "guard.lifted"
 #: Lifted alerts remembered (the oldest are forgotten first).
@@ -31,9 +31,20 @@ def write(store: Store, state: t.Mapping[str, Containment]) -> None:
 
 
 def lifted(store: Store) -> dict[str, float]:
-    """The alerts whose containment a person lifted, with when each began firing."""
+    """The alerts whose containment was lifted, with when each began firing."""
     text = store.meta_value(LIFTED_KEY)
     return {k: float(v) for k, v in json.loads(text).items()} if text else {}
+
+
+def remember_lifted(store: Store, alert: str, alert_since: float) -> None:
+    """``alert``, firing since ``alert_since``, had its containment lifted: it does not
+    engage it again while it keeps firing (its evidence still holds the bad requests of
+    before the fix)."""
+    done = lifted(store)
+    done[alert] = alert_since
+    while len(done) > MAX_LIFTED:
+        del done[next(iter(done))]
+    store.set_meta(LIFTED_KEY, json.dumps(done, sort_keys=True))
 
 
 def lift(store: Store, endpoint: str, alert_since: float | None) -> Containment:
@@ -43,11 +54,7 @@ def lift(store: Store, endpoint: str, alert_since: float | None) -> Containment:
     c = state.pop(endpoint)
     write(store, state)
     if alert_since is not None:
-        done = lifted(store)
-        done[c.alert] = alert_since
-        while len(done) > MAX_LIFTED:
-            del done[next(iter(done))]
-        store.set_meta(LIFTED_KEY, json.dumps(done, sort_keys=True))
+        remember_lifted(store, c.alert, alert_since)
     return c
 
 
