@@ -384,7 +384,7 @@ def test_two_workers_never_send_the_same_message(store_url: str, receiver: Recei
          "Escalation policy, targets.s.url: a slack target needs 'url'."),
         ({"targets": {"s": {"type": "sms", "to": "1"}}, "levels": [{"targets": ["s"]}]},
          "Escalation policy, targets.s.type: expected one of webhook, slack, email, pagerduty,"
-         " log, got 'sms'."),
+         " opsgenie, teams, log, got 'sms'."),
         ({"targets": {"m": {"type": "email", "to": ["ops"], "host": "h"}},
           "levels": [{"targets": ["m"]}]},
          "Escalation policy, targets.m.to: expected e-mail addresses, got ['ops']."),
@@ -1313,6 +1313,149 @@ def test_slack_and_pagerduty_messages(tmp_path: t.Any) -> None:
     assert pd[0]["payload"]["severity"] == "error"
     assert pd[0]["payload"]["source"] == "querywatch"
     assert pd[0]["payload"]["custom_details"]["hypothesis"].startswith("Traffic is flat")
+
+
+class _ApiSink:
+    """A local HTTP server that records each POST (path with its query, headers, JSON
+    body) and answers 202, or ``fail_first`` times 503 first."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.got: list[tuple[str, dict[str, str], dict[str, t.Any]]] = []
+        self.fail_first = fail_first
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if sink.fail_first:
+                    sink.fail_first -= 1
+                    self.send_response(503)
+                    self.end_headers()
+                    self.wfile.write(b'{"message": "try again"}')
+                    return
+                sink.got.append((self.path, dict(self.headers), body))
+                self.send_response(202)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"result": "Request will be processed", "requestId": "r"}')
+
+            def log_message(self, *args: t.Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_opsgenie_alerts_by_alias_and_teams_adaptive_cards(tmp_path: t.Any) -> None:
+    """Opsgenie gets the Alert API v2 (GenieKey authorization; an alert created with the
+    incident's alias, acknowledged and closed by it); Teams gets an Adaptive Card in a
+    message envelope, as a workflow's webhook trigger takes it. A first delivery answered
+    503 is retried, with the same content, through the outbox."""
+    sink = _ApiSink(fail_first=1)
+    policy = load_policy(
+        {
+            "targets": {
+                "genie": {
+                    "type": "opsgenie",
+                    "api_key": "0123-genie-key",
+                    "url": f"{sink.base}/",
+                    "responders": ["team:backend", "user:alice@example.com"],
+                    "tags": ["shop"],
+                },
+                "channel": {"type": "teams", "url": f"{sink.base}/workflows/abc/invoke"},
+            },
+            "levels": [{"targets": ["genie", "channel"]}],
+        }
+    )
+    incidents = Incidents(Store(f"sqlite:///{tmp_path}/qw.db"), policy)
+    outbox = Outbox(incidents)
+    try:
+        inc, _ = incidents.trigger(
+            "slo:latency", "Order lookups slow " + "x" * 200, alert_severity="page",
+            evidence={"hypothesis": "Traffic is flat (x1.00); one query shape takes 92%."},
+            now=1_800_000_000.0,
+        )  # fmt: skip
+        assert outbox.run_once(now=1_800_000_000.0) == 1  # the first one answered 503
+        assert outbox.run_once(now=1_800_000_100.0) == 1  # retried
+        incidents.acknowledge(inc.id, "carol", now=1_800_000_110.0)
+        incidents.resolve(inc.id, "carol", now=1_800_000_120.0)
+        assert outbox.run_once(now=1_800_000_120.0) == 4
+    finally:
+        sink.close()
+    genie = [(path, h, b) for path, h, b in sink.got if path.startswith("/v2/")]
+    alias = f"querywatch-{inc.id}"
+    assert [path for path, _, _ in genie] == [
+        "/v2/alerts",
+        f"/v2/alerts/{alias}/acknowledge?identifierType=alias",
+        f"/v2/alerts/{alias}/close?identifierType=alias",
+    ]
+    assert {h["Authorization"] for _, h, _ in genie} == {"GenieKey 0123-genie-key"}
+    created = genie[0][2]
+    assert created["alias"] == alias
+    assert len(created["message"]) == 130  # Opsgenie's limit
+    assert created["message"].startswith(f"[querywatch SEV2] Triggered #{inc.id}: Order lookups")
+    assert created["priority"] == "P2"
+    assert created["source"] == "querywatch"
+    assert created["responders"] == [
+        {"type": "team", "name": "backend"},
+        {"type": "user", "username": "alice@example.com"},
+    ]
+    assert created["tags"] == ["querywatch", "SEV2", "shop"]
+    assert all(isinstance(v, str) for v in created["details"].values())  # a map of strings
+    assert created["details"]["incident"] == str(inc.id)
+    assert "Evidence: Traffic is flat (x1.00)" in created["description"]
+    assert genie[1][2]["user"] == "carol"
+    assert genie[1][2]["source"] == genie[2][2]["source"] == "querywatch"
+    teams = [b for path, _, b in sink.got if path.startswith("/workflows/")]
+    assert len(teams) == 3
+    for card in teams:
+        assert card["type"] == "message"
+        (attachment,) = card["attachments"]
+        assert attachment["contentType"] == "application/vnd.microsoft.card.adaptive"
+        content = attachment["content"]
+        assert content["type"] == "AdaptiveCard"
+        assert content["version"] == "1.4"
+        assert content["$schema"] == "http://adaptivecards.io/schemas/adaptive-card.json"
+        assert [b["type"] for b in content["body"]][:3] == ["TextBlock", "TextBlock", "FactSet"]
+    titles = [c["attachments"][0]["content"]["body"][0]["text"] for c in teams]
+    assert [x.split("]")[1].split("#")[0].strip() for x in titles] == [
+        "Triggered", "Acknowledged", "Resolved"
+    ]  # fmt: skip
+    facts = teams[0]["attachments"][0]["content"]["body"][2]["facts"]
+    assert {"title": "Severity", "value": "SEV2"} in facts
+    assert "Evidence: Traffic is flat" in json.dumps(teams[0])
+    # Retried with the same content, and the retry is on the incident's timeline.
+    timeline = [e.text for e in incidents.timeline(inc.id)]
+    assert any("failed" in x and "503" in x and "retrying" in x for x in timeline), timeline
+
+
+@pytest.mark.parametrize(
+    ("target", "field", "says"),
+    [
+        ({"type": "opsgenie"}, "api_key", "an opsgenie target needs 'api_key'"),
+        (
+            {"type": "opsgenie", "api_key": "k", "responders": ["squad:x"]},
+            "responders",
+            "expected 'team:NAME', 'user:EMAIL'",
+        ),
+        ({"type": "opsgenie", "api_key": "k", "tags": "a,b"}, "tags", "a list of strings"),
+        ({"type": "opsgenie", "api_key": "k", "url": "api.opsgenie.com"}, "url", "http(s) URL"),
+        ({"type": "teams"}, "url", "a teams target needs 'url'"),
+        ({"type": "teams", "url": "https://x.example", "channel": "c"}, "channel", "takes url"),
+    ],
+)
+def test_opsgenie_and_teams_targets_are_checked_at_start_up(
+    target: dict[str, t.Any], field: str, says: str
+) -> None:
+    with pytest.raises(PolicyError) as e:
+        load_policy({"targets": {"t": target}, "levels": [{"targets": ["t"]}]})
+    assert f"targets.t.{field}" in str(e.value)
+    assert says in str(e.value)
 
 
 def test_mail_over_starttls_with_authentication(tmp_path: t.Any) -> None:

@@ -10,6 +10,11 @@ start-up and delivering a message, raising :class:`DeliveryError` on failure.
   ``Message-ID`` derives from the idempotency key, so a resent mail is the same mail;
 - ``pagerduty``: Events API v2, ``trigger``/``acknowledge``/``resolve`` with the
   incident's ``dedup_key``;
+- ``opsgenie``: the Alert API v2 with an integration's API key: an alert created with
+  the incident's ``alias`` (Opsgenie keeps one open alert an alias, so a message sent
+  again adds to it), acknowledged and closed by that alias;
+- ``teams``: a Microsoft Teams workflow ("When a Teams webhook request is received"),
+  an Adaptive Card with the summary, the facts and the evidence;
 - ``log``: the ``querywatch.incidents`` logger.
 
 A new kind is a :class:`Notifier` subclass with a ``kind``, its options and ``deliver``,
@@ -47,6 +52,8 @@ __all__ = [
 logger = logging.getLogger("querywatch.incidents")
 USER_AGENT = "querywatch-incidents/1"
 PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
+#: Opsgenie's API (``https://api.eu.opsgenie.com`` for an account in the EU).
+OPSGENIE_URL = "https://api.opsgenie.com"
 
 _N = t.TypeVar("_N", bound="type[Notifier]")
 
@@ -82,14 +89,15 @@ class Notifier(abc.ABC):
     def validate(cls, field: str, options: dict[str, t.Any]) -> dict[str, t.Any]:
         """The target's options, checked (a :class:`PolicyError` names the field) and
         completed with defaults."""
+        a = "an" if cls.kind[:1] in ("a", "e", "i", "o", "u") else "a"
         for key in cls.required:
             if options.get(key) in (None, "", []):
-                raise PolicyError(f"{field}.{key}", f"a {cls.kind} target needs '{key}'.")
+                raise PolicyError(f"{field}.{key}", f"{a} {cls.kind} target needs '{key}'.")
         unknown = sorted(set(options) - set(cls.required) - set(cls.optional))
         if unknown:
             raise PolicyError(
                 f"{field}.{unknown[0]}",
-                f"a {cls.kind} target takes"
+                f"{a} {cls.kind} target takes"
                 f" {', '.join(cls.required + cls.optional) or 'no options'}.",
             )
         options = cls.check(field, dict(options))
@@ -331,6 +339,134 @@ class PagerDutyNotifier(Notifier):
                 },
             }
         _post(self.options["url"], json.dumps(event).encode(), {}, self.timeout)
+
+
+#: What each severity pages as in Opsgenie (P1 the highest).
+_OPSGENIE_PRIORITY = {"SEV1": "P1", "SEV2": "P2", "SEV3": "P3"}
+_RESPONDER_TYPES = ("team", "user", "escalation", "schedule")
+
+
+@register
+class OpsgenieNotifier(Notifier):
+    kind = "opsgenie"
+    required = ("api_key",)
+    optional = ("url", "responders", "tags", "timeout")
+
+    @classmethod
+    def check(cls, field: str, options: dict[str, t.Any]) -> dict[str, t.Any]:
+        _check_url(field, options)
+        options["url"] = options.get("url", OPSGENIE_URL).rstrip("/")
+        responders = options.get("responders", [])
+        if isinstance(responders, str):
+            responders = [responders]
+        parsed = []
+        for r in responders if isinstance(responders, list) else [responders]:
+            kind, _, name = r.partition(":") if isinstance(r, str) else ("", "", "")
+            if kind not in _RESPONDER_TYPES or not name:
+                raise PolicyError(
+                    f"{field}.responders",
+                    f"expected 'team:NAME', 'user:EMAIL', 'escalation:NAME' or"
+                    f" 'schedule:NAME', got {r!r}.",
+                )
+            key = "username" if kind == "user" else "name"
+            parsed.append({"type": kind, key: name})
+        options["responders"] = parsed
+        tags = options.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(x, str) for x in tags):
+            raise PolicyError(f"{field}.tags", f"expected a list of strings, got {tags!r}.")
+        return options
+
+    def deliver(self, message: dict[str, t.Any]) -> None:
+        opts = self.options
+        inc = message["incident"]
+        alias = f"querywatch-{inc['id']}"
+        headers = {"Authorization": f"GenieKey {opts['api_key']}"}
+        action = message["action"]
+        if action in ("acknowledge", "resolve"):
+            verb = "acknowledge" if action == "acknowledge" else "close"
+            body = {"source": "querywatch", "note": message["text"][:25000]}
+            if inc.get("owner"):
+                body["user"] = str(inc["owner"])[:100]
+            url = f"{opts['url']}/v2/alerts/{alias}/{verb}?identifierType=alias"
+            _post(url, json.dumps(body).encode(), headers, self.timeout)
+            return
+        description = message["text"]
+        if inc.get("hypothesis"):
+            description += f"\n\nEvidence: {inc['hypothesis']}"
+        alert: dict[str, t.Any] = {
+            "message": _subject(message)[:130],
+            "alias": alias,
+            "description": description[:15000],
+            "source": "querywatch",
+            "priority": _OPSGENIE_PRIORITY.get(inc["severity"], "P4"),
+            "tags": ["querywatch", str(inc["severity"]), *opts.get("tags", [])][:20],
+            "details": {
+                "incident": str(inc["id"]),
+                "status": str(inc["status"]),
+                "owner": str(inc.get("owner") or ""),
+                "idempotency_key": message["idempotency_key"],
+            },
+        }
+        if opts.get("responders"):
+            alert["responders"] = opts["responders"]
+        _post(f"{opts['url']}/v2/alerts", json.dumps(alert).encode(), headers, self.timeout)
+
+
+@register
+class TeamsNotifier(Notifier):
+    kind = "teams"
+    required = ("url",)
+    optional = ("timeout",)
+
+    @classmethod
+    def check(cls, field: str, options: dict[str, t.Any]) -> dict[str, t.Any]:
+        _check_url(field, options)
+        return options
+
+    def deliver(self, message: dict[str, t.Any]) -> None:
+        inc = message["incident"]
+        facts = [
+            {"title": "Severity", "value": str(inc["severity"])},
+            {"title": "Status", "value": str(inc["status"])},
+        ]
+        if inc.get("owner"):
+            facts.append({"title": "Owner", "value": str(inc["owner"])})
+        body: list[dict[str, t.Any]] = [
+            {
+                "type": "TextBlock",
+                "text": _subject(message),
+                "weight": "Bolder",
+                "size": "Medium",
+                "wrap": True,
+            },
+            {"type": "TextBlock", "text": message["text"][:10000], "wrap": True},
+            {"type": "FactSet", "facts": facts},
+        ]
+        if inc.get("hypothesis"):
+            body.append(
+                {
+                    "type": "TextBlock",
+                    "text": f"Evidence: {inc['hypothesis']}"[:10000],
+                    "wrap": True,
+                    "isSubtle": True,
+                }
+            )
+        card = {
+            "type": "message",
+            "attachments": [
+                {
+                    "contentType": "application/vnd.microsoft.card.adaptive",
+                    "contentUrl": None,
+                    "content": {
+                        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                        "type": "AdaptiveCard",
+                        "version": "1.4",
+                        "body": body,
+                    },
+                }
+            ],
+        }
+        _post(self.options["url"], json.dumps(card).encode(), {}, self.timeout)
 
 
 @register
