@@ -1434,6 +1434,41 @@ def test_opsgenie_alerts_by_alias_and_teams_adaptive_cards(tmp_path: t.Any) -> N
     assert any("failed" in x and "503" in x and "retrying" in x for x in timeline), timeline
 
 
+def test_apprise_reaches_the_long_tail_through_the_outbox(tmp_path: t.Any) -> None:
+    """An apprise target (Apprise's own ``json://`` service, to a local server): the
+    subject as the title, the text and the evidence as the body, the kind of message as
+    Apprise's type; a service that fails is a delivery failure, retried."""
+    sink = _ApiSink(fail_first=1)
+    port = sink.server.server_port
+    policy = load_policy(
+        {
+            "targets": {"tail": {"type": "apprise", "urls": f"json://127.0.0.1:{port}/notify"}},
+            "levels": [{"targets": ["tail"]}],
+        }
+    )
+    incidents = Incidents(Store(f"sqlite:///{tmp_path}/qw.db"), policy)
+    outbox = Outbox(incidents)
+    try:
+        inc, _ = incidents.trigger(
+            "slo:latency", "Order lookups slow", alert_severity="page",
+            evidence={"hypothesis": "Traffic is flat (x1.00); one query shape takes 92%."},
+            now=1_800_000_000.0,
+        )  # fmt: skip
+        assert outbox.run_once(now=1_800_000_000.0) == 0  # the service answered 503
+        assert outbox.run_once(now=1_800_000_100.0) == 1
+        incidents.resolve(inc.id, "carol", now=1_800_000_120.0)
+        assert outbox.run_once(now=1_800_000_120.0) == 1
+    finally:
+        sink.close()
+    assert [path for path, _, _ in sink.got] == ["/notify", "/notify"]
+    first, last = (b for _, _, b in sink.got)
+    assert first["title"] == f"[querywatch SEV2] Triggered #{inc.id}: Order lookups slow"
+    assert "Evidence: Traffic is flat (x1.00)" in first["message"]
+    assert (first["type"], last["type"]) == ("failure", "success")
+    timeline = [e.text for e in incidents.timeline(inc.id)]
+    assert any("Apprise could not deliver" in x and "retrying" in x for x in timeline), timeline
+
+
 @pytest.mark.parametrize(
     ("target", "field", "says"),
     [
@@ -1446,6 +1481,8 @@ def test_opsgenie_alerts_by_alias_and_teams_adaptive_cards(tmp_path: t.Any) -> N
         ({"type": "opsgenie", "api_key": "k", "tags": "a,b"}, "tags", "a list of strings"),
         ({"type": "opsgenie", "api_key": "k", "url": "api.opsgenie.com"}, "url", "http(s) URL"),
         ({"type": "teams"}, "url", "a teams target needs 'url'"),
+        ({"type": "apprise", "urls": ["nosuchservice://x"]}, "urls", "Apprise does not take"),
+        ({"type": "apprise", "urls": [3]}, "urls", "expected Apprise URLs"),
         ({"type": "teams", "url": "https://x.example", "channel": "c"}, "channel", "takes url"),
     ],
 )

@@ -15,6 +15,8 @@ start-up and delivering a message, raising :class:`DeliveryError` on failure.
   again adds to it), acknowledged and closed by that alias;
 - ``teams``: a Microsoft Teams workflow ("When a Teams webhook request is received"),
   an Adaptive Card with the summary, the facts and the evidence;
+- ``apprise``: any of the services Apprise reaches, by its URLs (``pip install
+  'querywatch[apprise]'``): the long tail (Discord, Mattermost, Telegram, ntfy, ...);
 - ``log``: the ``querywatch.incidents`` logger.
 
 A new kind is a :class:`Notifier` subclass with a ``kind``, its options and ``deliver``,
@@ -467,6 +469,60 @@ class TeamsNotifier(Notifier):
             ],
         }
         _post(self.options["url"], json.dumps(card).encode(), {}, self.timeout)
+
+
+@register
+class AppriseNotifier(Notifier):
+    """The long tail of services through Apprise, configured by its URLs
+    (``discord://...``, ``mmost://...``, ``ntfy://...``)."""
+
+    kind = "apprise"
+    required = ("urls",)
+    optional = ()
+
+    @classmethod
+    def check(cls, field: str, options: dict[str, t.Any]) -> dict[str, t.Any]:
+        try:
+            import apprise
+        except ImportError:
+            raise PolicyError(
+                f"{field}.type",
+                "an apprise target needs Apprise: pip install 'querywatch[apprise]'.",
+            ) from None
+        urls = options["urls"]
+        if isinstance(urls, str):
+            urls = [urls]
+        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+            raise PolicyError(f"{field}.urls", f"expected Apprise URLs, got {urls!r}.")
+        for url in urls:
+            if not apprise.Apprise().add(url):
+                scheme = url.split("://", 1)[0] if "://" in url else url[:20]
+                raise PolicyError(
+                    f"{field}.urls",
+                    f"Apprise does not take {scheme!r}:// URLs of that form"
+                    " (see https://github.com/caronc/apprise/wiki for each service's).",
+                )
+        options["urls"] = urls
+        return options
+
+    def deliver(self, message: dict[str, t.Any]) -> None:
+        import apprise
+
+        inc = message["incident"]
+        body = message["text"]
+        if inc.get("hypothesis"):
+            body += f"\n\nEvidence: {inc['hypothesis']}"
+        kind = {
+            "trigger": apprise.NotifyType.FAILURE,
+            "escalate": apprise.NotifyType.FAILURE,
+            "resolve": apprise.NotifyType.SUCCESS,
+        }.get(message["action"], apprise.NotifyType.INFO)
+        sender = apprise.Apprise()
+        for url in self.options["urls"]:
+            sender.add(url)
+        if not sender.notify(title=_subject(message), body=body, notify_type=kind):
+            services = ", ".join(u.split("://", 1)[0] for u in self.options["urls"])
+            raise DeliveryError(f"Apprise could not deliver to every service ({services}).")
 
 
 @register
