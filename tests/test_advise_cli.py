@@ -181,3 +181,91 @@ def test_advise_on_a_database_without_its_driver_says_what_to_install(tmp_path: 
     assert "postgresql+psycopg://" in result.output
     assert "secret" not in result.output
     assert "Traceback" not in result.output
+
+
+def _run_on_terminal(args: list[str], *, stderr_tty: bool, cwd: str) -> tuple[int, str, str]:
+    """Run ``querywatch ARGS`` in a process of its own, its standard output piped and
+    its standard error a pseudo-terminal (as in a shell) or a pipe (as in CI, or
+    ``2> file``): (exit status, stdout, stderr)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    import threading
+
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120"}
+    for var in ("CI", "GITHUB_ACTIONS", "NO_COLOR", "TTY_COMPATIBLE", "FORCE_COLOR"):
+        env.pop(var, None)
+    cmd = [sys.executable, "-m", "querywatch", *args]
+    if not stderr_tty:
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+        return p.returncode, p.stdout, p.stderr
+    master, slave = pty.openpty()
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # the terminal's other end is closed
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        p = subprocess.run(
+            cmd, stdout=subprocess.PIPE, stderr=slave, text=True, env=env, cwd=cwd, timeout=300
+        )
+    finally:
+        os.close(slave)
+    reader.join(10)
+    os.close(master)
+    return p.returncode, p.stdout, b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_advise_and_check_show_progress_on_a_terminal_only(tmp_path: t.Any) -> None:
+    """On a terminal, ``advise`` draws a bar per query shape and ``check`` one per
+    request, on standard error, gone when done; piped, neither writes a byte of it, and
+    the output is the same."""
+    url = f"sqlite:///{tmp_path}/shop.db"
+    engine = create_engine(url)
+    shop.seed(engine, scale=0.02)
+    engine.dispose()
+    sql = tmp_path / "queries.sql"
+    sql.write_text(
+        "SELECT id FROM orders WHERE customer_email = 'customer3@example.com';\n"
+        "SELECT id FROM orders WHERE status = 'paid';\n"
+        "SELECT id FROM customers WHERE id = 7;\n"
+    )
+    advise = ["advise", "--database-url", url, "--sql", str(sql), "--json"]
+    code, out, err = _run_on_terminal(advise, stderr_tty=True, cwd=str(tmp_path))
+    assert code == 0, err
+    assert "Analysing query shapes" in err
+    assert "/3" in err  # "N/3" shapes done
+    code, piped_out, piped_err = _run_on_terminal(advise, stderr_tty=False, cwd=str(tmp_path))
+    assert code == 0, piped_err
+    assert "Analysing" not in piped_err
+    assert "\x1b" not in piped_err
+    # The answer on standard output is the same JSON either way.
+    assert json.loads(out)["suggestions"] == json.loads(piped_out)["suggestions"]
+    check = [
+        "check",
+        "--app",
+        "querywatch.demo.shop:create_app(fixed=True)",
+        "--seed",
+        "querywatch.demo.shop:seed_for_check",
+        "--requests",
+        shop.CHECKS_FILE,
+    ]
+    code, out, err = _run_on_terminal(check, stderr_tty=True, cwd=str(tmp_path))
+    assert code == 0, out + err
+    assert "Checking requests" in err
+    assert "/7" in err
+    code, piped_out, piped_err = _run_on_terminal(check, stderr_tty=False, cwd=str(tmp_path))
+    assert code == 0, piped_out + piped_err
+    assert "Checking requests" not in piped_err
+    assert piped_out.startswith("querywatch: 7 checked, 22 queries, no budget broken")
+    assert out.startswith("querywatch: 7 checked, 22 queries, no budget broken")

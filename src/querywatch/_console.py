@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import typing as t
 
 from rich.console import Console
 
-__all__ = ["make_console", "print_whole"]
+if t.TYPE_CHECKING:
+    from collections.abc import Callable
+    from collections.abc import Iterator
+
+__all__ = ["make_console", "print_whole", "progress"]
 
 #: The width a table is measured at when no terminal limits it.
 UNBOUNDED = 10_000
@@ -38,3 +43,38 @@ def print_whole(console: Console, renderable: t.Any) -> None:
         console.print(renderable)
     finally:
         console.width = width
+
+
+@contextlib.contextmanager
+def progress(
+    total: int, what: str, *, console: Console | None = None
+) -> Iterator[Callable[[str], None]]:
+    """A progress bar on standard error while long work runs, ``total`` steps of
+    ``what``; yields the function that marks a step done (with what it was). Only on a
+    terminal, as pip and git do: piped or redirected, nothing is written, and a bar of
+    one step is not worth drawing. It is gone once the work is done."""
+    console = console or Console(stderr=True)
+    if total < 2 or not console.is_terminal:
+        yield lambda item: None
+        return
+    from rich.progress import BarColumn
+    from rich.progress import MofNCompleteColumn
+    from rich.progress import Progress
+    from rich.progress import TextColumn
+    from rich.progress import TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[item]}", style="dim"),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(what, total=total, item="")
+
+        def step(item: str) -> None:
+            bar.update(task, advance=1, item=item[:60])
+
+        yield step

@@ -66,6 +66,7 @@ from ._verify import MIN_TIMED_MS
 from ._verify import RETIMES
 
 if t.TYPE_CHECKING:
+    from collections.abc import Callable
     from collections.abc import Iterable
 
 
@@ -109,8 +110,15 @@ class Advisor(Choosing):
 
     # --- entry point ---
 
-    def advise(self, queries: Iterable[QueryInput], *, index_health: bool = True) -> Advice:
-        """Analyse every query; a failure on one is reported on it and the rest go on."""
+    def advise(
+        self,
+        queries: Iterable[QueryInput],
+        *,
+        index_health: bool = True,
+        on_query: Callable[[QueryAdvice], None] | None = None,
+    ) -> Advice:
+        """Analyse every query; a failure on one is reported on it and the rest go on.
+        ``on_query`` is called with each query's advice as it is done (a progress bar)."""
         results: list[QueryAdvice] = []
         for q in queries:
             qa = QueryAdvice(q)
@@ -123,6 +131,8 @@ class Advisor(Choosing):
                 qa.errors.append(f"{type(e).__name__}: {error_line(e, 300)}")
             qa.seconds = time.perf_counter() - start
             results.append(qa)
+            if on_query is not None:
+                on_query(qa)
         try:
             self._cross_trials(results)
         except Exception as e:

@@ -44,6 +44,8 @@ from .gate import parse_budget
 from .output import CaseResult
 
 if t.TYPE_CHECKING:
+    from collections.abc import Callable
+
     from flask import Flask
 
     from .baseline import Baseline
@@ -275,8 +277,10 @@ def run_checks(
     timing_fails: bool = False,
     requests_file: str | None = None,
     root: str | None = None,
+    on_request: Callable[[str], None] | None = None,
 ) -> list[CaseResult]:
-    """Make each request, judge it, compare it with the baseline."""
+    """Make each request, judge it, compare it with the baseline. ``on_request`` is
+    called with each request's name as it is done (a progress bar)."""
     from .baseline import entry_for
 
     packages = project.app_packages or (app.import_name.split(".")[0],)
@@ -323,4 +327,6 @@ def run_checks(
             else:
                 result.baseline = "new"
         results.append(result)
+        if on_request is not None:
+            on_request(req.name)
     return results

@@ -219,18 +219,21 @@ def advise(
                 " '--since', or pass '--sql FILE'."
             )
             return
+    from .._console import progress
+
     groups = _by_database(queries, database_url) if sql_file is None else {database_url: queries}
     results: list[tuple[str, t.Any]] = []
     try:
-        for url, group in groups.items():
-            with Advisor(
-                url,
-                allow_ddl=True if allow_ddl else None,
-                scan_min_rows=scan_min_rows,
-                timeout=timeout,
-                unused_window_days=unused_window_days,
-            ) as adv:
-                result = adv.advise(group)
+        with progress(len(queries), "Analysing query shapes") as step:
+            for url, group in groups.items():
+                with Advisor(
+                    url,
+                    allow_ddl=True if allow_ddl else None,
+                    scan_min_rows=scan_min_rows,
+                    timeout=timeout,
+                    unused_window_days=unused_window_days,
+                ) as adv:
+                    result = adv.advise(group, on_query=lambda qa: step(qa.query.name))
             if left_out > 0 and not results:
                 result.notes.insert(
                     0,
@@ -362,22 +365,26 @@ def check(
         raise click.UsageError(str(e)) from None
     if update_baseline and base is None:
         raise click.UsageError("--update-baseline needs --baseline FILE.")
+    from .._console import progress
+
     app = load_app(app_spec)
     plans = PlanBook()
     try:
         if seed_spec:
             seed_app(app, load_callable(seed_spec, "--seed"))
-        results = run_checks(
-            app,
-            requests,
-            project.budget.merged(defaults),
-            plans=plans,
-            project=project,
-            baseline=base,
-            update_baseline=update_baseline,
-            timing_fails=(timing or project.timing) == "fail",
-            requests_file=requests_file,
-        )
+        with progress(len(requests), "Checking requests") as step:
+            results = run_checks(
+                app,
+                requests,
+                project.budget.merged(defaults),
+                plans=plans,
+                project=project,
+                baseline=base,
+                update_baseline=update_baseline,
+                timing_fails=(timing or project.timing) == "fail",
+                requests_file=requests_file,
+                on_request=step,
+            )
     finally:
         plans.close()
         dispose_engines(app)
