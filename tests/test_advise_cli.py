@@ -4,6 +4,7 @@ index, written back so ``querywatch report`` cites it."""
 from __future__ import annotations
 
 import json
+import pathlib
 import typing as t
 
 import pytest
@@ -269,3 +270,124 @@ def test_advise_and_check_show_progress_on_a_terminal_only(tmp_path: t.Any) -> N
     assert "Checking requests" not in piped_err
     assert piped_out.startswith("querywatch: 7 checked, 22 queries, no budget broken")
     assert out.startswith("querywatch: 7 checked, 22 queries, no budget broken")
+
+
+def _alembic_env(folder: t.Any, url: str) -> tuple[t.Any, str]:
+    """A real Alembic environment in ``folder/migrations`` (``alembic init``) on the
+    database ``url``, with a first, empty revision to chain to: (its config, that
+    revision's id)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(folder / "alembic.ini"))
+    command.init(config, str(folder / "migrations"))
+    config = Config(str(folder / "alembic.ini"))
+    config.set_main_option("script_location", str(folder / "migrations"))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    first = command.revision(config, "the app's tables")
+    assert first is not None
+    assert not isinstance(first, list)
+    return config, first.revision
+
+
+def _indexes(url: str, table: str) -> set[str]:
+    from sqlalchemy import inspect
+
+    engine = create_engine(url)
+    try:
+        return {i["name"] for i in inspect(engine).get_indexes(table)}
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "dialect", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_advise_writes_an_alembic_revision_that_upgrades_and_downgrades(
+    dialect: str,
+    tmp_path: t.Any,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    """``--alembic`` writes the verified index as a revision chained to the head (on
+    PostgreSQL built CONCURRENTLY in ``autocommit_block()``); the real Alembic upgrades
+    to it and downgrades from it. Without DIR it is ``migrations``, Flask-Migrate's."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    if dialect == "sqlite":
+        url = f"sqlite:///{tmp_path}/shop.db"
+    else:
+        url = request.getfixturevalue("postgres_url")
+        engine = create_engine(url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text("CREATE EXTENSION IF NOT EXISTS hypopg"))
+            conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        engine.dispose()
+    engine = create_engine(url)
+    shop.seed(engine, scale=0.02)
+    engine.dispose()
+    name = "ix_orders_customer_email"
+    assert name not in _indexes(url, "orders")
+    config, first = _alembic_env(tmp_path, url)
+    command.upgrade(config, "head")
+    sql = tmp_path / "queries.sql"
+    sql.write_text("SELECT id FROM orders WHERE customer_email = 'customer3@example.com';\n")
+    monkeypatch.chdir(tmp_path)
+    args = ["advise", "--database-url", url, "--sql", str(sql), "--json", "--alembic"]
+    if dialect == "postgresql":
+        args.append(str(tmp_path / "migrations"))
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    advice = json.loads(result.stdout)  # standard output stays JSON
+    assert advice["suggestions"][0]["name"] == name
+    assert f"after {first}" in result.stderr
+    script = ScriptDirectory.from_config(config)
+    head = script.get_revision("head")
+    assert head is not None
+    assert head.down_revision == first
+    source = pathlib.Path(head.path).read_text()
+    if dialect == "postgresql":
+        assert "with op.get_context().autocommit_block():" in source
+        assert "postgresql_concurrently=True" in source
+    command.upgrade(config, "head")
+    assert name in _indexes(url, "orders")
+    if dialect == "postgresql":
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            valid = conn.execute(
+                text("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:n)"),
+                {"n": name},
+            ).scalar_one()
+        engine.dispose()
+        assert valid is True
+    command.downgrade(config, first)
+    assert name not in _indexes(url, "orders")
+    if dialect == "postgresql":
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        engine.dispose()
+
+
+def test_advise_alembic_says_what_is_wrong_with_the_folder(tmp_path: t.Any) -> None:
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path}/shop.db"
+    engine = create_engine(url)
+    shop.seed(engine, scale=0.02)
+    engine.dispose()
+    sql = tmp_path / "queries.sql"
+    sql.write_text("SELECT id FROM orders WHERE customer_email = 'customer3@example.com';\n")
+    base = ["advise", "--database-url", url, "--sql", str(sql)]
+    result = CliRunner().invoke(cli, [*base, "--alembic", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1
+    assert "is not an Alembic migrations folder" in result.output
+    assert "'flask db init' makes one" in result.output
+    config, first = _alembic_env(tmp_path, url)
+    command.revision(config, "branch a", head=first, splice=True)
+    command.revision(config, "branch b", head=first, splice=True)
+    result = CliRunner().invoke(cli, [*base, "--alembic", str(tmp_path / "migrations")])
+    assert result.exit_code == 1
+    assert "have several heads" in result.output
+    assert "'flask db merge heads'" in result.output

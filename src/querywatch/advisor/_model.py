@@ -202,6 +202,21 @@ class Candidate:
             return f"with op.get_context().autocommit_block():\n    {op}"
         return op
 
+    def alembic_drop(self, dialect: str) -> str:
+        """The Alembic operation that drops the index :meth:`alembic` creates (a
+        revision's ``downgrade``)."""
+        extra = f", table_name={self.table!r}"
+        if self.schema:
+            extra += f", schema={self.schema!r}"
+        if dialect == "postgresql":
+            extra += ", postgresql_concurrently=True, if_exists=True"
+        elif dialect == "sqlite":
+            extra += ", if_exists=True"
+        op = f"op.drop_index({self.name()!r}{extra})"
+        if dialect == "postgresql":
+            return f"with op.get_context().autocommit_block():\n    {op}"
+        return op
+
 
 def _sa_dialect(dialect: str) -> t.Any:
     from sqlalchemy.dialects import mysql

@@ -157,6 +157,16 @@ def report(
     show_default=True,
     help="Write the suggestions and plan findings back to the store (for the report).",
 )
+@click.option(
+    "--alembic",
+    "alembic_dir",
+    metavar="DIR",
+    is_flag=False,
+    flag_value="migrations",
+    default=None,
+    help="Also write the verified indexes as an Alembic revision in the migrations folder"
+    " DIR, chained to its head ('migrations', Flask-Migrate's, when DIR is left out).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def advise(
     store_url: str | None,
@@ -170,6 +180,7 @@ def advise(
     timeout: float,
     unused_window_days: float,
     record: bool,
+    alembic_dir: str | None,
     as_json: bool,
 ) -> None:
     """Index suggestions verified by the planner, plan findings and rewrite hints."""
@@ -250,6 +261,8 @@ def advise(
     finally:
         if store is not None:
             store.dispose()
+    if alembic_dir is not None:
+        _write_alembic(alembic_dir, results)
     if len(results) == 1:
         data = results[0][1].to_dict()
         if as_json:
@@ -268,6 +281,35 @@ def advise(
     for name, r in named:
         click.echo(f"== {name}")
         render_advice(r.to_dict())
+
+
+def _write_alembic(directory: str, results: list[tuple[str, t.Any]]) -> None:
+    """The advice's verified indexes as an Alembic revision (said on standard error, so
+    ``--json`` stays JSON)."""
+    from ._alembic import write_revision
+
+    if len(results) != 1:
+        msg = (
+            "--alembic writes one revision for one database, and these shapes are on"
+            f" {len(results)}; pass --database-url to advise on the one whose migrations"
+            f" {directory} holds."
+        )
+        raise click.UsageError(msg)
+    advice = results[0][1]
+    if not advice.suggestions:
+        click.echo("querywatch: no verified index, so no Alembic revision written.", err=True)
+        return
+    try:
+        path, head = write_revision(directory, advice)
+    except QueryWatchError as e:
+        raise click.ClickException(str(e)) from None
+    n = len(advice.suggestions)
+    after = f"after {head}" if head else "the first revision"
+    click.echo(
+        f"querywatch: wrote {path} ({n} index{'es' if n != 1 else ''}, {after}); review it,"
+        " then 'alembic upgrade head' (or 'flask db upgrade').",
+        err=True,
+    )
 
 
 @cli.command()
