@@ -5,6 +5,7 @@ them clean in a forked child."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import typing as t
 import weakref
@@ -19,6 +20,7 @@ from .._detectors import detect
 from .._failopen import log_limited
 from .._failopen import swallow
 from .._stats import Stats
+from ..integrations import sentry
 from ..signals import Receivers
 from ..signals import record_finished
 from ._flusher import Flusher
@@ -274,6 +276,11 @@ class AppState:
         """End a unit of work: findings, aggregates, and the flusher woken if needed."""
         record.finish(status)
         findings = detect(record, self.settings)
+        if findings and "sentry_sdk" in sys.modules:
+            try:
+                sentry.report_findings(record, findings)
+            except Exception as e:
+                swallow("integrations.sentry", e)
         self.stats.add(record, findings)
         if record.setup is not None:
             # SQLAlchemy's statements of a first connection: their own unit of work.

@@ -1,0 +1,68 @@
+"""Sentry, when the app runs it: a request's findings (an N+1, a slow or repeated query)
+on the request's Sentry scope. Their kinds and first query shape are tags
+(``querywatch.finding``, ``querywatch.shape``): the request's transaction says what
+querywatch found, and a search by tag finds every request with the same N+1. The
+findings themselves are the ``querywatch`` context of the transaction, and breadcrumbs
+on any event the request sends after its end (Sentry leaves breadcrumbs off
+transactions).
+
+Nothing here runs unless the app imported ``sentry_sdk`` and initialised it with a DSN;
+querywatch does not import it. The request's scope is Sentry's isolation scope, which its
+Flask integration opens around the whole request: what is added at the request's end is
+on its transaction, and never on another request's events.
+"""
+
+from __future__ import annotations
+
+import sys
+import typing as t
+
+from .._text import compact_shape
+from .._text import site_text
+
+if t.TYPE_CHECKING:
+    from .._detectors import Finding
+    from ..capture import Record
+
+__all__ = ["report_findings"]
+
+#: Sentry keeps tag values to 200 characters.
+_TAG_CHARS = 200
+
+
+def report_findings(record: Record, findings: t.Sequence[Finding]) -> bool:
+    """Put ``findings`` on the current Sentry scope; False when Sentry is not running in
+    this process (not imported, or no client with a DSN)."""
+    sentry = sys.modules.get("sentry_sdk")
+    if sentry is None or not findings:
+        return False
+    client = sentry.get_client()
+    if not client.is_active():
+        return False
+    scope = sentry.get_isolation_scope()
+    kinds = sorted({f.kind for f in findings})
+    scope.set_tag("querywatch.finding", ",".join(kinds)[:_TAG_CHARS])
+    scope.set_tag("querywatch.shape", findings[0].fingerprint.id)
+    context: list[dict[str, t.Any]] = []
+    for f in findings:
+        data: dict[str, t.Any] = {
+            "shape": f.fingerprint.id,
+            "endpoint": record.name,
+            "count": f.count,
+            "duration_ms": round(f.total * 1000, 3),
+        }
+        if f.relationship:
+            data["relationship"] = f.relationship
+        if f.site is not None:
+            data["call_site"] = site_text(f.site)
+        message = f"{f.kind}: {f.count} x {compact_shape(f.fingerprint.shape, 200)}"
+        scope.add_breadcrumb(
+            category="querywatch",
+            type="query",
+            level="warning",
+            message=message,
+            data={**data, "fix": f.fix},
+        )
+        context.append({"kind": f.kind, "query": message, **data, "fix": f.fix})
+    scope.set_context("querywatch", {"findings": context[:20]})
+    return True
