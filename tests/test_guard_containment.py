@@ -836,7 +836,8 @@ def test_a_limit_lifted_by_a_fix_is_not_engaged_again_while_its_page_fires(
     """The fix brings the lookup down to 1 ms and the limit lifts itself while the page
     still fires (its windows still hold the slow lookups of before the fix). Judged
     again on that evidence, the page would engage the lookup again: it does not, nor for
-    a lease holder that takes over."""
+    a lease holder that takes over, nor another page whose evidence began before the
+    lift."""
     import time
 
     from querywatch._stats import Stats
@@ -878,6 +879,15 @@ def test_a_limit_lifted_by_a_fix_is_not_engaged_again_while_its_page_fires(
             assert guard.contain(store, leader=True, now=fixed + 4.5 + k, width=1) == []
         successor = _guard("enforce")
         assert successor.contain(store, leader=True, now=fixed + 8.5, width=1) == []
+        assert read_state(store) == {}
+        # Another page fires after the lift, its evidence over a window that began before
+        # it (the replay's availability page did): it engages nothing either.
+        other = "slo:availability:page"
+        store.set_alert_states(
+            [AlertChange(other, "slo", "page", "firing", fixed + 8.6, "availability", again)]
+        )
+        for k in range(2):
+            assert successor.contain(store, leader=True, now=fixed + 9 + k, width=1) == []
         assert read_state(store) == {}
     finally:
         store.engine.dispose()

@@ -30,7 +30,9 @@ from ._containment import blamed
 from ._containment import engage
 from ._state import STATE_KEY
 from ._state import lifted
+from ._state import lifted_at
 from ._state import read
+from ._state import remember_lift
 from ._state import remember_lifted
 from ._state import write
 
@@ -69,6 +71,14 @@ def guard_setting(app: Flask) -> GuardConfig | None:
     """The guard's configuration (``QUERYWATCH_GUARD``: a dict, a TOML file's path, or
     None for no guard); a malformed one stops ``init_app`` with the field named."""
     return load_guard(app.config.setdefault("QUERYWATCH_GUARD", None))
+
+
+def _predates(evidence: t.Mapping[str, t.Any], lifted: float | None) -> bool:
+    """Whether ``evidence``'s window began before ``lifted`` (None: never lifted)."""
+    if lifted is None:
+        return False
+    window = (evidence.get("window") or {}).get("now")
+    return not window or float(window[0]) < lifted
 
 
 class Guard:
@@ -219,6 +229,7 @@ class Guard:
         policy = self.policy
         state = read(store)
         lifted_alerts = lifted(store)
+        lifted_since = lifted_at(store)
         firing = {
             k: a
             for k, a in store.alert_states().items()
@@ -259,11 +270,14 @@ class Guard:
                 event = event[:-1] + self._status(shed, missed) + "."
             if d.containment is not None:
                 new[endpoint] = d.containment
-            elif c.alert in firing:
-                # Lifted (a fix) while its page still fires: the page's evidence still
+            else:
+                # Lifted. While its page (or another) still fires, their evidence still
                 # holds the bad requests of before the fix, and would engage it again.
-                remember_lifted(store, c.alert, firing[c.alert].since)
-                lifted_alerts[c.alert] = firing[c.alert].since
+                remember_lift(store, endpoint, now)
+                lifted_since[endpoint] = now
+                if c.alert in firing:
+                    remember_lifted(store, c.alert, firing[c.alert].since)
+                    lifted_alerts[c.alert] = firing[c.alert].since
             if event:
                 events.append(event)
                 told.append((c.alert, event))
@@ -285,6 +299,13 @@ class Guard:
             d = engage(policy, key, ev, now)
             if d.containment is None and (not first or blamed(ev) in new):
                 continue  # said already, or another page contained it: nothing to refuse
+            if d.containment is not None and _predates(
+                ev, lifted_since.get(d.containment.endpoint)
+            ):
+                # The endpoint lifted itself (a fix) after this evidence's window
+                # began: it tells of the endpoint before the lift. A window gathered wholly
+                # after it may engage it again (the fix did not hold).
+                continue
             if d.containment is not None:
                 if d.containment.endpoint in new:
                     continue  # another page contained it already

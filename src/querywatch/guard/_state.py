@@ -18,6 +18,10 @@ if t.TYPE_CHECKING:
 #: lifted, by a person or by itself (not engaged again while they keep firing).
 STATE_KEY = "guard.containment"
 LIFTED_KEY = "guard.lifted"
+#: When each endpoint's containment last lifted itself (the round's time): evidence
+#: gathered over a window that began before then says nothing of the endpoint since, and
+#: engages nothing.
+LIFTED_AT_KEY = "guard.lifted_at"
 #: Lifted alerts remembered (the oldest are forgotten first).
 MAX_LIFTED = 1_000
 
@@ -45,6 +49,21 @@ def remember_lifted(store: Store, alert: str, alert_since: float) -> None:
     while len(done) > MAX_LIFTED:
         del done[next(iter(done))]
     store.set_meta(LIFTED_KEY, json.dumps(done, sort_keys=True))
+
+
+def lifted_at(store: Store) -> dict[str, float]:
+    """When each endpoint's containment last lifted itself."""
+    text = store.meta_value(LIFTED_AT_KEY)
+    return {k: float(v) for k, v in json.loads(text).items()} if text else {}
+
+
+def remember_lift(store: Store, endpoint: str, at: float) -> None:
+    done = lifted_at(store)
+    done.pop(endpoint, None)
+    done[endpoint] = at
+    while len(done) > MAX_LIFTED:
+        del done[next(iter(done))]
+    store.set_meta(LIFTED_AT_KEY, json.dumps(done))
 
 
 def lift(store: Store, endpoint: str, alert_since: float | None) -> Containment:
