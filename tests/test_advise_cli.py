@@ -279,9 +279,11 @@ def _alembic_env(folder: t.Any, url: str) -> tuple[t.Any, str]:
     from alembic import command
     from alembic.config import Config
 
-    config = Config(str(folder / "alembic.ini"))
-    command.init(config, str(folder / "migrations"))
-    config = Config(str(folder / "alembic.ini"))
+    command.init(Config(str(folder / "alembic.ini")), str(folder / "migrations"))
+    # No ini file: env.py would hand it to logging.config.fileConfig, which disables
+    # every logger already made in this process (querywatch's included) for the tests
+    # that run after this one.
+    config = Config()
     config.set_main_option("script_location", str(folder / "migrations"))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     first = command.revision(config, "the app's tables")

@@ -384,7 +384,7 @@ def test_two_workers_never_send_the_same_message(store_url: str, receiver: Recei
          "Escalation policy, targets.s.url: a slack target needs 'url'."),
         ({"targets": {"s": {"type": "sms", "to": "1"}}, "levels": [{"targets": ["s"]}]},
          "Escalation policy, targets.s.type: expected one of webhook, slack, email, pagerduty,"
-         " opsgenie, teams, log, got 'sms'."),
+         " opsgenie, teams, apprise, log, got 'sms'."),
         ({"targets": {"m": {"type": "email", "to": ["ops"], "host": "h"}},
           "levels": [{"targets": ["m"]}]},
          "Escalation policy, targets.m.to: expected e-mail addresses, got ['ops']."),

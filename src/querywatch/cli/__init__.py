@@ -245,17 +245,17 @@ def advise(
                     unused_window_days=unused_window_days,
                 ) as adv:
                     result = adv.advise(group, on_query=lambda qa: step(qa.query.name))
-            if left_out > 0 and not results:
-                result.notes.insert(
-                    0,
-                    f"{left_out} cheaper read shape{'s' if left_out != 1 else ''} of the"
-                    f" window left out (--limit {limit}); pass --limit {limit + left_out} to"
-                    " analyse every one (an index that serves several shapes shows once all"
-                    " are in).",
-                )
-            if store is not None and record:
-                record_advice(store, result)
-            results.append((url, result))
+                if left_out > 0 and not results:
+                    result.notes.insert(
+                        0,
+                        f"{left_out} cheaper read shape{'s' if left_out != 1 else ''} of the"
+                        f" window left out (--limit {limit}); pass --limit"
+                        f" {limit + left_out} to analyse every one (an index that serves"
+                        " several shapes shows once all are in).",
+                    )
+                if store is not None and record:
+                    record_advice(store, result)
+                results.append((url, result))
     except QueryWatchError as e:
         raise click.ClickException(str(e)) from None
     finally:
