@@ -215,9 +215,9 @@ class WebhookNotifier(Notifier):
         _post(opts["url"], body, headers, self.timeout)
 
 
-@register
-class SlackNotifier(Notifier):
-    kind = "slack"
+class _UrlNotifier(Notifier):
+    """A kind that posts to one configured URL (a chat's incoming webhook)."""
+
     required = ("url",)
     optional = ("timeout",)
 
@@ -225,6 +225,11 @@ class SlackNotifier(Notifier):
     def check(cls, field: str, options: dict[str, t.Any]) -> dict[str, t.Any]:
         _check_url(field, options)
         return options
+
+
+@register
+class SlackNotifier(_UrlNotifier):
+    kind = "slack"
 
     def deliver(self, message: dict[str, t.Any]) -> None:
         inc = message["incident"]
@@ -415,15 +420,8 @@ class OpsgenieNotifier(Notifier):
 
 
 @register
-class TeamsNotifier(Notifier):
+class TeamsNotifier(_UrlNotifier):
     kind = "teams"
-    required = ("url",)
-    optional = ("timeout",)
-
-    @classmethod
-    def check(cls, field: str, options: dict[str, t.Any]) -> dict[str, t.Any]:
-        _check_url(field, options)
-        return options
 
     def deliver(self, message: dict[str, t.Any]) -> None:
         inc = message["incident"]
