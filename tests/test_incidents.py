@@ -253,6 +253,47 @@ def test_a_receiver_that_is_down_gets_everything_after_it_returns(
     assert outbox.pending() == 0
 
 
+def test_one_incidents_messages_reach_a_target_in_the_order_written(
+    tmp_path: t.Any, receiver: Receiver
+) -> None:
+    """A trigger whose delivery failed is heard before the updates written after it,
+    even one dated earlier (the guard's event, decided before its incident opened)."""
+    store = Store(f"sqlite:///{tmp_path}/qw.db")
+    incidents = Incidents(store, _hook_policy(receiver.url))
+    outbox = Outbox(incidents, max_attempts=4)
+    t0 = 1_800_000_000.0
+    receiver.failing = True
+    inc = incidents.trigger("key-1", "Lookups are slow", now=t0)[0]
+    other = incidents.trigger("key-2", "Another", now=t0)[0]
+    assert outbox.run_once(now=t0) == 0
+    receiver.failing = False
+    incidents.update(inc.id, "alice", "Looking at the order lookup.", now=t0 + 1)
+    incidents.update(other.id, "bob", "On it.", now=t0 + 1)
+    # Told late: the guard decided before the incident opened.
+    incidents.guard_event("key-1", "guard engaged on GET /api/orders/lookup.", t0 - 1)
+    # The triggers wait for their retry (15 s at least), and so does what followed them.
+    assert outbox.run_once(now=t0 + 2) == 0
+    assert outbox.pending() == 5
+    assert outbox.run_once(now=t0 + 31) == 5
+    heard = [(m["incident"]["id"], m["action"]) for m in receiver.received]
+    for incident in (inc.id, other.id):
+        mine = [action for i, action in heard if i == incident]
+        assert mine[0] == "trigger", heard
+    assert [a for i, a in heard if i == inc.id] == ["trigger", "update", "update"]
+    # A dead letter holds nothing up: what follows it is delivered.
+    receiver.failing = True
+    lost = incidents.trigger("key-3", "Lost", now=t0)[0]
+    now = t0
+    for _ in range(6):
+        now += 3600
+        outbox.run_once(now=now)
+    receiver.failing = False
+    incidents.update(lost.id, "carol", "Still here.", now=now)
+    assert outbox.run_once(now=now) == 1
+    assert receiver.received[-1]["action"] == "update"
+    assert outbox.pending() == 0
+
+
 def _trigger_many(url: str, proc: int, out: t.Any) -> None:
     store = Store(url)
     incidents = Incidents(store)

@@ -104,10 +104,16 @@ class Outbox:
         self.store.migrate()
         start = time.time() if now is None else now
         sent = 0
-        for message_id in self.store.due_messages(start, limit):
+        # One incident's messages to one target go in the order they were written: once
+        # one of them is not sent in this run, the later ones wait for it.
+        stuck: set[tuple[int, str]] = set()
+        for message_id, incident_id, target_name in self.store.due_messages(start, limit):
+            if (incident_id, target_name) in stuck:
+                continue
             at = time.time() if now is None else now
             row = self._claim(message_id, at)
             if row is None:
+                stuck.add((incident_id, target_name))
                 continue
             target = self.incidents.policy.targets.get(row.target)
             message = json.loads(row.message)
@@ -119,6 +125,8 @@ class Outbox:
                     send(target, message)
             except Exception as e:
                 self._failed(row, e, time.time() if now is None else now)
+                if row.attempts + 1 < self.max_attempts:
+                    stuck.add((incident_id, target_name))
                 continue
             self._sent(row, time.time())
             sent += 1

@@ -248,19 +248,34 @@ class IncidentTables(Base):
 
     # --- the outbox ---
 
-    def due_messages(self, now: float, limit: int) -> list[int]:
-        """Pending messages due by ``now`` that no worker holds, oldest due first."""
+    def due_messages(self, now: float, limit: int) -> list[tuple[int, int, str]]:
+        """Pending messages due by ``now`` that no worker holds, as (id, incident, target),
+        in the order they were written. One incident's messages to one target go in that
+        order: a message waits while an earlier one of the same incident and target is
+        pending and not due, or held by a worker (a trigger retried after a failed
+        delivery is heard before the update written after it)."""
         tbl = schema.outbox
+        before = tbl.alias("before")
         free = or_(tbl.c.claimed_until.is_(None), tbl.c.claimed_until < now)
-        with self.engine.connect() as conn:
-            return list(
-                conn.execute(
-                    select(tbl.c.id)
-                    .where(tbl.c.status == "pending", tbl.c.next_attempt_at <= now, free)
-                    .order_by(tbl.c.next_attempt_at, tbl.c.id)
-                    .limit(limit)
-                ).scalars()
+        waiting = (
+            select(before.c.id)
+            .where(
+                before.c.incident_id == tbl.c.incident_id,
+                before.c.target == tbl.c.target,
+                before.c.id < tbl.c.id,
+                before.c.status == "pending",
+                or_(before.c.next_attempt_at > now, before.c.claimed_until >= now),
             )
+            .exists()
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(tbl.c.id, tbl.c.incident_id, tbl.c.target)
+                .where(tbl.c.status == "pending", tbl.c.next_attempt_at <= now, free, ~waiting)
+                .order_by(tbl.c.id)
+                .limit(limit)
+            )
+            return [(int(r.id), int(r.incident_id), str(r.target)) for r in rows]
 
     def claim_message(
         self, message_id: int, worker: str, now: float, until: float
