@@ -189,6 +189,104 @@ def test_burn_rate_alerts_fire_with_evidence_and_resolve(store_url: str) -> None
     store.dispose()
 
 
+@pytest.mark.allow_internal_errors
+def test_a_page_held_by_the_guards_limit_resolves_once_the_limit_lifts(
+    tmp_path: t.Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The guard limits the lookup the latency page blamed; once the short windows are
+    clean (the limit, not a fix, may have done that) the latency page stays firing,
+    said once, while the availability page, which engaged nothing, resolves. It resolves
+    when the limit lifts. Shadow mode, a pinned limit and a holds function that fails
+    hold nothing."""
+    from querywatch.guard import Containment
+    from querywatch.guard import Guard
+    from querywatch.guard import load_guard
+    from querywatch.guard._state import write
+
+    store = Store(f"sqlite:///{tmp_path}/qw.db")
+    t0 = float(int(time.time()) - 3600)
+    onset, end = t0 + 600, t0 + 700
+    _replay(store, t0, 760, incident=(onset, end))
+    ev = Evaluator(store, _rules(), holder="test")
+    config = load_guard({"containment": "enforce"})
+    assert config is not None
+    guard = Guard(Flask(__name__), config)
+    ev.holds = lambda: guard.holds(store)
+    ev.run(onset + 30)
+    limit = Containment(
+        "GET /api/orders/lookup", "enforce", 2, "slo:latency:page", None, 10.0, 2000.0,
+        onset + 31, onset + 31,
+    )  # fmt: skip
+    write(store, {limit.endpoint: limit})
+    with caplog.at_level("INFO", logger="querywatch.alerts"):
+        later = ev.run(end + 40)
+        assert ev.run(end + 41) == []
+    assert {c.key: c.state for c in later or []} == {"slo:availability:page": "resolved"}
+    assert store.alert_states()["slo:latency:page"].state == "firing"
+    assert ev.held == {"slo:latency:page": "the guard limits GET /api/orders/lookup to 2 at once"}
+    said = [r.getMessage() for r in caplog.records if "holds again" in r.getMessage()]
+    assert said == [
+        "querywatch alert slo:latency:page: its objective holds again, but only while"
+        " the guard limits GET /api/orders/lookup to 2 at once; it stays firing until"
+        " the limit lifts (after a fix)"
+    ]
+    # A pinned limit and a shadow one hold nothing; nor does a guard in shadow mode.
+    import dataclasses
+
+    for held in (
+        dataclasses.replace(limit, pinned=True),
+        dataclasses.replace(limit, mode="shadow"),
+    ):
+        write(store, {limit.endpoint: held})
+        assert guard.holds(store) == {}
+    write(store, {limit.endpoint: limit})
+    shadow = load_guard({"containment": "shadow"})
+    assert shadow is not None
+    assert Guard(Flask(__name__), shadow).holds(store) == {}
+    # A holds function that fails holds nothing (counted): the alert resolves as its
+    # objective says, once the limit lifted or not.
+    from querywatch import _failopen
+
+    def broken() -> t.Mapping[str, str]:
+        raise RuntimeError("store gone")
+
+    before = _failopen.internal_error_counts().get("alerts.holds", 0)
+    ev.holds = broken
+    resolved = ev.run(end + 42)
+    assert {c.key: c.state for c in resolved or []} == {"slo:latency:page": "resolved"}
+    assert _failopen.internal_error_counts().get("alerts.holds", 0) == before + 1
+    store.dispose()
+
+
+def test_a_held_page_resolves_when_its_limit_lifts(tmp_path: t.Any) -> None:
+    from querywatch.guard import Containment
+    from querywatch.guard import Guard
+    from querywatch.guard import load_guard
+    from querywatch.guard._state import write
+
+    store = Store(f"sqlite:///{tmp_path}/qw.db")
+    t0 = float(int(time.time()) - 3600)
+    onset, end = t0 + 600, t0 + 700
+    _replay(store, t0, 760, incident=(onset, end))
+    ev = Evaluator(store, _rules(), holder="test")
+    config = load_guard({"containment": "enforce"})
+    assert config is not None
+    guard = Guard(Flask(__name__), config)
+    ev.holds = lambda: guard.holds(store)
+    ev.run(onset + 30)
+    limit = Containment(
+        "GET /api/orders/lookup", "enforce", 2, "slo:latency:page", None, 10.0, 2000.0,
+        onset + 31, onset + 31,
+    )  # fmt: skip
+    write(store, {limit.endpoint: limit})
+    assert {c.key for c in ev.run(end + 40) or []} == {"slo:availability:page"}
+    # The fix: the limit lifts; the page resolves at the next evaluation.
+    write(store, {})
+    assert {c.key: c.state for c in ev.run(end + 41) or []} == {"slo:latency:page": "resolved"}
+    assert ev.held == {}
+    store.dispose()
+
+
 def test_a_traffic_surge_is_called_one(tmp_path: t.Any) -> None:
     """The other hypothesis: three times the requests, nothing slower."""
     store = Store(f"sqlite:///{tmp_path}/s.db")

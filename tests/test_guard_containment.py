@@ -17,6 +17,7 @@ from querywatch.guard._containment import Containment
 from querywatch.guard._containment import Policy
 from querywatch.guard._containment import adapt
 from querywatch.guard._containment import engage
+from querywatch.guard._state import pin
 from querywatch.guard._state import read as read_state
 from querywatch.store import AlertChange
 from querywatch.store import Store
@@ -227,6 +228,31 @@ def test_a_query_with_no_calm_latency_starts_at_one_and_learns_its_best() -> Non
         None,
         "guard lifted on GET /api/orders/lookup: its query is down to 1 ms, from 40 ms at"
         " best while limited, 3 rounds in a row.",
+    )
+
+
+def test_a_fix_that_leaves_the_query_over_its_calm_latency_still_lifts_it() -> None:
+    """Calm at 19 ms, 185 ms at best while limited; the fix brings it to 35 ms (1.8x
+    its calm latency, over the 1.5x): under half its best while limited, so a fix, not
+    the limit. Its page stays firing while the limit holds, so the limit must lift."""
+    policy = Policy(mode="enforce")
+    c: Containment | None = dataclasses.replace(_engaged(2), floor_ms=185.0)
+    # At its best while limited (the limit alone): no lift, however long.
+    for _ in range(4):
+        assert c is not None
+        c = adapt(policy, c, paging=True, latency_ms=185.0, now=1.0).containment
+        assert c is not None
+        assert c.calm_rounds == 0
+    for rounds in (1, 2):
+        c = adapt(policy, c, paging=True, latency_ms=35.0, now=2.0).containment
+        assert c is not None
+        assert c.calm_rounds == rounds
+    assert c is not None
+    d = adapt(policy, c, paging=True, latency_ms=35.0, now=3.0)
+    assert d == (
+        None,
+        "guard lifted on GET /api/orders/lookup: its query is down to 35 ms, from 185 ms"
+        " at best while limited, 3 rounds in a row.",
     )
 
 
@@ -703,6 +729,51 @@ def test_a_lift_told_after_the_incident_resolved_goes_on_its_timeline(tmp_path: 
         assert guard._untold == []
         # Long after, an event finds no incident to go on, and waits its turns out.
         assert incidents.guard_event(PAGE, "late", 1601.0 + 3600) is None
+    finally:
+        store.engine.dispose()
+
+
+def test_a_person_who_resolves_the_incident_of_a_held_page_lifts_its_limit(
+    tmp_path: t.Any,
+) -> None:
+    """The page stays firing while its limit holds; the person who resolves its incident
+    (the fix is out, or they accept the risk) lifts the limit at the guard's next round,
+    on the incident's timeline; the page still firing does not engage it again. An
+    incident resolved before the limit was set lifts nothing; a pinned limit stays."""
+    from querywatch.incidents.manager import Incidents
+    from querywatch.incidents.manager import follow_alerts
+
+    store = Store(f"sqlite:///{tmp_path}/qw.db")
+    incidents = Incidents(store)
+    guard = _guard("enforce")
+    guard.on_event = lambda key, text, at: incidents.guard_event(key, text, at) is not None
+    guard.incident_resolved = incidents.resolved_since
+    try:
+        _page(store, "firing", EVIDENCE, 1560.0)
+        follow_alerts(incidents, now=1561.0)
+        (inc,) = incidents.recent()
+        guard.contain(store, leader=True, now=1562.0, width=60)
+        assert guard.holds(store) == {PAGE: "the guard limits GET /api/orders/lookup to 1 at once"}
+        # Still open: the limit holds round after round.
+        assert guard.contain(store, leader=True, now=1563.0, width=60) == []
+        assert LOOKUP in guard.contained
+        incidents.resolve(inc.id, "alice", "Index created by hand.", now=1570.0)
+        said = guard.contain(store, leader=True, now=1571.0, width=60)
+        lifted = f"guard lifted on GET /api/orders/lookup: its incident #{inc.id} was resolved."
+        assert said == [lifted]
+        assert guard.contained == {}
+        assert guard.holds(store) == {}
+        assert [e.text for e in incidents.timeline(inc.id) if e.kind == "guard"][-1] == lifted
+        # The page still fires (its windows still hold the bad requests): not again.
+        assert guard.contain(store, leader=True, now=1572.0, width=60) == []
+        assert guard.contained == {}
+        # A pinned limit is a person's: resolving the incident leaves it.
+        pin(store, LOOKUP, 2, 1573.0)
+        assert guard.contain(store, leader=True, now=1574.0, width=60) == []
+        assert guard.contained[LOOKUP].pinned
+        # An incident resolved before a limit was set lifts nothing.
+        assert incidents.resolved_since(PAGE, 1570.0) == inc.id
+        assert incidents.resolved_since(PAGE, 1575.0) is None
     finally:
         store.engine.dispose()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
+from .._failopen import swallow
 from .._text import duration_text as _duration
 from ..store import AlertChange
 from .objectives import DEFAULT_POLICY
@@ -95,6 +96,13 @@ class Evaluator:
         self._holder_pid = 0
         #: Changes this evaluator wrote (bounded), newest last.
         self.changes: list[AlertChange] = []
+        #: The firing alerts held open, each with why (``{key: "the guard limits GET
+        #: /api/orders/lookup"}``): a page whose objective holds again only because the
+        #: guard limits its culprit does not resolve until the limit lifts (after a fix),
+        #: or its incident resolves and a person lifts it. The extension hands it over.
+        self.holds: t.Callable[[], t.Mapping[str, str]] | None = None
+        #: The alerts held at the last evaluation (each said once).
+        self.held: dict[str, str] = {}
 
     @property
     def holder(self) -> str:
@@ -180,8 +188,13 @@ class Evaluator:
                     key, kind, severity, "firing", now, f"{headline} {ev['hypothesis']}", ev
                 )
             )
+        ending = [k for k, a in states.items() if a.state == "firing" and k not in wanted]
+        held = self._holds() if ending else {}
+        for key in sorted(held.keys() & set(ending) - self.held.keys()):
+            _log_held(key, held[key])
+        self.held = {k: held[k] for k in ending if k in held}
         for key, old in sorted(states.items()):
-            if old.state != "firing" or key in wanted:
+            if old.state != "firing" or key in wanted or key in held:
                 continue
             lasted = now - old.since
             pending.append(
@@ -202,6 +215,17 @@ class Evaluator:
         self.changes.extend(out)
         del self.changes[:-1000]
         return out
+
+    def _holds(self) -> t.Mapping[str, str]:
+        """The alerts held firing; none when that cannot be read (fails open: the
+        alert resolves as its objective says)."""
+        if self.holds is None:
+            return {}
+        try:
+            return self.holds()
+        except Exception as e:
+            swallow("alerts.holds", e)
+            return {}
 
     def _slo(self, now: float) -> dict[str, _Wanted]:
         rules = self.rules
@@ -273,6 +297,17 @@ class Evaluator:
                 None,
             )
         return out
+
+
+def _log_held(key: str, why: str) -> None:
+    import logging
+
+    logging.getLogger("querywatch.alerts").info(
+        "querywatch alert %s: its objective holds again, but only while %s; it stays"
+        " firing until the limit lifts (after a fix)",
+        key,
+        why,
+    )
 
 
 def _log_change(change: AlertChange) -> None:

@@ -89,6 +89,7 @@ class AppState:
             self.guard.user_function = settings.user_function
             if self.incident_worker is not None:
                 self.guard.on_event = self._tell_incident
+                self.guard.incident_resolved = self._incident_resolved
 
     def _tell_incident(self, alert_key: str, text: str, at: float) -> bool:
         """Put what the guard did on the alert's incident and notify its targets."""
@@ -97,6 +98,13 @@ class AppState:
         settings = self.settings
         incidents = Incidents(self.store, settings.escalation, scale=settings.alert_time_scale)
         return incidents.guard_event(alert_key, text, at) is not None
+
+    def _incident_resolved(self, alert_key: str, since: float) -> int | None:
+        from ..incidents.manager import Incidents
+
+        settings = self.settings
+        incidents = Incidents(self.store, settings.escalation, scale=settings.alert_time_scale)
+        return incidents.resolved_since(alert_key, since)
 
     def release_leases(self) -> None:
         """Give up the alerts and incidents leases if this process holds them."""
@@ -132,6 +140,9 @@ class AppState:
                 min_bad_events=s.alert_min_bad_events,
             )
             self._evaluator = Evaluator(self.store, rules)
+            guard = self.guard
+            if guard is not None:
+                self._evaluator.holds = lambda: guard.holds(self.store)
         return self._evaluator
 
     @property

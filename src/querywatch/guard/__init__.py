@@ -118,6 +118,11 @@ class Guard:
         #: are on.
         self.on_event: t.Callable[[str, str, float], bool] | None = None
         self._untold: list[tuple[str, str, float, int]] = []
+        #: The incident of an alert resolved since a time, if one was
+        #: (``incident_resolved(alert_key, since)`` -> its id or None): a person who
+        #: resolves the incident of a held page lifts its limit. The extension hands it
+        #: over when incidents are on.
+        self.incident_resolved: t.Callable[[str, float], int | None] | None = None
         #: Each contained endpoint's (arrived, shed, retried, shed again) when its shed
         #: share was last taken.
         self._counted: dict[str, tuple[int, int, int, int]] = {}
@@ -203,6 +208,19 @@ class Guard:
         self.apply(read(store))
         return events
 
+    def holds(self, store: t.Any) -> dict[str, str]:
+        """The paging alerts this guard holds firing, each with why: an alert whose
+        limit is enforced does not resolve while it holds (its objective may hold again
+        only because its culprit is limited; resolved, its incident would close with
+        nothing fixed). A pinned limit holds nothing: a person keeps it."""
+        if self.policy.mode != "enforce":
+            return {}
+        return {
+            c.alert: f"the guard limits {c.endpoint} to {c.limit} at once"
+            for c in read(store).values()
+            if c.alert and c.mode == "enforce" and not c.pinned
+        }
+
     @staticmethod
     def _fresh(
         store: t.Any, fired: t.Mapping[str, t.Any] | None, now: float, width: float
@@ -243,6 +261,14 @@ class Guard:
         totals = store.endpoint_totals(bucket - 2 * width, bucket) if state else {}
         everyone = sum(e.requests for e in totals.values())
         for endpoint, c in state.items():
+            closed = self._closed(c)
+            if closed is not None:
+                # A person resolved the incident of the page this limit holds: lifted.
+                said = f"guard lifted on {endpoint}: its incident #{closed} was resolved."
+                _lifted(store, c, firing, now, lifted_alerts, lifted_since)
+                events.append(said)
+                told.append((c.alert, said))
+                continue
             latency = None
             # A window that began before the limit was set says nothing of the limit.
             if c.shape is not None and bucket - width >= c.since:
@@ -271,13 +297,7 @@ class Guard:
             if d.containment is not None:
                 new[endpoint] = d.containment
             else:
-                # Lifted. While its page (or another) still fires, their evidence still
-                # holds the bad requests of before the fix, and would engage it again.
-                remember_lift(store, endpoint, now)
-                lifted_since[endpoint] = now
-                if c.alert in firing:
-                    remember_lifted(store, c.alert, firing[c.alert].since)
-                    lifted_alerts[c.alert] = firing[c.alert].since
+                _lifted(store, c, firing, now, lifted_alerts, lifted_since)
             if event:
                 events.append(event)
                 told.append((c.alert, event))
@@ -321,6 +341,17 @@ class Guard:
         del self.events[:-100]
         self._tell([(key, text, now, 0) for key, text in told])
         return events
+
+    def _closed(self, c: Containment) -> int | None:
+        """The incident of ``c``'s alert resolved since it was engaged, if any (a pinned
+        limit is a person's, and stays)."""
+        if self.incident_resolved is None or c.pinned or not c.alert:
+            return None
+        try:
+            return self.incident_resolved(c.alert, c.since)
+        except Exception as e:
+            swallow("guard.incident", e)
+            return None
 
     def _missed(self, store: t.Any, endpoint: str, bucket: float, width: float) -> list[str]:
         """The objectives the rest of the app (every endpoint but ``endpoint``) missed in
@@ -507,6 +538,24 @@ class Guard:
         for (route, shape), n in sorted(self.cancellations.snapshot().items()):
             fam.add_metric([*_method_route(route), shape], n)
         yield fam
+
+
+def _lifted(
+    store: t.Any,
+    c: Containment,
+    firing: t.Mapping[str, t.Any],
+    now: float,
+    lifted_alerts: dict[str, float],
+    lifted_since: dict[str, float],
+) -> None:
+    """Remember that ``c`` lifted at ``now``. While its page (or another) still fires,
+    their evidence still holds the bad requests of before the fix (or of before a
+    person's call), and would engage it again."""
+    remember_lift(store, c.endpoint, now)
+    lifted_since[c.endpoint] = now
+    if c.alert in firing:
+        remember_lifted(store, c.alert, firing[c.alert].since)
+        lifted_alerts[c.alert] = firing[c.alert].since
 
 
 def _app_share(shed: float, retried: float, requests: int, everyone: int) -> float:

@@ -7,7 +7,9 @@ its culprit query's calm latency (Little's law: the requests a second it serves,
 time a request takes when calm, with headroom). Each round after, the limit follows the
 culprit's latency (AIMD, as in Netflix's concurrency-limits): multiplied down by the
 latency gradient while the culprit is slow, one more while it is calm. It lifts itself
-after a few calm rounds in a row (hysteresis) or when the alert resolves; a person can pin
+after a few calm rounds in a row (hysteresis); the page that engaged an enforced limit
+stays firing while it holds (:meth:`querywatch.guard.Guard.holds`), so only a shadow
+limit lifts as the pages resolve. A person can lift it (or resolve its incident), or pin
 it. A decision is taken by one process (the alert evaluation's lease holder) and written
 to the store; every process applies what the store says.
 """
@@ -252,8 +254,8 @@ def adapt(
     It lifts after :attr:`Policy.lift_after` rounds in a row with no page firing, or with
     the culprit's latency back: within :attr:`Policy.calm_ratio` of its calm latency
     while the rest of the app meets its objectives (the limit may be what brought it
-    back), or, for a query with none, at half its best while limited or less (a fix,
-    not the limit, does that). A limit that ends the page does not lift itself at once:
+    back), or at half its best while limited or less (a fix, not the limit, does
+    that). A limit that ends the page does not lift itself at once:
     the page it ended would come back.
     """
     if c.pinned:
@@ -261,16 +263,23 @@ def adapt(
     back = None
     if not paging:
         back = "no page fires"
-    elif latency_ms is not None and c.baseline_ms is not None:
+    elif latency_ms is not None:
         # Not while the rest of the app misses its objectives: the limit may be what
         # brought the query back to its calm latency, and lifted, the rest would suffer.
-        if latency_ms <= policy.calm_ratio * c.baseline_ms and not rest_missed:
+        if (
+            c.baseline_ms is not None
+            and latency_ms <= policy.calm_ratio * c.baseline_ms
+            and not rest_missed
+        ):
             back = f"its query is back to {latency_ms:.0f} ms (calm: {c.baseline_ms:.0f} ms)"
-    elif latency_ms is not None and c.floor_ms is not None and latency_ms <= c.floor_ms / 2:
-        back = (
-            f"its query is down to {latency_ms:.0f} ms, from {c.floor_ms:.0f} ms at best"
-            " while limited"
-        )
+        elif c.floor_ms is not None and latency_ms <= c.floor_ms / 2:
+            # A fix, not the limit, halves the best it did while limited; the page it
+            # holds firing (Guard.holds) resolves once it lifts, so a fix that leaves
+            # the query a little over its calm latency must lift it too.
+            back = (
+                f"its query is down to {latency_ms:.0f} ms, from {c.floor_ms:.0f} ms at"
+                " best while limited"
+            )
     rounds = c.calm_rounds + 1 if back else 0
     if back and rounds >= policy.lift_after:
         return Decision(None, f"guard lifted on {c.endpoint}: {back}, {rounds} rounds in a row.")

@@ -470,6 +470,15 @@ class Incidents:
             self._act(incident_id, lambda tx, inc: self._event(tx, inc.id, kind, actor, text, now))
         )
 
+    def resolved_since(self, alert_key: str, since: float) -> int | None:
+        """The incident of ``alert_key`` resolved at ``since`` or later (by a person
+        while the alert still fires, or as it resolved), when none of its key is open."""
+        key = incident_key(alert_key)
+        if self.open_by_key(key) is not None:
+            return None
+        with self.store.incident_tx() as tx:
+            return tx.resolved_since(key, since)
+
     def guard_event(self, alert_key: str, text: str, now: float | None = None) -> int | None:
         """What the guard did about an alert (engaged, changed, lifted, or why not) on the
         timeline of the alert's open incident, sent to every target notified so far.
