@@ -128,6 +128,33 @@ def test_postgres_statement_timeout(postgres_url: str) -> None:
         ex.explain("SELECT pg_sleep(3)", analyze=True)
 
 
+def test_a_sqlite_statement_timeout_is_each_statements(tmp_path: t.Any) -> None:
+    """The timeout bounds each statement, as PostgreSQL's ``statement_timeout`` does: a
+    session that runs many (the advisor times a statement and its rewrite three times
+    each) is not cut short by the time the earlier ones took. A statement that runs
+    past it is still stopped."""
+    import sqlite3
+    import time
+
+    path = tmp_path / "t.db"
+    sqlite3.connect(path).close()
+    with Explainer(f"sqlite:///{path}", timeout=0.5) as ex, ex.session() as s:
+        # Long enough for SQLite to consult the deadline (every 1,000 instructions),
+        # short beside the timeout.
+        count = (
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)"
+            " SELECT count(*) FROM n"
+        )
+        assert s.run(count).scalar() == 5000
+        time.sleep(0.6)  # the session's time, outside any statement
+        assert s.run(count).scalar() == 5000
+        with pytest.raises(Exception, match="interrupted"):
+            s.run(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n)"
+                " SELECT count(*) FROM n"
+            ).scalar()
+
+
 def test_analyze_needs_permission(db_url: str) -> None:
     with Explainer(db_url) as ex, pytest.raises(UnsafeStatementError, match="allow_analyze"):
         ex.explain("SELECT 1", analyze=True)

@@ -134,7 +134,12 @@ class Session:
 
     def run(self, sql: str, params: t.Any = None) -> t.Any:
         """Run ``sql`` on the session's connection; without ``params`` the text goes to
-        the driver as is (no ``%`` formatting)."""
+        the driver as is (no ``%`` formatting). On SQLite each statement gets its own
+        deadline (the others' is the database's, per statement)."""
+        if self.dialect == "sqlite" and getattr(self, "armed", False):
+            from .sqlite import arm
+
+            arm(self)
         if params:
             return self.conn.exec_driver_sql(sql, params)
         return self.conn.exec_driver_sql(sql, execution_options={"no_parameters": True})

@@ -269,9 +269,12 @@ def begin(session: Session, timeout: float) -> None:
     assert dbapi is not None
     session.sigint = _take_sigint()  # type: ignore[attr-defined]
     dbapi.set_progress_handler(deadline_handler(timeout, session.sigint), 1000)  # type: ignore[attr-defined]
+    # Each statement of the session gets its own deadline (Session.run arms it).
+    session.armed = True  # type: ignore[attr-defined]
 
 
 def end(session: Session) -> None:
+    session.armed = False  # type: ignore[attr-defined]
     dbapi = session.conn.connection.dbapi_connection
     try:
         if dbapi is None or dbapi.in_transaction:
@@ -285,7 +288,10 @@ def end(session: Session) -> None:
             _give_back_sigint(getattr(session, "sigint", None))
 
 
-def _arm(session: Session) -> None:
+def arm(session: Session) -> None:
+    """A new deadline for the next statement (the timeout is a statement's, as
+    PostgreSQL's ``statement_timeout``; one armed at the session's start would leave a
+    statement run after a few others the rest of it)."""
     dbapi = session.conn.connection.dbapi_connection
     assert dbapi is not None
     dbapi.set_progress_handler(
@@ -311,7 +317,6 @@ def explain(
         if n:
             generic = values is None
             params = {f"qwp{i + 1}": (values[i] if values else None) for i in range(n)}
-    _arm(session)
     try:
         result = session.run("EXPLAIN QUERY PLAN " + sql, params or None)
         rows = [tuple(r) for r in result]
