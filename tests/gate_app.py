@@ -4,6 +4,8 @@ one unindexed filter and one healthy endpoint. The lines the gate must point at 
 
 from __future__ import annotations
 
+import typing as t
+
 from flask import Flask
 from flask import jsonify
 from flask import request
@@ -44,8 +46,9 @@ class Book(db.Model):  # type: ignore[name-defined,misc]
     author: Mapped[Author] = relationship(back_populates="books")
 
 
-def create_app(database_url: str, *, fixed: bool = False) -> Flask:
+def create_app(database_url: str, *, fixed: bool = False, **config: t.Any) -> Flask:
     app = Flask("gate_app")
+    app.config.update(config)
     app.config["SQLALCHEMY_DATABASE_URI"] = database_url
     app.config["QUERYWATCH_ADVISE"] = False
     # The gates under test judge counts, plans and N+1s. A slow-query finding (over

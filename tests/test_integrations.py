@@ -37,8 +37,9 @@ if sys.argv[2] == "on":
         integrations=[FlaskIntegration()],
         default_integrations=False,
     )
-app = gate_app.create_app(f"sqlite:///{sys.argv[3]}/lib.db")
-app.config["QUERYWATCH_STORE_URL"] = f"sqlite:///{sys.argv[3]}/qw.db"
+app = gate_app.create_app(
+    f"sqlite:///{sys.argv[3]}/lib.db", QUERYWATCH_STORE_URL=f"sqlite:///{sys.argv[3]}/qw.db"
+)
 
 @app.get("/boom")
 def boom():
@@ -73,8 +74,12 @@ for env in Recording.envelopes:
             "context": (payload.get("contexts") or {}).get("querywatch"),
             "breadcrumbs": [b for b in (payload.get("breadcrumbs") or {}).get("values", [])
                             if b.get("category") == "querywatch"],
+            "trace_id": ((payload.get("contexts") or {}).get("trace") or {}).get("trace_id"),
         })
-print(json.dumps({"statuses": statuses, "events": events,
+state = app.extensions["querywatch"]
+state.flusher.flush()
+finding_traces = {f.kind: f.trace_id for f in state.store.findings()}
+print(json.dumps({"statuses": statuses, "events": events, "finding_traces": finding_traces,
                   "internal_errors": _failopen.internal_error_counts()}))
 """
 
@@ -124,6 +129,9 @@ def test_findings_are_breadcrumbs_and_tags_on_the_requests_sentry_transaction(
     assert crumb["data"]["endpoint"] == "GET /authors"
     assert "gate_app.py" in crumb["data"]["call_site"]
     assert "selectinload(Author.books)" in crumb["data"]["fix"]
+    # The finding keeps the trace of the request's transaction.
+    assert len(authors["trace_id"]) == 32
+    assert got["finding_traces"] == {"n_plus_one": authors["trace_id"]}
     # No literal value of the app's data goes to Sentry: shapes only.
     assert "Author 1" not in json.dumps(got["events"])
     for name in ("book", "boom"):
@@ -141,3 +149,4 @@ def test_sentry_imported_but_not_initialised_costs_nothing(tmp_path: t.Any) -> N
     assert got["statuses"] == [200, 200, 500]
     assert got["events"] == []
     assert got["internal_errors"] == {}
+    assert got["finding_traces"] == {"n_plus_one": None}

@@ -62,6 +62,7 @@ FINDING_KEYS = {
     "fix",
     "first_seen",
     "last_seen",
+    "trace_id",
 }
 
 

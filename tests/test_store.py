@@ -280,7 +280,7 @@ def test_schema_version_and_forward_migration(tmp_path: t.Any) -> None:
 def test_a_version_1_store_is_upgraded_in_place(tmp_path: t.Any) -> None:
     """A store written before the advisor (version 1) gains ``sample_sql`` and
     ``qw_advice`` (2), the alert tables (3), the incident tables (4), double precision on
-    MariaDB (5), the arrivals (6), and keeps its rows."""
+    MariaDB (5), the arrivals (6), the trace ids (7), and keeps its rows."""
     url = f"sqlite:///{tmp_path}/v1.db"
     engine = create_engine(url)
     with engine.begin() as conn:
@@ -299,11 +299,23 @@ def test_a_version_1_store_is_upgraded_in_place(tmp_path: t.Any) -> None:
         )
         for tbl in (schema.query_stats, schema.endpoint_stats, schema.findings):
             tbl.create(conn)
+        # Without the columns added since.
+        conn.exec_driver_sql("ALTER TABLE qw_query_stats DROP COLUMN max_trace")
+        conn.exec_driver_sql("ALTER TABLE qw_findings DROP COLUMN trace_id")
     engine.dispose()
     store = Store(url)
-    assert store.migrate() == 6
-    assert store.schema_version() == 6
+    assert store.migrate() == 7
+    assert store.schema_version() == 7
     assert store.arrivals(0, 1e12) is None
+    # The trace ids (7): the slowest call's and a finding's.
+    stats = Stats()
+    record = _record("GET /traced", "SELECT 1 FROM traced", 1, 0.5, 1000.0)
+    record.trace_id = "ab" * 16
+    stats.add(record, [])
+    store.write(stats.drain())
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT max_trace FROM qw_query_stats").scalar() == "ab" * 16
+        assert conn.exec_driver_sql("SELECT count(trace_id) FROM qw_findings").scalar() == 0
     assert store.shapes(["abc"])["abc"].shape == "SELECT ?"
     assert store.shapes(["abc"])["abc"].sample is None
     assert store.advice() == []

@@ -101,6 +101,9 @@ class Settings:
     user_function: t.Any = None
     #: The guard's configuration (:class:`querywatch.guard.GuardConfig`; None: no guard).
     guard: t.Any = None
+    #: Where a trace is shown (``https://tempo.example/trace/{trace_id}``; None: no
+    #: links).
+    trace_url: str | None = None
 
 
 def _bool(app: Flask, key: str, default: bool) -> bool:
@@ -393,6 +396,28 @@ def _token(app: Flask, key: str) -> str | None:
     return value
 
 
+def _trace_url(app: Flask) -> str | None:
+    """``QUERYWATCH_TRACE_URL``: a link to a trace, with ``{trace_id}`` where its id
+    goes."""
+    key = "QUERYWATCH_TRACE_URL"
+    value = app.config.setdefault(key, None)
+    if value is None:
+        return None
+    if (
+        not isinstance(value, str)
+        or not value.startswith(("https://", "http://"))
+        or "{trace_id}" not in value
+        or value.count("{") != 1
+        or value.count("}") != 1
+    ):
+        expected = (
+            "an http(s) URL with {trace_id} where the trace's id goes, such as"
+            " 'https://tempo.example/trace/{trace_id}' (or None for no links)"
+        )
+        raise ConfigError(key, expected, value)
+    return value
+
+
 def _optional_ms(app: Flask, key: str, default: float) -> float | None:
     if app.config.setdefault(key, default) is None:
         return None
@@ -483,6 +508,7 @@ KEYS = (
     "QUERYWATCH_INCIDENT_INTERVAL",
     "QUERYWATCH_USER",
     "QUERYWATCH_GUARD",
+    "QUERYWATCH_TRACE_URL",
 )
 
 logger = logging.getLogger("querywatch")
@@ -621,4 +647,5 @@ def _read_settings(
         incident_interval=_number(app, "QUERYWATCH_INCIDENT_INTERVAL", 5.0, minimum=_MIN_INTERVAL),
         user_function=_user_function(app),
         guard=guard(app) if guard is not None else None,
+        trace_url=_trace_url(app),
     )

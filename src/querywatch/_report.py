@@ -179,6 +179,7 @@ def build_report(
                 "fix": f.fix,
                 "first_seen": _iso(f.first_seen),
                 "last_seen": _iso(f.last_seen),
+                "trace_id": f.trace_id,
             }
         )
     cache = []

@@ -115,6 +115,8 @@ class Aggregate:
     max: float = 0.0
     rows: int = 0
     hist: dict[int, int] = dataclasses.field(default_factory=dict)
+    #: The trace of the slowest call, when the app traces (OpenTelemetry).
+    max_trace: str | None = None
 
     def merge(self, o: Aggregate) -> None:
         self.calls += o.calls
@@ -122,7 +124,9 @@ class Aggregate:
         self.total += o.total
         self.rows += o.rows
         self.min = min(self.min, o.min)
-        self.max = max(self.max, o.max)
+        if o.max > self.max:
+            self.max = o.max
+            self.max_trace = o.max_trace
         merge_hist(self.hist, o.hist)
 
     def quantile(self, q: float) -> float:
@@ -185,6 +189,8 @@ class FindingAggregate:
     site: CallSite | None = None
     relationship: str | None = None
     fix: str = ""
+    #: The trace of its last occurrence that was traced (OpenTelemetry).
+    trace_id: str | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -279,6 +285,7 @@ class Stats:
                 record.overflow,
                 findings,
                 record.user,
+                record.trace_id,
             )
         )
         # Counted without the lock: a close count is enough to bound the queue.
@@ -339,6 +346,7 @@ class Stats:
         overflow: dict[str, ShapeStats],
         findings: t.Sequence[Finding],
         user: str | None = None,
+        trace_id: str | None = None,
     ) -> None:
         width = self.bucket_seconds
         minute = int(started_wall // width) * width
@@ -400,11 +408,12 @@ class Stats:
                     agg.min = shape.min
                 if shape.max > agg.max:
                     agg.max = shape.max
+                    agg.max_trace = trace_id
                 hist = agg.hist
                 for k, v in shape.hist.items():
                     hist[k] = hist.get(k, 0) + v
         for f in findings:
-            self._add_finding(f, endpoint, started_wall)
+            self._add_finding(f, endpoint, started_wall, trace_id)
 
     def _count_user(self, bucket: MinuteBucket, objective: str, user: str, bad: bool) -> None:
         users = bucket.users.get(objective)
@@ -433,7 +442,9 @@ class Stats:
             self._shapes[fp_id] = ShapeInfo(fp.shape, fp.operation, shape.site, fp.sample)
         return fp_id
 
-    def _add_finding(self, f: Finding, endpoint: str, when: float) -> None:
+    def _add_finding(
+        self, f: Finding, endpoint: str, when: float, trace_id: str | None = None
+    ) -> None:
         key = (f.kind, endpoint, f.fingerprint.id)
         agg = self._findings.get(key)
         if agg is None:
@@ -453,6 +464,8 @@ class Stats:
             if f.fingerprint.id not in self._shapes:
                 fp = f.fingerprint
                 self._shapes[fp.id] = ShapeInfo(fp.shape, fp.operation, f.site, fp.sample)
+        if trace_id is not None and when >= agg.last_seen:
+            agg.trace_id = trace_id
         agg.last_seen = max(agg.last_seen, when)
         agg.occurrences += 1
         agg.queries += f.count
@@ -537,6 +550,10 @@ class Stats:
                     self._findings[fkey] = f
                 else:
                     cur_f.first_seen = min(cur_f.first_seen, f.first_seen)
+                    if f.trace_id is not None and (
+                        cur_f.trace_id is None or f.last_seen > cur_f.last_seen
+                    ):
+                        cur_f.trace_id = f.trace_id
                     cur_f.last_seen = max(cur_f.last_seen, f.last_seen)
                     cur_f.occurrences += f.occurrences
                     cur_f.queries += f.queries

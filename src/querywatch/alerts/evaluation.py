@@ -36,6 +36,7 @@ class AlertRules:
     :param bucket_seconds: the store's bucket width.
     :param min_bad_events: a burn-rate alert needs this many bad events in its short
         window.
+    :param trace_url: links the evidence's traced shapes to their traces.
     """
 
     objectives: tuple[Objective, ...]
@@ -47,6 +48,8 @@ class AlertRules:
     new_full_scan: bool = True
     bucket_seconds: int = 60
     min_bad_events: int = 0
+    #: ``QUERYWATCH_TRACE_URL``: the evidence links each traced shape to its trace.
+    trace_url: str | None = None
 
     @property
     def shape_window(self) -> float:
@@ -182,6 +185,7 @@ class Evaluator:
                 gap=gap,
                 objective=objective,
                 memo=memo,
+                trace_url=rules.trace_url,
             )
             pending.append(
                 AlertChange(

@@ -60,6 +60,7 @@ def gather(
     objective: str | None = None,
     limit: int = 5,
     memo: dict[t.Any, dict[str, t.Any]] | None = None,
+    trace_url: str | None = None,
 ) -> dict[str, t.Any]:
     """The evidence of the last ``span`` seconds against as long a window before them.
 
@@ -70,6 +71,8 @@ def gather(
     :param objective: also list the endpoints with most bad events of this objective.
     :param memo: a dict kept over one evaluation: alerts with the same windows share
         what they read.
+    :param trace_url: ``QUERYWATCH_TRACE_URL``: each shape whose slowest call now was
+        traced gets the link to its trace (``trace_url``) beside its ``trace_id``.
     """
     key = (now, span, width, gap, limit)
     base = memo.get(key) if memo is not None else None
@@ -78,6 +81,13 @@ def gather(
         if memo is not None:
             memo[key] = base
     out = dict(base)
+    if trace_url is not None:
+        out["shapes"] = [
+            {**row, "trace_url": trace_url.format(trace_id=row["trace_id"])}
+            if row.get("trace_id")
+            else row
+            for row in out["shapes"]
+        ]
     if objective is not None:
         # Over the buckets the burn rate counted (the current one too).
         rows = store.slo_endpoints(objective, now - span - width, now, 1000)
@@ -150,6 +160,8 @@ def _gather(
     advice: dict[str, t.Any] = {}
     for suggestion in store.advice(fps):
         advice.setdefault(suggestion.fingerprint, suggestion)  # newest first
+    # The slowest call of each shape now, where it was traced: its trace to open.
+    traces = store.slowest_traces(start, current, {(d[0], d[1]) for d in deltas})
     shape_rows = []
     for endpoint, fp, t_now, c_now, t_before, c_before in deltas:
         sh = shapes.get(fp)
@@ -176,6 +188,7 @@ def _gather(
                     if a and a.cost_before and a.cost_after
                     else None
                 ),
+                "trace_id": traces.get((endpoint, fp)),
             }
         )
     pools = []

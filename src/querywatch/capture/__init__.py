@@ -22,6 +22,7 @@ writes), :mod:`._writes` (the tables each commit wrote, for the result cache),
 
 from __future__ import annotations
 
+from ._listeners import add_statement_hook
 from ._listeners import install
 from ._listeners import track_writes
 from ._listeners import uninstall
@@ -57,6 +58,7 @@ __all__ = [
     "ShapeStats",
     "ShapeView",
     "StatementBudget",
+    "add_statement_hook",
     "current_record",
     "end_record",
     "find_call_site",

@@ -140,6 +140,8 @@ def _begin(
             record.dropped += 1
             record.open_dropped.append(query)
             context._querywatch_record = record
+        if statement_hooks:
+            _statement_hooks(record, context, info.fingerprint, site)
         if timed_read:
             query.sample_min = record.sample_min
             context.cursor_fetch_strategy = query
@@ -291,6 +293,27 @@ def uninstall() -> None:
             event.remove(Dialect, name, fn)
         event.remove(Session, "after_commit", _after_commit)
         _installed = False
+
+
+#: Called for each statement of a unit of work just before it runs, with the record, the
+#: execution context, the statement's shape and its call site (OpenTelemetry's statement
+#: span is open then). Empty, they cost one test a statement.
+statement_hooks: list[t.Callable[[Record, t.Any, t.Any, t.Any], None]] = []
+
+
+def _statement_hooks(record: Record, context: t.Any, fingerprint: t.Any, site: t.Any) -> None:
+    for hook in statement_hooks:
+        try:
+            hook(record, context, fingerprint, site)
+        except Exception as e:
+            swallow("capture.statement_hook", e)
+
+
+def add_statement_hook(hook: t.Callable[[Record, t.Any, t.Any, t.Any], None]) -> None:
+    """Call ``hook`` for every statement from now on (once, however often added)."""
+    if hook not in statement_hooks:
+        statement_hooks.append(hook)
+    install()
 
 
 def track_writes(bump: t.Callable[[frozenset[str]], None]) -> None:

@@ -229,6 +229,8 @@ class Record:
         "commit_site",
         "budget",
         "held",
+        "trace_id",
+        "spans",
         "_view",
     )
 
@@ -294,6 +296,10 @@ class Record:
         #: What the guard holds for this unit of work (a bulkhead's permit), given back
         #: when it ends.
         self.held: t.Any = None
+        #: The trace this unit of work is part of (32 hex digits), when the app traces
+        #: with OpenTelemetry; ``spans``: a statement had a span of its own.
+        self.trace_id: str | None = None
+        self.spans = False
         self._view: RecordView | None = None
 
     def __repr__(self) -> str:

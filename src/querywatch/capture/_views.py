@@ -169,6 +169,12 @@ class RecordView:
         return self._record.user
 
     @property
+    def trace_id(self) -> str | None:
+        """The trace the work was part of (32 hex digits), when the app traces with
+        OpenTelemetry; set when the work ends."""
+        return self._record.trace_id
+
+    @property
     def queries(self) -> tuple[QueryView, ...]:
         """The statements kept, in order, as they are now."""
         return tuple(map(QueryView.of, self._record.queries))

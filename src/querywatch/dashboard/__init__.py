@@ -531,10 +531,21 @@ def _gather(state: AppState, page: str, window: str) -> dict[str, t.Any]:
     if page == "shapes":
         return {"db_time_ms": report["db_time_ms"], "shapes": _shapes(state, report["queries"])}
     if page == "findings":
-        return {"findings": report["findings"]}
+        return {"findings": _traced(state, report["findings"])}
     if page == "cache":
         return {"cache": report["cache"]}
     raise KeyError(page)
+
+
+def _traced(state: AppState, rows: list[dict[str, t.Any]]) -> list[dict[str, t.Any]]:
+    """Each row with a trace id gets the link to its trace (``QUERYWATCH_TRACE_URL``)."""
+    url = state.settings.trace_url
+    if url is None:
+        return rows
+    return [
+        {**row, "trace_url": url.format(trace_id=row["trace_id"])} if row.get("trace_id") else row
+        for row in rows
+    ]
 
 
 def _manager(state: AppState) -> t.Any:
@@ -555,9 +566,13 @@ def _incident_detail(state: AppState, incident_id: int) -> dict[str, t.Any]:
 
     manager = _manager(state)
     incident = manager.get(incident_id)
+    from ..incidents.manager import trace_url_of
+
     return {
         "incident": _incident_dict(incident),
         "timeline": [dataclasses.asdict(e) for e in manager.timeline(incident_id)],
+        # The culprit's slowest traced call (QUERYWATCH_TRACE_URL).
+        "trace_url": trace_url_of(incident.evidence),
     }
 
 

@@ -16,6 +16,7 @@ from .._config import warn_unknown_keys
 from .._failopen import fail_open
 from .._failopen import log_limited
 from ..exceptions import NotInitializedError
+from ..integrations import otel
 from ._hooks import _register_views
 from ._hooks import _request_hooks
 from ._state import _EXTENSION_KEY
@@ -109,6 +110,10 @@ class QueryWatch:
         app.before_request_funcs.setdefault(None, []).insert(0, before)
         app.after_request_funcs.setdefault(None, []).append(after)
         app.teardown_request_funcs.setdefault(None, []).append(teardown)
+        state.teardown = teardown
+        if otel.running():
+            # The app traces: each statement's span hears its shape and call site.
+            capture.add_statement_hook(otel.annotate_statement)
         if state.guard is not None:
             # Flask stops at the first teardown_request hook that raises, so one of the
             # app's could keep ours from giving a bulkhead's permit back, for good. The

@@ -3,6 +3,7 @@ and the ``/metrics`` and readiness views."""
 
 from __future__ import annotations
 
+import sys
 import typing as t
 import weakref
 
@@ -11,6 +12,7 @@ from flask import request
 from .. import capture
 from .._failopen import log_limited
 from .._failopen import swallow
+from ..integrations import otel
 from ..signals import record_finished
 from ._state import PROCESS
 
@@ -38,9 +40,13 @@ def _request_hooks(
     from ..metrics import OWN_PREFIX
 
     guard = state.guard
+    first = [True]
 
     def _before_request() -> t.Any:
         try:
+            if first[0]:
+                first[0] = False
+                _end_before_opentelemetry(state)
             req = request._get_current_object()  # type: ignore[attr-defined]
             rule = req.url_rule
             if rule is not None and rule.endpoint.startswith(OWN_PREFIX):
@@ -89,6 +95,31 @@ def _request_hooks(
     return _before_request, _after_request, _teardown_request
 
 
+def _end_before_opentelemetry(state: AppState) -> bool:
+    """OpenTelemetry's Flask instrumentation ends the request's span in its
+    ``teardown_request`` hook, and Flask runs those hooks last registered first: an app
+    instrumented after ``QueryWatch(app)`` would end the span before querywatch could put
+    its findings on it. At the first request, querywatch's hook is moved to run before
+    OpenTelemetry's (the list is replaced whole: a request tearing down meanwhile keeps
+    the one it had). Returns whether it moved."""
+    app = state.app
+    if app is None or "opentelemetry.instrumentation.flask" not in sys.modules:
+        return False
+    ours = state.teardown
+    funcs = app.teardown_request_funcs.get(None) or []
+    theirs = [
+        i
+        for i, f in enumerate(funcs)
+        if getattr(f, "__module__", "") == "opentelemetry.instrumentation.flask"
+    ]
+    if ours is None or ours not in funcs or not theirs or funcs.index(ours) > theirs[-1]:
+        return False
+    moved = [f for f in funcs if f is not ours]
+    moved.insert(theirs[-1], ours)  # just after OpenTelemetry's last: runs before it
+    app.teardown_request_funcs[None] = moved
+    return True
+
+
 def _register_views(app: Flask, state: AppState) -> None:
     """``/metrics`` and ``/readyz`` (their paths as configured), unless the app already
     routes those paths."""
@@ -124,10 +155,10 @@ def _register_views(app: Flask, state: AppState) -> None:
             record_finished.connect(state.metrics.record_finished, sender=app)
             if state.guard is not None:
                 state.metrics.registry.register(state.guard)
+            state.metrics.http_exported_elsewhere = lambda: otel.exports_http_duration(app_ref())
             token = settings.metrics_token
 
             def metrics_view() -> FlaskResponse:
-                from prometheus_client import CONTENT_TYPE_LATEST
 
                 if token is not None:
                     given = request.headers.get("Authorization", "")
@@ -140,7 +171,8 @@ def _register_views(app: Flask, state: AppState) -> None:
                         )
                 m = state.metrics
                 assert m is not None
-                return FlaskResponse(m.exposition(), content_type=CONTENT_TYPE_LATEST)
+                body, content_type = m.exposition(request.headers.get("Accept"))
+                return FlaskResponse(body, content_type=content_type)
 
             app.add_url_rule(
                 settings.metrics_path, metrics.METRICS_ENDPOINT, metrics_view, methods=["GET"]

@@ -20,6 +20,7 @@ from .._detectors import detect
 from .._failopen import log_limited
 from .._failopen import swallow
 from .._stats import Stats
+from ..integrations import otel
 from ..integrations import sentry
 from ..signals import Receivers
 from ..signals import record_finished
@@ -53,6 +54,8 @@ class AppState:
         self.name = app.name
         self._config = app.config
         self._app = weakref.ref(app)
+        #: The app's ``teardown_request`` hook that ends a request's record.
+        self.teardown: t.Callable[[BaseException | None], None] | None = None
         #: The app's receivers of ``record_finished``, kept between requests.
         self.receivers = Receivers(self._app)
         self.flusher = Flusher(self)
@@ -106,6 +109,10 @@ class AppState:
         incidents = Incidents(self.store, settings.escalation, scale=settings.alert_time_scale)
         return incidents.resolved_since(alert_key, since)
 
+    @property
+    def app(self) -> Flask | None:
+        return self._app()
+
     def release_leases(self) -> None:
         """Give up the alerts and incidents leases if this process holds them."""
         from ..alerts import LEASE
@@ -138,6 +145,7 @@ class AppState:
                 new_full_scan=s.alert_new_full_scan,
                 bucket_seconds=s.bucket_seconds,
                 min_bad_events=s.alert_min_bad_events,
+                trace_url=s.trace_url,
             )
             self._evaluator = Evaluator(self.store, rules)
             guard = self.guard
@@ -287,6 +295,13 @@ class AppState:
         """End a unit of work: findings, aggregates, and the flusher woken if needed."""
         record.finish(status)
         findings = detect(record, self.settings)
+        if "opentelemetry.trace" in sys.modules:
+            self._trace(record, findings)
+        if "sentry_sdk" in sys.modules and record.trace_id is None:
+            try:
+                record.trace_id = sentry.trace_id()
+            except Exception as e:
+                swallow("integrations.sentry", e)
         if findings and "sentry_sdk" in sys.modules:
             try:
                 sentry.report_findings(record, findings)
@@ -329,6 +344,24 @@ class AppState:
                 except Exception as e:
                     swallow("signals.record_finished", e)
         return findings
+
+    @staticmethod
+    def _trace(record: capture.Record, findings: list[Finding]) -> None:
+        """The app traces with OpenTelemetry: the request's span hears what querywatch
+        found, and the record keeps its trace id. From now on each statement's span (the
+        SQLAlchemy instrumentation's) gets its shape and call site."""
+        try:
+            environ = None
+            if record.kind == "request":
+                from flask import has_request_context
+                from flask import request
+
+                if has_request_context():
+                    environ = request.environ
+            record.trace_id = otel.annotate_request(record, findings, environ)
+            capture.add_statement_hook(otel.annotate_statement)
+        except Exception as e:
+            swallow("integrations.otel", e)
 
 
 class Process:

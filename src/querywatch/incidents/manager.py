@@ -225,6 +225,7 @@ class Incidents:
                     "created_at": incident.created_at,
                     "hypothesis": incident.evidence.get("hypothesis"),
                     "impact": incident.impact,
+                    "trace_url": trace_url_of(incident.evidence),
                 },
             }
             tx.queue_message(
@@ -621,6 +622,18 @@ def incident_key(alert_key: str) -> str:
     if alert_key.startswith("slo:"):
         return "slo"
     return alert_key
+
+
+def trace_url_of(evidence: t.Mapping[str, t.Any]) -> str | None:
+    """The link to the trace of the culprit's slowest call, when the evidence has one
+    (``QUERYWATCH_TRACE_URL``)."""
+    from ..alerts.evidence import culprit
+
+    try:
+        top = culprit(dict(evidence)) if evidence.get("shapes") else None
+    except (KeyError, TypeError, ValueError):
+        return None
+    return str(top["trace_url"]) if top and top.get("trace_url") else None
 
 
 def follow_alerts(

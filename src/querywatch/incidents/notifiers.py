@@ -119,6 +119,16 @@ class Notifier(abc.ABC):
         """Deliver ``message`` (an outbox message); raise :class:`DeliveryError`."""
 
 
+def _evidence(inc: t.Mapping[str, t.Any], *, slack: bool = False) -> str:
+    """The evidence in words, with the link to the culprit's slowest traced call
+    (``QUERYWATCH_TRACE_URL``) when there is one."""
+    text = str(inc.get("hypothesis") or "")
+    url = inc.get("trace_url")
+    if url:
+        text += f" <{url}|Trace of its slowest call>" if slack else f" Trace: {url}"
+    return text
+
+
 def send(target: Target, message: dict[str, t.Any]) -> None:
     """Deliver ``message`` (an outbox message) to ``target``; raises
     :class:`DeliveryError`."""
@@ -246,7 +256,10 @@ class SlackNotifier(_UrlNotifier):
                 2,
                 {
                     "type": "section",
-                    "text": {"type": "mrkdwn", "text": f"*Evidence* {inc['hypothesis']}"[:2900]},
+                    "text": {
+                        "type": "mrkdwn",
+                        "text": f"*Evidence* {_evidence(inc, slack=True)}"[:2900],
+                    },
                 },
             )
         body = json.dumps({"text": _subject(message), "blocks": blocks}).encode()
@@ -289,7 +302,7 @@ class EmailNotifier(Notifier):
         inc = message["incident"]
         body = message["text"]
         if inc.get("hypothesis"):
-            body += f"\n\nEvidence: {inc['hypothesis']}"
+            body += f"\n\nEvidence: {_evidence(inc)}"
         mail.set_content(body)
         host, port = opts["host"], int(opts.get("port", 25))
         try:
@@ -342,6 +355,7 @@ class PagerDutyNotifier(Notifier):
                 "custom_details": {
                     "text": message["text"],
                     "hypothesis": inc.get("hypothesis"),
+                    "trace_url": inc.get("trace_url"),
                     "idempotency_key": message["idempotency_key"],
                 },
             }
@@ -399,7 +413,7 @@ class OpsgenieNotifier(Notifier):
             return
         description = message["text"]
         if inc.get("hypothesis"):
-            description += f"\n\nEvidence: {inc['hypothesis']}"
+            description += f"\n\nEvidence: {_evidence(inc)}"
         alert: dict[str, t.Any] = {
             "message": _subject(message)[:130],
             "alias": alias,
@@ -446,7 +460,7 @@ class TeamsNotifier(_UrlNotifier):
             body.append(
                 {
                     "type": "TextBlock",
-                    "text": f"Evidence: {inc['hypothesis']}"[:10000],
+                    "text": f"Evidence: {_evidence(inc)}"[:10000],
                     "wrap": True,
                     "isSubtle": True,
                 }
@@ -509,7 +523,7 @@ class AppriseNotifier(Notifier):
         inc = message["incident"]
         body = message["text"]
         if inc.get("hypothesis"):
-            body += f"\n\nEvidence: {inc['hypothesis']}"
+            body += f"\n\nEvidence: {_evidence(inc)}"
         kind = {
             "trigger": apprise.NotifyType.FAILURE,
             "escalate": apprise.NotifyType.FAILURE,

@@ -24,7 +24,7 @@ if t.TYPE_CHECKING:
     from .._detectors import Finding
     from ..capture import Record
 
-__all__ = ["report_findings"]
+__all__ = ["report_findings", "trace_id"]
 
 #: Sentry keeps tag values to 200 characters.
 _TAG_CHARS = 200
@@ -66,3 +66,16 @@ def report_findings(record: Record, findings: t.Sequence[Finding]) -> bool:
         context.append({"kind": f.kind, "query": message, **data, "fix": f.fix})
     scope.set_context("querywatch", {"findings": context[:20]})
     return True
+
+
+def trace_id() -> str | None:
+    """The current trace's id (32 hex digits), when Sentry runs in this process: its
+    Flask integration starts (or continues) one per request."""
+    sentry = sys.modules.get("sentry_sdk")
+    if sentry is None or not sentry.get_client().is_active():
+        return None
+    parent = sentry.get_traceparent()
+    if not parent:
+        return None
+    trace = parent.split("-", 1)[0]
+    return trace if len(trace) == 32 else None

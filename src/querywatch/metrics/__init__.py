@@ -57,6 +57,7 @@ import threading
 import typing as t
 from bisect import bisect_left
 from time import monotonic
+from time import time
 
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.core import HistogramMetricFamily
@@ -146,6 +147,7 @@ class _Unit(t.NamedTuple):
     dropped: int
     n_plus_one: int
     slow: int
+    trace_id: str | None = None
 
 
 class _Histograms:
@@ -157,23 +159,39 @@ class _Histograms:
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
-        #: label values -> [counts by bucket (the last is +Inf), sum].
+        #: label values -> [counts by bucket (the last is +Inf), sum, exemplars (None,
+        #: or by bucket the last traced observation: trace id, value, time)].
         self.series: dict[tuple[str, ...], list[t.Any]] = {}
 
     def entry(self, labels: tuple[str, ...]) -> list[t.Any]:
         e = self.series.get(labels)
         if e is None:
-            e = self.series[labels] = [[0] * (len(self.bounds) + 1), 0.0]
+            e = self.series[labels] = [[0] * (len(self.bounds) + 1), 0.0, None]
         return e
 
+    @staticmethod
+    def exemplar(e: list[t.Any], bucket: int, trace_id: str, value: float) -> None:
+        """Keep a traced observation as its bucket's exemplar (OpenMetrics: the last
+        one a bucket; bounded by the series' buckets)."""
+        if e[2] is None:
+            e[2] = {}
+        e[2][bucket] = (trace_id, value, time())
+
     def family(self, name: str, doc: str, label_names: list[str]) -> HistogramMetricFamily:
+        from prometheus_client.samples import Exemplar
+
         fam = HistogramMetricFamily(name, doc, labels=label_names)
         bounds = [*(str(float(b)) for b in self.bounds), "+Inf"]
-        for labels, (counts, total) in sorted(self.series.items()):
-            cumulative, running = [], 0
-            for le, n in zip(bounds, counts, strict=True):
+        for labels, (counts, total, exemplars) in sorted(self.series.items()):
+            cumulative: list[t.Any] = []
+            running = 0
+            for i, (le, n) in enumerate(zip(bounds, counts, strict=True)):
                 running += n
-                cumulative.append((le, running))
+                ex = exemplars.get(i) if exemplars else None
+                if ex is None:
+                    cumulative.append((le, running))
+                else:
+                    cumulative.append((le, running, Exemplar({"trace_id": ex[0]}, ex[1], ex[2])))
             fam.add_metric(list(labels), cumulative, total)
         return fam
 
@@ -217,6 +235,11 @@ class AppMetrics(Collector):
         self._pool_marks: dict[str, tuple[int, float, int]] = {}
         self._pool_lock = threading.Lock()
         self._pools_checked = -POOL_CHECK_INTERVAL
+        #: Whether another exporter of the app already exports
+        #: ``http_server_request_duration_seconds`` (OpenTelemetry's Flask
+        #: instrumentation, with the stable HTTP conventions): querywatch leaves its own
+        #: out rather than export a second series of the name. The extension sets it.
+        self.http_exported_elsewhere: Callable[[], bool] | None = None
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
         self.registry.register(_InternalErrors())
@@ -285,20 +308,28 @@ class AppMetrics(Collector):
         if self.multiprocess and not self._mp:
             self._mp = self._mp_metrics()
 
-    def exposition(self) -> bytes:
-        """The text a scrape gets: this process's registry, or in multiprocess mode the
-        sum of every worker's files (and the serving worker's pools)."""
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The text a scrape gets, and its content type: this process's registry (in
+        the OpenMetrics format, with the duration histograms' exemplars, when the
+        scraper's ``Accept`` asks for it, as Prometheus does), or in multiprocess mode
+        the sum of every worker's files (and the serving worker's pools)."""
+        from prometheus_client import CONTENT_TYPE_LATEST
         from prometheus_client import generate_latest
 
         self.fold()
         if not self.multiprocess:
-            return bytes(generate_latest(self.registry))
+            if accept and "application/openmetrics-text" in accept:
+                from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OM
+                from prometheus_client.openmetrics.exposition import generate_latest as om_latest
+
+                return bytes(om_latest(self.registry)), OM  # type: ignore[no-untyped-call]
+            return bytes(generate_latest(self.registry)), CONTENT_TYPE_LATEST
         from prometheus_client.multiprocess import MultiProcessCollector
 
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         registry.register(_PoolCollector(self._engines))
-        return bytes(generate_latest(registry))
+        return bytes(generate_latest(registry)), CONTENT_TYPE_LATEST
 
     @takes_live_record
     def record_finished(
@@ -326,6 +357,7 @@ class AppMetrics(Collector):
                 record.dropped,
                 n1,
                 slow,
+                record.trace_id,
             )
         )
 
@@ -363,7 +395,7 @@ class AppMetrics(Collector):
         except Exception:
             engines = {}
         with self._pool_lock:
-            for (name,), (counts, waited) in list(self.pool_wait.series.items()):
+            for (name,), (counts, waited, _) in list(self.pool_wait.series.items()):
                 total = sum(counts)
                 timeouts = self.pool_timeouts.get(name, 0)
                 seen = self._pool_marks.get(name, (0, 0.0, 0))
@@ -419,6 +451,30 @@ class AppMetrics(Collector):
         wrap_checkout(pool, timed)
         pool._querywatch_timed = True
 
+    def _http_elsewhere(self) -> bool:
+        check = self.http_exported_elsewhere
+        if check is None:
+            return False
+        try:
+            elsewhere = check()
+        except Exception as e:
+            from .._failopen import record_internal_error
+
+            record_internal_error("metrics.http_elsewhere", e)
+            return False
+        if elsewhere:
+            from .._failopen import log_limited
+
+            log_limited(
+                "metrics.http_elsewhere",
+                "OpenTelemetry's Flask instrumentation exports http.server.request.duration"
+                " for this app (OTEL_SEMCONV_STABILITY_OPT_IN=http): querywatch leaves its"
+                " http_server_request_duration_seconds out of %s, so Prometheus gets one"
+                " series of the name. Its other metrics stay.",
+                "/metrics",
+            )
+        return elsewhere
+
     def _shape_label(self, fp_id: str) -> str:
         if fp_id in self.shapes:
             return fp_id
@@ -430,11 +486,15 @@ class AppMetrics(Collector):
     def _observe(self, u: _Unit) -> None:
         if self._mp:
             self._observe_shared(u)
+        trace_id = u.trace_id
         if u.kind == "request":
             method, route = _method_route(u.name)
             e = self.http.entry((method, route, str(u.status)))
-            e[0][bisect_left(HTTP_BUCKETS, u.duration)] += 1
+            i = bisect_left(HTTP_BUCKETS, u.duration)
+            e[0][i] += 1
             e[1] += u.duration
+            if trace_id is not None:
+                _Histograms.exemplar(e, i, trace_id, u.duration)
             e = self.queries.entry((route,))
             e[0][bisect_left(QUERY_COUNT_BUCKETS, u.query_count)] += 1
             e[1] += u.query_count
@@ -455,8 +515,11 @@ class AppMetrics(Collector):
                     entries.clear()
                 e = entries[fp_id] = self.db.entry((_operation(fp), self._shape_label(fp_id)))
             d = q.duration
-            e[0][bisect_left(DB_BUCKETS, d)] += 1
+            i = bisect_left(DB_BUCKETS, d)
+            e[0][i] += 1
             e[1] += d
+            if trace_id is not None:
+                _Histograms.exemplar(e, i, trace_id, d)
             if u.dropped:
                 kept[fp_id] = kept.get(fp_id, 0) + 1
         # Statements past the record's cap were aggregated without being kept: each is
@@ -489,12 +552,13 @@ class AppMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            yield self.http.family(
-                "http_server_request_duration_seconds",
-                "Duration of HTTP server requests, by url rule (OpenTelemetry"
-                " http.server.request.duration).",
-                ["http_request_method", "http_route", "http_response_status_code"],
-            )
+            if not self._http_elsewhere():
+                yield self.http.family(
+                    "http_server_request_duration_seconds",
+                    "Duration of HTTP server requests, by url rule (OpenTelemetry"
+                    " http.server.request.duration).",
+                    ["http_request_method", "http_route", "http_response_status_code"],
+                )
             yield self.db.family(
                 "db_client_operation_duration_seconds",
                 "Duration of database statements until their result was read, by"

@@ -232,6 +232,32 @@ class StatsReads(Base):
                 ep.db_time += row.db_s
         return out
 
+    def slowest_traces(
+        self, since: float, until: float, keys: t.Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        """The trace of the slowest traced call of each (endpoint, shape id) of ``keys``
+        in ``[since, until)`` of bucket starts (the app traces with OpenTelemetry)."""
+        if not keys:
+            return {}
+        self.migrate()
+        qs = schema.query_stats
+        fps = sorted({fp for _, fp in keys})
+        best: dict[tuple[str, str], tuple[float, str]] = {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(qs.c.endpoint, qs.c.fingerprint, qs.c.max_s, qs.c.max_trace).where(
+                    qs.c.minute >= since,
+                    qs.c.minute < until,
+                    qs.c.fingerprint.in_(fps),
+                    qs.c.max_trace.is_not(None),
+                )
+            )
+            for row in rows:
+                key = (row.endpoint, row.fingerprint)
+                if key in keys and (key not in best or row.max_s > best[key][0]):
+                    best[key] = (row.max_s, row.max_trace)
+        return {k: trace for k, (_, trace) in best.items()}
+
     def shape_deltas(
         self, now: tuple[float, float], before: tuple[float, float], limit: int = 5
     ) -> list[tuple[str, str, float, int, float, int]]:

@@ -96,6 +96,8 @@ class StoredFinding(t.NamedTuple):
     site: CallSite | None
     relationship: str | None
     fix: str
+    #: The trace of its last traced occurrence (OpenTelemetry), if any.
+    trace_id: str | None = None
 
 
 class Window(t.NamedTuple):
@@ -158,6 +160,7 @@ def _finding(row: t.Any) -> StoredFinding:
         _site(row),
         row.relationship,
         row.fix,
+        getattr(row, "trace_id", None),
     )
 
 
@@ -185,6 +188,7 @@ def _aggregate(row: t.Any) -> Aggregate:
         max=row.max_s,
         rows=row.rows,
         hist=_hist_load(row.hist),
+        max_trace=getattr(row, "max_trace", None),
     )
 
 

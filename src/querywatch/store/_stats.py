@@ -132,6 +132,7 @@ class StatsWrites(Base):
                         "max_s": agg.max,
                         "rows": agg.rows,
                         "hist": _hist_dump(agg.hist),
+                        "max_trace": agg.max_trace,
                     }
                 )
             else:
@@ -150,6 +151,7 @@ class StatsWrites(Base):
                         "max_s": max(old.max_s, agg.max),
                         "rows": old.rows + agg.rows,
                         "hist": _hist_dump(hist),
+                        "max_trace": agg.max_trace if agg.max > old.max_s else old.max_trace,
                     }
                 )
         _write_rows(conn, tbl, ("minute", "endpoint", "fingerprint"), inserts, updates)
@@ -379,6 +381,7 @@ class StatsWrites(Base):
                         total_s=f.total,
                         relationship=f.relationship,
                         fix=f.fix,
+                        trace_id=f.trace_id,
                         **_site_columns(f.site),
                     )
                 )
@@ -393,6 +396,7 @@ class StatsWrites(Base):
                         queries=old.queries + f.queries,
                         total_s=old.total_s + f.total,
                         relationship=old.relationship or f.relationship,
+                        trace_id=f.trace_id or old.trace_id,
                     )
                 )
 

@@ -36,7 +36,9 @@ if t.TYPE_CHECKING:
 #: single precision: a Unix time to within about two minutes, which let a lease expire
 #: at once); nothing changes on PostgreSQL and SQLite, whose float is already double.
 #: 6: ``qw_arrivals`` (requests counted as they start, the ones still running too).
-SCHEMA_VERSION = 6
+#: 7: trace ids (OpenTelemetry): ``qw_query_stats.max_trace`` (the slowest call's trace)
+#: and ``qw_findings.trace_id`` (the last occurrence's).
+SCHEMA_VERSION = 7
 
 metadata = MetaData()
 
@@ -76,6 +78,8 @@ query_stats = Table(
     Column("max_s", Double, nullable=False),
     Column("rows", BigInteger, nullable=False),
     Column("hist", Text, nullable=False),
+    # The trace of the slowest call of the bucket (32 hex digits), when the app traces.
+    Column("max_trace", String(32)),
 )
 
 endpoint_stats = Table(
@@ -112,6 +116,8 @@ findings = Table(
     Column("site_function", String(255)),
     Column("relationship", String(255)),
     Column("fix", Text, nullable=False),
+    # The trace of the last occurrence that was traced.
+    Column("trace_id", String(32)),
     UniqueConstraint("kind", "endpoint", "fingerprint", name="uq_qw_findings_key"),
 )
 
@@ -386,6 +392,14 @@ def _migrate_to_6(conn: Connection) -> None:
         arrivals.create(conn)
 
 
+def _migrate_to_7(conn: Connection) -> None:
+    from sqlalchemy import inspect
+
+    for tbl, name in ((query_stats, "max_trace"), (findings, "trace_id")):
+        if name not in {c["name"] for c in inspect(conn).get_columns(tbl.name)}:
+            conn.exec_driver_sql(f"ALTER TABLE {tbl.name} ADD COLUMN {name} VARCHAR(32)")
+
+
 #: ``MIGRATIONS[n]`` takes a store from version ``n - 1`` to ``n``.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _migrate_to_1,
@@ -394,4 +408,5 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     4: _migrate_to_4,
     5: _migrate_to_5,
     6: _migrate_to_6,
+    7: _migrate_to_7,
 }
