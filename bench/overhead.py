@@ -48,11 +48,22 @@ CONFIGS = ("none", "querywatch", "opentelemetry", "sentry-sdk")
 #: (a statement budget and a bulkhead on an endpoint none of the three is), not engaged.
 #: "guard": the same, against a twin with querywatch and no guard in the same process, so
 #: its figure is what configuring the guard alone adds.
-EXTRA_CONFIGS = ("querywatch+guard", "guard")
+#: "otel+querywatch" and "sentry+querywatch": querywatch beside OpenTelemetry (both apps
+#: traced, spans kept in memory) or Sentry (initialised, every request a transaction),
+#: against a twin with the same tracing and no querywatch in the same process: what
+#: querywatch adds to an app that already runs them.
+EXTRA_CONFIGS = ("querywatch+guard", "guard", "otel+querywatch", "sentry+querywatch")
 #: querywatch's configurations: their listeners also cost the bare twin's statements.
-QUERYWATCH = ("querywatch", "querywatch+guard")
+QUERYWATCH = ("querywatch", "querywatch+guard", "otel+querywatch", "sentry+querywatch")
 #: Configurations measured against a bare twin in the same process.
-PAIRED = ("querywatch", "querywatch+guard", "guard", "opentelemetry")
+PAIRED = (
+    "querywatch",
+    "querywatch+guard",
+    "guard",
+    "opentelemetry",
+    "otel+querywatch",
+    "sentry+querywatch",
+)
 #: The guard of "querywatch+guard": every mechanism set up, on the support team's lookup.
 GUARD = {
     "endpoints": {
@@ -76,7 +87,7 @@ class Worker:
         self.exporter: t.Any = None
         self.bare: t.Any = None
         self.app: t.Any = None
-        if config == "sentry-sdk":
+        if config in ("sentry-sdk", "sentry+querywatch"):
             import sentry_sdk
             from sentry_sdk.transport import Transport
 
@@ -89,7 +100,19 @@ class Worker:
                 traces_sample_rate=1.0,
                 transport=DropTransport,
             )
-            self.app = shop.create_app(db_url, querywatch=False)
+            if config == "sentry-sdk":
+                self.app = shop.create_app(db_url, querywatch=False)
+                return
+            self.bare = shop.create_app(db_url, querywatch=False)
+            self.app = self._querywatch(db_url, workdir, "sentry", {})
+            return
+        if config == "otel+querywatch":
+            # Both twins traced alike; only one runs querywatch.
+            import opentelemetry.trace  # noqa: F401  (querywatch notices it at init)
+
+            self.bare = shop.create_app(db_url, querywatch=False)
+            self.app = self._querywatch(db_url, workdir, "otel", {})
+            self.exporter = self._trace(self.bare, self.app)
             return
         if config == "guard":
             self.bare = self._querywatch(db_url, workdir, "bare", {})
@@ -141,6 +164,32 @@ class Worker:
                 raise RuntimeError("the bare twin's engine was instrumented")
             return
         raise ValueError(config)
+
+    @staticmethod
+    def _trace(*apps: t.Any) -> t.Any:
+        """Trace ``apps`` (their requests and statements) into one in-memory exporter."""
+        from opentelemetry.instrumentation.flask import FlaskInstrumentor
+        from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        from querywatch.demo import shop
+
+        provider = TracerProvider()
+        exporter = InMemorySpanExporter()
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+        engines = []
+        for app in apps:
+            with app.app_context():
+                engines.append(shop.db.engine)
+        for app in apps:
+            FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
+        # One call for both engines: the instrumentor instruments once a process.
+        SQLAlchemyInstrumentor().instrument(
+            engines=engines, tracer_provider=provider, skip_dep_check=True
+        )
+        return exporter
 
     @staticmethod
     def _querywatch(db_url: str, workdir: str, name: str, config: dict[str, t.Any]) -> t.Any:
@@ -425,6 +474,15 @@ def main() -> int:
             "querywatch's added time as a share of OpenTelemetry's, by endpoint:",
             ", ".join(f"{ep} {r:.1%}" for ep, r in ratio.items()),
         )
+    for beside in ("otel+querywatch", "sentry+querywatch"):
+        if "querywatch" in added and beside in added:
+            alone, there = added["querywatch"], added[beside]
+            ratio = {ep: round(there[ep] / alone[ep], 3) for ep in ENDPOINTS if alone[ep] > 0}
+            result[f"{beside}_over_querywatch"] = ratio
+            print(
+                f"querywatch beside {beside.split('+')[0]}, over querywatch alone, by"
+                " endpoint: " + ", ".join(f"{ep} x{r:.2f}" for ep, r in ratio.items())
+            )
     if args.json_path:
         os.makedirs(os.path.dirname(os.path.abspath(args.json_path)), exist_ok=True)
         with open(args.json_path, "w") as f:
