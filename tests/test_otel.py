@@ -326,3 +326,29 @@ def test_no_second_http_duration_series_beside_opentelemetrys(tmp_path: t.Any, o
         assert "http.server.duration" in got["theirs"]
         assert "http.server.request.duration" not in got["theirs"]
         assert "http_server_request_duration_seconds_bucket" in got["ours"]
+
+
+def test_a_span_with_attribute_limits_gets_them_through_the_sdk() -> None:
+    """The statement's attributes go straight into the SDK span's own (the checks
+    cost as much as all of querywatch's work on a statement); a span whose limits they
+    would pass gets them through ``set_attributes``, which applies the limits."""
+    from opentelemetry.sdk.trace import SpanLimits
+
+    from querywatch.integrations import otel
+
+    attrs = {"querywatch.shape": "abcdef0123456789", "code.line.number": 42}
+    free = TracerProvider().get_tracer("t").start_span("s")
+    otel._set_attributes(free, attrs)
+    assert dict(free.attributes) == attrs
+    short = TracerProvider(span_limits=SpanLimits(max_span_attribute_length=6))
+    span = short.get_tracer("t").start_span("s")
+    otel._set_attributes(span, attrs)
+    assert dict(span.attributes) == {"querywatch.shape": "abcdef", "code.line.number": 42}
+    few = TracerProvider(span_limits=SpanLimits(max_span_attributes=1))
+    span = few.get_tracer("t").start_span("s")
+    otel._set_attributes(span, attrs)
+    assert len(span.attributes) == 1
+    # An ended span keeps what it had.
+    free.end()
+    otel._set_attributes(free, {"querywatch.shape": "0" * 16})
+    assert free.attributes["querywatch.shape"] == "abcdef0123456789"

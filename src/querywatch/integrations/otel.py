@@ -92,6 +92,42 @@ def query_summary(fingerprint: Fingerprint) -> str:
     return summary
 
 
+#: The attributes of a (shape, call site), made once: a statement's span gets the same
+#: dict each time (bounded; cleared when full).
+_MAX_ATTRIBUTES = 10_000
+_attributes: dict[tuple[str, t.Any], dict[str, t.Any]] = {}
+
+
+def _cached_attributes(fingerprint: Fingerprint, site: t.Any) -> dict[str, t.Any]:
+    key = (fingerprint.id, site)
+    attrs = _attributes.get(key)
+    if attrs is None:
+        if len(_attributes) >= _MAX_ATTRIBUTES:
+            _attributes.clear()
+        attrs = _attributes[key] = _statement_attributes(fingerprint, site)
+    return attrs
+
+
+def _set_attributes(span: t.Any, attrs: dict[str, t.Any]) -> None:
+    """``span.set_attributes(attrs)``. On the SDK's span, whose ``set_attributes``
+    checks and copies each value under two locks (8 us for these five, as long as all
+    of querywatch's work on a statement), the values, already strings and integers
+    within the span's limits, go straight into its attributes: the span is this
+    thread's while its statement runs. Elsewhere, or past a limit, the public call."""
+    try:
+        bounded = span._attributes
+        room = bounded.maxlen is None or len(bounded._dict) + len(attrs) <= bounded.maxlen
+        short = bounded.max_value_len is None or all(
+            not isinstance(v, str) or len(v) <= bounded.max_value_len for v in attrs.values()
+        )
+        if room and short and span._end_time is None and not bounded._immutable:
+            bounded._dict.update(attrs)
+            return
+    except AttributeError:
+        pass
+    span.set_attributes(attrs)
+
+
 def _statement_attributes(fingerprint: Fingerprint, site: t.Any) -> dict[str, t.Any]:
     attrs: dict[str, t.Any] = {
         "querywatch.shape": fingerprint.id,
@@ -113,7 +149,7 @@ def annotate_statement(
     span = context.__dict__.get("_otel_span")
     if span is None or not span.is_recording():
         return
-    span.set_attributes(_statement_attributes(fingerprint, site))
+    _set_attributes(span, _cached_attributes(fingerprint, site))
     if record.trace_id is None:
         record.trace_id = trace_id_of(span)
         record.spans = True
