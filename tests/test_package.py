@@ -5,6 +5,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import re
+import subprocess
+import sys
+import typing as t
 
 import querywatch
 from querywatch.exceptions import QueryWatchError
@@ -157,3 +161,91 @@ def test_the_benchmarks_use_only_names_that_exist() -> None:
             ):
                 missing.append(f"{path.name}:{node.lineno}: {node.value.id}.{node.attr}")
     assert missing == []
+
+
+def _python(code: str, *args: str, cwd: t.Any = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
+#: A stack querywatch cannot load on: SQLAlchemy missing (an import that fails, as a
+#: pinned SQLAlchemy 1.3 fails querywatch's imports).
+_BROKEN = "import sys; sys.modules['sqlalchemy'] = None; "
+
+
+def test_importing_querywatch_imports_neither_flask_nor_sqlalchemy() -> None:
+    out = _python(
+        "import sys, querywatch; print('flask' in sys.modules, 'sqlalchemy' in sys.modules);"
+        " from querywatch import QueryWatch, fingerprint;"
+        " print(QueryWatch.__name__, fingerprint.__name__)"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False", "QueryWatch", "fingerprint"]
+
+
+def test_the_entry_points_load_lazily_and_degrade_to_one_line(tmp_path: t.Any) -> None:
+    """The app's ``flask`` and ``pytest`` load every installed entry point: on a stack
+    querywatch cannot load on, ``flask --help`` and the app's tests still work, and
+    querywatch says in one line why it is off. On a good one, both are the real thing."""
+    app = tmp_path / "hello.py"
+    app.write_text("from flask import Flask\napp = Flask(__name__)\n")
+    (tmp_path / "test_hello.py").write_text("def test_ok():\n    assert True\n")
+    flask = "from flask.cli import main; sys.argv[0] = 'flask'; main()"
+    # Flask lists the command without importing querywatch's CLI.
+    listed = _python(
+        "import sys; "
+        + flask.replace("main()", "sys.argv[1:] = ['--app', 'hello', '--help']; main()"),
+        cwd=tmp_path,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "querywatch" in listed.stdout
+    broken = _python(
+        _BROKEN + flask.replace("main()", "sys.argv[1:] = ['--app', 'hello', '--help']; main()"),
+        cwd=tmp_path,
+    )
+    assert broken.returncode == 0, broken.stderr
+    assert "querywatch" in broken.stdout
+    ran = _python(
+        _BROKEN
+        + flask.replace("main()", "sys.argv[1:] = ['--app', 'hello', 'querywatch']; main()"),
+        cwd=tmp_path,
+    )
+    assert ran.returncode == 1
+    (line,) = [x for x in ran.stderr.splitlines() if x.strip()]
+    assert re.match(r"Error: querywatch is off here \((ModuleNotFound|Import)Error: ", line)
+    assert line.endswith("it needs Flask 2.2+, Flask-SQLAlchemy 3.0+ and SQLAlchemy 1.4+.")
+    good = _python(
+        "import sys; "
+        + flask.replace(
+            "main()", "sys.argv[1:] = ['--app', 'hello', 'querywatch', '--help']; main()"
+        ),
+        cwd=tmp_path,
+    )
+    assert good.returncode == 0, good.stderr
+    assert "advise" in good.stdout
+    assert "report" in good.stdout
+    # pytest: the project's tests pass, and the header says why querywatch is off.
+    tests = _python(
+        _BROKEN + "import pytest; sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider',"
+        " '-p', 'no:xdist', '-p', 'no:randomly', 'test_hello.py']))",
+        cwd=tmp_path,
+    )
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    assert "1 passed" in tests.stdout
+    header = _python(
+        _BROKEN + "import pytest; sys.exit(pytest.main(['-p', 'no:cacheprovider',"
+        " '-p', 'no:xdist', 'test_hello.py']))",
+        cwd=tmp_path,
+    )
+    assert re.search(r"querywatch is off here \((ModuleNotFound|Import)Error: ", header.stdout)
+    # On this stack the plugin is the real one: its options are there.
+    real = _python(
+        "import sys, pytest; sys.exit(pytest.main(['--help', '-p', 'no:cacheprovider']))",
+        cwd=tmp_path,
+    )
+    assert "--querywatch-baseline" in real.stdout

@@ -5,18 +5,22 @@ from __future__ import annotations
 import typing as t
 import warnings
 
-from ._detectors import Finding
-from .capture import CallSite
-from .capture import QueryView
-from .capture import RecordView
-from .capture import ShapeView
-from .exceptions import CacheValueError
-from .exceptions import ConfigError
-from .exceptions import QueryWatchError
-from .extension import QueryWatch
-from .extension import cached_query
+# The function, eagerly: the submodule of the same name would otherwise shadow it once
+# imported. It needs nothing but the standard library.
 from .fingerprint import Fingerprint
 from .fingerprint import fingerprint
+
+if t.TYPE_CHECKING:
+    from ._detectors import Finding
+    from .capture import CallSite
+    from .capture import QueryView
+    from .capture import RecordView
+    from .capture import ShapeView
+    from .exceptions import CacheValueError
+    from .exceptions import ConfigError
+    from .exceptions import QueryWatchError
+    from .extension import QueryWatch
+    from .extension import cached_query
 
 __all__ = [
     "CacheValueError",
@@ -37,7 +41,32 @@ __all__ = [
 _RENAMED = {"Record": "RecordView", "QueryInfo": "QueryView"}
 
 
+#: Where each public name lives. Imported on first use (PEP 562): importing querywatch
+#: imports neither Flask nor SQLAlchemy, so its entry points (``flask.commands``,
+#: ``pytest11``) can say in one line why they are off on a stack it does not support,
+#: instead of breaking the app's ``flask`` and ``pytest``.
+_EXPORTS = {
+    "Finding": "._detectors",
+    "CallSite": ".capture",
+    "QueryView": ".capture",
+    "RecordView": ".capture",
+    "ShapeView": ".capture",
+    "CacheValueError": ".exceptions",
+    "ConfigError": ".exceptions",
+    "QueryWatchError": ".exceptions",
+    "QueryWatch": ".extension",
+    "cached_query": ".extension",
+}
+
+
 def __getattr__(name: str) -> t.Any:
+    where = _EXPORTS.get(name)
+    if where is not None:
+        import importlib
+
+        value = getattr(importlib.import_module(where, __name__), name)
+        globals()[name] = value
+        return value
     new = _RENAMED.get(name)
     if new is None:
         msg = f"module 'querywatch' has no attribute {name!r}"
@@ -48,4 +77,4 @@ def __getattr__(name: str) -> t.Any:
         DeprecationWarning,
         stacklevel=2,
     )
-    return globals()[new]
+    return __getattr__(new)
