@@ -11,18 +11,24 @@ import pytest
 # pytester forgets the modules a run imported, and importing the PostgreSQL dialect a
 # second time registers its SQL functions again (an SAWarning, an error here).
 import sqlalchemy.dialects.mysql.pymysql  # noqa: F401
-import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 from sqlalchemy import create_engine
 from sqlalchemy import text
 
 from querywatch import _failopen
+from querywatch._compat import SQLALCHEMY_14
 from querywatch.demo import shop
+
+if SQLALCHEMY_14:  # no psycopg 3 dialect before SQLAlchemy 2.0: psycopg2's
+    import sqlalchemy.dialects.postgresql.psycopg2  # noqa: F401
+else:
+    import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
 pytest_plugins = ["pytester"]
 
 REQUIRE_SERVICES = os.environ.get("QUERYWATCH_REQUIRE_SERVICES") == "1"
 POSTGRES_URL = os.environ.get(
-    "QUERYWATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    "QUERYWATCH_TEST_POSTGRES_URL",
+    f"postgresql+{'psycopg2' if SQLALCHEMY_14 else 'psycopg'}://postgres@127.0.0.1:5432/test",
 )
 MARIADB_URL = os.environ.get(
     "QUERYWATCH_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"

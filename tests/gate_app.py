@@ -10,40 +10,42 @@ from flask import Flask
 from flask import jsonify
 from flask import request
 from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import Column
 from sqlalchemy import ForeignKey
+from sqlalchemy import Integer
 from sqlalchemy import String
 from sqlalchemy import select
 from sqlalchemy import text
-from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.orm import Mapped
-from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
 from sqlalchemy.orm import selectinload
 
 from querywatch import QueryWatch
 
+# As an app on SQLAlchemy 1.4 declares its models (Column), which 2.x runs too; under
+# the type checker, mapped_column, whose types it reads.
+if t.TYPE_CHECKING:
+    from sqlalchemy.orm import mapped_column as col
+else:
+    col = Column
 
-class Base(DeclarativeBase):
-    pass
-
-
-db = SQLAlchemy(model_class=Base)
+db = SQLAlchemy()
 
 
 class Author(db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "lib_authors"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(80))
-    books: Mapped[list[Book]] = relationship(back_populates="author")
+    id: Mapped[int] = col(Integer, primary_key=True)
+    name: Mapped[str] = col(String(80), nullable=False)
+    books: Mapped[list[Book]] = relationship("Book", back_populates="author")
 
 
 class Book(db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "lib_books"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    author_id: Mapped[int] = mapped_column(ForeignKey("lib_authors.id"), index=True)
-    title: Mapped[str] = mapped_column(String(120))
-    isbn: Mapped[str] = mapped_column(String(20))  # never indexed
-    author: Mapped[Author] = relationship(back_populates="books")
+    id: Mapped[int] = col(Integer, primary_key=True)
+    author_id: Mapped[int] = col(Integer, ForeignKey("lib_authors.id"), index=True, nullable=False)
+    title: Mapped[str] = col(String(120), nullable=False)
+    isbn: Mapped[str] = col(String(20), nullable=False)  # never indexed
+    author: Mapped[Author] = relationship("Author", back_populates="books")
 
 
 def create_app(database_url: str, *, fixed: bool = False, **config: t.Any) -> Flask:

@@ -35,6 +35,9 @@ import sqlalchemy
 
 __all__ = [
     "DEFAULT_FETCH",
+    "ENGINE_OPTIONS",
+    "SQLALCHEMY_14",
+    "Double",
     "FAST",
     "NO_CURSOR_DQL",
     "ORM_LOAD_OPTIONS",
@@ -52,6 +55,19 @@ __all__ = [
 
 #: The SQLAlchemy releases (major, minor) the fast paths were written and tested for.
 SQLALCHEMY_TESTED = ((2, 0), (2, 1))
+#: SQLAlchemy 1.4: engines are made with ``future=True`` (2.0's transactions: nothing
+#: commits unless begun), and a few names are defined here.
+SQLALCHEMY_14 = sqlalchemy.__version__.startswith("1.")
+#: What ``create_engine`` is given on every SQLAlchemy querywatch supports.
+ENGINE_OPTIONS: dict[str, t.Any] = {"future": True} if SQLALCHEMY_14 else {}
+
+if t.TYPE_CHECKING or not SQLALCHEMY_14:
+    from sqlalchemy import Double
+else:  # SQLAlchemy 1.4 has no Double: a float of 53 bits is a double everywhere
+
+    class Double(sqlalchemy.Float):  # type: ignore[no-redef]
+        def __init__(self, **kw: t.Any) -> None:
+            super().__init__(precision=53, **kw)
 
 
 def _release(version: str) -> tuple[int, int]:

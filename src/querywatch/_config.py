@@ -14,6 +14,7 @@ import warnings
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from ._compat import SQLALCHEMY_14
 from .exceptions import ConfigError
 
 if t.TYPE_CHECKING:
@@ -203,12 +204,14 @@ def normalize_url(url: str) -> str:
         backend = "postgresql"
     if not plus:
         choices: tuple[tuple[str, str], ...] = _DEFAULT_DRIVERS.get(backend, ())
+        if SQLALCHEMY_14:  # SQLAlchemy 1.4 has no dialect for psycopg 3
+            choices = tuple(c for c in choices if c[1] != "psycopg")
         found = next((name for module, name in choices if _installed(module)), None)
         if found is not None and found != choices[0][1]:
             driver, plus = found, "+"
         elif found is None and backend == "postgresql":
             # Neither is installed: name querywatch's own, whose extra installs it.
-            driver, plus = "psycopg", "+"
+            driver, plus = ("psycopg2" if SQLALCHEMY_14 else "psycopg"), "+"
     return f"{backend}{plus}{driver}{sep}{rest}"
 
 

@@ -17,16 +17,17 @@ from flask import abort
 from flask import jsonify
 from flask import request
 from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import Column
+from sqlalchemy import DateTime
 from sqlalchemy import ForeignKey
 from sqlalchemy import Index
+from sqlalchemy import Integer
 from sqlalchemy import String
 from sqlalchemy import func
 from sqlalchemy import insert
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.orm import Mapped
-from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
 from sqlalchemy.orm import selectinload
 
@@ -45,61 +46,64 @@ CATEGORIES = ("books", "garden", "kitchen", "toys", "tools", "sports", "music", 
 STATUSES = ("paid", "shipped", "delivered", "refunded")
 
 
-class Base(DeclarativeBase):
-    pass
+# Declared with Column (under the type checker, mapped_column, whose types it reads):
+# the shop runs on SQLAlchemy 1.4 and 2.x alike.
+if t.TYPE_CHECKING:
+    from sqlalchemy.orm import mapped_column as col
+else:
+    col = Column
 
-
-db = SQLAlchemy(model_class=Base)
+db = SQLAlchemy()
 
 
 class Customer(db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "customers"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    email: Mapped[str] = mapped_column(String(120), unique=True)
-    name: Mapped[str] = mapped_column(String(80))
-    created_at: Mapped[dt.datetime]
-    orders: Mapped[list[Order]] = relationship(back_populates="customer")
+    id: Mapped[int] = col(Integer, primary_key=True)
+    email: Mapped[str] = col(String(120), unique=True, nullable=False)
+    name: Mapped[str] = col(String(80), nullable=False)
+    created_at: Mapped[dt.datetime] = col(DateTime, nullable=False)
+    orders: Mapped[list[Order]] = relationship("Order", back_populates="customer")
 
 
 class Product(db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "products"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(120))
-    category: Mapped[str] = mapped_column(String(40), index=True)
-    price_cents: Mapped[int]
-    stock: Mapped[int]
+    id: Mapped[int] = col(Integer, primary_key=True)
+    name: Mapped[str] = col(String(120), nullable=False)
+    category: Mapped[str] = col(String(40), index=True, nullable=False)
+    price_cents: Mapped[int] = col(Integer, nullable=False)
+    stock: Mapped[int] = col(Integer, nullable=False)
 
 
 class Order(db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "orders"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    id: Mapped[int] = col(Integer, primary_key=True)
+    customer_id: Mapped[int] = col(Integer, ForeignKey("customers.id"), index=True, nullable=False)
     # Denormalized for the support team's lookup, and never indexed: the seed outage.
-    customer_email: Mapped[str] = mapped_column(String(120))
-    status: Mapped[str] = mapped_column(String(20))
-    total_cents: Mapped[int]
-    created_at: Mapped[dt.datetime] = mapped_column(index=True)
-    customer: Mapped[Customer] = relationship(back_populates="orders")
-    items: Mapped[list[OrderItem]] = relationship(back_populates="order")
+    customer_email: Mapped[str] = col(String(120), nullable=False)
+    status: Mapped[str] = col(String(20), nullable=False)
+    total_cents: Mapped[int] = col(Integer, nullable=False)
+    created_at: Mapped[dt.datetime] = col(DateTime, index=True, nullable=False)
+    customer: Mapped[Customer] = relationship("Customer", back_populates="orders")
+    items: Mapped[list[OrderItem]] = relationship("OrderItem", back_populates="order")
 
 
 class OrderItem(db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "order_items"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))
-    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"))
-    quantity: Mapped[int]
-    price_cents: Mapped[int]
-    order: Mapped[Order] = relationship(back_populates="items")
-    product: Mapped[Product] = relationship()
+    id: Mapped[int] = col(Integer, primary_key=True)
+    order_id: Mapped[int] = col(Integer, ForeignKey("orders.id"), nullable=False)
+    product_id: Mapped[int] = col(Integer, ForeignKey("products.id"), nullable=False)
+    quantity: Mapped[int] = col(Integer, nullable=False)
+    price_cents: Mapped[int] = col(Integer, nullable=False)
+    order: Mapped[Order] = relationship("Order", back_populates="items")
+    product: Mapped[Product] = relationship("Product")
 
     __table_args__ = (Index("ix_order_items_order_id", "order_id"),)
 
 
 class DemoMeta(db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "demo_meta"
-    key: Mapped[str] = mapped_column(String(40), primary_key=True)
-    value: Mapped[str] = mapped_column(String(200))
+    key: Mapped[str] = col(String(40), primary_key=True)
+    value: Mapped[str] = col(String(200), nullable=False)
 
 
 def _order_json(o: Order) -> dict[str, t.Any]:
@@ -407,8 +411,8 @@ def seed(
     """Create the tables and fill them deterministically. Returns the row counts."""
     n = sizes(scale)
     rng = random.Random(42)
-    Base.metadata.drop_all(engine)
-    Base.metadata.create_all(engine)
+    db.metadata.drop_all(engine)
+    db.metadata.create_all(engine)
     if engine.dialect.name == "sqlite":
         # As a web app on SQLite should run: with a write-ahead log, the order lookup's
         # long scans never make a write's lock block the other endpoints' reads, so the

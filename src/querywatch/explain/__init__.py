@@ -31,6 +31,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from .._compat import ENGINE_OPTIONS
 from .._config import missing_driver
 from .._config import normalize_url
 from .._sql import IGNORE_OPTION
@@ -206,7 +207,7 @@ class Explainer:
         self.timeout = timeout
         self.allow_analyze = allow_analyze
         self.prefer_indexes = prefer_indexes
-        options: dict[str, t.Any] = {"poolclass": NullPool}
+        options: dict[str, t.Any] = {"poolclass": NullPool, **ENGINE_OPTIONS}
         if name == "sqlite":
             options["connect_args"] = {"timeout": timeout}
             creator = sqlite.connector(sa_url, timeout, writable=writable)

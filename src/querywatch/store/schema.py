@@ -11,13 +11,14 @@ import typing as t
 
 from sqlalchemy import BigInteger
 from sqlalchemy import Column
-from sqlalchemy import Double
 from sqlalchemy import Integer
 from sqlalchemy import MetaData
 from sqlalchemy import String
 from sqlalchemy import Table
 from sqlalchemy import Text
 from sqlalchemy import UniqueConstraint
+
+from .._compat import Double
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable
