@@ -67,7 +67,8 @@ else:  # SQLAlchemy 1.4 has no Double: a float of 53 bits is a double everywhere
 
     class Double(sqlalchemy.Float):  # type: ignore[no-redef]
         def __init__(self, **kw: t.Any) -> None:
-            super().__init__(precision=53, **kw)
+            kw.setdefault("precision", 53)
+            super().__init__(**kw)
 
 
 def _release(version: str) -> tuple[int, int]:

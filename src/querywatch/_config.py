@@ -228,7 +228,9 @@ def missing_driver(url: str) -> str | None:
     except ArgumentError:
         return f"SQLAlchemy has no dialect {sa_url.drivername!r} (in {shown!r})."
     try:
-        dialect.import_dbapi()
+        # SQLAlchemy 2.0's name; 1.4 calls it dbapi().
+        load = getattr(dialect, "import_dbapi", None) or getattr(dialect, "dbapi")  # noqa: B009
+        load()
     except ImportError as e:
         package = e.name or sa_url.get_driver_name()
         backend = sa_url.get_backend_name()
