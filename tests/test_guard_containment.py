@@ -960,6 +960,21 @@ def test_a_limit_lifted_by_a_fix_is_not_engaged_again_while_its_page_fires(
         for k in range(2):
             assert successor.contain(store, leader=True, now=fixed + 9 + k, width=1) == []
         assert read_state(store) == {}
+        # Nor one whose evidence, begun before the lift, blames another endpoint (the
+        # few slow product reads of the recovery): it tells of the app before the fix.
+        products = "GET /api/products/<int:id>"
+        recovery = {
+            **again,
+            "bad_endpoints": [{"endpoint": products, "events": 60, "bad": 6}],
+            "objective": {**again["objective"], "bad": 6},
+        }
+        assert engage(Policy(mode="enforce"), "x", recovery, fixed + 9).containment is not None
+        third = "slo:latency:page:2"
+        store.set_alert_states(
+            [AlertChange(third, "slo", "page", "firing", fixed + 11, "latency", recovery)]
+        )
+        assert successor.contain(store, leader=True, now=fixed + 11.5, width=1) == []
+        assert read_state(store) == {}
     finally:
         store.engine.dispose()
 

@@ -320,11 +320,13 @@ class Guard:
             if d.containment is None and (not first or blamed(ev) in new):
                 continue  # said already, or another page contained it: nothing to refuse
             if d.containment is not None and _predates(
-                ev, lifted_since.get(d.containment.endpoint)
+                ev, max(lifted_since.values(), default=None)
             ):
-                # The endpoint lifted itself (a fix) after this evidence's window
-                # began: it tells of the endpoint before the lift. A window gathered wholly
-                # after it may engage it again (the fix did not hold).
+                # A limit lifted itself (a fix) after this evidence's window began: it
+                # tells of the app before the fix, of this endpoint or of another that
+                # the culprit slowed (after a replay's fix a page blamed the few slow
+                # product reads of the recovery). A window gathered wholly after the
+                # lift may engage (the fix did not hold, or a new culprit).
                 continue
             if d.containment is not None:
                 if d.containment.endpoint in new:
