@@ -189,15 +189,10 @@ def test_burn_rate_alerts_fire_with_evidence_and_resolve(store_url: str) -> None
     store.dispose()
 
 
-@pytest.mark.allow_internal_errors
-def test_a_page_held_by_the_guards_limit_resolves_once_the_limit_lifts(
-    tmp_path: t.Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The guard limits the lookup the latency page blamed; once the short windows are
-    clean (the limit, not a fix, may have done that) the latency page stays firing,
-    said once, while the availability page, which engaged nothing, resolves. It resolves
-    when the limit lifts. Shadow mode, a pinned limit and a holds function that fails
-    hold nothing."""
+def _held_page(tmp_path: t.Any) -> tuple[Store, Evaluator, t.Any, t.Any, float]:
+    """The seed's incident in the store, both pages fired, and the guard (enforce)
+    limiting the lookup for the latency page: (store, evaluator, guard, limit, the
+    incident's end)."""
     from querywatch.guard import Containment
     from querywatch.guard import Guard
     from querywatch.guard import load_guard
@@ -218,6 +213,23 @@ def test_a_page_held_by_the_guards_limit_resolves_once_the_limit_lifts(
         onset + 31, onset + 31,
     )  # fmt: skip
     write(store, {limit.endpoint: limit})
+    return store, ev, guard, limit, end
+
+
+@pytest.mark.allow_internal_errors
+def test_a_page_held_by_the_guards_limit_resolves_once_the_limit_lifts(
+    tmp_path: t.Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The guard limits the lookup the latency page blamed; once the short windows are
+    clean (the limit, not a fix, may have done that) the latency page stays firing,
+    said once, while the availability page, which engaged nothing, resolves. It resolves
+    when the limit lifts. Shadow mode, a pinned limit and a holds function that fails
+    hold nothing."""
+    store, ev, guard, limit, end = _held_page(tmp_path)
+    from querywatch.guard import Guard
+    from querywatch.guard import load_guard
+    from querywatch.guard._state import write
+
     with caplog.at_level("INFO", logger="querywatch.alerts"):
         later = ev.run(end + 40)
         assert ev.run(end + 41) == []
@@ -259,26 +271,9 @@ def test_a_page_held_by_the_guards_limit_resolves_once_the_limit_lifts(
 
 
 def test_a_held_page_resolves_when_its_limit_lifts(tmp_path: t.Any) -> None:
-    from querywatch.guard import Containment
-    from querywatch.guard import Guard
-    from querywatch.guard import load_guard
     from querywatch.guard._state import write
 
-    store = Store(f"sqlite:///{tmp_path}/qw.db")
-    t0 = float(int(time.time()) - 3600)
-    onset, end = t0 + 600, t0 + 700
-    _replay(store, t0, 760, incident=(onset, end))
-    ev = Evaluator(store, _rules(), holder="test")
-    config = load_guard({"containment": "enforce"})
-    assert config is not None
-    guard = Guard(Flask(__name__), config)
-    ev.holds = lambda: guard.holds(store)
-    ev.run(onset + 30)
-    limit = Containment(
-        "GET /api/orders/lookup", "enforce", 2, "slo:latency:page", None, 10.0, 2000.0,
-        onset + 31, onset + 31,
-    )  # fmt: skip
-    write(store, {limit.endpoint: limit})
+    store, ev, _, _, end = _held_page(tmp_path)
     assert {c.key for c in ev.run(end + 40) or []} == {"slo:availability:page"}
     # The fix: the limit lifts; the page resolves at the next evaluation.
     write(store, {})
