@@ -195,19 +195,30 @@ def test_the_shed_cap_weighs_what_the_limit_would_shed_not_the_whole_endpoint() 
 
 def test_a_query_with_no_calm_latency_starts_at_one_and_learns_its_best() -> None:
     """New in the window (no calm latency to aim at): the limit starts at 1 and aims at
-    the best latency the query has had while limited, up to what Little's law gives
-    there. It lifts when the query runs at half its best or less (a fix did that, not
-    the limit), three rounds in a row."""
+    the best latency the query has had while limited. While its page fires it does not
+    grow (that best is what the limit holds it to, so a probe up always looks calm, and
+    each step up cost the rest of the app its objectives); once no page fires, up to
+    what Little's law gives there. It lifts when the query runs at half its best or
+    less (a fix did that, not the limit), three rounds in a row."""
     new = evidence(shapes=[{**EVIDENCE["shapes"][0], "mean_ms_before": None, "calls_before": 0}])
     policy = Policy(mode="enforce")
     c = engage(policy, PAGE, new, 0.0).containment
     assert c is not None
     assert (c.limit, c.baseline_ms) == (1, None)
-    # 40 ms while limited, 20 a second: it may grow to 2 x 20 x 0.04 = 2, one a round.
-    for expected in (2, 2, 2):
+    # 40 ms while limited, 20 a second, the page firing: it stays at 1, however long.
+    for _ in range(3):
         c = adapt(policy, c, paging=True, latency_ms=40.0, now=1.0, rate=20.0).containment
         assert c is not None
-        assert (c.limit, c.floor_ms, c.calm_rounds) == (expected, 40.0, 0)
+        assert (c.limit, c.floor_ms, c.calm_rounds) == (1, 40.0, 0)
+    # No page fires (a shadow limit's, or one a person resolved): it may grow to
+    # 2 x 20 x 0.04 = 2, one a round.
+    for expected in (2, 2):
+        c = adapt(policy, c, paging=False, latency_ms=40.0, now=1.0, rate=20.0).containment
+        assert c is not None
+        assert (c.limit, c.floor_ms) == (expected, 40.0)
+    c = adapt(policy, c, paging=True, latency_ms=40.0, now=1.0, rate=20.0).containment
+    assert c is not None
+    assert (c.limit, c.calm_rounds) == (2, 0)
     # Slower than 1.5 x its best: down by the gradient.
     c = adapt(policy, c, paging=True, latency_ms=120.0, now=2.0, rate=20.0).containment
     assert c is not None
@@ -917,6 +928,7 @@ def test_a_limit_lifted_by_a_fix_is_not_engaged_again_while_its_page_fires(
     from querywatch.guard._state import write
     from test_alert_eval import LATENCY
     from test_alert_eval import LOOKUP_SQL
+    from test_alert_eval import PRODUCT_SQL
     from test_alert_eval import _replay
     from test_alert_eval import _request
 
@@ -975,6 +987,35 @@ def test_a_limit_lifted_by_a_fix_is_not_engaged_again_while_its_page_fires(
         )
         assert successor.contain(store, leader=True, now=fixed + 11.5, width=1) == []
         assert read_state(store) == {}
+        # A window gathered wholly after the lift, while the pages still fire on their
+        # long windows: one lookup of sixty over the objective. It blames the lookup, but
+        # alone it would page nobody (a replay's engaged a limit at 1 on a 1 ms query
+        # that nothing could lift, and its page stayed firing): it engages nothing.
+        successor.min_bad_events = 5
+        successor.objectives = (("latency", 0.99), ("availability", 0.999))
+        later = fixed + 12
+        stats = Stats(bucket_seconds=1, objectives=(LATENCY,))
+        for second in range(50):
+            for k in range(6):
+                # Calm, but one lookup slow at 25 s; from 40 s on, the fix did not hold.
+                slow = second >= 40 or (second, k) == (25, 0)
+                at = later + second + k / 6
+                stats.add(_request(LOOKUP, LOOKUP_SQL, 0.4 if slow else 0.001, at), [])
+                for j in range(2):  # and the rest of the app, calm
+                    stats.add(_request(products, PRODUCT_SQL, 0.001, at + j / 20), [])
+        store.write(stats.drain())
+        now = later + 30.5
+        lone = gather_evidence.gather(store, now, 10, width=1, gap=10, objective="latency")
+        assert lone["objective"]["bad"] == 1
+        assert engage(Policy(mode="enforce"), third, lone, now).containment is not None
+        assert successor.contain(store, leader=True, now=now, width=1) == []
+        assert read_state(store) == {}
+        # The fix did not hold: every lookup of a later window over the objective. That
+        # window alone pages, and the limit is engaged again.
+        said = successor.contain(store, leader=True, now=later + 50.5, width=1)
+        assert len(said) == 1
+        assert said[0].startswith("guard engaged on GET /api/orders/lookup")
+        assert LOOKUP in read_state(store)
     finally:
         store.engine.dispose()
 

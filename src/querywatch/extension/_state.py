@@ -90,6 +90,7 @@ class AppState:
             self.guard = Guard(app, settings.guard)
             self.guard.objectives = tuple((o.name, o.target) for o in settings.objectives)
             self.guard.user_function = settings.user_function
+            self.guard.min_bad_events = settings.alert_min_bad_events
             if self.incident_worker is not None:
                 self.guard.on_event = self._tell_incident
                 self.guard.incident_resolved = self._incident_resolved

@@ -13,6 +13,7 @@ import weakref
 
 from .._failopen import log_limited
 from .._failopen import swallow
+from ..alerts.objectives import DEFAULT_POLICY
 from ._budgets import OTHER
 from ._budgets import Budget
 from ._budgets import Cancellations
@@ -132,6 +133,12 @@ class Guard:
         #: Who makes a request (``QUERYWATCH_USER``), when the app names its users: a
         #: contained endpoint tells a client's retry of a shed request from a new one.
         self.user_function: t.Callable[[t.Any], t.Any] | None = None
+        #: A page's own bar, which a window gathered again while the page fires must
+        #: meet to engage: this many bad requests, burning the objective's error budget
+        #: this many times faster than sustainable (the page conditions' lowest). The
+        #: extension hands over the alert settings'.
+        self.min_bad_events = 0
+        self.page_burn = min(w.burn_rate for w in DEFAULT_POLICY if w.severity == "page")
 
     def admit(self, record: t.Any) -> t.Any:
         """At the start of a request: take its endpoint's bulkhead permit (held on the
@@ -316,6 +323,12 @@ class Guard:
             self._judged[key] = alert.since
             if len(self._judged) > _MAX_JUDGED:
                 del self._judged[next(iter(self._judged))]
+            if not first and not self._pages(ev):
+                # The page fires on the bad requests of its long windows, but the last
+                # window alone would not page: nothing there to contain (after a
+                # replay's fix one slow lookup in a window of a hundred engaged a limit
+                # that nothing could lift).
+                continue
             d = engage(policy, key, ev, now)
             if d.containment is None and (not first or blamed(ev) in new):
                 continue  # said already, or another page contained it: nothing to refuse
@@ -343,6 +356,17 @@ class Guard:
         del self.events[:-100]
         self._tell([(key, text, now, 0) for key, text in told])
         return events
+
+    def _pages(self, evidence: t.Mapping[str, t.Any]) -> bool:
+        """Whether ``evidence``'s window alone meets a page's bar: enough bad requests,
+        burning the objective's budget at a page's rate."""
+        objective = evidence.get("objective") or {}
+        if (objective.get("bad") or 0) < max(1, self.min_bad_events):
+            return False
+        target = dict(self.objectives).get(objective.get("name") or "")
+        if target is None:
+            return True  # an objective this guard was not told of: the count decides
+        return float(objective.get("bad_ratio") or 0.0) >= self.page_burn * (1 - target) - 1e-9
 
     def _closed(self, c: Containment) -> int | None:
         """The incident of ``c``'s alert resolved since it was engaged, if any (a pinned

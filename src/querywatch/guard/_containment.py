@@ -244,7 +244,9 @@ def adapt(
     The limit aims at the culprit's calm latency, or, for a query with none, the best it
     has done while limited: one more a round while within :attr:`Policy.calm_ratio` of
     it (up to what Little's law gives at that latency, twice over), down by the latency
-    gradient (at most halved) while slower. While the rest of the app misses its
+    gradient (at most halved) while slower. A query with no calm latency does not grow
+    its limit while a page fires (its best while limited is what the limit holds it to,
+    so every probe up looks calm, and costs the rest). While the rest of the app misses its
     objectives the limit is halved whatever the culprit's latency (its own query may be
     fast while the statements it crowds out are not): a limit grows only while it spares
     the rest, and only once a whole ``window`` has measured it (grown at each round, it
@@ -301,6 +303,12 @@ def adapt(
     elif latency_ms <= policy.calm_ratio * target:
         if now - c.changed < window:
             limit = c.limit  # not measured long enough at this limit to grow it
+        elif c.baseline_ms is None and paging:
+            # No calm latency: the target is the best it did while limited, which the
+            # limit itself holds it to, so a probe up always looks calm; its cost falls
+            # on the rest of the app (each step up ended in a halving) while the page
+            # fires. Only the shed cap raises it then.
+            limit = c.limit
         elif rate:
             limit = max(c.limit, min(c.limit + 1, ceiling(rate, target)))
         else:
