@@ -82,6 +82,8 @@ class AppState:
                 severities=settings.incident_severities,
                 interval=settings.incident_interval,
             )
+        #: Whether statement spans hear their shapes (OpenTelemetry came after init).
+        self._statements_traced = False
         #: The guard (statement budgets), when ``QUERYWATCH_GUARD`` configures one.
         self.guard: Guard | None = None
         if settings.guard is not None:
@@ -346,8 +348,7 @@ class AppState:
                     swallow("signals.record_finished", e)
         return findings
 
-    @staticmethod
-    def _trace(record: capture.Record, findings: list[Finding]) -> None:
+    def _trace(self, record: capture.Record, findings: list[Finding]) -> None:
         """The app traces with OpenTelemetry: the request's span hears what querywatch
         found, and the record keeps its trace id. From now on each statement's span (the
         SQLAlchemy instrumentation's) gets its shape and call site."""
@@ -360,7 +361,9 @@ class AppState:
                 if has_request_context():
                     environ = request.environ
             record.trace_id = otel.annotate_request(record, findings, environ)
-            capture.add_statement_hook(otel.annotate_statement)
+            if not self._statements_traced:
+                capture.add_statement_hook(otel.annotate_statement)
+                self._statements_traced = True
         except Exception as e:
             swallow("integrations.otel", e)
 
