@@ -388,3 +388,44 @@ def test_the_summary_sets_the_guard_beside_the_last_run_without_it(tmp_path: t.A
     # A file that is not the figures is no run to compare with.
     (tmp_path / "guard-off.json").write_text("{not json")
     assert containment.the_other_run(run("enforce"), "sqlite") is None
+
+
+@pytest.mark.xdist_group("replays")
+def test_a_page_in_the_calm_starts_the_replay_over_once_then_says_why(
+    tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compressed, a second's stall of a busy machine is minutes of a slow shop, and a
+    page in the calm stops the replay: it starts over once on the seeded database (its
+    store, server and load anew), and a second page in the calm stops it with why. The
+    stall is a real firing page written to each run's store as the calm begins."""
+    from querywatch.demo.replay import Replay
+    from querywatch.store import AlertChange
+
+    original = Replay._calm_page
+    runs: list[Replay] = []
+
+    def stalled(self: Replay) -> t.Any:
+        if not any(r is self for r in runs):
+            runs.append(self)
+            summary = (
+                "SLO latency (99% of requests under 20 ms): the error budget burns 48.0x"
+                " faster than sustainable over 6h/30m (page)"
+            )
+            self.state.store.set_alert_states(
+                [AlertChange("slo:latency:page", "slo", "page", "firing", time.time(), summary, {})]
+            )
+        return original(self)
+
+    monkeypatch.setattr(Replay, "_calm_page", stalled)
+    result = CliRunner().invoke(
+        cli, ["demo", "--workdir", str(tmp_path), "--scale", "0.05", "--speed", "360"]
+    )
+    assert result.exit_code == 1, result.output
+    assert len(runs) == 2
+    assert runs[0].closed
+    assert runs[0].server is not runs[1].server
+    out = " ".join(result.output.split())
+    assert out.count("Starting the replay over.") == 1
+    assert "The calm paged: A page fired before 14:00 (SLO latency" in out
+    assert out.count("Reusing the seeded shop database") == 1
+    assert "The replay stopped: A page fired before 14:00 (SLO latency" in out

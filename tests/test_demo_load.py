@@ -96,3 +96,52 @@ def test_retries_out_of_range_are_refused_with_the_option_named(tmp_path: t.Any)
     result = CliRunner().invoke(cli, ["demo", "--retries", "-1", "--workdir", str(tmp_path)])
     assert result.exit_code == 2
     assert "--retries" in result.output
+
+
+class _Settling(http.server.BaseHTTPRequestHandler):
+    """Fails its first ``failing`` requests (a shop whose first seconds are slower than
+    it is: the pool's connections, a database server still busy), then answers each."""
+
+    failing: t.ClassVar[int] = 0
+    seen: t.ClassVar[int] = 0
+    lock = threading.Lock()
+
+    def do_GET(self) -> None:
+        with self.lock:
+            type(self).seen += 1
+            status = 500 if self.seen <= self.failing else 200
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_POST = do_GET
+
+    def log_message(self, *args: t.Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("failing", [30, 10**9])
+def test_the_replay_clock_waits_for_a_window_that_met_the_objectives(failing: int) -> None:
+    """After the warm-up the replay's clock waits for a window of the load in which the
+    shop met its objectives; one that never does is said after the patience, and the
+    replay goes on (its calm page says why)."""
+    from querywatch.demo.traffic import Traffic
+
+    _Settling.failing, _Settling.seen = failing, 0
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Settling)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    traffic = Traffic(
+        srv.server_address[1], {"customers": 10, "products": 10}, 20, timeout=5, retries=0
+    )
+    try:
+        patience = 60.0 if failing < 10**9 else 3.0
+        _, settled = traffic.settle(20, lambda route: 1000.0, 1.0, patience)
+        assert settled is (failing < 10**9)
+        if settled:
+            # The failures came first, and the window that settled it held none.
+            assert _Settling.seen > failing
+            assert any(s.failed for s in traffic.samples)
+    finally:
+        traffic.stop()
+        srv.shutdown()
+        srv.server_close()

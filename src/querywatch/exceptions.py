@@ -38,6 +38,7 @@ __all__ = [
     "BackendUnavailableError",
     "BaselineError",
     "BudgetError",
+    "CalmPaged",
     "CacheValueError",
     "ConfigError",
     "DeliveryError",
@@ -180,3 +181,8 @@ class StoreSlowError(QueryWatchError, RuntimeError):
 
 class DemoError(QueryWatchError):
     """A stage of the replay did not happen in time; the message says which."""
+
+
+class CalmPaged(DemoError):
+    """A page fired in the replay's calm, before the onset: the machine stalled, or the
+    shop is slower here than its objectives allow."""

@@ -24,7 +24,6 @@ import os
 import typing as t
 
 from .load import LOOKUP_ROUTE
-from .options import OVERRIDES
 
 if t.TYPE_CHECKING:
     from rich.console import Console
@@ -39,10 +38,7 @@ __all__ = ["figures", "print_figures", "remember", "the_other_run"]
 def threshold_ms(replay: Replay, route: str) -> float | None:
     """The latency objective's threshold for ``route`` in this replay (None: the route
     has no latency objective)."""
-    if route in OVERRIDES:
-        spec = OVERRIDES[route]
-        return replay._scaled(spec["threshold_ms"]) if spec else None
-    return replay.threshold_ms
+    return replay.threshold_for(route)
 
 
 def _ratio(part: int, whole: int) -> float | None:

@@ -66,6 +66,14 @@ CALM_MINUTES = 70
 ESCALATION_MINUTES = 15
 #: Real seconds of traffic before the replay's clock starts (not measured).
 WARM_UP_SECONDS = 2.0
+#: After the warm-up, the clock waits (at most this many real seconds, longer on a busy
+#: machine) for a window of this many seconds in which the shop met its objectives: the
+#: load's own start, the pool's first connections or a database server still busy with
+#: other work make the first seconds slower than the shop, and the calm must be calm.
+SETTLE_PATIENCE = 20.0
+#: Times the replay starts over after a page in the calm before it stops and says so.
+CALM_RESTARTS = 1
+SETTLE_WINDOW = 2.0
 #: Seconds any one statement of the responder's "Analyse now" may take: building the
 #: candidate index on 600,000 orders takes about 2 s on a quiet machine and several times
 #: that on a busy one; the responder waits for it (the app's own advisor keeps 2 s).

@@ -27,6 +27,7 @@ from werkzeug.serving import make_server
 from .._text import duration_text
 from ..alerts.evidence import culprit
 from ..dashboard import dashboard_url
+from ..exceptions import CalmPaged
 from ..exceptions import DemoError
 from ..incidents.manager import Incidents
 from . import shop
@@ -48,6 +49,8 @@ from .options import PATIENCE
 from .options import QUIET_SPIN_MS
 from .options import RATE
 from .options import SECRET_BYTES
+from .options import SETTLE_PATIENCE
+from .options import SETTLE_WINDOW
 from .options import STATEMENT_TIMEOUT_MS
 from .options import THRESHOLD_MS
 from .options import WARM_UP_SECONDS
@@ -55,7 +58,7 @@ from .options import DemoOptions
 from .summary import _migration
 from .summary import summarize
 from .traffic import Traffic
-from .traffic import _spin
+from .traffic import machine_pace
 from .traffic import p95_ms
 
 if t.TYPE_CHECKING:
@@ -128,6 +131,8 @@ class Replay:
         self.threshold_scale = 1.0
         self.live: Live | None = None
         self.closed = False
+        #: Times the replay started over after a page in the calm (:class:`CalmPaged`).
+        self.restarts = 0
 
     # --- time ---------------------------------------------------------------------------
 
@@ -318,20 +323,7 @@ class Replay:
         quiet machine's (a slower processor), and the share of a core the thread got
         (other programs running; the thread's own CPU time, as the process's would count
         its other threads too)."""
-        # In slices: the least share any slice got, as programs that have just started
-        # (or stop for a moment) would make the whole probe's average look quieter
-        # than the replay's next minutes.
-        shares, cpu_total, rounds = [], 0.0, 0
-        for _ in range(BUSY_PROBE_SLICES):
-            wall0, cpu0 = time.perf_counter(), time.thread_time()
-            while time.perf_counter() - wall0 < BUSY_PROBE_SECONDS / BUSY_PROBE_SLICES:
-                _spin()
-                rounds += 1
-            cpu_s = time.thread_time() - cpu0
-            cpu_total += cpu_s
-            shares.append(cpu_s / (time.perf_counter() - wall0))
-        share = min(shares)
-        spin_ms = cpu_total / rounds * 1000
+        share, spin_ms = machine_pace(BUSY_PROBE_SECONDS, BUSY_PROBE_SLICES)
         busy = 1 / min(1.0, max(share, 0.05))
         cpu = max(1.0, spin_ms / QUIET_SPIN_MS)
         slowdown = cpu * busy
@@ -370,6 +362,14 @@ class Replay:
     def min_bad_events(self) -> int:
         """The bad requests a page needs in its short window at this replay's rate."""
         return max(MIN_BAD_FLOOR, round(MIN_BAD_EVENTS * self.rate / RATE))
+
+    def threshold_for(self, route: str) -> float | None:
+        """The latency objective's threshold for ``route`` in this replay (None: the
+        route has no latency objective)."""
+        if route in OVERRIDES:
+            spec = OVERRIDES[route]
+            return self._scaled(spec["threshold_ms"]) if spec else None
+        return self.threshold_ms
 
     def _scaled(self, threshold_ms: float) -> float:
         """A latency threshold for this machine, rounded up to 5 ms so that it reads as
@@ -478,6 +478,15 @@ class Replay:
         with self.console.status("Warming up: the load's first requests..."):
             # A busy machine takes longer to open the pool's connections and settle.
             time.sleep(WARM_UP_SECONDS * self.slowdown)
+            waited, settled = self.traffic.settle(
+                self.rate, self.threshold_for, SETTLE_WINDOW, SETTLE_PATIENCE * self.slowdown
+            )
+        if waited > 1.5:  # said: the calm starts later than a quiet machine's would
+            self.console.print(
+                f"The shop {'met' if settled else 'had not met'} its objectives"
+                f" {waited:.0f} s after the warm-up; the replay's clock starts now.",
+                highlight=False,
+            )
         flusher.flush()
         m.started = float(math.floor(time.time()))
         self.state.store.prune(m.started, width=1)
@@ -580,7 +589,7 @@ class Replay:
                 " slower on this machine than its objectives allow, so the replay would not"
                 " show the outage. Try a smaller --scale or --rate."
             )
-            raise DemoError(msg)
+            raise CalmPaged(msg)
         return False
 
     def _page_firing(self) -> t.Any:

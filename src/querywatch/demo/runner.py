@@ -25,7 +25,9 @@ import typing as t
 from rich.console import Console
 
 from .._console import make_console
+from ..exceptions import CalmPaged
 from ..exceptions import DemoError
+from .options import CALM_RESTARTS
 from .options import FIXES
 from .options import DemoOptions
 from .replay import Replay
@@ -56,7 +58,26 @@ def run_demo(
     try:
         replay.setup()
         try:
-            summary = replay.run()
+            for restart in range(CALM_RESTARTS + 1):
+                try:
+                    summary = replay.run()
+                    break
+                except CalmPaged as e:
+                    if restart == CALM_RESTARTS:
+                        raise
+                    # Compressed, a second's stall of a busy machine (another program
+                    # starting) is minutes of a slow shop, and the windows are short in
+                    # the calm's first seconds: once, the replay starts over on the
+                    # seeded database, with the machine measured again.
+                    console.print(
+                        f"[yellow]The calm paged: {e.args[0].split(': the shop')[0]}."
+                        " Starting the replay over.[/yellow]",
+                        highlight=False,
+                    )
+                    replay.close()
+                    replay = Replay(options, console=console)
+                    replay.restarts = restart + 1
+                    replay.setup()
         except DemoError as e:
             out.print(f"[bold red]The replay stopped:[/bold red] {e}")
         except Exception as e:  # the replay stops, and says why; the rest is closed below

@@ -163,6 +163,8 @@ def summarize(replay: Replay, incidents: Incidents) -> dict[str, t.Any]:
         # machine this one answered the shop's quick requests before the replay.
         "objective_ms": replay.threshold_ms,
         "slowdown": round(replay.slowdown, 2),
+        # Starts over after a page in the calm (a moment's stall of a busy machine).
+        "calm_restarts": replay.restarts,
         "rate": replay.rate,
         "retries": replay.options.retries,
         # The bad requests a page needs in its short window at that rate.

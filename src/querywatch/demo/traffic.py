@@ -9,8 +9,10 @@ import json
 import subprocess
 import sys
 import threading
+import time
 import typing as t
 
+from ..exceptions import DemoError
 from .options import KEEP_SAMPLES
 
 if t.TYPE_CHECKING:
@@ -38,6 +40,33 @@ def _spin(n: int = 20_000) -> int:
     for i in range(n):
         x += i * i
     return x
+
+
+def machine_pace(seconds: float, slices: int) -> tuple[float, float]:
+    """(the least share of a core this thread got in any of ``slices`` slices of
+    ``seconds``, the CPU milliseconds one :func:`_spin` took): how busy and how fast this
+    machine is now. The least share, as programs that have just started (or stop for a
+    moment) would make the whole probe's average look quieter than the next minutes."""
+    shares, cpu_total, rounds = [], 0.0, 0
+    for _ in range(slices):
+        wall0, cpu0 = time.perf_counter(), time.thread_time()
+        while time.perf_counter() - wall0 < seconds / slices:
+            _spin()
+            rounds += 1
+        cpu_s = time.thread_time() - cpu0
+        cpu_total += cpu_s
+        shares.append(cpu_s / (time.perf_counter() - wall0))
+    return min(shares), cpu_total / rounds * 1000
+
+
+def missed(samples: t.Iterable[Sample], threshold_ms: t.Callable[[str], float | None]) -> int:
+    """The answered requests slower than their route's threshold (None: no latency
+    objective)."""
+    n = 0
+    for s in samples:
+        limit = threshold_ms(s.route)
+        n += limit is not None and not s.failed and s.seconds * 1000 > limit
+    return n
 
 
 def p95_ms(samples: t.Sequence[Sample]) -> float | None:
@@ -114,6 +143,34 @@ class Traffic:
                 and (until is None or s.at < until)
                 and (route is None or s.route == route)
             ]
+
+    def settle(
+        self,
+        rate: float,
+        threshold_ms: t.Callable[[str], float | None],
+        window: float,
+        patience: float,
+    ) -> tuple[float, bool]:
+        """Wait, at most ``patience`` seconds, for ``window`` seconds of requests that met
+        the objectives: most of those due answered, none failed, at most 1% slower than
+        its route's threshold. Returns (seconds waited, whether they did)."""
+        began = time.time()
+        while True:
+            now = time.time()
+            # What had the time to come back (a request slower than a second misses
+            # the objectives anyway).
+            recent = self.between(now - window - 1.0, now - 1.0)
+            if (
+                len(recent) >= 0.8 * rate * window
+                and not any(s.failed for s in recent)
+                and missed(recent, threshold_ms) <= 0.01 * len(recent)
+            ):
+                return now - began, True
+            if now - began >= patience:
+                return now - began, False
+            if self.proc.poll() is not None:
+                raise DemoError("The load process ended on its own.")
+            time.sleep(0.2)
 
     def stop(self) -> None:
         """Stop the process (it finishes what is in flight) and wait for it."""
