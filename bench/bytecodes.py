@@ -77,6 +77,10 @@ def _querywatch(counts: dict[str, float]) -> float:
     return sum(v for k, v in counts.items() if k.startswith("querywatch:"))
 
 
+def _minus(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    return {k: a.get(k, 0) - b.get(k, 0) for k in a.keys() | b.keys()}
+
+
 def _print_top(this: dict[str, float], that: dict[str, float], n: int) -> None:
     """The ``n`` functions whose counts differ most between two runs, this minus that."""
     diff = {k: this.get(k, 0) - that.get(k, 0) for k in this.keys() | that.keys()}
@@ -96,6 +100,12 @@ def main() -> int:
         help="Also count querywatch with a guard configured but not engaged, and what it"
         " adds to querywatch alone.",
     )
+    parser.add_argument(
+        "--beside",
+        default="",
+        help="Comma-separated: sentry, otel. Also count querywatch beside sentry-sdk or"
+        " OpenTelemetry, against each alone: the bytecodes it adds there, and its own.",
+    )
     args = parser.parse_args()
 
     from sqlalchemy import create_engine
@@ -114,7 +124,8 @@ def main() -> int:
     print(head)
     for ep in (e for e in args.endpoints.split(",") if e):
         path = ENDPOINTS[ep]
-        none = sum(count(sys.executable, "none", db_url, path, args.requests).values())
+        none_counts = count(sys.executable, "none", db_url, path, args.requests)
+        none = sum(none_counts.values())
         now = count(sys.executable, "querywatch", db_url, path, args.requests)
         total = sum(now.values())
         line = (
@@ -136,6 +147,18 @@ def main() -> int:
             _print_top(guarded, now, args.top)
         if args.compare:
             _print_top(now, other, args.top)
+        for tracer in (b for b in args.beside.split(",") if b):
+            alone_counts = count(sys.executable, tracer, db_url, path, args.requests)
+            alone = sum(alone_counts.values())
+            both = count(sys.executable, f"{tracer}+querywatch", db_url, path, args.requests)
+            b_total = sum(both.values())
+            print(
+                f"    beside {tracer}: {alone:,.0f} alone, {b_total:,.0f} with querywatch:"
+                f" {b_total - alone:+,.0f} (alone {total - none:+,.0f}), of which in"
+                f" querywatch's own code {_querywatch(both):,.0f} (alone {_querywatch(now):,.0f})"
+            )
+            # Where querywatch's added work differs beside the tracer from alone.
+            _print_top(_minus(both, alone_counts), _minus(now, none_counts), args.top)
     print(f"bytecodes a request, over {args.requests} requests after 30 to warm up")
     return 0
 

@@ -54,7 +54,23 @@ ENDPOINTS = {
 #: ``workdir`` and ``path`` already bound.
 WARM = """
 from querywatch.demo import shop
-if config == "none":
+# "sentry" and "otel" (alone or "+querywatch"): beside sentry-sdk (traces_sample_rate 1,
+# events dropped) or OpenTelemetry's Flask and SQLAlchemy instrumentation, as overhead.py
+# sets them up.
+beside = config.split("+")[0] if config.startswith(("sentry", "otel")) else None
+if beside == "sentry":
+    import sentry_sdk
+    from sentry_sdk.transport import Transport
+
+    class _Drop(Transport):
+        def capture_envelope(self, envelope):
+            return None
+
+    sentry_sdk.init(dsn="https://public@sentry.invalid/1", traces_sample_rate=1.0,
+                    transport=_Drop)
+if beside == "otel":
+    import opentelemetry.trace  # querywatch notices it at init
+if config in ("none", "sentry", "otel"):
     app = shop.create_app(db_url, querywatch=False)
 else:
     app = shop.create_app(db_url, instance_path=workdir + "/instance", config={
@@ -68,10 +84,24 @@ else:
         **({"QUERYWATCH_GUARD": {"endpoints": {"GET /api/orders/lookup": {
             "statement_timeout_ms": 200, "max_concurrent": 2}}}} if config == "guard" else {}),
     })
+if beside == "otel":
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(InMemorySpanExporter()))
+    FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
+    with app.app_context():
+        SQLAlchemyInstrumentor().instrument(
+            engine=shop.db.engine, tracer_provider=provider, skip_dep_check=True
+        )
 client = app.test_client()
 for _ in range(30):
     client.get(path)
-if config != "none":
+if config not in ("none", "sentry", "otel"):
     # The background threads fold and write on the wall clock, which the counting
     # stretches many times over: stopped after the warm-up, so the count is the request
     # path's alone (their cost is overhead.py's to measure).

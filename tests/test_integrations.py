@@ -30,6 +30,9 @@ class Recording(Transport):
         Recording.envelopes.append(envelope)
 
 if sys.argv[2] == "on":
+    # As sentry-sdk's default integrations do: OpenTelemetry's API imported, no
+    # tracer provider set up.
+    import opentelemetry.trace
     sentry_sdk.init(
         dsn="https://public@127.0.0.1/1",
         transport=Recording,
@@ -79,7 +82,17 @@ for env in Recording.envelopes:
 state = app.extensions["querywatch"]
 state.flusher.flush()
 finding_traces = {f.kind: f.trace_id for f in state.store.findings()}
+from sqlalchemy import text
+from querywatch.capture import _listeners
+with state.store.engine.connect() as conn:
+    rows = conn.execute(text("SELECT endpoint, max_trace FROM qw_query_stats")).all()
+shape_traces = {}
+for endpoint, trace in rows:
+    shape_traces.setdefault(endpoint, set()).add(trace)
 print(json.dumps({"statuses": statuses, "events": events, "finding_traces": finding_traces,
+                  "shape_traces": {k: sorted(v, key=str) for k, v in shape_traces.items()},
+                  "otel_api": "opentelemetry.trace" in sys.modules,
+                  "statement_hooks": len(_listeners.statement_hooks),
                   "internal_errors": _failopen.internal_error_counts()}))
 """
 
@@ -129,9 +142,18 @@ def test_findings_are_breadcrumbs_and_tags_on_the_requests_sentry_transaction(
     assert crumb["data"]["endpoint"] == "GET /authors"
     assert "gate_app.py" in crumb["data"]["call_site"]
     assert "selectinload(Author.books)" in crumb["data"]["fix"]
-    # The finding keeps the trace of the request's transaction.
+    # The finding keeps the trace of the request's transaction, and so does the
+    # slowest call of each of that request's shapes; a request with neither a finding
+    # nor a slow read does not look Sentry's trace up (its scope lookups were most of
+    # what querywatch added beside it).
     assert len(authors["trace_id"]) == 32
     assert got["finding_traces"] == {"n_plus_one": authors["trace_id"]}
+    assert got["shape_traces"]["GET /authors"] == [authors["trace_id"]]
+    assert got["shape_traces"]["GET /books/<int:book_id>"] == [None]
+    # OpenTelemetry's API imported (sentry-sdk's default integrations do), with no
+    # tracer provider: its spans record nothing, and no statement hook runs.
+    assert got["otel_api"] is True
+    assert got["statement_hooks"] == 0
     # No literal value of the app's data goes to Sentry: shapes only.
     assert "Author 1" not in json.dumps(got["events"])
     for name in ("book", "boom"):

@@ -111,9 +111,10 @@ class QueryWatch:
         app.after_request_funcs.setdefault(None, []).append(after)
         app.teardown_request_funcs.setdefault(None, []).append(teardown)
         state.teardown = teardown
-        if otel.running():
-            # The app traces: each statement's span hears its shape and call site.
+        if otel.statement_spans():
+            # The app traces its statements: each span hears its shape and call site.
             capture.add_statement_hook(otel.annotate_statement)
+            state._statements_traced = True
         if state.guard is not None:
             # Flask stops at the first teardown_request hook that raises, so one of the
             # app's could keep ours from giving a bulkhead's permit back, for good. The

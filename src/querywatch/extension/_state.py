@@ -288,6 +288,11 @@ class AppState:
 
     def new_record(self, name: str, kind: str) -> capture.Record:
         record = capture.Record(name=name, kind=kind, settings=self.settings, engines=self.engines)
+        if not self._statements_traced and otel.statement_spans():
+            # OpenTelemetry's SQLAlchemy instrumentation came after init: from this unit
+            # of work on, each statement's span hears its shape and call site.
+            capture.add_statement_hook(otel.annotate_statement)
+            self._statements_traced = True
         if kind == "request":
             self.stats.arrive(record.started_wall)
             if self.guard is not None:
@@ -300,7 +305,10 @@ class AppState:
         findings = detect(record, self.settings)
         if "opentelemetry.trace" in sys.modules:
             self._trace(record, findings)
-        if "sentry_sdk" in sys.modules and record.trace_id is None:
+        # Sentry's trace id where a link to it is worth its lookup: a request with
+        # findings, or a slow read (a shape's slowest call, a sample, an incident's
+        # evidence). The other requests pay one dictionary lookup.
+        if (findings or record.slow) and "sentry_sdk" in sys.modules and record.trace_id is None:
             try:
                 record.trace_id = sentry.trace_id()
             except Exception as e:
@@ -349,10 +357,12 @@ class AppState:
         return findings
 
     def _trace(self, record: capture.Record, findings: list[Finding]) -> None:
-        """The app traces with OpenTelemetry: the request's span hears what querywatch
-        found, and the record keeps its trace id. From now on each statement's span (the
-        SQLAlchemy instrumentation's) gets its shape and call site."""
+        """OpenTelemetry is imported: where the request's span records, it hears what
+        querywatch found, and the record keeps its trace id (the API alone, which
+        sentry-sdk imports, records nothing: one lookup)."""
         try:
+            if not otel.recording():
+                return
             environ = None
             if record.kind == "request":
                 from flask import has_request_context
@@ -361,9 +371,6 @@ class AppState:
                 if has_request_context():
                     environ = request.environ
             record.trace_id = otel.annotate_request(record, findings, environ)
-            if not self._statements_traced:
-                capture.add_statement_hook(otel.annotate_statement)
-                self._statements_traced = True
         except Exception as e:
             swallow("integrations.otel", e)
 

@@ -59,6 +59,23 @@ def running() -> bool:
     return "opentelemetry.trace" in sys.modules
 
 
+def statement_spans() -> bool:
+    """Whether OpenTelemetry's SQLAlchemy instrumentation is on: statements have spans
+    for capture's statement hook to annotate."""
+    module = sys.modules.get("opentelemetry.instrumentation.sqlalchemy")
+    if module is None:
+        return False
+    return bool(module.SQLAlchemyInstrumentor().is_instrumented_by_opentelemetry)
+
+
+def recording() -> bool:
+    """Whether a span records in the current context (the request's, at its end). The
+    API alone, which sentry-sdk imports, hands out only spans that do not: nothing to
+    annotate, and nothing more to look up."""
+    trace = sys.modules.get("opentelemetry.trace")
+    return trace is not None and trace.get_current_span().is_recording()
+
+
 def request_span(environ: t.Mapping[str, t.Any] | None) -> t.Any:
     """The request's span while it records: the Flask instrumentation's, else the
     current span; None when there is none, or it has ended."""
