@@ -49,6 +49,8 @@ BAD_VALUES: list[tuple[str, t.Any]] = [
     ("QUERYWATCH_ALERT_SHAPE_P95_MS", "slow"),
     ("QUERYWATCH_INCIDENT_SEVERITIES", ["urgent"]),
     ("QUERYWATCH_USER", "no_such_module_xyz:who"),
+    ("QUERYWATCH_TRACE_URL", "https://tempo.example/trace/"),  # no {trace_id}
+    ("QUERYWATCH_TRACE_URL", "ftp://tempo.example/{trace_id}"),
     ("QUERYWATCH_OBJECTIVES", "availability"),
     ("QUERYWATCH_OBJECTIVES", ["latency:99:fast"]),
     ("QUERYWATCH_OBJECTIVES", ["latency:150:300ms"]),

@@ -216,24 +216,6 @@ def test_findings_evidence_and_notifications_link_to_the_trace(traced: t.Any) ->
     assert f'href="{scan["trace_url"]}"' in page
 
 
-def test_a_trace_url_without_its_placeholder_is_refused(tmp_path: t.Any) -> None:
-    from flask import Flask
-
-    from querywatch import QueryWatch
-    from querywatch.exceptions import ConfigError
-
-    app = Flask(__name__)
-    app.config["QUERYWATCH_STORE_URL"] = f"sqlite:///{tmp_path}/qw.db"
-    app.config["QUERYWATCH_TRACE_URL"] = "https://tempo.example/trace/"
-    with pytest.raises(ConfigError) as info:
-        QueryWatch(app)
-    assert str(info.value) == (
-        "'QUERYWATCH_TRACE_URL' must be an http(s) URL with {trace_id} where the trace's id"
-        " goes, such as 'https://tempo.example/trace/{trace_id}' (or None for no links),"
-        " got 'https://tempo.example/trace/'."
-    )
-
-
 def test_duration_histograms_carry_trace_ids_as_openmetrics_exemplars(traced: t.Any) -> None:
     """Asked for OpenMetrics (as Prometheus asks), ``/metrics`` gives each duration
     bucket's last traced observation as its exemplar; the classic text format, none."""
