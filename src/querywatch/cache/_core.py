@@ -208,6 +208,15 @@ class Cache:
             # The leader kept nothing, failed or is stuck: compute here.
             return self._lead(_Job(key, fn, ttl, tables, name, st, pickle, None, invalidate))
         try:
+            if getattr(self.backend, "acquire", None) is None:
+                # In this process's memory (no round trip): a caller that missed just
+                # before another leader stored its value and left finds it now, or the
+                # key is computed twice (a busy machine's thread, descheduled between
+                # its miss and this flight, did).
+                again = self._stored(key, st)
+                if again is not _MISSING:
+                    flight.ok = True
+                    return again
             value = self._lead(_Job(key, fn, ttl, tables, name, st, pickle, previous, invalidate))
             flight.ok = True
             return value
@@ -260,6 +269,20 @@ class Cache:
                 self.backend.release(key, token)
             except Exception as e:
                 record_internal_error("cache.unlock", e)
+
+    def _stored(self, key: str, st: FunctionStats) -> t.Any:
+        """What another caller stored for ``key`` since this one missed (coalesced), or
+        :data:`_MISSING`."""
+        try:
+            status, data, deps = self.backend.lookup(key)
+            if status == "hit" and data is not None:
+                value = loads(data, secret=self.secret)
+                _note_read(deps)
+                st.coalesced += 1
+                return value
+        except Exception:
+            pass  # the same entry's failure was counted by the lookup that missed
+        return _MISSING
 
     def _serve_previous(self, previous: _Stale, st: FunctionStats) -> t.Any:
         try:
