@@ -195,16 +195,9 @@ class Cache:
                 # Take what the leader *stored*, checked against the versions now: its
                 # computation may have begun before a commit this caller must see, and
                 # then it kept nothing.
-                try:
-                    status, data, deps = self.backend.lookup(key)
-                    if status == "hit" and data is not None:
-                        value = loads(data, secret=self.secret)
-                        _note_read(deps)
-                        st.coalesced += 1
-                        return value
-                except Exception as e:
-                    st.errors += 1
-                    record_internal_error("cache.coalesce", e)
+                value = self._stored(key, st)
+                if value is not _MISSING:
+                    return value
             # The leader kept nothing, failed or is stuck: compute here.
             return self._lead(_Job(key, fn, ttl, tables, name, st, pickle, None, invalidate))
         try:
@@ -213,7 +206,7 @@ class Cache:
                 # before another leader stored its value and left finds it now, or the
                 # key is computed twice (a busy machine's thread, descheduled between
                 # its miss and this flight, did).
-                again = self._stored(key, st)
+                again = self._stored(key, st, counted=True)
                 if again is not _MISSING:
                     flight.ok = True
                     return again
@@ -270,9 +263,10 @@ class Cache:
             except Exception as e:
                 record_internal_error("cache.unlock", e)
 
-    def _stored(self, key: str, st: FunctionStats) -> t.Any:
+    def _stored(self, key: str, st: FunctionStats, *, counted: bool = False) -> t.Any:
         """What another caller stored for ``key`` since this one missed (coalesced), or
-        :data:`_MISSING`."""
+        :data:`_MISSING`. ``counted``: a failure here is the same entry's as the lookup
+        that just missed, which counted it already."""
         try:
             status, data, deps = self.backend.lookup(key)
             if status == "hit" and data is not None:
@@ -280,8 +274,10 @@ class Cache:
                 _note_read(deps)
                 st.coalesced += 1
                 return value
-        except Exception:
-            pass  # the same entry's failure was counted by the lookup that missed
+        except Exception as e:
+            if not counted:
+                st.errors += 1
+                record_internal_error("cache.coalesce", e)
         return _MISSING
 
     def _serve_previous(self, previous: _Stale, st: FunctionStats) -> t.Any:
