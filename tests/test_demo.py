@@ -391,20 +391,27 @@ def test_the_summary_sets_the_guard_beside_the_last_run_without_it(tmp_path: t.A
 
 
 @pytest.mark.xdist_group("replays")
-def test_a_page_in_the_calm_starts_the_replay_over_once_then_says_why(
+def test_a_page_in_the_calm_starts_the_replay_over_on_a_slower_footing_then_says_why(
     tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Compressed, a second's stall of a busy machine is minutes of a slow shop, and a
-    page in the calm stops the replay: it starts over once on the seeded database (its
-    store, server and load anew), and a second page in the calm stops it with why. The
-    stall is a real firing page written to each run's store as the calm begins."""
-    from querywatch.demo.replay import Replay
+    page in the calm stops the replay: it starts over, at most twice, on the seeded
+    database (its store, server and load anew), each time taking the machine to be
+    slower than the run that paged did (longer objectives, lighter traffic) however
+    quiet the machine measures then; a third page in the calm stops it with why. The
+    stall is a real firing page written to each run's store as the calm begins, and the
+    machine measures quiet for every run."""
+    from querywatch.demo import replay as replay_module
+    from querywatch.demo.options import CALM_RESTART_SLOWDOWN
+    from querywatch.demo.options import QUIET_SPIN_MS
+    from querywatch.demo.options import RATE
     from querywatch.store import AlertChange
 
+    Replay = replay_module.Replay
     original = Replay._calm_page
-    runs: list[Replay] = []
+    runs: list[t.Any] = []
 
-    def stalled(self: Replay) -> t.Any:
+    def stalled(self: t.Any) -> t.Any:
         if not any(r is self for r in runs):
             runs.append(self)
             summary = (
@@ -417,15 +424,24 @@ def test_a_page_in_the_calm_starts_the_replay_over_once_then_says_why(
         return original(self)
 
     monkeypatch.setattr(Replay, "_calm_page", stalled)
+    # A whole core at a quiet machine's pace, whenever the replay measures it.
+    monkeypatch.setattr(replay_module, "machine_pace", lambda *_: (1.0, QUIET_SPIN_MS))
     result = CliRunner().invoke(
         cli, ["demo", "--workdir", str(tmp_path), "--scale", "0.05", "--speed", "360"]
     )
     assert result.exit_code == 1, result.output
-    assert len(runs) == 2
-    assert runs[0].closed
-    assert runs[0].server is not runs[1].server
+    assert len(runs) == 3
+    assert all(r.closed for r in runs)
+    assert len({id(r.server) for r in runs}) == 3
+    # Quiet as measured, the first run keeps the objectives; each restart is slower.
+    assert [r.slowdown for r in runs] == pytest.approx(
+        [1.0, CALM_RESTART_SLOWDOWN, CALM_RESTART_SLOWDOWN**2]
+    )
+    assert runs[0].rate == RATE > runs[1].rate > runs[2].rate
+    assert runs[0].threshold_ms < runs[1].threshold_ms < runs[2].threshold_ms
     out = " ".join(result.output.split())
-    assert out.count("Starting the replay over.") == 1
+    assert out.count("Starting the replay over.") == 2
+    assert out.count("The run before paged in the calm: this one takes the machine") == 2
     assert "The calm paged: A page fired before 14:00 (SLO latency" in out
-    assert out.count("Reusing the seeded shop database") == 1
+    assert out.count("Reusing the seeded shop database") == 2
     assert "The replay stopped: A page fired before 14:00 (SLO latency" in out

@@ -72,7 +72,10 @@ WARM_UP_SECONDS = 2.0
 #: other work make the first seconds slower than the shop, and the calm must be calm.
 SETTLE_PATIENCE = 20.0
 #: Times the replay starts over after a page in the calm before it stops and says so.
-CALM_RESTARTS = 1
+CALM_RESTARTS = 2
+#: How much slower than the run that paged in the calm took the machine to be its
+#: restart takes it to be (at least): the objectives longer, the traffic lighter.
+CALM_RESTART_SLOWDOWN = 1.25
 SETTLE_WINDOW = 2.0
 #: Seconds any one statement of the responder's "Analyse now" may take: building the
 #: candidate index on 600,000 orders takes about 2 s on a quiet machine and several times

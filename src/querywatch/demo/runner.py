@@ -27,6 +27,7 @@ from rich.console import Console
 from .._console import make_console
 from ..exceptions import CalmPaged
 from ..exceptions import DemoError
+from .options import CALM_RESTART_SLOWDOWN
 from .options import CALM_RESTARTS
 from .options import FIXES
 from .options import DemoOptions
@@ -67,15 +68,20 @@ def run_demo(
                         raise
                     # Compressed, a second's stall of a busy machine (another program
                     # starting) is minutes of a slow shop, and the windows are short in
-                    # the calm's first seconds: once, the replay starts over on the
-                    # seeded database, with the machine measured again.
+                    # the calm's first seconds: up to twice, the replay starts over on the
+                    # seeded database, with the machine measured again and taken to be
+                    # slower than the run that paged took it to be.
                     console.print(
                         f"[yellow]The calm paged: {e.args[0].split(': the shop')[0]}."
                         " Starting the replay over.[/yellow]",
                         highlight=False,
                     )
                     replay.close()
-                    replay = Replay(options, console=console)
+                    replay = Replay(
+                        options,
+                        console=console,
+                        slowdown_floor=replay.slowdown * CALM_RESTART_SLOWDOWN,
+                    )
                     replay.restarts = restart + 1
                     replay.setup()
         except DemoError as e:
