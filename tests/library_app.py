@@ -17,47 +17,50 @@ import typing as t
 from flask import Flask
 from flask import render_template_string
 from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import Column
+from sqlalchemy import DateTime
 from sqlalchemy import ForeignKey
+from sqlalchemy import Integer
 from sqlalchemy import String
 from sqlalchemy import insert
-from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.orm import Mapped
-from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
 
+# As an app on SQLAlchemy 1.4 declares its models (Column), which 2.x runs too; under
+# the type checker, mapped_column, whose types it reads.
+if t.TYPE_CHECKING:
+    from sqlalchemy.orm import mapped_column as col
+else:
+    col = Column
 
-class Base(DeclarativeBase):
-    pass
-
-
-db = SQLAlchemy(model_class=Base)
+db = SQLAlchemy()
 
 
 class User(db.Model):  # type: ignore[name-defined,misc]
-    id: Mapped[int] = mapped_column(primary_key=True)
-    email: Mapped[str] = mapped_column(String(120), unique=True)
-    last_seen: Mapped[dt.datetime | None]
+    id: Mapped[int] = col(Integer, primary_key=True)
+    email: Mapped[str] = col(String(120), unique=True, nullable=False)
+    last_seen: Mapped[dt.datetime | None] = col(DateTime, nullable=True)
 
 
 class Author(db.Model):  # type: ignore[name-defined,misc]
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(80))
-    books: Mapped[list[Book]] = relationship(back_populates="author")
+    id: Mapped[int] = col(Integer, primary_key=True)
+    name: Mapped[str] = col(String(80), nullable=False)
+    books: Mapped[list[Book]] = relationship("Book", back_populates="author")
 
 
 class Book(db.Model):  # type: ignore[name-defined,misc]
-    id: Mapped[int] = mapped_column(primary_key=True)
-    isbn: Mapped[str] = mapped_column(String(20))
-    title: Mapped[str] = mapped_column(String(120))
-    author_id: Mapped[int] = mapped_column(ForeignKey("author.id"), index=True)
-    author: Mapped[Author] = relationship(back_populates="books")
+    id: Mapped[int] = col(Integer, primary_key=True)
+    isbn: Mapped[str] = col(String(20), nullable=False)
+    title: Mapped[str] = col(String(120), nullable=False)
+    author_id: Mapped[int] = col(Integer, ForeignKey("author.id"), index=True, nullable=False)
+    author: Mapped[Author] = relationship("Author", back_populates="books")
 
 
 class AuditEvent(db.Model):  # type: ignore[name-defined,misc]
     __bind_key__ = "audit"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    actor: Mapped[str] = mapped_column(String(120))
-    action: Mapped[str] = mapped_column(String(40))
+    id: Mapped[int] = col(Integer, primary_key=True)
+    actor: Mapped[str] = col(String(120), nullable=False)
+    action: Mapped[str] = col(String(40), nullable=False)
 
 
 BOOK_PAGE = "<h1>{{ book.title }}</h1><p>by {{ book.author.name }}</p>"

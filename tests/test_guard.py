@@ -12,14 +12,13 @@ from flask import Flask
 from flask import jsonify
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.orm import Mapped
-from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
 
 from conftest import on_finished
 from querywatch import QueryWatch
 from querywatch import _failopen
+from querywatch._compat import SQLALCHEMY_14
 from querywatch.exceptions import GuardConfigError
 from querywatch.guard import Bulkhead
 from querywatch.guard import is_cancelled
@@ -52,22 +51,29 @@ def make_app(
     """A shop as Flask-SQLAlchemy apps are written: customers and their orders (a table
     named ``order``), one pooled connection so every request reuses it."""
 
-    class Base(DeclarativeBase):  # one a test: its models are its own
-        pass
+    # One a test: its models are its own. On SQLAlchemy 2 the app's own declarative
+    # base, as 2.x apps write it; 1.4 has none (Flask-SQLAlchemy's own).
+    if SQLALCHEMY_14:
+        db = SQLAlchemy()
+    else:
+        from sqlalchemy.orm import DeclarativeBase
 
-    db = SQLAlchemy(model_class=Base)
+        class Base(DeclarativeBase):
+            pass
+
+        db = SQLAlchemy(model_class=Base)
 
     class Customer(db.Model):  # type: ignore[name-defined,misc]
         __tablename__ = "user"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        email: Mapped[str] = mapped_column(sa.String(100))
-        orders: Mapped[list[Order]] = relationship(back_populates="customer")
+        id: Mapped[int] = sa.Column(sa.Integer, primary_key=True)
+        email: Mapped[str] = sa.Column(sa.String(100), nullable=False)
+        orders: Mapped[list[Order]] = relationship("Order", back_populates="customer")
 
     class Order(db.Model):  # type: ignore[name-defined,misc]
         __tablename__ = "order"
-        id: Mapped[int] = mapped_column(primary_key=True)
-        user_id: Mapped[int] = mapped_column(sa.ForeignKey("user.id"))
-        customer: Mapped[Customer] = relationship(back_populates="orders")
+        id: Mapped[int] = sa.Column(sa.Integer, primary_key=True)
+        user_id: Mapped[int] = sa.Column(sa.Integer, sa.ForeignKey("user.id"), nullable=False)
+        customer: Mapped[Customer] = relationship("Customer", back_populates="orders")
 
     app = Flask(__name__, instance_path=str(tmp_path / "instance"))
     app.config.update(
