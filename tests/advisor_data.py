@@ -16,7 +16,8 @@ from sqlalchemy import Integer
 from sqlalchemy import MetaData
 from sqlalchemy import String
 from sqlalchemy import Table
-from sqlalchemy import create_engine
+
+from querywatch._compat import create_engine
 
 EVENTS = 20_000
 ACCOUNTS = 2_000

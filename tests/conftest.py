@@ -11,14 +11,17 @@ import pytest
 # pytester forgets the modules a run imported, and importing the PostgreSQL dialect a
 # second time registers its SQL functions again (an SAWarning, an error here).
 import sqlalchemy.dialects.mysql.pymysql  # noqa: F401
-from sqlalchemy import create_engine
 from sqlalchemy import text
 
 from querywatch import _failopen
 from querywatch._compat import SQLALCHEMY_14
+from querywatch._compat import create_engine
 from querywatch.demo import shop
 
-if SQLALCHEMY_14:  # no psycopg 3 dialect before SQLAlchemy 2.0: psycopg2's
+#: The PostgreSQL driver of the stack under test: psycopg 3, or psycopg2 on SQLAlchemy
+#: 1.4, which has no dialect for psycopg 3.
+PG_DRIVER = "psycopg2" if SQLALCHEMY_14 else "psycopg"
+if SQLALCHEMY_14:
     import sqlalchemy.dialects.postgresql.psycopg2  # noqa: F401
 else:
     import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
@@ -28,7 +31,7 @@ pytest_plugins = ["pytester"]
 REQUIRE_SERVICES = os.environ.get("QUERYWATCH_REQUIRE_SERVICES") == "1"
 POSTGRES_URL = os.environ.get(
     "QUERYWATCH_TEST_POSTGRES_URL",
-    f"postgresql+{'psycopg2' if SQLALCHEMY_14 else 'psycopg'}://postgres@127.0.0.1:5432/test",
+    f"postgresql+{PG_DRIVER}://postgres@127.0.0.1:5432/test",
 )
 MARIADB_URL = os.environ.get(
     "QUERYWATCH_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"

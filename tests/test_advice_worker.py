@@ -8,10 +8,10 @@ import time
 import typing as t
 
 import pytest
-from sqlalchemy import create_engine
 
 from conftest import on_finished
 from querywatch._advice_worker import queries_from_store
+from querywatch._compat import create_engine
 from querywatch._report import build_report
 from querywatch.demo import shop
 

@@ -8,12 +8,12 @@ import sqlite3
 import typing as t
 
 import pytest
-from sqlalchemy import create_engine
 from sqlalchemy import event
 from sqlalchemy import text
 
 import advisor_data
 from conftest import _unavailable
+from querywatch._compat import create_engine
 from querywatch.advisor import Advisor
 from querywatch.advisor import QueryInput
 from querywatch.advisor import no_suggestion_reason

@@ -11,9 +11,10 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import create_engine
 from sqlalchemy import event
+from sqlalchemy.pool import NullPool
 
+from querywatch._compat import create_engine
 from querywatch.advisor import Candidate
 from querywatch.advisor._analysis import _analyse
 from querywatch.advisor._candidates import _candidates
@@ -42,7 +43,9 @@ def database(request: pytest.FixtureRequest, tmp_path: t.Any) -> t.Iterator[tupl
         url = request.getfixturevalue(
             "postgres_url" if request.param == "postgresql" else "mariadb_url"
         )
-        engine = create_engine(url, isolation_level="AUTOCOMMIT")
+        # A connection a test: Alembic's autocommit_block leaves the server's default
+        # level on its connection, which SQLAlchemy 1.4's pool keeps.
+        engine = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
         with engine.connect() as conn:
             kind = "SCHEMA" if request.param == "postgresql" else "DATABASE"
             conn.execute(sa.text(f"CREATE {kind} {schema}"))

@@ -10,9 +10,9 @@ import typing as t
 
 import pytest
 from flask import Flask
-from sqlalchemy import create_engine
 
 from querywatch import QueryWatch
+from querywatch._compat import create_engine
 from querywatch._config import load_settings
 from querywatch._stats import Stats
 from querywatch._stats import bucket_index

@@ -16,13 +16,13 @@ from hypothesis import HealthCheck
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine
 from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy import text
 from sqlalchemy import update
 
 from querywatch import QueryWatch
+from querywatch._compat import create_engine
 from querywatch._sql import statement_tables
 from querywatch.demo import shop
 from querywatch.exceptions import CacheValueError

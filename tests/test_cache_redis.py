@@ -15,10 +15,10 @@ from hypothesis import HealthCheck
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine
 from sqlalchemy import select
 from sqlalchemy import update
 
+from querywatch._compat import create_engine
 from querywatch.demo import shop
 
 pytestmark = pytest.mark.redis

@@ -12,11 +12,11 @@ import typing as t
 
 import pytest
 from flask import Flask
-from sqlalchemy import create_engine
 
 from conftest import GUARDED_TOKEN
 from conftest import _unavailable
 from querywatch import QueryWatch
+from querywatch._compat import create_engine
 from querywatch.demo import shop
 from querywatch.fingerprint import fingerprint
 

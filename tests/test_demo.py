@@ -215,7 +215,7 @@ def test_ctrl_c_stops_cleanly_and_the_next_replay_closes_the_loop_on_a_busy_mach
     db = workdir / "instance" / "shop.db"
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    from sqlalchemy import create_engine
+    from querywatch._compat import create_engine
 
     engine = create_engine(f"sqlite:///{db}")
     assert shop.seeded_version(engine) == (shop.SEED_VERSION, 3.0)
@@ -305,7 +305,7 @@ def test_the_shops_statement_timeout_fails_the_slow_request_only(tmp_path: t.Any
     """``statement_timeout_ms`` on SQLite: the lookup's scan of 60,000 orders is
     interrupted (500, the error recorded by querywatch on its shape), a product by id
     answers; without the timeout the lookup answers."""
-    from sqlalchemy import create_engine
+    from querywatch._compat import create_engine
 
     url = f"sqlite:///{tmp_path}/shop.db"
     engine = create_engine(url)

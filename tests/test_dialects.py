@@ -5,10 +5,10 @@ from __future__ import annotations
 import typing as t
 
 import pytest
-from sqlalchemy import create_engine
 from sqlalchemy import select
 
 from conftest import on_finished
+from querywatch._compat import create_engine
 from querywatch._detectors import N_PLUS_ONE
 from querywatch.demo import shop
 

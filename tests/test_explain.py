@@ -5,11 +5,11 @@ from __future__ import annotations
 import typing as t
 
 import pytest
-from sqlalchemy import create_engine
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 import advisor_data
+from querywatch._compat import create_engine
 from querywatch._sql import check_read_only
 from querywatch._sql import number_placeholders
 from querywatch.exceptions import ExplainError

@@ -86,7 +86,8 @@ def test_defaults_are_written_back(tmp_path: t.Any, monkeypatch: pytest.MonkeyPa
     from querywatch import _config as config
 
     monkeypatch.setattr(config, "IN_TEST_SESSION", False)
-    app = Flask("myapp.web", instance_path=str(tmp_path))
+    # root_path: Flask 2.2 looks for the module of a name it is not given one for.
+    app = Flask("myapp.web", instance_path=str(tmp_path), root_path=str(tmp_path))
     app.config["QUERYWATCH_SLOW_QUERY_MS"] = "250"
     QueryWatch(app)
     assert app.config["QUERYWATCH_N_PLUS_ONE_THRESHOLD"] == 5

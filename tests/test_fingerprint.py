@@ -18,6 +18,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite
 
+from conftest import PG_DRIVER
 from querywatch.fingerprint import MYSQL
 from querywatch.fingerprint import POSTGRESQL
 from querywatch.fingerprint import SCAN_CHARS
@@ -188,7 +189,7 @@ _CORPUS = [
 ]
 _DIALECTS = {
     "sqlite": sqlite.dialect(),
-    "postgresql": postgresql.psycopg.dialect(),  # type: ignore[attr-defined]
+    "postgresql": getattr(postgresql, PG_DRIVER).dialect(),
     "mysql": mysql.pymysql.dialect(),  # type: ignore[attr-defined]
 }
 
@@ -281,9 +282,11 @@ def test_the_quoting_comes_from_the_engines_modes() -> None:
     assert quoting_for(my) == Quoting(double_quoted_strings=True, hash_comments=True)
     my._server_ansiquotes = True
     assert quoting_for(my) == Quoting(hash_comments=True)
-    pg = postgresql.psycopg.dialect()  # type: ignore[attr-defined]
-    assert quoting_for(pg) == POSTGRESQL
+    pg = getattr(postgresql, PG_DRIVER).dialect()
+    assert quoting_for(pg) == POSTGRESQL  # before a connection tells (1.4 assumes escapes)
     pg._backslash_escapes = True
+    assert quoting_for(pg) == POSTGRESQL
+    pg.server_version_info = (15, 0)  # as the dialect initializes on its first connect
     assert quoting_for(pg).backslash
     assert quoting_for(sqlite.dialect()) == STANDARD
 

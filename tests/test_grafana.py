@@ -183,9 +183,9 @@ def _query(port: int, expr: str) -> dict[str, t.Any]:
 
 @pytest.fixture
 def served_shop(tmp_path: t.Any) -> t.Iterator[tuple[t.Any, int]]:
-    from sqlalchemy import create_engine
     from werkzeug.serving import make_server
 
+    from querywatch._compat import create_engine
     from querywatch.demo import shop
 
     url = f"sqlite:///{tmp_path}/shop.db"

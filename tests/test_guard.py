@@ -14,10 +14,12 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import relationship
+from sqlalchemy.pool import QueuePool
 
 from conftest import on_finished
 from querywatch import QueryWatch
 from querywatch import _failopen
+from querywatch._compat import ENGINE_OPTIONS
 from querywatch._compat import SQLALCHEMY_14
 from querywatch.exceptions import GuardConfigError
 from querywatch.guard import Bulkhead
@@ -78,7 +80,13 @@ def make_app(
     app = Flask(__name__, instance_path=str(tmp_path / "instance"))
     app.config.update(
         SQLALCHEMY_DATABASE_URI=url,
-        SQLALCHEMY_ENGINE_OPTIONS={"pool_size": pool_size, "max_overflow": 0},
+        # A pool, shared by threads (SQLAlchemy 1.4 gives a SQLite file none by default).
+        SQLALCHEMY_ENGINE_OPTIONS={
+            "poolclass": QueuePool,
+            "pool_size": pool_size,
+            "max_overflow": 0,
+            **({"connect_args": {"check_same_thread": False}} if dialect == "sqlite" else {}),
+        },
         QUERYWATCH_STORE_URL=f"sqlite:///{tmp_path}/qw.db",
         QUERYWATCH_FLUSH_INTERVAL=3600,
         QUERYWATCH_GUARD=guard,
@@ -598,7 +606,7 @@ def test_a_transaction_opened_without_the_budget_gets_it_at_its_first_guarded_st
         QUERYWATCH_FLUSH_INTERVAL=3600,
         QUERYWATCH_GUARD={"endpoints": {"GET /plain": {"statement_timeout_ms": 50}}},
     )
-    engine = sa.create_engine(postgres_url)
+    engine = sa.create_engine(postgres_url, **ENGINE_OPTIONS)  # 2.0's commit() on 1.4
 
     @app.get("/plain")
     def plain() -> t.Any:

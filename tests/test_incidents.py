@@ -1228,7 +1228,7 @@ def test_the_standalone_worker_rides_out_a_store_that_refuses_connections(
     import subprocess
     import sys
 
-    from sqlalchemy import create_engine
+    from querywatch._compat import create_engine
 
     name = postgres_url.rsplit("/", 1)[1]
     first = Store(postgres_url)

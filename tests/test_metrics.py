@@ -11,6 +11,7 @@ from prometheus_client import generate_latest
 from prometheus_client.registry import REGISTRY
 from sqlalchemy import select
 
+from conftest import PG_DRIVER
 from conftest import _unavailable
 from querywatch.demo import shop
 
@@ -205,7 +206,7 @@ def test_readiness_fails_within_its_timeout_when_the_database_is_gone(tmp_path: 
     port = listener.getsockname()[1]
     try:
         app = shop.create_app(
-            f"postgresql+psycopg://postgres@127.0.0.1:{port}/test",
+            f"postgresql+{PG_DRIVER}://postgres@127.0.0.1:{port}/test",
             instance_path=str(tmp_path / "instance"),
             config={"QUERYWATCH_FLUSH_INTERVAL": 3600, "QUERYWATCH_READY_TIMEOUT": 0.5},
         )

@@ -17,11 +17,11 @@ import typing as t
 import pytest
 from flask import jsonify
 from flask import request
-from sqlalchemy import create_engine
 from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy import text
 
+from querywatch._compat import create_engine
 from querywatch.demo import shop
 
 #: Each canary holds ``canary`` and a tag of its own, in any case.

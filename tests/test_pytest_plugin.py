@@ -81,8 +81,9 @@ def library(
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
     if request.param == "postgresql":
         url = request.getfixturevalue("postgres_url")
-        from sqlalchemy import create_engine
         from sqlalchemy import text
+
+        from querywatch._compat import create_engine
 
         engine = create_engine(url)
         with engine.begin() as conn:

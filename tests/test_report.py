@@ -280,7 +280,7 @@ def test_a_slow_query_finding_names_the_command_for_its_shape(tmp_path: t.Any) -
     from querywatch.demo import shop as demo_shop
 
     url = f"sqlite:///{tmp_path}/shop.db"
-    from sqlalchemy import create_engine
+    from querywatch._compat import create_engine
 
     engine = create_engine(url)
     demo_shop.seed(engine, scale=0.002)

@@ -8,11 +8,12 @@ import typing as t
 
 import pytest
 from flask import Flask
-from sqlalchemy import create_engine
 from sqlalchemy import select
 from sqlalchemy import text
 
+from conftest import PG_DRIVER
 from querywatch import QueryWatch
+from querywatch._compat import create_engine
 from querywatch._config import load_settings
 from querywatch._stats import MAX_QUEUED
 from querywatch._stats import MAX_QUEUED_ENTRIES
@@ -248,13 +249,13 @@ def test_a_store_url_without_its_driver_says_what_to_install() -> None:
     from querywatch.exceptions import StoreError
 
     with pytest.raises(StoreError) as e:
-        Store("oracle+oracledb://qw:secret@db.example/querywatch")
+        Store("mssql+pyodbc://qw:secret@db.example/querywatch")
     message = str(e.value)
-    assert "needs the Python driver 'oracledb', which is not installed here" in message
-    assert "pip install oracledb" in message
+    assert "needs the Python driver 'pyodbc', which is not installed here" in message
+    assert "pip install pyodbc" in message
     assert "secret" not in message
     assert missing_driver("sqlite:///x.db") is None
-    assert missing_driver("postgresql+psycopg://127.0.0.1/test") is None  # installed
+    assert missing_driver(f"postgresql+{PG_DRIVER}://127.0.0.1/test") is None  # installed
     assert "no dialect 'postgresql+nosuch'" in (missing_driver("postgresql+nosuch://x") or "")
     assert "is not a database URL" in (missing_driver("not a url") or "")
 
@@ -645,7 +646,7 @@ def test_pending_aggregates_are_flushed_at_exit(tmp_path: t.Any) -> None:
     script = textwrap.dedent(
         f"""
         from flask import Flask
-        from sqlalchemy import create_engine
+        from querywatch._compat import create_engine
         from querywatch import QueryWatch
 
         app = Flask("exiting", instance_path={str(tmp_path)!r})

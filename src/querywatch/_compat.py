@@ -5,15 +5,17 @@ the fetch strategy SQLAlchemy calls for every fetch and for the close of the res
 (``_DEFAULT_FETCH``, ``_NO_CURSOR_DQL``, ``Result._soft_close``, the context's
 ``_is_server_side``), a commit is seen after it lands by wrapping the dialect's
 ``do_commit``, a pool's wait by wrapping ``_do_get``. Each was written for the versions
-in :data:`SQLALCHEMY_TESTED`; on another version, or where a name is missing, querywatch
-uses public interfaces instead:
+in :data:`SQLALCHEMY_TESTED` (the commit and the pool's wait for 1.4 too, where they are
+the same); on another version, or where a name is missing, querywatch uses public
+interfaces instead:
 
 ======================  ===============================  ===================================
 what                    fast path (tested versions)      fallback
 ======================  ===============================  ===================================
 timing a read           the result's fetch strategy      a wrapper of the DBAPI cursor (as
                                                          for writes), through the public
-                                                         ``do_execute`` dialect event
+                                                         ``do_execute`` dialect event;
+                                                         SQLAlchemy 1.4 always
 a commit's tables       ``dialect.do_commit`` wrapped    the pool's ``checkin`` event (after
                                                          the commit, once the connection
                                                          goes back)
@@ -42,10 +44,13 @@ __all__ = [
     "NO_CURSOR_DQL",
     "ORM_LOAD_OPTIONS",
     "SERVER_SIDE",
+    "SETUP_FLAG",
     "SQLALCHEMY_TESTED",
     "CursorFetchStrategy",
     "autocommit",
+    "dbapi_connection",
     "compile_options",
+    "create_engine",
     "current_app",
     "hard_close",
     "wrap_checkout",
@@ -60,6 +65,13 @@ SQLALCHEMY_TESTED = ((2, 0), (2, 1))
 SQLALCHEMY_14 = sqlalchemy.__version__.startswith("1.")
 #: What ``create_engine`` is given on every SQLAlchemy querywatch supports.
 ENGINE_OPTIONS: dict[str, t.Any] = {"future": True} if SQLALCHEMY_14 else {}
+
+
+def create_engine(url: t.Any, **options: t.Any) -> t.Any:
+    """``sqlalchemy.create_engine`` with :data:`ENGINE_OPTIONS` (2.0's transactions on
+    1.4: without them 1.4 commits a DDL statement on its own, savepoint and all)."""
+    return sqlalchemy.create_engine(url, **{**ENGINE_OPTIONS, **options})
+
 
 if t.TYPE_CHECKING or not SQLALCHEMY_14:
     from sqlalchemy import Double
@@ -104,18 +116,24 @@ class _Paths:
     Read at each use, so a test can switch to the fallback."""
 
     def __init__(self) -> None:
-        tested = _release(sqlalchemy.__version__) in SQLALCHEMY_TESTED
-        #: Reads timed as SQLAlchemy's fetch strategy.
+        release = _release(sqlalchemy.__version__)
+        tested = release in SQLALCHEMY_TESTED
+        #: Reads timed as SQLAlchemy's fetch strategy (1.4's results are built otherwise).
         self.reads = tested and _NAMES
-        #: Commits seen by wrapping ``dialect.do_commit``.
-        self.commit = tested
-        #: Pool waits timed by wrapping ``pool._do_get``.
-        self.pool_wait = tested
+        #: Commits seen by wrapping ``dialect.do_commit`` (the same on 1.4).
+        self.commit = tested or release == (1, 4)
+        #: Pool waits timed by wrapping ``pool._do_get`` (the same on 1.4).
+        self.pool_wait = tested or release == (1, 4)
 
 
 #: The paths in use in this process.
 FAST = _Paths()
 
+
+#: The attribute of a Connection that is false only on the one SQLAlchemy makes for a
+#: dialect's set-up on an engine's first connection (2.x: it never begins a transaction;
+#: 1.4: it never reconnects), read with ``getattr(conn, SETUP_FLAG, True)``.
+SETUP_FLAG = "_Connection__can_reconnect" if SQLALCHEMY_14 else "_allow_autobegin"
 
 #: The execution context's attribute that says the statement streams its rows from a
 #: server-side cursor (read with ``getattr(context, SERVER_SIDE, False)``, inline on the
@@ -130,6 +148,14 @@ def compile_options(statement: t.Any) -> t.Any:
 
 #: The execution option under which the ORM passes its load options (lazy load, refresh).
 ORM_LOAD_OPTIONS = "_sa_orm_load_options"
+
+
+def dbapi_connection(conn: t.Any) -> t.Any:
+    """The DBAPI connection under ``conn`` (a SQLAlchemy Connection). While a dialect
+    initializes on its first connect, SQLAlchemy 1.4 makes the Connection on the DBAPI
+    connection itself, not on the pool's proxy."""
+    proxied = conn.connection
+    return getattr(proxied, "dbapi_connection", proxied)
 
 
 def autocommit(conn: t.Any) -> bool:

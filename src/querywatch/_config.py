@@ -235,10 +235,13 @@ def missing_driver(url: str) -> str | None:
         package = e.name or sa_url.get_driver_name()
         backend = sa_url.get_backend_name()
         ours, extra = _DRIVERS.get(backend, (None, None))
+        install = f"pip install 'querywatch[{extra}]'"
+        if SQLALCHEMY_14 and backend == "postgresql":  # no dialect for psycopg 3 on 1.4
+            ours, install = "psycopg2", "pip install psycopg2-binary"
         if package == ours:
-            how = f"pip install 'querywatch[{extra}]'"
+            how = install
         elif ours:
-            how = f"install it, or use {backend}+{ours}:// after pip install 'querywatch[{extra}]'"
+            how = f"install it, or use {backend}+{ours}:// after {install}"
         else:
             how = f"install it (pip install {package})"
         return f"{shown} needs the Python driver {package!r}, which is not installed here: {how}."

@@ -95,7 +95,12 @@ def quoting_for(dialect: t.Any) -> Quoting:
         if backslash and not ansi:
             return MYSQL
         return Quoting(backslash=backslash, double_quoted_strings=not ansi, hash_comments=True)
-    if name == "postgresql" and getattr(dialect, "_backslash_escapes", False) is True:
+    # Told by the server as the dialect initializes (SQLAlchemy 1.4 assumes it before).
+    if (
+        name == "postgresql"
+        and getattr(dialect, "server_version_info", None) is not None
+        and getattr(dialect, "_backslash_escapes", False) is True
+    ):
         return Quoting(backslash=True, postgresql=True)
     return POSTGRESQL
 

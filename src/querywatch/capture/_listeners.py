@@ -17,6 +17,7 @@ from .._compat import DEFAULT_FETCH
 from .._compat import FAST
 from .._compat import ORM_LOAD_OPTIONS
 from .._compat import SERVER_SIDE
+from .._compat import SETUP_FLAG
 from .._compat import SQLALCHEMY_14
 from .._failopen import swallow
 from .._sql import IGNORE_OPTION
@@ -64,9 +65,9 @@ def _begin(
         options = context.execution_options
         if options.get(IGNORE_OPTION):
             return
-        if not getattr(context.root_connection, "_allow_autobegin", True):
+        if not getattr(context.root_connection, SETUP_FLAG, True):
             # SQLAlchemy's dialect set-up on an engine's first connection (it runs them
-            # on a Connection that never begins a transaction): not the app's queries.
+            # on a Connection of its own): not the app's queries.
             record = record.setup or _setup_record(record)
         budget = record.budget
         if budget is not None:
@@ -146,6 +147,9 @@ def _begin(
         if timed_read:
             query.sample_min = record.sample_min
             context.cursor_fetch_strategy = query
+        elif info.select:  # the fallback path (or a streamed read): slow ones keep a sample
+            query.sample_min = record.sample_min
+            context.cursor = _TimedCursor(context.cursor, query, record, context)
         else:
             context.cursor = _TimedCursor(context.cursor, query, record)
             if after_write is not None:

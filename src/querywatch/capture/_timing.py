@@ -33,12 +33,16 @@ class _TimedCursor(_CursorProxy):
     raw cursor it already holds, then builds the result on this one, and closes it when
     the rows are exhausted (at once for statements that return none)."""
 
-    __slots__ = ("_qw_query", "_qw_record")
+    __slots__ = ("_qw_query", "_qw_record", "_qw_context")
 
-    def __init__(self, cursor: t.Any, query: QueryInfo, record: Record) -> None:
+    def __init__(
+        self, cursor: t.Any, query: QueryInfo, record: Record, context: t.Any = None
+    ) -> None:
         object.__setattr__(self, "_qw_cursor", cursor)
         object.__setattr__(self, "_qw_query", query)
         object.__setattr__(self, "_qw_record", record)
+        #: A read's execution context (the fallback path), for its sample if it is slow.
+        object.__setattr__(self, "_qw_context", context)
 
     def fetchone(self) -> t.Any:
         row = self._qw_cursor.fetchone()
@@ -70,6 +74,11 @@ class _TimedCursor(_CursorProxy):
         if not q.done:
             end = perf_counter()
             try:
+                context = self._qw_context
+                if context is not None:
+                    object.__setattr__(self, "_qw_context", None)  # no cycle left behind
+                    if end - q.start >= q.sample_min:
+                        keep_sample(q, context)
                 if not q.fetched:
                     rowcount = getattr(self._qw_cursor, "rowcount", -1)
                     if isinstance(rowcount, int) and rowcount > 0:
@@ -96,6 +105,25 @@ def _end_query(record: Record, q: QueryInfo, end: float, error: str | None) -> N
         _aggregate(record, q)
 
 
+def keep_sample(q: QueryInfo, context: t.Any) -> None:
+    """A slow read keeps its statement, parameters and engine URL, so the background
+    advisor can explain it with real values (in memory only, dropped once used)."""
+    try:
+        params = context.parameters
+        conn = context.root_connection
+        url = conn.engine.url
+        # An in-memory SQLite database exists on its connection only: keep it, so
+        # the CI gate can copy the database to explain the read.
+        memory = (
+            conn.connection.dbapi_connection
+            if url.database in (None, "", ":memory:") and url.get_backend_name() == "sqlite"
+            else None
+        )
+        q.sample = (context.statement, params[0] if params else None, url, memory)
+    except Exception as e:
+        swallow("capture.sample", e)
+
+
 class _TimedRead(QueryInfo, CursorFetchStrategy):
     """A read, and SQLAlchemy's fetch strategy for its result: it tells capture the
     rows and the end.
@@ -113,7 +141,7 @@ class _TimedRead(QueryInfo, CursorFetchStrategy):
             self.done = True
             self.duration = end - self.start
             if self.duration >= self.sample_min:
-                self._keep_sample(result.context)
+                keep_sample(self, result.context)
             if not self.kept:  # past the cap: aggregated now
                 try:
                     record = result.context._querywatch_record
@@ -123,24 +151,6 @@ class _TimedRead(QueryInfo, CursorFetchStrategy):
                     swallow("capture.soft_close", e)
 
     hard_close = soft_close
-
-    def _keep_sample(self, context: t.Any) -> None:
-        """A slow read keeps its statement, parameters and engine URL, so the background
-        advisor can explain it with real values (in memory only, dropped once used)."""
-        try:
-            params = context.parameters
-            conn = context.root_connection
-            url = conn.engine.url
-            # An in-memory SQLite database exists on its connection only: keep it, so
-            # the CI gate can copy the database to explain the read.
-            memory = (
-                conn.connection.dbapi_connection
-                if url.database in (None, "", ":memory:") and url.get_backend_name() == "sqlite"
-                else None
-            )
-            self.sample = (context.statement, params[0] if params else None, url, memory)
-        except Exception as e:
-            swallow("capture.sample", e)
 
     def fetchone(self, result: t.Any, dbapi_cursor: t.Any, hard_close: bool = False) -> t.Any:
         try:

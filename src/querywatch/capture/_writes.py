@@ -11,6 +11,7 @@ from sqlalchemy import event
 
 from .._compat import FAST
 from .._compat import autocommit
+from .._compat import dbapi_connection as dbapi_of
 from .._compat import wrap_commit
 from .._failopen import record_internal_error
 from .._failopen import swallow
@@ -94,7 +95,7 @@ _committed: dict[int, set[str]] = {}
 
 
 def _note_for_checkin(conn: t.Any, written: frozenset[str]) -> None:
-    key = id(conn.connection.dbapi_connection)
+    key = id(dbapi_of(conn))
     with _pending_lock:
         _pending.setdefault(key, set()).update(written)
     engine = conn.engine
@@ -109,7 +110,7 @@ def _note_for_checkin(conn: t.Any, written: frozenset[str]) -> None:
 
 
 def _on_commit(conn: t.Any) -> None:
-    key = id(conn.connection.dbapi_connection)
+    key = id(dbapi_of(conn))
     with _pending_lock:
         tables = _pending.pop(key, None)
         if tables:
@@ -118,7 +119,7 @@ def _on_commit(conn: t.Any) -> None:
 
 def _on_rollback(conn: t.Any) -> None:
     with _pending_lock:
-        _pending.pop(id(conn.connection.dbapi_connection), None)
+        _pending.pop(id(dbapi_of(conn)), None)
 
 
 def _on_checkin(dbapi_connection: t.Any, connection_record: t.Any) -> None:

@@ -19,11 +19,11 @@ import yaml
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
-from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from werkzeug.serving import WSGIRequestHandler
 from werkzeug.serving import make_server
 
+from .._compat import create_engine
 from .._text import duration_text
 from ..alerts.evidence import culprit
 from ..dashboard import dashboard_url

@@ -30,7 +30,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import relationship
 from sqlalchemy.orm import selectinload
+from sqlalchemy.pool import QueuePool
 
+from .._compat import SQLALCHEMY_14
 from ..extension import cached_query
 
 if t.TYPE_CHECKING:
@@ -311,6 +313,11 @@ def create_app(
                 "init_command": f"SET SESSION max_execution_time={timeout}"
             }
     app.config.update(config or {})
+    if SQLALCHEMY_14 and database_url.startswith("sqlite:///") and ":memory:" not in database_url:
+        # A pool of connections to the file, as SQLAlchemy 2 gives it (1.4: one a checkout).
+        options = {"poolclass": QueuePool, **app.config["SQLALCHEMY_ENGINE_OPTIONS"]}
+        options["connect_args"] = {"check_same_thread": False, **options.get("connect_args", {})}
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
     db.init_app(app)
     if statement_timeout_ms is not None and database_url.startswith("sqlite"):
         with app.app_context():

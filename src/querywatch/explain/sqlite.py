@@ -100,8 +100,9 @@ def memory_copy(session: Session, *, timeout: float) -> t.Any:
     file. :func:`add_table_stats` gives it the row counts of tables never analyzed."""
     import sqlite3
 
-    from sqlalchemy import create_engine
     from sqlalchemy.pool import StaticPool
+
+    from .._compat import create_engine
 
     mem = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     for (sql,) in session.run(

@@ -96,7 +96,7 @@ class AdviceTables(Base):
                     row.dialect,
                     row.table_name,
                     row.index_name,
-                    tuple(json.loads(row.keys)),
+                    tuple(json.loads(row._mapping["keys"])),  # Row.keys() on 1.4
                     row.ddl,
                     row.alembic,
                     row.reason,
