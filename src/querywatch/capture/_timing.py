@@ -9,6 +9,7 @@ from time import perf_counter
 
 from .._compat import NO_CURSOR_DQL
 from .._compat import CursorFetchStrategy
+from .._compat import dbapi_connection
 from .._compat import hard_close as _hard_close
 from .._compat import soft_close
 from .._failopen import swallow
@@ -115,7 +116,7 @@ def keep_sample(q: QueryInfo, context: t.Any) -> None:
         # An in-memory SQLite database exists on its connection only: keep it, so
         # the CI gate can copy the database to explain the read.
         memory = (
-            conn.connection.dbapi_connection
+            dbapi_connection(conn)
             if url.database in (None, "", ":memory:") and url.get_backend_name() == "sqlite"
             else None
         )

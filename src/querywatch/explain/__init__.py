@@ -27,11 +27,10 @@ from __future__ import annotations
 import contextlib
 import typing as t
 
-from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from .._compat import ENGINE_OPTIONS
+from .._compat import create_engine
 from .._config import missing_driver
 from .._config import normalize_url
 from .._sql import IGNORE_OPTION
@@ -207,7 +206,7 @@ class Explainer:
         self.timeout = timeout
         self.allow_analyze = allow_analyze
         self.prefer_indexes = prefer_indexes
-        options: dict[str, t.Any] = {"poolclass": NullPool, **ENGINE_OPTIONS}
+        options: dict[str, t.Any] = {"poolclass": NullPool}
         if name == "sqlite":
             options["connect_args"] = {"timeout": timeout}
             creator = sqlite.connector(sa_url, timeout, writable=writable)

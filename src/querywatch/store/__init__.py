@@ -13,10 +13,9 @@ import collections
 import logging
 import typing as t
 
-from sqlalchemy import create_engine
 from sqlalchemy import event
 
-from .._compat import ENGINE_OPTIONS
+from .._compat import create_engine
 from .._config import missing_driver
 from .._config import normalize_url
 from .._sql import IGNORE_OPTION
@@ -78,7 +77,7 @@ class Store(StatsWrites, StatsReads, AdviceTables, AlertTables, IncidentTables):
     def __init__(self, url: str, *, engine_options: dict[str, t.Any] | None = None) -> None:
         url = normalize_url(url)
         self.url = url
-        options: dict[str, t.Any] = {"pool_pre_ping": True, **ENGINE_OPTIONS}
+        options: dict[str, t.Any] = {"pool_pre_ping": True}
         if url.startswith("sqlite"):
             options["connect_args"] = {"timeout": 5}
         options.update(engine_options or {})
